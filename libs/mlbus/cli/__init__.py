@@ -1,0 +1,26 @@
+"""The `mlbus` command line (Typer + Rich).
+
+Each command group lives in its own module and registers itself on the root
+app; heavy imports happen inside commands so `mlbus --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from mlbus.cli import _example, _runtime, _schemas, _trace
+
+app = typer.Typer(
+    name="mlbus",
+    help="Close the machine-learning loop over Kafka: ingest, features, train, serve, detect drift.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in (_runtime, _trace, _schemas, _example):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,290 @@
+"""Every event mlbus services tell each other, and the topic each travels on.
+
+Events are facts: past-tense names, frozen, `extra="forbid"`, versioned in the
+type name. A breaking change is a new class and a new `.v2` topic, never an
+edit. On Kafka an event is a JSON value with CloudEvents binding headers
+(see `mlbus.bus`); `mlbus schemas export DIR` writes the JSON Schema of each.
+
+Keys: data events by entity id; model and training events by model name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+# Topics, defined once: mlbus.<domain>.<event>.v<N>
+INGEST_VALIDATED = "mlbus.ingest.validated.v1"
+INGEST_REJECTED = "mlbus.ingest.rejected.v1"
+TRAINING_REQUESTED = "mlbus.training.requested.v1"
+TRAINING_COMPLETED = "mlbus.training.completed.v1"
+TRAINING_FAILED = "mlbus.training.failed.v1"
+MODEL_REGISTERED = "mlbus.model.registered.v1"
+MODEL_PUBLISHED = "mlbus.model.published.v1"
+PREDICTION_LOGGED = "mlbus.prediction.logged.v1"
+DRIFT_DETECTED = "mlbus.drift.detected.v1"
+DEAD_LETTERED = "mlbus.bus.deadlettered.v1"
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """A frozen, strict value object used inside events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Contract):
+    """Base of every event. `event_type` is the CloudEvents type and the topic name."""
+
+    event_type: ClassVar[str]
+    topic: ClassVar[str]
+
+    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=200)
+    occurred_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+# ── value objects ────────────────────────────────────────────────────────────
+
+TensorDatatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+class TensorSpec(Contract):
+    """One input or output of a model, in Open Inference Protocol terms (-1 = any size)."""
+
+    name: str
+    datatype: TensorDatatype
+    shape: tuple[int, ...]
+
+
+class ModelSignature(Contract):
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class RejectionReason(Contract):
+    """One thing wrong with an input: a stable code, the field if any, a human sentence."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+Scalar: TypeAlias = str | int | float | bool | None
+
+
+# ── ingestion ────────────────────────────────────────────────────────────────
+
+
+class IngestValidated(Event):
+    """A producer's event passed its source's data contract."""
+
+    event_type: ClassVar[str] = INGEST_VALIDATED
+    topic: ClassVar[str] = INGEST_VALIDATED
+
+    source: str
+    contract_version: int
+    entity_id: str
+    event_time: AwareDatetime
+    payload: dict[str, JsonValue]
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class IngestRejected(Event):
+    """A producer's event broke its contract; the original bytes ride along for replay."""
+
+    event_type: ClassVar[str] = INGEST_REJECTED
+    topic: ClassVar[str] = INGEST_REJECTED
+
+    source: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    raw_b64: str = Field(description="The original message value, base64.")
+    key_b64: str | None = None
+    reasons: tuple[RejectionReason, ...] = Field(min_length=1)
+
+
+class MessageDeadLettered(Event):
+    """A consumer could not process a message; it is kept here, bytes and reason."""
+
+    event_type: ClassVar[str] = DEAD_LETTERED
+    topic: ClassVar[str] = DEAD_LETTERED
+
+    consumer_group: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key_b64: str | None
+    value_b64: str | None
+    headers: dict[str, str] = Field(default_factory=dict)
+    error_type: str
+    reason: str
+    attempts: int = Field(ge=1)
+
+
+# ── training ─────────────────────────────────────────────────────────────────
+
+
+class TrainingRequested(Event):
+    event_type: ClassVar[str] = TRAINING_REQUESTED
+    topic: ClassVar[str] = TRAINING_REQUESTED
+
+    model: str
+    reason: Literal["drift", "schedule", "manual", "bootstrap"]
+    window_start: AwareDatetime | None = None
+    window_end: AwareDatetime | None = None
+    cause_event_id: str | None = Field(
+        default=None, description="The event that caused this request, e.g. a drift detection."
+    )
+    requested_by: str = "mlbus"
+
+
+class TrainingCompleted(Event):
+    event_type: ClassVar[str] = TRAINING_COMPLETED
+    topic: ClassVar[str] = TRAINING_COMPLETED
+
+    model: str
+    run_id: str
+    request_event_id: str | None
+    version: int
+    metrics: dict[str, float]
+    dataset_fingerprint: str
+    rows: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    promoted: bool
+    promotion_reason: str
+
+
+class TrainingFailed(Event):
+    event_type: ClassVar[str] = TRAINING_FAILED
+    topic: ClassVar[str] = TRAINING_FAILED
+
+    model: str
+    run_id: str
+    request_event_id: str | None
+    stage: Literal["dataset", "train", "convert", "parity", "evaluate", "register"]
+    reason: str
+
+
+# ── registry ─────────────────────────────────────────────────────────────────
+
+
+class ModelRegistered(Event):
+    event_type: ClassVar[str] = MODEL_REGISTERED
+    topic: ClassVar[str] = MODEL_REGISTERED
+
+    model: str
+    version: int = Field(ge=1)
+    artifact_uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    signature: ModelSignature
+    metrics: dict[str, float] = Field(default_factory=dict)
+    run_id: str | None = None
+    dataset_fingerprint: str | None = None
+
+
+class ModelPublished(Event):
+    """An alias (`champion`, `canary`, `shadow`, …) moved to a version."""
+
+    event_type: ClassVar[str] = MODEL_PUBLISHED
+    topic: ClassVar[str] = MODEL_PUBLISHED
+
+    model: str
+    alias: str
+    version: int = Field(ge=1)
+    previous_version: int | None
+    artifact_uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: ModelSignature
+    reason: str
+    actor: str
+
+
+# ── serving and drift ────────────────────────────────────────────────────────
+
+
+class PredictionLogged(Event):
+    event_type: ClassVar[str] = PREDICTION_LOGGED
+    topic: ClassVar[str] = PREDICTION_LOGGED
+
+    model: str
+    version: int
+    alias: str | None
+    entity_id: str | None
+    features: dict[str, Scalar]
+    outputs: dict[str, list[float]]
+    latency_ms: float = Field(ge=0)
+    trace_id: str | None = None
+    shadow: bool = False
+
+
+class DriftTestResult(Contract):
+    """One test's verdict on one feature (or on the prediction or the error stream)."""
+
+    feature: str
+    kind: Literal["covariate", "prediction", "performance"]
+    test: str
+    statistic: float
+    p_value: float | None = None
+    threshold: float
+    drifted: bool
+
+
+class DriftDetected(Event):
+    event_type: ClassVar[str] = DRIFT_DETECTED
+    topic: ClassVar[str] = DRIFT_DETECTED
+
+    model: str
+    version: int
+    results: tuple[DriftTestResult, ...] = Field(min_length=1)
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    offsets: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="partition → (first, last) offset of the live window"
+    )
+    n_reference: int = Field(ge=0)
+    n_live: int = Field(ge=0)
+    correction: Literal["none", "bonferroni", "benjamini-hochberg"] = "bonferroni"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.event_type: cls
+    for cls in (
+        IngestValidated,
+        IngestRejected,
+        MessageDeadLettered,
+        TrainingRequested,
+        TrainingCompleted,
+        TrainingFailed,
+        ModelRegistered,
+        ModelPublished,
+        PredictionLogged,
+        DriftDetected,
+    )
+}
+"""CloudEvents type → event class; the bus decodes with this, never by importing names."""
+
+ALL_TOPICS: tuple[str, ...] = tuple(cls.topic for cls in EVENT_TYPES.values())
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every event, keyed by event type."""
+    return {name: cls.model_json_schema() for name, cls in EVENT_TYPES.items()}
+
+
