@@ -1,0 +1,88 @@
+"""Events on the wire: a JSON value plus CloudEvents Kafka binding headers.
+
+Binary content mode of the CloudEvents Kafka binding: the event's JSON is the
+record value and its attributes ride in `ce_*` headers, so any Kafka client in
+any language can read the value without knowing CloudEvents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydantic import ValidationError
+
+from mlbus.errors import InvalidInput
+from mlbus.events import EVENT_TYPES, Event
+
+CE_SPECVERSION = "1.0"
+CONTENT_TYPE = b"application/json"
+
+Headers = list[tuple[str, bytes]]
+
+
+def event_headers(event: Event, source: str) -> Headers:
+    """The CloudEvents binding headers for `event` (trace context is added separately)."""
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event.event_id.encode()),
+        ("ce_type", event.event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", event.occurred_at.isoformat().encode()),
+        ("content-type", CONTENT_TYPE),
+    ]
+
+
+def encode_event(event: Event) -> bytes:
+    return event.__pydantic_serializer__.to_json(event)
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The last value of header `name`, decoded, or None."""
+    found: str | None = None
+    for key, value in headers or ():
+        if key == name and value is not None:
+            found = value.decode("utf-8", errors="replace")
+    return found
+
+
+class EventDecoder:
+    """Turns a record into the event class named by its `ce_type` header.
+
+    Only types in `accept` are decoded; anything else is an `InvalidInput`
+    (a permanent error: the record goes to the dead-letter topic). Classes are
+    looked up in a fixed table, never built from data on the wire.
+    """
+
+    def __init__(self, accept: Sequence[type[Event]] | None = None) -> None:
+        types: Mapping[str, type[Event]] = (
+            {cls.event_type: cls for cls in accept} if accept else EVENT_TYPES
+        )
+        self._types = dict(types)
+        # A record without ce_type is accepted only when one type is possible.
+        self._only = next(iter(self._types.values())) if len(self._types) == 1 else None
+
+    def __call__(self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Event:
+        if value is None:
+            raise InvalidInput("record has no value (tombstone)")
+        ce_type = header(headers, "ce_type")
+        cls = self._types.get(ce_type) if ce_type else self._only
+        if cls is None:
+            expected = ", ".join(sorted(self._types))
+            raise InvalidInput(
+                f"unexpected event type {ce_type!r}; this consumer accepts: {expected}"
+                if ce_type
+                else f"record has no ce_type header; this consumer accepts: {expected}"
+            )
+        try:
+            return cls.model_validate_json(value)
+        except ValidationError as exc:
+            raise InvalidInput(f"{cls.event_type} failed its schema: {_short(exc)}") from None
+
+
+def _short(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<value>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,0 +1,364 @@
+"""The consume loop every service uses.
+
+At-least-once, in order per partition:
+- a record's offset is committed only after its handler's effect is done, or
+  after the record has been written to the dead-letter topic;
+- `RetryableError` (and timeouts, connection errors) → retry with capped
+  exponential backoff, for as long as it takes; the partition waits, nothing
+  is skipped, nothing is dead-lettered because a dependency was down;
+- `PermanentError` (undecodable bytes, schema violations, bad input) → the
+  dead-letter topic with the original bytes, where it came from, and why;
+- any other exception is a bug: retried a few times, then dead-lettered so one
+  poison record cannot stall a partition forever.
+The consumer's span continues the producer's trace from the record headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from mlbus.bus._codec import EventDecoder, header
+from mlbus.bus._publisher import Publisher
+from mlbus.config import KafkaSettings
+from mlbus.errors import PermanentError, RetryableError
+from mlbus.events import DEAD_LETTERED, Event, MessageDeadLettered
+from mlbus.telemetry import extract_kafka_context
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("mlbus.bus")
+_meter = metrics.get_meter("mlbus.bus")
+_processed = _meter.create_counter("mlbus.consumer.processed", description="records handled")
+_dead_lettered = _meter.create_counter(
+    "mlbus.consumer.dead_lettered", description="records sent to the dead-letter topic"
+)
+_retries = _meter.create_counter("mlbus.consumer.retries", description="handler retries")
+_lag = _meter.create_gauge("mlbus.consumer.lag", description="records behind the partition end")
+
+T = TypeVar("T")
+Decoder = Callable[[bytes | None, Sequence[tuple[str, bytes]]], T]
+_RETRYABLE = (RetryableError, TimeoutError, ConnectionError)
+
+
+@dataclass(frozen=True, slots=True)
+class Received(Generic[T]):
+    """One consumed record: its decoded payload and where it came from."""
+
+    payload: T
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @property
+    def event_id(self) -> str | None:
+        return header(self.headers, "ce_id")
+
+
+def raw_decoder(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """For consumers that validate bytes themselves (ingestion)."""
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+    attempts: int
+
+
+_DONE = object()
+_STOPPED = object()
+_Outcome = _Failed | object
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+    unexpected_attempts: int = 3
+
+    def backoff_s(self, attempt: int) -> float:
+        return float(min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
+
+
+@dataclass
+class ConsumerStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    committed: dict[str, int] = field(default_factory=dict)
+
+
+class Consumer(Generic[T]):
+    """Consumes `topics` in consumer group `group_id` and calls `handler` per record.
+
+    `group_id=None` makes a broadcast consumer: every instance sees every record
+    (e.g. each inference replica reloading on `model.published`); it starts at the
+    end of the topic unless `auto_offset_reset="earliest"` and commits nothing.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        topics: Sequence[str],
+        group_id: str | None,
+        handler: Callable[[Received[T]], Awaitable[None]],
+        decoder: Decoder[T],
+        publisher: Publisher,
+        dead_letter_topic: str = DEAD_LETTERED,
+        retry: RetryPolicy | None = None,
+        auto_offset_reset: str | None = None,
+        max_batch: int = 500,
+        **consumer_options: Any,
+    ) -> None:
+        if not topics:
+            raise ValueError("a consumer needs at least one topic")
+        self._kafka = kafka
+        self.topics = tuple(topics)
+        self.group_id = group_id
+        self._handler = handler
+        self._decoder = decoder
+        self._publisher = publisher
+        self._dead_letter_topic = dead_letter_topic
+        self._retry = retry or RetryPolicy()
+        self._reset = auto_offset_reset or ("earliest" if group_id else "latest")
+        self._max_batch = max_batch
+        self._options = consumer_options
+        self._stopping = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pending: dict[TopicPartition, int] = {}
+        self.stats = ConsumerStats()
+
+    @classmethod
+    def of_events(
+        cls,
+        kafka: KafkaSettings,
+        *,
+        types: Sequence[type[Event]],
+        group_id: str | None,
+        handler: Callable[[Received[Event]], Awaitable[None]],
+        publisher: Publisher,
+        topics: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Consumer[Event]:
+        """A consumer of mlbus events: topics (unless given) and decoding follow from the types."""
+        return Consumer[Event](
+            kafka,
+            topics=topics or sorted({t.topic for t in types}),
+            group_id=group_id,
+            handler=handler,
+            decoder=EventDecoder(types),
+            publisher=publisher,
+            **options,
+        )
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    def stop(self) -> None:
+        """Ask the loop to finish the record in hand, commit, and return. Idempotent."""
+        self._stopping.set()
+
+    async def wait_assigned(self, timeout_s: float = 60.0) -> None:
+        """Wait until this member owns partitions (the group join is done)."""
+        await asyncio.wait_for(self._assigned.wait(), timeout_s)
+
+    async def run(self) -> None:
+        """Consume until `stop()` (or cancellation); commits what was done on the way out."""
+        session_ms = int(self._kafka.session_timeout_s * 1000)
+        consumer = AIOKafkaConsumer(
+            **self._kafka.client_kwargs(),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._reset,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3),
+            max_poll_interval_ms=max(300_000, session_ms * 2),
+            **self._options,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            if self.group_id is None:
+                consumer.subscribe(list(self.topics))
+            else:
+                consumer.subscribe(list(self.topics), listener=_CommitOnRevoke(self))
+            await self._loop(consumer)
+        finally:
+            try:
+                await self._commit()
+            finally:
+                await consumer.stop()
+                self._consumer = None
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+            if consumer.assignment():
+                self._assigned.set()
+            for tp, records in batch.items():
+                for record in records:
+                    if not await self._process(record):
+                        return  # stopping while retrying: leave the record uncommitted
+                    self._pending[tp] = record.offset + 1
+                self._report_lag(consumer, tp)
+            await self._commit()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        if self._consumer is None or self.group_id is None or not self._pending:
+            return
+        offsets = {
+            tp: offset
+            for tp, offset in self._pending.items()
+            if partitions is None or tp in partitions
+        }
+        if not offsets:
+            return
+        await self._consumer.commit(offsets)
+        for tp, offset in offsets.items():
+            self._pending.pop(tp, None)
+            self.stats.committed[f"{tp.topic}[{tp.partition}]"] = offset
+
+    def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        highwater = consumer.highwater(tp)
+        done = self._pending.get(tp)
+        if highwater is not None and done is not None:
+            attrs = {"topic": tp.topic, "partition": tp.partition, "group": self.group_id or ""}
+            _lag.set(max(0, highwater - done), attrs)
+
+    # ── one record ───────────────────────────────────────────────────────────
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Handle one record to completion. False only if asked to stop first."""
+        headers = tuple(record.headers or ())
+        parent = extract_kafka_context(headers)
+        attrs = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.destination.partition": record.partition,
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": self.group_id or "",
+        }
+        with _tracer.start_as_current_span(
+            f"{record.topic} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
+        ) as span:
+            outcome = await self._handle_with_retries(record, headers, span)
+            if outcome is _DONE:
+                self.stats.processed += 1
+                _processed.add(1, {"topic": record.topic})
+                return True
+            if outcome is _STOPPED:
+                return False
+            assert isinstance(outcome, _Failed)
+            span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
+            return await self._dead_letter(record, outcome.error, outcome.attempts)
+
+    async def _handle_with_retries(
+        self, record: ConsumerRecord[bytes, bytes], headers: tuple[tuple[str, bytes], ...], span: Any
+    ) -> _Outcome:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                payload = self._decoder(record.value, headers)
+                await self._handler(
+                    Received(payload, record.topic, record.partition, record.offset, record.key,
+                             headers, record.timestamp)  # fmt: skip
+                )
+                return _DONE
+            except PermanentError as exc:
+                return _Failed(exc, attempt)
+            except _RETRYABLE as exc:
+                if not await self._backoff(record, exc, attempt, span):
+                    return _STOPPED
+            except Exception as exc:  # a bug: a few tries, then the dead-letter topic
+                log.exception("handler failed on %s[%d]@%d", record.topic, record.partition,
+                              record.offset)  # fmt: skip
+                if attempt >= self._retry.unexpected_attempts:
+                    return _Failed(exc, attempt)
+                if not await self._backoff(record, exc, attempt, span):
+                    return _STOPPED
+
+    async def _backoff(
+        self, record: ConsumerRecord[bytes, bytes], exc: BaseException, attempt: int, span: Any
+    ) -> bool:
+        """Sleep before the next attempt; False if asked to stop meanwhile."""
+        delay = self._retry.backoff_s(attempt)
+        self.stats.retries += 1
+        _retries.add(1, {"topic": record.topic})
+        span.add_event("retry", {"attempt": attempt, "error": repr(exc), "backoff_s": delay})
+        log.warning("retrying %s[%d]@%d in %.2fs (attempt %d): %s", record.topic,
+                    record.partition, record.offset, delay, attempt, exc)  # fmt: skip
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, attempts: int
+    ) -> bool:
+        """Write the record and its reason to the dead-letter topic; retried until it lands."""
+        dead = MessageDeadLettered(
+            consumer_group=self.group_id,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            key_b64=_b64(record.key),
+            value_b64=_b64(record.value),
+            headers={k: v.decode("utf-8", "replace") for k, v in record.headers or () if v},
+            error_type=type(error).__name__,
+            reason=str(error) or type(error).__name__,
+            attempts=attempts,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._publisher.publish(dead, key=record.key, topic=self._dead_letter_topic)
+                break
+            except Exception as exc:  # the broker is down: keep the offset until it lands
+                log.warning("dead-letter publish failed (attempt %d): %s", attempt, exc)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self._retry.backoff_s(attempt))
+                    return False
+                except TimeoutError:
+                    continue
+        self.stats.dead_lettered += 1
+        _dead_lettered.add(1, {"topic": record.topic, "error_type": dead.error_type})
+        log.error("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                  dead.reason, extra={"event_id": header(record.headers, "ce_id")})  # fmt: skip
+        return True
+
+
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what was processed on partitions that are about to move elsewhere."""
+
+    def __init__(self, owner: Consumer[Any]) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._commit(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self._owner._assigned.set()
