@@ -1,5 +1,61 @@
-"""Traces, metrics and logs for every mlbus process."""
+"""Traces, metrics and logs for every mlbus process.
 
+    telemetry = setup_telemetry("ingestion", settings)   # once, early in run()
+    try:
+        with tracer(__name__).start_as_current_span("validate"):
+            ...
+    finally:
+        telemetry.shutdown()                               # flushes pending spans
+
+Trace context travels in Kafka headers (`inject_kafka_headers`,
+`extract_kafka_context`) and gRPC metadata (`TracingServerInterceptor`,
+`tracing_client_interceptors`). Without an OTLP endpoint, spans land in the
+data folder and `mlbus.telemetry.spans` / `mlbus trace` read them back.
+"""
+
+from mlbus.telemetry._grpc import (
+    TracingServerInterceptor,
+    extract_grpc_context,
+    inject_grpc_metadata,
+    tracing_client_interceptors,
+)
+from mlbus.telemetry._logging import (
+    JsonLogFormatter,
+    TextLogFormatter,
+    TraceContextFilter,
+    setup_logging,
+)
 from mlbus.telemetry._propagation import extract_kafka_context, inject_kafka_headers
+from mlbus.telemetry._setup import (
+    Telemetry,
+    active_telemetry,
+    meter,
+    setup_telemetry,
+    tracer,
+)
+from mlbus.telemetry._spanfile import SpanFileExporter
+from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, find_trace, read_spans
 
-__all__ = ["extract_kafka_context", "inject_kafka_headers"]
+__all__ = [
+    "JsonLogFormatter",
+    "SpanFileExporter",
+    "SpanRecord",
+    "Telemetry",
+    "TextLogFormatter",
+    "Trace",
+    "TraceContextFilter",
+    "TracingServerInterceptor",
+    "active_telemetry",
+    "build_traces",
+    "extract_grpc_context",
+    "extract_kafka_context",
+    "find_trace",
+    "inject_grpc_metadata",
+    "inject_kafka_headers",
+    "meter",
+    "read_spans",
+    "setup_logging",
+    "setup_telemetry",
+    "tracer",
+    "tracing_client_interceptors",
+]
