@@ -1,0 +1,524 @@
+"""The whole project spec (`mlbus.yaml`): sources, features, model, drift, serving.
+
+`ProjectSpec` checks every cross-reference once, at load, so a service can
+trust that a name it reads from the spec resolves: a view's source exists, a
+model feature exists, the label source points at a data source, and so on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from difflib import get_close_matches
+from typing import Any, Literal, TypeAlias
+
+from pydantic import Field, JsonValue, model_validator
+
+from mlbus.spec._base import Identifier, Loc, ProblemList, SpecModel, one_of
+from mlbus.spec._contract import NUMERIC_TYPES, Source
+from mlbus.spec._durations import PositiveSeconds, Seconds
+from mlbus.spec._features import NUMERIC_FUNCTIONS, FeatureDef, FeatureView
+
+Task: TypeAlias = Literal["classification", "regression"]
+Estimator: TypeAlias = Literal["hist_gradient_boosting", "logistic_regression", "random_forest"]
+Metric: TypeAlias = Literal["auc", "log_loss", "f1", "rmse", "mae"]
+DriftTest: TypeAlias = Literal["psi", "ks", "chi2", "jensen_shannon"]
+NumericDriftTest: TypeAlias = Literal["psi", "ks"]
+CategoricalDriftTest: TypeAlias = Literal["psi", "chi2", "jensen_shannon"]
+Correction: TypeAlias = Literal["none", "bonferroni", "benjamini-hochberg"]
+FeatureValue: TypeAlias = bool | int | float | str
+
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "auc": True,
+    "f1": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+}
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "classification": frozenset({"auc", "log_loss", "f1"}),
+    "regression": frozenset({"rmse", "mae"}),
+}
+LABEL_TYPES: dict[str, frozenset[str]] = {
+    "classification": frozenset({"bool", "int", "enum", "string"}),
+    "regression": frozenset({"int", "float"}),
+}
+PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+def metric_gain(metric: str, candidate: float, champion: float) -> float:
+    """How much better `candidate` is than `champion` on `metric` (negative: worse)."""
+    return candidate - champion if HIGHER_IS_BETTER[metric] else champion - candidate
+
+
+class LabelRef(SpecModel):
+    """The training target: a field of a source (usually a labels source)."""
+
+    source: str
+    field: str
+
+
+class Gates(SpecModel):
+    """What a new model must reach before it is promoted.
+
+    `min_improvement`: gain over the champion on the model's metric, measured on
+    the same recent window. `minimums`: a floor per metric, read as "at least"
+    for auc/f1 and "at most" for log_loss/rmse/mae.
+    """
+
+    min_improvement: float = 0.0
+    minimums: dict[Metric, float] = Field(default_factory=dict)
+
+
+class ModelSpec(SpecModel):
+    """The model the trainer builds and the registry versions.
+
+    `features` lists `view.feature` refs or whole views (`view`). `threshold` is
+    the decision threshold of a classifier. `evaluation_window_s`: candidate and
+    champion are compared on the most recent window this long.
+    """
+
+    name: Identifier
+    task: Task
+    label: LabelRef
+    features: tuple[str, ...] = Field(min_length=1)
+    estimator: Estimator = "hist_gradient_boosting"
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    metric: Metric
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    evaluation_window_s: PositiveSeconds = 86_400
+    gates: Gates = Field(default_factory=Gates)
+    schedule_every_min: int | None = Field(default=None, ge=1)
+    min_rows: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> ModelSpec:
+        problems = ProblemList()
+        allowed = TASK_METRICS[self.task]
+        if self.metric not in allowed:
+            problems.add(
+                ("metric",),
+                f"expected a {self.task} metric ({one_of(allowed)}), got {self.metric!r}",
+            )
+        for metric in self.gates.minimums:
+            if metric not in allowed:
+                problems.add(
+                    ("gates", "minimums", metric),
+                    f"expected a {self.task} metric ({one_of(allowed)}), got {metric!r}",
+                )
+        problems.raise_if_any()
+        return self
+
+    def gate_failures(
+        self, candidate: Mapping[str, float], champion: Mapping[str, float] | None = None
+    ) -> list[str]:
+        """Why `candidate` may not be promoted over `champion` (empty: it may)."""
+        reasons: list[str] = []
+        for metric, bound in self.gates.minimums.items():
+            value = candidate.get(metric)
+            if value is None:
+                reasons.append(f"{metric} was not measured")
+            elif metric_gain(metric, value, bound) < 0:
+                side = "at least" if HIGHER_IS_BETTER[metric] else "at most"
+                reasons.append(f"{metric} {value:.4f} is not {side} {bound}")
+        if champion is not None and self.metric in champion:
+            if self.metric not in candidate:
+                reasons.append(f"{self.metric} was not measured")
+            else:
+                gain = metric_gain(self.metric, candidate[self.metric], champion[self.metric])
+                if gain < self.gates.min_improvement:
+                    reasons.append(
+                        f"{self.metric} gain {gain:+.4f} over the champion is below "
+                        f"min_improvement {self.gates.min_improvement}"
+                    )
+        return reasons
+
+
+class DriftTests(SpecModel):
+    """Default tests by feature kind."""
+
+    numeric: tuple[NumericDriftTest, ...] = ("psi", "ks")
+    categorical: tuple[CategoricalDriftTest, ...] = ("chi2",)
+
+
+class DriftSpec(SpecModel):
+    """How the drift detector compares live windows with the model's reference.
+
+    `features` overrides the default tests per `view.feature` ([] skips one).
+    `alpha` is the p-value level of ks/chi2 after `correction`; `psi_threshold`
+    and `jensen_shannon_threshold` bound the distances. A detection needs
+    `persistence` consecutive drifted windows; then `trigger` fires, at most
+    once per `cooldown_s` and `max_retrains_per_hour`.
+    """
+
+    tests: DriftTests = Field(default_factory=DriftTests)
+    features: dict[str, tuple[DriftTest, ...]] = Field(default_factory=dict)
+    window_size: int = Field(default=1000, ge=10)
+    min_samples: int = Field(default=200, ge=10)
+    psi_threshold: float = Field(default=0.2, gt=0.0)
+    jensen_shannon_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    correction: Correction = "benjamini-hochberg"
+    persistence: int = Field(default=2, ge=1)
+    cooldown_s: Seconds = 3600
+    max_retrains_per_hour: int = Field(default=2, ge=0)
+    trigger: Literal["retrain", "alert"] = "retrain"
+    prediction_drift: bool = True
+    performance_drift: bool = True
+    adwin_delta: float = Field(default=0.002, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _window_holds_samples(self) -> DriftSpec:
+        if self.min_samples > self.window_size:
+            problems = ProblemList()
+            problems.add(
+                ("min_samples",),
+                f"expected min_samples <= window_size ({self.window_size}), got {self.min_samples}",
+            )
+            problems.raise_if_any()
+        return self
+
+    def tests_for(self, feature: FeatureDef) -> tuple[DriftTest, ...]:
+        """The tests run on `feature`: its override, else the default for its kind."""
+        if feature.ref in self.features:
+            return self.features[feature.ref]
+        if feature.kind == "numeric":
+            return self.tests.numeric
+        if feature.kind == "categorical":
+            return self.tests.categorical
+        return ()
+
+
+class ServingSpec(SpecModel):
+    """How the inference service serves the model.
+
+    `canary_weight`: share of entities (sticky) sent to the canary. `shadow`: also
+    score with the shadow model, log only. `missing_features: default` fills each
+    missing feature from `defaults` (keyed by `view.feature`, one per feature);
+    `fail` refuses the request. `max_feature_age_s`: older online values count as missing.
+    """
+
+    model: str
+    canary_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow: bool = False
+    timeout_ms: int = Field(default=100, gt=0, le=60_000)
+    missing_features: Literal["fail", "default"] = "fail"
+    defaults: dict[str, FeatureValue] = Field(default_factory=dict)
+    max_feature_age_s: Seconds | None = None
+
+
+class ProjectSpec(SpecModel):
+    """One use case: everything the services need to know, cross-checked."""
+
+    project: str = Field(pattern=PROJECT_NAME)
+    description: str = ""
+    sources: dict[Identifier, Source] = Field(min_length=1)
+    features: dict[Identifier, FeatureView] = Field(default_factory=dict)
+    model: ModelSpec
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    serving: ServingSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serving_defaults_to_model(cls, data: Any) -> Any:
+        """`serving` may be omitted, and `serving.model` defaults to `model.name`."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            return data
+        name = data["model"].get("name")
+        serving = data.get("serving", {})
+        if isinstance(serving, dict) and "model" not in serving and name is not None:
+            return {**data, "serving": {**serving, "model": name}}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> ProjectSpec:
+        problems = ProblemList()
+        self._check_sources(problems)
+        self._check_views(problems)
+        problems.raise_if_any()  # the model checks below resolve views and sources
+        self._check_model(problems)
+        problems.raise_if_any()
+        self._check_drift_and_serving(problems)
+        problems.raise_if_any()
+        return self
+
+    # ── lookups the services use ─────────────────────────────────────────────
+
+    def data_sources(self) -> dict[str, Source]:
+        return {name: s for name, s in self.sources.items() if s.kind == "data"}
+
+    def label_sources(self) -> dict[str, Source]:
+        return {name: s for name, s in self.sources.items() if s.kind == "labels"}
+
+    def topics(self) -> dict[str, str]:
+        """Topic → source name: what ingestion subscribes to."""
+        return {source.topic: name for name, source in self.sources.items()}
+
+    def view_features(self, view: str) -> tuple[FeatureDef, ...]:
+        """Every feature of `view`, resolved (raises KeyError for an unknown view)."""
+        fv = self.features[view]
+        return fv.features(view, self.sources[fv.source])
+
+    def all_features(self) -> tuple[FeatureDef, ...]:
+        return tuple(f for view in self.features for f in self.view_features(view))
+
+    def feature(self, ref: str) -> FeatureDef:
+        """The feature `view.feature` (raises KeyError)."""
+        view, _, name = ref.partition(".")
+        for feature in self.view_features(view):
+            if feature.name == name:
+                return feature
+        raise KeyError(ref)
+
+    def model_features(self) -> tuple[FeatureDef, ...]:
+        """The model's input features in a fixed order: the order of `model.features`."""
+        return _expand_refs(self.model.features, self)
+
+    def model_views(self) -> tuple[str, ...]:
+        """Views the model reads, in first-use order."""
+        return tuple(dict.fromkeys(f.view for f in self.model_features()))
+
+    def model_entity(self) -> str:
+        """The entity-id field the model's features are keyed by (e.g. `card_id`)."""
+        return self.features[self.model_features()[0].view].entity
+
+    def training_source(self) -> str:
+        """The data source whose events become training rows (the one the label points at)."""
+        label_source = self.sources[self.model.label.source]
+        if label_source.labels is not None:
+            return label_source.labels.source
+        return self.model.label.source
+
+    def fingerprint(self) -> str:
+        """sha256 of the spec's canonical JSON: lineage records which spec built a model."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    # ── cross-reference checks ───────────────────────────────────────────────
+
+    def _check_sources(self, problems: ProblemList) -> None:
+        from mlbus.events import ALL_TOPICS
+
+        seen: dict[str, str] = {}
+        for name, source in self.sources.items():
+            loc: tuple[str, ...] = ("sources", name)
+            if source.topic in seen:
+                problems.add(
+                    (*loc, "topic"),
+                    f"expected a topic no other source uses, got {source.topic!r} "
+                    f"(also sources.{seen[source.topic]})",
+                )
+            seen[source.topic] = name
+            if source.topic in ALL_TOPICS:
+                problems.add(
+                    (*loc, "topic"),
+                    f"expected a topic of your own, got mlbus's internal {source.topic!r}",
+                )
+            if source.labels is None:
+                continue
+            target_name = source.labels.source
+            target = self.sources.get(target_name)
+            link_loc = (*loc, "labels", "source")
+            if target is None:
+                data = one_of(self.data_sources())
+                problems.add(link_loc, f"expected a data source ({data}), got {target_name!r}")
+            elif target.kind != "data":
+                problems.add(
+                    link_loc, f"expected a data source, got the labels source {target_name!r}"
+                )
+            elif target.event_id is None:
+                problems.add(
+                    link_loc,
+                    f"expected the labelled source {target_name!r} to declare event_id, "
+                    "so labels can name the event they label",
+                )
+            else:
+                ours = source.contract.fields[source.labels.event_id_field].type
+                theirs = target.contract.fields[target.event_id].type
+                if ours != theirs:
+                    problems.add(
+                        (*loc, "labels", "event_id_field"),
+                        f"expected type {theirs} like {target_name}.{target.event_id}, got {ours}",
+                    )
+
+    def _check_views(self, problems: ProblemList) -> None:
+        for name, view in self.features.items():
+            loc: tuple[str, ...] = ("features", name)
+            source = self.sources.get(view.source)
+            if source is None:
+                problems.add(
+                    (*loc, "source"),
+                    f"expected one of the sources ({one_of(self.sources)}), got {view.source!r}",
+                )
+                continue
+            fields = source.contract.fields
+            if view.entity != source.entity:
+                problems.add(
+                    (*loc, "entity"),
+                    f"expected the entity field of source {view.source!r} ({source.entity!r}), "
+                    f"got {view.entity!r}",
+                )
+            for i, field in enumerate(view.fields):
+                if field not in fields:
+                    problems.add(
+                        (*loc, "fields", i),
+                        f"expected a field of source {view.source!r} ({one_of(fields)}), "
+                        f"got {field!r}",
+                    )
+            for i, agg in enumerate(view.aggregations):
+                if agg.field is None:
+                    continue
+                agg_loc: Loc = (*loc, "aggregations", i, "field")
+                if agg.field not in fields:
+                    problems.add(
+                        agg_loc,
+                        f"expected a field of source {view.source!r} ({one_of(fields)}), "
+                        f"got {agg.field!r}",
+                    )
+                elif (
+                    agg.function in NUMERIC_FUNCTIONS
+                    and fields[agg.field].type not in NUMERIC_TYPES
+                ):
+                    problems.add(
+                        agg_loc,
+                        f"expected an int or float field for {agg.function}, "
+                        f"got {agg.field!r} of type {fields[agg.field].type}",
+                    )
+
+    def _check_model(self, problems: ProblemList) -> None:
+        model = self.model
+        label_source = self.sources.get(model.label.source)
+        if label_source is None:
+            problems.add(
+                ("model", "label", "source"),
+                f"expected one of the sources ({one_of(self.sources)}), got {model.label.source!r}",
+            )
+        else:
+            fields = label_source.contract.fields
+            if model.label.field not in fields:
+                problems.add(
+                    ("model", "label", "field"),
+                    f"expected a field of source {model.label.source!r} ({one_of(fields)}), "
+                    f"got {model.label.field!r}",
+                )
+            elif fields[model.label.field].type not in LABEL_TYPES[model.task]:
+                problems.add(
+                    ("model", "label", "field"),
+                    f"expected a {one_of(LABEL_TYPES[model.task])} field for {model.task}, "
+                    f"got {model.label.field!r} of type {fields[model.label.field].type}",
+                )
+        resolved: list[FeatureDef] = []
+        for i, ref in enumerate(model.features):
+            loc = ("model", "features", i)
+            try:
+                found = _expand_refs((ref,), self)
+            except KeyError:
+                problems.add(
+                    loc, f"expected a view or view.feature ({self._suggest(ref)}), got {ref!r}"
+                )
+                continue
+            for feature in found:
+                if feature.kind == "timestamp":
+                    problems.add(
+                        loc,
+                        f"expected numeric or categorical features, got timestamp {feature.ref!r}",
+                    )
+                if any(f.ref == feature.ref for f in resolved):
+                    problems.add(loc, f"expected each feature once, got {feature.ref!r} again")
+                resolved.append(feature)
+        entities = {self.features[f.view].entity for f in resolved}
+        if len(entities) > 1:
+            problems.add(
+                ("model", "features"),
+                "expected views of one entity (Predict fetches features by one id), "
+                f"got {sorted(entities)}",
+            )
+        if label_source is not None and len(entities) == 1:
+            target = self.training_source()
+            target_entity = self.sources[target].entity
+            (entity,) = entities
+            if target_entity != entity:
+                problems.add(
+                    ("model", "label", "source"),
+                    f"expected labels of events keyed by {entity!r} like the features, "
+                    f"got source {target!r} keyed by {target_entity!r}",
+                )
+
+    def _check_drift_and_serving(self, problems: ProblemList) -> None:
+        features = {f.ref: f for f in self.model_features()}
+        for ref, tests in self.drift.features.items():
+            loc = ("drift", "features", ref)
+            if ref not in features:
+                problems.add(
+                    loc, f"expected one of the model's features ({self._suggest(ref)}), got {ref!r}"
+                )
+                continue
+            kind = features[ref].kind
+            allowed = {"psi", "ks"} if kind == "numeric" else {"psi", "chi2", "jensen_shannon"}
+            for test in tests:
+                if test not in allowed:
+                    problems.add(
+                        loc,
+                        f"expected tests for a {kind} feature ({one_of(allowed)}), got {test!r}",
+                    )
+        serving = self.serving
+        if serving.model != self.model.name:
+            problems.add(
+                ("serving", "model"),
+                f"expected the model's name {self.model.name!r}, got {serving.model!r}",
+            )
+        for ref, value in serving.defaults.items():
+            loc = ("serving", "defaults", ref)
+            if ref not in features:
+                problems.add(
+                    loc, f"expected one of the model's features ({self._suggest(ref)}), got {ref!r}"
+                )
+                continue
+            reason = _default_mismatch(features[ref], value)
+            if reason:
+                problems.add(loc, reason)
+        if serving.missing_features == "default":
+            missing = [ref for ref in features if ref not in serving.defaults]
+            if missing:
+                problems.add(
+                    ("serving", "defaults"),
+                    f"expected a default for every model feature (missing_features: default), "
+                    f"missing {', '.join(missing)}",
+                )
+
+    def _suggest(self, ref: str) -> str:
+        """Close matches first, so a typo's fix is in the message."""
+        known = [*self.features, *(f.ref for f in self.all_features())]
+        close = get_close_matches(ref, known, n=3, cutoff=0.6)
+        if close:  # closest first, so not through one_of (which sorts)
+            shown = [repr(name) for name in close]
+            tail = f" or {shown[-1]}" if len(shown) > 1 else ""
+            return "did you mean " + ", ".join(shown[: len(shown) - 1 or 1]) + tail
+        return one_of(self.features) if self.features else "no feature views are defined"
+
+
+def _expand_refs(refs: tuple[str, ...], spec: ProjectSpec) -> tuple[FeatureDef, ...]:
+    """`view` → all its features, `view.feature` → that one; KeyError for anything else."""
+    out: list[FeatureDef] = []
+    for ref in refs:
+        if "." in ref:
+            out.append(spec.feature(ref))
+        else:
+            out.extend(spec.view_features(ref))
+    return tuple(out)
+
+
+def _default_mismatch(feature: FeatureDef, value: FeatureValue) -> str | None:
+    if feature.kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"expected a number for {feature.dtype} feature {feature.ref!r}, got {value!r}"
+        return None
+    if feature.dtype == "bool":
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if not isinstance(value, str):
+        return f"expected a string for {feature.dtype} feature {feature.ref!r}, got {value!r}"
+    if feature.values is not None and value not in feature.values:
+        return f"expected one of {one_of(feature.values)}, got {value!r}"
+    return None
