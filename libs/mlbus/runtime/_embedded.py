@@ -60,8 +60,14 @@ class EmbeddedBroker:
         url = f"tcp://{LOOPBACK}:{self.port}"
         argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         self._proc = spawn(argv, self.log_path)
-        wait_for_port(LOOPBACK, self.port, self._proc, "the embedded broker", self.log_path,
-                      self.start_timeout_s)  # fmt: skip
+        wait_for_port(
+            LOOPBACK,
+            self.port,
+            self._proc,
+            "the embedded broker",
+            self.log_path,
+            self.start_timeout_s,
+        )
         return self
 
     def alive(self) -> bool:
@@ -107,12 +113,29 @@ class EmbeddedRedis:
         work_dir = self.log_dir.parent / "redis"
         work_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_binary(), "--port", str(self.port), "--bind", LOOPBACK,
-            "--save", "", "--appendonly", "no", "--dir", str(work_dir), "--daemonize", "no",
-        ]  # fmt: skip
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work_dir),
+            "--daemonize",
+            "no",
+        ]
         self._proc = spawn(argv, self.log_path)
-        wait_for_port(LOOPBACK, self.port, self._proc, "the embedded Redis", self.log_path,
-                      self.start_timeout_s)  # fmt: skip
+        wait_for_port(
+            LOOPBACK,
+            self.port,
+            self._proc,
+            "the embedded Redis",
+            self.log_path,
+            self.start_timeout_s,
+        )
         return self
 
     def alive(self) -> bool:
@@ -127,7 +150,10 @@ class EmbeddedRedis:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

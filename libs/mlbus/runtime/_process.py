@@ -48,14 +48,14 @@ def spawn(
     """Start a child whose output goes to `log_path` and which dies with this process."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(  # noqa: S603 - argv is built by mlbus, never from input
+        return subprocess.Popen(
             list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=_die_with_parent,
         )
 
 
@@ -88,7 +88,9 @@ def wait_for_port(
             return
         time.sleep(0.05)
     terminate(proc)
-    raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f} s; see {log_path}")
+    raise TimeoutError(
+        f"{what} did not listen on {host}:{port} within {timeout_s:.0f} s; see {log_path}"
+    )
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -1,0 +1,233 @@
+"""The state of a running `mlbus up`, shared with other commands through the data folder.
+
+`mlbus up` holds an exclusive `flock` on `<data>/run/up.lock` for as long as it
+runs and rewrites `<data>/run/state.json` atomically (temporary file + rename)
+whenever something changes: addresses, pids, restarts. Any other process reads
+that file to find the broker, Redis and the services (`discover`, `mlbus status`).
+
+A state file left behind by a crashed `mlbus up` is recognised by its
+supervisor pid no longer being alive, and is replaced by the next `mlbus up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from mlbus.config import DataDir, MlbusSettings
+from mlbus.errors import MlbusError
+
+log = logging.getLogger(__name__)
+
+ServiceStatus = Literal["starting", "running", "restarting", "failed", "stopped"]
+SupervisorStatus = Literal["starting", "running", "stopping"]
+
+
+class BrokerState(BaseModel):
+    """Where the Kafka-compatible broker answers; `pid` only when `mlbus up` runs it."""
+
+    bootstrap_servers: str
+    pid: int | None = None
+    embedded: bool
+    log: Path | None = None
+    restarts: int = 0
+
+
+class RedisState(BaseModel):
+    """Where the online store answers; `pid` only when `mlbus up` runs it."""
+
+    url: str
+    pid: int | None = None
+    embedded: bool
+    log: Path | None = None
+    restarts: int = 0
+
+
+class ServiceState(BaseModel):
+    """One supervised mlbus service."""
+
+    pid: int | None = None
+    status: ServiceStatus = "starting"
+    restarts: int = 0
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    log: Path
+
+
+class RunState(BaseModel):
+    """Everything `mlbus up` tells other processes about itself."""
+
+    supervisor_pid: int
+    status: SupervisorStatus = "starting"
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    data_dir: Path
+    spec: Path | None = None
+    broker: BrokerState | None = None
+    redis: RedisState | None = None
+    services: dict[str, ServiceState] = Field(default_factory=dict)
+    not_installed: list[str] = Field(
+        default_factory=list, description="Catalogue services whose module is not installed."
+    )
+
+    def grpc_address(self, service: str, host: str = "127.0.0.1") -> str | None:
+        """`host:port` of a service's gRPC server, if it runs one."""
+        found = self.services.get(service)
+        if found is None or found.grpc_port is None:
+            return None
+        return f"{host}:{found.grpc_port}"
+
+    def pids(self) -> dict[str, int]:
+        """Every process `mlbus up` started, by component name (the supervisor excluded)."""
+        pids: dict[str, int] = {}
+        if self.broker is not None and self.broker.pid is not None:
+            pids["broker"] = self.broker.pid
+        if self.redis is not None and self.redis.pid is not None:
+            pids["redis"] = self.redis.pid
+        for name, service in self.services.items():
+            if service.pid is not None:
+                pids[name] = service.pid
+        return pids
+
+
+class AlreadyRunningError(MlbusError):
+    """Another `mlbus up` holds the data folder."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:  # a zombie (dead, not yet reaped) is gone for every purpose here
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def write_state(data: DataDir, state: RunState) -> None:
+    """Replace the state file atomically: readers see the old or the new file, never half."""
+    data.ensure(data.run)
+    tmp = data.run_state.with_name(f".{data.run_state.name}.{os.getpid()}.tmp")
+    tmp.write_text(state.model_dump_json(indent=2) + "\n")
+    tmp.replace(data.run_state)
+
+
+def read_state(data: DataDir) -> RunState | None:
+    """The state file as written, alive or stale; None when absent or unreadable."""
+    try:
+        text = data.run_state.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return RunState.model_validate_json(text)
+    except ValidationError as exc:
+        log.warning("ignoring unreadable run state %s: %s", data.run_state, exc)
+        return None
+
+
+def live_state(data: DataDir) -> RunState | None:
+    """The state of the `mlbus up` running in this data folder, or None (absent or stale)."""
+    state = read_state(data)
+    if state is None or not pid_alive(state.supervisor_pid):
+        return None
+    return state
+
+
+def remove_state(data: DataDir) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        data.run_state.unlink()
+
+
+def lock_path(data: DataDir) -> Path:
+    return data.run / "up.lock"
+
+
+class RunLock:
+    """The exclusive right to run `mlbus up` in one data folder, held until `release`.
+
+    The lock is an `flock`, so the kernel drops it when the holder dies, however
+    it dies. The holder's pid is written into the lock file for the error message.
+    The descriptor is not inherited by children, so a surviving child never
+    keeps the folder locked.
+    """
+
+    def __init__(self, data: DataDir) -> None:
+        self._data = data
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self._data.ensure(self._data.run)
+        path = lock_path(self._data)
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise AlreadyRunningError(
+                f"mlbus up is already running in {self._data.root} (pid {holder}); "
+                "stop it first, or use another --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        stale = read_state(self._data)
+        if stale is not None:  # we hold the lock, so whoever wrote it is gone
+            log.warning(
+                "replacing the state left by a crashed mlbus up (pid %d)", stale.supervisor_pid
+            )
+            remove_state(self._data)
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+S = TypeVar("S", bound=MlbusSettings)
+
+
+def discover(settings: S) -> S:
+    """Fill unset broker and Redis addresses from the `mlbus up` running in the data folder.
+
+    Addresses set explicitly (environment, flags) always win. Without a running
+    `mlbus up` the settings come back unchanged, and `require_bootstrap()` /
+    `require_url()` say how to start one.
+    """
+    if settings.kafka.bootstrap_servers and settings.redis.url:
+        return settings
+    state = live_state(settings.data)
+    if state is None:
+        return settings
+    update: dict[str, object] = {}
+    if not settings.kafka.bootstrap_servers and state.broker is not None:
+        update["kafka"] = settings.kafka.model_copy(
+            update={"bootstrap_servers": state.broker.bootstrap_servers}
+        )
+    if not settings.redis.url and state.redis is not None:
+        update["redis"] = settings.redis.model_copy(update={"url": state.redis.url})
+    return settings.model_copy(update=update) if update else settings

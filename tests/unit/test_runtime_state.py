@@ -1,0 +1,174 @@
+"""Run state: atomic write, read back, stale detection, the folder lock, `discover`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlbus.config import DataDir, MlbusSettings
+from mlbus.runtime import AlreadyRunningError, discover, live_state, pid_alive, read_state
+from mlbus.runtime._state import (
+    BrokerState,
+    RedisState,
+    RunLock,
+    RunState,
+    ServiceState,
+    remove_state,
+    write_state,
+)
+
+DEAD_PID = 2**31 - 1  # above any pid_max: never a live process
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL", "MLBUS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_state(data: DataDir, pid: int) -> RunState:
+    return RunState(
+        supervisor_pid=pid,
+        status="running",
+        data_dir=data.root,
+        broker=BrokerState(bootstrap_servers="127.0.0.1:19092", pid=11, embedded=True),
+        redis=RedisState(url="redis://127.0.0.1:16379/0", embedded=False),
+        services={
+            "inference": ServiceState(
+                pid=12, status="running", grpc_port=8001, metrics_port=9101, log=data.logs / "i.log"
+            )
+        },
+    )
+
+
+def test_write_then_read_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    state = make_state(data, os.getpid())
+
+    write_state(data, state)
+
+    assert read_state(data) == state
+    assert sorted(p.name for p in data.run.iterdir()) == ["state.json"]
+
+
+def test_write_replaces_the_previous_state(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    write_state(data, make_state(data, os.getpid()))
+    newer = make_state(data, os.getpid())
+    newer.services["inference"].restarts = 3
+
+    write_state(data, newer)
+
+    found = read_state(data)
+    assert found is not None
+    assert found.services["inference"].restarts == 3
+
+
+def test_missing_or_unreadable_state_reads_as_none(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    assert read_state(data) is None
+    data.ensure(data.run)
+    data.run_state.write_text("{not json")
+    assert read_state(data) is None
+
+
+def test_state_of_a_dead_supervisor_is_stale(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    write_state(data, make_state(data, DEAD_PID))
+
+    assert read_state(data) is not None
+    assert live_state(data) is None
+
+
+def test_state_of_a_live_supervisor_is_live(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    write_state(data, make_state(data, os.getpid()))
+
+    live = live_state(data)
+
+    assert live is not None
+    assert live.grpc_address("inference") == "127.0.0.1:8001"
+    assert live.grpc_address("drift") is None
+    assert live.pids() == {"broker": 11, "inference": 12}
+
+
+def test_remove_state_is_idempotent(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    write_state(data, make_state(data, os.getpid()))
+    remove_state(data)
+    remove_state(data)
+    assert not data.run_state.exists()
+
+
+def test_pid_alive_tells_live_dead_and_zombie_apart() -> None:
+    assert pid_alive(os.getpid())
+    assert not pid_alive(DEAD_PID)
+    assert not pid_alive(0)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while pid_alive(child.pid):  # exited but not reaped: a zombie counts as gone
+            assert time.monotonic() < deadline, "child never exited"
+            time.sleep(0.02)
+    finally:
+        child.wait()
+
+
+def test_second_lock_on_the_same_folder_is_refused_with_the_holder_pid(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    with RunLock(data):
+        with pytest.raises(AlreadyRunningError) as refused:
+            RunLock(data).acquire()
+        assert f"already running in {data.root} (pid {os.getpid()})" in str(refused.value)
+    with RunLock(data):  # released: free again
+        pass
+
+
+def test_locks_on_different_folders_do_not_collide(tmp_path: Path) -> None:
+    with RunLock(DataDir(tmp_path / "a")), RunLock(DataDir(tmp_path / "b")):
+        pass
+
+
+def test_taking_the_lock_replaces_a_stale_state(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    write_state(data, make_state(data, DEAD_PID))
+
+    with RunLock(data):
+        assert read_state(data) is None
+
+
+def test_discover_fills_unset_addresses_from_the_running_up(tmp_path: Path) -> None:
+    settings = MlbusSettings(data_dir=tmp_path)
+    write_state(settings.data, make_state(settings.data, os.getpid()))
+
+    found = discover(settings)
+
+    assert found.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert found.redis.url == "redis://127.0.0.1:16379/0"
+    assert settings.kafka.bootstrap_servers is None  # the input is left alone
+
+
+def test_discover_keeps_explicit_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    settings = MlbusSettings(data_dir=tmp_path)
+    write_state(settings.data, make_state(settings.data, os.getpid()))
+
+    found = discover(settings)
+
+    assert found.kafka.bootstrap_servers == "kafka:9092"
+    assert found.redis.url == "redis://127.0.0.1:16379/0"
+
+
+def test_discover_without_a_running_up_changes_nothing(tmp_path: Path) -> None:
+    settings = MlbusSettings(data_dir=tmp_path)
+    write_state(settings.data, make_state(settings.data, DEAD_PID))
+
+    found = discover(settings)
+
+    assert found.kafka.bootstrap_servers is None
+    assert found.redis.url is None
