@@ -110,6 +110,17 @@ class KafkaSettings(BaseSettings):
     )
     acks: Literal["0", "1", "all"] = "all"
     linger_ms: int = Field(default=5, ge=0, le=1000)
+    max_batch_bytes: int = Field(
+        default=262_144,
+        ge=1024,
+        description="Producer batch per partition; larger batches mean fewer fetch round trips.",
+    )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="How long a fetch may wait for data; bounds end-to-end latency when idle.",
+    )
     topic_partitions: int = Field(default=3, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1, le=10)
     session_timeout_s: float = Field(
@@ -188,7 +199,16 @@ class TelemetrySettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
-    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of control-plane traces recorded."
+    )
+    data_sample_ratio: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of data-plane traces (events, predictions) started here that are "
+        "recorded; traces a producer sampled are always continued.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 # Topics, defined once: mlbus.<domain>.<event>.v<N>
 INGEST_VALIDATED = "mlbus.ingest.validated.v1"
@@ -48,6 +48,8 @@ class Event(Contract):
 
     event_type: ClassVar[str]
     topic: ClassVar[str]
+    plane: ClassVar[Literal["data", "control"]] = "control"
+    """Data-plane events flow per record and are trace-sampled; control-plane ones are traced."""
 
     event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=200)
     occurred_at: AwareDatetime = Field(default_factory=utc_now)
@@ -56,9 +58,20 @@ class Event(Contract):
 # ── value objects ────────────────────────────────────────────────────────────
 
 TensorDatatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
-]  # fmt: skip
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
 
 
 class TensorSpec(Contract):
@@ -93,12 +106,13 @@ class IngestValidated(Event):
 
     event_type: ClassVar[str] = INGEST_VALIDATED
     topic: ClassVar[str] = INGEST_VALIDATED
+    plane: ClassVar[Literal["data", "control"]] = "data"
 
     source: str
     contract_version: int
     entity_id: str
     event_time: AwareDatetime
-    payload: dict[str, JsonValue]
+    payload: dict[str, Scalar] = Field(description="The event's fields after the contract.")
     source_topic: str
     source_partition: int
     source_offset: int
@@ -109,6 +123,7 @@ class IngestRejected(Event):
 
     event_type: ClassVar[str] = INGEST_REJECTED
     topic: ClassVar[str] = INGEST_REJECTED
+    plane: ClassVar[Literal["data", "control"]] = "data"
 
     source: str | None
     source_topic: str
@@ -222,6 +237,7 @@ class ModelPublished(Event):
 class PredictionLogged(Event):
     event_type: ClassVar[str] = PREDICTION_LOGGED
     topic: ClassVar[str] = PREDICTION_LOGGED
+    plane: ClassVar[Literal["data", "control"]] = "data"
 
     model: str
     version: int
@@ -286,5 +302,3 @@ ALL_TOPICS: tuple[str, ...] = tuple(cls.topic for cls in EVENT_TYPES.values())
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of every event, keyed by event type."""
     return {name: cls.model_json_schema() for name, cls in EVENT_TYPES.items()}
-
-

@@ -7,6 +7,7 @@ any language can read the value without knowing CloudEvents.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
@@ -23,13 +24,27 @@ Headers = list[tuple[str, bytes]]
 def event_headers(event: Event, source: str) -> Headers:
     """The CloudEvents binding headers for `event` (trace context is added separately)."""
     return [
-        ("ce_specversion", b"1.0"),
+        _SPECVERSION,
         ("ce_id", event.event_id.encode()),
-        ("ce_type", event.event_type.encode()),
-        ("ce_source", source.encode()),
+        ("ce_type", _type_bytes(event.event_type)),
+        ("ce_source", _source_bytes(source)),
         ("ce_time", event.occurred_at.isoformat().encode()),
-        ("content-type", CONTENT_TYPE),
+        _CONTENT_TYPE,
     ]
+
+
+_SPECVERSION = ("ce_specversion", CE_SPECVERSION.encode())
+_CONTENT_TYPE = ("content-type", CONTENT_TYPE)
+
+
+@functools.cache
+def _type_bytes(event_type: str) -> bytes:
+    return event_type.encode()
+
+
+@functools.cache
+def _source_bytes(source: str) -> bytes:
+    return source.encode()
 
 
 def encode_event(event: Event) -> bytes:

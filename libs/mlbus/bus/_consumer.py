@@ -20,12 +20,13 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from mlbus.bus._codec import EventDecoder, header
 from mlbus.bus._publisher import Publisher
@@ -33,6 +34,11 @@ from mlbus.config import KafkaSettings
 from mlbus.errors import PermanentError, RetryableError
 from mlbus.events import DEAD_LETTERED, Event, MessageDeadLettered
 from mlbus.telemetry import extract_kafka_context
+from mlbus.telemetry._sampling import (
+    PLANE_ATTRIBUTE,
+    PRESAMPLED_ATTRIBUTE,
+    presample_data_record,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("mlbus.bus")
@@ -121,6 +127,7 @@ class Consumer(Generic[T]):
         retry: RetryPolicy | None = None,
         auto_offset_reset: str | None = None,
         max_batch: int = 500,
+        plane: Literal["data", "control"] = "data",
         **consumer_options: Any,
     ) -> None:
         if not topics:
@@ -135,6 +142,7 @@ class Consumer(Generic[T]):
         self._retry = retry or RetryPolicy()
         self._reset = auto_offset_reset or ("earliest" if group_id else "latest")
         self._max_batch = max_batch
+        self._plane = plane
         self._options = consumer_options
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -155,6 +163,7 @@ class Consumer(Generic[T]):
         **options: Any,
     ) -> Consumer[Event]:
         """A consumer of mlbus events: topics (unless given) and decoding follow from the types."""
+        options.setdefault("plane", "data" if all(t.plane == "data" for t in types) else "control")
         return Consumer[Event](
             kafka,
             topics=topics or sorted({t.topic for t in types}),
@@ -184,6 +193,7 @@ class Consumer(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset=self._reset,
             session_timeout_ms=session_ms,
+            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
             max_poll_interval_ms=max(300_000, session_ms * 2),
             **self._options,
@@ -213,7 +223,11 @@ class Consumer(Generic[T]):
                     if not await self._process(record):
                         return  # stopping while retrying: leave the record uncommitted
                     self._pending[tp] = record.offset + 1
+                _processed.add(len(records), {"topic": tp.topic})
                 self._report_lag(consumer, tp)
+                # Handlers rarely suspend; yield so aiokafka's fetcher can request the
+                # next records while this batch is still being worked through.
+                await asyncio.sleep(0)
             await self._commit()
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
@@ -241,33 +255,61 @@ class Consumer(Generic[T]):
     # ── one record ───────────────────────────────────────────────────────────
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Handle one record to completion. False only if asked to stop first."""
+        """Handle one record to completion, traced. False only if asked to stop first."""
         headers = tuple(record.headers or ())
         parent = extract_kafka_context(headers)
-        attrs = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": record.topic,
-            "messaging.kafka.destination.partition": record.partition,
-            "messaging.kafka.offset": record.offset,
-            "messaging.consumer.group.name": self.group_id or "",
-        }
-        with _tracer.start_as_current_span(
-            f"{record.topic} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
-        ) as span:
-            outcome = await self._handle_with_retries(record, headers, span)
-            if outcome is _DONE:
-                self.stats.processed += 1
-                _processed.add(1, {"topic": record.topic})
-                return True
-            if outcome is _STOPPED:
-                return False
-            assert isinstance(outcome, _Failed)
+        presampled = self._plane == "data" and presample_data_record(
+            trace.get_current_span(parent).get_span_context().trace_flags.sampled
+        )
+        if self._plane == "data" and not presampled:
+            return await self._settle(record, headers, None)  # untraced data-plane record
+        span = _tracer.start_span(
+            f"{record.topic} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.destination.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+                "messaging.consumer.group.name": self.group_id or "",
+                PLANE_ATTRIBUTE: self._plane,
+                PRESAMPLED_ATTRIBUTE: presampled,
+            },
+        )
+        # Attach by hand (cheaper than a context manager per record) so the handler's
+        # own spans and log lines belong to this trace.
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return await self._settle(record, headers, span)
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    async def _settle(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        headers: tuple[tuple[str, bytes], ...],
+        span: Span | None,
+    ) -> bool:
+        """Run the handler with retries; dead-letter what cannot succeed."""
+        outcome = await self._handle_with_retries(record, headers, span)
+        if outcome is _DONE:
+            self.stats.processed += 1
+            return True
+        if outcome is _STOPPED:
+            return False
+        assert isinstance(outcome, _Failed)
+        if span is not None:
             span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
-            return await self._dead_letter(record, outcome.error, outcome.attempts)
+        return await self._dead_letter(record, outcome.error, outcome.attempts)
 
     async def _handle_with_retries(
-        self, record: ConsumerRecord[bytes, bytes], headers: tuple[tuple[str, bytes], ...], span: Any
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        headers: tuple[tuple[str, bytes], ...],
+        span: Span | None,
     ) -> _Outcome:
         attempt = 0
         while True:
@@ -275,8 +317,15 @@ class Consumer(Generic[T]):
             try:
                 payload = self._decoder(record.value, headers)
                 await self._handler(
-                    Received(payload, record.topic, record.partition, record.offset, record.key,
-                             headers, record.timestamp)  # fmt: skip
+                    Received(
+                        payload,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        headers,
+                        record.timestamp,
+                    )
                 )
                 return _DONE
             except PermanentError as exc:
@@ -285,23 +334,36 @@ class Consumer(Generic[T]):
                 if not await self._backoff(record, exc, attempt, span):
                     return _STOPPED
             except Exception as exc:  # a bug: a few tries, then the dead-letter topic
-                log.exception("handler failed on %s[%d]@%d", record.topic, record.partition,
-                              record.offset)  # fmt: skip
+                log.exception(
+                    "handler failed on %s[%d]@%d", record.topic, record.partition, record.offset
+                )
                 if attempt >= self._retry.unexpected_attempts:
                     return _Failed(exc, attempt)
                 if not await self._backoff(record, exc, attempt, span):
                     return _STOPPED
 
     async def _backoff(
-        self, record: ConsumerRecord[bytes, bytes], exc: BaseException, attempt: int, span: Any
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        exc: BaseException,
+        attempt: int,
+        span: Span | None,
     ) -> bool:
         """Sleep before the next attempt; False if asked to stop meanwhile."""
         delay = self._retry.backoff_s(attempt)
         self.stats.retries += 1
         _retries.add(1, {"topic": record.topic})
-        span.add_event("retry", {"attempt": attempt, "error": repr(exc), "backoff_s": delay})
-        log.warning("retrying %s[%d]@%d in %.2fs (attempt %d): %s", record.topic,
-                    record.partition, record.offset, delay, attempt, exc)  # fmt: skip
+        if span is not None:
+            span.add_event("retry", {"attempt": attempt, "error": repr(exc), "backoff_s": delay})
+        log.warning(
+            "retrying %s[%d]@%d in %.2fs (attempt %d): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            delay,
+            attempt,
+            exc,
+        )
         try:
             await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
@@ -339,11 +401,15 @@ class Consumer(Generic[T]):
                     continue
         self.stats.dead_lettered += 1
         _dead_lettered.add(1, {"topic": record.topic, "error_type": dead.error_type})
-        log.error("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                  dead.reason, extra={"event_id": header(record.headers, "ce_id")})  # fmt: skip
+        log.error(
+            "dead-lettered %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            dead.reason,
+            extra={"event_id": header(record.headers, "ce_id")},
+        )
         return True
-
-
 
 
 def _b64(data: bytes | None) -> str | None:

@@ -17,11 +17,20 @@ from mlbus.bus._codec import Headers, encode_event, event_headers
 from mlbus.config import KafkaSettings
 from mlbus.events import Event
 from mlbus.telemetry import inject_kafka_headers
+from mlbus.telemetry._sampling import (
+    PLANE_ATTRIBUTE,
+    PRESAMPLED_ATTRIBUTE,
+    presample_data_record,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("mlbus.bus")
 
 Key = str | bytes | None
+
+
+def _current_trace_sampled() -> bool:
+    return bool(trace.get_current_span().get_span_context().trace_flags.sampled)
 
 
 def _key_bytes(key: Key) -> bytes | None:
@@ -51,6 +60,7 @@ class Publisher:
                     acks="all" if self._kafka.acks == "all" else int(self._kafka.acks),
                     enable_idempotence=self._kafka.enable_idempotence,
                     linger_ms=self._kafka.linger_ms,
+                    max_batch_size=self._kafka.max_batch_bytes,
                     **self._options,
                 )
                 await producer.start()
@@ -68,7 +78,10 @@ class Publisher:
         return await self.start()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -84,7 +97,13 @@ class Publisher:
         """Queue `event` on its topic (or `topic`); return the delivery future."""
         destination = topic or event.topic
         headers = event_headers(event, self.source)
-        with _tracer.start_as_current_span(
+        value, key_bytes = encode_event(event), _key_bytes(key)
+        presampled = event.plane == "data" and presample_data_record(_current_trace_sampled())
+        if event.plane == "data" and not presampled:
+            # An untraced data-plane record: no span, no trace headers (see _sampling.py).
+            return await self.producer.send(destination, value, key=key_bytes, headers=headers)  # type: ignore[no-any-return]
+        # start_span + explicit context (not start_as_current_span): this runs per record.
+        span = _tracer.start_span(
             f"{destination} publish",
             kind=SpanKind.PRODUCER,
             attributes={
@@ -93,20 +112,31 @@ class Publisher:
                 "messaging.destination.name": destination,
                 "messaging.message.id": event.event_id,
                 "cloudevents.event_type": event.event_type,
+                PLANE_ATTRIBUTE: event.plane,
+                PRESAMPLED_ATTRIBUTE: presampled,
             },
-        ):
-            inject_kafka_headers(headers)
+        )
+        try:
+            inject_kafka_headers(headers, trace.set_span_in_context(span))
             future: asyncio.Future[RecordMetadata] = await self.producer.send(
-                destination, encode_event(event), key=_key_bytes(key), headers=headers
+                destination, value, key=key_bytes, headers=headers
             )
+        finally:
+            span.end()
         return future
 
-    async def publish(self, event: Event, key: Key = None, *, topic: str | None = None) -> RecordMetadata:
+    async def publish(
+        self, event: Event, key: Key = None, *, topic: str | None = None
+    ) -> RecordMetadata:
         """Publish `event` and wait until the broker acknowledged it."""
         return await (await self.send(event, key, topic=topic))
 
     async def send_raw(
-        self, topic: str, value: bytes | None, key: Key = None, headers: Sequence[tuple[str, bytes]] = ()
+        self,
+        topic: str,
+        value: bytes | None,
+        key: Key = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[RecordMetadata]:
         """Queue bytes that are not an mlbus event (producers' source data, replays)."""
         raw_headers: Headers = list(headers)

@@ -27,12 +27,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import mlbus
 from mlbus.config import MlbusSettings
 from mlbus.errors import ConfigError
 from mlbus.telemetry._logging import _service_name, setup_logging
+from mlbus.telemetry._sampling import mlbus_sampler, set_data_sample_ratio
 from mlbus.telemetry._spanfile import SpanFileExporter
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Telemetry:
             exporter = file_exporter
         self.tracer_provider = TracerProvider(
             resource=resource,
-            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+            sampler=mlbus_sampler(cfg.sample_ratio, cfg.data_sample_ratio),
             shutdown_on_exit=install_global,
         )
         self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -207,6 +207,7 @@ def setup_telemetry(
                 )
             return _active
         handle = Telemetry(service, settings, install_global=True, metrics_host=metrics_host)
+        set_data_sample_ratio(settings.telemetry.data_sample_ratio)
         if not _globals_installed:
             trace.set_tracer_provider(handle.tracer_provider)
             metrics.set_meter_provider(handle.meter_provider)
