@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from mlbus.bus import Consumer, Publisher, Received, raw_decoder
 from mlbus.config import KafkaSettings
@@ -20,7 +21,7 @@ async def main(bootstrap: str, topic: str, group: str, effects_path: str) -> Non
     kafka = KafkaSettings(bootstrap_servers=bootstrap, session_timeout_s=6.0)
 
     async def handle(msg: Received[bytes | None]) -> None:
-        with open(effects_path, "ab") as out:  # noqa: ASYNC230 - tiny, and must fsync
+        with Path(effects_path).open("ab") as out:  # noqa: ASYNC230 - tiny, and must fsync
             out.write((msg.payload or b"") + b"\n")
             out.flush()
             os.fsync(out.fileno())
@@ -29,9 +30,13 @@ async def main(bootstrap: str, topic: str, group: str, effects_path: str) -> Non
 
     async with Publisher(kafka, source="kill-test") as publisher:
         consumer: Consumer[bytes | None] = Consumer(
-            kafka, topics=[topic], group_id=group, handler=handle, decoder=raw_decoder,
+            kafka,
+            topics=[topic],
+            group_id=group,
+            handler=handle,
+            decoder=raw_decoder,
             publisher=publisher,
-        )  # fmt: skip
+        )
         await consumer.run()
 
 

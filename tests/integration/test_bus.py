@@ -32,7 +32,9 @@ async def publisher(kafka: KafkaSettings) -> AsyncIterator[Publisher]:
         yield pub
 
 
-async def run_until(consumer: Consumer[object], done: Callable[[], bool], timeout_s: float = 45) -> None:
+async def run_until(
+    consumer: Consumer[object], done: Callable[[], bool], timeout_s: float = 45
+) -> None:
     """Run `consumer` until `done()` holds, then stop it cleanly."""
     task = asyncio.create_task(consumer.run())
     try:
@@ -83,9 +85,13 @@ async def test_round_trip_keeps_event_key_and_cloudevents_headers(
         got.append(msg)
 
     consumer = Consumer.of_events(
-        kafka, types=[TrainingRequested], group_id=f"g-{unique}", handler=handle,
-        publisher=publisher, topics=[topic],
-    )  # fmt: skip
+        kafka,
+        types=[TrainingRequested],
+        group_id=f"g-{unique}",
+        handler=handle,
+        publisher=publisher,
+        topics=[topic],
+    )
     await run_until(consumer, lambda: len(got) >= len(sent))
 
     assert sorted(m.payload.event_id for m in got) == sorted(e.event_id for e in sent)
@@ -129,9 +135,13 @@ async def test_consumer_span_continues_the_producer_trace(
             with tracer.start_as_current_span("producer-request") as root:
                 await pub.publish(training_request("traced"), key="traced", topic=topic)
             consumer = Consumer.of_events(
-                kafka, types=[TrainingRequested], group_id=f"g-{unique}", handler=handle,
-                publisher=pub, topics=[topic],
-            )  # fmt: skip
+                kafka,
+                types=[TrainingRequested],
+                group_id=f"g-{unique}",
+                handler=handle,
+                publisher=pub,
+                topics=[topic],
+            )
             await run_until(consumer, lambda: len(seen) == 1)
     finally:
         _publisher._tracer, _consumer._tracer = saved
@@ -140,8 +150,10 @@ async def test_consumer_span_continues_the_producer_trace(
     assert seen == [trace_id]
     spans = {s.name: s for s in exporter.get_finished_spans()}
     publish, process = spans[f"{topic} publish"], spans[f"{topic} process"]
-    assert publish.parent is not None and publish.parent.span_id == root.get_span_context().span_id
-    assert process.parent is not None and process.parent.span_id == publish.context.span_id
+    assert publish.parent is not None
+    assert publish.parent.span_id == root.get_span_context().span_id
+    assert process.parent is not None
+    assert process.parent.span_id == publish.context.span_id
     assert process.context.trace_id == root.get_span_context().trace_id
     provider.shutdown()
 
@@ -155,8 +167,11 @@ async def test_malformed_bytes_go_to_the_dead_letter_topic_and_the_consumer_keep
     await publisher.publish(good_before, key="k", topic=topic)
     bad_values = [b"\xff\xfe not json", b'{"model": 1}', b"[]"]
     for value in bad_values:
-        await (await publisher.send_raw(topic, value, key="k",
-                                        headers=[("ce_type", b"mlbus.training.requested.v1")]))  # fmt: skip
+        await (
+            await publisher.send_raw(
+                topic, value, key="k", headers=[("ce_type", b"mlbus.training.requested.v1")]
+            )
+        )
     await (await publisher.send_raw(topic, b"{}", key="k", headers=[("ce_type", b"evil.type")]))
     await publisher.publish(good_after, key="k", topic=topic)
 
@@ -167,13 +182,20 @@ async def test_malformed_bytes_go_to_the_dead_letter_topic_and_the_consumer_keep
         handled.append(msg.payload.model)
 
     consumer = Consumer.of_events(
-        kafka, types=[TrainingRequested], group_id=f"g-{unique}", handler=handle,
-        publisher=publisher, dead_letter_topic=dlq, topics=[topic],
-    )  # fmt: skip
+        kafka,
+        types=[TrainingRequested],
+        group_id=f"g-{unique}",
+        handler=handle,
+        publisher=publisher,
+        dead_letter_topic=dlq,
+        topics=[topic],
+    )
     await run_until(consumer, lambda: len(handled) == 2 and consumer.stats.dead_lettered == 4)
 
     assert handled == ["before", "after"]  # order kept, nothing skipped
-    dead = [MessageDeadLettered.model_validate_json(r.value) for r in await read_topic(kafka, dlq, 4)]
+    dead = [
+        MessageDeadLettered.model_validate_json(r.value) for r in await read_topic(kafka, dlq, 4)
+    ]
     assert [base64.b64decode(d.value_b64 or "") for d in dead] == [*bad_values, b"{}"]
     for d in dead:
         assert d.source_topic == topic
@@ -182,7 +204,8 @@ async def test_malformed_bytes_go_to_the_dead_letter_topic_and_the_consumer_keep
         assert d.error_type == "InvalidInput"
         assert d.reason
     assert [d.source_offset for d in dead] == [1, 2, 3, 4]
-    assert "failed its schema" in dead[1].reason and "model" in dead[1].reason
+    assert "failed its schema" in dead[1].reason
+    assert "model" in dead[1].reason
     assert "unexpected event type 'evil.type'" in dead[3].reason
 
 
@@ -197,9 +220,14 @@ async def test_permanent_handler_error_is_dead_lettered_with_its_reason(
         raise InvalidInput("amount: must be >= 0 (got -3)")
 
     consumer: Consumer[bytes | None] = Consumer(
-        kafka, topics=[topic], group_id=f"g-{unique}", handler=handle, decoder=raw_decoder,
-        publisher=publisher, dead_letter_topic=dlq,
-    )  # fmt: skip
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+        dead_letter_topic=dlq,
+    )
     await run_until(consumer, lambda: consumer.stats.dead_lettered == 1)
     (record,) = await read_topic(kafka, dlq, 1)
     dead = json.loads(record.value)
@@ -227,9 +255,14 @@ async def test_retryable_errors_are_retried_until_the_effect_happens(
         effects.append(msg.payload)
 
     consumer: Consumer[bytes | None] = Consumer(
-        kafka, topics=[topic], group_id=f"g-{unique}", handler=handle, decoder=raw_decoder,
-        publisher=publisher, retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05),
-    )  # fmt: skip
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+        retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05),
+    )
     await run_until(consumer, lambda: len(effects) == 3)
     assert effects == [b"v0", b"v1", b"v2"]
     assert consumer.stats.retries == 4
@@ -250,9 +283,14 @@ async def test_stop_during_retries_leaves_the_record_uncommitted(
         raise RetryableError("dependency down")
 
     first: Consumer[bytes | None] = Consumer(
-        kafka, topics=[topic], group_id=group, handler=always_down, decoder=raw_decoder,
-        publisher=publisher, retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02),
-    )  # fmt: skip
+        kafka,
+        topics=[topic],
+        group_id=group,
+        handler=always_down,
+        decoder=raw_decoder,
+        publisher=publisher,
+        retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02),
+    )
     await run_until(first, lambda: attempts >= 3)
     assert first.stats.committed == {}
 
@@ -262,12 +300,15 @@ async def test_stop_during_retries_leaves_the_record_uncommitted(
         effects.append(msg.payload)
 
     second: Consumer[bytes | None] = Consumer(
-        kafka, topics=[topic], group_id=group, handler=healthy, decoder=raw_decoder,
+        kafka,
+        topics=[topic],
+        group_id=group,
+        handler=healthy,
+        decoder=raw_decoder,
         publisher=publisher,
-    )  # fmt: skip
+    )
     await run_until(second, lambda: effects == [b"only"])
     assert second.stats.committed == {f"{topic}[0]": 1}
-
 
 
 async def test_a_consumer_killed_after_its_effect_but_before_commit_gets_the_record_again(
@@ -301,9 +342,13 @@ async def test_a_consumer_killed_after_its_effect_but_before_commit_gets_the_rec
         redelivered.append(msg.payload)
 
     survivor: Consumer[bytes | None] = Consumer(
-        kafka, topics=[topic], group_id=group, handler=handle, decoder=raw_decoder,
+        kafka,
+        topics=[topic],
+        group_id=group,
+        handler=handle,
+        decoder=raw_decoder,
         publisher=publisher,
-    )  # fmt: skip
+    )
     await run_until(survivor, lambda: b"m3" in redelivered, timeout_s=60)
     # Nothing was committed before the kill: the whole batch comes again, in order,
     # including the record whose effect happened just before the kill.

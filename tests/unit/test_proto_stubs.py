@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 from google.protobuf import __version__ as protobuf_version
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from typer.testing import CliRunner
+
 from mlbus.cli import app
 from mlbus.config import MlbusSettings, TelemetrySettings
 from mlbus.errors import ConfigError
@@ -28,8 +31,6 @@ from mlbus.telemetry import (
     setup_logging,
     setup_telemetry,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from typer.testing import CliRunner
 
 
 def make_settings(data_dir: Path, **telemetry: object) -> MlbusSettings:
@@ -208,8 +209,13 @@ def test_json_logs_carry_trace_and_extra_fields(tmp_path: Path, private: list[Te
     buffer = io.StringIO()
     setup_logging("ingestion", settings, stream=io.StringIO())
     setup_logging("ingestion", settings, stream=buffer)  # replaces the first handler
-    assert sum(isinstance(h, logging.StreamHandler) and h.stream is buffer
-               for h in logging.getLogger().handlers) == 1  # fmt: skip
+    assert (
+        sum(
+            isinstance(h, logging.StreamHandler) and h.stream is buffer
+            for h in logging.getLogger().handlers
+        )
+        == 1
+    )
     log = logging.getLogger("mlbus.ingestion.test")
 
     with telemetry.tracer("test").start_as_current_span("validate") as span:
@@ -265,8 +271,9 @@ def test_prometheus_endpoint_serves_counters(tmp_path: Path, private: list[Telem
     counter.add(2, {"model": "fraud"})
 
     body = fetch_metrics(telemetry.metrics_port)
-    (sample,) = [line for line in body.splitlines()
-                 if line.startswith("mlbus_test_predictions_total{")]  # fmt: skip
+    (sample,) = [
+        line for line in body.splitlines() if line.startswith("mlbus_test_predictions_total{")
+    ]
     assert 'model="fraud"' in sample
     assert sample.endswith(" 5.0")
     assert 'service_name="mlbus-inference"' in body  # target_info from the resource

@@ -12,6 +12,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+
 from mlbus.config import MlbusSettings, TelemetrySettings
 from mlbus.telemetry import (
     Telemetry,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from mlbus.config import DataDir
 from mlbus.errors import InvalidInput, NotFound
 from mlbus.telemetry.spans import SpanRecord, build_traces, find_trace, read_spans

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
+
 from mlbus.cli import app
 from mlbus.telemetry.spans import SpanEvent, SpanRecord
-from typer.testing import CliRunner, Result
 
 OLD = "0123456789abcdef" * 2  # the older trace: drift → training
 NEW = "fedcba98" + "7" * 24  # the newer trace: one inference call
@@ -16,8 +17,16 @@ TWIN = "fedcba98" + "6" * 24  # shares NEW's first 8 characters
 BASE_NS = 1_700_000_000_000_000_000
 
 
-def rec(trace_id: str, span_id: str, parent: str | None, name: str, service: str, start_ms: int,
-        ms: int, **kw: object) -> SpanRecord:  # fmt: skip
+def rec(
+    trace_id: str,
+    span_id: str,
+    parent: str | None,
+    name: str,
+    service: str,
+    start_ms: int,
+    ms: int,
+    **kw: object,
+) -> SpanRecord:
     return SpanRecord(
         trace_id=trace_id,
         span_id=span_id * 16,
@@ -43,23 +52,64 @@ def data_dir(tmp_path: Path) -> Path:
     write(
         spans / "drift-100.jsonl",
         rec(OLD, "a", None, "drift check", "mlbus-drift", 0, 40),
-        rec(OLD, "b", "a", "mlbus.drift.detected.v1 publish", "mlbus-drift", 30, 2,
-            kind="PRODUCER", attributes={"messaging.destination.name": "mlbus.drift.detected.v1"}),
-    )  # fmt: skip
+        rec(
+            OLD,
+            "b",
+            "a",
+            "mlbus.drift.detected.v1 publish",
+            "mlbus-drift",
+            30,
+            2,
+            kind="PRODUCER",
+            attributes={"messaging.destination.name": "mlbus.drift.detected.v1"},
+        ),
+    )
     write(
         spans / "trainer-200.jsonl",
-        rec(OLD, "c", "b", "mlbus.drift.detected.v1 process", "mlbus-trainer", 50, 900,
-            kind="CONSUMER", attributes={"event_id": "e-42", "model": "fraud"}),
-        rec(OLD, "d", "c", "fit", "mlbus-trainer", 60, 800, status="ERROR",
+        rec(
+            OLD,
+            "c",
+            "b",
+            "mlbus.drift.detected.v1 process",
+            "mlbus-trainer",
+            50,
+            900,
+            kind="CONSUMER",
+            attributes={"event_id": "e-42", "model": "fraud"},
+        ),
+        rec(
+            OLD,
+            "d",
+            "c",
+            "fit",
+            "mlbus-trainer",
+            60,
+            800,
+            status="ERROR",
             status_message="did not converge",
-            events=(SpanEvent("exception", BASE_NS, {"exception.type": "ValueError",
-                                                     "exception.message": "nan loss"}),)),
-    )  # fmt: skip
+            events=(
+                SpanEvent(
+                    "exception",
+                    BASE_NS,
+                    {"exception.type": "ValueError", "exception.message": "nan loss"},
+                ),
+            ),
+        ),
+    )
     write(
         spans / "inference-300.jsonl",
-        rec(NEW, "e", None, "inference.v2.GRPCInferenceService/ModelInfer", "mlbus-inference",
-            5_000, 3, kind="SERVER", attributes={"rpc.system": "grpc"}),
-    )  # fmt: skip
+        rec(
+            NEW,
+            "e",
+            None,
+            "inference.v2.GRPCInferenceService/ModelInfer",
+            "mlbus-inference",
+            5_000,
+            3,
+            kind="SERVER",
+            attributes={"rpc.system": "grpc"},
+        ),
+    )
     with (spans / "inference-300.jsonl").open("a") as f:
         f.write('{"trace_id": "' + NEW + '", "span_i')  # a torn line from a live writer
     return tmp_path

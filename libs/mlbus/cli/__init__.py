@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import typer
 
-from mlbus.cli import _example, _runtime, _schemas, _trace
+from mlbus.cli import _example, _runtime, _schemas, _spec, _trace
 
 app = typer.Typer(
     name="mlbus",
-    help="Close the machine-learning loop over Kafka: ingest, features, train, serve, detect drift.",
+    help="Close the machine-learning loop over Kafka: ingest, features, train, serve, watch drift.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-for _module in (_runtime, _trace, _schemas, _example):
+for _module in (_runtime, _trace, _spec, _example, _schemas):
     _module.register(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        raise SystemExit(130) from None

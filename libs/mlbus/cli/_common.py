@@ -7,6 +7,7 @@ from typing import NoReturn, TypeVar
 import typer
 from pydantic_settings import BaseSettings
 from rich.console import Console
+from rich.markup import escape
 
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
@@ -19,7 +20,7 @@ S = TypeVar("S", bound=BaseSettings)
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear error line (no traceback) and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, emoji=False)
     raise typer.Exit(code)
 
 
