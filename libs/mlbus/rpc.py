@@ -1,0 +1,137 @@
+"""What every mlbus gRPC server shares: errors to status codes, bearer auth, tracing.
+
+Exceptions become gRPC status codes in exactly one place, `ErrorInterceptor`:
+an `MlbusError` carries its own status (`InvalidInput` → INVALID_ARGUMENT,
+`NotFound` → NOT_FOUND, `RetryableError` → UNAVAILABLE, …) and its message,
+which names what was wrong; anything else is a bug → INTERNAL, logged with
+its traceback, and the caller sees only the exception type.
+
+    server = grpc.aio.server(interceptors=server_interceptors(token=settings.auth_token))
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import grpc.aio
+from pydantic import SecretStr
+
+from mlbus.errors import MlbusError
+from mlbus.telemetry import TracingServerInterceptor
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+
+def _rewrap(handler: Any, wrap: Callable[[Behavior], Behavior]) -> Any:
+    """The same method handler with its behaviour wrapped, whatever its call shape."""
+    common = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **common)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **common)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **common)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **common)
+    return handler
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, MlbusError):
+        await context.abort(exc.grpc_status, str(exc) or type(exc).__name__)
+    log.exception("unexpected error in %s", method, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns exceptions raised by handlers into gRPC status codes (the only place that does)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def wrap(behavior: Behavior) -> Behavior:
+            if inspect.isasyncgenfunction(behavior):
+
+                async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                    try:
+                        async for response in behavior(request, context):
+                            yield response
+                    except (grpc.aio.AbortError, GeneratorExit):
+                        raise
+                    except Exception as exc:
+                        await _abort_for(exc, context, method)
+
+                return guarded_stream
+
+            async def guarded(request: Any, context: Any) -> Any:
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method)
+
+            return guarded if inspect.iscoroutinefunction(behavior) else behavior
+
+        return _rewrap(handler, wrap)
+
+
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Requires `authorization: Bearer <token>` on the methods `protects` says yes to."""
+
+    def __init__(self, token: SecretStr, protects: Callable[[str], bool]) -> None:
+        self._expected = f"Bearer {token.get_secret_value()}".encode()
+        self._protects = protects
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or not self._protects(details.method):
+            return handler
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return handler
+
+        def wrap(behavior: Behavior) -> Behavior:
+            async def refuse(request: Any, context: Any) -> Any:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{details.method} needs 'authorization: Bearer <token>' metadata",
+                )
+
+            return refuse
+
+        return _rewrap(handler, wrap)
+
+
+def server_interceptors(
+    token: SecretStr | None = None,
+    protects: Callable[[str], bool] = lambda method: True,
+    extra: Iterable[grpc.aio.ServerInterceptor] = (),
+) -> list[grpc.aio.ServerInterceptor]:
+    """Tracing first (so it sees the final status), then auth, then error mapping."""
+    chain: list[grpc.aio.ServerInterceptor] = [TracingServerInterceptor()]
+    if token is not None:
+        chain.append(BearerAuthInterceptor(token, protects))
+    chain.extend(extra)
+    chain.append(ErrorInterceptor())
+    return chain

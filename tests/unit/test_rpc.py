@@ -1,0 +1,125 @@
+"""Errors become gRPC status codes in one interceptor; bearer auth guards what it should.
+
+A real grpc.aio server on loopback with a generic handler, no stubs needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import grpc.aio
+import pytest
+from pydantic import SecretStr
+
+from mlbus.errors import InvalidInput, ModelNotReady, NotFound, RetryableError
+from mlbus.rpc import server_interceptors
+
+SERVICE = "test.Echo"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _serve(
+    behaviours: dict[str, Callable[..., object]], token: SecretStr | None = None
+) -> tuple[grpc.aio.Server, str]:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_identity, response_serializer=_identity
+        )
+        for name, fn in behaviours.items()
+    }
+    server = grpc.aio.server(
+        interceptors=server_interceptors(token, protects=lambda m: m.endswith("/Write"))
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[str]:
+    async def ok(request: bytes, context: object) -> bytes:
+        return b"echo:" + request
+
+    async def invalid(request: bytes, context: object) -> bytes:
+        raise InvalidInput("input 'x': expected FP32 [1, 20], got INT64 [1, 3]")
+
+    async def missing(request: bytes, context: object) -> bytes:
+        raise NotFound("model 'fraud' version 9 not found")
+
+    async def down(request: bytes, context: object) -> bytes:
+        raise RetryableError("online store unavailable: connection refused")
+
+    async def loading(request: bytes, context: object) -> bytes:
+        raise ModelNotReady("model 'fraud' is loading")
+
+    async def bug(request: bytes, context: object) -> bytes:
+        raise KeyError("secret internal detail")
+
+    server, address = await _serve(
+        {"Ok": ok, "Invalid": invalid, "Missing": missing, "Down": down, "Loading": loading,
+         "Bug": bug, "Write": ok}
+    )  # fmt: skip
+    yield address
+    await server.stop(grace=None)
+
+
+async def call(address: str, method: str, metadata: tuple[tuple[str, str], ...] = ()) -> bytes:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+        )
+        response: bytes = await stub(b"hi", metadata=metadata, timeout=5)
+        return response
+
+
+async def test_a_successful_call_is_untouched(endpoint: str) -> None:
+    assert await call(endpoint, "Ok") == b"echo:hi"
+
+
+@pytest.mark.parametrize(
+    ("method", "code", "fragment"),
+    [
+        ("Invalid", grpc.StatusCode.INVALID_ARGUMENT, "input 'x': expected FP32"),
+        ("Missing", grpc.StatusCode.NOT_FOUND, "version 9 not found"),
+        ("Down", grpc.StatusCode.UNAVAILABLE, "online store unavailable"),
+        ("Loading", grpc.StatusCode.UNAVAILABLE, "is loading"),
+    ],
+)
+async def test_mlbus_errors_map_to_their_status_with_their_message(
+    endpoint: str, method: str, code: grpc.StatusCode, fragment: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(endpoint, method)
+    assert caught.value.code() == code
+    assert fragment in (caught.value.details() or "")
+
+
+async def test_an_unexpected_exception_is_internal_and_hides_its_details(endpoint: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(endpoint, "Bug")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "KeyError" in (caught.value.details() or "")
+    assert "secret internal detail" not in (caught.value.details() or "")
+
+
+async def test_bearer_token_guards_only_protected_methods() -> None:
+    async def ok(request: bytes, context: object) -> bytes:
+        return b"done"
+
+    server, address = await _serve({"Write": ok, "Read": ok}, token=SecretStr("s3cret"))
+    try:
+        assert await call(address, "Read") == b"done"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(address, "Write")
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as wrong:
+            await call(address, "Write", (("authorization", "Bearer nope"),))
+        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await call(address, "Write", (("authorization", "Bearer s3cret"),)) == b"done"
+    finally:
+        await server.stop(grace=None)
