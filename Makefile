@@ -1,0 +1,60 @@
+# mlbus — `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt when the dependency files change.
+STAMP := $(VENV)/.installed
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c constraints.txt -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with mlbus and every service, test and lint tool
+
+test: lint typecheck pytest ## Everything CI runs: lint, type checks, all tests
+
+pytest: $(STAMP) ## Unit, integration (real broker + Redis) and end-to-end tests
+	$(BIN)/pytest -q
+
+unit: $(STAMP) ## Unit tests only (no broker, no Redis)
+	$(BIN)/pytest -q tests/unit
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check libs services tests loadtests tools
+	$(BIN)/ruff format --check libs services tests loadtests tools
+
+typecheck: $(STAMP) ## mypy --strict on libs/ and services/
+	$(BIN)/mypy libs services
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix libs services tests loadtests tools
+	$(BIN)/ruff format libs services tests loadtests tools
+
+proto: $(STAMP) ## Regenerate the committed gRPC stubs from proto/
+	$(BIN)/python tools/gen_proto.py
+
+up: $(STAMP) ## Run the embedded broker, Redis and every service (Ctrl-C stops all)
+	$(BIN)/mlbus up --spec examples/fraud/mlbus.yaml
+
+bench: $(STAMP) ## Run the benchmarks in loadtests/ (ratios against same-run baselines)
+	@for b in loadtests/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+schemas: $(STAMP) ## Export the JSON Schemas of every event to schemas/
+	$(BIN)/mlbus schemas export schemas
+
+lock: $(STAMP) ## Refresh constraints.txt from what is installed in .venv
+	@{ head -3 constraints.txt; $(BIN)/uv pip freeze --python $(BIN)/python | grep -v -e '^-e' -e '^mlbus'; } > constraints.new
+	mv constraints.new constraints.txt
+
+clean: ## Remove the venv, caches and the local data folder
+	rm -rf $(VENV) .mlbus .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+
+.PHONY: help install test pytest unit lint typecheck format proto up bench schemas lock clean
