@@ -32,7 +32,7 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff format --check libs services tests loadtests tools
 
 typecheck: $(STAMP) ## mypy --strict on libs/ and services/
-	$(BIN)/mypy libs services
+	$(BIN)/mypy libs $(if $(wildcard services/*/__init__.py),services)
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix libs services tests loadtests tools
