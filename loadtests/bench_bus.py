@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -193,6 +194,7 @@ async def main(messages: int, repeats: int, telemetry: bool) -> bool:
 
             settings = MlbusSettings(data_dir=Path(tmp))
             handle = setup_telemetry("bench", settings)
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)  # group-join chatter
             bench.parameters["data_sample_ratio"] = settings.telemetry.data_sample_ratio
         with EmbeddedBroker(Path(tmp) / "logs") as broker:
             kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, session_timeout_s=6.0)
