@@ -1,0 +1,474 @@
+"""A typed client of the model registry's gRPC API (`mlbus.registry.v1.RegistryService`).
+
+    async with RegistryClient("127.0.0.1:8002", token=None) as registry:
+        champion = await registry.resolve_alias("fraud", "champion")
+        data = await registry.download_artifact("fraud", champion.version)  # sha256 verified
+        result = await registry.register("fraud", onnx_bytes, metrics={"auc": 0.91})
+
+Answers are frozen pydantic models (`ModelVersionInfo`, `AliasChange`, …);
+gRPC failures come back as `mlbus.errors` types: NOT_FOUND → `NotFound`,
+INVALID_ARGUMENT → `InvalidInput`, UNAUTHENTICATED → `Unauthenticated`,
+UNAVAILABLE / DEADLINE_EXCEEDED → `RetryableError`, others → `PermanentError`.
+The same models are the registry service's domain answers, and the proto
+conversions live here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import grpc
+import grpc.aio
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from mlbus.api.registry.v1 import registry_pb2 as pb
+from mlbus.api.registry.v1 import registry_pb2_grpc as pb_grpc
+from mlbus.errors import (
+    InvalidInput,
+    MlbusError,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Unauthenticated,
+)
+from mlbus.events import ModelSignature, TensorSpec
+from mlbus.profiles import ReferenceProfile
+
+DEFAULT_ADDRESS = "127.0.0.1:8002"
+DEFAULT_MAX_MESSAGE_MB = 64
+CHUNK_BYTES = 1 << 20
+MUTATING_METHODS = frozenset({"Register", "SetAlias", "Rollback"})
+"""RegistryService methods that need the bearer token when the registry has one."""
+SERVICE_NAME = "mlbus.registry.v1.RegistryService"
+
+AliasChangeKind = Literal["set", "gate", "rollback"]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GateDecision(_Answer):
+    """What the promotion gates said when a version was registered."""
+
+    evaluated: bool = Field(description="False when an explicit alias bypassed the gates.")
+    passed: bool
+    reason: str
+    compared_with_version: int | None = None
+
+
+class ModelVersionInfo(_Answer):
+    """One registered version: artifact, signature, lineage, metrics, reference profile."""
+
+    model: str
+    version: int
+    artifact_uri: str
+    sha256: str
+    size_bytes: int
+    signature: ModelSignature
+    metrics: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    feature_views: dict[str, int] = Field(default_factory=dict)
+    run_id: str | None = None
+    code_version: str | None = None
+    created_at: datetime
+    created_by: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    reference_profile: ReferenceProfile | None = None
+    gate: GateDecision
+    evaluation_window: str | None = None
+
+
+class AliasChange(_Answer):
+    """One move of an alias, as recorded in the history and published as an event."""
+
+    model: str
+    alias: str
+    version: int
+    previous_version: int | None
+    reason: str
+    actor: str
+    kind: AliasChangeKind
+    at: datetime
+    event_id: str
+
+
+class ModelSummary(_Answer):
+    model: str
+    latest_version: int
+    aliases: dict[str, int]
+    created_at: datetime
+
+
+class Lineage(_Answer):
+    version: ModelVersionInfo
+    alias_history: tuple[AliasChange, ...]
+
+
+class Registration(_Answer):
+    version: ModelVersionInfo
+    promoted: bool
+    alias_changes: tuple[AliasChange, ...] = ()
+
+
+# ── proto conversions (used by the client and by the registry service) ──────
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def _datetime(stamp: Timestamp) -> datetime:
+    value: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return value
+
+
+def _opt(message: Any, field: str) -> Any:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def _tensor_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+
+
+def _tensor_from_proto(message: pb.TensorSpec) -> TensorSpec:
+    return TensorSpec.model_validate(
+        {"name": message.name, "datatype": message.datatype, "shape": tuple(message.shape)}
+    )
+
+
+def version_to_proto(info: ModelVersionInfo) -> pb.ModelVersion:
+    message = pb.ModelVersion(
+        model=info.model,
+        version=info.version,
+        artifact_uri=info.artifact_uri,
+        sha256=info.sha256,
+        size_bytes=info.size_bytes,
+        inputs=[_tensor_to_proto(t) for t in info.signature.inputs],
+        outputs=[_tensor_to_proto(t) for t in info.signature.outputs],
+        metrics=info.metrics,
+        params_json=json.dumps(info.params, sort_keys=True),
+        feature_views=info.feature_views,
+        created_at=_timestamp(info.created_at),
+        created_by=info.created_by,
+        description=info.description,
+        aliases=list(info.aliases),
+        gate=pb.GateDecision(
+            evaluated=info.gate.evaluated,
+            passed=info.gate.passed,
+            reason=info.gate.reason,
+            compared_with_version=info.gate.compared_with_version,
+        ),
+    )
+    for field in ("dataset_fingerprint", "run_id", "code_version", "evaluation_window"):
+        value = getattr(info, field)
+        if value is not None:
+            setattr(message, field, value)
+    if info.reference_profile is not None:
+        message.reference_profile_json = info.reference_profile.model_dump_json()
+    return message
+
+
+def version_from_proto(message: pb.ModelVersion) -> ModelVersionInfo:
+    profile = _opt(message, "reference_profile_json")
+    return ModelVersionInfo(
+        model=message.model,
+        version=message.version,
+        artifact_uri=message.artifact_uri,
+        sha256=message.sha256,
+        size_bytes=message.size_bytes,
+        signature=ModelSignature(
+            inputs=tuple(_tensor_from_proto(t) for t in message.inputs),
+            outputs=tuple(_tensor_from_proto(t) for t in message.outputs),
+        ),
+        metrics=dict(message.metrics),
+        params=json.loads(message.params_json) if message.params_json else {},
+        dataset_fingerprint=_opt(message, "dataset_fingerprint"),
+        feature_views=dict(message.feature_views),
+        run_id=_opt(message, "run_id"),
+        code_version=_opt(message, "code_version"),
+        created_at=_datetime(message.created_at),
+        created_by=message.created_by,
+        description=message.description,
+        aliases=tuple(message.aliases),
+        reference_profile=None
+        if profile is None
+        else ReferenceProfile.model_validate_json(profile),
+        gate=GateDecision(
+            evaluated=message.gate.evaluated,
+            passed=message.gate.passed,
+            reason=message.gate.reason,
+            compared_with_version=_opt(message.gate, "compared_with_version"),
+        ),
+        evaluation_window=_opt(message, "evaluation_window"),
+    )
+
+
+def change_to_proto(change: AliasChange) -> pb.AliasChange:
+    return pb.AliasChange(
+        model=change.model,
+        alias=change.alias,
+        version=change.version,
+        previous_version=change.previous_version,
+        reason=change.reason,
+        actor=change.actor,
+        kind=change.kind,
+        at=_timestamp(change.at),
+        event_id=change.event_id,
+    )
+
+
+def change_from_proto(message: pb.AliasChange) -> AliasChange:
+    return AliasChange.model_validate(
+        {
+            "model": message.model,
+            "alias": message.alias,
+            "version": message.version,
+            "previous_version": _opt(message, "previous_version"),
+            "reason": message.reason,
+            "actor": message.actor,
+            "kind": message.kind,
+            "at": _datetime(message.at),
+            "event_id": message.event_id,
+        }
+    )
+
+
+def summary_to_proto(summary: ModelSummary) -> pb.ModelSummary:
+    return pb.ModelSummary(
+        model=summary.model,
+        latest_version=summary.latest_version,
+        aliases=summary.aliases,
+        created_at=_timestamp(summary.created_at),
+    )
+
+
+def summary_from_proto(message: pb.ModelSummary) -> ModelSummary:
+    return ModelSummary(
+        model=message.model,
+        latest_version=message.latest_version,
+        aliases=dict(message.aliases),
+        created_at=_datetime(message.created_at),
+    )
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError, address: str) -> MlbusError:
+    """The mlbus error a failed registry call stands for."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(
+            f"{details} (set MLBUS_REGISTRY_TOKEN to the registry's token)"
+            if "MLBUS_REGISTRY_TOKEN" not in details
+            else details
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return RetryableError(f"registry at {address} is not reachable ({code.name}: {details})")
+    return PermanentError(f"registry call failed ({code.name}): {details}")
+
+
+class RegistryClient:
+    """Async client of the registry. Use `async with`, or call `close()`."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        from mlbus.telemetry import tracing_client_interceptors
+
+        self.address = address
+        self.timeout_s = timeout_s
+        self._token = token
+        limit = (max_message_mb + 1) << 20
+        self._channel = channel or grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+            interceptors=tracing_client_interceptors(),
+        )
+        self._stub = pb_grpc.RegistryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
+
+    async def _call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self._stub, method)(
+                request, timeout=self.timeout_s, metadata=self._metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    # ── reads ────────────────────────────────────────────────────────────────
+
+    async def get_version(self, model: str, version: int | None = None) -> ModelVersionInfo:
+        """One version (the latest when `version` is None)."""
+        request = pb.GetModelVersionRequest(model=model, version=version or 0)
+        return version_from_proto(await self._call("GetModelVersion", request))
+
+    async def resolve_alias(self, model: str, alias: str = "champion") -> ModelVersionInfo:
+        request = pb.ResolveAliasRequest(model=model, alias=alias)
+        return version_from_proto(await self._call("ResolveAlias", request))
+
+    async def list_models(self) -> list[ModelSummary]:
+        response = await self._call("ListModels", pb.ListModelsRequest())
+        return [summary_from_proto(m) for m in response.models]
+
+    async def list_versions(self, model: str, limit: int = 0) -> list[ModelVersionInfo]:
+        """Versions of `model`, newest first (`limit` 0: all)."""
+        request = pb.ListModelVersionsRequest(model=model, limit=limit)
+        response = await self._call("ListModelVersions", request)
+        return [version_from_proto(v) for v in response.versions]
+
+    async def lineage(self, model: str, version: int) -> Lineage:
+        response = await self._call(
+            "GetLineage", pb.GetLineageRequest(model=model, version=version)
+        )
+        return Lineage(
+            version=version_from_proto(response.version),
+            alias_history=tuple(change_from_proto(c) for c in response.alias_history),
+        )
+
+    async def alias_history(
+        self, model: str, alias: str | None = None, limit: int = 0
+    ) -> list[AliasChange]:
+        """Alias moves of `model`, newest first."""
+        request = pb.ListAliasHistoryRequest(model=model, alias=alias or "", limit=limit)
+        response = await self._call("ListAliasHistory", request)
+        return [change_from_proto(c) for c in response.changes]
+
+    async def download_artifact(self, model: str, version: int) -> bytes:
+        """The ONNX bytes of a version, checked against the sha256 the registry sent."""
+        request = pb.DownloadArtifactRequest(model=model, version=version)
+        expected_sha = ""
+        expected_size = -1
+        parts: list[bytes] = []
+        try:
+            stream = self._stub.DownloadArtifact(
+                request, timeout=self.timeout_s, metadata=self._metadata()
+            )
+            async for chunk in stream:
+                if chunk.sha256:
+                    expected_sha, expected_size = chunk.sha256, chunk.size_bytes
+                parts.append(chunk.data)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        data = b"".join(parts)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha or len(data) != expected_size:
+            raise RetryableError(
+                f"artifact of {model} v{version} arrived damaged: sha256 {actual} "
+                f"({len(data)} bytes), expected {expected_sha} ({expected_size} bytes)"
+            )
+        return data
+
+    # ── mutations (need the token when the registry has one) ─────────────────
+
+    async def register(
+        self,
+        model: str,
+        artifact: bytes | None = None,
+        *,
+        location: str | None = None,
+        expected_sha256: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, JsonValue] | None = None,
+        dataset_fingerprint: str | None = None,
+        feature_views: Mapping[str, int] | None = None,
+        run_id: str | None = None,
+        code_version: str | None = None,
+        reference_profile: ReferenceProfile | None = None,
+        description: str = "",
+        champion_version: int | None = None,
+        champion_metrics: Mapping[str, float] | None = None,
+        evaluation_window: str | None = None,
+        alias: str | None = None,
+        reason: str = "",
+        actor: str = "",
+    ) -> Registration:
+        """Register `artifact` (ONNX bytes) or a file already in the store (`location`).
+
+        Without `alias`, the registry's promotion gates decide whether the new
+        version becomes `champion`; `champion_metrics` (the champion measured
+        on the same window as `metrics`) make that comparison fair.
+        """
+        if (artifact is None) == (location is None):
+            raise InvalidInput("give exactly one of artifact bytes or a store location")
+        request = pb.RegisterRequest(
+            model=model,
+            expected_sha256=expected_sha256,
+            metrics=dict(metrics or {}),
+            params_json=json.dumps(dict(params or {}), sort_keys=True),
+            dataset_fingerprint=dataset_fingerprint,
+            feature_views=dict(feature_views or {}),
+            run_id=run_id,
+            code_version=code_version,
+            reference_profile_json=None
+            if reference_profile is None
+            else reference_profile.model_dump_json(),
+            description=description,
+            champion_version=champion_version,
+            champion_metrics=dict(champion_metrics or {}),
+            evaluation_window=evaluation_window,
+            alias=alias,
+            reason=reason,
+            actor=actor,
+        )
+        if artifact is not None:
+            request.content = artifact
+        else:
+            request.location = location or ""
+        response = await self._call("Register", request)
+        return Registration(
+            version=version_from_proto(response.version),
+            promoted=response.promoted,
+            alias_changes=tuple(change_from_proto(c) for c in response.alias_changes),
+        )
+
+    async def set_alias(
+        self, model: str, alias: str, version: int, *, reason: str, actor: str = ""
+    ) -> AliasChange:
+        request = pb.SetAliasRequest(
+            model=model, alias=alias, version=version, reason=reason, actor=actor
+        )
+        return change_from_proto(await self._call("SetAlias", request))
+
+    async def rollback(
+        self, model: str, alias: str = "champion", *, reason: str, actor: str = ""
+    ) -> AliasChange:
+        request = pb.RollbackRequest(model=model, alias=alias, reason=reason, actor=actor)
+        return change_from_proto(await self._call("Rollback", request))

@@ -1,0 +1,701 @@
+"""The registry's domain operations: register, move aliases, roll back, read.
+
+Every mutation is one database transaction that also writes the events it
+causes into the outbox table (`registry_outbox`). After the commit the
+operation wakes the outbox publisher and waits (briefly) until its events are
+on Kafka. If the broker is down, or the process dies between commit and
+publish, the events stay in the outbox and are published, in order, when the
+publisher next succeeds — on this run or the next start. Nothing that changed
+what serves goes unannounced (docs/adr/0011-registry-outbox.md).
+
+Delivery is at-least-once: a crash after publishing but before marking the
+row published repeats the event with the same `event_id`; consumers tolerate
+replays. All events of one model share its name as key, hence one partition,
+hence their order.
+
+Blocking work (database, hashing, ONNX checks, file I/O) runs in threads; the
+event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from mlbus.errors import InvalidInput, NotFound, PermanentError
+from mlbus.events import (
+    EVENT_TYPES,
+    Event,
+    ModelPublished,
+    ModelRegistered,
+    ModelSignature,
+    new_event_id,
+)
+from mlbus.profiles import ReferenceProfile
+from mlbus.registry_client import (
+    AliasChange,
+    AliasChangeKind,
+    GateDecision,
+    Lineage,
+    ModelSummary,
+    ModelVersionInfo,
+    Registration,
+)
+from mlbus.spec import ModelSpec
+from mlbus.telemetry import meter, tracer
+
+from . import _store as db
+from ._artifacts import ArtifactStore, sha256_hex
+from ._gates import Champion, GateVerdict, decide
+from ._onnx import validate_onnx
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_tracer = tracer(__name__)
+_meter = meter(__name__)
+_registered = _meter.create_counter("mlbus.registry.versions_registered", unit="{version}")
+_moves = _meter.create_counter("mlbus.registry.alias_moves", unit="{move}")
+_refused = _meter.create_counter("mlbus.registry.registrations_refused", unit="{registration}")
+_published = _meter.create_counter("mlbus.registry.events_published", unit="{event}")
+
+CHAMPION = "champion"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+GATE_ACTOR = "registry:gates"
+
+
+class EventSink(Protocol):
+    """Where committed events go (a started `mlbus.bus.Publisher`)."""
+
+    async def publish(self, event: Event, key: str | bytes | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a caller hands over to register a version (bytes xor a store location)."""
+
+    model: str
+    content: bytes | None = None
+    location: str | None = None
+    expected_sha256: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    feature_views: Mapping[str, int] = field(default_factory=dict)
+    run_id: str | None = None
+    code_version: str | None = None
+    reference_profile: ReferenceProfile | None = None
+    description: str = ""
+    champion_version: int | None = None
+    champion_metrics: Mapping[str, float] | None = None
+    evaluation_window: str | None = None
+    alias: str | None = None
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclass
+class _Committed:
+    """What a mutating transaction returns: its answer and the outbox rows it wrote."""
+
+    outbox_ids: list[int]
+
+
+class Registry:
+    """The registry: one store, one artifact store, one outbox publisher."""
+
+    def __init__(
+        self,
+        store: db.RegistryStore,
+        artifacts: ArtifactStore,
+        sink: EventSink | None,
+        *,
+        spec: ModelSpec | None = None,
+        max_artifact_bytes: int = 64 << 20,
+        outbox_retry_s: float = 2.0,
+        publish_wait_s: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.spec = spec
+        self.max_artifact_bytes = max_artifact_bytes
+        self._sink = sink
+        self._retry_s = outbox_retry_s
+        self._publish_wait_s = publish_wait_s
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._published: set[int] = set()
+        self._drain_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        """Start the outbox publisher (it first publishes what a previous run left)."""
+        if self._sink is not None and self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._publish_loop(), name="registry-outbox")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Publish what is pending (within `grace_s`), then stop. Idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=grace_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _publish_loop(self) -> None:
+        while True:
+            try:
+                await self.publish_pending()
+                delay: float | None = None
+            except Exception as exc:
+                log.warning(
+                    "could not publish registry events (%s: %s); they stay in the outbox, "
+                    "retrying in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    self._retry_s,
+                )
+                delay = self._retry_s
+            if self._stopping:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish every outbox event not yet published, oldest first; return how many."""
+        if self._sink is None:
+            return 0
+        count = 0
+        async with self._drain_lock:
+            while True:
+                rows = await asyncio.to_thread(self._pending)
+                if not rows:
+                    return count
+                for row_id, event_type, key, payload in rows:
+                    event = EVENT_TYPES[event_type].model_validate_json(payload)
+                    try:
+                        await self._sink.publish(event, key=key)
+                    except Exception as exc:
+                        await asyncio.to_thread(self._mark_failed, row_id, repr(exc))
+                        raise
+                    await asyncio.to_thread(self._mark_published, row_id)
+                    _published.add(1, {"event_type": event_type})
+                    count += 1
+                    async with self._progress:
+                        self._published.add(row_id)
+                        self._progress.notify_all()
+
+    def _pending(self) -> list[tuple[int, str, str, str]]:
+        with self.store.transaction() as session:
+            return [(r.id, r.event_type, r.key, r.payload) for r in db.pending_events(session)]
+
+    def _mark_published(self, row_id: int) -> None:
+        with self.store.transaction() as session:
+            row = session.get(db.OutboxRow, row_id)
+            if row is not None:
+                row.published_at = datetime.now(UTC)
+                row.attempts += 1
+
+    def _mark_failed(self, row_id: int, error: str) -> None:
+        with self.store.transaction() as session:
+            row = session.get(db.OutboxRow, row_id)
+            if row is not None:
+                row.attempts += 1
+                row.last_error = error[:2000]
+
+    async def _announce(self, committed: _Committed) -> None:
+        """Wake the publisher and wait, bounded, until this change's events are out."""
+        if self._sink is None or not committed.outbox_ids or self._task is None:
+            return
+        self._wake.set()
+        mine = set(committed.outbox_ids)
+        try:
+            async with asyncio.timeout(self._publish_wait_s), self._progress:
+                await self._progress.wait_for(lambda: mine <= self._published)
+                self._published -= mine
+        except TimeoutError:
+            log.warning(
+                "registry change committed but its events are not published yet; "
+                "they stay in the outbox and will be published when Kafka answers"
+            )
+
+    # ── mutations ────────────────────────────────────────────────────────────
+
+    async def register(self, new: NewVersion) -> Registration:
+        """Validate, store and record a new version; let the gates (or `alias`) promote it."""
+        with _tracer.start_as_current_span("registry.register") as span:
+            span.set_attribute("mlbus.model", new.model)
+            try:
+                _check_model_name(new.model)
+                if new.alias is not None:
+                    _check_alias(new.alias)
+                    _require_reason(new.reason, f"setting {new.alias!r} at registration")
+                data = await self._artifact_bytes(new)
+                signature = await asyncio.to_thread(validate_onnx, data)
+                stored = await asyncio.to_thread(self.artifacts.put, data)
+            except (InvalidInput, NotFound) as exc:
+                _refused.add(1)
+                log.info("registration of %s refused: %s", new.model, exc)
+                raise
+            registration, committed = await self._in_transaction(
+                lambda s: self._record(
+                    s, new, signature, stored.location, stored.sha256, len(data)
+                ),
+            )
+            span.set_attribute("mlbus.model.version", registration.version.version)
+        _registered.add(1)
+        log.info(
+            "registered %s v%d (sha256 %s…): %s",
+            new.model,
+            registration.version.version,
+            stored.sha256[:12],
+            registration.version.gate.reason,
+        )
+        await self._announce(committed)
+        return registration
+
+    async def _artifact_bytes(self, new: NewVersion) -> bytes:
+        if (new.content is None) == (new.location is None):
+            raise InvalidInput("give the artifact as bytes or as a store location, not both")
+        if new.content is not None:
+            data = new.content
+        else:
+            data = await asyncio.to_thread(self.artifacts.read_unverified, new.location or "")
+        if len(data) > self.max_artifact_bytes:
+            raise InvalidInput(
+                f"artifact is {len(data)} bytes, above the limit of {self.max_artifact_bytes} "
+                "(MLBUS_REGISTRY_MAX_ARTIFACT_MB)"
+            )
+        if new.expected_sha256 is not None:
+            actual = await asyncio.to_thread(sha256_hex, data)
+            if actual != new.expected_sha256.lower():
+                raise InvalidInput(
+                    f"sha256 mismatch: the artifact hashes to {actual}, "
+                    f"the caller expected {new.expected_sha256}"
+                )
+        return data
+
+    def _record(
+        self,
+        session: Session,
+        new: NewVersion,
+        signature: ModelSignature,
+        location: str,
+        sha256: str,
+        size_bytes: int,
+    ) -> tuple[Registration, _Committed]:
+        model = db.lock_model(session, new.model, create=True)
+        assert model is not None
+        model.latest_version += 1
+        now = datetime.now(UTC)
+        actor = new.actor or "anonymous"
+        row = db.VersionRow(
+            model=new.model,
+            version=model.latest_version,
+            location=location,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            signature=signature.model_dump(mode="json"),
+            params=dict(new.params),
+            metrics={k: float(v) for k, v in new.metrics.items()},
+            dataset_fingerprint=new.dataset_fingerprint,
+            feature_views=dict(new.feature_views),
+            run_id=new.run_id,
+            code_version=new.code_version,
+            created_at=now,
+            created_by=actor,
+            description=new.description,
+            reference_profile=None
+            if new.reference_profile is None
+            else new.reference_profile.model_dump_json(),
+            evaluation_window=new.evaluation_window,
+        )
+        if new.alias is None:
+            verdict = self._gate(session, new)
+            row.gate_evaluated = True
+            row.gate_passed = verdict.passed
+            row.gate_reason = verdict.reason
+            row.compared_with_version = verdict.compared_with_version
+        else:
+            verdict = GateVerdict(True, new.reason, None)
+            row.gate_reason = f"gates not consulted: {new.alias!r} set explicitly ({new.reason})"
+        session.add(row)
+        session.flush()
+
+        outbox = [
+            self._enqueue(
+                session,
+                ModelRegistered(
+                    model=new.model,
+                    version=row.version,
+                    artifact_uri=self.artifacts.uri(location),
+                    sha256=sha256,
+                    size_bytes=size_bytes,
+                    signature=signature,
+                    metrics=row.metrics,
+                    run_id=new.run_id,
+                    dataset_fingerprint=new.dataset_fingerprint,
+                ),
+            )
+        ]
+        changes: list[AliasChange] = []
+        if new.alias is not None:
+            changes.append(self._move(session, row, new.alias, "set", new.reason, actor, outbox))
+        elif verdict.passed:
+            changes.append(
+                self._move(session, row, CHAMPION, "gate", verdict.reason, GATE_ACTOR, outbox)
+            )
+        info = self._info(session, row)
+        return Registration(
+            version=info, promoted=bool(changes), alias_changes=tuple(changes)
+        ), _Committed(outbox)
+
+    def _gate(self, session: Session, new: NewVersion) -> GateVerdict:
+        current = db.find_alias(session, new.model, CHAMPION)
+        champion = None
+        if current is not None:
+            champion_row = db.find_version(session, new.model, current.version)
+            if champion_row is not None:
+                champion = Champion(champion_row.version, champion_row.metrics)
+        return decide(
+            self.spec,
+            new.model,
+            new.metrics,
+            champion,
+            champion_version=new.champion_version,
+            champion_metrics=new.champion_metrics or None,
+        )
+
+    async def set_alias(
+        self, model: str, alias: str, version: int, *, reason: str, actor: str = ""
+    ) -> AliasChange:
+        """Point `alias` at `version` (manual promotion, canary, shadow, …)."""
+        _check_alias(alias)
+        _require_reason(reason, f"moving {alias!r}")
+
+        def work(session: Session) -> tuple[AliasChange, _Committed]:
+            self._locked_model(session, model)
+            row = self._version_row(session, model, version)
+            current = db.find_alias(session, model, alias)
+            if current is not None and current.version == version:
+                raise PermanentError(f"{model}:{alias} already points to v{version}")
+            outbox: list[int] = []
+            change = self._move(session, row, alias, "set", reason, actor or "anonymous", outbox)
+            return change, _Committed(outbox)
+
+        change, committed = await self._in_transaction(work)
+        log.info("%s:%s → v%d (%s)", model, alias, version, reason)
+        await self._announce(committed)
+        return change
+
+    async def rollback(
+        self, model: str, alias: str, *, reason: str, actor: str = ""
+    ) -> AliasChange:
+        """Move `alias` back to the version it held before its current one."""
+        _check_alias(alias)
+        _require_reason(reason, f"rolling back {alias!r}")
+
+        def work(session: Session) -> tuple[AliasChange, _Committed]:
+            self._locked_model(session, model)
+            current = db.find_alias(session, model, alias)
+            if current is None:
+                raise NotFound(f"{model} has no alias {alias!r}")
+            arrival = next(
+                (
+                    h
+                    for h in db.history(session, model, alias)
+                    if h.kind != "rollback" and h.version == current.version
+                ),
+                None,
+            )
+            if arrival is None or arrival.previous_version is None:
+                raise PermanentError(
+                    f"{model}:{alias} has no earlier version to roll back to "
+                    f"(it points to v{current.version} since it was first set)"
+                )
+            row = self._version_row(session, model, arrival.previous_version)
+            outbox: list[int] = []
+            change = self._move(
+                session, row, alias, "rollback", reason, actor or "anonymous", outbox
+            )
+            return change, _Committed(outbox)
+
+        change, committed = await self._in_transaction(work)
+        log.info("%s:%s rolled back to v%d (%s)", model, alias, change.version, reason)
+        await self._announce(committed)
+        return change
+
+    def _move(
+        self,
+        session: Session,
+        row: db.VersionRow,
+        alias: str,
+        kind: AliasChangeKind,
+        reason: str,
+        actor: str,
+        outbox: list[int],
+    ) -> AliasChange:
+        """Point `alias` at `row`, record the move and queue its event (same transaction)."""
+        now = datetime.now(UTC)
+        current = db.find_alias(session, row.model, alias)
+        previous = None if current is None else current.version
+        if current is None:
+            session.add(
+                db.AliasRow(model=row.model, alias=alias, version=row.version, updated_at=now)
+            )
+        else:
+            current.version = row.version
+            current.updated_at = now
+        event = ModelPublished(
+            model=row.model,
+            alias=alias,
+            version=row.version,
+            previous_version=previous,
+            artifact_uri=self.artifacts.uri(row.location),
+            sha256=row.sha256,
+            signature=ModelSignature.model_validate(row.signature),
+            reason=reason,
+            actor=actor,
+            event_id=new_event_id(),
+            occurred_at=now,
+        )
+        history = db.AliasHistoryRow(
+            model=row.model,
+            alias=alias,
+            version=row.version,
+            previous_version=previous,
+            kind=kind,
+            reason=reason,
+            actor=actor,
+            at=now,
+            event_id=event.event_id,
+        )
+        session.add(history)
+        outbox.append(self._enqueue(session, event))
+        _moves.add(1, {"alias": alias, "kind": kind})
+        return _change(history)
+
+    def _enqueue(self, session: Session, event: ModelRegistered | ModelPublished) -> int:
+        row = db.OutboxRow(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            key=event.model,
+            payload=event.model_dump_json(),
+            created_at=datetime.now(UTC),
+            attempts=0,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+    # ── reads ────────────────────────────────────────────────────────────────
+
+    async def get_version(self, model: str, version: int | None = None) -> ModelVersionInfo:
+        def work(session: Session) -> ModelVersionInfo:
+            if version is None:
+                row = db.latest_version(session, model)
+                if row is None:
+                    raise NotFound(f"no model named {model!r}")
+            else:
+                row = self._version_row(session, model, version)
+            return self._info(session, row)
+
+        return await self._in_transaction(work)
+
+    async def resolve_alias(self, model: str, alias: str) -> ModelVersionInfo:
+        def work(session: Session) -> ModelVersionInfo:
+            current = db.find_alias(session, model, alias)
+            if current is None:
+                known = db.aliases_of(session, model)
+                hint = f"; it has {', '.join(sorted(known))}" if known else ""
+                raise NotFound(f"{model} has no alias {alias!r}{hint}")
+            return self._info(session, self._version_row(session, model, current.version))
+
+        return await self._in_transaction(work)
+
+    async def list_models(self) -> list[ModelSummary]:
+        def work(session: Session) -> list[ModelSummary]:
+            return [
+                ModelSummary(
+                    model=m.name,
+                    latest_version=m.latest_version,
+                    aliases=db.aliases_of(session, m.name),
+                    created_at=m.created_at,
+                )
+                for m in db.models(session)
+            ]
+
+        return await self._in_transaction(work)
+
+    async def list_versions(self, model: str, limit: int = 0) -> list[ModelVersionInfo]:
+        def work(session: Session) -> list[ModelVersionInfo]:
+            if session.get(db.ModelRow, model) is None:
+                raise NotFound(f"no model named {model!r}")
+            aliases = db.aliases_of(session, model)
+            return [self._info(session, r, aliases) for r in db.versions_of(session, model, limit)]
+
+        return await self._in_transaction(work)
+
+    async def lineage(self, model: str, version: int) -> Lineage:
+        def work(session: Session) -> Lineage:
+            row = self._version_row(session, model, version)
+            moves = db.history(session, model, version=version)
+            return Lineage(
+                version=self._info(session, row), alias_history=tuple(map(_change, moves))
+            )
+
+        return await self._in_transaction(work)
+
+    async def alias_history(
+        self, model: str, alias: str | None = None, limit: int = 0
+    ) -> list[AliasChange]:
+        def work(session: Session) -> list[AliasChange]:
+            if session.get(db.ModelRow, model) is None:
+                raise NotFound(f"no model named {model!r}")
+            return [_change(h) for h in db.history(session, model, alias, limit=limit or None)]
+
+        return await self._in_transaction(work)
+
+    async def artifact(self, model: str, version: int) -> tuple[ModelVersionInfo, bytes]:
+        """A version and its artifact's bytes, verified against the recorded sha256."""
+
+        def work(session: Session) -> tuple[ModelVersionInfo, str]:
+            row = self._version_row(session, model, version)
+            return self._info(session, row), row.location
+
+        info, location = await self._in_transaction(work)
+        data = await asyncio.to_thread(self.artifacts.read, location, info.sha256)
+        return info, data
+
+    # ── helpers ──────────────────────────────────────────────────────────────
+
+    async def _in_transaction(self, work: Callable[[Session], T]) -> T:
+        """`work` in one retried transaction, on a worker thread."""
+        return await asyncio.to_thread(self.store.run, work)
+
+    def _locked_model(self, session: Session, model: str) -> db.ModelRow:
+        row = db.lock_model(session, model)
+        if row is None:
+            raise NotFound(f"no model named {model!r}")
+        return row
+
+    def _version_row(self, session: Session, model: str, version: int) -> db.VersionRow:
+        row = db.find_version(session, model, version)
+        if row is None:
+            if session.get(db.ModelRow, model) is None:
+                raise NotFound(f"no model named {model!r}")
+            raise NotFound(f"{model} has no version {version}")
+        return row
+
+    def _info(
+        self, session: Session, row: db.VersionRow, aliases: Mapping[str, int] | None = None
+    ) -> ModelVersionInfo:
+        if aliases is None:
+            aliases = db.aliases_of(session, row.model)
+        return ModelVersionInfo(
+            model=row.model,
+            version=row.version,
+            artifact_uri=self.artifacts.uri(row.location),
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            signature=ModelSignature.model_validate(row.signature),
+            metrics=row.metrics,
+            params=row.params,
+            dataset_fingerprint=row.dataset_fingerprint,
+            feature_views=row.feature_views,
+            run_id=row.run_id,
+            code_version=row.code_version,
+            created_at=row.created_at,
+            created_by=row.created_by,
+            description=row.description,
+            aliases=tuple(sorted(a for a, v in aliases.items() if v == row.version)),
+            reference_profile=None
+            if row.reference_profile is None
+            else ReferenceProfile.model_validate_json(row.reference_profile),
+            gate=GateDecision(
+                evaluated=row.gate_evaluated,
+                passed=row.gate_passed,
+                reason=row.gate_reason,
+                compared_with_version=row.compared_with_version,
+            ),
+            evaluation_window=row.evaluation_window,
+        )
+
+
+def _change(row: db.AliasHistoryRow) -> AliasChange:
+    return AliasChange.model_validate(
+        {
+            "model": row.model,
+            "alias": row.alias,
+            "version": row.version,
+            "previous_version": row.previous_version,
+            "reason": row.reason,
+            "actor": row.actor,
+            "kind": row.kind,
+            "at": row.at,
+            "event_id": row.event_id,
+        }
+    )
+
+
+def parse_reference_profile(text: str | None) -> ReferenceProfile | None:
+    if not text:
+        return None
+    try:
+        return ReferenceProfile.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidInput(f"reference profile is not a valid ReferenceProfile: {exc}") from None
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"params are not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be a JSON object")
+    return params
+
+
+def _check_model_name(name: str) -> None:
+    if not MODEL_NAME.match(name):
+        raise InvalidInput(
+            f"model name {name!r} must be 1-200 letters, digits, '_', '.', '-' "
+            "and start with a letter or digit"
+        )
+
+
+def _check_alias(alias: str) -> None:
+    if not ALIAS_NAME.match(alias):
+        raise InvalidInput(
+            f"alias {alias!r} must be 1-100 letters, digits, '_', '.', '-' and start with a letter"
+        )
+
+
+def _require_reason(reason: str, doing: str) -> None:
+    if not reason.strip():
+        raise InvalidInput(f"a reason is required when {doing}")
