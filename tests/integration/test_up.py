@@ -179,7 +179,8 @@ def test_up_runs_broker_and_embedded_redis_and_ctrl_c_stops_everything(
     state = read_state(DataDir(data_dir))
     assert state is not None
     pids = state.pids()
-    assert set(pids) == {"broker", "redis"}
+    # Broker, Redis, and every service installed in this checkout (each must stop too).
+    assert set(pids) == {"broker", "redis", *state.services}
 
     up.send_signal(signal.SIGINT)
     assert up.wait(timeout=STOP_TIMEOUT_S) == 0, (tmp_path / "up.log").read_text()
@@ -264,8 +265,12 @@ def test_a_killed_embedded_broker_comes_back_on_its_address_with_the_topics(
     assert state.broker is not None
     assert state.broker.bootstrap_servers == address
     assert state.broker.pid not in (None, first_pid)
-    code, report = status(data_dir)
-    assert code == 0, report
+
+    def healthy() -> dict[str, Any] | None:  # installed services may still be starting
+        code, report = status(data_dir)
+        return report if code == 0 else None
+
+    report = wait_for("a healthy status", healthy, START_TIMEOUT_S, up)
     assert report["components"]["broker"]["detail"].endswith(f"{len(ALL_TOPICS)} topic(s)")
 
     pids = state.pids()
