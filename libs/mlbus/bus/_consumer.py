@@ -128,6 +128,7 @@ class Consumer(Generic[T]):
         auto_offset_reset: str | None = None,
         max_batch: int = 500,
         plane: Literal["data", "control"] = "data",
+        before_commit: Callable[[], Awaitable[None]] | None = None,
         **consumer_options: Any,
     ) -> None:
         if not topics:
@@ -143,6 +144,9 @@ class Consumer(Generic[T]):
         self._reset = auto_offset_reset or ("earliest" if group_id else "latest")
         self._max_batch = max_batch
         self._plane = plane
+        # Handlers that only queue their effects (e.g. batched sends) finish them here:
+        # awaited before every commit, so offsets never run ahead of effects.
+        self._before_commit = before_commit
         self._options = consumer_options
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -231,7 +235,11 @@ class Consumer(Generic[T]):
             await self._commit()
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
-        if self._consumer is None or self.group_id is None or not self._pending:
+        if self._consumer is None or not self._pending:
+            return
+        if self._before_commit is not None:
+            await self._before_commit()
+        if self.group_id is None:
             return
         offsets = {
             tp: offset

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import typer
 
-from mlbus.cli import _example, _models, _runtime, _schemas, _spec, _trace
+from mlbus.cli import (
+    _example,
+    _features,
+    _ingest,
+    _models,
+    _runtime,
+    _schemas,
+    _spec,
+    _trace,
+)
 
 app = typer.Typer(
     name="mlbus",
@@ -18,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_runtime, _models, _trace, _spec, _example, _schemas):
+for _module in (_runtime, _ingest, _features, _models, _trace, _spec, _example, _schemas):
     _module.register(app)
 
 

@@ -163,6 +163,12 @@ def _print_started(state: RunState) -> None:
         console.print(
             f"not installed (not started): {', '.join(state.not_installed)}", highlight=False
         )
+    if state.needs_spec:
+        console.print(
+            f"not started, they need a project spec (mlbus up --spec mlbus.yaml): "
+            f"{', '.join(state.needs_spec)}",
+            highlight=False,
+        )
     console.print("[bold]Ctrl-C to stop[/]")
 
 
@@ -192,6 +198,8 @@ def _print_report(report: StatusReport) -> None:
     console.print(table)
     if report.not_installed:
         console.print(f"not installed: {', '.join(report.not_installed)}", highlight=False)
+    if report.needs_spec:
+        console.print(f"not started (no --spec): {', '.join(report.needs_spec)}", highlight=False)
 
 
 def _text(value: object) -> str:

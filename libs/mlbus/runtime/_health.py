@@ -50,6 +50,7 @@ class StatusReport(BaseModel):
     supervisor: SupervisorReport | None = None
     components: dict[str, Health] = {}
     not_installed: list[str] = []
+    needs_spec: list[str] = []
 
     @property
     def healthy(self) -> bool:
@@ -143,6 +144,7 @@ async def check_run(
             started_at=state.started_at,
         ),
         not_installed=list(state.not_installed),
+        needs_spec=list(state.needs_spec),
     )
     checks: dict[str, asyncio.Future[Health]] = {}
     if state.broker is not None:

@@ -34,6 +34,7 @@ class ServiceSpec:
     module: str
     grpc_port: int | None = None
     argv: tuple[str, ...] | None = None
+    needs_spec: bool = False
 
     @property
     def serves_grpc(self) -> bool:
@@ -69,12 +70,12 @@ class ServiceSpec:
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("ingestion", "mlbus.ingestion"),
-    ServiceSpec("features", "mlbus.features", grpc_port=8003),
-    ServiceSpec("trainer", "mlbus.trainer"),
+    ServiceSpec("ingestion", "mlbus.ingestion", needs_spec=True),
+    ServiceSpec("features", "mlbus.features", grpc_port=8003, needs_spec=True),
+    ServiceSpec("trainer", "mlbus.trainer", needs_spec=True),
     ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
     ServiceSpec("inference", "mlbus.inference", grpc_port=8001),
-    ServiceSpec("drift", "mlbus.drift"),
+    ServiceSpec("drift", "mlbus.drift", needs_spec=True),
 )
 """Every mlbus service, in start order."""
 

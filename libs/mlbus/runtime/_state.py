@@ -75,6 +75,9 @@ class RunState(BaseModel):
     not_installed: list[str] = Field(
         default_factory=list, description="Catalogue services whose module is not installed."
     )
+    needs_spec: list[str] = Field(
+        default_factory=list, description="Installed services not started: no --spec was given."
+    )
 
     def grpc_address(self, service: str, host: str = "127.0.0.1") -> str | None:
         """`host:port` of a service's gRPC server, if it runs one."""

@@ -327,6 +327,11 @@ class Supervisor:
         self.state.not_installed = [spec.name for spec in missing]
         if missing:
             log.info("not installed (skipped): %s", ", ".join(self.state.not_installed))
+        if self.settings.spec is None:
+            self.state.needs_spec = [spec.name for spec in installed if spec.needs_spec]
+            installed = [spec for spec in installed if not spec.needs_spec]
+            if self.state.needs_spec:
+                log.info("no --spec (skipped): %s", ", ".join(self.state.needs_spec))
         running = self._running_settings()
         taken: set[int] = set()
         for spec in installed:

@@ -1,0 +1,680 @@
+"""Checking one producer record against its source's data contract: pure, no I/O.
+
+A `ContractValidator` is compiled once per source (regexes compiled, one
+check closure per field) and then `validate(raw_bytes)` returns `Accepted`
+or `Rejected` for any bytes at all: it never raises. Order of checks:
+
+1. size (`max_bytes`) before anything is parsed; empty/absent values;
+2. UTF-8, then JSON with NaN/Infinity refused at parse time, duplicate keys
+   refused, nesting beyond `MAX_DEPTH` refused (a parse that would recurse
+   too deep is refused too), lone surrogates refused;
+3. the top level is an object; then every field: required, null, type, range,
+   length, pattern, enum; unknown keys per `unknown_fields`;
+4. the event time: not later than now + `allowed_skew_s`, not earlier than
+   now - `max_lateness_s`.
+Every problem found in steps 3-4 is reported, not only the first.
+
+Wire formats (what a producer may send):
+- `int`: a JSON integer (or a float with no fraction, `5.0`), within int64;
+- `float`: any finite JSON number; `bool`: `true`/`false` (never 0/1);
+- `timestamp`: an ISO-8601 string with a UTC offset (`parse_timestamp`) or a
+  number of seconds since the Unix epoch (UTC). Milliseconds are refused with
+  a hint rather than guessed. Validated payloads carry every timestamp as an
+  ISO-8601 UTC string ending in `Z`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias
+
+from mlbus.events import RejectionReason, Scalar
+from mlbus.spec import FieldSpec, Source, parse_timestamp
+
+MAX_DEPTH: Final = 16
+"""Deepest JSON nesting reported as a type problem; deeper is `too_deep`."""
+MAX_LISTED_UNKNOWN: Final = 20
+"""Unknown keys listed one by one; the rest are summed up in one more reason."""
+MAX_ID_LENGTH: Final = 200
+"""Longest entity or event id (an `Event.event_id` holds at most 200 characters)."""
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+# Epoch seconds past 9999-12-31: almost always milliseconds sent by mistake.
+MAX_EPOCH_S: Final = 253_402_300_799
+
+# Stable reason codes: dashboards, alerts and `mlbus ingest dlq replay --reason` use them.
+EMPTY = "empty"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+TOO_LARGE = "too_large"
+TOO_DEEP = "too_deep"
+NON_FINITE_NUMBER = "non_finite_number"
+DUPLICATE_FIELD = "duplicate_field"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+OUT_OF_RANGE = "out_of_range"
+TOO_LONG = "too_long"
+TOO_SHORT = "too_short"
+PATTERN_MISMATCH = "pattern_mismatch"
+NOT_IN_ENUM = "not_in_enum"
+UNKNOWN_FIELD = "unknown_field"
+NULL_NOT_ALLOWED = "null_not_allowed"
+BAD_TIMESTAMP = "bad_timestamp"
+FUTURE_EVENT_TIME = "future_event_time"
+TOO_LATE = "too_late"
+
+REASON_CODES: Final = (
+    EMPTY,
+    NOT_JSON,
+    NOT_OBJECT,
+    TOO_LARGE,
+    TOO_DEEP,
+    NON_FINITE_NUMBER,
+    DUPLICATE_FIELD,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    OUT_OF_RANGE,
+    TOO_LONG,
+    TOO_SHORT,
+    PATTERN_MISMATCH,
+    NOT_IN_ENUM,
+    UNKNOWN_FIELD,
+    NULL_NOT_ALLOWED,
+    BAD_TIMESTAMP,
+    FUTURE_EVENT_TIME,
+    TOO_LATE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A record that passed its contract, normalised: what `IngestValidated` carries."""
+
+    source: str
+    contract_version: int
+    event_id: str
+    entity_id: str
+    event_time: datetime
+    payload: dict[str, Scalar]
+    id_derived: bool
+    """True when the source declares no event id and `event_id` was derived from the content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that broke its contract, with every reason found (at least one)."""
+
+    source: str
+    contract_version: int
+    reasons: tuple[RejectionReason, ...]
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(reason.code for reason in self.reasons)
+
+
+Outcome: TypeAlias = Accepted | Rejected
+Problems: TypeAlias = list[RejectionReason]
+_Check: TypeAlias = Callable[[Any, Problems], Any]
+_BAD: Final = object()
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+class _DuplicateKeys(ValueError):
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(", ".join(keys))
+        self.keys = keys
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        counts: dict[str, int] = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+        raise _DuplicateKeys(sorted(key for key, n in counts.items() if n > 1))
+    return obj
+
+
+_decode_json = json.JSONDecoder(
+    parse_constant=_refuse_constant, object_pairs_hook=_object_pairs
+).decode
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value for a message: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__  # pragma: no cover - json gives nothing else
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), counted up to `limit + 1`."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return 0
+    if limit <= 0:
+        return 1
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+def to_utc_text(moment: datetime) -> str:
+    """`2025-01-01T12:00:00.250Z`: the form every validated timestamp takes."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def epoch_to_datetime(seconds: float) -> datetime:
+    if not -MAX_EPOCH_S <= seconds <= MAX_EPOCH_S:
+        raise ValueError(
+            f"expected seconds since the Unix epoch, got {shown(seconds)}"
+            + (" (milliseconds? divide by 1000)" if seconds > MAX_EPOCH_S else "")
+        )
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# ── per-type checks, compiled once per field ─────────────────────────────────
+
+
+def _compile_field(name: str, spec: FieldSpec) -> _Check:
+    kind = spec.type
+    if kind == "int":
+        return _int_check(name, spec)
+    if kind == "float":
+        return _float_check(name, spec)
+    if kind == "bool":
+        return _bool_check(name)
+    if kind == "enum":
+        return _enum_check(name, spec)
+    if kind == "timestamp":
+        return _timestamp_check(name)
+    return _string_check(name, spec)
+
+
+def _wrong_type(name: str, expected: str, value: object) -> RejectionReason:
+    return RejectionReason(
+        code=WRONG_TYPE,
+        field=name,
+        message=f"{name}: expected {expected}, got {_json_type(value)} {shown(value)}",
+    )
+
+
+def _range_problem(name: str, value: float, low: float | None, high: float | None) -> str | None:
+    if low is not None and value < low:
+        return f"{name}: expected >= {low:g}, got {shown(value)}"
+    if high is not None and value > high:
+        return f"{name}: expected <= {high:g}, got {shown(value)}"
+    return None
+
+
+def _int_check(name: str, spec: FieldSpec) -> _Check:
+    low = max(INT64_MIN, math.ceil(spec.min)) if spec.min is not None else INT64_MIN
+    high = min(INT64_MAX, math.floor(spec.max)) if spec.max is not None else INT64_MAX
+
+    def check(value: Any, problems: Problems) -> Any:
+        cls = type(value)
+        if cls is float and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        elif cls is float and not math.isfinite(value):
+            problems.append(
+                RejectionReason(
+                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
+                )
+            )
+            return _BAD
+        elif cls is not int:
+            problems.append(_wrong_type(name, "an integer", value))
+            return _BAD
+        problem = _range_problem(name, value, low, high)
+        if problem is not None:
+            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
+            return _BAD
+        return value
+
+    return check
+
+
+def _float_check(name: str, spec: FieldSpec) -> _Check:
+    low, high = spec.min, spec.max
+
+    def check(value: Any, problems: Problems) -> Any:
+        cls = type(value)
+        if cls is int:
+            try:
+                value = float(value)
+            except OverflowError:
+                problems.append(
+                    RejectionReason(
+                        code=OUT_OF_RANGE,
+                        field=name,
+                        message=f"{name}: expected a number a float can hold, got {shown(value)}",
+                    )
+                )
+                return _BAD
+        elif cls is not float:
+            problems.append(_wrong_type(name, "a number", value))
+            return _BAD
+        if not math.isfinite(value):
+            problems.append(
+                RejectionReason(
+                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
+                )
+            )
+            return _BAD
+        problem = _range_problem(name, value, low, high)
+        if problem is not None:
+            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
+            return _BAD
+        return value
+
+    return check
+
+
+def _bool_check(name: str) -> _Check:
+    def check(value: Any, problems: Problems) -> Any:
+        if type(value) is not bool:
+            problems.append(_wrong_type(name, "true or false", value))
+            return _BAD
+        return value
+
+    return check
+
+
+def _enum_check(name: str, spec: FieldSpec) -> _Check:
+    allowed = frozenset(spec.values or ())
+    listed = ", ".join(repr(v) for v in spec.values or ())
+    if len(listed) > 200:
+        listed = listed[:199] + "…"
+
+    def check(value: Any, problems: Problems) -> Any:
+        if type(value) is not str:
+            problems.append(_wrong_type(name, "a string", value))
+            return _BAD
+        if value not in allowed:
+            problems.append(
+                RejectionReason(
+                    code=NOT_IN_ENUM,
+                    field=name,
+                    message=f"{name}: expected one of {listed}, got {shown(value)}",
+                )
+            )
+            return _BAD
+        return value
+
+    return check
+
+
+def _string_check(name: str, spec: FieldSpec) -> _Check:
+    min_length, max_length = spec.min_length, spec.max_length
+    matches = re.compile(spec.pattern).fullmatch if spec.pattern is not None else None
+    pattern = spec.pattern
+
+    def check(value: Any, problems: Problems) -> Any:
+        if type(value) is not str:
+            problems.append(_wrong_type(name, "a string", value))
+            return _BAD
+        ok = True
+        length = len(value)
+        if max_length is not None and length > max_length:
+            problems.append(
+                RejectionReason(
+                    code=TOO_LONG,
+                    field=name,
+                    message=f"{name}: expected at most {max_length} characters, got {length}",
+                )
+            )
+            ok = False
+        if min_length is not None and length < min_length:
+            problems.append(
+                RejectionReason(
+                    code=TOO_SHORT,
+                    field=name,
+                    message=f"{name}: expected at least {min_length} characters, got {length}",
+                )
+            )
+            ok = False
+        if ok and matches is not None and matches(value) is None:
+            problems.append(
+                RejectionReason(
+                    code=PATTERN_MISMATCH,
+                    field=name,
+                    message=f"{name}: expected a match of {pattern!r}, got {shown(value)}",
+                )
+            )
+            ok = False
+        return value if ok else _BAD
+
+    return check
+
+
+_CANONICAL_UTC = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z"
+)
+
+
+def _timestamp_check(name: str) -> _Check:
+    canonical = _CANONICAL_UTC.fullmatch
+
+    def check(value: Any, problems: Problems) -> Any:
+        cls = type(value)
+        try:
+            if cls is str and canonical(value) is not None:
+                moment = datetime.fromisoformat(value)  # already UTC with a Z: keep the text
+                return (moment, value)
+            if cls is str:
+                return parse_timestamp(value).astimezone(UTC)
+            if cls is int or cls is float:
+                return epoch_to_datetime(value)
+        except (ValueError, OverflowError, OSError) as exc:
+            problems.append(
+                RejectionReason(code=BAD_TIMESTAMP, field=name, message=f"{name}: {exc}")
+            )
+            return _BAD
+        problems.append(
+            _wrong_type(name, "an ISO-8601 time string or seconds since the epoch", value)
+        )
+        return _BAD
+
+    return check
+
+
+# ── the validator ────────────────────────────────────────────────────────────
+
+
+class ContractValidator:
+    """One source's contract, compiled. `validate(raw)` never raises."""
+
+    def __init__(self, source_name: str, source: Source) -> None:
+        contract = source.contract
+        self.source_name = source_name
+        self.source = source
+        self.version = contract.version
+        self.max_bytes = contract.max_bytes
+        self._unknown = contract.unknown_fields
+        self._skew_s = float(contract.allowed_skew_s)
+        self._lateness_s = float(contract.max_lateness_s)
+        self._entity = source.entity
+        self._event_time = source.event_time
+        self._event_id = source.event_id
+        self._known = frozenset(contract.fields)
+        self._fields: tuple[tuple[str, bool, bool, bool, _Check], ...] = tuple(
+            (
+                name,
+                spec.required,
+                spec.nullable,
+                spec.type == "timestamp",
+                _compile_field(name, spec),
+            )
+            for name, spec in contract.fields.items()
+        )
+
+    def _reject(self, *reasons: RejectionReason) -> Rejected:
+        return Rejected(self.source_name, self.version, reasons)
+
+    def _one(self, code: str, message: str, field: str | None = None) -> Rejected:
+        return self._reject(RejectionReason(code=code, message=message, field=field))
+
+    def validate(self, raw: bytes | None, *, now_s: float | None = None) -> Outcome:
+        """Check one record value; `now_s` (epoch seconds) is the clock for event-time rules."""
+        try:
+            return self._validate(raw, time.time() if now_s is None else now_s)
+        except Exception as exc:  # a bug, never a crash: the record is kept with the reason
+            return self._one(NOT_JSON, f"could not be checked ({type(exc).__name__}: {exc})")
+
+    def _validate(self, raw: bytes | None, now_s: float) -> Outcome:
+        if raw is None or len(raw) == 0:
+            return self._one(EMPTY, "the record has no value")
+        size = len(raw)
+        if size > self.max_bytes:
+            return self._one(
+                TOO_LARGE, f"expected at most {self.max_bytes} bytes, got {size} bytes"
+            )
+        parsed = self._parse(raw)
+        if isinstance(parsed, Rejected):
+            return parsed
+        return self._check_object(parsed, now_s)
+
+    def _parse(self, raw: bytes) -> dict[str, Any] | Rejected:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self._one(NOT_JSON, f"expected UTF-8 text, got an invalid byte at {exc.start}")
+        try:
+            parsed = _decode_json(text)
+        except _NonFinite as exc:
+            return self._one(NON_FINITE_NUMBER, f"expected finite numbers, got {exc}")
+        except _DuplicateKeys as exc:
+            return self._reject(
+                *(
+                    RejectionReason(
+                        code=DUPLICATE_FIELD,
+                        field=_printable(key),
+                        message=f"key {shown(key)} appears more than once",
+                    )
+                    for key in exc.keys[:MAX_LISTED_UNKNOWN]
+                )
+            )
+        except RecursionError:
+            return self._one(TOO_DEEP, f"expected JSON nested at most {MAX_DEPTH} levels deep")
+        except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+            return self._one(NOT_JSON, f"expected one JSON object: {shown(str(exc), 120)}")
+        if not isinstance(parsed, dict):
+            return self._one(NOT_OBJECT, f"expected a JSON object, got {_json_type(parsed)}")
+        if "\\u" in text and not _encodable(parsed):
+            return self._one(NOT_JSON, "expected valid Unicode, got a lone surrogate escape")
+        return parsed
+
+    def _check_object(self, obj: dict[str, Any], now_s: float) -> Outcome:
+        problems: Problems = []
+        payload: dict[str, Scalar] = {}
+        times: dict[str, datetime] = {}
+        present = 0
+        for name, required, nullable, is_time, check in self._fields:
+            if name not in obj:
+                if required:
+                    problems.append(
+                        RejectionReason(
+                            code=MISSING_FIELD, field=name, message=f"{name}: required, missing"
+                        )
+                    )
+                continue
+            present += 1
+            value = obj[name]
+            if value is None:
+                if nullable:
+                    payload[name] = None
+                else:
+                    problems.append(
+                        RejectionReason(
+                            code=NULL_NOT_ALLOWED,
+                            field=name,
+                            message=f"{name}: expected a value, got null",
+                        )
+                    )
+                continue
+            if type(value) is dict or type(value) is list:
+                problems.append(self._nested(name, value, "a scalar value"))
+                continue
+            checked = check(value, problems)
+            if checked is _BAD:
+                continue
+            if is_time:
+                if type(checked) is tuple:  # (moment, its canonical text)
+                    times[name], payload[name] = checked
+                else:
+                    times[name] = checked
+                    payload[name] = to_utc_text(checked)
+            else:
+                payload[name] = checked
+        if len(obj) > present:
+            self._unknown_keys(obj, payload, problems)
+        self._check_keys(payload, problems)
+        event_time = times.get(self._event_time)
+        if event_time is not None:
+            self._check_event_time(event_time, now_s, problems)
+        if problems:
+            return self._reject(*problems)
+        assert event_time is not None  # required, not nullable: checked by the spec
+        event_id, derived = self._id_of(obj, payload)
+        return Accepted(
+            source=self.source_name,
+            contract_version=self.version,
+            event_id=event_id,
+            entity_id=str(payload[self._entity]),
+            event_time=event_time,
+            payload=payload,
+            id_derived=derived,
+        )
+
+    def _nested(self, name: str, value: object, expected: str) -> RejectionReason:
+        if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+            return RejectionReason(
+                code=TOO_DEEP,
+                field=name,
+                message=f"{name}: expected JSON nested at most {MAX_DEPTH} levels deep",
+            )
+        return _wrong_type(name, expected, value)
+
+    def _unknown_keys(
+        self, obj: dict[str, Any], payload: dict[str, Scalar], problems: Problems
+    ) -> None:
+        unknown = [key for key in obj if key not in self._known]
+        if self._unknown == "drop":
+            return
+        if self._unknown == "keep":
+            for key in unknown:
+                value = obj[key]
+                if type(value) is dict or type(value) is list:
+                    problems.append(self._nested(_printable(key), value, "a scalar value"))
+                elif type(value) is float and not math.isfinite(value):
+                    problems.append(
+                        RejectionReason(
+                            code=NON_FINITE_NUMBER,
+                            field=_printable(key),
+                            message=f"{shown(key)}: expected a finite number",
+                        )
+                    )
+                else:
+                    payload[key] = value
+            return
+        for key in unknown[:MAX_LISTED_UNKNOWN]:
+            problems.append(
+                RejectionReason(
+                    code=UNKNOWN_FIELD,
+                    field=_printable(key),
+                    message=f"{shown(key)}: not in the contract (unknown_fields: reject)",
+                )
+            )
+        if len(unknown) > MAX_LISTED_UNKNOWN:
+            problems.append(
+                RejectionReason(
+                    code=UNKNOWN_FIELD,
+                    message=f"and {len(unknown) - MAX_LISTED_UNKNOWN} more unknown fields",
+                )
+            )
+
+    def _check_event_time(self, moment: datetime, now_s: float, problems: Problems) -> None:
+        at = moment.timestamp()
+        name = self._event_time
+        if at > now_s + self._skew_s:
+            ahead = at - now_s
+            problems.append(
+                RejectionReason(
+                    code=FUTURE_EVENT_TIME,
+                    field=name,
+                    message=f"{name}: {ahead:.0f}s in the future, more than the allowed "
+                    f"clock skew of {self._skew_s:.0f}s",
+                )
+            )
+        elif at < now_s - self._lateness_s:
+            behind = now_s - at
+            problems.append(
+                RejectionReason(
+                    code=TOO_LATE,
+                    field=name,
+                    message=f"{name}: {behind:.0f}s old, more than the maximum lateness "
+                    f"of {self._lateness_s:.0f}s",
+                )
+            )
+
+    def _check_keys(self, payload: dict[str, Scalar], problems: Problems) -> None:
+        """Entity and event ids travel as Kafka keys and `event_id`s: 1 to 200 characters."""
+        for name in (self._entity, self._event_id):
+            if name is None or name not in payload:
+                continue
+            length = len(str(payload[name]))
+            if length == 0:
+                problems.append(
+                    RejectionReason(
+                        code=TOO_SHORT, field=name, message=f"{name}: expected a non-empty id"
+                    )
+                )
+            elif length > MAX_ID_LENGTH:
+                problems.append(
+                    RejectionReason(
+                        code=TOO_LONG,
+                        field=name,
+                        message=f"{name}: expected an id of at most {MAX_ID_LENGTH} "
+                        f"characters, got {length}",
+                    )
+                )
+
+    def _id_of(self, obj: dict[str, Any], payload: dict[str, Scalar]) -> tuple[str, bool]:
+        if self._event_id is not None:
+            return str(payload[self._event_id]), False
+        return derive_event_id(self.source_name, obj), True
+
+
+def derive_event_id(source_name: str, obj: dict[str, Any]) -> str:
+    """A deterministic id from an event's content: same fields and values, same id.
+
+    Key order and whitespace do not matter; any value that differs does.
+    """
+    digest = hashlib.sha256(f"{source_name}\n{_canonical(obj)}".encode()).hexdigest()
+    return f"sha256-{digest[:32]}"
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return True
+
+
+def _printable(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,65 @@
+"""The feature store library: one computation, two stores, read the same way everywhere.
+
+- `ViewAggregator` / `EntityState`: a feature view computed incrementally per
+  entity (raw last values, sliding windows in time buckets, late and replayed
+  events handled) — pure, used by the feature service.
+- `OnlineStore`: async Redis reads for serving (inference and the feature
+  service's gRPC API use this, not a copy) and the service's staged writes.
+- `OfflineStore`: the same rows in Parquet, partitioned by date, local or `s3://`.
+- `build_training_set` / `point_in_time_join`: point-in-time correct training
+  frames (DuckDB ASOF JOIN), fingerprinted by the content of the files read.
+
+    async with OnlineStore.from_settings(settings.redis) as store:
+        row = await store.get("card_activity", 1, "card_000042")
+        row.values, row.age_s
+"""
+
+from mlbus.featurestore._offline import (
+    META_COLUMNS,
+    OfflineRow,
+    OfflineStore,
+    feature_schema,
+    rows_to_table,
+)
+from mlbus.featurestore._online import (
+    FeatureKeys,
+    FeatureVector,
+    OnlineFeatures,
+    OnlineStore,
+    decode_value,
+    encode_value,
+)
+from mlbus.featurestore._pit import TrainingSet, build_training_set, point_in_time_join
+from mlbus.featurestore._windows import (
+    BUCKETS_PER_WINDOW,
+    Applied,
+    EntityState,
+    FeatureValues,
+    ViewAggregator,
+    bucket_geometry,
+    in_window,
+)
+
+__all__ = [
+    "BUCKETS_PER_WINDOW",
+    "META_COLUMNS",
+    "Applied",
+    "EntityState",
+    "FeatureKeys",
+    "FeatureValues",
+    "FeatureVector",
+    "OfflineRow",
+    "OfflineStore",
+    "OnlineFeatures",
+    "OnlineStore",
+    "TrainingSet",
+    "ViewAggregator",
+    "bucket_geometry",
+    "build_training_set",
+    "decode_value",
+    "encode_value",
+    "feature_schema",
+    "in_window",
+    "point_in_time_join",
+    "rows_to_table",
+]

@@ -1,0 +1,318 @@
+"""The online store: one Redis hash per (view, view version, entity).
+
+    store = OnlineStore.from_settings(settings.redis)
+    row = await store.get("card_activity", 1, "card_000042")      # one HGETALL
+    row.values["amount_sum_1h"], row.age_s
+    rows = await store.get_many("card_activity", 1, ids)            # one pipeline
+    vectors = await store.get_features(ids, ["card_activity.count_10m"], {"card_activity": 1})
+
+Hash layout (`<prefix>:fv:<view>:<version>:<entity>`): one field per feature,
+its value tagged with its type (`i42`, `f1.5`, `sfoo`, `b1`, `n` for null) so
+reads decode without the spec, plus `__ts` (event time in ms the values are as
+of) and `__eid` (the event that last updated them). Every value in a hash is
+as of `__ts`, so a value's age is `now - __ts`. The hash expires after the
+view's TTL without updates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mlbus.config import RedisSettings
+from mlbus.errors import InvalidInput, RetryableError
+from mlbus.events import Scalar
+
+TS_FIELD = b"__ts"
+EVENT_ID_FIELD = b"__eid"
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def encode_value(value: Scalar) -> bytes:
+    """A feature value as stored in the online hash (type-tagged, decodable without the spec)."""
+    if value is None:
+        return b"n"
+    if value is True:
+        return b"b1"
+    if value is False:
+        return b"b0"
+    if isinstance(value, int):
+        return b"i%d" % value
+    if isinstance(value, float):
+        return b"f" + repr(value).encode()
+    return b"s" + value.encode()
+
+
+_I, _F, _S, _B = ord("i"), ord("f"), ord("s"), ord("b")
+
+
+def decode_value(data: bytes) -> Scalar:
+    tag = data[0]
+    if tag == _F:
+        return float(data[1:])
+    if tag == _I:
+        return int(data[1:])
+    if tag == _S:
+        return data[1:].decode()
+    if tag == _B:
+        return data[1:] == b"1"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureKeys:
+    """Every Redis key the feature store uses, under one prefix."""
+
+    prefix: str = "mlbus"
+
+    def online(self, view: str, version: int, entity_id: str) -> str:
+        return f"{self.prefix}:fv:{view}:{version}:{entity_id}"
+
+    def state(self, view: str, version: int, entity_id: str) -> str:
+        return f"{self.prefix}:fs:{view}:{version}:{entity_id}"
+
+    def spool(self, view: str, version: int) -> str:
+        """Offline rows not yet in Parquet (a list, oldest first)."""
+        return f"{self.prefix}:fspool:{view}:{version}"
+
+    def spool_lock(self, view: str, version: int) -> str:
+        return f"{self.prefix}:fspool-lock:{view}:{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineFeatures:
+    """One entity's values of one view. Not found: `values` empty, times None."""
+
+    entity_id: str
+    view: str
+    version: int
+    values: dict[str, Scalar]
+    event_time_ms: int | None
+    age_s: float | None
+
+    @property
+    def found(self) -> bool:
+        return self.event_time_ms is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureVector:
+    """One entity's features across views, keyed `view.feature`.
+
+    A feature with no online value (entity unknown, expired) is absent from
+    both dicts; a stored null is present in `values` as None.
+    """
+
+    entity_id: str
+    values: dict[str, Scalar]
+    ages_s: dict[str, float]
+
+
+def _names(features: Sequence[str] | None) -> list[bytes] | None:
+    return None if features is None else [name.encode() for name in features]
+
+
+class OnlineStore:
+    """Async reads (and the service's writes) of online feature values. `async with` closes it."""
+
+    def __init__(self, client: aioredis.Redis, *, key_prefix: str = "mlbus") -> None:
+        self.client = client
+        self.keys = FeatureKeys(key_prefix)
+        self._name_cache: dict[bytes, str] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: RedisSettings, *, key_prefix: str | None = None
+    ) -> OnlineStore:
+        return cls.from_url(
+            settings.require_url(),
+            key_prefix=key_prefix or settings.key_prefix,
+            timeout_s=settings.socket_timeout_s,
+        )
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, key_prefix: str = "mlbus", timeout_s: float = 2.0
+    ) -> OnlineStore:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=False,
+        )
+        return cls(client, key_prefix=key_prefix)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> OnlineStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ── reads ────────────────────────────────────────────────────────────────
+
+    async def get(
+        self,
+        view: str,
+        version: int,
+        entity_id: str,
+        features: Sequence[str] | None = None,
+        *,
+        now_s: float | None = None,
+    ) -> OnlineFeatures:
+        """One entity's values (all of the view's, or `features`): one HGETALL or HMGET."""
+        key = self.keys.online(view, version, entity_id)
+        names = _names(features)
+        try:
+            if names is None:
+                raw: Any = await self.client.hgetall(key)
+            else:
+                raw = await self.client.hmget(key, [TS_FIELD, *names])
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"online store unavailable: {exc}") from exc
+        now = time.time() if now_s is None else now_s
+        return self._decode(view, version, entity_id, raw, names, now)
+
+    async def get_many(
+        self,
+        view: str,
+        version: int,
+        entity_ids: Sequence[str],
+        features: Sequence[str] | None = None,
+        *,
+        now_s: float | None = None,
+    ) -> list[OnlineFeatures]:
+        """Many entities' values of one view, in `entity_ids` order: one pipelined round trip."""
+        names = _names(features)
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id in entity_ids:
+            key = self.keys.online(view, version, entity_id)
+            if names is None:
+                pipe.hgetall(key)
+            else:
+                pipe.hmget(key, [TS_FIELD, *names])
+        try:
+            replies = await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"online store unavailable: {exc}") from exc
+        now = time.time() if now_s is None else now_s
+        return [
+            self._decode(view, version, entity_id, raw, names, now)
+            for entity_id, raw in zip(entity_ids, replies, strict=True)
+        ]
+
+    async def get_features(
+        self,
+        entity_ids: Sequence[str],
+        refs: Sequence[str],
+        versions: Mapping[str, int],
+        *,
+        now_s: float | None = None,
+    ) -> list[FeatureVector]:
+        """`view.feature` refs for many entities, across views: one pipelined round trip.
+
+        `versions` maps each view to the version to read (from the spec).
+        """
+        by_view: dict[str, list[str]] = {}
+        for ref in refs:
+            view, dot, name = ref.partition(".")
+            if not dot or not name:
+                raise InvalidInput(f"expected a feature as 'view.feature', got {ref!r}")
+            if view not in versions:
+                raise InvalidInput(f"unknown feature view {view!r} in {ref!r}")
+            by_view.setdefault(view, []).append(name)
+        pipe = self.client.pipeline(transaction=False)
+        plan = [(view, names, _names(names)) for view, names in by_view.items()]
+        for entity_id in entity_ids:
+            for view, _, encoded in plan:
+                pipe.hmget(
+                    self.keys.online(view, versions[view], entity_id), [TS_FIELD, *(encoded or ())]
+                )
+        try:
+            replies = iter(await pipe.execute())
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"online store unavailable: {exc}") from exc
+        now = time.time() if now_s is None else now_s
+        out: list[FeatureVector] = []
+        for entity_id in entity_ids:
+            values: dict[str, Scalar] = {}
+            ages: dict[str, float] = {}
+            for view, names, encoded in plan:
+                row = self._decode(view, versions[view], entity_id, next(replies), encoded, now)
+                if row.age_s is None:
+                    continue
+                for name in names:
+                    if name in row.values:
+                        values[f"{view}.{name}"] = row.values[name]
+                        ages[f"{view}.{name}"] = row.age_s
+            out.append(FeatureVector(entity_id, values, ages))
+        return out
+
+    def _decode(
+        self,
+        view: str,
+        version: int,
+        entity_id: str,
+        raw: Any,
+        names: list[bytes] | None,
+        now_s: float,
+    ) -> OnlineFeatures:
+        values: dict[str, Scalar] = {}
+        cache = self._name_cache
+        if names is None:  # HGETALL: dict of every field
+            ts = raw.get(TS_FIELD) if raw else None
+            if ts is None:
+                return OnlineFeatures(entity_id, view, version, {}, None, None)
+            for key, value in raw.items():
+                if key[:2] == b"__":
+                    continue
+                name = cache.get(key)
+                if name is None:
+                    name = cache[key] = key.decode()
+                values[name] = decode_value(value)
+        else:  # HMGET: [ts, *values] in `names` order
+            ts = raw[0]
+            if ts is None:
+                return OnlineFeatures(entity_id, view, version, {}, None, None)
+            for key, value in zip(names, raw[1:], strict=True):
+                if value is None:
+                    continue
+                name = cache.get(key)
+                if name is None:
+                    name = cache[key] = key.decode()
+                values[name] = decode_value(value)
+        event_ms = int(ts)
+        return OnlineFeatures(
+            entity_id, view, version, values, event_ms, max(0.0, now_s - event_ms / 1000)
+        )
+
+    # ── writes (the feature service) ─────────────────────────────────────────
+
+    def stage_write(
+        self,
+        pipe: aioredis.client.Pipeline,
+        view: str,
+        version: int,
+        entity_id: str,
+        values: Mapping[str, Scalar],
+        event_time_ms: int,
+        event_id: str | None,
+        ttl_s: int,
+    ) -> None:
+        """Queue one entity's whole view on `pipe`: every value, `__ts`, `__eid`, the TTL."""
+        key = self.keys.online(view, version, entity_id)
+        mapping: dict[str | bytes, bytes] = {
+            name: encode_value(value) for name, value in values.items()
+        }
+        mapping[TS_FIELD] = b"%d" % event_time_ms
+        mapping[EVENT_ID_FIELD] = (event_id or "").encode()
+        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        pipe.expire(key, ttl_s)

@@ -1,0 +1,102 @@
+"""Moves offline rows from each view's Redis spool into Parquet, by size and by time.
+
+Rows reach the spool in the same transaction as the state and online values,
+before the consumer commits the offset. The flusher reads the oldest rows,
+writes one Parquet file per date partition, then trims exactly those rows. A
+crash between the write and the trim writes them again on the next flush:
+same event ids, same values, de-duplicated by every reader. A lock keeps two
+replicas from flushing the same spool at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from mlbus.errors import RetryableError
+from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
+from mlbus.featurestore._online import REDIS_DOWN
+from mlbus.telemetry import meter
+
+from ._processor import BoundView
+
+log = logging.getLogger(__name__)
+_rows_written = meter("mlbus.features").create_counter(
+    "mlbus.features.offline_rows", description="rows written to Parquet"
+)
+
+
+class OfflineFlusher:
+    def __init__(
+        self,
+        views: Sequence[BoundView],
+        online: OnlineStore,
+        offline: OfflineStore,
+        *,
+        flush_rows: int,
+        interval_s: float,
+    ) -> None:
+        self.views = tuple(views)
+        self.client = online.client
+        self.keys = online.keys
+        self.offline = offline
+        self.flush_rows = flush_rows
+        self.interval_s = interval_s
+        self._last_flush: dict[str, float] = {}
+
+    async def flush(self, *, force: bool = True) -> int:
+        """Write what waits in every spool (`force`), or only spools that are due. Rows written."""
+        total = 0
+        for view in self.views:
+            total += await self._flush_view(view, force=force)
+        return total
+
+    async def _flush_view(self, view: BoundView, *, force: bool) -> int:
+        spool = self.keys.spool(view.name, view.version)
+        try:
+            waiting = int(await self.client.llen(spool))
+            now = time.monotonic()
+            last = self._last_flush.setdefault(view.name, now)
+            due = waiting >= self.flush_rows or (waiting and now - last >= self.interval_s)
+            if not waiting or not (force or due):
+                return 0
+            lock = self.client.lock(self.keys.spool_lock(view.name, view.version), timeout=120)
+            if not await lock.acquire(blocking=True, blocking_timeout=10):
+                return 0
+            written = 0
+            try:
+                while True:
+                    raw = await self.client.lrange(spool, 0, self.flush_rows - 1)
+                    if not raw:
+                        break
+                    rows = [OfflineRow.from_json(item) for item in raw]
+                    await asyncio.to_thread(
+                        self.offline.write_rows, view.name, view.version, view.features, rows
+                    )
+                    await self.client.ltrim(spool, len(raw), -1)
+                    written += len(raw)
+                    if len(raw) < self.flush_rows:
+                        break
+            finally:
+                await lock.release()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unavailable flushing offline rows: {exc}") from exc
+        self._last_flush[view.name] = time.monotonic()
+        _rows_written.add(written, {"view": view.name})
+        log.debug("wrote %d offline rows of %s", written, view.name)
+        return written
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush due spools until `stop`; then flush everything once more."""
+        tick = min(1.0, self.interval_s)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), tick)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush(force=stop.is_set())
+            except (RetryableError, OSError) as exc:  # Redis or the object store is down
+                log.warning("offline flush failed, will retry: %s", exc)

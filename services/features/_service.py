@@ -1,0 +1,134 @@
+"""The feature service's process: consume, compute, write online and offline, serve gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
+from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.config import load_settings
+from mlbus.errors import ConfigError
+from mlbus.events import INGEST_VALIDATED, IngestValidated
+from mlbus.featurestore import OfflineStore, OnlineStore
+from mlbus.rpc import server_interceptors
+from mlbus.spec import ProjectSpec, load_spec
+from mlbus.telemetry import setup_telemetry
+
+from ._flusher import OfflineFlusher
+from ._grpc import FeatureServicer
+from ._processor import FeatureProcessor, bind_views
+from ._settings import FeaturesSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureService:
+    """The running parts; `run()` until `stop()` (idempotent)."""
+
+    settings: FeaturesSettings
+    spec: ProjectSpec
+    online: OnlineStore | None = None
+    grpc_port: int | None = None
+    consumer: Consumer[object] | None = None
+    flusher: OfflineFlusher | None = None
+    processor: FeatureProcessor | None = None
+    serve_grpc: bool = True
+    topics: tuple[str, ...] = (INGEST_VALIDATED,)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    async def wait_started(self, timeout_s: float = 60.0) -> None:
+        await asyncio.wait_for(self._started.wait(), timeout_s)
+        if self.consumer is not None:
+            await self.consumer.wait_assigned(timeout_s)
+
+    async def run(self) -> None:
+        settings = self.settings
+        views = bind_views(self.spec, settings.allowed_lateness_s)
+        owns_online = self.online is None
+        online = self.online or OnlineStore.from_settings(settings.redis)
+        self.online = online
+        offline = OfflineStore(settings.resolved_offline_url())
+        self.processor = FeatureProcessor(views, online)
+        self.flusher = OfflineFlusher(
+            views,
+            online,
+            offline,
+            flush_rows=settings.offline_flush_rows,
+            interval_s=settings.offline_flush_interval_s,
+        )
+        await ensure_topics(settings.kafka, list(self.topics))
+        server: grpc.aio.Server | None = None
+        if self.serve_grpc:
+            server = grpc.aio.server(interceptors=server_interceptors())
+            servicer = FeatureServicer(self.spec, online)
+            pb_grpc.add_FeatureServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+            health = health_aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            self.grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+            if not self.grpc_port:
+                raise ConfigError(f"cannot bind gRPC port {settings.grpc_port}")
+            await server.start()
+            for name in ("", "mlbus.features.v1.FeatureService"):
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info("FeatureService listening on port %d", self.grpc_port)
+        try:
+            async with Publisher(settings.kafka, source="features") as publisher:
+                consumer = Consumer.of_events(
+                    settings.kafka,
+                    types=[IngestValidated],
+                    group_id=settings.group_id,
+                    handler=self.processor.handle,
+                    publisher=publisher,
+                    topics=self.topics,
+                )
+                self.consumer = consumer  # type: ignore[assignment]
+                if self._stop.is_set():
+                    return
+                self._started.set()
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(consumer.run(), name="consume")
+                    tasks.create_task(self.flusher.run(self._stop), name="offline-flush")
+                    await self._stop.wait()
+                    consumer.stop()
+        finally:
+            if server is not None:
+                await health.enter_graceful_shutdown()
+                await server.stop(settings.shutdown_grace_s)
+            if owns_online:
+                await online.aclose()
+
+
+async def _main(settings: FeaturesSettings) -> None:
+    if settings.spec is None:
+        raise ConfigError("the feature service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
+    spec = load_spec(settings.spec)
+    async with OnlineStore.from_settings(settings.redis) as online:
+        service = FeatureService(settings, spec, online=online)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run()
+
+
+def run(settings: FeaturesSettings | None = None) -> None:
+    """Start the feature service and block until SIGTERM/SIGINT."""
+    settings = settings or load_settings(FeaturesSettings)
+    telemetry = setup_telemetry("features", settings)
+    try:
+        asyncio.run(_main(settings))
+    finally:
+        telemetry.shutdown()

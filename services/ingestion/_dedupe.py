@@ -1,0 +1,108 @@
+"""Which event ids were already accepted: a Redis key per id, expiring after the horizon.
+
+Keys are `<prefix>:ingest:seen:<source>:<event_id>` with a TTL of the
+horizon, so the horizon needs no clean-up job, survives a restart of the
+service, and is shared by every ingestion replica (see docs/adr/0010).
+One `MGET` per batch asks, one script call (`SET … EX` per key) per batch remembers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from mlbus.errors import RetryableError
+
+_REMEMBER = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, '1', 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+SeenKey = tuple[str, str]
+"""(source name, event id)."""
+
+
+class SeenIds(Protocol):
+    async def seen(self, keys: Sequence[SeenKey]) -> set[SeenKey]:
+        """The keys among `keys` accepted within the horizon."""
+        ...
+
+    async def remember(self, keys: Sequence[SeenKey]) -> None:
+        """Record `keys` as accepted now."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NoDedupe:
+    """`dedupe_horizon_s=0`: every valid event is published."""
+
+    async def seen(self, keys: Sequence[SeenKey]) -> set[SeenKey]:
+        return set()
+
+    async def remember(self, keys: Sequence[SeenKey]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisSeenIds:
+    """The de-duplication horizon in Redis (works with any Redis-protocol server)."""
+
+    _CHUNK = 1_000
+
+    def __init__(self, url: str, *, prefix: str, horizon_s: int, timeout_s: float) -> None:
+        from redis.asyncio import Redis
+
+        if horizon_s <= 0:
+            raise ValueError("horizon_s must be > 0; use NoDedupe to turn de-duplication off")
+        self._redis = Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._prefix = f"{prefix}:ingest:seen:"
+        self.horizon_s = horizon_s
+        self._remember = self._redis.register_script(_REMEMBER)
+
+    def key(self, item: SeenKey) -> str:
+        # The {source} hash tag keeps one source's keys in one Redis Cluster slot (MGET, script).
+        return f"{self._prefix}{{{item[0]}}}:{item[1]}"
+
+    async def seen(self, keys: Sequence[SeenKey]) -> set[SeenKey]:
+        from redis.exceptions import RedisError
+
+        found: set[SeenKey] = set()
+        try:
+            for start in range(0, len(keys), self._CHUNK):
+                chunk = keys[start : start + self._CHUNK]
+                values = await self._redis.mget([self.key(k) for k in chunk])
+                found.update(k for k, v in zip(chunk, values, strict=True) if v is not None)
+        except RedisError as exc:
+            raise RetryableError(f"de-duplication store unavailable: {exc}") from exc
+        return found
+
+    async def remember(self, keys: Sequence[SeenKey]) -> None:
+        from redis.exceptions import RedisError
+
+        if not keys:
+            return
+        try:
+            for start in range(0, len(keys), self._CHUNK):
+                chunk = [self.key(k) for k in keys[start : start + self._CHUNK]]
+                # One script call, one reply: a pipeline of SETs costs a reply parse per key.
+                await self._remember(keys=chunk, args=[self.horizon_s])
+        except RedisError as exc:
+            raise RetryableError(f"de-duplication store unavailable: {exc}") from exc
+
+    async def ping(self) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            raise RetryableError(f"de-duplication store unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
