@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlencode, urlparse
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -13,8 +15,11 @@ class RegistrySettings(ServiceSettings):
 
     MLBUS_REGISTRY_DATABASE_URL     SQLAlchemy URL; default SQLite under the data folder
                                     (PostgreSQL: postgresql+psycopg://user@host/db)
-    MLBUS_REGISTRY_ARTIFACT_STORE   folder (or file:// URL) for artifacts; default under
-                                    the data folder (s3:// is not implemented yet)
+    MLBUS_REGISTRY_ARTIFACT_STORE   folder, file:// URL or s3://bucket/prefix for artifacts;
+                                    default under the data folder
+    MLBUS_REGISTRY_S3_ENDPOINT_URL  S3-compatible server for an s3:// store (unset: AWS);
+                                    credentials and region: AWS_ACCESS_KEY_ID,
+                                    AWS_SECRET_ACCESS_KEY, AWS_REGION (boto3's chain)
     MLBUS_REGISTRY_GRPC_PORT        gRPC port (8002; 0 picks a free one)
     MLBUS_REGISTRY_TOKEN            bearer token required by mutating calls, if set
     MLBUS_REGISTRY_MAX_ARTIFACT_MB  largest ONNX file accepted
@@ -28,7 +33,13 @@ class RegistrySettings(ServiceSettings):
         default=None, description="SQLAlchemy URL; unset: sqlite in the data folder."
     )
     artifact_store: str | None = Field(
-        default=None, description="Artifact folder or URL; unset: artifacts/ in the data folder."
+        default=None,
+        description="Artifact folder, file:// or s3://bucket/prefix; unset: the data folder.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="http(s)://host:port of an S3-compatible server; unset: AWS itself.",
     )
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(default=8002, ge=0, le=65535)
@@ -45,4 +56,16 @@ class RegistrySettings(ServiceSettings):
         return self.database_url or f"sqlite:///{self.data.registry_db}"
 
     def resolved_artifact_store(self) -> str:
-        return self.artifact_store or str(self.data.artifacts)
+        """The store's URL; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""
+        store = self.artifact_store or str(self.data.artifacts)
+        parsed = urlparse(store)
+        if (
+            parsed.scheme != "s3"
+            or self.s3_endpoint_url is None
+            or "endpoint_url" in parse_qs(parsed.query)
+        ):
+            return store
+        query = "&".join(
+            q for q in (parsed.query, urlencode({"endpoint_url": self.s3_endpoint_url})) if q
+        )
+        return parsed._replace(query=query).geturl()

@@ -14,6 +14,7 @@ from mlbus.profiles import ReferenceProfile
 from mlbus.registry._artifacts import (
     ArtifactCorrupted,
     LocalArtifactStore,
+    S3ArtifactStore,
     open_artifact_store,
 )
 from mlbus.registry._gates import Champion, decide
@@ -220,8 +221,9 @@ def test_store_settings(tmp_path: Path) -> None:
     local = open_artifact_store(tmp_path.as_uri())
     assert isinstance(local, LocalArtifactStore)
     assert local.root == tmp_path.resolve()
-    with pytest.raises(ConfigError, match="not implemented"):
-        open_artifact_store("s3://bucket/models")
+    s3 = open_artifact_store("s3://bucket/models?endpoint_url=http://127.0.0.1:9000")
+    assert isinstance(s3, S3ArtifactStore)  # built without touching the network
+    assert s3.uri("sha256/ab/x.onnx") == "s3://bucket/models/sha256/ab/x.onnx"
     with pytest.raises(ConfigError, match="expected a folder"):
         open_artifact_store("ftp://host/x")
 
