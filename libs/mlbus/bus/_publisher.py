@@ -63,7 +63,11 @@ class Publisher:
                     max_batch_size=self._kafka.max_batch_bytes,
                     **self._options,
                 )
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # a failed start leaves an unclosed producer
+                    raise
                 self._producer = producer
         return self
 

@@ -1,0 +1,233 @@
+"""One loaded model version: an ONNX Runtime session, its signature, and the checks before serving.
+
+A version is served only after `load_model` succeeded: the bytes hash to the
+sha256 the registry published, ONNX Runtime parses them, the signature the
+session reports equals the one published with the version and is compatible
+with the version being replaced, and a warm-up run passed. Every failure is a
+`ModelRefused` whose `stage` says which step failed (the refusal metric is
+labelled with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from mlbus.errors import PermanentError
+from mlbus.events import ModelSignature, TensorDatatype, TensorSpec
+
+RefusalStage = Literal["fetch", "sha256", "parse", "signature", "warmup"]
+
+_ORT_TO_OIP: dict[str, TensorDatatype] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
+}
+"""Open Inference Protocol datatype → the numpy dtype ONNX Runtime takes (little-endian)."""
+
+
+class ModelRefused(PermanentError):
+    """A model version failed a check before serving; the served version stays."""
+
+    def __init__(self, stage: RefusalStage, reason: str) -> None:
+        super().__init__(f"refused at {stage}: {reason}")
+        self.stage: RefusalStage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OrtThreads:
+    """ONNX Runtime threading: one intra-op and one inter-op thread, sequential execution.
+
+    One request is a few microseconds of work; parallelism comes from serving
+    many requests, not from splitting one across threads that then contend.
+    """
+
+    intra_op: int = 1
+    inter_op: int = 1
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op
+        options.inter_op_num_threads = self.inter_op
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 3  # warnings from the ORT C++ side are noise here
+        return options
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model version ready to serve. Immutable once built; share it freely across requests."""
+
+    name: str
+    version: int
+    sha256: str
+    signature: ModelSignature
+    session: ort.InferenceSession = field(repr=False)
+    size_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.inputs: dict[str, TensorSpec] = {t.name: t for t in self.signature.inputs}
+        self.outputs: dict[str, TensorSpec] = {t.name: t for t in self.signature.outputs}
+        self.output_names: list[str] = [t.name for t in self.signature.outputs]
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the session; `outputs` limits which outputs are computed (default all)."""
+        names = outputs or self.output_names
+        results = self.session.run(names, dict(inputs))
+        return dict(zip(names, results, strict=True))
+
+    def warm_up(self, rounds: int = 3) -> None:
+        """Run a batch of one through the session so the first real request is not slow."""
+        sample = {spec.name: sample_input(spec) for spec in self.signature.inputs}
+        for _ in range(rounds):
+            self.run(sample)
+
+
+def sample_input(spec: TensorSpec, batch: int = 1) -> np.ndarray:
+    """A harmless input of the right dtype and shape (unknown dimensions → `batch`)."""
+    shape = tuple(batch if dim < 0 else dim for dim in spec.shape)
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=np.object_)
+    return np.zeros(shape, dtype=dtype)
+
+
+def session_signature(session: ort.InferenceSession) -> ModelSignature:
+    """The signature ONNX Runtime reports, in Open Inference Protocol terms (-1 = any size)."""
+
+    def spec(arg: Any) -> TensorSpec:
+        datatype = _ORT_TO_OIP.get(arg.type)
+        if datatype is None:
+            raise ModelRefused(
+                "signature",
+                f"{arg.name!r} has type {arg.type}; only tensors of "
+                f"{', '.join(sorted(set(_ORT_TO_OIP.values())))} can be served",
+            )
+        shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in arg.shape)
+        return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+
+    return ModelSignature(
+        inputs=tuple(spec(a) for a in session.get_inputs()),
+        outputs=tuple(spec(a) for a in session.get_outputs()),
+    )
+
+
+def signature_problems(
+    candidate: ModelSignature, served: ModelSignature, *, what: str
+) -> list[str]:
+    """Why `candidate` cannot stand in for `served` (empty: it can).
+
+    Same input names and datatypes, each input shape accepting at least what
+    the served one accepted (same rank; a fixed dimension stays the same or
+    becomes -1); same output names and datatypes, same output ranks.
+    """
+    problems: list[str] = []
+    for kind, new_specs, old_specs in (
+        ("input", candidate.inputs, served.inputs),
+        ("output", candidate.outputs, served.outputs),
+    ):
+        new = {t.name: t for t in new_specs}
+        old = {t.name: t for t in old_specs}
+        if missing := sorted(old.keys() - new.keys()):
+            problems.append(f"{kind}s {missing} of {what} are missing")
+        if extra := sorted(new.keys() - old.keys()):
+            problems.append(f"{kind}s {extra} are not in {what}")
+        for name in sorted(old.keys() & new.keys()):
+            was, now = old[name], new[name]
+            if was.datatype != now.datatype:
+                problems.append(f"{kind} {name!r} is {now.datatype}, {what} has {was.datatype}")
+            if len(was.shape) != len(now.shape) or (
+                kind == "input"
+                and any(n != -1 and n != w for w, n in zip(was.shape, now.shape, strict=True))
+            ):
+                problems.append(
+                    f"{kind} {name!r} has shape {list(now.shape)}, {what} has {list(was.shape)}"
+                )
+    return problems
+
+
+def load_model(
+    name: str,
+    version: int,
+    data: bytes,
+    *,
+    expected_sha256: str,
+    published_signature: ModelSignature | None = None,
+    served: LoadedModel | None = None,
+    threads: OrtThreads | None = None,
+) -> LoadedModel:
+    """Verify, load and warm up one version; raise `ModelRefused` naming the failed step.
+
+    CPU-bound (parsing, graph optimisation, warm-up): call it in a worker thread.
+    """
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise ModelRefused(
+            "sha256",
+            f"{name} v{version}: the artifact hashes to {actual}, "
+            f"the registry published {expected_sha256}",
+        )
+    try:
+        session = ort.InferenceSession(
+            data,
+            sess_options=(threads or OrtThreads()).session_options(),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/… types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelRefused(
+            "parse", f"{name} v{version}: ONNX Runtime cannot load it: {first}"
+        ) from None
+    signature = session_signature(session)
+    problems: list[str] = []
+    if published_signature is not None:
+        problems += signature_problems(signature, published_signature, what="the published one")
+    if served is not None:
+        problems += signature_problems(
+            signature, served.signature, what=f"the served v{served.version}"
+        )
+    if problems:
+        raise ModelRefused("signature", f"{name} v{version}: " + "; ".join(problems))
+    model = LoadedModel(name, version, actual, signature, session, size_bytes=len(data))
+    try:
+        model.warm_up()
+    except Exception as exc:
+        raise ModelRefused("warmup", f"{name} v{version}: warm-up run failed: {exc}") from None
+    return model

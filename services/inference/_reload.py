@@ -1,0 +1,230 @@
+"""Hot reload: a published version is fetched, verified, warmed up and swapped in, or refused.
+
+Every replica runs a *broadcast* consumer (`group_id=None`) of
+`mlbus.model.published.v1`, so each one sees every publication. For the
+served alias (`champion` by default) a publication is applied as:
+
+    fetch bytes → sha256 → ONNX Runtime load → signature check → warm-up → swap
+
+in a worker thread (none of it blocks requests), one publication per model at
+a time. Any failure is a refusal: logged with the reason, counted
+(`mlbus.inference.reloads{outcome="refused", stage=…}` and `ReloadStats`), and
+the served version keeps serving. Fetch failures that may pass (the registry
+is down) are `RetryableError`s: the consumer retries them with backoff.
+
+At start, `bootstrap` asks the registry which version holds the alias of each
+model and loads it, unless a publication got there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from mlbus.bus import Received
+from mlbus.errors import NotFound, PermanentError, RetryableError
+from mlbus.events import Event, ModelPublished, ModelSignature
+from mlbus.registry_client import RegistryClient
+from mlbus.telemetry import meter
+
+from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
+from ._repository import ModelRepository
+
+log = logging.getLogger(__name__)
+_meter = meter("mlbus.inference")
+_reloads = _meter.create_counter(
+    "mlbus.inference.reloads",
+    description="published versions applied (outcome=loaded) or refused (outcome=refused, stage)",
+)
+
+
+class ArtifactFetcher(Protocol):
+    """Where a version's bytes come from (the registry, a local file, a test)."""
+
+    async def fetch(self, model: str, version: int, artifact_uri: str) -> bytes: ...
+
+
+class RegistryOrFileFetcher:
+    """A `file://` artifact that exists here is read directly; anything else via the registry."""
+
+    def __init__(self, registry: RegistryClient | None = None) -> None:
+        self._registry = registry
+
+    async def fetch(self, model: str, version: int, artifact_uri: str) -> bytes:
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme == "file":
+            path = Path(unquote(parsed.path))
+            if self._registry is None or await asyncio.to_thread(path.is_file):
+                return await asyncio.to_thread(path.read_bytes)
+        if self._registry is None:
+            raise ModelRefused(
+                "fetch",
+                f"{model} v{version}: cannot fetch {artifact_uri!r} without a registry "
+                "(set MLBUS_INFERENCE_REGISTRY_ADDRESS)",
+            )
+        return await self._registry.download_artifact(model, version)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A version to serve: from a `ModelPublished` event or the registry's alias."""
+
+    model: str
+    version: int
+    artifact_uri: str
+    sha256: str
+    signature: ModelSignature | None
+    alias: str
+
+    @classmethod
+    def of(cls, event: ModelPublished) -> Publication:
+        return cls(
+            event.model,
+            event.version,
+            event.artifact_uri,
+            event.sha256,
+            event.signature,
+            event.alias,
+        )
+
+
+@dataclass
+class ReloadStats:
+    """What this replica did with publications (mirrors the `reloads` metric)."""
+
+    loaded: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    last_refusal: str | None = None
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+
+class ModelReloader:
+    """Applies publications of one alias to a `ModelRepository`."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        fetcher: ArtifactFetcher,
+        *,
+        alias: str = "champion",
+        models: Iterable[str] = (),
+        threads: OrtThreads | None = None,
+    ) -> None:
+        self.repository = repository
+        self.alias = alias
+        self.models = frozenset(models)
+        self._fetcher = fetcher
+        self._threads = threads or OrtThreads()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.stats = ReloadStats()
+        self.on_swap: Callable[[], Awaitable[None]] | None = None
+        """Called after each swap (the server refreshes its health status)."""
+
+    def wants(self, model: str, alias: str) -> bool:
+        return alias == self.alias and (not self.models or model in self.models)
+
+    async def apply(self, publication: Publication, *, only_if_unserved: bool = False) -> bool:
+        """Serve `publication`'s version; False if refused (or skipped), the old one stays.
+
+        Raises `RetryableError` when fetching failed in a way that may pass.
+        """
+        name = publication.model
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            served = self.repository.current(name)
+            if only_if_unserved and served is not None:
+                return False
+            if (
+                served is not None
+                and served.version == publication.version
+                and served.sha256 == publication.sha256
+            ):
+                return True  # a replay of what is served: nothing to do
+            try:
+                model = await self._load(publication, served)
+            except ModelRefused as refusal:
+                self._refused(publication, refusal)
+                return False
+            self.repository.swap(model)
+        self.stats.loaded += 1
+        _reloads.add(1, {"model": name, "outcome": "loaded"})
+        log.info(
+            "serving %s v%d (%s, was v%s)",
+            name,
+            model.version,
+            publication.alias,
+            served.version if served else "none",
+        )
+        if self.on_swap is not None:
+            await self.on_swap()
+        return True
+
+    async def _load(self, publication: Publication, served: LoadedModel | None) -> LoadedModel:
+        try:
+            data = await self._fetcher.fetch(
+                publication.model, publication.version, publication.artifact_uri
+            )
+        except (ModelRefused, RetryableError):
+            raise
+        except (PermanentError, OSError) as exc:
+            raise ModelRefused(
+                "fetch", f"{publication.model} v{publication.version}: {exc}"
+            ) from None
+        return await asyncio.to_thread(
+            load_model,
+            publication.model,
+            publication.version,
+            data,
+            expected_sha256=publication.sha256,
+            published_signature=publication.signature,
+            served=served,
+            threads=self._threads,
+        )
+
+    def _refused(self, publication: Publication, refusal: ModelRefused) -> None:
+        self.stats.refused[refusal.stage] += 1
+        self.stats.last_refusal = str(refusal)
+        _reloads.add(1, {"model": publication.model, "outcome": "refused", "stage": refusal.stage})
+        served = self.repository.current(publication.model)
+        log.error(
+            "refused %s v%d (%s): %s; still serving %s",
+            publication.model,
+            publication.version,
+            publication.alias,
+            refusal.reason,
+            f"v{served.version}" if served else "nothing",
+        )
+
+    async def on_event(self, received: Received[Event]) -> None:
+        """Handler of the broadcast consumer of `ModelPublished`."""
+        event = received.payload
+        if isinstance(event, ModelPublished) and self.wants(event.model, event.alias):
+            await self.apply(Publication.of(event))
+
+    async def bootstrap(self, registry: RegistryClient) -> list[str]:
+        """Load the version each model's alias points at now; the models loaded."""
+        names = sorted(self.models) or [
+            m.model for m in await registry.list_models() if self.alias in m.aliases
+        ]
+        loaded = []
+        for name in names:
+            try:
+                info = await registry.resolve_alias(name, self.alias)
+            except NotFound:
+                log.warning("%s has no %r version yet; waiting for one", name, self.alias)
+                continue
+            publication = Publication(
+                name, info.version, info.artifact_uri, info.sha256, info.signature, self.alias
+            )
+            if await self.apply(publication, only_if_unserved=True):
+                loaded.append(name)
+        return loaded

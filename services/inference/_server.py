@@ -1,0 +1,312 @@
+"""The inference process: gRPC server, hot reload, prediction log, started and stopped together.
+
+    async with InferenceServer(settings) as server:
+        server.port                 # the bound gRPC port
+        await server.reloader.apply(publication)
+
+Without a broker (`MLBUS_KAFKA_BOOTSTRAP_SERVERS` unset and no `mlbus up`
+running) the server still serves what it is given, but neither follows
+publications nor logs predictions, and says so at start.
+
+`run()` is what `python -m mlbus.inference` calls: settings from the
+environment, telemetry, the server, and a graceful stop on SIGTERM/SIGINT
+(health turns NOT_SERVING, in-flight calls get `shutdown_grace_s` to finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Self
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.config import load_settings
+from mlbus.errors import ConfigError
+from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
+from mlbus.registry_client import RegistryClient
+from mlbus.rpc import server_interceptors
+from mlbus.runtime import discover
+from mlbus.telemetry import setup_telemetry
+
+from ._model import OrtThreads
+from ._predlog import PredictionLog
+from ._reload import ArtifactFetcher, ModelReloader, RegistryOrFileFetcher
+from ._repository import ModelRepository
+from ._servicer import SERVICE_NAME, InferenceServicer, protects
+from ._settings import InferenceSettings
+from ._tracing import InferenceTracingInterceptor
+
+log = logging.getLogger(__name__)
+
+ASSIGN_TIMEOUT_S = 30.0
+"""How long the bootstrap waits for the publication consumer before asking the registry anyway."""
+
+
+class InferenceServer:
+    """Everything the inference service runs. `async with`, or `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        *,
+        fetcher: ArtifactFetcher | None = None,
+        host: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._host = host or settings.grpc_host
+        self.repository = ModelRepository()
+        self.registry: RegistryClient | None = None
+        if settings.registry_address:
+            token = settings.registry_token
+            self.registry = RegistryClient(
+                settings.registry_address,
+                token=token.get_secret_value() if token else None,
+                timeout_s=settings.registry_timeout_s,
+                max_message_mb=settings.max_message_mb,
+            )
+        self.reloader = ModelReloader(
+            self.repository,
+            fetcher or RegistryOrFileFetcher(self.registry),
+            alias=settings.alias,
+            models=settings.models,
+            threads=OrtThreads(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
+        )
+        self.reloader.on_swap = self._on_swap
+        self._kafka = settings.kafka if settings.kafka.bootstrap_servers else None
+        self.prediction_log: PredictionLog | None = None
+        if self._kafka is not None and settings.prediction_log:
+            self.prediction_log = PredictionLog(
+                self._connect_publisher,
+                max_records=settings.log_queue_size,
+                retry_s=settings.reload_retry_s,
+            )
+        self._executor = ThreadPoolExecutor(
+            settings.worker_threads, thread_name_prefix="mlbus-inference"
+        )
+        self.servicer = InferenceServicer(
+            self.repository,
+            required_models=settings.models,
+            alias=settings.alias,
+            prediction_log=self.prediction_log,
+            executor=self._executor,
+            inline_max_elements=settings.inline_max_elements,
+        )
+        self._health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.following = asyncio.Event()
+        """Set once the publication consumer owns its partitions (publications reach us)."""
+        self.port: int | None = None
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    async def start(self) -> Self:
+        settings = self.settings
+        limit = (settings.max_message_mb + 1) << 20
+        server = grpc.aio.server(
+            # Tracing first, as `server_interceptors` orders it, but data-plane aware.
+            interceptors=[
+                InferenceTracingInterceptor(),
+                *server_interceptors(settings.token, protects=protects)[1:],
+            ],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.servicer, server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{self._host}:{settings.grpc_port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot serve gRPC on {address} ({exc}); set MLBUS_INFERENCE_GRPC_PORT "
+                "to a free port, or 0 to pick one"
+            ) from None
+        await server.start()
+        self._server = server
+        await self._set_health()
+        if self.prediction_log is not None:
+            self._spawn(self.prediction_log.run(), "prediction-log")
+        if self._kafka is not None:
+            self._spawn(self._follow_publications(), "publications")
+        else:
+            log.warning(
+                "no Kafka broker configured: not following %s, not logging predictions",
+                MODEL_PUBLISHED,
+            )
+        if self.registry is not None:
+            self._spawn(self._bootstrap(), "bootstrap")
+        log.info("inference serving on %s:%d", self._host, self.port)
+        return self
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within the grace period. Idempotent."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            await self._health.enter_graceful_shutdown()
+            await server.stop(grace)
+        if self.prediction_log is not None:
+            self.prediction_log.stop()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if task.get_name() != "prediction-log":
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.registry is not None:
+            await self.registry.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ── background work ──────────────────────────────────────────────────────
+
+    def _spawn(self, work: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
+        self._tasks.append(task)
+
+    async def _connect_publisher(self) -> Publisher:
+        assert self._kafka is not None
+        publisher = Publisher(self._kafka, source="inference")
+        try:
+            await publisher.start()
+        except BaseException:
+            await publisher.stop()
+            raise
+        return publisher
+
+    async def _follow_publications(self) -> None:
+        """A broadcast consumer of `ModelPublished`, restarted after broker failures."""
+        assert self._kafka is not None
+        kafka = self._kafka
+        while not self._stopping.is_set():
+            try:
+                await ensure_topics(kafka, [MODEL_PUBLISHED, PREDICTION_LOGGED])
+                async with Publisher(kafka, source="inference") as publisher:
+                    consumer = Consumer.of_events(
+                        kafka,
+                        types=[ModelPublished],
+                        group_id=None,  # broadcast: every replica sees every publication
+                        handler=self.reloader.on_event,
+                        publisher=publisher,
+                    )
+                    running = asyncio.create_task(consumer.run(), name="publications-consumer")
+                    try:
+                        await consumer.wait_assigned(ASSIGN_TIMEOUT_S)
+                        self.following.set()
+                        await running
+                    finally:
+                        consumer.stop()
+                        running.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await running
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "not following %s (%s); retrying in %.1fs",
+                    MODEL_PUBLISHED,
+                    exc,
+                    self.settings.reload_retry_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.reload_retry_s)
+
+    async def _bootstrap(self) -> None:
+        """Ask the registry what the alias points at, once publications are followed."""
+        assert self.registry is not None
+        if self._kafka is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.following.wait(), ASSIGN_TIMEOUT_S)
+        while not self._stopping.is_set():
+            try:
+                loaded = await self.reloader.bootstrap(self.registry)
+                log.info("loaded from the registry: %s", ", ".join(loaded) or "nothing yet")
+                return
+            except Exception as exc:
+                log.warning(
+                    "cannot ask the registry at %s (%s); retrying in %.1fs",
+                    self.registry.address,
+                    exc,
+                    self.settings.reload_retry_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.reload_retry_s)
+
+    async def _on_swap(self) -> None:
+        await self._set_health()
+
+    async def _set_health(self) -> None:
+        """ "" (the process) serves from the start; the inference service once models are ready.
+
+        A fresh `mlbus up` has no model yet: the process is healthy, ServerReady is false.
+        """
+        ready = self.servicer.ready()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(
+            SERVICE_NAME,
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
+
+async def serve(settings: InferenceSettings) -> None:
+    """Run the inference service until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with InferenceServer(settings):
+        await stop.wait()
+        log.info("inference stopping (grace %.1fs)", settings.shutdown_grace_s)
+
+
+def run(settings: InferenceSettings | None = None) -> None:
+    """Entry point of `python -m mlbus.inference`."""
+    settings = discover(settings or load_settings(InferenceSettings))
+    telemetry = setup_telemetry("inference", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        telemetry.shutdown()

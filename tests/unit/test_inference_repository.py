@@ -1,0 +1,48 @@
+"""The model repository: version routing and atomic swaps that in-flight requests never see."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from mlbus.errors import NotFound
+from mlbus.inference import ModelRepository
+from tests.unit.test_inference_model import FEATURES, loaded, version_of
+
+
+def test_unknown_models_and_versions_are_not_found() -> None:
+    repository = ModelRepository()
+    with pytest.raises(NotFound, match="model 'm' is not served here"):
+        repository.get("m")
+    repository.swap(loaded(2))
+    assert repository.get("m").version == 2
+    assert repository.get("m", "2").version == 2
+    with pytest.raises(NotFound, match="model 'm' version '1' is not served here"):
+        repository.get("m", "1")
+
+
+def test_a_request_keeps_the_version_it_started_with() -> None:
+    repository = ModelRepository()
+    repository.swap(loaded(1))
+    in_flight = repository.get("m")  # what a running request holds
+    previous = repository.swap(loaded(2))
+    assert previous is in_flight
+    x = np.ones((1, FEATURES), dtype=np.float32)
+    assert list(version_of(x, in_flight.run({"x": x})["y"])) == [1]
+    assert list(version_of(x, repository.get("m").run({"x": x})["y"])) == [2]
+
+
+def test_the_replaced_session_is_released_once_no_request_holds_it() -> None:
+    repository = ModelRepository()
+    repository.swap(loaded(1))
+    in_flight = repository.get("m")
+    released = weakref.ref(in_flight.session)
+    repository.swap(loaded(2))
+    gc.collect()
+    assert released() is not None  # still answering the request that holds it
+    del in_flight
+    gc.collect()
+    assert released() is None
