@@ -50,9 +50,11 @@ bench: $(STAMP) ## Run the benchmarks in loadtests/ (ratios against same-run bas
 schemas: $(STAMP) ## Export the JSON Schemas of every event to schemas/
 	$(BIN)/mlbus schemas export schemas
 
-lock: $(STAMP) ## Refresh constraints.txt from what is installed in .venv
-	@{ head -3 constraints.txt; $(BIN)/uv pip freeze --python $(BIN)/python | grep -v -e '^-e' -e '^mlbus'; } > constraints.new
-	mv constraints.new constraints.txt
+lock: $(STAMP) ## Re-resolve constraints.txt from pyproject.toml, preferring what .venv has
+	$(BIN)/uv pip freeze --python $(BIN)/python | grep -v -e '^-e' -e '^mlbus' > .lock-prefs.txt
+	{ head -3 constraints.txt; $(BIN)/uv pip compile pyproject.toml --extra all --extra dev \
+	    -c .lock-prefs.txt --python-version 3.11 --no-header --no-annotate; } > constraints.new
+	mv constraints.new constraints.txt && rm -f .lock-prefs.txt
 
 clean: ## Remove the venv, caches and the local data folder
 	rm -rf $(VENV) .mlbus .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
