@@ -3,7 +3,9 @@
 Keys are `<prefix>:ingest:seen:<source>:<event_id>` with a TTL of the
 horizon, so the horizon needs no clean-up job, survives a restart of the
 service, and is shared by every ingestion replica (see docs/adr/0010).
-One `MGET` per batch asks, one script call (`SET … EX` per key) per batch remembers.
+One script call per batch asks (`EXISTS` per key, answering with the positions
+of the keys found: a reply of a few bytes instead of one entry per key), one
+script call (`SET … EX` per key) per batch remembers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mlbus.errors import RetryableError
+
+_SEEN = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    found[#found + 1] = i
+  end
+end
+return found
+"""
 
 _REMEMBER = """
 for _, key in ipairs(KEYS) do
@@ -65,6 +77,7 @@ class RedisSeenIds:
         self._prefix = f"{prefix}:ingest:seen:"
         self.horizon_s = horizon_s
         self._remember = self._redis.register_script(_REMEMBER)
+        self._seen = self._redis.register_script(_SEEN)
 
     def key(self, item: SeenKey) -> str:
         # The {source} hash tag keeps one source's keys in one Redis Cluster slot (MGET, script).
@@ -77,8 +90,9 @@ class RedisSeenIds:
         try:
             for start in range(0, len(keys), self._CHUNK):
                 chunk = keys[start : start + self._CHUNK]
-                values = await self._redis.mget([self.key(k) for k in chunk])
-                found.update(k for k, v in zip(chunk, values, strict=True) if v is not None)
+                # Keys stay declared in KEYS (one `{source}` slot), as MGET had them.
+                positions = await self._seen(keys=[self.key(k) for k in chunk])
+                found.update(chunk[int(i) - 1] for i in positions)
         except RedisError as exc:
             raise RetryableError(f"de-duplication store unavailable: {exc}") from exc
         return found

@@ -87,6 +87,7 @@ class IngestionService:
                     topics=topics,
                     group_id=settings.group_id,
                     handler=pipeline.handle,
+                    batch_handler=pipeline.handle_batch,
                     decoder=raw_decoder,
                     publisher=publisher,
                     max_batch=settings.max_batch,

@@ -13,7 +13,14 @@ effect, retry vs dead-letter) and `_codec.py` for the wire format.
 
 from mlbus.bus._admin import ensure_topics
 from mlbus.bus._codec import EventDecoder, encode_event, event_headers, header
-from mlbus.bus._consumer import Consumer, ConsumerStats, Received, RetryPolicy, raw_decoder
+from mlbus.bus._consumer import (
+    Consumer,
+    ConsumerStats,
+    Received,
+    RetryPolicy,
+    dead_letter_event,
+    raw_decoder,
+)
 from mlbus.bus._publisher import Publisher
 
 __all__ = [
@@ -23,6 +30,7 @@ __all__ = [
     "Publisher",
     "Received",
     "RetryPolicy",
+    "dead_letter_event",
     "encode_event",
     "ensure_topics",
     "event_headers",

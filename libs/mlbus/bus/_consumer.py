@@ -11,6 +11,11 @@ At-least-once, in order per partition:
 - any other exception is a bug: retried a few times, then dead-lettered so one
   poison record cannot stall a partition forever.
 The consumer's span continues the producer's trace from the record headers.
+
+Optionally (`batch_handler`), untraced data-plane records are handed over a
+fetch at a time instead of one by one; a batch that fails is handled again
+record by record, so the rules above still decide each record's fate
+(docs/adr/0014-bus-batch-handler.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from mlbus.bus._codec import EventDecoder, header
@@ -112,6 +118,13 @@ class Consumer(Generic[T]):
     `group_id=None` makes a broadcast consumer: every instance sees every record
     (e.g. each inference replica reloading on `model.published`); it starts at the
     end of the topic unless `auto_offset_reset="earliest"` and commits nothing.
+
+    `batch_handler`, if given, receives the consecutive untraced data-plane records
+    of one partition's fetch in one call (traced records still get their span and
+    `handler`). It must be all or nothing: either it returns with every record
+    handled, or it raises having changed nothing (effects belong in
+    `before_commit`). If it raises, those records go through `handler` one at a
+    time with the usual retries and dead-lettering.
     """
 
     def __init__(
@@ -129,6 +142,7 @@ class Consumer(Generic[T]):
         max_batch: int = 500,
         plane: Literal["data", "control"] = "data",
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        batch_handler: Callable[[list[Received[T]]], Awaitable[None]] | None = None,
         **consumer_options: Any,
     ) -> None:
         if not topics:
@@ -147,6 +161,7 @@ class Consumer(Generic[T]):
         # Handlers that only queue their effects (e.g. batched sends) finish them here:
         # awaited before every commit, so offsets never run ahead of effects.
         self._before_commit = before_commit
+        self._batch_handler = batch_handler
         self._options = consumer_options
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -223,10 +238,14 @@ class Consumer(Generic[T]):
             if consumer.assignment():
                 self._assigned.set()
             for tp, records in batch.items():
-                for record in records:
-                    if not await self._process(record):
+                if self._batch_handler is not None:
+                    if not await self._process_batch(tp, records, self._batch_handler):
                         return  # stopping while retrying: leave the record uncommitted
-                    self._pending[tp] = record.offset + 1
+                else:
+                    for record in records:
+                        if not await self._process(record):
+                            return  # stopping while retrying: leave the record uncommitted
+                        self._pending[tp] = record.offset + 1
                 _processed.add(len(records), {"topic": tp.topic})
                 self._report_lag(consumer, tp)
                 # Handlers rarely suspend; yield so aiokafka's fetcher can request the
@@ -271,6 +290,16 @@ class Consumer(Generic[T]):
         )
         if self._plane == "data" and not presampled:
             return await self._settle(record, headers, None)  # untraced data-plane record
+        return await self._traced(record, headers, parent, presampled)
+
+    async def _traced(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        headers: tuple[tuple[str, bytes], ...],
+        parent: Context,
+        presampled: bool,
+    ) -> bool:
+        """`_settle` inside the record's consumer span."""
         span = _tracer.start_span(
             f"{record.topic} process",
             context=parent,
@@ -294,6 +323,79 @@ class Consumer(Generic[T]):
         finally:
             otel_context.detach(token)
             span.end()
+
+    # ── a fetch at a time (batch_handler) ────────────────────────────────────
+
+    async def _process_batch(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        batch_handler: Callable[[list[Received[T]]], Awaitable[None]],
+    ) -> bool:
+        """One partition's fetch, in order: runs of untraced data-plane records go to
+        `batch_handler`, traced records one by one. False only if asked to stop first."""
+        run: list[tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...]]] = []
+        data_plane = self._plane == "data"
+        for record in records:
+            headers = tuple(record.headers or ())
+            parent = extract_kafka_context(headers)
+            presampled = data_plane and presample_data_record(
+                trace.get_current_span(parent).get_span_context().trace_flags.sampled
+            )
+            if data_plane and not presampled:
+                run.append((record, headers))
+                continue
+            if run:
+                if not await self._settle_run(tp, run, batch_handler):
+                    return False
+                run = []
+            if not await self._traced(record, headers, parent, presampled):
+                return False
+            self._pending[tp] = record.offset + 1
+        return not run or await self._settle_run(tp, run, batch_handler)
+
+    async def _settle_run(
+        self,
+        tp: TopicPartition,
+        run: list[tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...]]],
+        batch_handler: Callable[[list[Received[T]]], Awaitable[None]],
+    ) -> bool:
+        """Consecutive untraced records of one partition: one call, or one by one if it fails."""
+        decode = self._decoder
+        try:
+            await batch_handler(
+                [
+                    Received(
+                        decode(record.value, headers),
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        headers,
+                        record.timestamp,
+                    )
+                    for record, headers in run
+                ]
+            )
+        except Exception as exc:  # one bad record (or an outage): the per-record rules decide
+            first = run[0][0]
+            log.info(
+                "batch of %d from %s[%d]@%d failed (%s: %s); handling it record by record",
+                len(run),
+                first.topic,
+                first.partition,
+                first.offset,
+                type(exc).__name__,
+                exc,
+            )
+            for record, headers in run:
+                if not await self._settle(record, headers, None):
+                    return False
+                self._pending[tp] = record.offset + 1
+            return True
+        self.stats.processed += len(run)
+        self._pending[tp] = run[-1][0].offset + 1
+        return True
 
     async def _settle(
         self,
@@ -382,16 +484,15 @@ class Consumer(Generic[T]):
         self, record: ConsumerRecord[bytes, bytes], error: BaseException, attempts: int
     ) -> bool:
         """Write the record and its reason to the dead-letter topic; retried until it lands."""
-        dead = MessageDeadLettered(
-            consumer_group=self.group_id,
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            key_b64=_b64(record.key),
-            value_b64=_b64(record.value),
-            headers={k: v.decode("utf-8", "replace") for k, v in record.headers or () if v},
-            error_type=type(error).__name__,
-            reason=str(error) or type(error).__name__,
+        dead = dead_letter_event(
+            group=self.group_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers or (),
+            error=error,
             attempts=attempts,
         )
         attempt = 0
@@ -418,6 +519,33 @@ class Consumer(Generic[T]):
             extra={"event_id": header(record.headers, "ce_id")},
         )
         return True
+
+
+def dead_letter_event(
+    *,
+    group: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    error: BaseException,
+    attempts: int,
+) -> MessageDeadLettered:
+    """The dead-letter record for one consumed record: its bytes, origin and why it failed."""
+    return MessageDeadLettered(
+        consumer_group=group,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        key_b64=_b64(key),
+        value_b64=_b64(value),
+        headers={k: v.decode("utf-8", "replace") for k, v in headers if v},
+        error_type=type(error).__name__,
+        reason=str(error) or type(error).__name__,
+        attempts=attempts,
+    )
 
 
 def _b64(data: bytes | None) -> str | None:

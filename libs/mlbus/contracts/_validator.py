@@ -124,6 +124,7 @@ Outcome: TypeAlias = Accepted | Rejected
 Problems: TypeAlias = list[RejectionReason]
 _Check: TypeAlias = Callable[[Any, Problems], Any]
 _BAD: Final = object()
+_ABSENT: Final = object()
 
 
 class _NonFinite(ValueError):
@@ -503,8 +504,10 @@ class ContractValidator:
         payload: dict[str, Scalar] = {}
         times: dict[str, datetime] = {}
         present = 0
+        get = obj.get
         for name, required, nullable, is_time, check in self._fields:
-            if name not in obj:
+            value = get(name, _ABSENT)
+            if value is _ABSENT:
                 if required:
                     problems.append(
                         RejectionReason(
@@ -513,7 +516,6 @@ class ContractValidator:
                     )
                 continue
             present += 1
-            value = obj[name]
             if value is None:
                 if nullable:
                     payload[name] = None
@@ -526,7 +528,8 @@ class ContractValidator:
                         )
                     )
                 continue
-            if type(value) is dict or type(value) is list:
+            cls = type(value)
+            if cls is dict or cls is list:
                 problems.append(self._nested(name, value, "a scalar value"))
                 continue
             checked = check(value, problems)

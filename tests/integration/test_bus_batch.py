@@ -1,0 +1,185 @@
+"""The consumer's optional batch mode (`batch_handler`) against the real embedded broker:
+order per partition, commits, per-record fallback with dead-lettering, traced records
+one by one (docs/adr/0014-bus-batch-handler.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from mlbus.bus import Consumer, Publisher, Received, ensure_topics, raw_decoder
+from mlbus.config import KafkaSettings
+from mlbus.errors import InvalidInput
+from mlbus.events import MessageDeadLettered
+from mlbus.telemetry._sampling import set_data_sample_ratio
+
+from .test_bus import read_topic, run_until
+
+pytestmark = pytest.mark.integration
+
+TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+async def publisher(kafka: KafkaSettings) -> AsyncIterator[Publisher]:
+    async with Publisher(kafka, source="tests") as pub:
+        yield pub
+
+
+@pytest.fixture
+def untraced_data_plane() -> Iterator[None]:
+    """As with the SDK installed at a data ratio of 0: records without a sampled parent
+    get no span (without the SDK every record is traced, so nothing would batch)."""
+    set_data_sample_ratio(0.0)
+    yield
+    set_data_sample_ratio(None)
+
+
+async def produce(
+    kafka: KafkaSettings, topic: str, values: list[bytes], traced: set[int] = frozenset()
+) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic,
+                value,
+                key=str(i % 3).encode(),
+                headers=[("traceparent", TRACEPARENT)] if i in traced else None,
+            )
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.usefixtures("untraced_data_plane")
+async def test_batches_keep_partition_order_and_commit_everything(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    topic = f"t.batch.{unique}"
+    await ensure_topics(kafka, [topic], partitions=3)
+    values = [b"%d" % i for i in range(600)]
+    await produce(kafka, topic, values)
+    batches: list[list[Received[bytes | None]]] = []
+    single: list[Received[bytes | None]] = []
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        single.append(msg)
+
+    async def handle_batch(msgs: list[Received[bytes | None]]) -> None:
+        batches.append(msgs)
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        batch_handler=handle_batch,
+        decoder=raw_decoder,
+        publisher=publisher,
+    )
+    await run_until(consumer, lambda: sum(map(len, batches)) >= len(values))
+
+    assert not single
+    assert any(len(b) > 1 for b in batches)
+    got = [m for b in batches for m in b]
+    assert sorted(m.payload or b"" for m in got) == sorted(values)
+    for batch in batches:
+        assert len({m.partition for m in batch}) == 1  # one partition per call
+    for partition in range(3):
+        offsets = [m.offset for m in got if m.partition == partition]
+        assert offsets == sorted(offsets) == list(range(len(offsets)))
+    assert all(m.key == b"%d" % (int(m.payload or b"") % 3) for m in got)  # keys kept
+    assert consumer.stats.processed == len(values)
+    assert sum(consumer.stats.committed.values()) == len(values)
+
+
+@pytest.mark.usefixtures("untraced_data_plane")
+async def test_a_failing_batch_is_handled_record_by_record_and_one_bad_record_dead_letters_alone(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    topic, dead = f"t.batchbad.{unique}", f"t.batchbad.dlq.{unique}"
+    await ensure_topics(kafka, [topic, dead], partitions=3)
+    values = [json.dumps({"n": i}).encode() for i in range(90)]
+    values[41] = b"poison"
+    await produce(kafka, topic, values)
+    handled: list[bytes] = []
+    batch_calls = 0
+
+    def check(value: bytes | None) -> bytes:
+        if value == b"poison":
+            raise InvalidInput("poison record")
+        return value or b""
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        handled.append(check(msg.payload))
+
+    async def handle_batch(msgs: list[Received[bytes | None]]) -> None:
+        nonlocal batch_calls
+        batch_calls += 1
+        checked = [check(m.payload) for m in msgs]  # all or nothing: raise before any effect
+        handled.extend(checked)
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        batch_handler=handle_batch,
+        decoder=raw_decoder,
+        publisher=publisher,
+        dead_letter_topic=dead,
+    )
+    await run_until(consumer, lambda: len(handled) + consumer.stats.dead_lettered >= len(values))
+
+    assert batch_calls >= 1
+    assert sorted(handled) == sorted(v for v in values if v != b"poison")  # each exactly once
+    assert consumer.stats.dead_lettered == 1
+    assert sum(consumer.stats.committed.values()) == len(values)
+    [record] = await read_topic(kafka, dead, 1)
+    letter = MessageDeadLettered.model_validate_json(record.value)
+    assert letter.source_topic == topic
+    assert letter.error_type == "InvalidInput"
+    assert letter.reason == "poison record"
+    assert letter.attempts == 1
+
+
+@pytest.mark.usefixtures("untraced_data_plane")
+async def test_traced_records_keep_their_span_and_go_one_by_one_in_order(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    topic = f"t.batchtraced.{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    values = [b"%d" % i for i in range(60)]
+    traced = {0, 17, 18, 59}
+    await produce(kafka, topic, values, traced=traced)
+    order: list[tuple[str, bytes]] = []
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        order.append(("one", msg.payload or b""))
+
+    async def handle_batch(msgs: list[Received[bytes | None]]) -> None:
+        order.extend(("batch", m.payload or b"") for m in msgs)
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        batch_handler=handle_batch,
+        decoder=raw_decoder,
+        publisher=publisher,
+    )
+    await run_until(consumer, lambda: len(order) >= len(values))
+
+    assert [value for _, value in order] == values  # one partition: the original order
+    assert {int(v) for how, v in order if how == "one"} == traced
+    assert consumer.stats.processed == len(values)
+    assert sum(consumer.stats.committed.values()) == len(values)
