@@ -13,6 +13,8 @@ Reported per variant: p50, p99 and how many calls took over 20 ms.
 Freshness: validated events published at ~1,000/s to a topic the feature
 service (in this process, embedded broker) consumes; a poller reads `__eid`
 of the sampled events' hashes until the event shows. Reports p50/p99 in ms.
+(`bench_features_freshness.py` runs the service and a paced producer in their
+own processes, with a raw consume → Redis baseline: use it for issue #4.)
 
     python loadtests/bench_online_features.py [--calls 2000] [--repeats 5] [--no-freshness]
 """

@@ -1,27 +1,52 @@
-"""One validated event → every view of its source updated: state, online values, offline row.
+"""Validated events → every view of their source updated: state, online values, offline rows.
 
-Per view and event, in one Redis MULTI/EXEC transaction: the entity's window
-state (with the event ids it has seen), the online hash (all values, `__ts`,
-TTL) and the offline row appended to the view's spool. Either all of it lands
-or none does, so a replay after a crash is recognised by the state and never
-counted twice, and no offline row is lost when the offset commits before the
-Parquet flush (see docs/adr/0012-feature-state.md).
+The consumer calls `handle` per record; it only groups the event under each
+(view, entity) it feeds, in memory. `flush` runs before every offset commit
+(the consumer's `before_commit` hook) and writes the fetched batch:
+
+1. one `MGET` of the window state of every (view, entity) the batch touched;
+2. the events applied in consumption order per entity, in memory, so an entity
+   sees its own earlier updates of the batch; one offline row per counted event
+   (the values right after it), duplicates and too-late events skipped;
+3. one `MULTI/EXEC` with, per touched entity, the new state, the online hash
+   (the values after its last event, `__ts`, `__eid`, TTL), and the batch's
+   offline rows appended to each view's spool in consumption order;
+4. return, and the consumer commits the offsets.
+
+All or nothing per batch: a replay after a crash finds the event ids in the
+states and changes nothing, and no offline row is lost when the offset commits
+before the Parquet flush. Redis down → `flush` retries with backoff until it
+lands (the queue is rebuilt from Redis each attempt, so nothing is counted
+twice) or the service stops (then it raises and nothing is committed); while
+Redis is not known to be reachable, `handle` pings it first so the bus's own
+retry holds the partition. See docs/adr/0012-feature-state.md (revised).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode
 
-from mlbus.bus import Received
+from mlbus.bus import Received, RetryPolicy
 from mlbus.errors import RetryableError
-from mlbus.events import Event, IngestValidated
-from mlbus.featurestore import Applied, OfflineRow, OnlineStore, ViewAggregator
+from mlbus.events import Event, IngestValidated, Scalar
+from mlbus.featurestore import (
+    Applied,
+    EntityState,
+    FeatureValues,
+    OfflineRow,
+    OnlineStore,
+    ViewAggregator,
+)
 from mlbus.featurestore._online import REDIS_DOWN
 from mlbus.spec import FeatureDef, ProjectSpec
 from mlbus.telemetry import meter, tracer
@@ -30,7 +55,10 @@ log = logging.getLogger(__name__)
 _meter = meter("mlbus.features")
 _updates = _meter.create_counter("mlbus.features.updates", description="view updates written")
 _skipped = _meter.create_counter(
-    "mlbus.features.skipped", description="events not counted (duplicate, too late)"
+    "mlbus.features.skipped", description="events not counted (duplicate, too late, error)"
+)
+_flush_retries = _meter.create_counter(
+    "mlbus.features.flush_retries", description="batch writes retried (Redis unavailable)"
 )
 
 
@@ -65,79 +93,280 @@ def bind_views(spec: ProjectSpec, allowed_lateness_s: int) -> list[BoundView]:
     return views
 
 
-class FeatureProcessor:
-    """The consumer's handler: computes and writes each view an event feeds."""
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    seq: int  # consumption order within the batch
+    event_id: str
+    event_ms: int
+    payload: Mapping[str, Scalar]
+    origin: Received[Event]  # kept to dead-letter the event if it cannot be applied
 
-    def __init__(self, views: Sequence[BoundView], online: OnlineStore) -> None:
+
+@dataclass(slots=True)
+class _Traced:
+    context: Context
+    event_id: str
+    entity_id: str
+
+
+@dataclass
+class ProcessorStats:
+    flushes: int = 0
+    applied: int = 0
+    skipped: int = 0
+    retries: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+DeadLetter = Callable[[Received[Event], str, Exception], Awaitable[None]]
+"""Called after a successful write for each event a view could not apply (view name, error)."""
+
+
+class FeatureProcessor:
+    """The consumer's handler (`handle`, per record) and batch writer (`flush`, per commit)."""
+
+    def __init__(
+        self,
+        views: Sequence[BoundView],
+        online: OnlineStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.views = tuple(views)
-        self._by_source: dict[str, list[BoundView]] = {}
-        for view in views:
-            self._by_source.setdefault(view.source, []).append(view)
+        self._by_source: dict[str, list[int]] = {}
+        for index, view in enumerate(self.views):
+            self._by_source.setdefault(view.source, []).append(index)
         self.online = online
         self.client: aioredis.Redis = online.client
         self.keys = online.keys
+        self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._stopping = stopping or asyncio.Event()
         self._tracer = tracer("mlbus.features")
+        self._groups: dict[tuple[int, str], list[_Queued]] = {}
+        self._traced: list[_Traced] = []
+        self._seq = 0
+        self._redis_ok = False
+        self._failed: list[tuple[_Queued, str, Exception]] = []
+        self.dead_letter: DeadLetter | None = None
+        self.stats = ProcessorStats()
+
+    @property
+    def queued(self) -> int:
+        """Events handled and not yet written."""
+        return self._seq
 
     async def handle(self, received: Received[Event]) -> None:
+        """Queue one event under each (view, entity) it feeds; `flush` writes them."""
         event = received.payload
         if not isinstance(event, IngestValidated):
             return
         views = self._by_source.get(event.source)
         if not views:
             return
-        if trace.get_current_span().is_recording():  # continue the validated event's trace
-            with self._tracer.start_as_current_span(
-                "features.update",
-                attributes={"mlbus.event_id": event.event_id, "mlbus.entity_id": event.entity_id},
-            ):
-                for view in views:
-                    await self.update(view, event)
-        else:
-            for view in views:
-                await self.update(view, event)
-
-    async def update(self, view: BoundView, event: IngestValidated) -> Applied:
+        if not self._redis_ok:  # the bus's retry holds the partition until Redis answers
+            await self._ping()
+        item = _Queued(
+            self._seq,
+            event.event_id,
+            int(event.event_time.timestamp() * 1000),
+            event.payload,
+            received,
+        )
+        self._seq += 1
+        groups = self._groups
         entity = event.entity_id
-        event_ms = int(event.event_time.timestamp() * 1000)
-        state_key = self.keys.state(view.name, view.version, entity)
+        for index in views:
+            group = groups.get((index, entity))
+            if group is None:
+                groups[(index, entity)] = [item]
+            else:
+                group.append(item)
+        if trace.get_current_span().is_recording():  # continue the validated event's trace
+            self._traced.append(_Traced(otel_context.get_current(), event.event_id, entity))
+
+    async def flush(self) -> None:
+        """Write every queued event (state, online, spool) in one round trip each way.
+
+        Retries while Redis is unavailable; raises `RetryableError` only when the
+        service stops first (the queue is kept, the consumer commits nothing)."""
+        if not self._groups:
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._write()
+                break
+            except RetryableError as exc:
+                self._redis_ok = False
+                if self._stopping.is_set():
+                    raise
+                delay = self._retry.backoff_s(attempt)
+                self.stats.retries += 1
+                _flush_retries.add(1)
+                log.warning(
+                    "writing %d features events failed, retrying in %.2fs (attempt %d): %s",
+                    self._seq,
+                    delay,
+                    attempt,
+                    exc,
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise RetryableError(
+                    f"stopped before {self._seq} events were written (replayed on restart): {exc}"
+                ) from exc
+        self._redis_ok = True
+        # Events no view could apply go to the dead-letter topic before the commit.
+        for item, view_name, error in self._failed:
+            if self.dead_letter is not None:
+                await self.dead_letter(item.origin, view_name, error)
+        self._failed = []
+        self._groups = {}
+        self._traced = []
+        self._seq = 0
+        self.stats.flushes += 1
+
+    async def _ping(self) -> None:
         try:
-            data = await self.client.get(state_key)
+            await self.client.ping()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unavailable for feature state: {exc}") from exc
+        self._redis_ok = True
+
+    async def _write(self) -> None:
+        spans = [
+            self._tracer.start_span(
+                "features.update",
+                context=t.context,
+                attributes={
+                    "mlbus.event_id": t.event_id,
+                    "mlbus.entity_id": t.entity_id,
+                    "mlbus.features.batch_events": self._seq,
+                },
+            )
+            for t in self._traced
+        ]
+        try:
+            await self._write_batch()
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _write_batch(self) -> None:
+        self._failed = []  # recomputed on every attempt: a retry applies the batch again
+        groups = list(self._groups.items())
+        views = self.views
+        keys = self.keys
+        state_keys = [keys.state(views[i].name, views[i].version, e) for (i, e), _ in groups]
+        try:
+            stored: list[bytes | None] = await self.client.mget(state_keys)  # type: ignore[assignment]
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable reading feature state: {exc}") from exc
-        state = view.aggregator.load(data)
-        outcome = view.aggregator.apply(state, event.event_id, event_ms, event.payload)
-        if outcome is not Applied.APPLIED:
-            _skipped.add(1, {"view": view.name, "reason": outcome.value})
-            if outcome is Applied.TOO_LATE:
-                log.warning(
-                    "event too late for view %s (entity %s, %d ms behind its latest event)",
-                    view.name,
-                    entity,
-                    (state.watermark_ms or event_ms) - event_ms,
-                    extra={"event_id": event.event_id},
-                )
-            return outcome
-        assert state.watermark_ms is not None
-        values = view.aggregator.values(state)
-        row = OfflineRow(
-            entity, event.event_id, event_ms, state.watermark_ms, int(time.time() * 1000), values
-        )
+        processed_ms = int(self._clock() * 1000)
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(state_key, state.to_bytes(), ex=view.ttl_s)
-        self.online.stage_write(
-            pipe,
-            view.name,
-            view.version,
-            entity,
-            values,
-            state.watermark_ms,
-            state.last_event_id,
-            view.ttl_s,
-        )
-        pipe.rpush(self.keys.spool(view.name, view.version), row.to_json())
+        rows: dict[int, list[tuple[int, bytes]]] = {}
+        applied: dict[int, int] = {}
+        for ((index, entity), events), state_key, data in zip(
+            groups, state_keys, stored, strict=True
+        ):
+            view = views[index]
+            state, view_rows, values = self._apply(view, entity, events, data, processed_ms)
+            if not view_rows:
+                continue
+            assert state.watermark_ms is not None
+            rows.setdefault(index, []).extend(view_rows)
+            applied[index] = applied.get(index, 0) + len(view_rows)
+            pipe.set(state_key, state.to_bytes(), ex=view.ttl_s)
+            self.online.stage_write(
+                pipe,
+                view.name,
+                view.version,
+                entity,
+                values,
+                state.watermark_ms,
+                state.last_event_id,
+                view.ttl_s,
+            )
+        for index, view_rows in rows.items():
+            view_rows.sort()  # the spool keeps consumption order, as one by one would
+            pipe.rpush(
+                keys.spool(views[index].name, views[index].version), *[r for _, r in view_rows]
+            )
+        if not rows:
+            return
         try:
             await pipe.execute()
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable writing features: {exc}") from exc
-        _updates.add(1, {"view": view.name})
-        return outcome
+        for index, n in applied.items():
+            self.stats.applied += n
+            _updates.add(n, {"view": views[index].name})
+
+    def _apply(
+        self,
+        view: BoundView,
+        entity: str,
+        events: Sequence[_Queued],
+        data: bytes | None,
+        processed_ms: int,
+    ) -> tuple[EntityState, list[tuple[int, bytes]], FeatureValues]:
+        """Fold one entity's events of the batch in order: the state after, one offline row
+        per counted event (as `(seq, json)`), and the values after the last of them."""
+        aggregator = view.aggregator
+        state = aggregator.load(data)
+        rows: list[tuple[int, bytes]] = []
+        values: FeatureValues = {}
+        failed: set[int] = set()
+        for n, item in enumerate(events):
+            try:
+                outcome = aggregator.apply(state, item.event_id, item.event_ms, item.payload)
+            except Exception as exc:  # a bug or an odd value: dead-letter it, keep the others
+                self._failed.append((item, view.name, exc))
+                log.exception(
+                    "cannot apply event to view %s (entity %s); skipped",
+                    view.name,
+                    entity,
+                    extra={"event_id": item.event_id},
+                )
+                self._skip(view, "error")
+                failed.add(n)
+                state = aggregator.load(data)  # `apply` may have stopped half-way: redo
+                for m, earlier in enumerate(events[:n]):
+                    if m not in failed:
+                        aggregator.apply(state, earlier.event_id, earlier.event_ms, earlier.payload)
+                continue
+            if outcome is not Applied.APPLIED:
+                self._skip(view, outcome.value)
+                if outcome is Applied.TOO_LATE:
+                    log.warning(
+                        "event too late for view %s (entity %s, %d ms behind its latest event)",
+                        view.name,
+                        entity,
+                        (state.watermark_ms or item.event_ms) - item.event_ms,
+                        extra={"event_id": item.event_id},
+                    )
+                continue
+            assert state.watermark_ms is not None
+            values = aggregator.values(state)
+            row = OfflineRow(
+                entity, item.event_id, item.event_ms, state.watermark_ms, processed_ms, values
+            )
+            rows.append((item.seq, row.to_json()))
+        return state, rows, values
+
+    def _skip(self, view: BoundView, reason: str) -> None:
+        self.stats.skipped += 1
+        by_reason = self.stats.skipped_by_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        _skipped.add(1, {"view": view.name, "reason": reason})

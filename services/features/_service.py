@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError
-from mlbus.events import INGEST_VALIDATED, IngestValidated
+from mlbus.errors import ConfigError, RetryableError
+from mlbus.events import INGEST_VALIDATED, Event, IngestValidated
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import server_interceptors
 from mlbus.spec import ProjectSpec, load_spec
@@ -62,7 +62,7 @@ class FeatureService:
         online = self.online or OnlineStore.from_settings(settings.redis)
         self.online = online
         offline = OfflineStore(settings.resolved_offline_url())
-        self.processor = FeatureProcessor(views, online)
+        self.processor = FeatureProcessor(views, online, stopping=self._stop)
         self.flusher = OfflineFlusher(
             views,
             online,
@@ -87,6 +87,22 @@ class FeatureService:
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:
+
+                async def dead_letter(origin: Received[Event], view: str, error: Exception) -> None:
+                    record = dead_letter_event(
+                        group=settings.group_id,
+                        topic=origin.topic,
+                        partition=origin.partition,
+                        offset=origin.offset,
+                        key=origin.key,
+                        value=encode_event(origin.payload),
+                        headers=origin.headers,
+                        error=RuntimeError(f"view {view}: {type(error).__name__}: {error}"),
+                        attempts=1,
+                    )
+                    await publisher.publish(record, key=origin.key)
+
+                self.processor.dead_letter = dead_letter
                 consumer = Consumer.of_events(
                     settings.kafka,
                     types=[IngestValidated],
@@ -94,13 +110,14 @@ class FeatureService:
                     handler=self.processor.handle,
                     publisher=publisher,
                     topics=self.topics,
+                    before_commit=self.processor.flush,  # one Redis write per fetched batch
                 )
                 self.consumer = consumer  # type: ignore[assignment]
                 if self._stop.is_set():
                     return
                 self._started.set()
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(consumer.run(), name="consume")
+                    tasks.create_task(self._consume(consumer), name="consume")
                     tasks.create_task(self.flusher.run(self._stop), name="offline-flush")
                     await self._stop.wait()
                     consumer.stop()
@@ -110,6 +127,15 @@ class FeatureService:
                 await server.stop(settings.shutdown_grace_s)
             if owns_online:
                 await online.aclose()
+
+    async def _consume(self, consumer: Consumer[Event]) -> None:
+        try:
+            await consumer.run()
+        except RetryableError as exc:
+            if not self._stop.is_set():
+                raise
+            # Stopped while Redis was down: the batch's offsets were not committed.
+            log.warning("feature service stopped with events unwritten: %s", exc)
 
 
 async def _main(settings: FeaturesSettings) -> None:

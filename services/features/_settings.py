@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlencode, urlparse
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -16,6 +18,9 @@ class FeaturesSettings(ServiceSettings):
                                           may arrive and still be counted (3600)
     MLBUS_FEATURES_OFFLINE_URL            Parquet root: a folder or s3://bucket/prefix;
                                           default offline/ in the data folder
+    MLBUS_FEATURES_S3_ENDPOINT_URL        S3-compatible server for an s3:// offline store
+                                          (unset: AWS); credentials and region: AWS_ACCESS_KEY_ID,
+                                          AWS_SECRET_ACCESS_KEY, AWS_REGION
     MLBUS_FEATURES_OFFLINE_FLUSH_ROWS     write a Parquet file once this many rows wait
     MLBUS_FEATURES_OFFLINE_FLUSH_INTERVAL_S   … or once the oldest waited this long
     MLBUS_FEATURES_GRPC_HOST / _GRPC_PORT     gRPC FeatureService (8003; 0 picks a free one)
@@ -30,6 +35,11 @@ class FeaturesSettings(ServiceSettings):
     offline_url: str | None = Field(
         default=None, description="Parquet root (folder or s3:// URL); unset: the data folder."
     )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="http(s)://host:port of an S3-compatible server; unset: AWS itself.",
+    )
     offline_flush_rows: int = Field(default=20_000, ge=1)
     offline_flush_interval_s: float = Field(default=30.0, gt=0)
     grpc_host: str = "0.0.0.0"
@@ -37,4 +47,14 @@ class FeaturesSettings(ServiceSettings):
     shutdown_grace_s: float = Field(default=5.0, ge=0)
 
     def resolved_offline_url(self) -> str:
-        return self.offline_url or str(self.data.offline_store)
+        """The offline root; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""
+        url = self.offline_url or str(self.data.offline_store)
+        parsed = urlparse(url)
+        if (
+            parsed.scheme != "s3"
+            or self.s3_endpoint_url is None
+            or "endpoint_url" in parse_qs(parsed.query)
+        ):
+            return url
+        endpoint = urlencode({"endpoint_url": self.s3_endpoint_url})
+        return parsed._replace(query="&".join(q for q in (parsed.query, endpoint) if q)).geturl()

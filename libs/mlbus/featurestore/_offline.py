@@ -12,6 +12,13 @@ entity's watermark after the event), `processed_at`, `view_version`, then one
 column per feature. A row is the exact set of values written online by the
 same update. Rows may repeat after a crash (same `event_id`, same values);
 readers de-duplicate by `event_id` (`read(dedupe=True)`).
+
+An `s3://bucket/prefix` root goes through `pyarrow.fs.S3FileSystem`: AWS, or
+any S3-compatible server named by `s3_endpoint_url` (or `?endpoint_url=` in
+the URL, e.g. `s3://offline/prod?endpoint_url=http://minio:9000`). Credentials
+and region come from the AWS SDK's usual chain (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, profiles, roles). An object appears
+whole when its upload completes, so readers never see half a file there either.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -133,9 +141,14 @@ def _utc_date(ms: int) -> date:
 class OfflineStore:
     """Parquet files under a local folder or an object-store URL (`s3://…`, via pyarrow.fs)."""
 
-    def __init__(self, url: str | Path) -> None:
+    def __init__(
+        self, url: str | Path, *, s3_endpoint_url: str | None = None, timeout_s: float = 30.0
+    ) -> None:
         text = str(url)
-        if "://" in text and not text.startswith("file://"):
+        if text.startswith("s3://"):
+            self.fs, self.root = _s3_filesystem(text, s3_endpoint_url, timeout_s)
+            self.local = False
+        elif "://" in text and not text.startswith("file://"):
             self.fs, self.root = pafs.FileSystem.from_uri(text)
             self.local = False
         else:
@@ -159,7 +172,8 @@ class OfflineStore:
         for day, day_rows in sorted(by_date.items()):
             folder = f"{self.view_dir(view, version)}/date={day.isoformat()}"
             name = f"part-{day_rows[0].processed_at_ms}-{uuid.uuid4().hex[:12]}.parquet"
-            self.fs.create_dir(folder, recursive=True)
+            if not isinstance(self.fs, pafs.S3FileSystem):  # no folders (nor markers) in S3
+                self.fs.create_dir(folder, recursive=True)
             table = rows_to_table(day_rows, version, schema)
             if self.local:  # write then rename: readers never see half a file
                 tmp = f"{folder}/.{name}.tmp"
@@ -224,6 +238,34 @@ class OfflineStore:
                     digest.update(chunk)
             digests.append(digest.hexdigest())
         return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def _s3_filesystem(
+    url: str, endpoint_url: str | None, timeout_s: float
+) -> tuple[pafs.FileSystem, str]:
+    """An S3FileSystem and the `bucket/prefix` root for `s3://bucket/prefix[?endpoint_url=…]`."""
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    prefix = unquote(parsed.path).strip("/")
+    if set(query) - {"endpoint_url", "region"} or not parsed.netloc or ".." in prefix.split("/"):
+        raise ConfigError(
+            f"offline store {url!r}: expected s3://bucket/prefix, optionally with "
+            "?endpoint_url=http(s)://host:port and &region=…"
+        )
+    endpoint = query.get("endpoint_url", [endpoint_url or ""])[-1] or None
+    region = query.get("region", [""])[-1] or None
+    options: dict[str, Any] = {"connect_timeout": timeout_s, "request_timeout": timeout_s}
+    if endpoint is not None:
+        target = urlparse(endpoint)
+        if target.scheme not in ("http", "https") or not target.netloc:
+            raise ConfigError(f"S3 endpoint {endpoint!r} is not an http(s)://host:port URL")
+        options |= {"endpoint_override": target.netloc, "scheme": target.scheme}
+    elif region is None:  # AWS itself: as FileSystem.from_uri does, ask the bucket
+        region = pafs.resolve_s3_region(parsed.netloc)
+    if region is not None:
+        options["region"] = region
+    root = f"{parsed.netloc}/{prefix}" if prefix else parsed.netloc
+    return pafs.S3FileSystem(**options), root
 
 
 def _partition_date(path: str) -> date | None:
