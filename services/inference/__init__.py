@@ -4,6 +4,14 @@ Run with `python -m mlbus.inference` (or `mlbus up`); see README.md.
 """
 
 from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
+from ._predict import (
+    PREDICT_SERVICE_NAME,
+    FeatureLayout,
+    FeaturesUnavailable,
+    MissingFeatures,
+    PredictionServicer,
+    resolve_features,
+)
 from ._predlog import PredictionLog, PredictionRecord
 from ._reload import (
     ArtifactFetcher,
@@ -12,29 +20,42 @@ from ._reload import (
     RegistryOrFileFetcher,
     ReloadStats,
 )
-from ._repository import ModelRepository
+from ._repository import CANARY, SHADOW, ModelRepository
+from ._routing import ShadowRunner, canary_point, goes_to_canary
 from ._server import InferenceServer, run, serve
-from ._servicer import SERVICE_NAME, VERSION_PARAMETER, InferenceServicer
+from ._servicer import ENTITY_PARAMETER, SERVICE_NAME, VERSION_PARAMETER, InferenceServicer
 from ._settings import InferenceSettings
 
 __all__ = [
+    "CANARY",
+    "ENTITY_PARAMETER",
+    "PREDICT_SERVICE_NAME",
     "SERVICE_NAME",
+    "SHADOW",
     "VERSION_PARAMETER",
     "ArtifactFetcher",
+    "FeatureLayout",
+    "FeaturesUnavailable",
     "InferenceServer",
     "InferenceServicer",
     "InferenceSettings",
     "LoadedModel",
+    "MissingFeatures",
     "ModelRefused",
     "ModelReloader",
     "ModelRepository",
     "OrtThreads",
     "PredictionLog",
     "PredictionRecord",
+    "PredictionServicer",
     "Publication",
     "RegistryOrFileFetcher",
     "ReloadStats",
+    "ShadowRunner",
+    "canary_point",
+    "goes_to_canary",
     "load_model",
+    "resolve_features",
     "run",
     "serve",
 ]

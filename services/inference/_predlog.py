@@ -10,7 +10,9 @@ response was sent long before.
 
 Feature names: a 2-D input `x` of shape [N, F] gives features `x[0]` … `x[F-1]`
 unless the ONNX model's metadata has `mlbus.feature_names.x` (comma-separated);
-a 1-D input, or [N, 1], is one feature named after the input.
+a 1-D input, or [N, 1], is one feature named after the input. `Predict`
+passes the spec's `view.feature` refs instead. Shadow scores are logged with
+`shadow=True`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class PredictionRecord:
     latency_ms: float
     trace_id: str | None
     entity_ids: tuple[str, ...] | None = None
+    shadow: bool = False
+    feature_names: tuple[str, ...] | None = None
+    """Names of the columns of the (single, 2-D) input, e.g. the spec's `view.feature` refs."""
 
     @property
     def rows(self) -> int:
@@ -207,7 +212,11 @@ def to_events(record: PredictionRecord) -> list[PredictionLogged]:
     columns: list[tuple[list[str], np.ndarray]] = []
     for name, array in record.inputs.items():
         flat = array.reshape(rows, -1) if array.ndim else array.reshape(1, 1)
-        columns.append((feature_names(record.model, name, flat.shape[1]), flat))
+        given = record.feature_names
+        if given is not None and len(given) == flat.shape[1] and len(record.inputs) == 1:
+            columns.append((list(given), flat))
+        else:
+            columns.append((feature_names(record.model, name, flat.shape[1]), flat))
     outputs: list[tuple[str, np.ndarray]] = [
         (name, array.reshape(rows, -1).astype(np.float64))
         for name, array in record.outputs.items()
@@ -228,6 +237,7 @@ def to_events(record: PredictionRecord) -> list[PredictionLogged]:
                 outputs={name: flat[i].tolist() for name, flat in outputs},
                 latency_ms=record.latency_ms,
                 trace_id=record.trace_id,
+                shadow=record.shadow,
             )
         )
     return events

@@ -12,8 +12,14 @@ a time. Any failure is a refusal: logged with the reason, counted
 the served version keeps serving. Fetch failures that may pass (the registry
 is down) are `RetryableError`s: the consumer retries them with backoff.
 
+The `canary` and `shadow` aliases are applied the same way, into their own
+slot beside the main alias (`ModelRepository.swap(model, alias)`); their
+signature must also accept what the main version accepts, so a request can go
+to either.
+
 At start, `bootstrap` asks the registry which version holds the alias of each
-model and loads it, unless a publication got there first.
+model (and its canary and shadow, if any) and loads it, unless a publication
+got there first.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from mlbus.registry_client import RegistryClient
 from mlbus.telemetry import meter
 
 from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
-from ._repository import ModelRepository
+from ._repository import BESIDE_ALIASES, ModelRepository
 
 log = logging.getLogger(__name__)
 _meter = meter("mlbus.inference")
@@ -130,7 +136,13 @@ class ModelReloader:
         """Called after each swap (the server refreshes its health status)."""
 
     def wants(self, model: str, alias: str) -> bool:
-        return alias == self.alias and (not self.models or model in self.models)
+        return (alias == self.alias or alias in BESIDE_ALIASES) and (
+            not self.models or model in self.models
+        )
+
+    def _slot(self, alias: str) -> str | None:
+        """None for the main alias, else the beside slot (`canary`, `shadow`)."""
+        return None if alias == self.alias else alias
 
     async def apply(self, publication: Publication, *, only_if_unserved: bool = False) -> bool:
         """Serve `publication`'s version; False if refused (or skipped), the old one stays.
@@ -138,9 +150,10 @@ class ModelReloader:
         Raises `RetryableError` when fetching failed in a way that may pass.
         """
         name = publication.model
+        slot = self._slot(publication.alias)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            served = self.repository.current(name)
+            served = self.repository.current(name, slot)
             if only_if_unserved and served is not None:
                 return False
             if (
@@ -149,12 +162,14 @@ class ModelReloader:
                 and served.sha256 == publication.sha256
             ):
                 return True  # a replay of what is served: nothing to do
+            # A canary or shadow must accept what the main version accepts.
+            reference = served if slot is None else self.repository.current(name) or served
             try:
-                model = await self._load(publication, served)
+                model = await self._load(publication, reference)
             except ModelRefused as refusal:
                 self._refused(publication, refusal)
                 return False
-            self.repository.swap(model)
+            self.repository.swap(model, slot)
         self.stats.loaded += 1
         _reloads.add(1, {"model": name, "outcome": "loaded"})
         log.info(
@@ -194,7 +209,7 @@ class ModelReloader:
         self.stats.refused[refusal.stage] += 1
         self.stats.last_refusal = str(refusal)
         _reloads.add(1, {"model": publication.model, "outcome": "refused", "stage": refusal.stage})
-        served = self.repository.current(publication.model)
+        served = self.repository.current(publication.model, self._slot(publication.alias))
         log.error(
             "refused %s v%d (%s): %s; still serving %s",
             publication.model,
@@ -216,15 +231,18 @@ class ModelReloader:
             m.model for m in await registry.list_models() if self.alias in m.aliases
         ]
         loaded = []
+        beside = [alias for alias in BESIDE_ALIASES if alias != self.alias]
         for name in names:
-            try:
-                info = await registry.resolve_alias(name, self.alias)
-            except NotFound:
-                log.warning("%s has no %r version yet; waiting for one", name, self.alias)
-                continue
-            publication = Publication(
-                name, info.version, info.artifact_uri, info.sha256, info.signature, self.alias
-            )
-            if await self.apply(publication, only_if_unserved=True):
-                loaded.append(name)
+            for alias in (self.alias, *beside):
+                try:
+                    info = await registry.resolve_alias(name, alias)
+                except NotFound:
+                    if alias == self.alias:
+                        log.warning("%s has no %r version yet; waiting for one", name, alias)
+                    continue
+                publication = Publication(
+                    name, info.version, info.artifact_uri, info.sha256, info.signature, alias
+                )
+                if await self.apply(publication, only_if_unserved=True) and alias == self.alias:
+                    loaded.append(name)
         return loaded

@@ -29,20 +29,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mlbus.api.inference.v1 import predict_pb2, predict_pb2_grpc
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
+from mlbus.featurestore import OnlineStore
 from mlbus.registry_client import RegistryClient
 from mlbus.rpc import server_interceptors
 from mlbus.runtime import discover
+from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
 
 from ._model import OrtThreads
+from ._predict import PredictionServicer, protects_predict
 from ._predlog import PredictionLog
 from ._reload import ArtifactFetcher, ModelReloader, RegistryOrFileFetcher
 from ._repository import ModelRepository
+from ._routing import ShadowRunner
 from ._servicer import SERVICE_NAME, InferenceServicer, protects
 from ._settings import InferenceSettings
 from ._tracing import InferenceTracingInterceptor
@@ -62,8 +67,15 @@ class InferenceServer:
         *,
         fetcher: ArtifactFetcher | None = None,
         host: str | None = None,
+        spec: ProjectSpec | None = None,
     ) -> None:
         self.settings = settings
+        self.spec = spec
+        if self.spec is None and settings.spec is not None:
+            self.spec = load_spec(settings.spec)  # SpecError (a ConfigError): fail fast
+        self.store: OnlineStore | None = None
+        if self.spec is not None and settings.redis.url:
+            self.store = OnlineStore.from_settings(settings.redis)
         self._host = host or settings.grpc_host
         self.repository = ModelRepository()
         self.registry: RegistryClient | None = None
@@ -94,6 +106,17 @@ class InferenceServer:
         self._executor = ThreadPoolExecutor(
             settings.worker_threads, thread_name_prefix="mlbus-inference"
         )
+        self.shadow: ShadowRunner | None = None
+        shadow_on = settings.shadow
+        if shadow_on is None:
+            shadow_on = self.spec.serving.shadow if self.spec is not None else True
+        if shadow_on:
+            self.shadow = ShadowRunner(
+                self.prediction_log, self._executor, max_in_flight=settings.shadow_max_in_flight
+            )
+        spec_weights = (
+            {self.spec.serving.model: self.spec.serving.canary_weight} if self.spec else {}
+        )
         self.servicer = InferenceServicer(
             self.repository,
             required_models=settings.models,
@@ -101,6 +124,21 @@ class InferenceServer:
             prediction_log=self.prediction_log,
             executor=self._executor,
             inline_max_elements=settings.inline_max_elements,
+            shadow=self.shadow,
+            canary_weights={} if settings.canary_weight is not None else spec_weights,
+            default_canary_weight=settings.canary_weight or 0.0,
+        )
+        self.predictor = PredictionServicer(
+            self.repository,
+            spec=self.spec,
+            store=self.store,
+            alias=settings.alias,
+            prediction_log=self.prediction_log,
+            shadow=self.shadow,
+            canary_weight=settings.canary_weight,
+            executor=self._executor,
+            inline_max_elements=settings.inline_max_elements,
+            max_entities=settings.max_predict_entities,
         )
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -119,7 +157,10 @@ class InferenceServer:
             # Tracing first, as `server_interceptors` orders it, but data-plane aware.
             interceptors=[
                 InferenceTracingInterceptor(),
-                *server_interceptors(settings.token, protects=protects)[1:],
+                *server_interceptors(
+                    settings.token,
+                    protects=lambda method: protects(method) or protects_predict(method),
+                )[1:],
             ],
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -129,10 +170,14 @@ class InferenceServer:
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.servicer, server
         )
+        predict_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.predictor, server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                predict_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -160,6 +205,10 @@ class InferenceServer:
             )
         if self.registry is not None:
             self._spawn(self._bootstrap(), "bootstrap")
+        if self.spec is None:
+            log.info("no spec (MLBUS_SPEC): Predict answers FAILED_PRECONDITION; OIP serves")
+        elif self.store is None:
+            log.warning("no Redis configured: Predict answers FAILED_PRECONDITION; OIP serves")
         log.info("inference serving on %s:%d", self._host, self.port)
         return self
 
@@ -171,6 +220,8 @@ class InferenceServer:
         if server is not None:
             await self._health.enter_graceful_shutdown()
             await server.stop(grace)
+        if self.shadow is not None:
+            await self.shadow.drain(grace)
         if self.prediction_log is not None:
             self.prediction_log.stop()
         tasks, self._tasks = self._tasks, []
@@ -182,6 +233,9 @@ class InferenceServer:
                 await task
         if self.registry is not None:
             await self.registry.close()
+        store, self.store = self.store, None
+        if store is not None:
+            await store.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> Self:

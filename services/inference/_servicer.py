@@ -9,6 +9,12 @@ Each `ModelInfer` looks its model up once and uses that version to the end,
 so a hot swap never mixes versions inside one request; the response names it
 in `model_version` and in `parameters["mlbus.model_version"]`.
 
+Canary and shadow: when a model has a `canary` version and the request names
+its entity (`parameters["mlbus.entity_id"]`, string), the entity's stable hash
+decides whether the canary answers (`_routing.goes_to_canary`); a request
+pinned to a version, or without an entity id, stays on the main version. A
+`shadow` version scores a copy of the inputs off the response path.
+
 Small requests run ONNX Runtime right on the event loop: a batch of one is a
 few microseconds, far less than a hop to a worker thread. Requests with more
 than `inline_max_elements` input elements run in a worker thread (ONNX
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 
 import grpc
@@ -34,11 +41,13 @@ from mlbus.errors import InvalidInput, RetryableError
 
 from ._model import LoadedModel
 from ._predlog import PredictionLog, PredictionRecord
-from ._repository import ModelRepository
+from ._repository import CANARY, ModelRepository
+from ._routing import ShadowRunner, goes_to_canary
 from ._tensors import decode_inputs, encode_outputs
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 VERSION_PARAMETER = "mlbus.model_version"
+ENTITY_PARAMETER = "mlbus.entity_id"
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
 
 
@@ -58,6 +67,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         prediction_log: PredictionLog | None = None,
         executor: Executor | None = None,
         inline_max_elements: int = 4096,
+        shadow: ShadowRunner | None = None,
+        canary_weights: Mapping[str, float] | None = None,
+        default_canary_weight: float = 0.0,
     ) -> None:
         self._repository = repository
         self._required = required_models
@@ -65,6 +77,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._log = prediction_log
         self._executor = executor
         self._inline_max = inline_max_elements
+        self._shadow = shadow
+        self._canary_weights = dict(canary_weights or {})
+        self._default_canary_weight = default_canary_weight
+
+    def canary_weight(self, model: str) -> float:
+        return self._canary_weights.get(model, self._default_canary_weight)
 
     def ready(self) -> bool:
         """Every required model is loaded (with none required: at least one is)."""
@@ -117,53 +135,97 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
-        model = self._repository.get(request.model_name, request.model_version)
+        name = request.model_name
+        model = self._repository.get(name, request.model_version)
+        alias = self._alias
+        entity_id: str | None = None
+        canary = self._repository.canary(name)
+        if canary is not None and not request.model_version:
+            entity_id = _entity_of(request)
+            if entity_id is not None and goes_to_canary(name, entity_id, self.canary_weight(name)):
+                model, alias = canary, CANARY
         inputs = decode_inputs(request, model)
         names = _requested_outputs(request, model)
-        outputs = await self._run(model, inputs, names, context)
+        outputs = await run_model(model, inputs, names, context, self._executor, self._inline_max)
         version = model.version
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=str(version), id=request.id
         )
         response.parameters[VERSION_PARAMETER].int64_param = version
         encode_outputs(response, outputs, raw=len(request.raw_input_contents) > 0)
-        if self._log is not None:
+        shadow = self._repository.shadow(name) if self._shadow is not None else None
+        if self._log is not None or shadow is not None:
             span = trace.get_current_span().get_span_context()
-            self._log.offer(
-                PredictionRecord(
-                    model,
-                    self._alias,
-                    inputs,
-                    outputs,
-                    (time.perf_counter() - started) * 1000,
-                    format(span.trace_id, "032x") if span.is_valid else None,
+            trace_id = format(span.trace_id, "032x") if span.is_valid else None
+            if entity_id is None and ENTITY_PARAMETER in request.parameters:
+                entity_id = _entity_of(request)
+            entity_ids = (entity_id,) if entity_id is not None else None
+            if self._log is not None:
+                self._log.offer(
+                    PredictionRecord(
+                        model,
+                        alias,
+                        inputs,
+                        outputs,
+                        (time.perf_counter() - started) * 1000,
+                        trace_id,
+                        entity_ids if _rows(inputs) == 1 else None,
+                    )
                 )
-            )
+            if shadow is not None and self._shadow is not None and not request.model_version:
+                self._shadow.submit(
+                    shadow,
+                    inputs,
+                    entity_ids=entity_ids if _rows(inputs) == 1 else None,
+                    trace_id=trace_id,
+                )
         return response
 
-    async def _run(
-        self,
-        model: LoadedModel,
-        inputs: dict[str, np.ndarray],
-        names: list[str] | None,
-        context: grpc.aio.ServicerContext,
-    ) -> dict[str, np.ndarray]:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded(f"the deadline passed before {model.name} could run")
+
+def _entity_of(request: pb.ModelInferRequest) -> str | None:
+    parameters = request.parameters
+    if ENTITY_PARAMETER not in parameters:
+        return None
+    value = parameters[ENTITY_PARAMETER]
+    kind = value.WhichOneof("parameter_choice")
+    if kind == "string_param":
+        return str(value.string_param)
+    if kind == "int64_param":
+        return str(value.int64_param)
+    raise InvalidInput(f"parameter {ENTITY_PARAMETER!r} must be a string, got {kind}")
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 1
+
+
+async def run_model(
+    model: LoadedModel,
+    inputs: Mapping[str, np.ndarray],
+    names: list[str] | None,
+    context: grpc.aio.ServicerContext,
+    executor: Executor | None,
+    inline_max_elements: int,
+) -> dict[str, np.ndarray]:
+    """Run `model` on the loop (small inputs) or a worker thread, within the call's deadline."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded(f"the deadline passed before {model.name} could run")
+    try:
+        if executor is None or sum(a.size for a in inputs.values()) <= inline_max_elements:
+            return model.run(inputs, names)
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(executor, model.run, inputs, names)
         try:
-            if self._executor is None or sum(a.size for a in inputs.values()) <= self._inline_max:
-                return model.run(inputs, names)
-            loop = asyncio.get_running_loop()
-            running = loop.run_in_executor(self._executor, model.run, inputs, names)
-            try:
-                return await asyncio.wait_for(running, remaining)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{model.name} v{model.version} did not finish within the deadline"
-                ) from None
-        except OrtInvalidArgument as exc:
-            raise InvalidInput(f"{model.name} v{model.version} rejected the input: {exc}") from None
+            return await asyncio.wait_for(running, remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{model.name} v{model.version} did not finish within the deadline"
+            ) from None
+    except OrtInvalidArgument as exc:
+        raise InvalidInput(f"{model.name} v{model.version} rejected the input: {exc}") from None
 
 
 def _requested_outputs(request: pb.ModelInferRequest, model: LoadedModel) -> list[str] | None:

@@ -25,6 +25,12 @@ class InferenceSettings(ServiceSettings):
                                         event loop; bigger ones in a worker thread
     MLBUS_INFERENCE_PREDICTION_LOG      publish each prediction to mlbus.prediction.logged.v1
     MLBUS_INFERENCE_LOG_QUEUE_SIZE      bound of the prediction-log buffer (full: dropped)
+    MLBUS_INFERENCE_CANARY_WEIGHT       share of entities sent to a `canary` version
+                                        (unset: the spec's serving.canary_weight, else 0)
+    MLBUS_INFERENCE_SHADOW              score a `shadow` version on a copy of traffic
+                                        (unset: the spec's serving.shadow, else true)
+    MLBUS_INFERENCE_MAX_PREDICT_ENTITIES  entity ids per Predict call (1000)
+    MLBUS_SPEC, MLBUS_REDIS_URL / REDIS_URL  needed by Predict only
     """
 
     model_config = SettingsConfigDict(
@@ -52,6 +58,10 @@ class InferenceSettings(ServiceSettings):
     reload_retry_s: float = Field(default=2.0, gt=0)
     max_message_mb: int = Field(default=64, ge=1, le=1024)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    canary_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    shadow: bool | None = None
+    shadow_max_in_flight: int = Field(default=64, ge=1)
+    max_predict_entities: int = Field(default=1000, ge=1)
 
     @field_validator("models", mode="before")
     @classmethod

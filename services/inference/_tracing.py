@@ -3,7 +3,7 @@
 `mlbus.rpc.server_interceptors` puts a `TracingServerInterceptor` first, which
 records a span for every call (control-plane sampling). At thousands of
 predictions per second that costs more than the prediction (docs/adr/0004),
-so this subclass decides first, for ModelInfer only, with the bus's
+so this subclass decides first, for ModelInfer and Predict only, with the bus's
 data-plane rule: a call whose caller sampled its trace is always traced,
 otherwise `data_sample_ratio` of calls start one; the rest get no span at
 all. The other RPCs are traced as before.
@@ -19,9 +19,10 @@ from opentelemetry import trace
 from mlbus.telemetry import TracingServerInterceptor, extract_grpc_context
 from mlbus.telemetry._sampling import presample_data_record
 
+from ._predict import PREDICT_SERVICE_NAME
 from ._servicer import SERVICE_NAME
 
-DATA_PLANE_METHODS = frozenset({f"/{SERVICE_NAME}/ModelInfer"})
+DATA_PLANE_METHODS = frozenset({f"/{SERVICE_NAME}/ModelInfer", f"/{PREDICT_SERVICE_NAME}/Predict"})
 
 
 class InferenceTracingInterceptor(TracingServerInterceptor):

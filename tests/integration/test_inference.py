@@ -81,9 +81,10 @@ async def serving(
     }
     if kafka is not None:
         fields["kafka"] = kafka
+    spec = overrides.pop("spec_", None)  # a ProjectSpec object, not MLBUS_SPEC
     settings = InferenceSettings(**(fields | overrides))  # type: ignore[arg-type]
     async with (
-        InferenceServer(settings, host="127.0.0.1") as server,
+        InferenceServer(settings, host="127.0.0.1", spec=spec) as server,  # type: ignore[arg-type]
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         yield server, pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]

@@ -1,0 +1,431 @@
+# ruff: noqa: N802 - method names are the proto's RPC names
+"""Predict by entity (`mlbus.inference.v1.PredictionService`): online features → model → outputs.
+
+    entity ids ─► OnlineStore.get_features (one pipelined Redis round trip)
+               ─► request fields, then the spec's policy for missing / stale values
+               ─► one input batch per route (main version, canary) ─► outputs + ages
+
+Feature order is `spec.model_features()`. How the features reach the ONNX
+model (`FeatureLayout`):
+
+- *matrix*: the model has one 2-D FP32/FP64 input with one column per feature,
+  in spec order. Every feature must then be numeric (int, float; bool as 0/1);
+  a string or enum feature is FAILED_PRECONDITION naming it.
+- *columns*: every model input is named after a feature (`view.feature` or
+  its name), shape [N] or [N, 1]; string features go in BYTES inputs.
+
+Policy: a feature with no online value (unknown entity, expired, null) or one
+older than `serving.max_feature_age_s` is *missing*. `missing_features: fail`
+refuses the whole request with FAILED_PRECONDITION naming each entity and its
+missing features and why; `default` uses `serving.defaults` and lists the
+replaced features in `defaulted_features`. Redis unreachable → UNAVAILABLE
+(the store's `RetryableError`); the read is bounded by `serving.timeout_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+import grpc.aio
+import numpy as np
+from opentelemetry import trace
+
+from mlbus.api.inference.v1 import predict_pb2 as pb
+from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
+from mlbus.errors import InvalidInput, NotFound, PermanentError, RetryableError
+from mlbus.events import Scalar
+from mlbus.featurestore import FeatureVector, OnlineStore
+from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
+
+from ._model import OIP_TO_NUMPY, LoadedModel
+from ._predlog import PredictionLog, PredictionRecord
+from ._repository import CANARY, ModelRepository
+from ._routing import ShadowRunner, goes_to_canary
+from ._servicer import run_model
+
+PREDICT_SERVICE_NAME = "mlbus.inference.v1.PredictionService"
+_SHOWN_ENTITIES = 10
+
+
+class FeaturesUnavailable(PermanentError):
+    """Predict cannot run here (no spec, no Redis) or the model cannot take the spec's features."""
+
+
+class MissingFeatures(PermanentError):
+    """`missing_features: fail` and some entity lacks fresh values (FAILED_PRECONDITION)."""
+
+
+# ── features → rows, under the spec's policy (pure) ──────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class EntityFeatures:
+    """One entity's model inputs in spec order, the ages of online values used, the defaults."""
+
+    entity_id: str
+    values: tuple[Scalar, ...]
+    ages_s: dict[str, float]
+    defaulted: tuple[str, ...]
+
+
+def resolve_features(
+    vectors: Sequence[FeatureVector],
+    refs: Sequence[str],
+    serving: ServingSpec,
+    fields: Mapping[str, Scalar] | None = None,
+) -> list[EntityFeatures]:
+    """Apply request fields and the missing/stale policy; raise `MissingFeatures` under `fail`."""
+    fields = fields or {}
+    max_age = serving.max_feature_age_s
+    use_defaults = serving.missing_features == "default"
+    resolved: list[EntityFeatures] = []
+    problems: list[str] = []
+    for vector in vectors:
+        values: list[Scalar] = []
+        ages: dict[str, float] = {}
+        defaulted: list[str] = []
+        missing: list[str] = []
+        for ref in refs:
+            if ref in fields:
+                values.append(fields[ref])
+                continue
+            age = vector.ages_s.get(ref)
+            value = vector.values.get(ref)
+            why: str | None = None
+            if age is None:
+                why = "no online value"
+            elif value is None:
+                why = "null"
+            elif max_age is not None and age > max_age:
+                why = f"{age:.0f}s old > max_feature_age_s {max_age}s"
+            if why is None:
+                values.append(value)
+                ages[ref] = float(age)  # type: ignore[arg-type]
+            elif use_defaults and ref in serving.defaults:
+                values.append(serving.defaults[ref])
+                defaulted.append(ref)
+            else:
+                values.append(None)
+                missing.append(f"{ref} ({why})")
+        if missing:
+            problems.append(f"{vector.entity_id!r}: {', '.join(missing)}")
+        resolved.append(EntityFeatures(vector.entity_id, tuple(values), ages, tuple(defaulted)))
+    if problems:
+        shown = "; ".join(problems[:_SHOWN_ENTITIES])
+        more = len(problems) - _SHOWN_ENTITIES
+        raise MissingFeatures(
+            f"missing or stale features (missing_features: {serving.missing_features}) for "
+            f"{len(problems)} of {len(vectors)} entities: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+        )
+    return resolved
+
+
+# ── rows → model inputs ──────────────────────────────────────────────────────
+
+
+_FLOATS = ("FP32", "FP64")
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """How one model version takes the spec's features (see the module docstring)."""
+
+    kind: Literal["matrix", "columns"]
+    # matrix: (input name, numpy dtype); columns: (input name, feature index, dtype, rank)
+    matrix: tuple[str, np.dtype[np.generic]] | None
+    columns: tuple[tuple[str, int, np.dtype[np.generic], int], ...]
+    feature_names: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, model: LoadedModel, features: Sequence[FeatureDef]) -> FeatureLayout:
+        """The layout, or `FeaturesUnavailable` saying why the model cannot take these features."""
+        inputs = model.signature.inputs
+        what = f"{model.name} v{model.version}"
+        index = {f.ref: i for i, f in enumerate(features)}
+        for i, f in enumerate(features):
+            index.setdefault(f.name, i)
+        if all(t.name in index for t in inputs):
+            columns = []
+            for t in inputs:
+                feature = features[index[t.name]]
+                if len(t.shape) not in (1, 2) or (len(t.shape) == 2 and t.shape[1] not in (-1, 1)):
+                    raise FeaturesUnavailable(
+                        f"{what}: input {t.name!r} has shape {list(t.shape)}; a feature input "
+                        "must be [N] or [N, 1]"
+                    )
+                if (t.datatype == "BYTES") != (feature.dtype in ("string", "enum")):
+                    raise FeaturesUnavailable(
+                        f"{what}: input {t.name!r} is {t.datatype} but feature {feature.ref!r} "
+                        f"is {feature.dtype}"
+                    )
+                columns.append((t.name, index[t.name], OIP_TO_NUMPY[t.datatype], len(t.shape)))
+            return cls("columns", None, tuple(columns), None)
+        if len(inputs) == 1 and inputs[0].datatype in _FLOATS and len(inputs[0].shape) == 2:
+            (t,) = inputs
+            if t.shape[1] not in (-1, len(features)):
+                raise FeaturesUnavailable(
+                    f"{what}: input {t.name!r} has {t.shape[1]} columns, the spec's model has "
+                    f"{len(features)} features ({', '.join(f.ref for f in features)})"
+                )
+            text = [f.ref for f in features if f.dtype in ("string", "enum")]
+            if text:
+                raise FeaturesUnavailable(
+                    f"{what} takes one numeric input {t.name!r} ({t.datatype}), but feature(s) "
+                    f"{', '.join(text)} are categorical strings; publish a model with one input "
+                    "per feature (named after it), or leave them out of model.features"
+                )
+            refs = tuple(f.ref for f in features)
+            return cls("matrix", (t.name, OIP_TO_NUMPY[t.datatype]), (), refs)
+        raise FeaturesUnavailable(
+            f"{what}: cannot map the spec's features to its inputs "
+            f"{[t.name for t in inputs]}: expected one 2-D FP32/FP64 input of "
+            f"{len(features)} columns, or one input per feature named after it"
+        )
+
+    def build(
+        self, rows: Sequence[EntityFeatures], features: Sequence[FeatureDef]
+    ) -> dict[str, np.ndarray]:
+        if self.matrix is not None:
+            name, dtype = self.matrix
+            try:
+                array = np.array([r.values for r in rows], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InvalidInput(_non_numeric(rows, features)) from None
+            return {name: array.astype(dtype, copy=False)}
+        out: dict[str, np.ndarray] = {}
+        for name, i, dtype, rank in self.columns:
+            column = [r.values[i] for r in rows]
+            try:
+                if dtype == np.object_:
+                    array = np.array([str(v) for v in column], dtype=np.object_)
+                else:
+                    array = np.array(column, dtype=np.float64).astype(dtype)
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"feature {features[i].ref!r}: expected numbers, got {column[:3]!r}"
+                ) from None
+            out[name] = array if rank == 1 else array.reshape(-1, 1)
+        return out
+
+
+def _non_numeric(rows: Sequence[EntityFeatures], features: Sequence[FeatureDef]) -> str:
+    for row in rows:
+        for feature, value in zip(features, row.values, strict=True):
+            if isinstance(value, str):
+                return (
+                    f"feature {feature.ref!r} of {row.entity_id!r} is {value!r}; "
+                    "the model takes numbers"
+                )
+    return "a feature value is not a number"
+
+
+# ── the service ──────────────────────────────────────────────────────────────
+
+
+class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        spec: ProjectSpec | None,
+        store: OnlineStore | None,
+        alias: str = "champion",
+        prediction_log: PredictionLog | None = None,
+        shadow: ShadowRunner | None = None,
+        canary_weight: float | None = None,
+        executor: Executor | None = None,
+        inline_max_elements: int = 4096,
+        max_entities: int = 1000,
+    ) -> None:
+        self._repository = repository
+        self._spec = spec
+        self._store = store
+        self._alias = alias
+        self._log = prediction_log
+        self._shadow = shadow
+        self._executor = executor
+        self._inline_max = inline_max_elements
+        self._max_entities = max_entities
+        self._layouts: weakref.WeakKeyDictionary[LoadedModel, FeatureLayout] = (
+            weakref.WeakKeyDictionary()
+        )
+        if spec is not None:
+            self._features = spec.model_features()
+            self._refs = tuple(f.ref for f in self._features)
+            self._versions = {view: spec.features[view].version for view in spec.model_views()}
+            self._by_name: dict[str, FeatureDef] = {f.ref: f for f in self._features}
+            for f in self._features:
+                self._by_name.setdefault(f.name, f)
+            self._serving = spec.serving
+            self.canary_weight = (
+                spec.serving.canary_weight if canary_weight is None else canary_weight
+            )
+        else:
+            self.canary_weight = canary_weight or 0.0
+
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        started = time.perf_counter()
+        if self._spec is None:
+            raise FeaturesUnavailable(
+                "no spec: Predict needs the project spec (set MLBUS_SPEC); "
+                "ModelInfer works without one"
+            )
+        if self._store is None:
+            raise FeaturesUnavailable("no online store: Predict needs Redis (set REDIS_URL)")
+        name = request.model_name or self._serving.model
+        if name != self._serving.model:
+            raise NotFound(f"Predict serves the spec's model {self._serving.model!r}, not {name!r}")
+        ids = list(request.entity_ids)
+        if not ids:
+            raise InvalidInput("entity_ids is empty: name at least one entity")
+        if len(ids) > self._max_entities:
+            raise InvalidInput(
+                f"{len(ids)} entity ids; at most {self._max_entities} per call "
+                "(MLBUS_INFERENCE_MAX_PREDICT_ENTITIES)"
+            )
+        main = self._repository.get(name)
+        fields = self._fields(request)
+        vectors = await self._read(ids, context)
+        rows = resolve_features(vectors, self._refs, self._serving, fields)
+
+        canary = self._repository.canary(name)
+        routes: list[tuple[LoadedModel, str, list[int]]] = [(main, self._alias, [])]
+        if canary is not None and self.canary_weight > 0:
+            routes.append((canary, CANARY, []))
+            for i, entity_id in enumerate(ids):
+                routes[goes_to_canary(name, entity_id, self.canary_weight)][2].append(i)
+        else:
+            routes[0][2].extend(range(len(ids)))
+
+        response = pb.PredictResponse(model_name=name, model_version=str(main.version))
+        predictions = [pb.EntityPrediction(entity_id=entity_id) for entity_id in ids]
+        span = trace.get_current_span().get_span_context()
+        trace_id = format(span.trace_id, "032x") if span.is_valid else None
+        main_inputs: dict[str, np.ndarray] | None = None
+        for model, alias, indices in routes:
+            if not indices:
+                continue
+            layout = self._layout(model)
+            batch = [rows[i] for i in indices]
+            inputs = layout.build(batch, self._features)
+            if model is main and len(indices) == len(ids):
+                main_inputs = inputs
+            outputs = await run_model(
+                model, inputs, None, context, self._executor, self._inline_max
+            )
+            for row, i in enumerate(indices):
+                _fill(predictions[i], outputs, row, rows[i], model, alias)
+            if self._log is not None:
+                self._log.offer(
+                    PredictionRecord(
+                        model,
+                        alias,
+                        inputs,
+                        outputs,
+                        (time.perf_counter() - started) * 1000,
+                        trace_id,
+                        tuple(ids[i] for i in indices),
+                        feature_names=layout.feature_names,
+                    )
+                )
+        response.predictions.extend(predictions)
+        shadow = self._repository.shadow(name) if self._shadow is not None else None
+        if shadow is not None and self._shadow is not None:
+            try:
+                layout = self._layout(shadow)
+                same = main_inputs is not None and layout == self._layout(main)
+                copy = main_inputs if same and main_inputs else layout.build(rows, self._features)
+                self._shadow.submit(
+                    shadow,
+                    copy,
+                    entity_ids=tuple(ids),
+                    feature_names=layout.feature_names,
+                    trace_id=trace_id,
+                )
+            except Exception:  # the shadow must never change the response
+                self._shadow.failed += 1
+        return response
+
+    def _layout(self, model: LoadedModel) -> FeatureLayout:
+        layout = self._layouts.get(model)
+        if layout is None:
+            layout = self._layouts[model] = FeatureLayout.of(model, self._features)
+        return layout
+
+    async def _read(self, ids: list[str], context: grpc.aio.ServicerContext) -> list[FeatureVector]:
+        assert self._store is not None
+        timeout_s = self._serving.timeout_ms / 1000
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = min(timeout_s, remaining)
+        try:
+            return await asyncio.wait_for(
+                self._store.get_features(ids, self._refs, self._versions), timeout_s
+            )
+        except TimeoutError:
+            raise RetryableError(
+                f"the online store did not answer within {timeout_s * 1000:.0f} ms "
+                "(serving.timeout_ms)"
+            ) from None
+
+    def _fields(self, request: pb.PredictRequest) -> dict[str, Scalar]:
+        fields: dict[str, Scalar] = {}
+        for key, value in request.fields.items():
+            feature = self._by_name.get(key)
+            if feature is None:
+                raise InvalidInput(
+                    f"field {key!r} is not a feature of model {self._serving.model!r} "
+                    f"({', '.join(self._refs)})"
+                )
+            kind = value.WhichOneof("value")
+            scalar: Scalar = getattr(value, kind) if kind else None
+            numeric = feature.kind == "numeric"
+            if (
+                scalar is None
+                or (numeric and isinstance(scalar, str))
+                or (not numeric and feature.dtype != "bool" and not isinstance(scalar, str))
+            ):
+                raise InvalidInput(
+                    f"field {key!r}: expected a {feature.dtype} value for {feature.ref!r}, "
+                    f"got {kind or 'nothing'}"
+                )
+            fields[feature.ref] = scalar
+        return fields
+
+
+def _fill(
+    prediction: pb.EntityPrediction,
+    outputs: Mapping[str, np.ndarray],
+    row: int,
+    features: EntityFeatures,
+    model: LoadedModel,
+    alias: str,
+) -> None:
+    prediction.model_version = str(model.version)
+    prediction.alias = alias
+    for name, array in outputs.items():
+        output = prediction.outputs[name]
+        value = array[row] if array.ndim else array
+        flat = np.asarray(value).ravel()
+        if flat.dtype.kind in "biuf":
+            output.values.extend(flat.astype(np.float64).tolist())
+        else:
+            output.strings.extend(
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat
+            )
+    prediction.feature_ages_s.update(features.ages_s)
+    prediction.defaulted_features.extend(features.defaulted)
+
+
+def protects_predict(method: str) -> bool:
+    return method.startswith(f"/{PREDICT_SERVICE_NAME}/")

@@ -1,0 +1,191 @@
+"""Predict by entity against a real Redis, and the canary split and shadow over gRPC."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+
+from mlbus.api.inference.v1 import predict_pb2 as ppb
+from mlbus.api.inference.v1 import predict_pb2_grpc as ppb_grpc
+from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
+from mlbus.config import RedisSettings
+from mlbus.featurestore import OnlineStore
+from mlbus.inference import ENTITY_PARAMETER, Publication, goes_to_canary
+from mlbus.spec import ProjectSpec
+from tests.integration.test_inference import output_of, serving, write_artifact
+from tests.unit.test_inference_model import linear_model
+from tests.unit.test_inference_predict import NUMERIC, numeric_spec
+
+pytestmark = pytest.mark.integration
+W = np.linspace(-1.0, 1.0, 3)  # linear_model(v, width=3): y = x @ W + v
+
+
+def pub(folder: Path, model: str, version: int, alias: str = "champion") -> Publication:
+    uri, digest = write_artifact(folder, version, linear_model(version, width=3))
+    return Publication(model, version, uri, digest, None, alias)
+
+
+async def write(
+    url: str, prefix: str, rows: dict[str, tuple[float, float, float]], age_s: float
+) -> None:
+    async with OnlineStore.from_url(url, key_prefix=prefix) as store:
+        pipe = store.client.pipeline(transaction=False)
+        ts = int((time.time() - age_s) * 1000)
+        for entity, (count, total, amount) in rows.items():
+            values = {"count_10m": count, "amount_sum_1h": total, "amount": amount}
+            store.stage_write(pipe, "card_activity", 1, entity, values, ts, "t", 600)
+        await pipe.execute()
+
+
+def spec_for(model: str, **serving_: object) -> ProjectSpec:
+    spec = numeric_spec(**serving_)
+    data = spec.model_dump()
+    data["model"]["name"] = model
+    data["serving"]["model"] = model
+    return ProjectSpec.model_validate(data)
+
+
+async def predict(port: int, request: ppb.PredictRequest) -> ppb.PredictResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ppb_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
+        return await stub.Predict(request, timeout=10)  # type: ignore[no-any-return]
+
+
+def answers(response: ppb.PredictResponse) -> list[tuple[str, str, str, list[float]]]:
+    """What a response decided, without the feature ages (they grow between calls)."""
+    return [
+        (p.entity_id, p.alias, p.model_version, list(p.outputs["y"].values))
+        for p in response.predictions
+    ]
+
+
+async def failure(port: int, request: ppb.PredictRequest) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await predict(port, request)
+    return failed.value
+
+
+async def test_predict_reads_online_features_and_applies_defaults(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    model, prefix = f"m_{unique.replace('-', '_')}", f"pred-{unique}"
+    await write(redis_url, prefix, {"fresh": (1.0, 2.0, 5.0)}, age_s=10)
+    await write(redis_url, prefix, {"old": (9.0, 9.0, 9.0)}, age_s=7200)
+    redis = RedisSettings(url=redis_url, key_prefix=prefix)
+    spec = spec_for(model, defaults=dict.fromkeys(NUMERIC, 0.5))
+    async with serving(model, None, redis=redis, spec_=spec) as (server, _):
+        await server.reloader.apply(pub(tmp_path, model, 4))
+        assert server.port is not None
+        request = ppb.PredictRequest(entity_ids=["fresh", "unknown", "old"])
+        answer = await predict(server.port, request)
+        assert (answer.model_name, answer.model_version) == (model, "4")
+        fresh, unknown, old = answer.predictions
+        assert fresh.entity_id == "fresh"
+        assert list(fresh.outputs["y"].values) == pytest.approx([float(W @ [1, 2, 5]) + 4])
+        assert set(fresh.feature_ages_s) == set(NUMERIC)
+        assert all(5 < age < 60 for age in fresh.feature_ages_s.values())
+        assert list(fresh.defaulted_features) == []
+        assert (fresh.model_version, fresh.alias) == ("4", "champion")
+        for p in (unknown, old):  # no value / older than max_feature_age_s (3600)
+            assert list(p.defaulted_features) == list(NUMERIC)
+            assert dict(p.feature_ages_s) == {}
+            assert list(p.outputs["y"].values) == pytest.approx([float(W @ [0.5, 0.5, 0.5]) + 4])
+
+        # a request-time field replaces the online value
+        fields = {"amount": ppb.FieldValue(double_value=100.0)}
+        answer = await predict(server.port, ppb.PredictRequest(entity_ids=["fresh"], fields=fields))
+        assert list(answer.predictions[0].outputs["y"].values) == pytest.approx(
+            [float(W @ [1, 2, 100]) + 4]
+        )
+        assert "card_activity.amount" not in answer.predictions[0].feature_ages_s
+
+        bad = await failure(
+            server.port, ppb.PredictRequest(entity_ids=["x"], fields={"nope": fields["amount"]})
+        )
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'nope'" in (bad.details() or "")
+
+
+async def test_fail_policy_and_redis_down_and_no_spec(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    model, prefix = f"m_{unique.replace('-', '_')}", f"pred-{unique}"
+    await write(redis_url, prefix, {"fresh": (1.0, 2.0, 5.0)}, age_s=1)
+    spec = spec_for(model, missing_features="fail", defaults={})
+    redis = RedisSettings(url=redis_url, key_prefix=prefix)
+    async with serving(model, None, redis=redis, spec_=spec) as (server, _):
+        await server.reloader.apply(pub(tmp_path, model, 1))
+        assert server.port is not None
+        ok = await predict(server.port, ppb.PredictRequest(entity_ids=["fresh"]))
+        assert ok.predictions[0].outputs["y"].values
+        failed = await failure(server.port, ppb.PredictRequest(entity_ids=["fresh", "ghost"]))
+        assert failed.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'ghost': card_activity.count_10m (no online value)" in (failed.details() or "")
+
+    down = RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_s=0.5)
+    async with serving(model, None, redis=down, spec_=spec) as (server, _):
+        await server.reloader.apply(pub(tmp_path, model, 1))
+        assert server.port is not None
+        failed = await failure(server.port, ppb.PredictRequest(entity_ids=["fresh"]))
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE
+        assert "online store" in (failed.details() or "")
+
+    async with serving(model, None) as (server, stub):
+        await server.reloader.apply(pub(tmp_path, model, 1))
+        assert server.port is not None
+        failed = await failure(server.port, ppb.PredictRequest(entity_ids=["fresh"]))
+        assert failed.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no spec" in (failed.details() or "")
+        x = np.ones((1, 3), dtype=np.float32)  # the OIP still serves
+        request = pb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+        request.raw_input_contents.append(x.tobytes())
+        assert (await stub.ModelInfer(request)).model_version == "1"
+
+
+async def test_canary_is_sticky_per_entity_and_shadow_never_changes_a_response(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    model, prefix = f"m_{unique.replace('-', '_')}", f"pred-{unique}"
+    ids = [f"card_{i:04d}" for i in range(300)]
+    await write(redis_url, prefix, dict.fromkeys(ids, (1.0, 1.0, 1.0)), age_s=1)
+    spec = spec_for(model, canary_weight=0.3, shadow=True)
+    redis = RedisSettings(url=redis_url, key_prefix=prefix)
+    async with serving(model, None, redis=redis, spec_=spec) as (server, stub):
+        assert server.port is not None
+        await server.reloader.apply(pub(tmp_path, model, 1))
+        before = await predict(server.port, ppb.PredictRequest(entity_ids=ids))
+        assert {p.alias for p in before.predictions} == {"champion"}
+        assert await server.reloader.apply(pub(tmp_path, model, 2, "canary"))
+        split = await predict(server.port, ppb.PredictRequest(entity_ids=ids))
+        again = await predict(server.port, ppb.PredictRequest(entity_ids=ids))
+        assert answers(split) == answers(again)  # sticky
+        for p in split.predictions:
+            canary = goes_to_canary(model, p.entity_id, 0.3)
+            assert (p.alias, p.model_version) == (("canary", "2") if canary else ("champion", "1"))
+            assert p.outputs["y"].values[0] == pytest.approx(float(W.sum()) + (2 if canary else 1))
+        assert 0 < sum(p.alias == "canary" for p in split.predictions) < len(ids)
+
+        # ModelInfer with an entity id follows the same split
+        for entity in ids[:40]:
+            request = pb.ModelInferRequest(model_name=model)
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+            request.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
+            request.parameters[ENTITY_PARAMETER].string_param = entity
+            answer = await stub.ModelInfer(request)
+            expected = "2" if goes_to_canary(model, entity, 0.3) else "1"
+            assert answer.model_version == expected
+            assert output_of(answer)[0, 0] == pytest.approx(float(W.sum()) + int(expected))
+
+        assert await server.reloader.apply(pub(tmp_path, model, 3, "shadow"))
+        assert server.shadow is not None
+        with_shadow = await predict(server.port, ppb.PredictRequest(entity_ids=ids))
+        assert answers(with_shadow) == answers(split)
+        await server.shadow.drain(5)
+        assert server.shadow.scored >= 1
+        assert server.shadow.failed == 0

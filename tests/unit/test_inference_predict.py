@@ -1,0 +1,154 @@
+"""Predict by entity without I/O: the missing/stale policy, and how features become model inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mlbus.example import fraud_spec_path
+from mlbus.featurestore import FeatureVector
+from mlbus.inference import (
+    FeatureLayout,
+    FeaturesUnavailable,
+    MissingFeatures,
+    load_model,
+    resolve_features,
+)
+from mlbus.spec import ProjectSpec, ServingSpec, parse_spec
+from tests.unit.test_inference_model import linear_model, sha
+
+NUMERIC = ("card_activity.count_10m", "card_activity.amount_sum_1h", "card_activity.amount")
+
+
+def numeric_spec(**serving: object) -> ProjectSpec:
+    """The fraud example with three numeric model features and the given serving section."""
+    data = yaml.safe_load(Path(fraud_spec_path()).read_text())
+    data["model"]["features"] = list(NUMERIC)
+    data["drift"]["features"] = {}
+    data["serving"] = {
+        "missing_features": "default",
+        "defaults": dict.fromkeys(NUMERIC, 0),
+        "max_feature_age_s": 3600,
+        **serving,
+    }
+    return parse_spec(yaml.safe_dump(data))
+
+
+def serving(policy: str, max_age: int | None = 3600) -> ServingSpec:
+    return ServingSpec(
+        model="m",
+        missing_features=policy,  # type: ignore[arg-type]
+        defaults={"v.a": 1.5, "v.b": 7},
+        max_feature_age_s=max_age,
+    )
+
+
+REFS = ("v.a", "v.b")
+
+
+def test_fresh_values_are_used_with_their_ages() -> None:
+    vectors = [FeatureVector("e1", {"v.a": 2.0, "v.b": 3}, {"v.a": 5.0, "v.b": 5.0})]
+    (row,) = resolve_features(vectors, REFS, serving("fail"))
+    assert row.values == (2.0, 3)
+    assert row.ages_s == {"v.a": 5.0, "v.b": 5.0}
+    assert row.defaulted == ()
+
+
+def test_fail_names_each_entity_its_missing_features_and_why() -> None:
+    vectors = [
+        FeatureVector("e1", {"v.a": 2.0, "v.b": 3}, {"v.a": 1.0, "v.b": 1.0}),
+        FeatureVector("e2", {}, {}),
+        FeatureVector("e3", {"v.a": 2.0, "v.b": None}, {"v.a": 7200.0, "v.b": 7200.0}),
+    ]
+    with pytest.raises(MissingFeatures) as failed:
+        resolve_features(vectors, REFS, serving("fail"))
+    message = str(failed.value)
+    assert "2 of 3 entities" in message
+    assert "'e2': v.a (no online value), v.b (no online value)" in message
+    assert "'e3': v.a (7200s old > max_feature_age_s 3600s), v.b (null)" in message
+    assert "'e1'" not in message
+    assert failed.value.grpc_status.name == "FAILED_PRECONDITION"
+
+
+def test_default_replaces_missing_and_stale_values_and_says_so() -> None:
+    vectors = [
+        FeatureVector("e1", {"v.a": 2.0}, {"v.a": 10.0}),
+        FeatureVector("e2", {"v.a": 2.0, "v.b": 4}, {"v.a": 4000.0, "v.b": 4000.0}),
+    ]
+    first, second = resolve_features(vectors, REFS, serving("default"))
+    assert (first.values, first.ages_s, first.defaulted) == ((2.0, 7), {"v.a": 10.0}, ("v.b",))
+    assert (second.values, second.ages_s, second.defaulted) == ((1.5, 7), {}, ("v.a", "v.b"))
+
+
+def test_without_a_max_age_old_values_are_fresh() -> None:
+    vectors = [FeatureVector("e1", {"v.a": 2.0, "v.b": 3}, {"v.a": 1e9, "v.b": 1e9})]
+    (row,) = resolve_features(vectors, REFS, serving("fail", max_age=None))
+    assert row.defaulted == ()
+
+
+def test_request_fields_win_over_online_values_and_have_no_age() -> None:
+    vectors = [FeatureVector("e1", {}, {})]
+    (row,) = resolve_features(vectors, REFS, serving("fail"), {"v.a": 9.0, "v.b": 1})
+    assert row.values == (9.0, 1)
+    assert row.ages_s == {}
+
+
+def test_many_failing_entities_are_summarised() -> None:
+    vectors = [FeatureVector(f"e{i}", {}, {}) for i in range(25)]
+    with pytest.raises(MissingFeatures, match=r"25 of 25 entities.*and 15 more"):
+        resolve_features(vectors, REFS, serving("fail"))
+
+
+def test_a_numeric_matrix_model_takes_the_features_in_spec_order() -> None:
+    spec = numeric_spec()
+    data = linear_model(1, width=3)
+    model = load_model("m", 1, data, expected_sha256=sha(data))
+    features = spec.model_features()
+    layout = FeatureLayout.of(model, features)
+    assert layout.kind == "matrix"
+    assert layout.feature_names == NUMERIC
+    vectors = [
+        FeatureVector(
+            "e", {r: float(i) for i, r in enumerate(NUMERIC)}, dict.fromkeys(NUMERIC, 1.0)
+        )
+    ]
+    rows = resolve_features(vectors, NUMERIC, spec.serving)
+    inputs = layout.build(rows, features)
+    assert inputs["x"].dtype == np.float32
+    assert inputs["x"].tolist() == [[0.0, 1.0, 2.0]]
+
+
+def test_a_string_feature_cannot_feed_a_numeric_matrix_and_is_named() -> None:
+    spec = ProjectSpec.model_validate(yaml.safe_load(Path(fraud_spec_path()).read_text()))
+    features = spec.model_features()
+    data = linear_model(1, width=len(features))
+    model = load_model("m", 1, data, expected_sha256=sha(data))
+    with pytest.raises(FeaturesUnavailable) as failed:
+        FeatureLayout.of(model, features)
+    assert "card_activity.merchant_category" in str(failed.value)
+    assert "card_activity.country" in str(failed.value)
+    assert failed.value.grpc_status.name == "FAILED_PRECONDITION"
+
+
+def test_a_model_of_another_width_is_refused_with_both_counts() -> None:
+    spec = numeric_spec()
+    data = linear_model(1, width=5)
+    model = load_model("m", 1, data, expected_sha256=sha(data))
+    with pytest.raises(FeaturesUnavailable, match=r"5 columns.*3 features"):
+        FeatureLayout.of(model, spec.model_features())
+
+
+def test_one_input_per_feature_is_fed_column_by_column() -> None:
+    spec = numeric_spec()
+    data = linear_model(1, width=1, input_name="amount")
+    model = load_model("m", 1, data, expected_sha256=sha(data))
+    features = spec.model_features()
+    layout = FeatureLayout.of(model, features)
+    assert layout.kind == "columns"
+    vectors = [FeatureVector("e", dict.fromkeys(NUMERIC, 3.0), dict.fromkeys(NUMERIC, 1.0))]
+    inputs = layout.build(resolve_features(vectors, NUMERIC, spec.serving), features)
+    assert list(inputs) == ["amount"]
+    assert inputs["amount"].shape == (1, 1)
