@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -22,7 +22,7 @@ import grpc.aio
 from pydantic import SecretStr
 
 from mlbus._grpcutil import Behavior, rewrap_handler
-from mlbus.errors import MlbusError
+from mlbus.errors import ConfigError, MlbusError
 from mlbus.telemetry import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -117,3 +117,37 @@ def server_interceptors(
     chain.extend(extra)
     chain.append(ErrorInterceptor())
     return chain
+
+
+def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> Any:
+    """gRPC health checking and server reflection for `services` (full names).
+
+    Returns the health servicer: set `""` and each service SERVING when ready,
+    and call `enter_graceful_shutdown()` when stopping.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1.health import aio as health_aio
+    from grpc_reflection.v1alpha import reflection
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
+    return health
+
+
+def bind_port(server: grpc.aio.Server, host: str, port: int, variable: str) -> int:
+    """Listen on `host:port` (0 picks a free port); a taken port is a clear `ConfigError`."""
+    address = f"{host}:{port}"
+    try:
+        bound = int(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        bound, reason = 0, str(exc)
+    else:
+        reason = "the port is taken"
+    if not bound:
+        raise ConfigError(
+            f"cannot serve gRPC on {address} ({reason}); set {variable} to a free port, "
+            "or 0 to pick one"
+        )
+    return bound

@@ -8,8 +8,7 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health_pb2
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
@@ -17,7 +16,7 @@ from mlbus.config import load_settings
 from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated
 from mlbus.featurestore import OfflineStore, OnlineStore
-from mlbus.rpc import server_interceptors
+from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
 
@@ -76,11 +75,10 @@ class FeatureService:
             server = grpc.aio.server(interceptors=server_interceptors())
             servicer = FeatureServicer(self.spec, online)
             pb_grpc.add_FeatureServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-            health = health_aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(health, server)
-            self.grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-            if not self.grpc_port:
-                raise ConfigError(f"cannot bind gRPC port {settings.grpc_port}")
+            health = add_health_and_reflection(server, ("mlbus.features.v1.FeatureService",))
+            self.grpc_port = bind_port(
+                server, settings.grpc_host, settings.grpc_port, "MLBUS_FEATURES_GRPC_PORT"
+            )
             await server.start()
             for name in ("", "mlbus.features.v1.FeatureService"):
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)

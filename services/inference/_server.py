@@ -25,19 +25,17 @@ from typing import Self
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from mlbus.api.inference.v1 import predict_pb2, predict_pb2_grpc
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
 from mlbus.featurestore import OnlineStore
 from mlbus.registry_client import RegistryClient
-from mlbus.rpc import server_interceptors
+from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.runtime import discover
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
@@ -173,24 +171,14 @@ class InferenceServer:
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.predictor, server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        self._health = add_health_and_reflection(
+            server,
             (
                 grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                 predict_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
-            server,
         )
-        address = f"{self._host}:{settings.grpc_port}"
-        try:
-            self.port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot serve gRPC on {address} ({exc}); set MLBUS_INFERENCE_GRPC_PORT "
-                "to a free port, or 0 to pick one"
-            ) from None
+        self.port = bind_port(server, self._host, settings.grpc_port, "MLBUS_INFERENCE_GRPC_PORT")
         await server.start()
         self._server = server
         await self._set_health()

@@ -19,17 +19,15 @@ from typing import Any, Self
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
-from mlbus.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from mlbus.api.registry.v1 import registry_pb2_grpc
 from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings, load_settings
-from mlbus.errors import ConfigError
 from mlbus.events import Event
 from mlbus.registry_client import SERVICE_NAME
-from mlbus.rpc import server_interceptors
+from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.runtime import discover
 from mlbus.spec import ModelSpec, load_spec
 from mlbus.telemetry import setup_telemetry
@@ -134,23 +132,8 @@ class RegistryServer:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             RegistryServicer(self.registry), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        address = f"{self._host}:{settings.grpc_port}"
-        try:
-            self.port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot serve gRPC on {address} ({exc}); set MLBUS_REGISTRY_GRPC_PORT "
-                "to a free port, or 0 to pick one"
-            ) from None
+        self._health = add_health_and_reflection(server, (SERVICE_NAME,))
+        self.port = bind_port(server, self._host, settings.grpc_port, "MLBUS_REGISTRY_GRPC_PORT")
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):

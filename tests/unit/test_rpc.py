@@ -5,6 +5,7 @@ A real grpc.aio server on loopback with a generic handler, no stubs needed.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -12,8 +13,8 @@ import grpc.aio
 import pytest
 from pydantic import SecretStr
 
-from mlbus.errors import InvalidInput, ModelNotReady, NotFound, RetryableError
-from mlbus.rpc import server_interceptors
+from mlbus.errors import ConfigError, InvalidInput, ModelNotReady, NotFound, RetryableError
+from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 
 SERVICE = "test.Echo"
 
@@ -121,5 +122,40 @@ async def test_bearer_token_guards_only_protected_methods() -> None:
             await call(address, "Write", (("authorization", "Bearer nope"),))
         assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await call(address, "Write", (("authorization", "Bearer s3cret"),)) == b"done"
+    finally:
+        await server.stop(grace=None)
+
+
+async def test_a_taken_port_is_a_config_error_naming_the_variable() -> None:
+    # A plain listener (no SO_REUSEPORT, unlike gRPC's own) holds the port.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = grpc.aio.server()
+        try:
+            with pytest.raises(ConfigError, match="MLBUS_TEST_GRPC_PORT"):
+                bind_port(server, "127.0.0.1", port, "MLBUS_TEST_GRPC_PORT")
+            assert bind_port(server, "127.0.0.1", 0, "MLBUS_TEST_GRPC_PORT") > 0
+        finally:
+            await server.stop(grace=None)
+
+
+async def test_health_and_reflection_answer_for_the_named_services() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    health = add_health_and_reflection(server, ("test.Echo",))
+    port = bind_port(server, "127.0.0.1", 0, "MLBUS_TEST_GRPC_PORT")
+    await server.start()
+    try:
+        await health.set("test.Echo", health_pb2.HealthCheckResponse.SERVING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service="test.Echo"), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await server.stop(grace=None)
