@@ -17,6 +17,7 @@ from mlbus.cli import (
     _schemas,
     _spec,
     _trace,
+    _train,
 )
 
 app = typer.Typer(
@@ -27,7 +28,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_runtime, _ingest, _features, _models, _trace, _spec, _example, _schemas):
+for _module in (
+    _runtime,
+    _ingest,
+    _features,
+    _train,
+    _models,
+    _trace,
+    _spec,
+    _example,
+    _schemas,
+):
     _module.register(app)
 
 

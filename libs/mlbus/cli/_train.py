@@ -1,0 +1,178 @@
+"""`mlbus train`: the trainer's pipeline, once, in this process, with a progress display.
+
+Reads the offline store and the label log (`mlbus.training`), trains, converts
+to ONNX, checks parity, scores the current champion on the same window and
+registers the result (unless `--no-register`); the registry's gates decide
+promotion. Register this module in `mlbus.cli.__init__` (`_train`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._features import _spec, _when
+
+STAGES = {
+    "dataset": "building the point-in-time dataset",
+    "split": "splitting by time",
+    "fit": "fitting",
+    "convert": "converting to ONNX",
+    "parity": "checking ONNX parity",
+    "evaluate": "evaluating",
+    "profile": "profiling for drift",
+    "champion": "scoring the champion on the same window",
+}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_command(
+        spec_path: Annotated[Path | None, typer.Option("--spec", help="mlbus.yaml")] = None,
+        start: Annotated[
+            str | None, typer.Option("--from", help="Labels from (ISO, inclusive, UTC default).")
+        ] = None,
+        end: Annotated[
+            str | None, typer.Option("--to", help="Labels until (ISO, exclusive).")
+        ] = None,
+        offline_url: Annotated[
+            str | None,
+            typer.Option(
+                "--offline",
+                envvar="MLBUS_TRAINER_OFFLINE_URL",
+                help="Offline store folder or s3:// URL (default: offline/ in the data folder).",
+            ),
+        ] = None,
+        registry: Annotated[
+            str | None,
+            typer.Option(
+                "--registry", help="Registry host:port (default: the running `mlbus up`)."
+            ),
+        ] = None,
+        no_register: Annotated[
+            bool, typer.Option("--no-register", help="Train and evaluate only.")
+        ] = False,
+    ) -> None:
+        """Train the spec's model once and register it; print version, metrics, promotion."""
+        import mlbus
+        from mlbus.cli._models import registry_address
+        from mlbus.config import MlbusSettings
+        from mlbus.errors import MlbusError
+        from mlbus.registry_client import Registration, RegistryClient
+        from mlbus.training import (
+            Champion,
+            TrainingFailed,
+            TrainingJob,
+            TrainingOutcome,
+            fetch_champion,
+            register_outcome,
+            run_job,
+        )
+
+        settings = settings_or_exit(MlbusSettings)
+        spec = _spec(settings, spec_path)
+        url = offline_url or str(settings.data.offline_store)
+        token = os.environ.get("MLBUS_REGISTRY_TOKEN") or None
+        address = None if no_register else registry_address(registry)
+        run_id = uuid.uuid4().hex
+
+        async def champion() -> Champion | None:
+            assert address is not None
+            async with RegistryClient(address, token=token) as client:
+                return await fetch_champion(client, spec.model.name)
+
+        async def register_it(outcome: TrainingOutcome) -> Registration:
+            assert address is not None
+            async with RegistryClient(address, token=token) as client:
+                return await register_outcome(
+                    client,
+                    spec,
+                    outcome,
+                    run_id=run_id,
+                    code_version=mlbus.__version__,
+                    reason="mlbus train",
+                )
+
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        try:
+            current = None if address is None else asyncio.run(champion())
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as progress:
+                task = progress.add_task(f"training {spec.model.name}", total=None)
+
+                def say(stage: str) -> None:
+                    progress.update(
+                        task, description=f"{spec.model.name}: {STAGES.get(stage, stage)}"
+                    )
+
+                job = TrainingJob(
+                    spec,
+                    url,
+                    _when(start),
+                    _when(end),
+                    champion=current,
+                    code_version=mlbus.__version__,
+                )
+                outcome = run_job(job, progress=say)
+                registration = None
+                if address is not None:
+                    progress.update(task, description=f"{spec.model.name}: registering")
+                    registration = asyncio.run(register_it(outcome))
+        except TrainingFailed as exc:
+            fail(f"training failed at {exc.stage}: {exc.reason}")
+        except MlbusError as exc:
+            fail(str(exc))
+        _print(spec.model.name, outcome, registration)
+
+
+def _print(model: str, outcome: object, registration: object) -> None:
+    from rich.table import Table
+
+    from mlbus.registry_client import Registration
+    from mlbus.training import TrainingOutcome
+
+    assert isinstance(outcome, TrainingOutcome)
+    trained = outcome.trained
+    table = Table(title=f"{model} · {trained.rows:,} rows · fit {trained.fit_s:.1f}s")
+    table.add_column("metric")
+    table.add_column("evaluation window", justify="right")
+    table.add_column("holdout", justify="right")
+    table.add_column("champion (window)", justify="right")
+    for name, value in trained.metrics.items():
+        held = trained.holdout_metrics.get(name)
+        champ = outcome.champion_metrics.get(name)
+        table.add_row(
+            name,
+            f"{value:.4f}",
+            "" if held is None else f"{held:.4f}",
+            "" if champ is None else f"{champ:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"dataset sha256:{outcome.fingerprint}\n"
+        f"evaluation window {trained.split.evaluation_window()}\n"
+        f"ONNX parity max error {trained.parity_max_error:.2e}, size {len(trained.onnx):,} bytes",
+        highlight=False,
+    )
+    if isinstance(registration, Registration):
+        verdict = (
+            "[green]promoted to champion[/]" if registration.promoted else "[yellow]not promoted[/]"
+        )
+        console.print(
+            f"registered {model} v{registration.version.version}: {verdict} — "
+            f"{registration.version.gate.reason}"
+        )
+    else:
+        console.print("not registered (--no-register)")

@@ -1,0 +1,423 @@
+"""The trainer's process: training requests in, registered models and outcome events out.
+
+One run per model at a time, in a worker process (spawned, one worker), so the
+event loop keeps heartbeating and consuming while scikit-learn works. A request
+for a model that is already training is coalesced: however many arrive, one
+follow-up run starts when the current one ends, with the newest request.
+The request's offset is committed once the request is accepted (ADR 0015).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import time
+import uuid
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+
+import mlbus
+from mlbus.bus import Consumer, Publisher, Received, ensure_topics
+from mlbus.config import load_settings
+from mlbus.errors import ConfigError, MlbusError
+from mlbus.events import (
+    INGEST_VALIDATED,
+    TRAINING_COMPLETED,
+    TRAINING_FAILED,
+    TRAINING_REQUESTED,
+    Event,
+    IngestValidated,
+    TrainingCompleted,
+    TrainingFailed,
+    TrainingRequested,
+)
+from mlbus.featurestore import OfflineStore
+from mlbus.registry_client import ModelVersionInfo, RegistryClient
+from mlbus.spec import ProjectSpec, load_spec
+from mlbus.telemetry import setup_telemetry
+from mlbus.training import (
+    LabelRow,
+    TrainingJob,
+    TrainingOutcome,
+    fetch_champion,
+    register_outcome,
+    run_job,
+    write_labels,
+)
+from mlbus.training import TrainingFailed as RunFailed
+from mlbus.training._pipeline import Fit
+
+from ._settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("mlbus.trainer")
+
+
+def worker_pool() -> ProcessPoolExecutor:
+    """One spawned worker: no fork of the event loop's threads, a crash stays contained."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+@dataclass
+class _ModelState:
+    running: asyncio.Task[None] | None = None
+    pending: Received[Event] | None = None
+    coalesced: int = 0
+
+
+@dataclass
+class TrainerService:
+    """The running parts; `run()` until `stop()` (idempotent).
+
+    `executor` (default: one spawned worker process) runs the CPU work; `fit`
+    replaces the estimator's fit (a seam for tests; picklable for a process pool).
+    """
+
+    settings: TrainerSettings
+    spec: ProjectSpec
+    executor: Executor | None = None
+    fit: Fit | None = None
+    runs_started: int = 0
+    runs_finished: int = 0
+    _states: dict[str, _ModelState] = field(default_factory=dict)
+    _publisher: Publisher | None = None
+    _consumers: list[Consumer[Event]] = field(default_factory=list)
+    _labels: list[tuple[str, LabelRow]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for consumer in self._consumers:
+            consumer.stop()
+
+    async def wait_started(self, timeout_s: float = 60.0) -> None:
+        await asyncio.wait_for(self._started.wait(), timeout_s)
+        for consumer in self._consumers:
+            await consumer.wait_assigned(timeout_s)
+
+    async def wait_idle(self, timeout_s: float = 120.0) -> None:
+        """Until no run is in progress or pending (tests, graceful stop)."""
+        await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    async def run(self) -> None:
+        settings = self.settings
+        owns_executor = self.executor is None
+        self.executor = self.executor or worker_pool()
+        topics = [TRAINING_REQUESTED, TRAINING_COMPLETED, TRAINING_FAILED]
+        if settings.record_labels:
+            topics.append(INGEST_VALIDATED)
+        await ensure_topics(settings.kafka, topics)
+        try:
+            async with Publisher(settings.kafka, source="trainer") as publisher:
+                self._publisher = publisher
+                self._consumers = [
+                    Consumer.of_events(
+                        settings.kafka,
+                        types=[TrainingRequested],
+                        group_id=settings.group_id,
+                        handler=self._on_request,
+                        publisher=publisher,
+                    )
+                ]
+                if settings.record_labels:
+                    self._consumers.append(
+                        Consumer.of_events(
+                            settings.kafka,
+                            types=[IngestValidated],
+                            group_id=settings.labels_group_id,
+                            handler=self._on_validated,
+                            publisher=publisher,
+                            before_commit=self._flush_labels,
+                        )
+                    )
+                if self._stop.is_set():
+                    return
+                self._started.set()
+                async with asyncio.TaskGroup() as tasks:
+                    for consumer in self._consumers:
+                        tasks.create_task(consumer.run(), name=f"consume-{consumer.topics}")
+                    if self.spec.model.schedule_every_min:
+                        tasks.create_task(self._schedule(publisher), name="schedule")
+                    await self._stop.wait()
+                    for consumer in self._consumers:
+                        consumer.stop()
+                    for state in self._states.values():
+                        state.pending = None
+                        if state.running is not None:
+                            state.running.cancel()
+        finally:
+            if owns_executor:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ── requests and coalescing ──────────────────────────────────────────────
+
+    async def _on_request(self, received: Received[Event]) -> None:
+        request = received.payload
+        if not isinstance(request, TrainingRequested):
+            return
+        if request.model != self.spec.model.name:
+            log.warning("ignoring training request for unknown model %r", request.model)
+            return
+        state = self._states.setdefault(request.model, _ModelState())
+        if state.running is not None:
+            state.coalesced += 1 if state.pending is not None else 0
+            state.pending = received  # the newest request wins; one follow-up run at most
+            log.info(
+                "model %s is training: request %s coalesced into the follow-up run",
+                request.model,
+                request.event_id,
+            )
+            return
+        self._start(request.model, state, received)
+
+    def _start(self, model: str, state: _ModelState, received: Received[Event]) -> None:
+        self.runs_started += 1
+        self._idle.clear()
+        state.running = asyncio.create_task(self._run_then_follow_up(model, state, received))
+
+    async def _run_then_follow_up(
+        self, model: str, state: _ModelState, received: Received[Event]
+    ) -> None:
+        try:
+            await self._train(received)
+        finally:
+            self.runs_finished += 1
+            state.running = None
+            follow_up, state.pending = state.pending, None
+            if follow_up is not None and not self._stop.is_set():
+                self._start(model, state, follow_up)
+            elif all(s.running is None for s in self._states.values()):
+                self._idle.set()
+
+    # ── one run ──────────────────────────────────────────────────────────────
+
+    async def _train(self, received: Received[Event]) -> None:
+        request = received.payload
+        assert isinstance(request, TrainingRequested)
+        assert self._publisher is not None
+        run_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        spec = self.spec
+        stage = "dataset"
+        with _tracer.start_as_current_span(
+            "training.run",
+            attributes={
+                "mlbus.model": request.model,
+                "mlbus.run_id": run_id,
+                "mlbus.reason": request.reason,
+                "mlbus.request_event_id": request.event_id,
+            },
+        ) as span:
+            try:
+                async with self._registry() as client:
+                    with _tracer.start_as_current_span("training.champion"):
+                        champion = await fetch_champion(client, spec.model.name)
+                    job = TrainingJob(
+                        spec,
+                        self.settings.resolved_offline_url(),
+                        request.window_start,
+                        request.window_end,
+                        champion=champion,
+                        code_version=mlbus.__version__,
+                        fit=self.fit,
+                    )
+                    with _tracer.start_as_current_span("training.pipeline"):
+                        outcome = await self._run_job(job)
+                    span.set_attribute("mlbus.dataset_fingerprint", outcome.fingerprint)
+                    span.set_attribute("mlbus.rows", outcome.trained.rows)
+                    stage = "register"
+                    with _tracer.start_as_current_span("training.register"):
+                        registration = await register_outcome(
+                            client,
+                            spec,
+                            outcome,
+                            run_id=run_id,
+                            code_version=mlbus.__version__,
+                            reason=f"trained on request ({request.reason})",
+                        )
+            except RunFailed as exc:
+                await self._failed(request, run_id, exc.stage, exc.reason, span)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (MlbusError, TimeoutError, ConnectionError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if stage == "dataset":
+                    reason = f"registry at {self.settings.registry_address} unreachable: {reason}"
+                    stage = "register"
+                await self._failed(request, run_id, stage, reason, span)  # type: ignore[arg-type]
+                return
+            except Exception as exc:  # a bug in a run must not stop the service
+                log.exception("training run %s failed unexpectedly", run_id)
+                await self._failed(request, run_id, "train", f"{type(exc).__name__}: {exc}", span)
+                return
+            version = registration.version
+            completed = TrainingCompleted(
+                model=spec.model.name,
+                run_id=run_id,
+                request_event_id=request.event_id,
+                version=version.version,
+                metrics=outcome.trained.all_metrics(),
+                dataset_fingerprint=outcome.fingerprint,
+                rows=outcome.trained.rows,
+                duration_s=time.perf_counter() - started,
+                promoted=registration.promoted,
+                promotion_reason=_promotion_reason(registration.promoted, version, outcome),
+            )
+            span.set_attribute("mlbus.version", version.version)
+            span.set_attribute("mlbus.promoted", registration.promoted)
+            await self._publisher.publish(completed, key=spec.model.name)
+            log.info(
+                "trained %s v%d on %d rows in %.1fs (promoted: %s)",
+                spec.model.name,
+                version.version,
+                outcome.trained.rows,
+                completed.duration_s,
+                registration.promoted,
+            )
+
+    async def _run_job(self, job: TrainingJob) -> TrainingOutcome:
+        assert self.executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.run_timeout_s):
+                return await loop.run_in_executor(self.executor, run_job, job)
+        except BrokenProcessPool:
+            self.executor = worker_pool()  # the worker died (OOM?): next run gets a new one
+            raise RunFailed("train", "the training worker process died (out of memory?)") from None
+        except TimeoutError:
+            raise RunFailed(
+                "train", f"the run took longer than {self.settings.run_timeout_s:.0f}s"
+            ) from None
+
+    def _registry(self) -> RegistryClient:
+        token = self.settings.registry_token
+        return RegistryClient(
+            self.settings.registry_address,
+            token=None if token is None else token.get_secret_value(),
+            timeout_s=self.settings.registry_timeout_s,
+        )
+
+    async def _failed(
+        self,
+        request: TrainingRequested,
+        run_id: str,
+        stage: str,
+        reason: str,
+        span: trace.Span,
+    ) -> None:
+        assert self._publisher is not None
+        span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
+        span.set_attribute("mlbus.failed_stage", stage)
+        log.warning("training of %s failed at %s: %s", request.model, stage, reason)
+        await self._publisher.publish(
+            TrainingFailed(
+                model=request.model,
+                run_id=run_id,
+                request_event_id=request.event_id,
+                stage=stage,  # type: ignore[arg-type]
+                reason=reason,
+            ),
+            key=request.model,
+        )
+
+    # ── schedule ─────────────────────────────────────────────────────────────
+
+    async def _schedule(self, publisher: Publisher) -> None:
+        every_s = (self.spec.model.schedule_every_min or 0) * 60
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), every_s)
+                return
+            except TimeoutError:
+                pass
+            now = datetime.now(UTC)
+            request = TrainingRequested(
+                model=self.spec.model.name,
+                reason="schedule",
+                requested_by="mlbus-trainer",
+                window_end=None,
+                window_start=None,
+            )
+            try:
+                await publisher.publish(request, key=request.model)
+                log.info("scheduled training of %s requested at %s", request.model, now)
+            except Exception:
+                log.exception("could not publish the scheduled training request")
+
+    # ── label log ────────────────────────────────────────────────────────────
+
+    async def _on_validated(self, received: Received[Event]) -> None:
+        event = received.payload
+        if not isinstance(event, IngestValidated):
+            return
+        source = self.spec.sources.get(event.source)
+        if source is None or source.labels is None:
+            return
+        link = source.labels
+        labelled = event.payload.get(link.event_id_field)
+        label = event.payload.get(link.label_field)
+        if labelled is None or label is None:
+            return
+        self._labels.append(
+            (
+                event.source,
+                LabelRow(
+                    entity_id=event.entity_id,
+                    event_id=str(labelled),
+                    label_time_ms=int(event.event_time.timestamp() * 1000),
+                    label_event_id=event.event_id,
+                    label=label,
+                ),
+            )
+        )
+        if len(self._labels) >= self.settings.label_flush_rows:
+            await self._flush_labels()
+
+    async def _flush_labels(self) -> None:
+        """Write buffered labels before their offsets commit (at-least-once; readers de-dup)."""
+        if not self._labels:
+            return
+        rows, self._labels = self._labels, []
+        offline = OfflineStore(self.settings.resolved_offline_url())
+        for name in {source for source, _ in rows}:
+            chunk = [row for source, row in rows if source == name]
+            await asyncio.to_thread(write_labels, offline, name, chunk)
+
+
+def _promotion_reason(promoted: bool, version: ModelVersionInfo, outcome: TrainingOutcome) -> str:
+    reason = version.gate.reason or ("promoted to champion" if promoted else "kept as a candidate")
+    if outcome.champion_problem:
+        reason += f" (champion not rescored: {outcome.champion_problem})"
+    return reason
+
+
+async def _main(settings: TrainerSettings) -> None:
+    if settings.spec is None:
+        raise ConfigError("the trainer needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
+    service = TrainerService(settings, load_spec(settings.spec))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def run(settings: TrainerSettings | None = None) -> None:
+    """Start the trainer and block until SIGTERM/SIGINT."""
+    settings = settings or load_settings(TrainerSettings)
+    telemetry = setup_telemetry("trainer", settings)
+    try:
+        asyncio.run(_main(settings))
+    finally:
+        telemetry.shutdown()

@@ -1,0 +1,56 @@
+"""Settings of the trainer (`MLBUS_TRAINER_*`)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlencode, urlparse
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mlbus.config import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    """How the trainer consumes requests, reads data and registers models.
+
+    MLBUS_TRAINER_GROUP_ID              consumer group of training requests (mlbus-trainer)
+    MLBUS_TRAINER_LABELS_GROUP_ID       consumer group recording label events (mlbus-trainer-labels)
+    MLBUS_TRAINER_RECORD_LABELS         record validated label events into the label log (true)
+    MLBUS_TRAINER_LABEL_FLUSH_ROWS      write a label Parquet file at most this many rows
+    MLBUS_TRAINER_REGISTRY_ADDRESS      host:port of the registry's gRPC API (127.0.0.1:8002)
+    MLBUS_TRAINER_REGISTRY_TOKEN        bearer token for Register (unset: none)
+    MLBUS_TRAINER_OFFLINE_URL           offline store (folder or s3://); default offline/ in the
+                                        data folder, the feature service's default
+    MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
+    MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLBUS_TRAINER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    group_id: str = "mlbus-trainer"
+    labels_group_id: str = "mlbus-trainer-labels"
+    record_labels: bool = True
+    label_flush_rows: int = Field(default=50_000, ge=1)
+    registry_address: str = "127.0.0.1:8002"
+    registry_token: SecretStr | None = None
+    registry_timeout_s: float = Field(default=30.0, gt=0)
+    offline_url: str | None = Field(
+        default=None, description="Parquet root (folder or s3:// URL); unset: the data folder."
+    )
+    s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
+    run_timeout_s: float = Field(default=3600.0, gt=0)
+
+    def resolved_offline_url(self) -> str:
+        """The offline root; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""
+        url = self.offline_url or str(self.data.offline_store)
+        parsed = urlparse(url)
+        if (
+            parsed.scheme != "s3"
+            or self.s3_endpoint_url is None
+            or "endpoint_url" in parse_qs(parsed.query)
+        ):
+            return url
+        endpoint = urlencode({"endpoint_url": self.s3_endpoint_url})
+        return parsed._replace(query="&".join(q for q in (parsed.query, endpoint) if q)).geturl()
