@@ -3,14 +3,22 @@
 A version is served only after `load_model` succeeded: the bytes hash to the
 sha256 the registry published, ONNX Runtime parses them, the signature the
 session reports equals the one published with the version and is compatible
-with the version being replaced, and a warm-up run passed. Every failure is a
-`ModelRefused` whose `stage` says which step failed (the refusal metric is
-labelled with it).
+with the version being replaced, the trainer's input metadata (if any) is
+well-formed, and a warm-up run passed. Every failure is a `ModelRefused` whose
+`stage` says which step failed (the refusal metric is labelled with it).
+
+Input metadata (written by `mlbus.training`): `mlbus.encoding` (JSON
+`{"refs": [...], "categories": {ref: [category, ...]}}`) and
+`mlbus.feature_names.<input>` (comma-separated refs) describe the columns of
+the model's single 2-D float input. They are read and checked once here and
+kept compiled on the `LoadedModel` as an `InputEncoding`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +29,10 @@ import onnxruntime as ort
 from mlbus.errors import PermanentError
 from mlbus.events import ModelSignature, TensorDatatype, TensorSpec
 
-RefusalStage = Literal["fetch", "sha256", "parse", "signature", "warmup"]
+RefusalStage = Literal["fetch", "sha256", "parse", "signature", "metadata", "warmup"]
+ENCODING_KEY = "mlbus.encoding"
+FEATURE_NAMES_KEY = "mlbus.feature_names."
+_FLOATS = ("FP32", "FP64")
 
 _ORT_TO_OIP: dict[str, TensorDatatype] = {
     "tensor(bool)": "BOOL",
@@ -89,6 +100,111 @@ class OrtThreads:
         return options
 
 
+_NAN = math.nan
+
+
+@dataclass(frozen=True)
+class InputEncoding:
+    """How raw feature values become the columns of the model's one 2-D float input.
+
+    The trainer's contract (`mlbus.training.FeatureEncoding`): column j is
+    feature `refs[j]`. A categorical column (a ref in `codes`) holds the
+    value's index in the trainer's category list; a bool is looked up as
+    "false"/"true"; a value not listed, a non-string or null is NaN. Any other
+    column holds the number itself (null → NaN).
+    """
+
+    input: str
+    refs: tuple[str, ...]
+    codes: Mapping[str, Mapping[str, float]]
+    """Categorical ref → category → code (as float, ready for the matrix)."""
+
+    def code(self, ref: str, value: object) -> float:
+        """One raw value of categorical `ref` as the trainer encodes it."""
+        return encode_category(self.codes[ref], value)
+
+
+def encode_category(table: Mapping[str, float], value: object) -> float:
+    """The trainer's lookup: bool → "false"/"true"; anything not a listed string → NaN."""
+    if isinstance(value, bool):
+        return table.get("true" if value else "false", _NAN)
+    return table.get(value, _NAN) if isinstance(value, str) else _NAN
+
+
+def read_encoding(metadata: Mapping[str, str], signature: ModelSignature) -> InputEncoding | None:
+    """The input encoding from a model's custom metadata; `ValueError` saying what is wrong.
+
+    None when the model has neither `mlbus.encoding` nor `mlbus.feature_names.<input>`
+    for a single 2-D float input (`mlbus.feature_names.*` of other inputs is
+    left to the prediction log).
+    """
+    inputs = signature.inputs
+    matrix = len(inputs) == 1 and inputs[0].datatype in _FLOATS and len(inputs[0].shape) == 2
+    text = metadata.get(ENCODING_KEY)
+    if text is None and not (matrix and FEATURE_NAMES_KEY + inputs[0].name in metadata):
+        return None
+    if not matrix:
+        raise ValueError(
+            f"{ENCODING_KEY} describes one 2-D FP32/FP64 input, the model has "
+            + ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in inputs)
+        )
+    (tensor,) = inputs
+    names_key = FEATURE_NAMES_KEY + tensor.name
+    names = metadata.get(names_key)
+    named = None if names is None else tuple(n.strip() for n in names.split(","))
+    codes: dict[str, dict[str, float]] = {}
+    if text is None:
+        assert named is not None
+        refs = named
+    else:
+        refs, codes = _parse_encoding(text)
+        _check_names(refs)
+        if named is not None and named != refs:
+            raise ValueError(
+                f"{names_key} ({', '.join(named)}) differs from the refs of "
+                f"{ENCODING_KEY} ({', '.join(refs)})"
+            )
+    _check_names(refs)
+    width = tensor.shape[1]
+    if width != -1 and width != len(refs):
+        raise ValueError(
+            f"input {tensor.name!r} has {width} columns, the metadata names {len(refs)} features"
+        )
+    return InputEncoding(tensor.name, refs, codes)
+
+
+def _check_names(refs: tuple[str, ...]) -> None:
+    if not refs or not all(refs) or len(set(refs)) != len(refs):
+        raise ValueError(f"feature names {list(refs)} must be non-empty and distinct")
+
+
+def _parse_encoding(text: str) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENCODING_KEY} is not JSON: {exc}") from None
+    refs = doc.get("refs") if isinstance(doc, dict) else None
+    categories = doc.get("categories") if isinstance(doc, dict) else None
+    if not (
+        isinstance(refs, list)
+        and all(isinstance(r, str) for r in refs)
+        and isinstance(categories, dict)
+    ):
+        raise ValueError(
+            f'{ENCODING_KEY} must be {{"refs": [str, ...], "categories": {{ref: [str, ...]}}}}'
+        )
+    codes: dict[str, dict[str, float]] = {}
+    for ref, values in categories.items():
+        if ref not in refs:
+            raise ValueError(f"{ENCODING_KEY} has categories for {ref!r}, which is not in refs")
+        if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            raise ValueError(f"{ENCODING_KEY}: the categories of {ref!r} must be a list of strings")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{ENCODING_KEY}: the categories of {ref!r} repeat a value")
+        codes[ref] = {v: float(i) for i, v in enumerate(values)}
+    return tuple(refs), codes
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A model version ready to serve. Immutable once built; share it freely across requests."""
@@ -99,6 +215,8 @@ class LoadedModel:
     signature: ModelSignature
     session: ort.InferenceSession = field(repr=False)
     size_bytes: int = 0
+    encoding: InputEncoding | None = None
+    """The trainer's input encoding from the ONNX metadata, if the model has one."""
 
     def __post_init__(self) -> None:
         self.inputs: dict[str, TensorSpec] = {t.name: t for t in self.signature.inputs}
@@ -225,7 +343,13 @@ def load_model(
         )
     if problems:
         raise ModelRefused("signature", f"{name} v{version}: " + "; ".join(problems))
-    model = LoadedModel(name, version, actual, signature, session, size_bytes=len(data))
+    try:
+        encoding = read_encoding(session.get_modelmeta().custom_metadata_map, signature)
+    except ValueError as exc:
+        raise ModelRefused("metadata", f"{name} v{version}: {exc}") from None
+    model = LoadedModel(
+        name, version, actual, signature, session, size_bytes=len(data), encoding=encoding
+    )
     try:
         model.warm_up()
     except Exception as exc:

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
+import pyarrow as pa
 import pytest
+import yaml
 
 from mlbus.api.inference.v1 import predict_pb2 as ppb
 from mlbus.api.inference.v1 import predict_pb2_grpc as ppb_grpc
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from mlbus.config import RedisSettings
+from mlbus.events import Scalar
+from mlbus.example import fraud_spec_path
 from mlbus.featurestore import OnlineStore
 from mlbus.inference import ENTITY_PARAMETER, Publication, goes_to_canary
-from mlbus.spec import ProjectSpec
+from mlbus.spec import ProjectSpec, parse_spec
+from mlbus.training import dataset_from_table, onnx_scores, train
 from tests.integration.test_inference import output_of, serving, write_artifact
 from tests.unit.test_inference_model import linear_model
 from tests.unit.test_inference_predict import NUMERIC, numeric_spec
@@ -189,3 +196,74 @@ async def test_canary_is_sticky_per_entity_and_shadow_never_changes_a_response(
         await server.shadow.drain(5)
         assert server.shadow.scored >= 1
         assert server.shadow.failed == 0
+
+
+def fraud_spec_for(model: str) -> ProjectSpec:
+    """The fraud example as is (string features included), small enough to train in a moment."""
+    data = yaml.safe_load(Path(fraud_spec_path()).read_text())
+    data["model"].update(name=model, min_rows=10, params={"max_iter": 20})
+    data["serving"]["model"] = model
+    return parse_spec(yaml.safe_dump(data))
+
+
+def fraud_values(spec: ProjectSpec, rng: np.random.Generator) -> dict[str, Scalar]:
+    """One entity's online values by feature name: enum strings and numbers."""
+    out: dict[str, Scalar] = {}
+    for f in spec.model_features():
+        if f.values:
+            out[f.name] = str(rng.choice(list(f.values)))
+        elif f.dtype == "int":
+            out[f.name] = int(rng.integers(0, 5))
+        else:
+            out[f.name] = round(float(rng.gamma(2.0, 40.0)), 2)
+    return out
+
+
+async def test_predict_serves_a_trainer_model_with_categorical_features(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    model, prefix = f"m_{unique.replace('-', '_')}", f"pred-{unique}"
+    spec = fraud_spec_for(model)
+    features = spec.model_features()
+    refs = [f.ref for f in features]
+    rng = np.random.default_rng(3)
+    history = [fraud_values(spec, rng) for _ in range(300)]
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    table = pa.table(
+        {
+            "as_of": pa.array(
+                [start + timedelta(minutes=i) for i in range(len(history))],
+                pa.timestamp("ms", tz="UTC"),
+            ),
+            "label": [v["channel"] == "online" and rng.random() < 0.8 for v in history],
+            **{f.ref: [v[f.name] for v in history] for f in features},
+        }
+    )
+    dataset = dataset_from_table(spec, table, "fingerprint")
+    trained = train(spec, dataset)
+    uri, digest = write_artifact(tmp_path, 1, trained.onnx)
+
+    online = {"known": fraud_values(spec, rng), "odd": fraud_values(spec, rng)}
+    online["odd"]["merchant_category"] = "casino"  # not in the enum: NaN, as in training
+    async with OnlineStore.from_url(redis_url, key_prefix=prefix) as store:
+        pipe = store.client.pipeline(transaction=False)
+        ts = int((time.time() - 10) * 1000)
+        for entity, values in online.items():
+            store.stage_write(pipe, "card_activity", 1, entity, values, ts, "t", 600)
+        await pipe.execute()
+
+    redis = RedisSettings(url=redis_url, key_prefix=prefix)
+    async with serving(model, None, redis=redis, spec_=spec) as (server, _):
+        await server.reloader.apply(Publication(model, 1, uri, digest, None, "champion"))
+        assert server.port is not None
+        answer = await predict(server.port, ppb.PredictRequest(entity_ids=[*online, "new"]))
+
+    defaults = {ref.partition(".")[2]: v for ref, v in spec.serving.defaults.items()}
+    raw: list[dict[str, Any]] = [*online.values(), defaults]  # "new" gets the spec's defaults
+    x = dataset.encoding.encode({f.ref: [v[f.name] for v in raw] for f in features})
+    assert np.isnan(x[1, refs.index("card_activity.merchant_category")])
+    expected = onnx_scores(trained.onnx, x, "classification")
+    got = [p.outputs["probabilities"].values[1] for p in answer.predictions]
+    assert got == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [p.entity_id for p in answer.predictions] == ["known", "odd", "new"]
+    assert list(answer.predictions[2].defaulted_features) == refs
