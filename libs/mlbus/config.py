@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qs, urlencode, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -306,3 +307,16 @@ def env_for_children(settings: MlbusSettings) -> dict[str, str]:
 
 def running_in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def with_s3_endpoint(url: str, endpoint_url: str | None) -> str:
+    """`url`, and if it is s3:// and names no endpoint yet, `?endpoint_url=` added.
+
+    Stores take their S3-compatible endpoint (MinIO, a local test server) from the
+    URL itself, so one string carries everything a store needs to open.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or endpoint_url is None or "endpoint_url" in parse_qs(parsed.query):
+        return url
+    query = "&".join(q for q in (parsed.query, urlencode({"endpoint_url": endpoint_url})) if q)
+    return parsed._replace(query=query).geturl()

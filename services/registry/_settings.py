@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode, urlparse
-
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mlbus.config import ServiceSettings
+from mlbus.config import ServiceSettings, with_s3_endpoint
 
 
 class RegistrySettings(ServiceSettings):
@@ -57,15 +55,6 @@ class RegistrySettings(ServiceSettings):
 
     def resolved_artifact_store(self) -> str:
         """The store's URL; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""
-        store = self.artifact_store or str(self.data.artifacts)
-        parsed = urlparse(store)
-        if (
-            parsed.scheme != "s3"
-            or self.s3_endpoint_url is None
-            or "endpoint_url" in parse_qs(parsed.query)
-        ):
-            return store
-        query = "&".join(
-            q for q in (parsed.query, urlencode({"endpoint_url": self.s3_endpoint_url})) if q
+        return with_s3_endpoint(
+            self.artifact_store or str(self.data.artifacts), self.s3_endpoint_url
         )
-        return parsed._replace(query=query).geturl()

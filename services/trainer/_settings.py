@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode, urlparse
-
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mlbus.config import ServiceSettings
+from mlbus.config import ServiceSettings, with_s3_endpoint
 
 
 class TrainerSettings(ServiceSettings):
@@ -44,13 +42,6 @@ class TrainerSettings(ServiceSettings):
 
     def resolved_offline_url(self) -> str:
         """The offline root; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""
-        url = self.offline_url or str(self.data.offline_store)
-        parsed = urlparse(url)
-        if (
-            parsed.scheme != "s3"
-            or self.s3_endpoint_url is None
-            or "endpoint_url" in parse_qs(parsed.query)
-        ):
-            return url
-        endpoint = urlencode({"endpoint_url": self.s3_endpoint_url})
-        return parsed._replace(query="&".join(q for q in (parsed.query, endpoint) if q)).geturl()
+        return with_s3_endpoint(
+            self.offline_url or str(self.data.offline_store), self.s3_endpoint_url
+        )
