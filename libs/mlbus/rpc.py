@@ -109,9 +109,13 @@ def server_interceptors(
     token: SecretStr | None = None,
     protects: Callable[[str], bool] = lambda method: True,
     extra: Iterable[grpc.aio.ServerInterceptor] = (),
+    data_plane: Callable[[str], bool] | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Tracing first (so it sees the final status), then auth, then error mapping."""
-    chain: list[grpc.aio.ServerInterceptor] = [TracingServerInterceptor()]
+    """Tracing first (so it sees the final status), then auth, then error mapping.
+
+    `data_plane` names the per-request methods traced by sampling (docs/adr/0004).
+    """
+    chain: list[grpc.aio.ServerInterceptor] = [TracingServerInterceptor(data_plane=data_plane)]
     if token is not None:
         chain.append(BearerAuthInterceptor(token, protects))
     chain.extend(extra)

@@ -41,16 +41,18 @@ from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
 
 from ._model import OrtThreads
-from ._predict import PredictionServicer, protects_predict
+from ._predict import PREDICT_SERVICE_NAME, PredictionServicer, protects_predict
 from ._predlog import PredictionLog
 from ._reload import ArtifactFetcher, ModelReloader, RegistryOrFileFetcher
 from ._repository import ModelRepository
 from ._routing import ShadowRunner
 from ._servicer import SERVICE_NAME, InferenceServicer, protects
 from ._settings import InferenceSettings
-from ._tracing import InferenceTracingInterceptor
 
 log = logging.getLogger(__name__)
+
+# Per-request RPCs: traced by data-plane sampling (docs/adr/0004), not per call.
+DATA_PLANE_METHODS = frozenset({f"/{SERVICE_NAME}/ModelInfer", f"/{PREDICT_SERVICE_NAME}/Predict"})
 
 ASSIGN_TIMEOUT_S = 30.0
 """How long the bootstrap waits for the publication consumer before asking the registry anyway."""
@@ -152,14 +154,11 @@ class InferenceServer:
         settings = self.settings
         limit = (settings.max_message_mb + 1) << 20
         server = grpc.aio.server(
-            # Tracing first, as `server_interceptors` orders it, but data-plane aware.
-            interceptors=[
-                InferenceTracingInterceptor(),
-                *server_interceptors(
-                    settings.token,
-                    protects=lambda method: protects(method) or protects_predict(method),
-                )[1:],
-            ],
+            interceptors=server_interceptors(
+                settings.token,
+                protects=lambda method: protects(method) or protects_predict(method),
+                data_plane=DATA_PLANE_METHODS.__contains__,  # sampled, not traced per call
+            ),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

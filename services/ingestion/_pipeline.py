@@ -46,8 +46,13 @@ from mlbus.bus import Publisher, Received
 from mlbus.bus._codec import CE_SPECVERSION, CONTENT_TYPE
 from mlbus.contracts import Accepted, Outcome, Rejected, SourceContracts
 from mlbus.events import INGEST_VALIDATED, IngestRejected, IngestValidated, RejectionReason
-from mlbus.telemetry import extract_kafka_context, meter
-from mlbus.telemetry._sampling import PLANE_ATTRIBUTE, PRESAMPLED_ATTRIBUTE, presample_data_record
+from mlbus.telemetry import (
+    PLANE_ATTRIBUTE,
+    PRESAMPLED_ATTRIBUTE,
+    extract_kafka_context,
+    meter,
+    presample_data_record,
+)
 
 from ._dedupe import SeenIds, SeenKey
 

@@ -159,3 +159,45 @@ async def test_health_and_reflection_answer_for_the_named_services() -> None:
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await server.stop(grace=None)
+
+
+async def test_data_plane_methods_are_traced_by_sampling_others_every_call() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mlbus.telemetry import TracingServerInterceptor, _sampling
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def ok(request: bytes, context: object) -> bytes:
+        return b"ok"
+
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            ok, request_deserializer=_identity, response_serializer=_identity
+        )
+        for name in ("Hot", "Cold")
+    }
+    server = grpc.aio.server(
+        interceptors=[TracingServerInterceptor(provider, data_plane=lambda m: m.endswith("/Hot"))]
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    address = f"127.0.0.1:{bind_port(server, '127.0.0.1', 0, 'MLBUS_TEST_GRPC_PORT')}"
+    await server.start()
+    saved = _sampling._data_ratio
+    _sampling.set_data_sample_ratio(0.0)  # no new data-plane traces; sampled callers continue
+    try:
+        await call(address, "Hot")
+        await call(address, "Cold")
+        sampled = (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),)
+        await call(address, "Hot", sampled)
+        spans = exporter.get_finished_spans()
+        assert [s.name for s in spans] == [f"{SERVICE}/Cold", f"{SERVICE}/Hot"]
+        assert format(spans[1].context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    finally:
+        _sampling.set_data_sample_ratio(saved)
+        await server.stop(grace=None)
+        provider.shutdown()

@@ -26,6 +26,11 @@ from mlbus.telemetry._logging import (
     setup_logging,
 )
 from mlbus.telemetry._propagation import extract_kafka_context, inject_kafka_headers
+from mlbus.telemetry._sampling import (
+    PLANE_ATTRIBUTE,
+    PRESAMPLED_ATTRIBUTE,
+    presample_data_record,
+)
 from mlbus.telemetry._setup import (
     Telemetry,
     active_telemetry,
@@ -37,6 +42,8 @@ from mlbus.telemetry._spanfile import SpanFileExporter
 from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, find_trace, read_spans
 
 __all__ = [
+    "PLANE_ATTRIBUTE",
+    "PRESAMPLED_ATTRIBUTE",
     "JsonLogFormatter",
     "SpanFileExporter",
     "SpanRecord",
@@ -53,6 +60,7 @@ __all__ = [
     "inject_grpc_metadata",
     "inject_kafka_headers",
     "meter",
+    "presample_data_record",
     "read_spans",
     "setup_logging",
     "setup_telemetry",

@@ -37,6 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import mlbus
 from mlbus._grpcutil import rewrap_handler
+from mlbus.telemetry._sampling import presample_data_record
 
 _SCOPE = "mlbus.telemetry.grpc"
 
@@ -133,16 +134,34 @@ Behavior = Callable[[Any, Any], Any]
 
 
 class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """A SERVER span per call, continuing the trace from the caller's metadata."""
+    """A SERVER span per call, continuing the trace from the caller's metadata.
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+    Methods `data_plane` says yes to (e.g. ModelInfer) are sampled like bus records
+    (docs/adr/0004): a call whose caller sampled its trace is traced; otherwise
+    only `data_sample_ratio` of them start a trace and the rest get no span at all.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        data_plane: Callable[[str], bool] | None = None,
+    ) -> None:
         self._tracer = _get_tracer(tracer_provider)
+        self._data_plane = data_plane
 
     async def intercept_service(
         self,
         continuation: Callable[[Any], Awaitable[Any]],
         handler_call_details: Any,
     ) -> Any:
+        if self._data_plane is not None and self._data_plane(handler_call_details.method):
+            metadata = handler_call_details.invocation_metadata or ()
+            sampled = False
+            if any(key == "traceparent" for key, _ in metadata):  # extracting costs ~20 µs
+                parent = extract_grpc_context(metadata)
+                sampled = trace.get_current_span(parent).get_span_context().trace_flags.sampled
+            if not presample_data_record(bool(sampled)):
+                return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
