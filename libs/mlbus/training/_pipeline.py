@@ -200,7 +200,7 @@ def load_dataset(
     joined: pa.Table | None = None
     fingerprints = [offline.fingerprint(files)]
     read: list[str] = list(files)
-    for view in spec.model_views():
+    for view in _views_labelled_source_first(spec):
         version = spec.features[view].version
         try:
             result = build_training_set(offline, view, version, query)
@@ -211,6 +211,15 @@ def load_dataset(
         wanted = [f for f in spec.model_features() if f.view == view]
         if joined is None:
             joined = result.table.select(["as_of", "feature_time", "label"])
+            # Every other view is read as of the labelled event's time, found here:
+            # a view of another source has no row with that event's id.
+            query = pa.table(
+                {
+                    "entity_id": result.table.column("entity_id"),
+                    "label_time": result.table.column("as_of"),
+                    "label": result.table.column("label"),
+                }
+            )
         else:  # a label lacks features if any view lacks them
             both = pc.and_(
                 pc.is_valid(joined.column("feature_time")),
@@ -225,6 +234,13 @@ def load_dataset(
     assert joined is not None  # a model has at least one view
     fingerprint = hashlib.sha256("\n".join(fingerprints).encode()).hexdigest()
     return dataset_from_table(spec, joined, fingerprint, files=read)
+
+
+def _views_labelled_source_first(spec: ProjectSpec) -> list[str]:
+    """The model's views, those computed from the labelled source first (they place each label)."""
+    labelled = spec.training_source()
+    views = spec.model_views()
+    return sorted(views, key=lambda view: spec.features[view].source != labelled)
 
 
 _TS = pa.timestamp("ms", tz="UTC")
