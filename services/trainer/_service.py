@@ -40,9 +40,10 @@ from mlbus.events import (
 from mlbus.featurestore import OfflineStore
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
 from mlbus.spec import ProjectSpec, load_spec
-from mlbus.telemetry import setup_telemetry
+from mlbus.telemetry import meter, setup_telemetry
 from mlbus.training import (
     LabelRow,
+    StageTiming,
     TrainingJob,
     TrainingOutcome,
     fetch_champion,
@@ -57,6 +58,21 @@ from ._settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("mlbus.trainer")
+_meter = meter("mlbus.trainer")
+_runs = _meter.create_counter(
+    "mlbus.trainer.runs",
+    description="training runs finished, by outcome (completed/failed), stage and promotion",
+)
+_run_duration = _meter.create_histogram(
+    "mlbus.trainer.run.duration", unit="s", description="training run wall time, request to outcome"
+)
+_coalesced = _meter.create_counter(
+    "mlbus.trainer.requests.coalesced",
+    description="training requests folded into an already pending follow-up run",
+)
+_rows = _meter.create_histogram(
+    "mlbus.trainer.rows", description="rows in the training set of a completed run"
+)
 
 
 def worker_pool() -> ProcessPoolExecutor:
@@ -83,6 +99,8 @@ class TrainerService:
     spec: ProjectSpec
     executor: Executor | None = None
     fit: Fit | None = None
+    schedule_every_s: float | None = None
+    """Overrides the spec's `model.schedule_every_min` (tests; None: the spec decides)."""
     runs_started: int = 0
     runs_finished: int = 0
     _states: dict[str, _ModelState] = field(default_factory=dict)
@@ -147,7 +165,7 @@ class TrainerService:
                 async with asyncio.TaskGroup() as tasks:
                     for consumer in self._consumers:
                         tasks.create_task(consumer.run(), name=f"consume-{consumer.topics}")
-                    if self.spec.model.schedule_every_min:
+                    if self._schedule_interval_s():
                         tasks.create_task(self._schedule(publisher), name="schedule")
                     await self._stop.wait()
                     for consumer in self._consumers:
@@ -171,7 +189,9 @@ class TrainerService:
             return
         state = self._states.setdefault(request.model, _ModelState())
         if state.running is not None:
-            state.coalesced += 1 if state.pending is not None else 0
+            if state.pending is not None:
+                state.coalesced += 1
+                _coalesced.add(1, {"model": request.model})
             state.pending = received  # the newest request wins; one follow-up run at most
             log.info(
                 "model %s is training: request %s coalesced into the follow-up run",
@@ -234,6 +254,7 @@ class TrainerService:
                     )
                     with _tracer.start_as_current_span("training.pipeline"):
                         outcome = await self._run_job(job)
+                        _record_stage_spans(outcome.stages)
                     span.set_attribute("mlbus.dataset_fingerprint", outcome.fingerprint)
                     span.set_attribute("mlbus.rows", outcome.trained.rows)
                     stage = "register"
@@ -277,6 +298,10 @@ class TrainerService:
             )
             span.set_attribute("mlbus.version", version.version)
             span.set_attribute("mlbus.promoted", registration.promoted)
+            attributes = {"model": spec.model.name, "outcome": "completed"}
+            _runs.add(1, {**attributes, "promoted": str(registration.promoted).lower()})
+            _run_duration.record(completed.duration_s, attributes)
+            _rows.record(outcome.trained.rows, {"model": spec.model.name})
             await self._publisher.publish(completed, key=spec.model.name)
             log.info(
                 "trained %s v%d on %d rows in %.1fs (promoted: %s)",
@@ -320,6 +345,7 @@ class TrainerService:
         assert self._publisher is not None
         span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
         span.set_attribute("mlbus.failed_stage", stage)
+        _runs.add(1, {"model": request.model, "outcome": "failed", "stage": stage})
         log.warning("training of %s failed at %s: %s", request.model, stage, reason)
         await self._publisher.publish(
             TrainingFailed(
@@ -334,8 +360,13 @@ class TrainerService:
 
     # ── schedule ─────────────────────────────────────────────────────────────
 
+    def _schedule_interval_s(self) -> float:
+        if self.schedule_every_s is not None:
+            return self.schedule_every_s
+        return (self.spec.model.schedule_every_min or 0) * 60.0
+
     async def _schedule(self, publisher: Publisher) -> None:
-        every_s = (self.spec.model.schedule_every_min or 0) * 60
+        every_s = self._schedule_interval_s()
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), every_s)
@@ -394,6 +425,14 @@ class TrainerService:
         for name in {source for source, _ in rows}:
             chunk = [row for source, row in rows if source == name]
             await asyncio.to_thread(write_labels, offline, name, chunk)
+
+
+def _record_stage_spans(stages: list[StageTiming]) -> None:
+    """The worker's stage timings as child spans of the current (pipeline) span."""
+    for stage in stages:
+        _tracer.start_span(f"training.{stage.name}", start_time=stage.start_ns).end(
+            end_time=stage.end_ns
+        )
 
 
 def _promotion_reason(promoted: bool, version: ModelVersionInfo, outcome: TrainingOutcome) -> str:

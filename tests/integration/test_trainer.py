@@ -30,6 +30,7 @@ from mlbus.events import (
     MODEL_REGISTERED,
     TRAINING_COMPLETED,
     TRAINING_FAILED,
+    TRAINING_REQUESTED,
     IngestValidated,
     TrainingCompleted,
     TrainingFailed,
@@ -401,3 +402,40 @@ async def test_ten_requests_during_a_run_lead_to_one_more_run(
     finally:
         service.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_schedule_requests_training_itself_and_the_request_is_served(
+    kafka: KafkaSettings, registry: RegistryServer, stack: Any, tmp_path: Path, unique: str
+) -> None:
+    _, spec, _ = stack  # no data: each scheduled run fails at the dataset stage, and says so
+    settings = trainer_settings(kafka, tmp_path, registry, unique).model_copy(
+        update={"record_labels": False}
+    )
+    service = TrainerService(settings, spec, executor=ThreadPoolExecutor(1), schedule_every_s=0.5)
+    reader = AIOKafkaConsumer(
+        TRAINING_REQUESTED, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+    )
+    task = asyncio.create_task(service.run())
+    await reader.start()
+    try:
+        await service.wait_started()
+        async with Outcomes(kafka, spec.model.name) as outcomes:
+            (outcome, *_) = await outcomes.wait_for(1, timeout_s=60)
+        scheduled: dict[str, TrainingRequested] = {}
+        async with asyncio.timeout(30):
+            while outcome.request_event_id not in scheduled:
+                for batch in (await reader.getmany(timeout_ms=300)).values():
+                    for record in batch:
+                        if record.key == spec.model.name.encode():
+                            event = TrainingRequested.model_validate_json(record.value)
+                            scheduled[event.event_id] = event
+    finally:
+        await reader.stop()
+        service.stop()
+        await asyncio.wait_for(task, 30)
+    request = scheduled[outcome.request_event_id]
+    assert request.reason == "schedule"
+    assert request.requested_by == "mlbus-trainer"
+    assert isinstance(outcome, TrainingFailed)
+    assert outcome.stage == "dataset"
+    assert "no labels" in outcome.reason

@@ -31,6 +31,7 @@ from mlbus.training._pipeline import (
 )
 from mlbus.training._run import (
     Champion,
+    StageTiming,
     TrainingJob,
     TrainingOutcome,
     fetch_champion,
@@ -46,6 +47,7 @@ __all__ = [
     "Dataset",
     "FeatureEncoding",
     "LabelRow",
+    "StageTiming",
     "TimeSplit",
     "TrainedModel",
     "TrainingFailed",

@@ -11,6 +11,7 @@ worker process; the async halves talk to the registry.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,6 +52,19 @@ class TrainingJob:
     fit: Fit | None = None  # a seam for tests; must be picklable for a worker process
 
 
+@dataclass(frozen=True)
+class StageTiming:
+    """When one stage of a run started and ended (wall clock, ns since the epoch).
+
+    The run happens in a worker process without telemetry; the service turns
+    these into spans of the run's trace afterwards.
+    """
+
+    name: str
+    start_ns: int
+    end_ns: int
+
+
 @dataclass
 class TrainingOutcome:
     trained: TrainedModel
@@ -59,11 +73,33 @@ class TrainingOutcome:
     champion_version: int | None = None
     champion_metrics: dict[str, float] = field(default_factory=dict)
     champion_problem: str | None = None
+    stages: list[StageTiming] = field(default_factory=list)
+
+
+class _StageClock:
+    """A `Progress` callback that also times each stage until the next one starts."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._current: tuple[str, int] | None = None
+        self.stages: list[StageTiming] = []
+
+    def __call__(self, stage: str) -> None:
+        self.finish()
+        self._current = (stage, time.time_ns())
+        if self._progress is not None:
+            self._progress(stage)
+
+    def finish(self) -> None:
+        if self._current is not None:
+            name, start_ns = self._current
+            self.stages.append(StageTiming(name, start_ns, time.time_ns()))
+            self._current = None
 
 
 def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutcome:
     """Build the dataset, train, convert, check parity, evaluate candidate and champion."""
-    say = progress or (lambda _stage: None)
+    say = _StageClock(progress)
     say("dataset")
     dataset = load_dataset(job.spec, OfflineStore(job.offline_url), start=job.start, end=job.end)
     trained = train(job.spec, dataset, fit=job.fit, progress=say, code_version=job.code_version)
@@ -79,6 +115,8 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
             outcome.champion_problem = exc.reason
         except Exception as exc:
             outcome.champion_problem = f"champion could not be scored: {exc}"
+    say.finish()
+    outcome.stages = say.stages
     return outcome
 
 
