@@ -79,12 +79,12 @@ def settings_class(module: str) -> type[ServiceSettings]:
 
 
 def installed_services() -> dict[str, str]:
-    """Service name -> module, for the services whose code exists (drift does not yet)."""
+    """Service name -> module, for the services whose code exists (`mlbus up` runs the same)."""
     return {spec.name: spec.module for spec in SERVICES if spec.installed()}
 
 
 def cli_commands() -> set[tuple[str, ...]]:
-    """Every `mlbus` console-script command path: ("up",), ("models", "rollback"), …"""
+    """Every runnable `mlbus` command path: ("up",), ("models", "rollback"), … (not groups)"""
     import typer.main
 
     from mlbus.cli import app
@@ -92,7 +92,8 @@ def cli_commands() -> set[tuple[str, ...]]:
     paths: set[tuple[str, ...]] = set()
 
     def walk(command: Any, path: tuple[str, ...]) -> None:
-        paths.add(path)
+        if not hasattr(command, "commands"):
+            paths.add(path)
         for name, sub in getattr(command, "commands", {}).items():
             walk(sub, (*path, name))
 
@@ -167,6 +168,53 @@ def check_topic_job(command: str, spec_topics: set[str]) -> None:
     created = set(re.findall(r"^\s*create\s+(\S+)\s+\d+\s*$", command, re.M))
     missing = sorted((set(ALL_TOPICS) | spec_topics) - created)
     assert not missing, f"topic job does not create {missing}"
+
+
+def cli_params(argv: list[str]) -> dict[str, Any]:
+    """The parameter values the `mlbus` command line `argv` would run its command with."""
+    import typer.main
+
+    from mlbus.cli import app
+
+    assert argv[:1] == ["mlbus"], f"{argv}: not the mlbus CLI"
+    command: Any = typer.main.get_command(app)
+    ctx = command.make_context("mlbus", argv[1:])
+    while hasattr(command, "resolve_command"):  # a group: descend into the sub-command
+        name, command, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        ctx = command.make_context(name, rest, parent=ctx)
+    return dict(ctx.params)
+
+
+def check_k8s_topics_job(job: dict[str, Any], configmaps: dict[str, dict[str, str]]) -> None:
+    """The Job creates every mlbus topic and the mounted spec's source topics, data-plane
+    topics with enough partitions for the production replicas."""
+    from mlbus.cli._topics import wanted_topics
+
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    argv = [*container["command"], *container.get("args", [])]
+    assert resolve_argv(argv) == "mlbus"
+    assert argv[1:3] == ["topics", "ensure"], f"{argv}: not `mlbus topics ensure`"
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    env.update({e["name"]: e.get("value") for e in container.get("env", [])})
+    unknown = sorted(n for n in env if n.startswith("MLBUS_") and n not in env_names(MlbusSettings))
+    assert not unknown, f"topics job: not shared settings: {unknown}"
+    params = cli_params(argv)
+    spec_path = params["spec"] or env.get("MLBUS_SPEC")
+    assert spec_path, "topics job: no --spec, so the source topics would not be created"
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    assert any(str(spec_path).startswith(m + "/") for m in mounts), f"{spec_path} not mounted"
+    partitions = params["partitions"] or int(env.get("MLBUS_KAFKA_TOPIC_PARTITIONS", "3"))
+    wanted = wanted_topics(
+        load_spec(FRAUD_SPEC), partitions, params["control_partitions"] or partitions
+    )
+    spec_topics = {s.topic for s in load_spec(FRAUD_SPEC).sources.values()}
+    missing = sorted((set(ALL_TOPICS) | spec_topics) - set(wanted))
+    assert not missing, f"topics job does not create {missing}"
+    assert int(env.get("MLBUS_KAFKA_REPLICATION_FACTOR", "1")) >= 3, "production needs 3 copies"
+    assert wanted["mlbus.ingest.validated.v1"] >= 12, "too few partitions to scale features"
 
 
 def check_dashboard(text: str) -> None:
@@ -385,6 +433,20 @@ def test_k8s_probes_and_service_ports_match_configured_ports() -> None:
         assert container["resources"]["requests"], f"{name}: no resource requests"
 
 
+def k8s_topics_job() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    docs = k8s_docs()
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == ["mlbus-topics"]
+    configmaps = {
+        d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"
+    }
+    return jobs[0], configmaps
+
+
+def test_k8s_topics_job_creates_every_topic() -> None:
+    check_k8s_topics_job(*k8s_topics_job())
+
+
 def test_k8s_termination_grace_covers_drain() -> None:
     for dep, container, module in k8s_containers(k8s_docs()):
         cls = settings_class(module)
@@ -442,10 +504,13 @@ def test_made_up_variable_is_rejected() -> None:
 def test_unknown_entry_point_is_rejected() -> None:
     assert resolve_argv(["python", "-m", "mlbus.inference"]) == "mlbus.inference"
     assert resolve_argv(["mlbus", "models", "rollback", "fraud"]) == "mlbus"
+    assert resolve_argv(["mlbus", "topics", "ensure", "--spec", "x.yaml"]) == "mlbus"
     for argv in (
         ["python", "-m", "mlbus.nosuch"],
         ["python", "-m", "json.tool"],
         ["mlbus", "modles", "list"],
+        ["mlbus", "topics", "lsit"],  # a group with an unknown sub-command
+        ["mlbus", "models"],  # a group alone runs nothing
         ["gunicorn", "app"],
     ):
         with pytest.raises(AssertionError):
@@ -463,6 +528,35 @@ def test_port_mismatch_is_detected() -> None:
 def test_missing_topic_is_rejected() -> None:
     with pytest.raises(AssertionError, match=r"mlbus\.model\.published\.v1"):
         check_topic_job("create mlbus.ingest.validated.v1 12\n", set())
+
+
+def test_incomplete_topics_job_is_rejected() -> None:
+    import copy
+
+    job, configmaps = k8s_topics_job()
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert cli_params(container["command"])["control_partitions"] == 3
+    ensure = ["mlbus", "topics", "ensure"]
+    no_spec_env = {
+        name: {k: v for k, v in data.items() if k != "MLBUS_SPEC"}
+        for name, data in configmaps.items()
+    }
+    broken = [
+        (ensure, no_spec_env, "no --spec"),  # MLBUS_SPEC from the ConfigMap would do
+        (["mlbus", "topics", "lsit"], configmaps, "no such mlbus command"),
+        ([*ensure, "--spec", "/elsewhere/mlbus.yaml"], configmaps, "not mounted"),
+        ([*ensure, "--partitions", "2"], configmaps, "too few partitions"),
+    ]
+    for command, maps, reason in broken:
+        bad = copy.deepcopy(job)
+        bad["spec"]["template"]["spec"]["containers"][0]["command"] = command
+        with pytest.raises(AssertionError, match=reason):
+            check_k8s_topics_job(bad, maps)
+    single_copy = {
+        name: {**data, "MLBUS_KAFKA_REPLICATION_FACTOR": "1"} for name, data in configmaps.items()
+    }
+    with pytest.raises(AssertionError, match="3 copies"):
+        check_k8s_topics_job(job, single_copy)
 
 
 def test_unknown_dashboard_metric_is_rejected() -> None:

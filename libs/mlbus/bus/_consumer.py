@@ -167,6 +167,10 @@ class Consumer(Generic[T]):
         self._assigned = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[TopicPartition, int] = {}
+        # Held while a fetched batch is worked through and committed: a revoke
+        # (aiokafka's coordinator task) waits for it, so it never flushes and
+        # commits in the middle of a batch the handler is still queueing.
+        self._batch_lock = asyncio.Lock()
         self.stats = ConsumerStats()
 
     @classmethod
@@ -237,21 +241,32 @@ class Consumer(Generic[T]):
             batch = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
             if consumer.assignment():
                 self._assigned.set()
-            for tp, records in batch.items():
-                if self._batch_handler is not None:
-                    if not await self._process_batch(tp, records, self._batch_handler):
-                        return  # stopping while retrying: leave the record uncommitted
-                else:
-                    for record in records:
-                        if not await self._process(record):
-                            return  # stopping while retrying: leave the record uncommitted
-                        self._pending[tp] = record.offset + 1
-                _processed.add(len(records), {"topic": tp.topic})
-                self._report_lag(consumer, tp)
-                # Handlers rarely suspend; yield so aiokafka's fetcher can request the
-                # next records while this batch is still being worked through.
-                await asyncio.sleep(0)
-            await self._commit()
+            async with self._batch_lock:
+                if not await self._work_through(consumer, batch):
+                    return  # stopping while retrying: leave the record uncommitted
+                await self._commit()
+
+    async def _work_through(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> bool:
+        """Handle one fetched batch; False when stopping interrupted a retry."""
+        for tp, records in batch.items():
+            if self._batch_handler is not None:
+                if not await self._process_batch(tp, records, self._batch_handler):
+                    return False
+            else:
+                for record in records:
+                    if not await self._process(record):
+                        return False
+                    self._pending[tp] = record.offset + 1
+            _processed.add(len(records), {"topic": tp.topic})
+            self._report_lag(consumer, tp)
+            # Handlers rarely suspend; yield so aiokafka's fetcher can request the
+            # next records while this batch is still being worked through.
+            await asyncio.sleep(0)
+        return True
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         if self._consumer is None or not self._pending:
@@ -559,7 +574,8 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._owner._commit(set(revoked))
+        async with self._owner._batch_lock:  # after the batch in hand, never in its middle
+            await self._owner._commit(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
