@@ -2,21 +2,32 @@
 
 The consumer calls `handle_batch` with the untraced records of a fetch (and
 `handle` per traced record, or per record when a batch fails); both only
-validate (pure CPU) and queue the outcomes. `flush` runs before every offset commit (the consumer's
-`before_commit` hook) and makes the batch's effects durable, in this order:
+validate (pure CPU) and queue the outcomes. `flush` runs before every offset
+commit (the consumer's `before_commit` hook) and makes the batch's effects
+durable, in this order:
 
-1. ask the de-duplication store which accepted ids it already holds;
+1. ask the de-duplication store which accepted ids it already holds (while
+   the answer travels, the untraced events are encoded);
 2. send `ingest.validated` for new ids (keyed by entity id) and
-   `ingest.rejected` for every rejection, then await every delivery;
+   `ingest.rejected` for every rejection, in queue order, as closed record
+   batches per partition (`Publisher.send_batch`), then await every delivery;
 3. remember the new ids in the store;
 4. return, and the consumer commits the offsets.
+
+A dependency that fails (Redis, the broker) does not end the flush: each step
+is retried in place with capped exponential backoff, a warning and
+`mlbus.ingest.dependency_retries{dependency}`, and the steps already done are
+not repeated (a retried step 2 may send again records the broker had acked
+before it failed: at-least-once, same `event_id`s). The consumer waits, keeps
+its place, and catches up when the dependency is back. Only `stop()` ends a
+failing flush, with `FlushInterrupted` and nothing committed.
 
 Most validated events skip the pydantic model: `validated_value` writes the
 very JSON the model would (a property test holds the two equal, so
 `IngestValidated` stays the contract), `validated_headers` its CloudEvents
 headers. Events that are traced (the consumer's span, a producer's
 `traceparent`, or this hop's own sampling roll) still go through the model and
-`Publisher.send`.
+`Publisher.record`.
 
 A crash after 2 and before 3 publishes those events again on replay (the
 downstream de-duplicates by `event_id`); a crash after 3 counts them as
@@ -31,20 +42,22 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pydantic_core
-from aiokafka.structs import RecordMetadata
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from mlbus.bus import Publisher, Received
+from mlbus.bus import OutgoingRecord, Publisher, Received
 from mlbus.bus._codec import CE_SPECVERSION, CONTENT_TYPE
 from mlbus.contracts import Accepted, Outcome, Rejected, SourceContracts
+from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, IngestRejected, IngestValidated, RejectionReason
 from mlbus.telemetry import (
     PLANE_ATTRIBUTE,
@@ -58,6 +71,8 @@ from ._dedupe import SeenIds, SeenKey
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("mlbus.ingestion")
+
+T = TypeVar("T")
 
 _REJECTION_IDS = uuid.UUID("6f1c2a53-8a4e-4f43-9a3c-3b8e9f8f1d2e")
 UNKNOWN_TOPIC = "unknown_topic"
@@ -75,9 +90,34 @@ class IngestionStats:
     duplicates: int = 0
     flushes: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    """Failed attempts at a dependency, by dependency (`redis`, `kafka`), retried in place."""
 
 
-@dataclass(frozen=True, slots=True)
+class FlushInterrupted(RetryableError):
+    """`stop()` came while a dependency was failing: nothing of the batch was committed."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff between attempts at a failing dependency."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+
+    def delay_s(self, attempt: int) -> float:
+        return float(min(self.max_s, self.initial_s * 2 ** (attempt - 1)))
+
+
+# What a failing dependency raises: RedisSeenIds wraps Redis errors in RetryableError;
+# aiokafka raises KafkaError subclasses (timeouts, lost connections, leader changes).
+_REDIS_FAILURES = (RetryableError, ConnectionError, TimeoutError)
+_KAFKA_FAILURES = (KafkaError, ConnectionError, TimeoutError)
+# Retrying cannot make a record smaller: these end the flush (and the process) loudly.
+_KAFKA_PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError)
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~0.5 µs per record
 class _Queued:
     outcome: Outcome
     record: Received[bytes | None]
@@ -100,12 +140,16 @@ class IngestionPipeline:
         seen: SeenIds,
         *,
         clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
     ) -> None:
         self._contracts = contracts
         self._publisher = publisher
         self._seen = seen
         self._clock = clock
+        self._backoff = backoff or Backoff()
         self._queue: list[_Queued] = []
+        self._flushing = asyncio.Lock()  # a rebalance may call flush while one is retrying
+        self._stopping = asyncio.Event()
         self.stats = IngestionStats()
         m = meter("mlbus.ingestion")
         self._accepted = m.create_counter(
@@ -121,6 +165,20 @@ class IngestionPipeline:
         self._duplicates = m.create_counter(
             "mlbus.ingest.duplicates", description="valid events dropped as already accepted"
         )
+        self._retries = m.create_counter(
+            "mlbus.ingest.dependency_retries",
+            description="failed attempts at Redis or the broker, retried in place",
+        )
+
+    def stop(self) -> None:
+        """End a flush that is waiting for a dependency (it raises `FlushInterrupted`)."""
+        self._stopping.set()
+
+    def discard(self) -> int:
+        """Forget what is queued (the consumer restarts from the committed offsets and
+        will deliver those records again). Returns how many were dropped."""
+        dropped, self._queue = len(self._queue), []
+        return dropped
 
     async def handle(self, record: Received[bytes | None]) -> None:
         """Validate one record and queue the outcome; `flush` publishes it."""
@@ -155,90 +213,171 @@ class IngestionPipeline:
         return len(self._queue)
 
     async def flush(self) -> None:
-        """Publish what was queued, await delivery, remember accepted ids. Raises on failure
-        (the queue is kept: the consumer does not commit, and a retry publishes it again)."""
-        queue = self._queue
-        if not queue:
-            return
+        """Publish what was queued, await delivery, remember accepted ids.
+
+        Retries a failing dependency in place until it answers; raises only on
+        `stop()` (`FlushInterrupted`) or a permanent broker refusal, keeping the
+        queue: the consumer does not commit, and the records are replayed.
+        """
+        async with self._flushing:
+            queue = self._queue
+            if not queue:
+                return
+            await self._flush(queue)
+            self._queue = []
+
+    async def _flush(self, queue: list[_Queued]) -> None:
         wanted: list[SeenKey] = [
             (q.outcome.source, q.outcome.event_id) for q in queue if isinstance(q.outcome, Accepted)
         ]
-        already = await self._seen.seen(wanted) if wanted else set()
+        lookup = asyncio.ensure_future(
+            self._until_done("redis", "de-duplication lookup", lambda: self._seen.seen(wanted))
+        )
+        try:
+            await asyncio.sleep(0)  # let the lookup put its request on the wire first
+            occurred_at = datetime.now(UTC)
+            # Publisher.record traces every event sent from inside a sampled span.
+            in_sampled_span = trace.get_current_span().get_span_context().trace_flags.sampled
+            encoded = {} if in_sampled_span else self._encode_untraced(queue, occurred_at)
+            already = await lookup
+        finally:
+            lookup.cancel()  # only if encoding failed; a no-op on a finished task
         fresh: list[SeenKey] = []
         fresh_set: set[SeenKey] = set()
         duplicates: dict[str, int] = {}
-        futures = []
-        publisher = self._publisher
-        send, send_raw = publisher.send, publisher.send_raw
-        occurred_at = datetime.now(UTC)
-        ce_time = occurred_at.isoformat().encode()
-        ce_source = publisher.source.encode()
-        # Publisher.send would trace every event sent from inside a sampled span.
-        bypass = not trace.get_current_span().get_span_context().trace_flags.sampled
-        for item in queue:
+        records: list[OutgoingRecord] = []
+        for index, item in enumerate(queue):
             outcome = item.outcome
-            record = item.record
-            if isinstance(outcome, Accepted):
-                key = (outcome.source, outcome.event_id)
-                if key in already or key in fresh_set:
-                    duplicates[outcome.source] = duplicates.get(outcome.source, 0) + 1
-                    continue
-                fresh_set.add(key)
-                fresh.append(key)
-                untraced = not item.traced and not (
-                    record.headers and _has_traceparent(record.headers)
+            traced = item.traced or bool(
+                item.record.headers and _has_traceparent(item.record.headers)
+            )
+            if not isinstance(outcome, Accepted):
+                rejected = _rejected(outcome, item.record)
+                records.append(
+                    self._record(rejected, item.record.key, item)
+                    if traced
+                    else self._publisher.record(rejected, item.record.key)
                 )
-                if untraced and bypass:
-                    # The roll Publisher.send would make; a yes starts this event's trace.
-                    if not presample_data_record(False):
-                        futures.append(
-                            await send_raw(
-                                INGEST_VALIDATED,
-                                validated_value(outcome, record, occurred_at),
-                                outcome.entity_id,
-                                validated_headers(outcome.event_id, ce_source, ce_time),
-                            )
-                        )
-                    else:
-                        futures.append(
-                            await self._send_sampled(
-                                _validated(outcome, record, occurred_at), outcome.entity_id, record
-                            )
-                        )
-                    continue
-                event: IngestValidated | IngestRejected = _validated(outcome, record, occurred_at)
-                key_out: bytes | str | None = outcome.entity_id
-            else:
-                event = _rejected(outcome, record)
-                key_out = record.key
-            if item.traced or (record.headers and _has_traceparent(record.headers)):
-                futures.append(await self._send_traced(event, key_out, item))
-            else:
-                futures.append(await send(event, key_out))
-        for future in futures:
-            await future  # raises if the broker refused, before anything is committed
-        await self._seen.remember(fresh)
-        self._queue = []
+                continue
+            key = (outcome.source, outcome.event_id)
+            if key in already or key in fresh_set:
+                duplicates[outcome.source] = duplicates.get(outcome.source, 0) + 1
+                continue
+            fresh_set.add(key)
+            fresh.append(key)
+            ready = encoded.get(index)
+            if ready is not None:
+                records.append(ready)
+                continue
+            event = _validated(outcome, item.record, occurred_at)
+            if traced:
+                records.append(self._record(event, outcome.entity_id, item))
+            elif in_sampled_span:
+                records.append(self._publisher.record(event, outcome.entity_id))
+            else:  # this hop's sampling roll said yes: a trace starts here
+                records.append(self._sampled_record(event, outcome.entity_id, item.record))
+        await self._until_done("kafka", "publishing", lambda: self._publish(records))
+        if fresh:
+            await self._until_done(
+                "redis", "remembering accepted ids", lambda: self._seen.remember(fresh)
+            )
         self._count(queue, duplicates)
 
-    async def _send_traced(
+    def _encode_untraced(
+        self, queue: list[_Queued], occurred_at: datetime
+    ) -> dict[int, OutgoingRecord]:
+        """The hot path: validated events nobody traces, as bytes, by queue position.
+
+        Records the publisher would trace are left out (the caller builds them
+        through the model): the consumer's span, a producer's `traceparent`, or
+        this hop's own roll (the one `Publisher.send` would make).
+        """
+        ce_time = occurred_at.isoformat().encode()
+        ce_source = self._publisher.source.encode()
+        encoded: dict[int, OutgoingRecord] = {}
+        for index, item in enumerate(queue):
+            outcome = item.outcome
+            if not isinstance(outcome, Accepted) or item.traced:
+                continue
+            record = item.record
+            if (record.headers and _has_traceparent(record.headers)) or presample_data_record(
+                False
+            ):
+                continue
+            encoded[index] = OutgoingRecord(
+                INGEST_VALIDATED,
+                validated_value(outcome, record, occurred_at),
+                outcome.entity_id.encode(),
+                validated_headers(outcome.event_id, ce_source, ce_time),
+            )
+        return encoded
+
+    async def _publish(self, records: list[OutgoingRecord]) -> None:
+        if not records:
+            return
+        futures = await self._publisher.send_batch(records)
+        # gather, not one await after another: every failure is retrieved, none left dangling.
+        await asyncio.gather(*futures)
+
+    async def _until_done(
+        self, dependency: str, what: str, attempt: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`attempt()` until it succeeds; a failing dependency is retried after a backoff."""
+        failures = _REDIS_FAILURES if dependency == "redis" else _KAFKA_FAILURES
+        tries = 0
+        while True:
+            try:
+                result = await attempt()
+            except _KAFKA_PERMANENT:
+                raise
+            except failures as exc:
+                tries += 1
+                self.stats.retries[dependency] = self.stats.retries.get(dependency, 0) + 1
+                self._retries.add(1, {"dependency": dependency})
+                if self._stopping.is_set():
+                    raise FlushInterrupted(
+                        f"{what} failed while stopping ({exc}); the batch stays uncommitted"
+                    ) from exc
+                delay = self._backoff.delay_s(tries)
+                log.warning(
+                    "%s failed, %s unavailable (attempt %d; retrying in %.1fs, %d records held "
+                    "uncommitted): %s",
+                    what,
+                    dependency,
+                    tries,
+                    delay,
+                    len(self._queue),
+                    exc or type(exc).__name__,
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise FlushInterrupted(
+                    f"stopped while {what} was failing; the batch stays uncommitted"
+                ) from exc
+            if tries:
+                log.warning("%s succeeded again after %d failed attempts", what, tries)
+            return result
+
+    def _record(
         self, event: IngestValidated | IngestRejected, key: bytes | str | None, item: _Queued
-    ) -> asyncio.Future[RecordMetadata]:
-        """Publish inside the record's span, or else the trace its producer sent."""
+    ) -> OutgoingRecord:
+        """The record of `event`, traced inside the record's span or the trace its producer sent."""
         ctx = item.context
         if not item.traced:
             ctx = extract_kafka_context(item.record.headers)  # continue the producer's trace
         token = otel_context.attach(ctx)
         try:
-            return await self._publisher.send(event, key)
+            return self._publisher.record(event, key)
         finally:
             otel_context.detach(token)
 
-    async def _send_sampled(
+    def _sampled_record(
         self, event: IngestValidated, key: str, record: Received[bytes | None]
-    ) -> asyncio.Future[RecordMetadata]:
+    ) -> OutgoingRecord:
         """An untraced record whose event this hop samples: a new trace, as Publisher.send
-        would start, under a span that tells the sampler (and Publisher.send) it is chosen."""
+        would start, under a span that tells the sampler (and Publisher.record) it is chosen."""
         span = _tracer.start_span(
             f"{record.topic} ingest",
             kind=SpanKind.INTERNAL,
@@ -252,7 +391,7 @@ class IngestionPipeline:
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            return await self._publisher.send(event, key)
+            return self._publisher.record(event, key)
         finally:
             otel_context.detach(token)
             span.end()

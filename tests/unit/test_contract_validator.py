@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from mlbus.contracts import (
     ContractValidator,
     Rejected,
     SourceContracts,
+    _validator,
     derive_event_id,
     validate_lines,
 )
@@ -304,6 +305,7 @@ def test_report_counts_reasons_duplicates_and_examples() -> None:
 
 
 # ── fuzzing: never raises, every rejection explains itself ───────────────────
+# (deadline=None: the machine running CI is shared; these assert outcomes, not speed)
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 json_values = st.recursive(
@@ -344,19 +346,19 @@ def assert_explained(outcome: Accepted | Rejected) -> None:
         json.dumps(outcome.payload, allow_nan=False).encode()
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=1500))
 def test_fuzz_any_bytes(raw: bytes) -> None:
     assert_explained(VALIDATOR.validate(raw, now_s=NOW_S))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet='{}[]":,0123456789.eE-+ntrufalsNIy\\', max_size=200))
 def test_fuzz_json_looking_text(text: str) -> None:
     assert_explained(VALIDATOR.validate(text.encode(), now_s=NOW_S))
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events)
 def test_fuzz_field_values(event: dict[str, Any]) -> None:
     raw = json.dumps(event, allow_nan=True).encode()
@@ -366,3 +368,134 @@ def test_fuzz_field_values(event: dict[str, Any]) -> None:
         again = VALIDATOR.validate(json.dumps(outcome.payload).encode(), now_s=NOW_S)
         assert isinstance(again, Accepted)
         assert again.payload == outcome.payload
+
+
+# ── the jiter fast path answers exactly as the reference path ────────────────
+
+KEEP = ContractValidator("events", make_source(unknown_fields="keep", max_bytes=100_000))
+DERIVED = ContractValidator(
+    "events",
+    Source.model_validate(
+        {**make_source().model_dump(), "event_id": None, "contract": make_source().contract}
+    ),
+)
+PARITY_VALIDATORS = [VALIDATOR, BIG, KEEP, DERIVED]
+
+
+def reference(validator: ContractValidator, raw: bytes) -> Accepted | Rejected:
+    """The outcome without jiter: the json-module parse and nothing else."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_validator, "_fast_json", None)
+        return validator.validate(raw, now_s=NOW_S)
+
+
+def assert_same_as_reference(raw: bytes, validator: ContractValidator = VALIDATOR) -> None:
+    fast = validator.validate(raw, now_s=NOW_S)
+    # repr, not ==: -0.0 == 0.0 and 1 == 1.0, yet their JSON differs.
+    assert repr(fast) == repr(reference(validator, raw))
+
+
+def test_the_fast_path_is_taken_for_valid_events_and_only_for_them() -> None:
+    raw = json.dumps(good()).encode()
+    assert isinstance(VALIDATOR._accept_fast(raw, NOW_S), Accepted)
+    assert VALIDATOR._accept_fast(raw[:-1] + b',"id":"ev-2"}', NOW_S) is None  # duplicate key
+    assert VALIDATOR._accept_fast(json.dumps(good(kind="z")).encode(), NOW_S) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id":"ev-1","id":"ev-2"}',
+        b'{"id":"ev-1","\\u0069d":"ev-2"}',  # the same key, escaped
+        b'{"note":"\\ud800"}',
+        b'{"note":"\\udc00x"}',
+        b'{"note":"\\ud83d\\ude00"}',
+        b'{"amount":NaN}',
+        b'{"amount":-Infinity}',
+        b'{"amount":1e400}',
+        b'{"amount":-0.0}',
+        b'{"user":1' + b"0" * 30 + b"}",
+        b'{"user":' + b"9" * 5000 + b"}",
+        b'{"note":' + b"[" * 300 + b"]" * 300 + b"}",
+        b"\xef\xbb\xbf{}",
+        b' \n{"user":1}\t\r\n',
+        b'{"user":1}\x0c',
+        b'{"note":"\x01"}',
+        b'{"note":"\xff"}',
+        b"[]",
+        b'"text"',
+    ],
+)
+def test_fast_and_reference_paths_agree_on_edge_cases(raw: bytes) -> None:
+    event = good()
+    for validator in PARITY_VALIDATORS:
+        assert_same_as_reference(raw, validator)
+        if raw.startswith(b'{"') and raw.endswith(b"}"):  # the same trouble inside a good event
+            assert_same_as_reference(json.dumps(event).encode()[:-1] + b"," + raw[1:], validator)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.sampled_from(PARITY_VALIDATORS))
+def test_fast_and_reference_paths_agree_on_any_bytes(
+    raw: bytes, validator: ContractValidator
+) -> None:
+    assert_same_as_reference(raw, validator)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(alphabet='{}[]":,0123456789.eE-+ntrufalsNIyud\\', max_size=120),
+    st.sampled_from(PARITY_VALIDATORS),
+)
+def test_fast_and_reference_paths_agree_on_json_looking_text(
+    text: str, validator: ContractValidator
+) -> None:
+    assert_same_as_reference(text.encode(), validator)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events, st.sampled_from(PARITY_VALIDATORS), st.booleans())
+def test_fast_and_reference_paths_agree_on_field_values(
+    event: dict[str, Any], validator: ContractValidator, duplicate: bool
+) -> None:
+    raw = json.dumps(event, allow_nan=True).encode()
+    if duplicate and event:  # a producer bug: one key twice
+        first = json.dumps(dict([next(iter(event.items()))]))
+        raw = raw[:-1] + b"," + first[1:].encode()
+    assert_same_as_reference(raw, validator)
+    if not duplicate:  # mostly valid events too, so the fast path is exercised
+        assert_same_as_reference(json.dumps({**good(), **event}).encode(), validator)
+
+
+valid_events = st.fixed_dictionaries(
+    {
+        "id": st.integers(0, 10**30).map(lambda n: f"ev-{n}"),
+        "user": st.integers(1, 1_000_000) | st.integers(1, 1_000_000).map(float),
+        "amount": st.floats(0, 100) | st.integers(0, 100),
+        "kind": st.sampled_from(["a", "b"]),
+        "ts": st.floats(NOW_S - 3000, NOW_S + 50)
+        | st.datetimes(
+            min_value=datetime(2026, 6, 1, 11, 10),
+            max_value=datetime(2026, 6, 1, 12, 0),
+            timezones=st.sampled_from([UTC, timezone(timedelta(hours=2))]),
+        ).flatmap(
+            lambda d: st.sampled_from(
+                [d.isoformat(), d.astimezone(UTC).isoformat().replace("+00:00", "Z")]
+            )
+        ),
+    },
+    optional={
+        "flag": st.booleans(),
+        "note": st.none() | st.text(max_size=30),
+        "extra": st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    },
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_events, st.sampled_from(PARITY_VALIDATORS))
+def test_fast_and_reference_paths_agree_on_valid_events(
+    event: dict[str, Any], validator: ContractValidator
+) -> None:
+    assert_same_as_reference(json.dumps(event).encode(), validator)
+    assert_same_as_reference(json.dumps(event, ensure_ascii=False, indent=1).encode(), validator)

@@ -21,12 +21,13 @@ from mlbus.bus._consumer import (
     dead_letter_event,
     raw_decoder,
 )
-from mlbus.bus._publisher import Publisher
+from mlbus.bus._publisher import OutgoingRecord, Publisher
 
 __all__ = [
     "Consumer",
     "ConsumerStats",
     "EventDecoder",
+    "OutgoingRecord",
     "Publisher",
     "Received",
     "RetryPolicy",

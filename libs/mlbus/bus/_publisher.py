@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from mlbus.bus._codec import Headers, encode_event, event_headers
 from mlbus.config import KafkaSettings
@@ -37,6 +39,15 @@ def _key_bytes(key: Key) -> bytes | None:
     return key.encode() if isinstance(key, str) else key
 
 
+class OutgoingRecord(NamedTuple):
+    """One record ready for `Publisher.send_batch`: bytes, key, headers (trace context included)."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers
+
+
 class Publisher:
     """Typed publishing to Kafka.
 
@@ -49,6 +60,8 @@ class Publisher:
         self._kafka = kafka
         self.source = source if source.startswith("/") else f"/mlbus/{source}"
         self._options = producer_options
+        # send_batch partitions as the producer would: the same partitioner object.
+        self._partitioner = producer_options.get("partitioner") or DefaultPartitioner()
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -106,6 +119,30 @@ class Publisher:
         if event.plane == "data" and not presampled:
             # An untraced data-plane record: no span, no trace headers (see _sampling.py).
             return await self.producer.send(destination, value, key=key_bytes, headers=headers)  # type: ignore[no-any-return]
+        span = self._publish_span(event, destination, presampled, headers)
+        try:
+            future: asyncio.Future[RecordMetadata] = await self.producer.send(
+                destination, value, key=key_bytes, headers=headers
+            )
+        finally:
+            span.end()
+        return future
+
+    def record(self, event: Event, key: Key = None, *, topic: str | None = None) -> OutgoingRecord:
+        """What `send` would queue, traced the same way (sampling roll, publish span,
+        `traceparent`), for `send_batch`. The span covers the encoding, not the enqueueing."""
+        destination = topic or event.topic
+        headers = event_headers(event, self.source)
+        value, key_bytes = encode_event(event), _key_bytes(key)
+        presampled = event.plane == "data" and presample_data_record(_current_trace_sampled())
+        if event.plane != "data" or presampled:
+            self._publish_span(event, destination, presampled, headers).end()
+        return OutgoingRecord(destination, value, key_bytes, headers)
+
+    def _publish_span(
+        self, event: Event, destination: str, presampled: bool, headers: Headers
+    ) -> Span:
+        """A started publish span whose context is injected into `headers`; the caller ends it."""
         # start_span + explicit context (not start_as_current_span): this runs per record.
         span = _tracer.start_span(
             f"{destination} publish",
@@ -122,12 +159,10 @@ class Publisher:
         )
         try:
             inject_kafka_headers(headers, trace.set_span_in_context(span))
-            future: asyncio.Future[RecordMetadata] = await self.producer.send(
-                destination, value, key=key_bytes, headers=headers
-            )
-        finally:
+        except BaseException:
             span.end()
-        return future
+            raise
+        return span
 
     async def publish(
         self, event: Event, key: Key = None, *, topic: str | None = None
@@ -148,6 +183,56 @@ class Publisher:
             topic, value, key=_key_bytes(key), headers=raw_headers
         )
         return future
+
+    async def send_batch(
+        self, records: Iterable[OutgoingRecord]
+    ) -> list[asyncio.Future[RecordMetadata]]:
+        """Queue `records`, in order, as closed record batches per topic partition.
+
+        Partitioned exactly as `send_raw` would, but each record costs an append
+        to a batch instead of a `producer.send` (a future, a metadata check and
+        a partition lookup per record), and closed batches go out at once rather
+        than after `linger_ms`. Returns one future per batch: when all are done,
+        every record is acknowledged. A record larger than `max_batch_bytes` is
+        sent on its own through `send_raw` (same size checks and errors), after
+        the records queued before it for the same partition.
+        """
+        producer = self.producer
+        limit = self._kafka.max_batch_bytes
+        partitioner = self._partitioner
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
+        open_batches: dict[tuple[str, int], Any] = {}
+        futures: list[asyncio.Future[RecordMetadata]] = []
+
+        async def ship(topic: str, partition: int) -> None:
+            batch = open_batches.pop((topic, partition), None)
+            if batch is not None:
+                batch.close()  # closed: the sender takes it without lingering
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+
+        for topic, value, key, headers in records:
+            known = partitions.get(topic)
+            if known is None:
+                every = list(await producer.partitions_for(topic))  # waits for metadata
+                up = producer.client.cluster.available_partitions_for_topic(topic)
+                known = partitions[topic] = (every, list(up) if up else every)
+            partition = partitioner(key, *known)
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) > limit:
+                await ship(topic, partition)
+                futures.append(
+                    await producer.send(topic, value, key=key, headers=headers, partition=partition)
+                )
+                continue
+            batch = open_batches.get((topic, partition))
+            if batch is None:
+                batch = open_batches[(topic, partition)] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                await ship(topic, partition)  # full: send it and start the next one
+                batch = open_batches[(topic, partition)] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
+        for topic, partition in list(open_batches):
+            await ship(topic, partition)
+        return futures
 
     async def flush(self) -> None:
         await self.producer.flush()
