@@ -175,6 +175,11 @@ class RedisSettings(BaseSettings):
     )
     key_prefix: str = "mlbus"
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    cluster: bool = Field(
+        default=False,
+        description="The URL names a node of a Redis Cluster (db 0); the other nodes are "
+        "discovered. Off: a single Redis (or one behind a proxy).",
+    )
 
     def require_url(self) -> str:
         if not self.url:

@@ -89,14 +89,20 @@ class OfflineFlusher:
         return written
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Flush due spools until `stop`; then flush everything once more."""
+        """Flush due spools until `stop`; then flush everything once more.
+
+        The last, forced flush runs after `stop` is seen, even if `stop` was set
+        while a periodic flush was in progress."""
         tick = min(1.0, self.interval_s)
-        while not stop.is_set():
+        while True:
+            stopping = stop.is_set()
+            try:
+                await self.flush(force=stopping)
+            except (RetryableError, OSError) as exc:  # Redis or the object store is down
+                log.warning("offline flush failed, will retry: %s", exc)
+            if stopping:
+                return
             try:
                 await asyncio.wait_for(stop.wait(), tick)
             except TimeoutError:
                 pass
-            try:
-                await self.flush(force=stop.is_set())
-            except (RetryableError, OSError) as exc:  # Redis or the object store is down
-                log.warning("offline flush failed, will retry: %s", exc)

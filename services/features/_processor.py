@@ -20,6 +20,13 @@ lands (the queue is rebuilt from Redis each attempt, so nothing is counted
 twice) or the service stops (then it raises and nothing is committed); while
 Redis is not known to be reachable, `handle` pings it first so the bus's own
 retry holds the partition. See docs/adr/0012-feature-state.md (revised).
+
+On Redis Cluster (`MLBUS_REDIS_CLUSTER=true`) no transaction can span the
+batch's slots, so step 1 is one `MGET` per slot and step 3 is two ordered
+non-transactional pipelines: first the online hashes and the spool rows, then
+the states. A crash in between leaves the states saying "not counted", so the
+replay recomputes the same values and rows (readers de-duplicate rows by event
+id): the batch is replay-safe instead of all-or-nothing (ADR 0012, cluster).
 """
 
 from __future__ import annotations
@@ -30,11 +37,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
+from redis.asyncio.cluster import RedisCluster
 
 from mlbus.bus import Received, RetryPolicy
 from mlbus.errors import RetryableError
@@ -47,7 +54,7 @@ from mlbus.featurestore import (
     OnlineStore,
     ViewAggregator,
 )
-from mlbus.featurestore._online import REDIS_DOWN
+from mlbus.featurestore._online import REDIS_DOWN, RedisClient
 from mlbus.spec import FeatureDef, ProjectSpec
 from mlbus.telemetry import meter, tracer
 
@@ -139,7 +146,7 @@ class FeatureProcessor:
         for index, view in enumerate(self.views):
             self._by_source.setdefault(view.source, []).append(index)
         self.online = online
-        self.client: aioredis.Redis = online.client
+        self.client: RedisClient = online.client
         self.keys = online.keys
         self._clock = clock
         self._retry = retry or RetryPolicy()
@@ -269,12 +276,20 @@ class FeatureProcessor:
         views = self.views
         keys = self.keys
         state_keys = [keys.state(views[i].name, views[i].version, e) for (i, e), _ in groups]
+        client = self.client
+        cluster = isinstance(client, RedisCluster)
         try:
-            stored: list[bytes | None] = await self.client.mget(state_keys)  # type: ignore[assignment]
+            if isinstance(client, RedisCluster):  # MGET must stay in one slot: one per slot
+                stored: list[bytes | None] = await client.mget_nonatomic(state_keys)
+            else:
+                stored = await client.mget(state_keys)  # type: ignore[assignment]
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable reading feature state: {exc}") from exc
         processed_ms = int(self._clock() * 1000)
-        pipe = self.client.pipeline(transaction=True)
+        # One MULTI/EXEC on a single Redis. On a cluster the states go in a second
+        # pipeline, sent only after the values and rows landed (see the module doc).
+        pipe = client.pipeline(transaction=not cluster)
+        states = client.pipeline(transaction=False) if cluster else pipe
         rows: dict[int, list[tuple[int, bytes]]] = {}
         applied: dict[int, int] = {}
         for ((index, entity), events), state_key, data in zip(
@@ -287,7 +302,7 @@ class FeatureProcessor:
             assert state.watermark_ms is not None
             rows.setdefault(index, []).extend(view_rows)
             applied[index] = applied.get(index, 0) + len(view_rows)
-            pipe.set(state_key, state.to_bytes(), ex=view.ttl_s)
+            states.set(state_key, state.to_bytes(), ex=view.ttl_s)
             self.online.stage_write(
                 pipe,
                 view.name,
@@ -307,6 +322,8 @@ class FeatureProcessor:
             return
         try:
             await pipe.execute()
+            if states is not pipe:
+                await states.execute()
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable writing features: {exc}") from exc
         for index, n in applied.items():

@@ -114,9 +114,19 @@ class FeatureService:
                 if self._stop.is_set():
                     return
                 self._started.set()
+                # The flusher's last, forced flush waits for the consumer's last batch
+                # write, so rows of that batch reach Parquet before the service exits.
+                consumed = asyncio.Event()
+
+                async def consume() -> None:
+                    try:
+                        await self._consume(consumer)
+                    finally:
+                        consumed.set()
+
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._consume(consumer), name="consume")
-                    tasks.create_task(self.flusher.run(self._stop), name="offline-flush")
+                    tasks.create_task(consume(), name="consume")
+                    tasks.create_task(self.flusher.run(consumed), name="offline-flush")
                     await self._stop.wait()
                     consumer.stop()
         finally:

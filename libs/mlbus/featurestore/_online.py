@@ -12,6 +12,14 @@ reads decode without the spec, plus `__ts` (event time in ms the values are as
 of) and `__eid` (the event that last updated them). Every value in a hash is
 as of `__ts`, so a value's age is `now - __ts`. The hash expires after the
 view's TTL without updates.
+
+Redis Cluster (`RedisSettings.cluster`, `MLBUS_REDIS_CLUSTER=true`): the same
+keys, read through `redis.asyncio.cluster.RedisCluster`. Every read is a
+single-key command (HGETALL/HMGET) and the pipelines are non-transactional, so
+redis-py's cluster pipeline splits them by node (one round trip per node, in
+parallel) and no CROSSSLOT can arise; a key's slot is CRC16 of the whole key,
+so one entity's views spread over the cluster. The feature service's batch
+write is the one multi-key step; it has its own cluster path (ADR 0012).
 """
 
 from __future__ import annotations
@@ -22,16 +30,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mlbus.config import RedisSettings
-from mlbus.errors import InvalidInput, RetryableError
+from mlbus.errors import ConfigError, InvalidInput, RetryableError
 from mlbus.events import Scalar
 
 TS_FIELD = b"__ts"
 EVENT_ID_FIELD = b"__eid"
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Transient: the server or a cluster node is unreachable, or slots move in a failover.
+# redis-py's cluster client reports "no node reachable" and "slots not covered" as a
+# bare RedisClusterException; its other uses are bad URLs (turned into ConfigError
+# when the client is built) and cross-slot transactions, which the store never sends.
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    RedisClusterException,
+)
+
+RedisClient = aioredis.Redis | RedisCluster
+"""A single Redis or a Redis Cluster: every command the store sends works on both."""
+Pipeline = aioredis.client.Pipeline | ClusterPipeline
 
 
 def encode_value(value: Scalar) -> bytes:
@@ -121,10 +145,15 @@ def _names(features: Sequence[str] | None) -> list[bytes] | None:
 class OnlineStore:
     """Async reads (and the service's writes) of online feature values. `async with` closes it."""
 
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str = "mlbus") -> None:
+    def __init__(self, client: RedisClient, *, key_prefix: str = "mlbus") -> None:
         self.client = client
         self.keys = FeatureKeys(key_prefix)
         self._name_cache: dict[bytes, str] = {}
+        self._field_cache: dict[bytes, str] = {}  # HGETALL field → feature name, "" if meta
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
 
     @classmethod
     def from_settings(
@@ -134,18 +163,32 @@ class OnlineStore:
             settings.require_url(),
             key_prefix=key_prefix or settings.key_prefix,
             timeout_s=settings.socket_timeout_s,
+            cluster=settings.cluster,
         )
 
     @classmethod
     def from_url(
-        cls, url: str, *, key_prefix: str = "mlbus", timeout_s: float = 2.0
+        cls, url: str, *, key_prefix: str = "mlbus", timeout_s: float = 2.0, cluster: bool = False
     ) -> OnlineStore:
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=False,
-        )
+        """`cluster`: `url` names any node of a Redis Cluster; the others are discovered."""
+        client: RedisClient
+        if cluster:
+            try:
+                client = RedisCluster.from_url(
+                    url,
+                    socket_timeout=timeout_s,
+                    socket_connect_timeout=timeout_s,
+                    decode_responses=False,
+                )
+            except (RedisClusterException, ValueError) as exc:  # e.g. a db other than 0
+                raise ConfigError(f"invalid Redis Cluster URL {url!r}: {exc}") from exc
+        else:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                decode_responses=False,
+            )
         return cls(client, key_prefix=key_prefix)
 
     async def aclose(self) -> None:
@@ -271,13 +314,25 @@ class OnlineStore:
             ts = raw.get(TS_FIELD) if raw else None
             if ts is None:
                 return OnlineFeatures(entity_id, view, version, {}, None, None)
-            for key, value in raw.items():
-                if key[:2] == b"__":
+            fields = self._field_cache
+            for key, data in raw.items():
+                name = fields.get(key)
+                if name is None:  # "" marks `__ts`, `__eid`: not features
+                    name = fields[key] = "" if key[:2] == b"__" else key.decode()
+                if not name:
                     continue
-                name = cache.get(key)
-                if name is None:
-                    name = cache[key] = key.decode()
-                values[name] = decode_value(value)
+                # decode_value, inlined: this loop is the per-value cost of every read
+                tag = data[0]
+                if tag == _F:
+                    values[name] = float(data[1:])
+                elif tag == _I:
+                    values[name] = int(data[1:])
+                elif tag == _S:
+                    values[name] = data[1:].decode()
+                elif tag == _B:
+                    values[name] = data[1:] == b"1"
+                else:
+                    values[name] = None
         else:  # HMGET: [ts, *values] in `names` order
             ts = raw[0]
             if ts is None:
@@ -298,7 +353,7 @@ class OnlineStore:
 
     def stage_write(
         self,
-        pipe: aioredis.client.Pipeline,
+        pipe: Pipeline,
         view: str,
         version: int,
         entity_id: str,

@@ -1,0 +1,86 @@
+"""The online store without I/O: decoding hashes as Redis returns them, and choosing a
+single-Redis or a Redis Cluster client from the settings (clients connect lazily)."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.cluster import RedisCluster
+
+from mlbus.config import MlbusSettings, RedisSettings, load_settings
+from mlbus.errors import ConfigError
+from mlbus.events import Scalar
+from mlbus.featurestore import OnlineStore, encode_value
+from mlbus.featurestore._online import EVENT_ID_FIELD, TS_FIELD
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
+feature_names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+).filter(lambda name: not name.startswith("__"))
+
+
+def stored_hash(values: dict[str, Scalar], event_ms: int) -> dict[bytes, bytes]:
+    """What HGETALL returns for a hash `stage_write` wrote."""
+    raw = {name.encode(): encode_value(value) for name, value in values.items()}
+    raw[TS_FIELD] = b"%d" % event_ms
+    raw[EVENT_ID_FIELD] = b"some-event"
+    return raw
+
+
+@given(values=st.dictionaries(feature_names, scalars, max_size=25))
+def test_a_stored_hash_decodes_to_the_values_written(values: dict[str, Scalar]) -> None:
+    store = OnlineStore(aioredis.Redis())
+    row = store._decode("v", 1, "e1", stored_hash(values, 1_000_000), None, 1_010.5)
+    assert row.values == values
+    assert all(type(row.values[k]) is type(v) for k, v in values.items())
+    assert row.event_time_ms == 1_000_000
+    assert row.age_s == pytest.approx(10.5)
+    # the same hash read field by field (HMGET) gives the same values
+    names = [name.encode() for name in values]
+    raw = stored_hash(values, 1_000_000)
+    by_field = store._decode(
+        "v", 1, "e1", [raw[TS_FIELD], *(raw[n] for n in names)], names, 1_010.5
+    )
+    assert by_field.values == values
+
+
+def test_an_absent_hash_is_not_found_and_meta_fields_are_not_features() -> None:
+    store = OnlineStore(aioredis.Redis())
+    assert not store._decode("v", 1, "e1", {}, None, 0.0).found
+    row = store._decode("v", 1, "e1", stored_hash({"a": 1}, 5), None, 1.0)
+    assert row.values == {"a": 1}  # no __ts / __eid among the values, twice (cached)
+    assert store._decode("v", 1, "e1", stored_hash({"b": 2}, 5), None, 1.0).values == {"b": 2}
+
+
+async def test_cluster_settings_build_a_cluster_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLBUS_REDIS_URL", "redis://127.0.0.1:7000/0")
+    monkeypatch.setenv("MLBUS_REDIS_CLUSTER", "true")
+    settings = load_settings(MlbusSettings)
+    assert settings.redis.cluster is True
+    store = OnlineStore.from_settings(settings.redis)
+    assert store.is_cluster
+    assert isinstance(store.client, RedisCluster)
+    await store.aclose()
+
+    single = OnlineStore.from_settings(RedisSettings(url="redis://127.0.0.1:7000/3", cluster=False))
+    assert not single.is_cluster
+    await single.aclose()
+
+
+def test_a_cluster_url_with_another_db_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"Redis Cluster URL .*db"):
+        OnlineStore.from_url("redis://127.0.0.1:7000/2", cluster=True)
+
+
+def test_a_bad_cluster_flag_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLBUS_REDIS_CLUSTER", "sometimes")
+    with pytest.raises(ConfigError, match="MLBUS_REDIS_CLUSTER"):
+        load_settings(MlbusSettings)
