@@ -248,6 +248,11 @@ class PredictionLogged(Event):
     latency_ms: float = Field(ge=0)
     trace_id: str | None = None
     shadow: bool = False
+    scored_event_id: str | None = Field(
+        default=None,
+        description="id of the business event scored (e.g. a transaction_id), when the caller "
+        "named it; lets a later label for that event be joined to this prediction",
+    )
 
 
 class DriftTestResult(Contract):

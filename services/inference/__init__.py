@@ -22,9 +22,16 @@ from ._reload import (
 )
 from ._repository import CANARY, SHADOW, ModelRepository
 from ._routing import ShadowRunner, canary_point, goes_to_canary
-from ._server import InferenceServer, run, serve
-from ._servicer import ENTITY_PARAMETER, SERVICE_NAME, VERSION_PARAMETER, InferenceServicer
+from ._server import InferenceServer, run, serve, server_credentials
+from ._servicer import (
+    ENTITY_PARAMETER,
+    SERVICE_NAME,
+    VERSION_PARAMETER,
+    WORKER_PARAMETER,
+    InferenceServicer,
+)
 from ._settings import InferenceSettings
+from ._workers import WorkerPool, run_workers
 
 __all__ = [
     "CANARY",
@@ -33,6 +40,7 @@ __all__ = [
     "SERVICE_NAME",
     "SHADOW",
     "VERSION_PARAMETER",
+    "WORKER_PARAMETER",
     "ArtifactFetcher",
     "FeatureLayout",
     "FeaturesUnavailable",
@@ -52,10 +60,13 @@ __all__ = [
     "RegistryOrFileFetcher",
     "ReloadStats",
     "ShadowRunner",
+    "WorkerPool",
     "canary_point",
     "goes_to_canary",
     "load_model",
     "resolve_features",
     "run",
+    "run_workers",
     "serve",
+    "server_credentials",
 ]

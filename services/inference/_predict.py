@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 import grpc.aio
@@ -48,8 +48,10 @@ from mlbus.api.inference.v1 import predict_pb2 as pb
 from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput, NotFound, PermanentError, RetryableError
 from mlbus.events import Scalar
-from mlbus.featurestore import FeatureVector, OnlineStore
 from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
+
+if TYPE_CHECKING:  # the store (redis, pyarrow: ~50 MB) loads only where Predict is set up
+    from mlbus.featurestore import FeatureVector, OnlineStore
 
 from ._model import OIP_TO_NUMPY, InputEncoding, LoadedModel, encode_category
 from ._predlog import PredictionLog, PredictionRecord
@@ -370,6 +372,14 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                 f"{len(ids)} entity ids; at most {self._max_entities} per call "
                 "(MLBUS_INFERENCE_MAX_PREDICT_ENTITIES)"
             )
+        # One business event per entity, or none: a mismatch would pin a label
+        # to the wrong prediction, so it is refused rather than truncated.
+        event_ids = tuple(request.event_ids) or None
+        if event_ids is not None and len(event_ids) != len(ids):
+            raise InvalidInput(
+                f"event_ids has {len(event_ids)} ids for {len(ids)} entity_ids: give one "
+                "event id per entity id, in the same order, or none"
+            )
         main = self._repository.get(name)
         fields = self._fields(request)
         vectors = await self._read(ids, context)
@@ -413,6 +423,9 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                         trace_id,
                         tuple(ids[i] for i in indices),
                         feature_names=layout.feature_names,
+                        event_ids=(
+                            tuple(event_ids[i] for i in indices) if event_ids is not None else None
+                        ),
                     )
                 )
         response.predictions.extend(predictions)
@@ -428,6 +441,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                     entity_ids=tuple(ids),
                     feature_names=layout.feature_names,
                     trace_id=trace_id,
+                    event_ids=event_ids,
                 )
             except Exception:  # the shadow must never change the response
                 self._shadow.failed += 1
@@ -446,9 +460,9 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         if remaining is not None:
             timeout_s = min(timeout_s, remaining)
         try:
-            return await asyncio.wait_for(
-                self._store.get_features(ids, self._refs, self._versions), timeout_s
-            )
+            # asyncio.timeout, not wait_for: no extra task and loop round trip per call
+            async with asyncio.timeout(timeout_s):
+                return await self._store.get_features(ids, self._refs, self._versions)
         except TimeoutError:
             raise RetryableError(
                 f"the online store did not answer within {timeout_s * 1000:.0f} ms "

@@ -12,7 +12,8 @@ Feature names: a 2-D input `x` of shape [N, F] gives features `x[0]` … `x[F-1]
 unless the ONNX model's metadata has `mlbus.feature_names.x` (comma-separated);
 a 1-D input, or [N, 1], is one feature named after the input. `Predict`
 passes the spec's `view.feature` refs instead. Shadow scores are logged with
-`shadow=True`.
+`shadow=True`. When Predict names the business event of each entity
+(`event_ids`), every row carries it as `scored_event_id`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class PredictionRecord:
     shadow: bool = False
     feature_names: tuple[str, ...] | None = None
     """Names of the columns of the (single, 2-D) input, e.g. the spec's `view.feature` refs."""
+    event_ids: tuple[str, ...] | None = None
+    """Per row, the business event scored (Predict's `event_ids`), for joining labels later."""
 
     @property
     def rows(self) -> int:
@@ -233,6 +236,7 @@ def to_events(record: PredictionRecord) -> list[PredictionLogged]:
                 version=record.model.version,
                 alias=record.alias,
                 entity_id=record.entity_ids[i] if record.entity_ids else None,
+                scored_event_id=record.event_ids[i] if record.event_ids else None,
                 features=features,
                 outputs={name: flat[i].tolist() for name, flat in outputs},
                 latency_ms=record.latency_ms,

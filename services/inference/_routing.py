@@ -80,13 +80,14 @@ class ShadowRunner:
         entity_ids: tuple[str, ...] | None = None,
         feature_names: tuple[str, ...] | None = None,
         trace_id: str | None = None,
+        event_ids: tuple[str, ...] | None = None,
     ) -> None:
         """Schedule one shadow run; never blocks, never raises."""
         if len(self._tasks) >= self._max:
             self.dropped += 1
             return
         task = asyncio.get_running_loop().create_task(
-            self._score(model, inputs, entity_ids, feature_names, trace_id),
+            self._score(model, inputs, entity_ids, feature_names, trace_id, event_ids),
             name=f"shadow-{model.name}",
         )
         self._tasks.add(task)
@@ -99,6 +100,7 @@ class ShadowRunner:
         entity_ids: tuple[str, ...] | None,
         feature_names: tuple[str, ...] | None,
         trace_id: str | None,
+        event_ids: tuple[str, ...] | None,
     ) -> None:
         started = time.perf_counter()
         try:
@@ -125,6 +127,7 @@ class ShadowRunner:
                     entity_ids,
                     shadow=True,
                     feature_names=feature_names,
+                    event_ids=event_ids,
                 )
             )
 

@@ -11,6 +11,13 @@ publications nor logs predictions, and says so at start.
 `run()` is what `python -m mlbus.inference` calls: settings from the
 environment, telemetry, the server, and a graceful stop on SIGTERM/SIGINT
 (health turns NOT_SERVING, in-flight calls get `shutdown_grace_s` to finish).
+With `workers > 1` it supervises that many server processes on one port
+instead (`_workers.py`); each is an `InferenceServer` that names itself in
+`ModelInfer` responses (`parameters["mlbus.worker_pid"]`).
+
+The port: a single process binds it exclusively (a second server on the same
+port is a clear error, not a silent SO_REUSEPORT share); workers share it.
+TLS (and client certificates) when `MLBUS_INFERENCE_TLS_*` are set.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 import grpc.aio
@@ -32,13 +41,16 @@ from mlbus.api.inference.v1 import predict_pb2, predict_pb2_grpc
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
+from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
-from mlbus.featurestore import OnlineStore
 from mlbus.registry_client import RegistryClient
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.runtime import discover
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
+
+if TYPE_CHECKING:
+    from mlbus.featurestore import OnlineStore
 
 from ._model import OrtThreads
 from ._predict import PREDICT_SERVICE_NAME, PredictionServicer, protects_predict
@@ -68,13 +80,19 @@ class InferenceServer:
         fetcher: ArtifactFetcher | None = None,
         host: str | None = None,
         spec: ProjectSpec | None = None,
+        worker: int | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker
+        """Index of this process among `--workers` (None: the only process)."""
         self.spec = spec
         if self.spec is None and settings.spec is not None:
             self.spec = load_spec(settings.spec)  # SpecError (a ConfigError): fail fast
         self.store: OnlineStore | None = None
         if self.spec is not None and settings.redis.url:
+            # Imported here: redis and pyarrow cost a worker ~50 MB it needs only for Predict.
+            from mlbus.featurestore import OnlineStore
+
             self.store = OnlineStore.from_settings(settings.redis)
         self._host = host or settings.grpc_host
         self.repository = ModelRepository()
@@ -127,6 +145,7 @@ class InferenceServer:
             shadow=self.shadow,
             canary_weights={} if settings.canary_weight is not None else spec_weights,
             default_canary_weight=settings.canary_weight or 0.0,
+            worker_pid=os.getpid() if worker is not None else None,
         )
         self.predictor = PredictionServicer(
             self.repository,
@@ -162,6 +181,8 @@ class InferenceServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Workers share the port on purpose; a lone server must own it.
+                ("grpc.so_reuseport", 1 if self.worker is not None else 0),
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -177,7 +198,9 @@ class InferenceServer:
                 predict_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
             ),
         )
-        self.port = bind_port(server, self._host, settings.grpc_port, "MLBUS_INFERENCE_GRPC_PORT")
+        self.port = _bind(server, self._host, settings)
+        if self.store is not None:
+            await self._connect_store()
         await server.start()
         self._server = server
         await self._set_health()
@@ -196,7 +219,13 @@ class InferenceServer:
             log.info("no spec (MLBUS_SPEC): Predict answers FAILED_PRECONDITION; OIP serves")
         elif self.store is None:
             log.warning("no Redis configured: Predict answers FAILED_PRECONDITION; OIP serves")
-        log.info("inference serving on %s:%d", self._host, self.port)
+        log.info(
+            "inference serving on %s:%d%s%s",
+            self._host,
+            self.port,
+            " (TLS)" if settings.tls_cert_file else "",
+            f" as worker {self.worker}" if self.worker is not None else "",
+        )
         return self
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -275,6 +304,7 @@ class InferenceServer:
                     try:
                         await consumer.wait_assigned(ASSIGN_TIMEOUT_S)
                         self.following.set()
+                        log.info("following %s", MODEL_PUBLISHED)
                         await running
                     finally:
                         consumer.stop()
@@ -314,6 +344,23 @@ class InferenceServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.reload_retry_s)
 
+    async def _connect_store(self) -> None:
+        """Open the first Redis connection now, not inside the first Predict's budget.
+
+        Connecting (and, for a cluster, discovering the slots) costs round trips
+        that `serving.timeout_ms` does not allow for: on a busy machine the first
+        Predict after start failed UNAVAILABLE although Redis was fine. Redis
+        down is not fatal: Predict answers UNAVAILABLE until it comes back.
+        """
+        assert self.store is not None
+        try:
+            async with asyncio.timeout(2 * self.settings.redis.socket_timeout_s):
+                await self.store.client.ping()
+        except Exception as exc:
+            log.warning(
+                "online store not reachable at start (%s); Predict answers UNAVAILABLE", exc
+            )
+
     async def _on_swap(self) -> None:
         await self._set_health()
 
@@ -332,22 +379,119 @@ class InferenceServer:
         )
 
 
-async def serve(settings: InferenceSettings) -> None:
-    """Run the inference service until SIGTERM or SIGINT."""
+def _read_pem(path: Path, variable: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path}: cannot read it ({exc.strerror or exc})") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{variable}={path}: not a PEM file")
+    return data
+
+
+def server_credentials(settings: InferenceSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials (client certificates required when a CA is set); None: plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    cert = _read_pem(settings.tls_cert_file, "MLBUS_INFERENCE_TLS_CERT_FILE")
+    key = _read_pem(settings.tls_key_file, "MLBUS_INFERENCE_TLS_KEY_FILE")
+    ca = (
+        _read_pem(settings.tls_client_ca_file, "MLBUS_INFERENCE_TLS_CLIENT_CA_FILE")
+        if settings.tls_client_ca_file is not None
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _bind(server: grpc.aio.Server, host: str, settings: InferenceSettings) -> int:
+    variable = "MLBUS_INFERENCE_GRPC_PORT"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        return bind_port(server, host, settings.grpc_port, variable)
+    address = f"{host}:{settings.grpc_port}"
+    try:
+        # A key that does not match the certificate only fails here, inside gRPC.
+        bound = int(server.add_secure_port(address, credentials))
+    except RuntimeError as exc:
+        bound, reason = 0, f"{exc}; check the TLS certificate and key belong together"
+    else:
+        reason = "the port is taken"
+    if not bound:
+        raise ConfigError(
+            f"cannot serve gRPC with TLS on {address} ({reason}); set {variable} to a free "
+            "port, or 0 to pick one"
+        )
+    return bound
+
+
+SUPERVISOR_CHECK_S = 1.0
+
+
+async def serve(
+    settings: InferenceSettings, *, worker: int | None = None, supervisor_pid: int | None = None
+) -> None:
+    """Run the inference service until SIGTERM or SIGINT (a worker: SIGTERM, or orphaned)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # A worker leaves SIGINT to its supervisor, which relays it as SIGTERM.
+    signals = (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
-    async with InferenceServer(settings):
-        await stop.wait()
+    async with InferenceServer(settings, worker=worker):
+        if supervisor_pid is None:
+            await stop.wait()
+        else:
+            # A supervisor killed hard cannot relay anything: notice being
+            # orphaned (re-parented) and stop, so no worker keeps the port.
+            while os.getppid() == supervisor_pid:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), SUPERVISOR_CHECK_S)
+                if stop.is_set():
+                    break
+            else:
+                log.warning("inference worker %s: supervisor %d is gone", worker, supervisor_pid)
         log.info("inference stopping (grace %.1fs)", settings.shutdown_grace_s)
 
 
 def run(settings: InferenceSettings | None = None) -> None:
     """Entry point of `python -m mlbus.inference`."""
     settings = discover(settings or load_settings(InferenceSettings))
+    if settings.workers > 1:
+        _run_supervisor(settings)
+        return
     telemetry = setup_telemetry("inference", settings)
     try:
         asyncio.run(serve(settings))
+    finally:
+        telemetry.shutdown()
+
+
+def _run_supervisor(settings: InferenceSettings) -> None:
+    from ._workers import run_workers
+
+    if settings.tls_cert_file is not None:
+        server_credentials(settings)  # unreadable files: one clear error, before any worker
+    if settings.spec is not None:
+        load_spec(settings.spec)  # likewise for a bad spec
+    # The supervisor serves no metrics (the workers do, each on its own port).
+    quiet = settings.model_copy(
+        update={"telemetry": settings.telemetry.model_copy(update={"metrics_port": None})}
+    )
+    telemetry = setup_telemetry("inference", quiet)
+    try:
+        code = run_workers(settings)
+    finally:
+        telemetry.shutdown()
+    if code:
+        raise SystemExit(code)
+
+
+def run_worker(settings: InferenceSettings, index: int, supervisor_pid: int) -> None:
+    """One of `--workers N` processes (spawned by `_workers.WorkerPool`)."""
+    telemetry = setup_telemetry("inference", settings)
+    try:
+        asyncio.run(serve(settings, worker=index, supervisor_pid=supervisor_pid))
     finally:
         telemetry.shutdown()

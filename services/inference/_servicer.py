@@ -48,6 +48,8 @@ from ._tensors import decode_inputs, encode_outputs
 SERVICE_NAME = "inference.GRPCInferenceService"
 VERSION_PARAMETER = "mlbus.model_version"
 ENTITY_PARAMETER = "mlbus.entity_id"
+WORKER_PARAMETER = "mlbus.worker_pid"
+"""With `--workers N`: the pid of the worker process that answered (int64)."""
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
 
 
@@ -70,6 +72,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         shadow: ShadowRunner | None = None,
         canary_weights: Mapping[str, float] | None = None,
         default_canary_weight: float = 0.0,
+        worker_pid: int | None = None,
     ) -> None:
         self._repository = repository
         self._required = required_models
@@ -80,6 +83,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._shadow = shadow
         self._canary_weights = dict(canary_weights or {})
         self._default_canary_weight = default_canary_weight
+        self._worker_pid = worker_pid
 
     def canary_weight(self, model: str) -> float:
         return self._canary_weights.get(model, self._default_canary_weight)
@@ -152,6 +156,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             model_name=model.name, model_version=str(version), id=request.id
         )
         response.parameters[VERSION_PARAMETER].int64_param = version
+        if self._worker_pid is not None:
+            response.parameters[WORKER_PARAMETER].int64_param = self._worker_pid
         encode_outputs(response, outputs, raw=len(request.raw_input_contents) > 0)
         shadow = self._repository.shadow(name) if self._shadow is not None else None
         if self._log is not None or shadow is not None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from mlbus.config import ServiceSettings
@@ -30,6 +31,9 @@ class InferenceSettings(ServiceSettings):
     MLBUS_INFERENCE_SHADOW              score a `shadow` version on a copy of traffic
                                         (unset: the spec's serving.shadow, else true)
     MLBUS_INFERENCE_MAX_PREDICT_ENTITIES  entity ids per Predict call (1000)
+    MLBUS_INFERENCE_WORKERS             server processes sharing the port (SO_REUSEPORT); 1
+    MLBUS_INFERENCE_TLS_CERT_FILE / _TLS_KEY_FILE   PEM certificate chain and key: serve TLS
+    MLBUS_INFERENCE_TLS_CLIENT_CA_FILE  PEM CA bundle: also require client certificates (mTLS)
     MLBUS_SPEC, MLBUS_REDIS_URL / REDIS_URL  needed by Predict only
     """
 
@@ -62,6 +66,15 @@ class InferenceSettings(ServiceSettings):
     shadow: bool | None = None
     shadow_max_in_flight: int = Field(default=64, ge=1)
     max_predict_entities: int = Field(default=1000, ge=1)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC port via SO_REUSEPORT (docs/adr/0018).",
+    )
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -69,3 +82,17 @@ class InferenceSettings(ServiceSettings):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Self:
+        # Half a TLS setup would silently serve plaintext: refuse it at start.
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "TLS needs both MLBUS_INFERENCE_TLS_CERT_FILE and MLBUS_INFERENCE_TLS_KEY_FILE"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "MLBUS_INFERENCE_TLS_CLIENT_CA_FILE (client certificates) needs the server's "
+                "MLBUS_INFERENCE_TLS_CERT_FILE and MLBUS_INFERENCE_TLS_KEY_FILE"
+            )
+        return self

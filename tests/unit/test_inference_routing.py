@@ -115,3 +115,34 @@ def test_shadow_records_become_events_marked_shadow() -> None:
     (event,) = to_events(record)
     assert event.shadow
     assert event.entity_id == "e"
+
+
+def test_each_row_carries_the_business_event_it_scored() -> None:
+    from mlbus.events import PredictionLogged
+    from mlbus.inference._predlog import to_events
+
+    outputs = {"y": np.array([[1.0], [2.0]])}
+    inputs = {"x": np.zeros((2, 20), np.float32)}
+    record = PredictionRecord(
+        model(1), "champion", inputs, outputs, 1.0, None, ("a", "b"), event_ids=("tx-1", "tx-2")
+    )
+    events = to_events(record)
+    assert [(e.entity_id, e.scored_event_id) for e in events] == [("a", "tx-1"), ("b", "tx-2")]
+    # survives the wire, and an event without one (older producers) still parses
+    assert PredictionLogged.model_validate_json(events[0].model_dump_json()) == events[0]
+    plain = to_events(PredictionRecord(model(1), None, inputs, outputs, 1.0, None, ("a", "b")))
+    assert [e.scored_event_id for e in plain] == [None, None]
+    legacy = events[0].model_dump(mode="json")
+    del legacy["scored_event_id"]
+    assert PredictionLogged.model_validate(legacy).scored_event_id is None
+
+
+async def test_shadow_records_keep_the_event_ids() -> None:
+    sink = Sink()
+    runner = ShadowRunner(sink, None)
+    runner.submit(
+        model(3), {"x": np.ones((2, 20), np.float32)}, entity_ids=("a", "b"), event_ids=("t1", "t2")
+    )
+    await runner.drain()
+    (record,) = sink.records
+    assert record.event_ids == ("t1", "t2")

@@ -19,7 +19,7 @@ class FieldValue(_message.Message):
     def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model_name", "entity_ids", "fields")
+    __slots__ = ("model_name", "entity_ids", "fields", "event_ids")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,10 +30,12 @@ class PredictRequest(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
     fields: _containers.MessageMap[str, FieldValue]
-    def __init__(self, model_name: _Optional[str] = ..., entity_ids: _Optional[_Iterable[str]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ...) -> None: ...
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., entity_ids: _Optional[_Iterable[str]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Output(_message.Message):
     __slots__ = ("values", "strings")

@@ -1,0 +1,206 @@
+"""Peer: KServe's Python ModelServer vs mlbus, same ONNX model, same tritonclient load.
+
+Both servers serve the LogisticRegression of bench_inference.py (20 FP32
+features) through ONNX Runtime with 1 intra-op / 1 inter-op thread, one
+process each, over gRPC (Open Inference Protocol v2):
+
+- KServe: `kserve` from PyPI (loadtests/.venv-kserve, made by
+  loadtests/kserve_venv.sh on first use; never in the project's
+  dependencies: it pins its own protobuf/grpcio), a custom `kserve.Model`
+  (loadtests/kserve_server.py), `ModelServer` defaults otherwise;
+- mlbus: `InferenceServer` as in bench_inference.py (prediction log off).
+
+The load is `tritonclient.grpc.aio` in a separate process
+(loadtests/kserve_tritonload.py; it cannot share a process with mlbus's stubs):
+one call at a time for p50/p99, then `--inflight` calls over `--connections`
+connections for throughput. Resident memory of each server (VmRSS) is
+sampled while the load runs.
+
+Goal (issue #7): mlbus throughput ≥ 2 × KServe's.
+
+    python loadtests/bench_inference_kserve.py [--calls 2000] [--seconds 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _harness import Benchmark, console, percentile
+from bench_inference import MODEL, build_model, start_server
+from bench_inference_workers import MemorySampler, memory_mb
+
+HERE = Path(__file__).parent
+KSERVE_VENV = HERE / ".venv-kserve"
+KSERVE = "KServe ModelServer"
+MLBUS = "mlbus"
+
+
+def kserve_python() -> Path:
+    """The benchmark-only venv's python, created by kserve_venv.sh when missing."""
+    python = KSERVE_VENV / "bin" / "python"
+    if not python.exists():
+        console.print("creating loadtests/.venv-kserve (kserve from PyPI; once)…")
+        setup = subprocess.run(
+            ["sh", str(HERE / "kserve_venv.sh")], capture_output=True, text=True, check=False
+        )
+        if setup.returncode != 0 or not python.exists():
+            raise SystemExit(
+                "cannot install kserve into loadtests/.venv-kserve:\n"
+                + setup.stdout[-2000:]
+                + setup.stderr[-2000:]
+            )
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_kserve(model_path: Path) -> tuple[subprocess.Popen[str], int]:
+    grpc_port, http_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [str(kserve_python()), str(HERE / "kserve_server.py")],
+        env={
+            **os.environ,
+            "KSERVE_MODEL_PATH": str(model_path),
+            "KSERVE_MODEL_NAME": MODEL,
+            "KSERVE_GRPC_PORT": str(grpc_port),
+            "KSERVE_HTTP_PORT": str(http_port),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise SystemExit("the KServe server did not start (run loadtests/kserve_server.py by hand)")
+    deadline = time.monotonic() + 60
+    while True:  # the gRPC server starts a moment after the model is loaded
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", grpc_port)) == 0:
+                break
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit("the KServe gRPC port never opened")
+        time.sleep(0.1)
+    return process, grpc_port
+
+
+def tritonload(*args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "kserve_tritonload.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"tritonclient load failed: {done.stderr[-2000:]}")
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def main(calls: int, seconds: float, repeats: int, inflight: int, connections: int) -> bool:
+    bench = Benchmark(
+        "inference_kserve",
+        "mlbus vs KServe's Python ModelServer: same ONNX model, same tritonclient gRPC load",
+        calls=calls,
+        seconds=seconds,
+        repeats=repeats,
+        inflight=inflight,
+        connections=connections,
+    )
+    version = subprocess.run(
+        [str(kserve_python()), "-m", "pip", "show", "kserve"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    bench.parameters["kserve"] = next(
+        (line.split()[-1] for line in version.splitlines() if line.startswith("Version")), "?"
+    )
+    processes: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model_path = folder / "model.onnx"
+        build_model(model_path)
+        try:
+            kserve_process, kserve_port = start_kserve(model_path)
+            processes.append(kserve_process)
+            mlbus_process, mlbus_port = start_server("mlbus", str(model_path), str(folder))
+            processes.append(mlbus_process)
+            servers = {
+                MLBUS: (f"127.0.0.1:{mlbus_port}", mlbus_process.pid),
+                KSERVE: (f"127.0.0.1:{kserve_port}", kserve_process.pid),
+            }
+            for name, (_, pid) in servers.items():
+                bench.record(name, "idle RSS", memory_mb(pid)[0], "MB", higher_is_better=False)
+            per_run: list[float] = []  # interleaved runs: each ratio shares its noise
+            for run in range(repeats):
+                line = []
+                rates: dict[str, float] = {}
+                for name, (url, pid) in servers.items():
+                    latencies = tritonload(url, MODEL, "latency", str(calls))["latencies_ms"]
+                    assert isinstance(latencies, list)
+                    sampler = MemorySampler([pid])
+                    with sampler.running():
+                        result = tritonload(
+                            url, MODEL, "throughput", str(seconds), str(inflight), str(connections)
+                        )
+                    rate = float(result["requests"]) / float(result["seconds"])  # type: ignore[arg-type]
+                    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+                    bench.record(name, "p50", p50, "ms", higher_is_better=False)
+                    bench.record(name, "p99", p99, "ms", higher_is_better=False)
+                    bench.record(name, "throughput", rate, "req/s", higher_is_better=True)
+                    bench.record(
+                        name, "errors", float(result["errors"]), "calls", higher_is_better=False
+                    )  # type: ignore[arg-type]
+                    bench.record(
+                        name, "RSS under load", sampler.peak[pid][0], "MB", higher_is_better=False
+                    )
+                    rates[name] = rate
+                    line.append(f"{name} p50 {p50:.3f} ms p99 {p99:.3f} ms {rate:,.0f} req/s")
+                per_run.append(rates[MLBUS] / rates[KSERVE])
+                console.print(f"run {run + 1}/{repeats}: " + "; ".join(line))
+        finally:
+            for process in processes:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    bench.goal(
+        "throughput vs KServe (same tritonclient load)", MLBUS, KSERVE, "throughput", ">=", 2.0
+    )
+    bench.notes.append("throughput mlbus/KServe per run: " + ", ".join(f"{r:.2f}" for r in per_run))
+    bench.notes.append(
+        f"p50 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p50'):.2f}, "
+        f"p99 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p99'):.2f}"
+    )
+    return bench.report()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--inflight", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=1)
+    args = parser.parse_args()
+    ok = main(args.calls, args.seconds, args.repeats, args.inflight, args.connections)
+    sys.exit(0 if ok else 1)

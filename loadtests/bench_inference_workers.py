@@ -1,0 +1,369 @@
+"""Saturated ModelInfer throughput with 1 and 2 worker processes, and resident memory per worker.
+
+`python -m mlbus.inference --workers N` runs as it would in production (the
+supervisor spawns N servers on one port; N=1 is the plain single process),
+following the embedded broker; the model (LogisticRegression, 20 FP32
+features, as in bench_inference.py) arrives as a real `model.published`.
+The load comes from separate client processes (`--clients`, default 2), each
+keeping `--inflight` calls going over `--connections` TCP connections: the
+kernel spreads connections, not calls, over the workers. A bare `grpc.aio`
+echo server (one process, same payload, same load) is the same-run baseline.
+
+Memory: VmRSS (and PSS) of every server process, read from /proc while the
+load runs; the maximum per process is reported. Goal (issue #7): ≤ 100 MB
+per worker. The machine has 2 cores shared by servers and clients, so two
+workers cannot double anything here: the gain is reported, not a goal.
+
+    python loadtests/bench_inference_workers.py [--seconds 4] [--repeats 3] [--clients 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import grpc
+import grpc.aio
+
+from _harness import Benchmark, console
+from bench_inference import ECHO_METHOD, INFER_METHOD, MODEL, build_model, request_bytes
+from bench_inference import start_server as start_bench_server
+
+ECHO = "grpc.aio echo"
+ONE = "mlbus 1 worker"
+TWO = "mlbus 2 workers"
+
+
+# ── processes ────────────────────────────────────────────────────────────────
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Workers:
+    """`python -m mlbus.inference --workers N` with its stderr collected."""
+
+    def __init__(self, n: int, bootstrap: str, folder: Path, log: bool) -> None:
+        self.n = n
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLBUS_")}
+        env |= {
+            "MLBUS_DATA_DIR": str(folder / f"data-{n}"),
+            "MLBUS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "MLBUS_INFERENCE_GRPC_HOST": "127.0.0.1",
+            "MLBUS_INFERENCE_GRPC_PORT": str(self.port),
+            "MLBUS_INFERENCE_MODELS": MODEL,
+            "MLBUS_INFERENCE_PREDICTION_LOG": "true" if log else "false",
+            "MLBUS_INFERENCE_SHUTDOWN_GRACE_S": "1",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlbus.inference", "--workers", str(n)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_following(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while sum("following mlbus.model.published" in line for line in self.lines) < self.n:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("workers did not start:\n" + "".join(self.lines))
+            time.sleep(0.1)
+
+    def server_pids(self) -> list[int]:
+        """The processes that serve: the workers (N > 1) or the process itself."""
+        if self.n == 1:
+            return [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(p) for p in children.read_text().split()]
+        return [p for p in pids if "resource_tracker" not in _cmdline(p)]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    return ""
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB from /proc; PSS splits shared pages between the processes sharing them."""
+    rss = pss = 0.0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    return rss, pss
+
+
+class MemorySampler:
+    """Samples RSS/PSS of `pids` every 100 ms in a thread; keeps the maximum of each."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.peak: dict[int, tuple[float, float]] = dict.fromkeys(pids, (0.0, 0.0))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for pid in self.peak:
+                rss, pss = memory_mb(pid)
+                old = self.peak[pid]
+                self.peak[pid] = (max(old[0], rss), max(old[1], pss))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[MemorySampler]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+async def publish_model(bootstrap: str, model_path: Path, data: bytes) -> None:
+    from mlbus.bus import Publisher, ensure_topics
+    from mlbus.config import KafkaSettings
+    from mlbus.events import MODEL_PUBLISHED, ModelPublished, ModelSignature, TensorSpec
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    await ensure_topics(kafka, [MODEL_PUBLISHED])
+    event = ModelPublished(
+        model=MODEL,
+        alias="champion",
+        version=1,
+        previous_version=None,
+        artifact_uri=model_path.as_uri(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        signature=ModelSignature(
+            inputs=(TensorSpec(name="float_input", datatype="FP32", shape=(-1, 20)),),
+            outputs=(
+                TensorSpec(name="label", datatype="INT64", shape=(-1,)),
+                TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 2)),
+            ),
+        ),
+        reason="benchmark",
+        actor="loadtests",
+    )
+    async with Publisher(kafka, source="loadtests") as publisher:
+        await publisher.publish(event, key=MODEL)
+
+
+async def wait_all_loaded(port: int, workers: int, payload: bytes, timeout_s: float = 60) -> None:
+    """Fresh connections until `workers` distinct processes answered ModelInfer."""
+    from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
+    from mlbus.inference import WORKER_PARAMETER
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(seen)} of {workers} workers loaded the model")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                raw = await channel.unary_unary(INFER_METHOD)(payload, timeout=5)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+                continue
+        response = pb.ModelInferResponse.FromString(raw)
+        seen.add(response.parameters[WORKER_PARAMETER].int64_param)
+
+
+# ── load (in client processes) ───────────────────────────────────────────────
+
+
+async def load(
+    address: str, method: str, payload: bytes, seconds: float, inflight: int, connections: int
+) -> dict[str, float]:
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
+    calls = [channel.unary_unary(method) for channel in channels]
+    for call in calls:
+        for _ in range(20):
+            await call(payload)
+    done = errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(call: grpc.aio.UnaryUnaryMultiCallable) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < deadline:
+            try:
+                await call(payload)
+                done += 1
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(calls[i % connections]) for i in range(inflight)))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        await channel.close()
+    return {"requests": done, "seconds": elapsed, "errors": errors}
+
+
+def run_load(
+    address: str, method: str, clients: int, seconds: float, inflight: int, connections: int
+) -> tuple[float, int]:
+    """(requests/s, errors) summed over `clients` load processes started together."""
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--load",
+                address,
+                method,
+                str(seconds),
+                str(inflight),
+                str(connections),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients)
+    ]
+    results = [json.loads(p.communicate(timeout=seconds + 120)[0]) for p in processes]
+    rate = sum(r["requests"] / r["seconds"] for r in results)
+    return rate, int(sum(r["errors"] for r in results))
+
+
+# ── main ─────────────────────────────────────────────────────────────────────
+
+
+def main(
+    seconds: float, repeats: int, clients: int, inflight: int, connections: int, log: bool
+) -> bool:
+    from mlbus.runtime import EmbeddedBroker
+
+    bench = Benchmark(
+        "inference_workers",
+        "saturated ModelInfer throughput, 1 vs 2 worker processes; RSS per worker under load",
+        seconds=seconds,
+        repeats=repeats,
+        clients=clients,
+        inflight_per_client=inflight,
+        connections_per_client=connections,
+        prediction_log=log,
+    )
+    payload = request_bytes()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "logs") as broker:
+        folder = Path(tmp)
+        model_path = folder / "model.onnx"
+        build_model(model_path)
+        echo_process, echo_port = start_bench_server("echo")
+        servers = {ONE: Workers(1, broker.bootstrap_servers, folder, log)}
+        servers[TWO] = Workers(2, broker.bootstrap_servers, folder, log)
+        try:
+            for server in servers.values():
+                server.wait_following()
+            asyncio.run(
+                publish_model(broker.bootstrap_servers, model_path, model_path.read_bytes())
+            )
+            for server in servers.values():
+                asyncio.run(wait_all_loaded(server.port, server.n, payload))
+            pids = {name: server.server_pids() for name, server in servers.items()}
+            supervisor = servers[TWO].process.pid
+            bench.parameters["server_pids"] = pids
+            targets = {
+                ECHO: (f"127.0.0.1:{echo_port}", ECHO_METHOD, [echo_process.pid]),
+                **{
+                    name: (f"127.0.0.1:{server.port}", INFER_METHOD, pids[name])
+                    for name, server in servers.items()
+                },
+            }
+            for run in range(repeats):
+                line = []
+                for name, (address, method, server_pids) in targets.items():
+                    sampler = MemorySampler(server_pids)
+                    with sampler.running():
+                        rate, errors = run_load(
+                            address, method, clients, seconds, inflight, connections
+                        )
+                    bench.record(name, "throughput", rate, "req/s", higher_is_better=True)
+                    bench.record(name, "errors", errors, "calls", higher_is_better=False)
+                    if name != ECHO:
+                        rss = max(peak[0] for peak in sampler.peak.values())
+                        pss = max(peak[1] for peak in sampler.peak.values())
+                        bench.record(name, "max RSS per worker", rss, "MB", higher_is_better=False)
+                        bench.record(name, "max PSS per worker", pss, "MB", higher_is_better=False)
+                    line.append(f"{name} {rate:,.0f} req/s")
+                rss_sup, _ = memory_mb(supervisor)
+                bench.record(TWO, "supervisor RSS", rss_sup, "MB", higher_is_better=False)
+                console.print(f"run {run + 1}/{repeats}: " + ", ".join(line))
+        finally:
+            for server in servers.values():
+                server.stop()
+            echo_process.terminate()
+            echo_process.wait(10)
+    bench.goal("throughput, one process vs echo", ONE, ECHO, "throughput", ">=", 0.7)
+    gain = bench.ratio(TWO, ONE, "throughput")
+    bench.notes.append(
+        f"2 workers / 1 worker throughput = {gain:.2f} (reported, not a goal: 2 cores shared "
+        f"by {clients} client processes and the servers)"
+    )
+    for name in (ONE, TWO):
+        rss = bench.median(name, "max RSS per worker")
+        pss = bench.median(name, "max PSS per worker")
+        bench.notes.append(
+            f"{name}: max RSS per worker {rss:.0f} MB (goal <= 100 MB: "
+            f"{'met' if rss <= 100 else 'NOT met'}), PSS {pss:.0f} MB"
+        )
+    return bench.report() and all(
+        bench.median(name, "max RSS per worker") <= 100 for name in (ONE, TWO)
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=2, help="load generator processes")
+    parser.add_argument("--inflight", type=int, default=16, help="calls in flight per client")
+    parser.add_argument("--connections", type=int, default=4, help="TCP connections per client")
+    parser.add_argument("--log", action="store_true", help="log predictions to the broker")
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        address, method, secs, flight, conns = args.load
+        result = asyncio.run(
+            load(address, method, request_bytes(), float(secs), int(flight), int(conns))
+        )
+        print(json.dumps(result))
+        sys.exit(0)
+    ok = main(args.seconds, args.repeats, args.clients, args.inflight, args.connections, args.log)
+    sys.exit(0 if ok else 1)
