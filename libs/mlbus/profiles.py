@@ -184,6 +184,16 @@ def _as_float(values: Iterable[Any]) -> np.ndarray:
     return np.asarray([math.nan if _is_missing(v) else float(v) for v in array.tolist()])
 
 
+def is_missing(value: object) -> bool:
+    """None or NaN: counted apart from the bins (the drift detector keys live values alike)."""
+    return _is_missing(value)
+
+
+def category_key(value: object) -> str:
+    """The key a categorical value is counted under (booleans as "true"/"false")."""
+    return _category(value)
+
+
 def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

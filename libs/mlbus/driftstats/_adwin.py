@@ -1,0 +1,248 @@
+"""ADWIN2 (Bifet & Gavaldà, 2007): an adaptive window over a stream, cut where its mean changed.
+
+The window is kept as an exponential histogram: row i holds at most
+`max_buckets` buckets of 2**i elements each (total, sum of squared deviations,
+time of the oldest element), so n elements take O(max_buckets · log n) numbers.
+Every `clock` elements, each split of the window into an older part W0 and a
+newer part W1 at a bucket boundary is tested; if the means differ by more than
+
+    ε = sqrt(2 · v · δ' · (1/n0' + 1/n1')) + (2/3) · R · δ' · (1/n0' + 1/n1')
+
+(v the window's variance, δ' = ln(2 ln n / δ), n' = n - min_length + 1, R the
+largest |value| seen) the oldest bucket is dropped and the window re-tested;
+after a change the window starts afresh. For values in [0, 1] (R = 1) this is
+River's ADWIN cut for cut (same defaults: clock 32, 5 buckets per row, min
+length 5, grace 10, a fresh window after a detection); R makes the bound
+scale-free for regression errors. The state is plain numbers: `snapshot()` /
+`Adwin.restore()` round-trip exactly, so a restored detector cuts where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A bucket is (total, sum of squared deviations, oldest element's time in epoch seconds).
+Bucket = tuple[float, float, float]
+
+
+class AdwinState(BaseModel):
+    """Everything an `Adwin` holds, JSON-serialisable; floats round-trip exactly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    delta: float = Field(gt=0, lt=1)
+    clock: int = Field(ge=1)
+    max_buckets: int = Field(ge=2)
+    min_length: int = Field(ge=1)
+    grace: int = Field(ge=0)
+    rows: tuple[tuple[tuple[float, float, float], ...], ...] = ()
+    width: int = Field(default=0, ge=0)
+    total: float = 0.0
+    variance: float = Field(default=0.0, description="sum of squared deviations")
+    ticks: int = Field(default=0, ge=0)
+    seen: int = Field(default=0, ge=0)
+    scale: float = Field(default=0.0, ge=0)
+    detections: int = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class AdwinChange:
+    """The first cut found: the older part W0 against the newer W1."""
+
+    n_old: int
+    n_recent: int
+    mean_old: float
+    mean_recent: float
+    epsilon: float
+    since: float  # time of the oldest element of W0 (epoch seconds)
+
+    @property
+    def increased(self) -> bool:
+        return self.mean_recent > self.mean_old
+
+
+class Adwin:
+    """ADWIN2 over a stream of finite floats (e.g. 0/1 misclassifications)."""
+
+    def __init__(
+        self,
+        delta: float = 0.002,
+        *,
+        clock: int = 32,
+        max_buckets: int = 5,
+        min_length: int = 5,
+        grace: int = 10,
+    ) -> None:
+        self._config = AdwinState(
+            delta=delta, clock=clock, max_buckets=max_buckets, min_length=min_length, grace=grace
+        )
+        self.delta = delta
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self.min_length = min_length
+        self.grace = grace
+        self._rows: list[list[Bucket]] = []  # row i: buckets of 2**i elements, oldest first
+        self.width = 0
+        self.total = 0.0
+        self.variance = 0.0
+        self.ticks = 0  # since the last reset: the clock's phase
+        self.seen = 0
+        self.scale = 0.0
+        self.detections = 0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.width if self.width else 0.0
+
+    def update(self, value: float, at: float = 0.0) -> AdwinChange | None:
+        """Add one finite value observed at `at` (epoch seconds); the first cut, if any."""
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite value, got {value!r}")
+        return self.add(value, at)
+
+    def add(self, value: float, at: float) -> AdwinChange | None:
+        """`update` for a value known to be finite (the hot path)."""
+        self._insert(value, at)
+        self.seen += 1
+        self.ticks = ticks = self.ticks + 1
+        if ticks % self.clock or self.width <= self.grace:
+            return None
+        change = self._cut()
+        if change is not None:
+            self.detections += 1
+        return change
+
+    # ── the exponential histogram ────────────────────────────────────────────
+
+    def _insert(self, value: float, at: float) -> None:
+        magnitude = value if value >= 0 else -value
+        if magnitude > self.scale:
+            self.scale = magnitude
+        width = self.width
+        if width:
+            gap = value - self.total / width
+            self.variance += width * gap * gap / (width + 1)
+        self.width = width + 1
+        self.total += value
+        rows = self._rows
+        if not rows:
+            rows.append([])
+        row = rows[0]
+        row.append((value, 0.0, at))
+        limit = self.max_buckets
+        level = 0
+        while len(row) > limit:
+            older, newer = row[0], row[1]
+            del row[:2]
+            size = float(1 << level)
+            gap = (older[0] - newer[0]) / size
+            merged = (
+                older[0] + newer[0],
+                older[1] + newer[1] + size * 0.5 * gap * gap,
+                older[2] if older[2] <= newer[2] else newer[2],
+            )
+            level += 1
+            if level == len(rows):
+                rows.append([])
+            row = rows[level]
+            row.append(merged)
+
+    def _drop_oldest(self) -> int:
+        level = len(self._rows) - 1
+        bucket = self._rows[level].pop(0)
+        size = 1 << level
+        self.width -= size
+        self.total -= bucket[0]
+        if self.width:
+            gap = bucket[0] / size - self.total / self.width
+            self.variance -= bucket[1] + size * self.width * gap * gap / (size + self.width)
+            self.variance = max(self.variance, 0.0)
+        else:
+            self.total = self.variance = 0.0
+        while self._rows and not self._rows[-1]:
+            self._rows.pop()
+        return size
+
+    def _cut(self) -> AdwinChange | None:
+        first: AdwinChange | None = None
+        while self.width > self.grace:
+            change = self._find_cut()
+            if change is None:
+                break
+            first = first or change
+            self._drop_oldest()
+        if first is not None:
+            # Start a fresh window after a change, as River does: W1 still holds a few
+            # pre-change elements (whole buckets), which would cut again and again.
+            self._rows = []
+            self.width = self.ticks = 0
+            self.total = self.variance = 0.0
+        return first
+
+    def _find_cut(self) -> AdwinChange | None:
+        width, min_length = self.width, self.min_length
+        if width < 2 * min_length:
+            return None
+        rows = self._rows
+        since = rows[-1][0][2]  # W0 always starts at the oldest bucket
+        delta_prime = math.log(2 * math.log(width) / self.delta)
+        variance_term = 2 * (self.variance / width) * delta_prime
+        range_term = 2 / 3 * self.scale * delta_prime
+        shift = 1 - min_length
+        total = self.total
+        n0, sum0 = 0, 0.0
+        for level in range(len(rows) - 1, -1, -1):
+            size = 1 << level
+            for bucket in rows[level]:
+                n0 += size
+                n1 = width - n0
+                if n1 < min_length:
+                    return None  # every later split leaves W1 shorter still
+                sum0 += bucket[0]
+                if n0 < min_length:
+                    continue
+                inverse = 1 / (n0 + shift) + 1 / (n1 + shift)
+                mean0, mean1 = sum0 / n0, (total - sum0) / n1
+                epsilon = math.sqrt(variance_term * inverse) + range_term * inverse
+                if abs(mean0 - mean1) > epsilon:
+                    return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
+        return None
+
+    # ── state ────────────────────────────────────────────────────────────────
+
+    def snapshot(self) -> AdwinState:
+        return self._config.model_copy(
+            update={
+                "rows": tuple(tuple(row) for row in self._rows),
+                "width": self.width,
+                "total": self.total,
+                "variance": self.variance,
+                "ticks": self.ticks,
+                "seen": self.seen,
+                "scale": self.scale,
+                "detections": self.detections,
+            }
+        )
+
+    @classmethod
+    def restore(cls, state: AdwinState) -> Adwin:
+        adwin = cls(
+            state.delta,
+            clock=state.clock,
+            max_buckets=state.max_buckets,
+            min_length=state.min_length,
+            grace=state.grace,
+        )
+        adwin._rows = [list(row) for row in state.rows]
+        adwin.width = state.width
+        adwin.total = state.total
+        adwin.variance = state.variance
+        adwin.ticks = state.ticks
+        adwin.seen = state.seen
+        adwin.scale = state.scale
+        adwin.detections = state.detections
+        return adwin

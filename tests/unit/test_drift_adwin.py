@@ -1,0 +1,91 @@
+"""ADWIN2: finds an abrupt change in a Bernoulli error stream, stays quiet without one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mlbus.driftstats import Adwin, AdwinState
+
+
+def _bernoulli(seed: int, rates: list[tuple[float, int]]) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([(rng.random(n) < p).astype(np.float64) for p, n in rates])
+
+
+def _detections(adwin: Adwin, values: np.ndarray) -> list[int]:
+    return [i for i, v in enumerate(values) if adwin.update(float(v), float(i)) is not None]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_abrupt_rise_in_the_error_rate_is_detected_soon_after_the_change(seed: int) -> None:
+    stream = _bernoulli(seed, [(0.1, 5000), (0.4, 2000)])
+    adwin = Adwin(0.002)
+    found = _detections(adwin, stream)
+    assert found, "no change detected"
+    assert all(i >= 5000 for i in found), f"false alarm before the change: {found}"
+    assert found[0] - 5000 < 300  # 0.1 → 0.4 is large: a few hundred errors at most
+    assert len(found) == 1  # the window starts afresh after a change: one alarm per change
+    # after the cut the window holds the new regime only
+    assert adwin.mean == pytest.approx(0.4, abs=0.05)
+    assert adwin.width == 7000 - 1 - found[0]
+
+
+def test_the_change_reports_which_way_the_mean_moved() -> None:
+    adwin = Adwin(0.002)
+    changes = [
+        change
+        for i, v in enumerate(_bernoulli(4, [(0.4, 3000), (0.05, 2000)]))
+        if (change := adwin.update(float(v), float(i))) is not None
+    ]
+    assert changes
+    assert not changes[0].increased
+    assert changes[0].mean_old > changes[0].mean_recent
+    assert changes[0].n_old + changes[0].n_recent <= 5000
+    assert changes[0].since == 0.0  # the oldest element's time
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_stationary_bernoulli_stream_raises_no_alarm(seed: int) -> None:
+    adwin = Adwin(0.002)
+    assert _detections(adwin, _bernoulli(100 + seed, [(0.2, 20_000)])) == []
+    assert adwin.width == 20_000  # nothing was ever cut
+    assert adwin.mean == pytest.approx(0.2, abs=0.02)
+
+
+def test_the_histogram_stays_logarithmic_and_the_totals_exact() -> None:
+    adwin = Adwin(0.002)
+    values = np.random.default_rng(5).random(10_000)
+    for i, v in enumerate(values):
+        adwin.update(float(v), float(i))
+    state = adwin.snapshot()
+    buckets = sum(len(row) for row in state.rows)
+    assert buckets <= 5 * math.ceil(math.log2(10_000) + 1)
+    assert sum(len(row) << level for level, row in enumerate(state.rows)) == adwin.width
+    assert adwin.total == pytest.approx(values[-adwin.width :].sum())
+    assert adwin.variance / adwin.width == pytest.approx(values[-adwin.width :].var(), rel=1e-6)
+
+
+def test_snapshot_and_restore_continue_exactly() -> None:
+    stream = _bernoulli(9, [(0.1, 3000), (0.5, 1500)])
+    straight = Adwin(0.002)
+    expected = _detections(straight, stream)
+    first = Adwin(0.002)
+    for i, v in enumerate(stream[:2017]):
+        first.update(float(v), float(i))
+    state = AdwinState.model_validate_json(first.snapshot().model_dump_json())
+    resumed = Adwin.restore(state)
+    rest = [
+        i
+        for i in range(2017, len(stream))
+        if resumed.update(float(stream[i]), float(i)) is not None
+    ]
+    assert rest == expected
+    assert resumed.snapshot() == straight.snapshot()
+
+
+def test_non_finite_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        Adwin().update(math.nan)
