@@ -132,6 +132,29 @@ def test_service_gets_its_ports_and_the_shared_settings(tmp_path: Path) -> None:
     assert spec.command() == [sys.executable, "-m", "mlbus.inference"]
 
 
+def test_services_that_call_the_registry_are_told_where_it_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    settings = MlbusSettings(data_dir=tmp_path)
+    callers = [s for s in SERVICES if s.calls_registry]
+    assert {s.name for s in callers} == {"trainer", "inference", "drift"}
+    for spec in SERVICES:
+        env = spec.environment(settings, None, None, registry_address="127.0.0.1:18002")
+        variable = f"MLBUS_{spec.name.upper()}_REGISTRY_ADDRESS"
+        assert (variable in env) == spec.calls_registry
+    for spec in callers:
+        # The variable is a real settings field of that service, read as given.
+        env = spec.environment(settings, None, None, registry_address="127.0.0.1:18002")
+        module = importlib.import_module(spec.module)
+        settings_class = getattr(module, f"{spec.name.capitalize()}Settings")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        loaded = settings_class()
+        assert loaded.registry_address == "127.0.0.1:18002"
+
+
 def test_catalogue_names_every_service_and_their_grpc_ports() -> None:
     assert [s.name for s in SERVICES] == [
         "ingestion",

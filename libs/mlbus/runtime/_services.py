@@ -35,6 +35,8 @@ class ServiceSpec:
     grpc_port: int | None = None
     argv: tuple[str, ...] | None = None
     needs_spec: bool = False
+    calls_registry: bool = False
+    """Gets `MLBUS_<NAME>_REGISTRY_ADDRESS` pointing at the registry `mlbus up` started."""
 
     @property
     def serves_grpc(self) -> bool:
@@ -57,13 +59,19 @@ class ServiceSpec:
             return False
 
     def environment(
-        self, settings: MlbusSettings, grpc_port: int | None, metrics_port: int | None
+        self,
+        settings: MlbusSettings,
+        grpc_port: int | None,
+        metrics_port: int | None,
+        registry_address: str | None = None,
     ) -> dict[str, str]:
         """Variables added to the inherited environment of this service's process."""
         env = env_for_children(settings)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach the log file as they are written
         if grpc_port is not None:
             env[self.grpc_port_env] = str(grpc_port)
+        if registry_address is not None and self.calls_registry:
+            env[f"MLBUS_{self.name.upper()}_REGISTRY_ADDRESS"] = registry_address
         if metrics_port is not None:
             env["MLBUS_TELEMETRY_METRICS_PORT"] = str(metrics_port)
         return env
@@ -72,10 +80,10 @@ class ServiceSpec:
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ingestion", "mlbus.ingestion", needs_spec=True),
     ServiceSpec("features", "mlbus.features", grpc_port=8003, needs_spec=True),
-    ServiceSpec("trainer", "mlbus.trainer", needs_spec=True),
+    ServiceSpec("trainer", "mlbus.trainer", needs_spec=True, calls_registry=True),
     ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
-    ServiceSpec("inference", "mlbus.inference", grpc_port=8001),
-    ServiceSpec("drift", "mlbus.drift", needs_spec=True),
+    ServiceSpec("inference", "mlbus.inference", grpc_port=8001, calls_registry=True),
+    ServiceSpec("drift", "mlbus.drift", needs_spec=True, calls_registry=True),
 )
 """Every mlbus service, in start order."""
 

@@ -334,12 +334,18 @@ class Supervisor:
                 log.info("no --spec (skipped): %s", ", ".join(self.state.needs_spec))
         running = self._running_settings()
         taken: set[int] = set()
+        # Ports first: services that call the registry are told where it really listens.
+        grpc_ports = {
+            spec.name: _pick_port(spec.grpc_port, taken) for spec in installed if spec.serves_grpc
+        }
+        registry_port = grpc_ports.get("registry")
+        registry_address = None if registry_port is None else f"127.0.0.1:{registry_port}"
         for spec in installed:
-            grpc_port = _pick_port(spec.grpc_port, taken) if spec.serves_grpc else None
+            grpc_port = grpc_ports.get(spec.name)
             metrics_port = _pick_port(None, taken)
             service = ServiceProcess(
                 spec,
-                env=spec.environment(running, grpc_port, metrics_port),
+                env=spec.environment(running, grpc_port, metrics_port, registry_address),
                 log_path=self.data.logs / f"{spec.name}.log",
                 policy=self.policy,
                 grpc_port=grpc_port,
