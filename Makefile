@@ -44,6 +44,9 @@ proto: $(STAMP) ## Regenerate the committed gRPC stubs from proto/
 up: $(STAMP) ## Run the embedded broker, Redis and every service (Ctrl-C stops all)
 	$(BIN)/mlbus up --spec examples/fraud/mlbus.yaml
 
+demo: $(STAMP) ## The whole loop once, on the embedded stack: train, serve, drift, retrain, reload
+	$(BIN)/mlbus demo
+
 bench: $(STAMP) ## Run the benchmarks in loadtests/ (ratios against same-run baselines)
 	@for b in loadtests/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
@@ -59,4 +62,4 @@ lock: $(STAMP) ## Re-resolve constraints.txt from pyproject.toml, preferring wha
 clean: ## Remove the venv, caches and the local data folder
 	rm -rf $(VENV) .mlbus .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help install test pytest unit lint typecheck format proto up bench schemas lock clean
+.PHONY: help install test pytest unit lint typecheck format proto up demo bench schemas lock clean

@@ -9,6 +9,8 @@ from __future__ import annotations
 import typer
 
 from mlbus.cli import (
+    _demo,
+    _drift,
     _example,
     _features,
     _ingest,
@@ -16,6 +18,7 @@ from mlbus.cli import (
     _runtime,
     _schemas,
     _spec,
+    _topics,
     _trace,
     _train,
 )
@@ -30,14 +33,17 @@ app = typer.Typer(
 
 for _module in (
     _runtime,
+    _demo,
     _ingest,
     _features,
     _train,
     _models,
+    _drift,
     _trace,
     _spec,
     _example,
     _schemas,
+    _topics,
 ):
     _module.register(app)
 

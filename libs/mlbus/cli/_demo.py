@@ -1,0 +1,312 @@
+"""`mlbus demo`: the closed loop on the embedded stack, with progress and a summary table.
+
+The scenario lives in `mlbus.demo`; this module only parses options, draws
+progress, prints the summary and maps failures to an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mlbus.cli._common import console, err_console, settings_or_exit
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from mlbus.demo import DemoSummary
+
+EXIT_PHASE_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class RichReporter:
+    """One progress line per phase; news lines printed above the bars."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+        self.total: int | None = None
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self.finish()
+        self.task, self.total = self.progress.add_task(name, total=total), total
+
+    def finish(self) -> None:
+        """Mark the current phase done (a phase without a total shows as one step)."""
+        if self.task is not None:
+            done = self.total if self.total is not None else 1
+            self.progress.update(self.task, total=done, completed=done)
+            self.progress.stop_task(self.task)
+            self.task = None
+
+    def advance(self, steps: int = 1) -> None:
+        if self.task is not None and steps:
+            self.progress.advance(self.task, steps)
+
+    def news(self, text: str) -> None:
+        self.progress.console.print(f"  [cyan]→[/] {text}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--data-dir",
+                help="Data folder of the run (default: a new temporary folder, kept so "
+                "`mlbus trace show` can read its spans).",
+                file_okay=False,
+            ),
+        ] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the generated payments.")] = 7,
+        payments: Annotated[
+            int,
+            typer.Option(
+                min=5_000,
+                help="Payments generated over 8 days; the drift starts 120 hours before now.",
+            ),
+        ] = 40_000,
+        bootstrap: Annotated[
+            int, typer.Option(min=2_000, help="The oldest payments: what the first model learns.")
+        ] = 12_000,
+        after_retrain: Annotated[
+            int,
+            typer.Option(
+                min=500, help="Stop once the retrained model has answered this many payments."
+            ),
+        ] = 4_000,
+        drift_kind: Annotated[
+            str,
+            typer.Option(
+                help="covariate (inputs move), concept (fraud changes), or both.",
+            ),
+        ] = "both",
+        concurrency: Annotated[
+            int, typer.Option(min=1, max=256, help="Scoring calls in flight at once.")
+        ] = 16,
+        fallback_after: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Safety net, off by default: if no retrained model is in place after N "
+                "drifted payments and none is training, request one by hand (reported as "
+                "such). The drift service normally asks once enough drifted payments are "
+                "labelled; 0: never.",
+            ),
+        ] = 0,
+        summary_json: Annotated[
+            Path | None,
+            typer.Option(
+                "--summary-json", help="Also write the summary to this JSON file.", dir_okay=False
+            ),
+        ] = None,
+    ) -> None:
+        """Run the closed loop once: train, serve, drift, detect, retrain, reload, recover.
+
+        Starts the embedded broker, Redis and every service with the fraud example,
+        sends generated payments and chargebacks, trains the first model, scores
+        live payments over gRPC while the fraud pattern drifts, and waits for the
+        drift service to trigger a retraining that inference hot-reloads. Ends with
+        a summary: versions, AUC before drift / after drift / after retraining,
+        detection delay, retraining time, requests during the reload and the trace
+        to open with `mlbus trace show`. Exit code 1 names the phase that failed.
+        """
+        import tempfile
+
+        from mlbus.config import MlbusSettings
+        from mlbus.demo import (
+            DemoConfig,
+            DemoRun,
+            DemoSizes,
+            LoopOptions,
+            PhaseFailed,
+            StackError,
+            run_demo,
+        )
+        from mlbus.errors import MlbusError
+        from mlbus.example import DRIFT_KINDS, GenerationError
+
+        if drift_kind not in DRIFT_KINDS:
+            raise typer.BadParameter(
+                f"expected one of {', '.join(DRIFT_KINDS)}", param_hint="--drift-kind"
+            )
+        settings = settings_or_exit(MlbusSettings)
+        root = data_dir or Path(tempfile.mkdtemp(prefix="mlbus-demo-"))
+        settings = settings.model_copy(update={"data_dir": root.resolve()})
+        try:
+            config = DemoConfig(
+                sizes=DemoSizes(
+                    payments=payments,
+                    bootstrap=bootstrap,
+                    drift_kind=drift_kind,  # type: ignore[arg-type]
+                ),
+                seed=seed,
+                loop=LoopOptions(
+                    concurrency=concurrency,
+                    after_retrain=after_retrain,
+                    manual_retrain_after=fallback_after or None,
+                ),
+            )
+        except GenerationError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        console.print(f"mlbus demo in [bold]{settings.data.root}[/]", highlight=False)
+        run = DemoRun()
+        code = 0
+        with _signals_as_interrupt(), _progress() as progress:
+            try:
+                reporter = RichReporter(progress)
+                run_demo(settings, config, reporter, run)
+                reporter.finish()
+            except PhaseFailed as exc:
+                code = EXIT_PHASE_FAILED
+                message = f"the demo failed in phase '{exc.phase}': {exc.detail}"
+            except (StackError, GenerationError, MlbusError) as exc:
+                code = EXIT_PHASE_FAILED
+                message = f"the demo failed: {exc}"
+            except KeyboardInterrupt:
+                code = EXIT_INTERRUPTED
+                message = "interrupted; every process was stopped"
+        if run.summary is not None:
+            print_summary(run.summary)
+            if summary_json is not None:
+                summary_json.write_text(
+                    json.dumps(run.summary.model_dump(mode="json"), indent=2) + "\n"
+                )
+                console.print(f"summary written to {summary_json}", highlight=False)
+        if code:
+            err_console.print(f"[red]{message}[/]", highlight=False)
+            err_console.print(f"logs: {settings.data.logs}", highlight=False)
+        raise typer.Exit(code)
+
+
+class _signals_as_interrupt:  # noqa: N801 - used as a context manager, reads like one
+    """SIGTERM stops the demo like Ctrl-C does, so every child is stopped in order."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        self._previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_summary(summary: DemoSummary) -> None:
+    from rich.table import Table
+
+    versions = Table(
+        title=f"mlbus demo — {summary.model} (seed {summary.seed})", title_justify="left"
+    )
+    versions.add_column("part of the stream")
+    versions.add_column("served by", justify="right")
+    versions.add_column("requests", justify="right")
+    versions.add_column("labelled (fraud)", justify="right")
+    versions.add_column("AUC", justify="right")
+    for segment in summary.segments:
+        versions.add_row(
+            segment.name,
+            ", ".join(f"v{v}" for v in segment.versions) or "-",
+            f"{segment.requests:,}",
+            f"{segment.labelled:,} ({segment.positives:,})",
+            _num(segment.auc),
+        )
+    console.print(versions)
+
+    facts = Table(show_header=False, title="the loop", title_justify="left")
+    facts.add_column("what")
+    facts.add_column("value", overflow="fold")
+    facts.add_row(
+        "versions",
+        f"first v{summary.initial_version or '-'} → retrained v{summary.retrained_version or '-'}"
+        + (f", asked for by: {summary.retrained_by}" if summary.retrained_by else "")
+        + f" (served: {', '.join(f'v{v}' for v in summary.served_versions) or '-'})",
+    )
+    if summary.detection is not None:
+        facts.add_row(
+            "drift detected",
+            f"{summary.detection.events:,} drifted payments / {summary.detection.seconds:.1f} s "
+            "after the drift point",
+        )
+    else:
+        facts.add_row("drift detected", "no")
+    if summary.drift_causes:
+        facts.add_row("drifted", ", ".join(summary.drift_causes))
+    facts.add_row("drift-caused training requests", str(summary.drift_requests))
+    facts.add_row(
+        "retraining", "-" if summary.retraining_s is None else f"{summary.retraining_s:.1f} s"
+    )
+    if summary.promotion_reason:
+        facts.add_row("promotion", summary.promotion_reason)
+    facts.add_row(
+        "drift onset → new model serving",
+        "-" if summary.onset_to_new_model_s is None else f"{summary.onset_to_new_model_s:.1f} s",
+    )
+    if summary.reload is not None:
+        span = (summary.reload.ended_at - summary.reload.started_at).total_seconds()
+        facts.add_row(
+            "during the reload",
+            f"{summary.reload.served:,} served, {summary.reload.failed:,} failed ({span:.2f} s)",
+        )
+    failures = ", ".join(
+        f"{status} {n:,}: {summary.failure_examples.get(status, '')}"
+        for status, n in summary.failures.items()
+    )
+    facts.add_row(
+        "requests",
+        f"{summary.requests_total:,} sent, {summary.requests_failed:,} failed"
+        + (f" ({failures})" if failures else ""),
+    )
+    traces = (
+        ("trace", summary.trace),
+        ("retraining's trace", summary.retrain_trace),
+        ("alias move's trace", summary.publish_trace),
+    )
+    for title, trace in traces:
+        if trace is None:
+            continue
+        links = ", ".join(f"{name} {'✓' if ok else '✗'}" for name, ok in trace.links.items())
+        facts.add_row(title, f"{trace.trace_id or '-'}: {links} — {trace.note}")
+        if trace.trace_id:
+            facts.add_row(
+                "open it with",
+                f"MLBUS_DATA_DIR={summary.data_dir} mlbus trace show {trace.trace_id}",
+            )
+    phases = ", ".join(f"{name} {secs:.0f} s" for name, secs in summary.phase_seconds.items())
+    facts.add_row("time", f"{summary.total_seconds or 0:.0f} s ({phases})")
+    for note in summary.notes:
+        facts.add_row("note", note)
+    console.print(facts)

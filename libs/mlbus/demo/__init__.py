@@ -1,0 +1,67 @@
+"""`mlbus demo`: the closed loop on the embedded stack, as a story with numbers.
+
+    run = run_demo(settings, DemoConfig(sizes=DemoSizes(payments=40_000)), reporter)
+    run.summary.segment("after retraining").auc
+
+The scenario (`plan_scenario`) is data; the loop (`run_loop`) drives a running
+stack like an application and a producer would; the summary (`DemoSummary`)
+is computed from what the loop recorded, by pure functions.
+"""
+
+from mlbus.demo._loop import (
+    LoopOptions,
+    LoopRecord,
+    PhaseFailed,
+    PhaseTimeouts,
+    Reporter,
+    SilentReporter,
+)
+from mlbus.demo._run import DemoConfig, DemoRun, build_summary, run_demo
+from mlbus.demo._scenario import DemoSizes, Payment, ScenarioPlan, plan_scenario
+from mlbus.demo._stack import EmbeddedStack, StackError, demo_catalogue
+from mlbus.demo._summary import (
+    AFTER_DRIFT,
+    AFTER_RETRAIN,
+    BEFORE_DRIFT,
+    DemoSummary,
+    DetectionDelay,
+    Milestones,
+    ReloadWindow,
+    Segment,
+    ServedRequest,
+    TraceLinks,
+    roc_auc,
+)
+from mlbus.demo._trace import trace_links
+
+__all__ = [
+    "AFTER_DRIFT",
+    "AFTER_RETRAIN",
+    "BEFORE_DRIFT",
+    "DemoConfig",
+    "DemoRun",
+    "DemoSizes",
+    "DemoSummary",
+    "DetectionDelay",
+    "EmbeddedStack",
+    "LoopOptions",
+    "LoopRecord",
+    "Milestones",
+    "Payment",
+    "PhaseFailed",
+    "PhaseTimeouts",
+    "ReloadWindow",
+    "Reporter",
+    "ScenarioPlan",
+    "Segment",
+    "ServedRequest",
+    "SilentReporter",
+    "StackError",
+    "TraceLinks",
+    "build_summary",
+    "demo_catalogue",
+    "plan_scenario",
+    "roc_auc",
+    "run_demo",
+    "trace_links",
+]

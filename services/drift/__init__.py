@@ -1,0 +1,18 @@
+"""The drift service: served predictions and labels in; drift detections and retraining out.
+
+See README.md for what it consumes and produces; the statistics live in the
+shared library `mlbus.driftstats`, the state design in docs/adr/0017.
+"""
+
+from ._processor import DriftProcessor, detection_id, prediction_score
+from ._service import DriftService, run
+from ._settings import DriftSettings
+
+__all__ = [
+    "DriftProcessor",
+    "DriftService",
+    "DriftSettings",
+    "detection_id",
+    "prediction_score",
+    "run",
+]

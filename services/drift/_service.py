@@ -1,0 +1,158 @@
+"""The drift service's process: consume predictions and labels, detect, publish, keep state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.config import load_settings
+from mlbus.errors import ConfigError, RetryableError
+from mlbus.events import DRIFT_DETECTED, TRAINING_REQUESTED
+from mlbus.registry_client import RegistryClient
+from mlbus.spec import ProjectSpec, load_spec
+from mlbus.telemetry import setup_telemetry
+
+from ._labels import PendingPredictions
+from ._processor import DriftProcessor
+from ._settings import DriftSettings
+from ._store import DriftStore
+from ._versions import RegistryReader, VersionCatalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriftService:
+    """The running parts; `run()` until `stop()` (idempotent)."""
+
+    settings: DriftSettings
+    spec: ProjectSpec
+    processor: DriftProcessor | None = None
+    consumer: Consumer[Any] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    async def wait_started(self, timeout_s: float = 60.0) -> None:
+        """Until the consumer owns partitions (the group join is done)."""
+        await asyncio.wait_for(self._started.wait(), timeout_s)
+        if self.consumer is not None:
+            await self.consumer.wait_assigned(timeout_s)
+
+    async def run(self) -> None:
+        settings = self.settings
+        token = settings.registry_token
+        registry = RegistryClient(
+            settings.registry_address,
+            token=None if token is None else token.get_secret_value(),
+            timeout_s=settings.registry_timeout_s,
+        )
+        store = DriftStore.from_settings(
+            settings.redis, group=settings.group_id, detections_kept=settings.detections_kept
+        )
+        pending = PendingPredictions(
+            store.client,
+            prefix=settings.redis.key_prefix,
+            ttl_s=settings.pending_ttl_s,
+            max_entries=settings.pending_max,
+        )
+        catalog = VersionCatalog(
+            RegistryReader(registry.get_version, registry.download_artifact),
+            self.spec,
+            retry_s=settings.profile_retry_s,
+        )
+        processor = DriftProcessor(
+            self.spec,
+            catalog,
+            store,
+            pending,
+            monitor_shadow=settings.monitor_shadow,
+            retrain_lookback_s=settings.retrain_lookback_s,
+            retrain_min_labels=settings.retrain_min_labels,
+            retrain_max_wait_s=settings.retrain_max_wait_s,
+            stopping=self._stop,
+        )
+        self.processor = processor
+        try:
+            await ensure_topics(
+                settings.kafka, [*processor.topics, DRIFT_DETECTED, TRAINING_REQUESTED]
+            )
+            async with Publisher(settings.kafka, source="drift") as publisher:
+                processor.publisher = publisher
+                consumer: Consumer[Any] = Consumer(
+                    settings.kafka,
+                    topics=processor.topics,
+                    group_id=settings.group_id,
+                    handler=processor.handle,
+                    decoder=processor.decoder(),
+                    publisher=publisher,
+                    max_batch=settings.max_batch,
+                    before_commit=processor.flush,  # detections, pending labels, state + offset
+                    batch_handler=processor.handle_batch,
+                )
+                self.consumer = consumer
+                if self._stop.is_set():
+                    return
+                self._started.set()
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._consume(consumer), name="consume")
+                    tasks.create_task(self._statuses(processor), name="statuses")
+                    await self._stop.wait()
+                    consumer.stop()
+        finally:
+            await registry.close()
+            await store.aclose()
+
+    async def _statuses(self, processor: DriftProcessor) -> None:
+        """Keep `mlbus drift status` fresh for partitions that went quiet; fire a late trigger."""
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), processor.status_interval_s)
+            except TimeoutError:
+                pass
+            try:
+                await processor.write_statuses(force=self._stop.is_set())
+                # The armed retraining's maximum wait passes without records too.
+                await processor.advance_armed()
+            except RetryableError as exc:
+                log.warning("could not write drift status or check the armed retraining: %s", exc)
+            if self._stop.is_set():
+                return
+
+    async def _consume(self, consumer: Consumer[Any]) -> None:
+        try:
+            await consumer.run()
+        except RetryableError as exc:
+            if not self._stop.is_set():
+                raise
+            # Stopped while Redis or the broker was down: the offsets were not committed,
+            # so the records are applied again (from the saved state) after a restart.
+            log.warning("drift service stopped with state unsaved: %s", exc)
+
+
+async def _main(settings: DriftSettings) -> None:
+    if settings.spec is None:
+        raise ConfigError("the drift service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
+    service = DriftService(settings, load_spec(settings.spec))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def run(settings: DriftSettings | None = None) -> None:
+    """Start the drift service and block until SIGTERM/SIGINT."""
+    settings = settings or load_settings(DriftSettings)
+    telemetry = setup_telemetry("drift", settings)
+    try:
+        asyncio.run(_main(settings))
+    finally:
+        telemetry.shutdown()

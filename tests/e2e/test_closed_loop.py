@@ -1,0 +1,155 @@
+"""The closed loop end to end: a shorter `mlbus demo` on the real embedded stack.
+
+One run of the demo (real broker, Redis and every service as processes, the real
+drift service) is shared by the tests below; the demo's safety net (a manual
+retraining request) is off, so only the drift service can ask for a retraining:
+it arms the retraining at detection and fires it once enough drifted payments
+are labelled (MLBUS_DRIFT_RETRAIN_MIN_LABELS).
+A second test stops a running demo with SIGINT and checks nothing survives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from mlbus.config import MlbusSettings
+from mlbus.demo import (
+    AFTER_DRIFT,
+    AFTER_RETRAIN,
+    BEFORE_DRIFT,
+    DemoConfig,
+    DemoRun,
+    DemoSizes,
+    LoopOptions,
+    PhaseFailed,
+    SilentReporter,
+    run_demo,
+)
+from mlbus.events import DriftDetected, TrainingRequested
+from mlbus.runtime import pid_alive, read_state
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+# 26,000 payments over 8 days, the drift from 136 hours before now (payment ~7,600):
+# room for the 13,000 labels the retraining waits for (fewer do not pass the AUC gate),
+# then 2,000 answers of the new model.
+SIZES = DemoSizes(payments=26_000, bootstrap=5_000, drift_age=timedelta(hours=136))
+CONFIG = DemoConfig(
+    sizes=SIZES,
+    seed=7,
+    retrain_min_labels=13_000,
+    retrain_lookback=None,
+    loop=LoopOptions(manual_retrain_after=None, after_retrain=2_000),
+)
+CLI = [sys.executable, "-c", "from mlbus.cli import main; main()"]
+
+
+def clean_env() -> dict[str, str]:
+    dropped = ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL", "MLBUS_DATA_DIR")
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    for name in ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL"):
+        assert name not in os.environ, f"unset {name}: the demo runs its own embedded stack"
+    settings = MlbusSettings(data_dir=tmp_path_factory.mktemp("demo"))
+    run = DemoRun()
+    try:
+        run_demo(settings, CONFIG, SilentReporter(), run)
+    except PhaseFailed as exc:  # what failed is for the tests to judge, one claim each
+        run.error = exc
+    return run
+
+
+def test_every_started_process_is_gone_after_the_run(demo: DemoRun) -> None:
+    assert demo.child_pids, "the stack reported no processes"
+    alive = [pid for pid in demo.child_pids if pid_alive(pid)]
+    assert alive == [], f"left behind: {alive}"
+
+
+def test_the_first_model_serves_and_drift_makes_it_visibly_worse(demo: DemoRun) -> None:
+    summary = demo.summary
+    assert summary is not None
+    assert summary.initial_version == 1, demo.error
+    before, after = summary.segment(BEFORE_DRIFT), summary.segment(AFTER_DRIFT)
+    assert before is not None
+    assert after is not None
+    assert before.auc is not None, "no labelled answers before the drift"
+    assert after.auc is not None, "no labelled answers of the first model after the drift"
+    assert before.auc > 0.65
+    assert after.auc < before.auc - 0.15
+
+
+def test_drift_is_detected_and_asks_for_exactly_one_retraining(demo: DemoRun) -> None:
+    record = demo.record
+    assert record.drift is not None, f"no drift detected: {demo.error}"
+    detection = record.drift.event
+    assert isinstance(detection, DriftDetected)
+    assert detection.version == 1
+    assert any(r.drifted for r in detection.results)
+    assert record.drift_requests == 1
+    request = record.retrain_request
+    assert isinstance(request, TrainingRequested)
+    assert request.reason == "drift"
+    assert request.cause_event_id == detection.event_id
+    assert demo.summary is not None
+    assert demo.summary.detection is not None
+    assert demo.summary.detection.events >= 1
+
+
+def test_the_drift_caused_retraining_serves_and_recovers_accuracy(demo: DemoRun) -> None:
+    summary = demo.summary
+    assert summary is not None
+    assert summary.retrained_version is not None, demo.error
+    assert summary.retrained_by == "drift"
+    assert not demo.record.manual_retrain
+    # The run continued the detection's trace (the armed trigger kept its context).
+    assert demo.record.drift is not None
+    assert demo.record.retrain_trace_id == demo.record.drift.trace_id
+    after, retrained = summary.segment(AFTER_DRIFT), summary.segment(AFTER_RETRAIN)
+    assert after is not None
+    assert retrained is not None
+    assert retrained.versions == (summary.retrained_version,)
+    assert retrained.auc is not None
+    assert after.auc is not None
+    assert retrained.auc > after.auc + 0.1
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    data = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--data-dir", str(data), "--payments", "8000", "--bootstrap", "2000"],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        pids: dict[str, int] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = read_state(MlbusSettings(data_dir=data).data)
+            if state is not None and state.status == "running" and "inference" in state.services:
+                pids = state.pids()
+                break
+            time.sleep(0.2)
+        assert pids, f"the demo's stack never ran (exit {proc.poll()})"
+        assert all(pid_alive(pid) for pid in pids.values())
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode(errors="replace")[-2000:]
+    assert b"interrupted" in stderr
+    alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}
+    assert alive == {}, f"left behind after Ctrl-C: {alive}"
