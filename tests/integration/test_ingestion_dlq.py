@@ -103,3 +103,25 @@ async def test_dlq_list_and_replay(kafka: KafkaSettings, unique: str, tmp_path: 
     code, out = await cli("replay", "--offset", position, "--yes")
     assert code == 0, out
     assert (b"key-1", b'{"amount": -1}') in await read_all(kafka, topic, 3)
+
+
+async def test_dlq_list_reads_every_rejection_of_a_partition_written_in_one_batch(
+    kafka: KafkaSettings, unique: str
+) -> None:
+    source, topic = f"src{unique}", f"src.{unique}"
+    await ensure_topics(kafka, [INGEST_REJECTED])
+    before = {(d.partition, d.offset) for d in await _ingest.read_dead_letters(kafka)}
+    async with Publisher(kafka, source="tests") as publisher:
+        # One key, no awaiting per record: the producer puts them in one batch.
+        futures = [
+            await publisher.send(rejection(source, topic, i, b"x%d" % i, "not_json"), key="one")
+            for i in range(40)
+        ]
+        await asyncio.gather(*futures)
+
+    letters = await _ingest.read_dead_letters(kafka)
+
+    mine = [d for d in letters if (d.partition, d.offset) not in before]
+    assert sorted(d.event.source_offset for d in mine if d.event.source == source) == list(
+        range(40)
+    )

@@ -111,6 +111,9 @@ async def read_dead_letters(kafka: KafkaSettings, timeout_s: float = 30.0) -> li
             while remaining:
                 batch = await reader.getmany(*remaining, timeout_ms=200)
                 for tp, records in batch.items():
+                    # Some brokers (Tansu) answer ListOffsets with the last batch's first
+                    # offset + 1; the high watermark of a fetch is the real end.
+                    ends[tp] = max(ends[tp], reader.highwater(tp) or 0)
                     for record in records:
                         if record.offset >= ends[tp]:
                             break
