@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from mlbus._grpcutil import Behavior, rewrap_handler
 from mlbus.errors import ConfigError, MlbusError
-from mlbus.telemetry import TracingServerInterceptor
+from mlbus.telemetry import MetricsServerInterceptor, TracingServerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,14 @@ def server_interceptors(
     extra: Iterable[grpc.aio.ServerInterceptor] = (),
     data_plane: Callable[[str], bool] | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Tracing first (so it sees the final status), then auth, then error mapping.
+    """Metrics and tracing first (so they see the final status), then auth, then error mapping.
 
     `data_plane` names the per-request methods traced by sampling (docs/adr/0004).
     """
-    chain: list[grpc.aio.ServerInterceptor] = [TracingServerInterceptor(data_plane=data_plane)]
+    chain: list[grpc.aio.ServerInterceptor] = [
+        MetricsServerInterceptor(),
+        TracingServerInterceptor(data_plane=data_plane),
+    ]
     if token is not None:
         chain.append(BearerAuthInterceptor(token, protects))
     chain.extend(extra)

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from mlbus.bus import Received
 from mlbus.errors import NotFound, PermanentError, RetryableError
@@ -47,6 +50,19 @@ _meter = meter("mlbus.inference")
 _reloads = _meter.create_counter(
     "mlbus.inference.reloads",
     description="published versions applied (outcome=loaded) or refused (outcome=refused, stage)",
+)
+_live_reloaders: weakref.WeakSet[ModelReloader] = weakref.WeakSet()
+
+
+def _observe_served_versions(options: CallbackOptions) -> Iterator[Observation]:
+    for reloader in list(_live_reloaders):
+        yield from reloader.version_observations()
+
+
+_meter.create_observable_gauge(
+    "mlbus.inference.model_version",
+    callbacks=[_observe_served_versions],
+    description="the version served per model and alias (champion, canary, shadow)",
 )
 
 
@@ -134,6 +150,17 @@ class ModelReloader:
         self.stats = ReloadStats()
         self.on_swap: Callable[[], Awaitable[None]] | None = None
         """Called after each swap (the server refreshes its health status)."""
+        _live_reloaders.add(self)
+
+    def version_observations(self) -> list[Observation]:
+        """One observation per served (model, alias): the version number."""
+        found = []
+        for name in self.repository.names():
+            for alias, slot in ((self.alias, None), *((a, a) for a in BESIDE_ALIASES)):
+                model = self.repository.current(name, slot)
+                if model is not None:
+                    found.append(Observation(model.version, {"model": name, "alias": alias}))
+        return found
 
     def wants(self, model: str, alias: str) -> bool:
         return (alias == self.alias or alias in BESIDE_ALIASES) and (

@@ -46,3 +46,24 @@ def test_the_replaced_session_is_released_once_no_request_holds_it() -> None:
     del in_flight
     gc.collect()
     assert released() is None
+
+
+def test_the_served_version_per_alias_is_observed_for_the_dashboard() -> None:
+    from mlbus.inference import ModelReloader
+    from mlbus.inference._reload import _observe_served_versions
+
+    class NoFetch:
+        async def fetch(self, model: str, version: int, artifact_uri: str) -> bytes:
+            raise AssertionError("not fetched here")
+
+    repository = ModelRepository()
+    reloader = ModelReloader(repository, NoFetch(), alias="champion")
+    assert reloader.version_observations() == []
+    repository.swap(loaded(3))
+    repository.swap(loaded(4), "canary")
+
+    seen = {(o.attributes["alias"], o.value) for o in reloader.version_observations()}  # type: ignore[index]
+    assert seen == {("champion", 3), ("canary", 4)}
+    # The gauge's callback reads every live reloader of the process.
+    observed = list(_observe_served_versions(None))  # type: ignore[arg-type]
+    assert {(o.attributes["model"], o.value) for o in observed} >= {("m", 3), ("m", 4)}  # type: ignore[index]

@@ -19,6 +19,7 @@ from mlbus.telemetry._grpc import (
     inject_grpc_metadata,
     tracing_client_interceptors,
 )
+from mlbus.telemetry._grpc_metrics import MetricsServerInterceptor
 from mlbus.telemetry._logging import (
     JsonLogFormatter,
     TextLogFormatter,
@@ -45,6 +46,7 @@ __all__ = [
     "PLANE_ATTRIBUTE",
     "PRESAMPLED_ATTRIBUTE",
     "JsonLogFormatter",
+    "MetricsServerInterceptor",
     "SpanFileExporter",
     "SpanRecord",
     "Telemetry",

@@ -1,0 +1,84 @@
+"""Every gRPC server counts and times its calls by method and status code (real grpc.aio server)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from mlbus.errors import InvalidInput
+from mlbus.rpc import ErrorInterceptor
+from mlbus.telemetry import MetricsServerInterceptor
+
+
+def handlers() -> grpc.GenericRpcHandler:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def invalid(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise InvalidInput("input 'x': expected shape [1, 20]")
+
+    async def count(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield str(i).encode()
+
+    return grpc.method_handlers_generic_handler(
+        "mlbus.test.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Invalid": grpc.unary_unary_rpc_method_handler(invalid),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+        },
+    )
+
+
+def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, str], Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[tuple[str, str], Any] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        attrs = point.attributes
+                        found[(attrs["rpc.method"], attrs["rpc.grpc.status_code"])] = point
+    return found
+
+
+async def test_calls_are_counted_and_timed_by_method_and_final_status() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    server = grpc.aio.server(interceptors=[MetricsServerInterceptor(provider), ErrorInterceptor()])
+    server.add_generic_rpc_handlers([handlers()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary("/mlbus.test.Echo/Echo")
+            for _ in range(3):
+                assert await echo(b"hi") == b"hi"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary("/mlbus.test.Echo/Invalid")(b"")
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            streamed = [r async for r in channel.unary_stream("/mlbus.test.Echo/Count")(b"")]
+            assert streamed == [b"0", b"1", b"2"]
+    finally:
+        await server.stop(grace=None)
+
+    requests = points(reader, "mlbus.rpc.server.requests")
+    assert {key: p.value for key, p in requests.items()} == {
+        ("Echo", "OK"): 3,
+        ("Invalid", "INVALID_ARGUMENT"): 1,
+        ("Count", "OK"): 1,
+    }
+    durations = points(reader, "mlbus.rpc.server.duration_ms")
+    assert durations[("Echo", "OK")].count == 3
+    assert durations[("Invalid", "INVALID_ARGUMENT")].count == 1
+    assert all(p.sum > 0 for p in durations.values())
+    provider.shutdown()
