@@ -15,17 +15,19 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).parent / "results"
 console = Console()
+
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -37,6 +39,25 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+async def latencies_ms(
+    call: Callable[[T], Awaitable[object]], arguments: Sequence[T], calls: int, warmup: int = 200
+) -> list[float]:
+    """Milliseconds of each of `calls` awaits of `call`, one at a time, after `warmup` untimed.
+
+    The arguments rotate (call i gets `arguments[i % len(arguments)]`), picked
+    outside the timed span.
+    """
+    for i in range(warmup):
+        await call(arguments[i % len(arguments)])
+    values = []
+    for i in range(calls):
+        argument = arguments[i % len(arguments)]
+        started = time.perf_counter()
+        await call(argument)
+        values.append((time.perf_counter() - started) * 1000)
+    return values
 
 
 @dataclass
@@ -91,6 +112,22 @@ class Benchmark:
 
     def median(self, variant: str, name: str) -> float:
         return self.metrics[(variant, name)].median
+
+    def record_percentiles(
+        self, latencies_ms: Mapping[str, Sequence[float]], baseline: str, parts: Sequence[str]
+    ) -> dict[str, float]:
+        """Record p50 and p99 (ms) of each variant, and of `baseline`: the sum of its `parts`'.
+
+        Returns the p50s, `baseline` last, in the order recorded.
+        """
+        p50 = {name: percentile(values, 50) for name, values in latencies_ms.items()}
+        p99 = {name: percentile(values, 99) for name, values in latencies_ms.items()}
+        p50[baseline] = sum(p50[part] for part in parts)
+        p99[baseline] = sum(p99[part] for part in parts)
+        for name in p50:
+            self.record(name, "p50", p50[name], "ms", higher_is_better=False)
+            self.record(name, "p99", p99[name], "ms", higher_is_better=False)
+        return p50
 
     def ratio(self, candidate: str, baseline: str, metric: str) -> float:
         return self.median(candidate, metric) / self.median(baseline, metric)

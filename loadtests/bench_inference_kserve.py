@@ -36,10 +36,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Benchmark, console, percentile
-from bench_inference import MODEL, build_model, start_server
-from bench_inference_workers import MemorySampler, memory_mb
+from _inference_bench import (
+    MODEL,
+    MemorySampler,
+    build_model,
+    free_port,
+    memory_mb,
+    start_server,
+    stop_process,
+)
 
 HERE = Path(__file__).parent
+BENCH_INFERENCE = HERE / "bench_inference.py"  # serves mlbus as that benchmark does
 KSERVE_VENV = HERE / ".venv-kserve"
 KSERVE = "KServe ModelServer"
 MLBUS = "mlbus"
@@ -60,12 +68,6 @@ def kserve_python() -> Path:
                 + setup.stderr[-2000:]
             )
     return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_kserve(model_path: Path) -> tuple[subprocess.Popen[str], int]:
@@ -140,7 +142,9 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
         try:
             kserve_process, kserve_port = start_kserve(model_path)
             processes.append(kserve_process)
-            mlbus_process, mlbus_port = start_server("mlbus", str(model_path), str(folder))
+            mlbus_process, mlbus_port = start_server(
+                BENCH_INFERENCE, "mlbus", str(model_path), str(folder)
+            )
             processes.append(mlbus_process)
             servers = {
                 MLBUS: (f"127.0.0.1:{mlbus_port}", mlbus_process.pid),
@@ -165,9 +169,8 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
                     bench.record(name, "p50", p50, "ms", higher_is_better=False)
                     bench.record(name, "p99", p99, "ms", higher_is_better=False)
                     bench.record(name, "throughput", rate, "req/s", higher_is_better=True)
-                    bench.record(
-                        name, "errors", float(result["errors"]), "calls", higher_is_better=False
-                    )  # type: ignore[arg-type]
+                    errors = float(result["errors"])  # type: ignore[arg-type]
+                    bench.record(name, "errors", errors, "calls", higher_is_better=False)
                     bench.record(
                         name, "RSS under load", sampler.peak[pid][0], "MB", higher_is_better=False
                     )
@@ -177,12 +180,7 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
                 console.print(f"run {run + 1}/{repeats}: " + "; ".join(line))
         finally:
             for process in processes:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, 15)
     bench.goal(
         "throughput vs KServe (same tritonclient load)", MLBUS, KSERVE, "throughput", ">=", 2.0
     )

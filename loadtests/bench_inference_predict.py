@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import subprocess
 import sys
@@ -33,19 +32,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import grpc
 import grpc.aio
 import numpy as np
 import yaml
 
-from _harness import Benchmark, console, percentile
+from _harness import Benchmark, console, latencies_ms
+from _inference_bench import (
+    ECHO,
+    ECHO_METHOD,
+    ort_latencies_ms,
+    serve_echo,
+    serve_inference,
+    start_server,
+    stop_process,
+)
 
 MODEL = "bench_fraud"
 PREDICT_METHOD = "/mlbus.inference.v1.PredictionService/Predict"
-ECHO_METHOD = "/bench.Echo/Echo"
 ENTITIES = 1000
 MLBUS = "mlbus Predict"
-ECHO = "grpc.aio echo"
 REDIS = "raw HGETALL"
 ORT = "bare ORT call"
 BASELINE = "echo + HGETALL + ORT"
@@ -61,8 +66,8 @@ def spec_yaml() -> str:
     return yaml.safe_dump(data)
 
 
-def online_values(spec: object, rng: np.random.Generator) -> dict[str, object]:
-    out: dict[str, object] = {}
+def online_values(spec: object, rng: np.random.Generator) -> dict[str, str | int | float]:
+    out: dict[str, str | int | float] = {}
     for f in spec.model_features():  # type: ignore[attr-defined]
         if f.values:
             out[f.name] = str(rng.choice(list(f.values)))
@@ -121,123 +126,14 @@ async def write_features(redis_url: str, prefix: str, spec_text: str) -> list[st
     return ids
 
 
-# ── servers (each in its own process) ───────────────────────────────────────
-
-
-async def serve_canned(canned: bytes) -> None:
-    """A bare grpc.aio server answering every call with the same (Predict-sized) bytes."""
-
-    async def echo(request: bytes, context: object) -> bytes:
-        return canned
-
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
-
-async def serve_mlbus(
-    model_path: Path, spec_path: Path, redis_url: str, prefix: str, digest: str
-) -> None:
-    from mlbus.config import RedisSettings
-    from mlbus.inference import InferenceServer, InferenceSettings, Publication
-    from mlbus.telemetry import setup_telemetry
-
-    settings = InferenceSettings(
-        grpc_port=0,
-        models=(MODEL,),
-        data_dir=model_path.parent,
-        spec=spec_path,
-        redis=RedisSettings(url=redis_url, key_prefix=prefix),
-        prediction_log=False,
-    )
-    telemetry = setup_telemetry("inference", settings)
-    try:
-        async with InferenceServer(settings, host="127.0.0.1") as server:
-            publication = Publication(MODEL, 1, model_path.as_uri(), digest, None, "champion")
-            if not await server.reloader.apply(publication):
-                raise SystemExit(f"model refused: {server.reloader.stats.last_refusal}")
-            print(server.port, flush=True)
-            await asyncio.Event().wait()
-    finally:
-        telemetry.shutdown()
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLBUS_TELEMETRY_LOG_LEVEL": "WARNING"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.strip().isdigit():
-        process.kill()
-        raise SystemExit(f"server {args[0]} did not start")
-    return process, int(line)
-
-
-# ── client side ──────────────────────────────────────────────────────────────
-
-
-async def grpc_latencies_ms(
-    channel: grpc.aio.Channel, method: str, payloads: list[bytes], calls: int
-) -> list[float]:
-    call = channel.unary_unary(method)
-    for i in range(200):  # warm up
-        await call(payloads[i % len(payloads)])
-    values = []
-    for i in range(calls):
-        payload = payloads[i % len(payloads)]
-        started = time.perf_counter()
-        await call(payload)
-        values.append((time.perf_counter() - started) * 1000)
-    return values
-
-
 async def redis_latencies_ms(redis_url: str, keys: list[str], calls: int) -> list[float]:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url)
     try:
-        for i in range(200):
-            await client.hgetall(keys[i % len(keys)])
-        values = []
-        for i in range(calls):
-            key = keys[i % len(keys)]
-            started = time.perf_counter()
-            await client.hgetall(key)
-            values.append((time.perf_counter() - started) * 1000)
-        return values
+        return await latencies_ms(client.hgetall, keys, calls)
     finally:
         await client.aclose()
-
-
-def ort_latencies_ms(model_path: Path, row: np.ndarray, calls: int) -> list[float]:
-    import onnxruntime as ort
-
-    from mlbus.inference import OrtThreads
-
-    session = ort.InferenceSession(
-        str(model_path),
-        sess_options=OrtThreads().session_options(),
-        providers=["CPUExecutionProvider"],
-    )
-    feed = {session.get_inputs()[0].name: row}
-    for _ in range(200):
-        session.run(None, feed)
-    values = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        session.run(None, feed)
-        values.append((time.perf_counter() - started) * 1000)
-    return values
 
 
 def redis_url_for(folder: Path) -> tuple[str, object | None]:
@@ -280,7 +176,7 @@ async def main(calls: int, repeats: int) -> bool:
                 for e in ids
             ]
             mlbus_process, mlbus_port = start_server(
-                "mlbus", str(model_path), str(spec_path), redis_url, prefix
+                __file__, "mlbus", str(model_path), str(spec_path), redis_url, prefix
             )
             processes.append(mlbus_process)
             mlbus_channel = grpc.aio.insecure_channel(f"127.0.0.1:{mlbus_port}")
@@ -292,25 +188,19 @@ async def main(calls: int, repeats: int) -> bool:
             canned.write_bytes(sample)
             bench.parameters["response_bytes"] = len(sample)
             bench.parameters["request_bytes"] = len(payloads[0])
-            echo_process, echo_port = start_server("echo", str(canned))
+            echo_process, echo_port = start_server(__file__, "echo", str(canned))
             processes.append(echo_process)
             echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+            echo_call = echo_channel.unary_unary(ECHO_METHOD)
+            mlbus_call = mlbus_channel.unary_unary(PREDICT_METHOD)
             for run in range(repeats):
-                p50: dict[str, float] = {}
-                p99: dict[str, float] = {}
                 measured = {
                     ORT: ort_latencies_ms(model_path, row, calls),
                     REDIS: await redis_latencies_ms(redis_url, keys, calls),
-                    ECHO: await grpc_latencies_ms(echo_channel, ECHO_METHOD, payloads, calls),
-                    MLBUS: await grpc_latencies_ms(mlbus_channel, PREDICT_METHOD, payloads, calls),
+                    ECHO: await latencies_ms(echo_call, payloads, calls),
+                    MLBUS: await latencies_ms(mlbus_call, payloads, calls),
                 }
-                for name, values in measured.items():
-                    p50[name], p99[name] = percentile(values, 50), percentile(values, 99)
-                p50[BASELINE] = p50[ECHO] + p50[REDIS] + p50[ORT]
-                p99[BASELINE] = p99[ECHO] + p99[REDIS] + p99[ORT]
-                for name in p50:
-                    bench.record(name, "p50", p50[name], "ms", higher_is_better=False)
-                    bench.record(name, "p99", p99[name], "ms", higher_is_better=False)
+                p50 = bench.record_percentiles(measured, BASELINE, (ECHO, REDIS, ORT))
                 console.print(
                     f"run {run + 1}/{repeats}: p50 "
                     + ", ".join(f"{n} {v:.3f}" for n, v in p50.items())
@@ -320,8 +210,7 @@ async def main(calls: int, repeats: int) -> bool:
             await mlbus_channel.close()
         finally:
             for process in processes:
-                process.terminate()
-                process.wait(10)
+                stop_process(process)
             if embedded is not None:
                 embedded.__exit__(None, None, None)  # type: ignore[attr-defined]
     bench.goal("Predict p50, one client at a time", MLBUS, BASELINE, "p50", "<=", 1.5)
@@ -338,9 +227,18 @@ if __name__ == "__main__":
     if args.serve:
         kind, *rest = args.serve
         if kind == "echo":
-            asyncio.run(serve_canned(Path(rest[0]).read_bytes()))
+            serve_echo(canned=Path(rest[0]).read_bytes())
         else:
-            digest = hashlib.sha256(Path(rest[0]).read_bytes()).hexdigest()
-            asyncio.run(serve_mlbus(Path(rest[0]), Path(rest[1]), rest[2], rest[3], digest))
+            from mlbus.config import RedisSettings
+
+            model_path, spec_path, redis_url, prefix = rest
+            serve_inference(
+                Path(model_path),
+                model=MODEL,
+                data_dir=Path(model_path).parent,
+                spec=Path(spec_path),
+                redis=RedisSettings(url=redis_url, key_prefix=prefix),
+                prediction_log=False,
+            )
         sys.exit(0)
     sys.exit(0 if asyncio.run(main(args.calls, args.repeats)) else 1)

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,34 +31,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import grpc
 import grpc.aio
 import numpy as np
 
 from _harness import Benchmark, console, percentile
-from bench_inference import FEATURES, INFER_METHOD, MODEL, request_bytes
+from _inference_bench import (
+    INFER_METHOD,
+    MODEL,
+    build_model,
+    model_published,
+    request_bytes,
+    serve_inference,
+    start_server,
+    stop_process,
+)
 
 SWAP = "during a swap"
 STEADY = "steady state"
 
 
 def build_version(path: Path, seed: int) -> None:
-    """A LogisticRegression on 20 features; the seed makes each version's artifact distinct."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(500, FEATURES)).astype(np.float32)
-    y = (x[:, 0] - x[:, 1] + rng.normal(scale=0.5, size=500) > 0).astype(int)
-    estimator = LogisticRegression().fit(x, y)
-    onnx_model = to_onnx(
-        estimator,
-        initial_types=[("float_input", FloatTensorType([None, FEATURES]))],
-        options={id(estimator): {"zipmap": False}},
-        target_opset=17,
-    )
-    path.write_bytes(onnx_model.SerializeToString())
+    """The seed makes each version's artifact distinct (labels with noise drawn from it)."""
+    build_model(path, seed=seed, label_noise=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +116,7 @@ async def one_run(
 ) -> tuple[list[Call], list[Swap], set[int]]:
     from mlbus.bus import Publisher
     from mlbus.config import KafkaSettings
-    from mlbus.events import ModelPublished, ModelSignature, TensorSpec
 
-    signature = ModelSignature(
-        inputs=(TensorSpec(name="float_input", datatype="FP32", shape=(-1, FEATURES)),),
-        outputs=(
-            TensorSpec(name="label", datatype="INT64", shape=(-1,)),
-            TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 2)),
-        ),
-    )
     versions = []
     for version in range(first, first + swaps):
         path = folder / f"v{version}.onnx"
@@ -144,63 +127,12 @@ async def one_run(
 
         async def publish(version: int, path: Path) -> None:
             data = await asyncio.to_thread(path.read_bytes)
-            event = ModelPublished(
-                model=MODEL,
-                alias="champion",
-                version=version,
-                previous_version=version - 1,
-                artifact_uri=path.as_uri(),
-                sha256=hashlib.sha256(data).hexdigest(),
-                signature=signature,
-                reason="benchmark",
-                actor="loadtests",
-            )
+            event = model_published(version, version - 1, path, data)
             await publisher.publish(event, key=MODEL)
 
         port = int((folder / "port").read_text())
         calls, done = await drive(port, publish, versions, calm_s)
     return calls, done, {v for v, _ in versions}
-
-
-async def serve_following(model_path: Path, data_dir: Path, bootstrap: str, digest: str) -> None:
-    """The server: v1 applied directly, then whatever the broker publishes."""
-    from mlbus.config import KafkaSettings
-    from mlbus.inference import InferenceServer, InferenceSettings, Publication
-    from mlbus.telemetry import setup_telemetry
-
-    settings = InferenceSettings(
-        grpc_port=0,
-        models=(MODEL,),
-        data_dir=data_dir,
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        prediction_log=False,
-    )
-    telemetry = setup_telemetry("inference", settings)
-    try:
-        async with InferenceServer(settings, host="127.0.0.1") as server:
-            publication = Publication(MODEL, 1, model_path.as_uri(), digest, None, "champion")
-            if not await server.reloader.apply(publication):
-                raise SystemExit(f"model refused: {server.reloader.stats.last_refusal}")
-            await asyncio.wait_for(server.following.wait(), 60)
-            print(server.port, flush=True)
-            await asyncio.Event().wait()
-    finally:
-        telemetry.shutdown()
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLBUS_TELEMETRY_LOG_LEVEL": "WARNING"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.strip().isdigit():
-        process.kill()
-        raise SystemExit("the inference server did not start")
-    return process, int(line)
 
 
 def split(
@@ -235,7 +167,7 @@ def main(swaps: int, calm_s: float, after_s: float, margin_s: float, repeats: in
         first_model = folder / "v1.onnx"
         build_version(first_model, seed=1)
         bootstrap = broker.bootstrap_servers
-        process, port = start_server(str(first_model), str(folder), bootstrap)
+        process, port = start_server(__file__, str(first_model), str(folder), bootstrap)
         (folder / "port").write_text(str(port))
         try:
             next_version = 2
@@ -267,8 +199,7 @@ def main(swaps: int, calm_s: float, after_s: float, margin_s: float, repeats: in
                     f"{percentile(steady, 99):.3f} ms ({len(steady)} calls)"
                 )
         finally:
-            process.terminate()
-            process.wait(10)
+            stop_process(process)
     bench.goal("p99 around a swap vs steady state", SWAP, STEADY, "p99", "<=", 2.0)
     bench.notes.append(
         f"failed calls: {failed}; responses naming an unpublished version: {unknown}"
@@ -286,9 +217,17 @@ if __name__ == "__main__":
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        from mlbus.config import KafkaSettings
+
+        # v1 applied directly, then whatever the broker publishes
         model, data_dir, bootstrap = args.serve
-        digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
-        asyncio.run(serve_following(Path(model), Path(data_dir), bootstrap, digest))
+        serve_inference(
+            Path(model),
+            wait_following=True,
+            data_dir=Path(data_dir),
+            kafka=KafkaSettings(bootstrap_servers=bootstrap),
+            prediction_log=False,
+        )
         sys.exit(0)
     ok = main(args.swaps, args.calm_s, args.after_s, args.margin_s, args.repeats)
     sys.exit(0 if ok else 1)

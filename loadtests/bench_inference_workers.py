@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,21 +37,27 @@ import grpc
 import grpc.aio
 
 from _harness import Benchmark, console
-from bench_inference import ECHO_METHOD, INFER_METHOD, MODEL, build_model, request_bytes
-from bench_inference import start_server as start_bench_server
+from _inference_bench import (
+    ECHO,
+    ECHO_METHOD,
+    INFER_METHOD,
+    MODEL,
+    MemorySampler,
+    build_model,
+    free_port,
+    memory_mb,
+    model_published,
+    request_bytes,
+    start_server,
+    stop_process,
+)
 
-ECHO = "grpc.aio echo"
+BENCH_INFERENCE = Path(__file__).with_name("bench_inference.py")  # serves the echo baseline
 ONE = "mlbus 1 worker"
 TWO = "mlbus 2 workers"
 
 
 # ── processes ────────────────────────────────────────────────────────────────
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Workers:
@@ -105,12 +108,7 @@ class Workers:
         return [p for p in pids if "resource_tracker" not in _cmdline(p)]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 30)
 
 
 def _cmdline(pid: int) -> str:
@@ -119,67 +117,14 @@ def _cmdline(pid: int) -> str:
     return ""
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MB from /proc; PSS splits shared pages between the processes sharing them."""
-    rss = pss = 0.0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-    return rss, pss
-
-
-class MemorySampler:
-    """Samples RSS/PSS of `pids` every 100 ms in a thread; keeps the maximum of each."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.peak: dict[int, tuple[float, float]] = dict.fromkeys(pids, (0.0, 0.0))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for pid in self.peak:
-                rss, pss = memory_mb(pid)
-                old = self.peak[pid]
-                self.peak[pid] = (max(old[0], rss), max(old[1], pss))
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[MemorySampler]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
-
-
 async def publish_model(bootstrap: str, model_path: Path, data: bytes) -> None:
     from mlbus.bus import Publisher, ensure_topics
     from mlbus.config import KafkaSettings
-    from mlbus.events import MODEL_PUBLISHED, ModelPublished, ModelSignature, TensorSpec
+    from mlbus.events import MODEL_PUBLISHED
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     await ensure_topics(kafka, [MODEL_PUBLISHED])
-    event = ModelPublished(
-        model=MODEL,
-        alias="champion",
-        version=1,
-        previous_version=None,
-        artifact_uri=model_path.as_uri(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        signature=ModelSignature(
-            inputs=(TensorSpec(name="float_input", datatype="FP32", shape=(-1, 20)),),
-            outputs=(
-                TensorSpec(name="label", datatype="INT64", shape=(-1,)),
-                TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 2)),
-            ),
-        ),
-        reason="benchmark",
-        actor="loadtests",
-    )
+    event = model_published(1, None, model_path, data)
     async with Publisher(kafka, source="loadtests") as publisher:
         await publisher.publish(event, key=MODEL)
 
@@ -285,7 +230,7 @@ def main(
         folder = Path(tmp)
         model_path = folder / "model.onnx"
         build_model(model_path)
-        echo_process, echo_port = start_bench_server("echo")
+        echo_process, echo_port = start_server(BENCH_INFERENCE, "echo")
         servers = {ONE: Workers(1, broker.bootstrap_servers, folder, log)}
         servers[TWO] = Workers(2, broker.bootstrap_servers, folder, log)
         try:
@@ -328,8 +273,7 @@ def main(
         finally:
             for server in servers.values():
                 server.stop()
-            echo_process.terminate()
-            echo_process.wait(10)
+            stop_process(echo_process)
     bench.goal("throughput, one process vs echo", ONE, ECHO, "throughput", ">=", 0.7)
     gain = bench.ratio(TWO, ONE, "throughput")
     bench.notes.append(
