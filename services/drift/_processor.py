@@ -201,7 +201,7 @@ class DriftProcessor:
     monitor_shadow: bool = False
     retrain_lookback_s: float | None = None
     retrain_min_labels: int | None = None
-    """Labels of post-drift predictions an armed retraining waits for (None: model.min_rows)."""
+    """Labels of predictions since the drift window to wait for (None: model.min_rows)."""
     retrain_max_wait_s: float = 86_400.0
     fire_lease_s: float = 60.0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -498,7 +498,7 @@ class DriftProcessor:
         while self.outbox:
             await self._decide_and_publish(self.outbox[0])
             self.outbox.pop(0)
-        await self.advance_armed()
+        await self.advance_armed(check_deadline=False)
         dropped = await self.pending.flush()
         if dropped:
             metrics.pending_not_kept.add(dropped, {"model": self.model})
@@ -714,14 +714,15 @@ class DriftProcessor:
             extra={"event_id": detection.event_id, "trace_id": f"{trace_id:032x}"},
         )
 
-    async def advance_armed(self) -> None:
+    async def advance_armed(self, *, check_deadline: bool = True) -> None:
         """Count the labels joined since the last call into the armed trigger; fire if due.
 
-        Called at every commit and periodically (the maximum wait passes without
-        records too). Labels of predictions made before the trigger's `since` are not
-        evidence of the drift and are not counted.
+        Called at every commit (only when labels were joined: a commit of predictions
+        costs no Redis call) and periodically with `check_deadline` (the maximum wait
+        passes without records too). Labels of predictions made before the trigger's
+        `since` are not evidence of the drift and are not counted.
         """
-        if not self.arming:
+        if not self.arming or not (self.joined_labels or check_deadline):
             return
         async with self.armed_lock:
             joined, self.joined_labels = self.joined_labels, []
@@ -736,15 +737,19 @@ class DriftProcessor:
         if armed is None:
             return
         now = self.clock()
-        since = armed.since.timestamp()
+        since, detected = armed.since.timestamp(), armed.window_end.timestamp()
         counted = [label_time for at, label_time in joined if at >= since]
+        # The training window starts at the first label of a prediction made after the
+        # detection: the detection window (window_size records of one partition, several
+        # times as much traffic) also holds predictions from before the drift began.
+        drifted = [label_time for at, label_time in joined if at >= detected]
         due = now >= armed.deadline or armed.decision is not None
         if not counted and not due:
             return
         result = await self.store.advance(
             self.model,
             labels=len(counted),
-            first_label_time=min(counted) if counted else None,
+            first_label_time=min(drifted) if drifted else None,
             now=now,
             lease_s=self.fire_lease_s,
             retrain=self.retrain,
@@ -760,9 +765,10 @@ class DriftProcessor:
         """Where a drift-caused run's labels start, in the labels' event time.
 
         The trainer keeps labels whose event time is at or after `window_start`, so it
-        is taken from the labels counted as evidence of the drift (the earliest), less
-        the lookback (history before the drift to learn from too; unset: none). With no
-        label counted (fired at the maximum wait), the window ends' lookback as before.
+        is the earliest event time of the labels of predictions made after the detection,
+        less the lookback (history before the drift to learn from too; unset: none).
+        With none of those (fired at the maximum wait), the lookback before the detection
+        window's end, as for a request fired at once.
         """
         lookback = timedelta(seconds=self.retrain_lookback_s or 0)
         if armed.first_label_time is not None:
@@ -808,7 +814,7 @@ class DriftProcessor:
             if decision.by_deadline:
                 log.warning(
                     "retraining of %s for drift %s fired at the maximum wait (%gs) with only "
-                    "%d of %d labels of post-drift predictions",
+                    "%d of %d labels of predictions since the drift window",
                     armed.model,
                     armed.detection_id,
                     self.retrain_max_wait_s,
@@ -830,8 +836,8 @@ class DriftProcessor:
             self.requests_published += 1
             metrics.triggers.add(1, {"model": armed.model, "outcome": "fired", "reason": why})
             log.info(
-                "retraining of %s requested (%s) for drift %s: %d labels of post-drift "
-                "predictions, labels from %s",
+                "retraining of %s requested (%s) for drift %s: %d labels of predictions "
+                "since the drift window; training on labels from %s",
                 armed.model,
                 request.event_id,
                 armed.detection_id,

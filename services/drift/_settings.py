@@ -26,8 +26,9 @@ class DriftSettings(ServiceSettings):
                                       spec's model.min_rows)
     MLBUS_DRIFT_RETRAIN_MAX_WAIT_S    ... or once this long has passed since the detection (86400)
     MLBUS_DRIFT_RETRAIN_LOOKBACK_S    the training window also takes this much labelled history
-                                      before the first post-drift label (unset: none; without
-                                      labels joined: from the drifted window's end, unset: all)
+                                      before the first label of a prediction made after the
+                                      detection (unset: none; without such labels: from the
+                                      drifted window's end, unset: all history)
     """
 
     model_config = SettingsConfigDict(

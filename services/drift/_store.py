@@ -155,7 +155,8 @@ class ArmedTrigger:
 
     `since` is the detection window's start (the predictions' clock): labels of
     predictions made at or after it count. `first_label_time` is the earliest event
-    time of those labels (the labels' clock, which the trainer filters on).
+    time of the labels of predictions made after the detection (`window_end`), in the
+    labels' clock, which the trainer filters on: where the training window starts.
     """
 
     detection_id: str

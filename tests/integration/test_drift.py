@@ -35,7 +35,7 @@ from mlbus.cli._drift import read_drift_state
 from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.drift import DriftService, DriftSettings
 from mlbus.drift._labels import Pending, PendingPredictions
-from mlbus.drift._store import DriftStore, PartitionSnapshot
+from mlbus.drift._store import ArmedTrigger, DriftStore, PartitionSnapshot
 from mlbus.driftstats import DriftMonitor
 from mlbus.events import (
     DRIFT_DETECTED,
@@ -644,6 +644,19 @@ def test_status_cli_shows_what_the_service_saved(
                 "decided_at": START.isoformat(),
             }
         )
+        await store.arm(
+            ArmedTrigger(
+                detection_id="e1",
+                model=model,
+                version=4,
+                since=START,
+                window_end=START,
+                armed_at=START,
+                deadline=START + timedelta(days=1),
+                min_labels=2000,
+                labels=120,
+            )
+        )
         await store.aclose()
 
     asyncio.run(save())
@@ -666,12 +679,14 @@ def test_status_cli_shows_what_the_service_saved(
     assert rows[("v.amount", "psi")]["samples"] == 120
     assert rows[("v.amount", "psi")]["threshold"] == project.drift.psi_threshold
     assert doc["detections"][0]["event_id"] == "e1"
+    assert [(a["model"], a["labels"]) for a in doc["armed"]] == [(model, 120)]
 
     table = CliRunner().invoke(app, ["drift", "status"], terminal_width=200)
     assert table.exit_code == 0, table.output
     assert f"{model} v4" in table.output
     assert "v.amount" in table.output
     assert "requested" in table.output
+    assert f"retraining of {model} armed by drift e1: 120 of 2,000 labels" in table.output
 
     other = CliRunner().invoke(app, ["drift", "status", "--group", "nobody"])
     assert other.exit_code == 0

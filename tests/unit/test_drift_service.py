@@ -693,6 +693,8 @@ async def test_a_detection_alarms_at_once_and_fires_the_retraining_at_the_label_
     processor, publisher, pending = processor_for(spec(**ARMING), store, retrain_min_labels=5)
     for i in range(1000, 1020):  # predictions made an hour before the drift window
         pending.add("m", f"tx-{i}", Pending(1, 0.6, (T0 - timedelta(hours=1)).timestamp()))
+    for i in range(60, 62):  # predictions made after the detection (window end: T0 + 49 s)
+        pending.add("m", f"tx-{i}", Pending(1, 0.6, (T0 + timedelta(seconds=i)).timestamp()))
     await detect(processor)
     (detected,) = publisher.events  # the alarm, no request yet
     assert type(detected).__name__ == "DriftDetected"
@@ -709,14 +711,15 @@ async def test_a_detection_alarms_at_once_and_fires_the_retraining_at_the_label_
     assert armed is not None
     assert armed.labels == 4
 
-    await processor.handle_batch(labels_for(range(14, 16), offset=24))
+    await processor.handle_batch(labels_for(range(60, 62), offset=24))
     await processor.flush()
     assert [type(e).__name__ for e in publisher.events] == ["DriftDetected", "TrainingRequested"]
     request = publisher.events[1]
     assert request.cause_event_id == detected.event_id
     assert request.reason == "drift"
-    # The window starts at the first post-drift label, in the labels' own clock.
-    assert request.window_start == LABEL_TIME + timedelta(minutes=10)
+    # Labels in the detection window counted, but the training window starts at the first
+    # label of a prediction made after the detection, in the labels' own clock.
+    assert request.window_start == LABEL_TIME + timedelta(minutes=60)
     spans = {span.name: span for span in exporter.get_finished_spans()}
     detected_span, retrain_span = spans["drift.detected"], spans["drift.retrain"]
     assert retrain_span.parent is not None
@@ -748,7 +751,8 @@ async def test_the_maximum_wait_fires_without_enough_labels_and_says_so(
     await processor.advance_armed()
     request = publisher.events[-1]
     assert type(request).__name__ == "TrainingRequested"
-    assert request.window_start == LABEL_TIME + timedelta(minutes=20)
+    # Only labels of the detection window itself (no lookback set): all history.
+    assert request.window_start is None
     assert "fired at the maximum wait" in caplog.text
     assert "3 of 1000 labels" in caplog.text
     assert PolicyState.model_validate(store.policy["retrain"]).last_trigger == now[0]

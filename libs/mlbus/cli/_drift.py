@@ -42,6 +42,9 @@ async def read_drift_state(
     try:
         raw_status = await client.hgetall(f"{base}:status")
         raw_detections = await client.lrange(f"{base}:detections", 0, max(0, detections - 1))
+        # Armed retrainings are per model (shared by every group's replicas of that model).
+        armed_keys = [k async for k in client.scan_iter(match=f"{redis.key_prefix}:drift:armed:*")]
+        raw_armed = [v for v in [await client.get(k) for k in armed_keys] if v is not None]
     finally:
         await client.aclose()
     monitors = sorted(
@@ -58,6 +61,7 @@ async def read_drift_state(
             for (model, version), found in models.items()
         ],
         "detections": [json.loads(v) for v in raw_detections],
+        "armed": sorted((json.loads(v) for v in raw_armed), key=lambda a: str(a.get("model"))),
     }
 
 
@@ -153,6 +157,13 @@ def _render(state: dict[str, Any]) -> None:
                     f"mean error {_number(performance['mean_error'], 3)}, "
                     f"{performance['detections']} change(s)"
                 )
+    for armed in state.get("armed", []):
+        console.print(
+            f"retraining of {armed['model']} armed by drift {armed['detection_id']}: "
+            f"{armed['labels']:,} of {armed['min_labels']:,} labels of predictions since "
+            f"{str(armed['since'])[:19]}; fires by {str(armed['deadline'])[:19]} at the latest",
+            highlight=False,
+        )
     detections = state["detections"]
     if not detections:
         console.print("no detections yet")
