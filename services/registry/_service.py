@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry import trace
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -52,7 +53,7 @@ from mlbus.registry_client import (
     Registration,
 )
 from mlbus.spec import ModelSpec
-from mlbus.telemetry import meter, tracer
+from mlbus.telemetry import extract_kafka_context, meter, traceparent_of, tracer
 
 from . import _store as db
 from ._artifacts import ArtifactStore, sha256_hex
@@ -193,10 +194,23 @@ class Registry:
                 rows = await asyncio.to_thread(self._pending)
                 if not rows:
                     return count
-                for row_id, event_type, key, payload in rows:
+                for row_id, event_type, key, payload, traceparent in rows:
                     event = EVENT_TYPES[event_type].model_validate_json(payload)
+                    # Published in the trace of the change it reports (drift → training →
+                    # registration → alias move → reload is one trace), even after a restart.
+                    parent = (
+                        extract_kafka_context([("traceparent", traceparent.encode())])
+                        if traceparent
+                        else None
+                    )
                     try:
-                        await self._sink.publish(event, key=key)
+                        with _tracer.start_as_current_span(
+                            "registry.outbox.publish",
+                            context=parent,
+                            kind=trace.SpanKind.PRODUCER,
+                            attributes={"mlbus.event_type": event_type, "mlbus.model": key},
+                        ):
+                            await self._sink.publish(event, key=key)
                     except Exception as exc:
                         await asyncio.to_thread(self._mark_failed, row_id, repr(exc))
                         raise
@@ -207,9 +221,12 @@ class Registry:
                         self._published.add(row_id)
                         self._progress.notify_all()
 
-    def _pending(self) -> list[tuple[int, str, str, str]]:
+    def _pending(self) -> list[tuple[int, str, str, str, str | None]]:
         with self.store.transaction() as session:
-            return [(r.id, r.event_type, r.key, r.payload) for r in db.pending_events(session)]
+            return [
+                (r.id, r.event_type, r.key, r.payload, r.traceparent)
+                for r in db.pending_events(session)
+            ]
 
     def _mark_published(self, row_id: int) -> None:
         with self.store.transaction() as session:
@@ -505,6 +522,7 @@ class Registry:
             payload=event.model_dump_json(),
             created_at=datetime.now(UTC),
             attempts=0,
+            traceparent=_current_traceparent(),
         )
         session.add(row)
         session.flush()
@@ -699,3 +717,8 @@ def _check_alias(alias: str) -> None:
 def _require_reason(reason: str, doing: str) -> None:
     if not reason.strip():
         raise InvalidInput(f"a reason is required when {doing}")
+
+
+def _current_traceparent() -> str | None:
+    span_context = trace.get_current_span().get_span_context()
+    return traceparent_of(span_context) if span_context.is_valid else None

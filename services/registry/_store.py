@@ -157,6 +157,8 @@ class OutboxRow(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    traceparent: Mapped[str | None] = mapped_column(String(200))
+    """The trace of the change (e.g. the trainer's registration), continued when published."""
 
 
 def create_registry_engine(url: str) -> Engine:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
@@ -103,9 +105,12 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.events: list[tuple[str | bytes | None, Event]] = []
+        self.trace_ids: dict[str, int] = {}
+        """event_id → the trace id current while it was published (0: none)."""
 
     async def publish(self, event: Event, key: str | bytes | None = None) -> Any:
         self.events.append((key, event))
+        self.trace_ids[event.event_id] = trace.get_current_span().get_span_context().trace_id
 
     def published(self) -> list[ModelPublished]:
         return [e for _, e in self.events if isinstance(e, ModelPublished)]
@@ -151,7 +156,7 @@ async def test_migrations_build_exactly_the_models_schema_and_rerun_safely(
     registry: Registry,
 ) -> None:
     await asyncio.to_thread(registry.store.upgrade)  # a second start changes nothing
-    assert current_revision(registry.store.engine) == "0001"
+    assert current_revision(registry.store.engine) == "0002"
     with registry.store.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), db.Base.metadata)
     assert diff == []
@@ -255,6 +260,34 @@ async def test_alias_moves_emit_one_event_each_in_order_and_are_recorded(
     ]
     assert [h.event_id for h in reversed(history)] == [e.event_id for e in sink.published()]
     assert pending(registry) == 0
+
+
+async def test_outbox_events_are_published_in_the_trace_of_the_change(
+    registry: Registry, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlbus.registry import _service
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(_service, "_tracer", tracer)
+    with tracer.start_as_current_span("trainer registration") as registration:
+        await registry.register(NewVersion(model="traced", content=tiny_model()))
+    with tracer.start_as_current_span("operator promotion") as promotion:
+        await registry.set_alias("traced", "champion", 1, reason="go", actor="alice")
+    await registry.register(NewVersion(model="traced", content=tiny_model(2.0)))  # no trace
+
+    await _drained(registry)  # by the background publisher, outside those spans
+    registered, published = [e for _, e in sink.events if e.model == "traced"][:2]  # type: ignore[attr-defined]
+    assert isinstance(registered, ModelRegistered)
+    assert isinstance(published, ModelPublished)
+    assert sink.trace_ids[registered.event_id] == registration.get_span_context().trace_id
+    assert sink.trace_ids[published.event_id] == promotion.get_span_context().trace_id
+    untraced = [e for _, e in sink.events if isinstance(e, ModelRegistered) and e.version == 2]
+    assert sink.trace_ids[untraced[0].event_id] not in (
+        registration.get_span_context().trace_id,
+        promotion.get_span_context().trace_id,
+    )
+    provider.shutdown()
 
 
 async def test_rollback_walks_back_through_earlier_versions(registry: Registry) -> None:

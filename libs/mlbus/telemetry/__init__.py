@@ -26,7 +26,11 @@ from mlbus.telemetry._logging import (
     TraceContextFilter,
     setup_logging,
 )
-from mlbus.telemetry._propagation import extract_kafka_context, inject_kafka_headers
+from mlbus.telemetry._propagation import (
+    extract_kafka_context,
+    inject_kafka_headers,
+    traceparent_of,
+)
 from mlbus.telemetry._sampling import (
     PLANE_ATTRIBUTE,
     PRESAMPLED_ATTRIBUTE,
@@ -66,6 +70,7 @@ __all__ = [
     "read_spans",
     "setup_logging",
     "setup_telemetry",
+    "traceparent_of",
     "tracer",
     "tracing_client_interceptors",
 ]
