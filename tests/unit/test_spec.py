@@ -108,7 +108,7 @@ def test_gates_compare_in_the_metric_direction(spec: ProjectSpec) -> None:
     model = spec.model
     assert model.gate_failures({"auc": 0.9}, {"auc": 0.8}) == []
     assert any("min_improvement" in r for r in model.gate_failures({"auc": 0.802}, {"auc": 0.8}))
-    assert any("at least 0.75" in r for r in model.gate_failures({"auc": 0.7}))
+    assert any("at least 0.7" in r for r in model.gate_failures({"auc": 0.65}))
 
 
 def test_serving_model_defaults_to_the_model_name(text: str) -> None:
@@ -180,7 +180,7 @@ def test_union_members_merge_into_one_expectation(text: str) -> None:
 
 
 def test_bad_mapping_key_says_it_is_the_key(text: str) -> None:
-    err = error_for(edited(text, "      auc: 0.75", "      aucc: 0.75"))
+    err = error_for(edited(text, "      auc: 0.7 ", "      aucc: 0.7 "))
     assert "model.gates.minimums.aucc: invalid key: expected 'auc', 'log_loss'" in str(err)
 
 
