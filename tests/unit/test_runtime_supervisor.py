@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -198,3 +199,44 @@ def test_terminate_all_kills_a_child_that_ignores_sigterm() -> None:
 
     assert stubborn.returncode == -signal.SIGKILL
     assert polite.returncode == -signal.SIGTERM
+
+
+def test_a_spawned_child_dies_with_its_parent_even_when_the_parent_is_killed(
+    tmp_path: Path,
+) -> None:
+    parent_code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mlbus.runtime._process import spawn\n"
+        "child = spawn([sys.executable, '-c', 'import time; time.sleep(600)'],"
+        f" Path({str(tmp_path / 'child.log')!r}))\n"
+        "print(child.pid, flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    assert os.getpgid(child_pid) == child_pid  # its own group: Ctrl-C reaches the parent only
+    deadline = time.monotonic() + 10  # the guard has exec'd once the command line says so
+    while (
+        b"sleep(600)" not in Path(f"/proc/{child_pid}/cmdline").read_bytes()
+        or _state(child_pid) != "S"  # started and asleep, not still starting up
+    ):
+        assert time.monotonic() < deadline, "the child never became its command"
+        time.sleep(0.05)
+
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child_pid}").exists() and _state(child_pid) != "Z":
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,12 +28,31 @@ def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
         return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM this child when its parent dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.setpgrp()  # Ctrl-C in the terminal reaches the parent only; it stops us in order
+# Runs first in the child, then becomes the real command (execv keeps the pid and the
+# death signal). Not a `preexec_fn`: that makes Python fork() instead of vfork(), and
+# fork() runs gRPC's at-fork handlers, which abort the child when the parent has live
+# gRPC threads (the supervisor's health probes, a test process).
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent died before the death signal was set
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def with_parent_guard(argv: Sequence[str]) -> list[str]:
+    """`argv`, run so that Linux SIGTERMs it when this process dies, even by SIGKILL."""
+    command = list(argv)
+    if not command:
+        raise ValueError("expected a command, got an empty argv")
+    if "/" not in command[0]:  # execv does not search PATH; fail here, like Popen would
+        found = shutil.which(command[0])
+        if found is None:
+            raise FileNotFoundError(f"command not found: {command[0]!r}")
+        command[0] = found
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def spawn(
@@ -45,17 +61,21 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a child whose output goes to `log_path` and which dies with this process."""
+    """Start a child whose output goes to `log_path` and which dies with this process.
+
+    It runs in its own process group: Ctrl-C in the terminal reaches the parent
+    only, which then stops its children in order.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            list(argv),
+            with_parent_guard(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             cwd=cwd,
-            preexec_fn=_die_with_parent,
+            process_group=0,
         )
 
 
