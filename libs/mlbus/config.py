@@ -20,6 +20,8 @@ error into one `ConfigError` that names each variable and what was expected.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -262,6 +264,19 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, cls)) from None
+
+
+def run_service(name: str, cls: type[S], run: Callable[[S], None]) -> int:
+    """`python -m mlbus.<name>`: settings from the environment, `run` until it returns.
+
+    Exit code 0, or 2 with one readable line when the settings or the spec are invalid.
+    """
+    try:
+        run(load_settings(cls))
+    except ConfigError as exc:
+        sys.stderr.write(f"mlbus.{name}: {exc}\n")
+        return 2
+    return 0
 
 
 def describe_validation_error(exc: ValidationError, cls: type[BaseSettings]) -> str:

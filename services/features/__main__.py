@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
-from mlbus.errors import ConfigError
-
 
 def main() -> int:
-    from mlbus.config import load_settings
+    from mlbus.config import run_service
 
     from . import FeaturesSettings, run
 
-    try:
-        run(load_settings(FeaturesSettings))
-    except ConfigError as exc:
-        sys.stderr.write(f"mlbus.features: {exc}\n")
-        return 2
-    return 0
+    return run_service("features", FeaturesSettings, run)
 
 
 if __name__ == "__main__":

@@ -666,7 +666,11 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
         committed = [await reader.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)]
     finally:
         await reader.stop()
-    if not handled_during_revoke:  # one partition per fetch: the race was not set up
-        pytest.skip("the first fetch held a single partition; nothing to race")
+    # The promise holds whatever the fetches looked like: everything committed was written.
     assert sum(c or 0 for c in committed) == 300
     assert sorted(set(written)) == sorted(b"%d" % i for i in range(300))
+    if not handled_during_revoke:  # checked above; only the mid-batch race was not set up
+        pytest.skip(
+            "the first fetch held a single partition, so no record was handled while the "
+            "revoke was pending (the commit/write check above still ran and passed)"
+        )
