@@ -8,7 +8,8 @@ horizon, and publishes `mlbus.ingest.validated.v1` (keyed by entity id) or
 """
 
 from ._dedupe import NoDedupe, RedisSeenIds, SeenIds
-from ._pipeline import Backoff, FlushInterrupted, IngestionPipeline, IngestionStats, rejection_id
+from ._pipeline import Backoff, FlushInterrupted, IngestionPipeline, IngestionStats
+from ._records import rejection_id
 from ._service import IngestionService
 from ._settings import IngestionSettings
 

@@ -22,12 +22,14 @@ before it failed: at-least-once, same `event_id`s). The consumer waits, keeps
 its place, and catches up when the dependency is back. Only `stop()` ends a
 failing flush, with `FlushInterrupted` and nothing committed.
 
-Most validated events skip the pydantic model: `validated_value` writes the
-very JSON the model would (a property test holds the two equal, so
-`IngestValidated` stays the contract), `validated_headers` its CloudEvents
-headers. Events that are traced (the consumer's span, a producer's
-`traceparent`, or this hop's own sampling roll) still go through the model and
-`Publisher.record`.
+Whether a record is traced is decided once, by the consumer: a producer's
+sampled `traceparent` is always continued, and other records are sampled at
+`data_sample_ratio` (the bus's roll). A record handled inside a span (the
+consumer's) is published through the event model and `Publisher.record`, in
+that trace. Every other record is one the consumer chose not to trace: nothing
+rolls again here, and its event is published without trace headers, a
+validated one written by `ValidatedEncoder` without the model (_records.py).
+Metrics are counted once per flush, per source (and reason).
 
 A crash after 2 and before 3 publishes those events again on replay (the
 downstream de-duplicates by `event_id`); a crash after 3 counts them as
@@ -38,49 +40,33 @@ bounded by one batch per crash.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import pydantic_core
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind
 
 from mlbus.bus import OutgoingRecord, Publisher, Received
-from mlbus.bus._codec import CE_SPECVERSION, CONTENT_TYPE
+from mlbus.bus._codec import encode_event, event_headers
 from mlbus.contracts import Accepted, Outcome, Rejected, SourceContracts
 from mlbus.errors import RetryableError
-from mlbus.events import INGEST_VALIDATED, IngestRejected, IngestValidated, RejectionReason
-from mlbus.telemetry import (
-    PLANE_ATTRIBUTE,
-    PRESAMPLED_ATTRIBUTE,
-    extract_kafka_context,
-    meter,
-    presample_data_record,
-)
+from mlbus.events import IngestRejected, IngestValidated, RejectionReason
+from mlbus.telemetry import meter
 
 from ._dedupe import SeenIds, SeenKey
+from ._records import ValidatedEncoder, _rejected, _validated
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("mlbus.ingestion")
 
 T = TypeVar("T")
 
-_REJECTION_IDS = uuid.UUID("6f1c2a53-8a4e-4f43-9a3c-3b8e9f8f1d2e")
 UNKNOWN_TOPIC = "unknown_topic"
-
-
-def rejection_id(topic: str, partition: int, offset: int) -> str:
-    """The same source record always gets the same rejection id, so replays are recognisable."""
-    return str(uuid.uuid5(_REJECTION_IDS, f"{topic}/{partition}/{offset}"))
 
 
 @dataclass
@@ -117,10 +103,12 @@ _KAFKA_FAILURES = (KafkaError, ConnectionError, TimeoutError)
 _KAFKA_PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~0.5 µs per record
+@dataclass(slots=True)
 class _Queued:
-    outcome: Outcome
-    record: Received[bytes | None]
+    """The records of one handler call (one partition's, in order) and their outcomes."""
+
+    records: list[Received[bytes | None]]
+    outcomes: list[Outcome]
     context: Context
     traced: bool
     """`context` holds a valid span (the consumer's, or the caller's): publish inside it."""
@@ -177,40 +165,41 @@ class IngestionPipeline:
     def discard(self) -> int:
         """Forget what is queued (the consumer restarts from the committed offsets and
         will deliver those records again). Returns how many were dropped."""
-        dropped, self._queue = len(self._queue), []
+        dropped, self._queue = self.queued, []
         return dropped
 
     async def handle(self, record: Received[bytes | None]) -> None:
         """Validate one record and queue the outcome; `flush` publishes it."""
-        context = otel_context.get_current()
-        self._queue.append(_Queued(self._outcome(record), record, context, _has_span(context)))
+        await self.handle_batch([record])
 
     async def handle_batch(self, records: list[Received[bytes | None]]) -> None:
         """`handle` for consecutive records of one partition: all validated, then all queued
         (all or nothing, as the consumer's `batch_handler` must be)."""
         context = otel_context.get_current()
-        traced = _has_span(context)
-        outcome = self._outcome
-        queued = [_Queued(outcome(record), record, context, traced) for record in records]
-        self._queue.extend(queued)
+        outcomes = self._outcomes(records)
+        self._queue.append(_Queued(list(records), outcomes, context, _has_span(context)))
 
-    def _outcome(self, record: Received[bytes | None]) -> Outcome:
-        validator = self._contracts.by_topic.get(record.topic)
-        if validator is None:  # the spec changed under a running group: keep the bytes
-            return Rejected(
-                "",
-                0,
-                (
-                    RejectionReason(
-                        code=UNKNOWN_TOPIC, message=f"no source in the spec reads {record.topic!r}"
-                    ),
-                ),
-            )
-        return validator.validate(record.payload, now_s=self._clock())
+    def _outcomes(self, records: list[Received[bytes | None]]) -> list[Outcome]:
+        """Every record's outcome, against one clock reading (the batch is one moment)."""
+        now_s = self._clock()
+        by_topic = self._contracts.by_topic
+        outcomes: list[Outcome] = []
+        topic: str | None = None
+        validate = None
+        for record in records:
+            if record.topic != topic:
+                topic = record.topic
+                validator = by_topic.get(topic)
+                validate = validator.validate if validator is not None else None
+            if validate is None:  # the spec changed under a running group: keep the bytes
+                outcomes.append(_unknown_topic(record.topic))
+            else:
+                outcomes.append(validate(record.payload, now_s=now_s))
+        return outcomes
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return sum(len(item.records) for item in self._queue)
 
     async def flush(self) -> None:
         """Publish what was queued, await delivery, remember accepted ids.
@@ -228,7 +217,10 @@ class IngestionPipeline:
 
     async def _flush(self, queue: list[_Queued]) -> None:
         wanted: list[SeenKey] = [
-            (q.outcome.source, q.outcome.event_id) for q in queue if isinstance(q.outcome, Accepted)
+            (outcome.source, outcome.event_id)
+            for item in queue
+            for outcome in item.outcomes
+            if isinstance(outcome, Accepted)
         ]
         lookup = asyncio.ensure_future(
             self._until_done("redis", "de-duplication lookup", lambda: self._seen.seen(wanted))
@@ -237,79 +229,68 @@ class IngestionPipeline:
             await asyncio.sleep(0)  # let the lookup put its request on the wire first
             occurred_at = datetime.now(UTC)
             # Publisher.record traces every event sent from inside a sampled span.
-            in_sampled_span = trace.get_current_span().get_span_context().trace_flags.sampled
-            encoded = {} if in_sampled_span else self._encode_untraced(queue, occurred_at)
+            in_sampled_span = bool(trace.get_current_span().get_span_context().trace_flags.sampled)
+            encoded = [] if in_sampled_span else self._encode_untraced(queue, occurred_at)
             already = await lookup
         finally:
             lookup.cancel()  # only if encoding failed; a no-op on a finished task
-        fresh: list[SeenKey] = []
-        fresh_set: set[SeenKey] = set()
+        fresh: dict[SeenKey, None] = {}  # ordered: remembered in queue order
+        accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
+        rejections: list[Rejected] = []
         records: list[OutgoingRecord] = []
-        for index, item in enumerate(queue):
-            outcome = item.outcome
-            traced = item.traced or bool(
-                item.record.headers and _has_traceparent(item.record.headers)
-            )
-            if not isinstance(outcome, Accepted):
-                rejected = _rejected(outcome, item.record)
-                records.append(
-                    self._record(rejected, item.record.key, item)
-                    if traced
-                    else self._publisher.record(rejected, item.record.key)
-                )
-                continue
-            key = (outcome.source, outcome.event_id)
-            if key in already or key in fresh_set:
-                duplicates[outcome.source] = duplicates.get(outcome.source, 0) + 1
-                continue
-            fresh_set.add(key)
-            fresh.append(key)
-            ready = encoded.get(index)
-            if ready is not None:
+        position = 0  # in `wanted` (and `encoded`): the accepted outcomes, in queue order
+        for item in queue:
+            for record, outcome in zip(item.records, item.outcomes, strict=True):
+                if not isinstance(outcome, Accepted):
+                    rejections.append(outcome)
+                    records.append(
+                        self._outgoing(
+                            _rejected(outcome, record), record.key, item, in_sampled_span
+                        )
+                    )
+                    continue
+                key = wanted[position]
+                ready = encoded[position] if encoded else None
+                position += 1
+                source = outcome.source
+                if key in already or key in fresh:
+                    duplicates[source] = duplicates.get(source, 0) + 1
+                    continue
+                fresh[key] = None
+                accepted[source] = accepted.get(source, 0) + 1
+                if ready is None:  # traced, or flushed inside a sampled span: the model path
+                    ready = self._outgoing(
+                        _validated(outcome, record, occurred_at),
+                        outcome.entity_id,
+                        item,
+                        in_sampled_span,
+                    )
                 records.append(ready)
-                continue
-            event = _validated(outcome, item.record, occurred_at)
-            if traced:
-                records.append(self._record(event, outcome.entity_id, item))
-            elif in_sampled_span:
-                records.append(self._publisher.record(event, outcome.entity_id))
-            else:  # this hop's sampling roll said yes: a trace starts here
-                records.append(self._sampled_record(event, outcome.entity_id, item.record))
         await self._until_done("kafka", "publishing", lambda: self._publish(records))
         if fresh:
             await self._until_done(
-                "redis", "remembering accepted ids", lambda: self._seen.remember(fresh)
+                "redis", "remembering accepted ids", lambda: self._seen.remember(list(fresh))
             )
-        self._count(queue, duplicates)
+        self._count(accepted, duplicates, rejections)
 
     def _encode_untraced(
         self, queue: list[_Queued], occurred_at: datetime
-    ) -> dict[int, OutgoingRecord]:
-        """The hot path: validated events nobody traces, as bytes, by queue position.
-
-        Records the publisher would trace are left out (the caller builds them
-        through the model): the consumer's span, a producer's `traceparent`, or
-        this hop's own roll (the one `Publisher.send` would make).
-        """
-        ce_time = occurred_at.isoformat().encode()
-        ce_source = self._publisher.source.encode()
-        encoded: dict[int, OutgoingRecord] = {}
-        for index, item in enumerate(queue):
-            outcome = item.outcome
-            if not isinstance(outcome, Accepted) or item.traced:
-                continue
-            record = item.record
-            if (record.headers and _has_traceparent(record.headers)) or presample_data_record(
-                False
-            ):
-                continue
-            encoded[index] = OutgoingRecord(
-                INGEST_VALIDATED,
-                validated_value(outcome, record, occurred_at),
-                outcome.entity_id.encode(),
-                validated_headers(outcome.event_id, ce_source, ce_time),
-            )
+    ) -> list[OutgoingRecord | None]:
+        """The hot path: every accepted outcome's record, in queue order, as bytes without
+        the model; None where the record is traced (the caller goes through the model)."""
+        encoder = ValidatedEncoder(occurred_at, self._publisher.source.encode())
+        encode = encoder.record
+        encoded: list[OutgoingRecord | None] = []
+        for item in queue:
+            if item.traced:
+                encoded.extend(None for o in item.outcomes if isinstance(o, Accepted))
+            else:
+                encoded.extend(
+                    encode(outcome, record)
+                    for record, outcome in zip(item.records, item.outcomes, strict=True)
+                    if isinstance(outcome, Accepted)
+                )
         return encoded
 
     async def _publish(self, records: list[OutgoingRecord]) -> None:
@@ -360,166 +341,63 @@ class IngestionPipeline:
                 log.warning("%s succeeded again after %d failed attempts", what, tries)
             return result
 
-    def _record(
-        self, event: IngestValidated | IngestRejected, key: bytes | str | None, item: _Queued
+    def _outgoing(
+        self,
+        event: IngestValidated | IngestRejected,
+        key: bytes | str | None,
+        item: _Queued,
+        in_sampled_span: bool,
     ) -> OutgoingRecord:
-        """The record of `event`, traced inside the record's span or the trace its producer sent."""
-        ctx = item.context
-        if not item.traced:
-            ctx = extract_kafka_context(item.record.headers)  # continue the producer's trace
-        token = otel_context.attach(ctx)
-        try:
+        """The record of `event` through the model: traced inside the record's span, by
+        the publisher inside a sampled flush, else untraced as the consumer decided."""
+        if item.traced:
+            token = otel_context.attach(item.context)
+            try:
+                return self._publisher.record(event, key)
+            finally:
+                otel_context.detach(token)
+        if in_sampled_span:
             return self._publisher.record(event, key)
-        finally:
-            otel_context.detach(token)
-
-    def _sampled_record(
-        self, event: IngestValidated, key: str, record: Received[bytes | None]
-    ) -> OutgoingRecord:
-        """An untraced record whose event this hop samples: a new trace, as Publisher.send
-        would start, under a span that tells the sampler (and Publisher.record) it is chosen."""
-        span = _tracer.start_span(
-            f"{record.topic} ingest",
-            kind=SpanKind.INTERNAL,
-            attributes={
-                "messaging.kafka.destination.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-                "messaging.message.id": event.event_id,
-                PLANE_ATTRIBUTE: event.plane,
-                PRESAMPLED_ATTRIBUTE: True,
-            },
+        # What Publisher.record writes for a data-plane event it does not trace, without
+        # rolling the sampling dice a second time for this record.
+        return OutgoingRecord(
+            event.topic,
+            encode_event(event),
+            key.encode() if isinstance(key, str) else key,
+            event_headers(event, self._publisher.source),
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            return self._publisher.record(event, key)
-        finally:
-            otel_context.detach(token)
-            span.end()
 
-    def _count(self, queue: list[_Queued], duplicates: dict[str, int]) -> None:
+    def _count(
+        self, accepted: dict[str, int], duplicates: dict[str, int], rejections: list[Rejected]
+    ) -> None:
+        """Stats and metrics of one flush: one counter update per source (and reason)."""
         stats = self.stats
         stats.flushes += 1
-        accepted: dict[str, int] = {}
-        for item in queue:
-            outcome = item.outcome
-            if isinstance(outcome, Accepted):
-                accepted[outcome.source] = accepted.get(outcome.source, 0) + 1
-                continue
-            stats.rejected += 1
-            self._rejected.add(1, {"source": outcome.source})
-            for code in dict.fromkeys(outcome.codes):
-                stats.rejected_by_reason[code] = stats.rejected_by_reason.get(code, 0) + 1
-                self._reasons.add(1, {"source": outcome.source, "reason": code})
-        for source, n in duplicates.items():
-            accepted[source] -= n
-            stats.duplicates += n
-            self._duplicates.add(n, {"source": source})
         for source, n in accepted.items():
             stats.accepted += n
-            if n:
-                self._accepted.add(n, {"source": source})
+            self._accepted.add(n, {"source": source})
+        for source, n in duplicates.items():
+            stats.duplicates += n
+            self._duplicates.add(n, {"source": source})
+        if not rejections:
+            return
+        rejected: dict[str, int] = {}
+        reasons: dict[tuple[str, str], int] = {}
+        for outcome in rejections:
+            rejected[outcome.source] = rejected.get(outcome.source, 0) + 1
+            for code in dict.fromkeys(outcome.codes):  # a record counts once per reason
+                stats.rejected_by_reason[code] = stats.rejected_by_reason.get(code, 0) + 1
+                reasons[(outcome.source, code)] = reasons.get((outcome.source, code), 0) + 1
+        stats.rejected += len(rejections)
+        for source, n in rejected.items():
+            self._rejected.add(n, {"source": source})
+        for (source, code), n in reasons.items():
+            self._reasons.add(n, {"source": source, "reason": code})
 
 
-def _has_traceparent(headers: tuple[tuple[str, bytes], ...]) -> bool:
-    return any(name == "traceparent" for name, _ in headers)
-
-
-def _validated(
-    outcome: Accepted, record: Received[bytes | None], occurred_at: datetime | None = None
-) -> IngestValidated:
-    return IngestValidated(
-        event_id=outcome.event_id,
-        occurred_at=occurred_at or datetime.now(UTC),
-        source=outcome.source,
-        contract_version=outcome.contract_version,
-        entity_id=outcome.entity_id,
-        event_time=outcome.event_time,
-        payload=outcome.payload,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-    )
-
-
-def validated_value(
-    outcome: Accepted, record: Received[bytes | None], occurred_at: datetime
-) -> bytes:
-    """The JSON value of `_validated(outcome, record, occurred_at)`, without the model.
-
-    pydantic-core's own serializer on a dict in the model's field order; the
-    validator already guarantees what the model would check (ids of 1-200
-    characters, scalar payload values, finite numbers, an aware event time).
-    tests/unit/test_ingest_encoding.py decodes it with `IngestValidated` and
-    compares it to the model, for generated events.
-    """
-    return pydantic_core.to_json(
-        {
-            "event_id": outcome.event_id,
-            "occurred_at": occurred_at,
-            "source": outcome.source,
-            "contract_version": outcome.contract_version,
-            "entity_id": outcome.entity_id,
-            "event_time": outcome.event_time,
-            "payload": outcome.payload,
-            "source_topic": record.topic,
-            "source_partition": record.partition,
-            "source_offset": record.offset,
-        }
-    )
-
-
-_SPECVERSION = ("ce_specversion", CE_SPECVERSION.encode())
-_CE_TYPE = ("ce_type", INGEST_VALIDATED.encode())
-_CONTENT_TYPE = ("content-type", CONTENT_TYPE)
-
-
-def validated_headers(event_id: str, source: bytes, ce_time: bytes) -> list[tuple[str, bytes]]:
-    """`event_headers` of that event: `source` is the publisher's, `ce_time` its occurred_at."""
-    return [
-        _SPECVERSION,
-        ("ce_id", event_id.encode()),
-        _CE_TYPE,
-        ("ce_source", source),
-        ("ce_time", ce_time),
-        _CONTENT_TYPE,
-    ]
-
-
-class CachedPartitioner:
-    """aiokafka's default (murmur2, Java-compatible) partitioner, memoised per key.
-
-    murmur2 is pure Python in aiokafka (≈2.5 µs a record); entity ids repeat, so
-    a bounded cache makes keyed sends nearly as cheap as unkeyed ones.
-    """
-
-    def __init__(self, size: int = 65_536) -> None:
-        from aiokafka.partitioner import DefaultPartitioner
-
-        self._default = DefaultPartitioner()
-        self._cache: dict[tuple[bytes, int], int] = {}
-        self._size = size
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(self._default(key, all_partitions, available))
-        slot = (key, len(all_partitions))
-        index = self._cache.get(slot)
-        if index is None:
-            if len(self._cache) >= self._size:
-                self._cache.clear()
-            index = all_partitions.index(self._default(key, all_partitions, available))
-            self._cache[slot] = index
-        return all_partitions[index]
-
-
-def _rejected(outcome: Rejected, record: Received[bytes | None]) -> IngestRejected:
-    return IngestRejected(
-        event_id=rejection_id(record.topic, record.partition, record.offset),
-        source=outcome.source or None,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        raw_b64=base64.b64encode(record.payload or b"").decode("ascii"),
-        key_b64=None if record.key is None else base64.b64encode(record.key).decode("ascii"),
-        reasons=outcome.reasons,
+def _unknown_topic(topic: str) -> Rejected:
+    return Rejected(
+        "",
+        0,
+        (RejectionReason(code=UNKNOWN_TOPIC, message=f"no source in the spec reads {topic!r}"),),
     )

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from mlbus.bus import OutgoingRecord, Publisher, ensure_topics, event_headers, header
 from mlbus.config import KafkaSettings
 from mlbus.events import TrainingRequested
-from mlbus.ingestion._pipeline import CachedPartitioner
+from mlbus.ingestion._records import CachedPartitioner
 
 from .test_bus import read_topic
 

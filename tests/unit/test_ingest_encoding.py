@@ -14,13 +14,21 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from mlbus.bus import OutgoingRecord, Received, event_headers
 from mlbus.contracts import Accepted, ContractValidator, SourceContracts
-from mlbus.events import INGEST_VALIDATED, IngestValidated
+from mlbus.events import INGEST_REJECTED, INGEST_VALIDATED, IngestRejected, IngestValidated
 from mlbus.example import fraud_spec_path, generate
 from mlbus.ingestion import IngestionPipeline, NoDedupe
-from mlbus.ingestion._pipeline import _validated, validated_headers, validated_value
+from mlbus.ingestion._records import (
+    ValidatedEncoder,
+    _validated,
+    validated_headers,
+    validated_value,
+)
 from mlbus.spec import Source, load_spec
 from mlbus.telemetry._sampling import set_data_sample_ratio
 
@@ -160,7 +168,7 @@ class RecordingPublisher:
     source = SOURCE
 
     def __init__(self) -> None:
-        self.modelled: list[IngestValidated] = []
+        self.modelled: list[IngestValidated | IngestRejected] = []
         self.raw: list[tuple[str, bytes | None, Any, list[tuple[str, bytes]]]] = []
 
     def record(self, event: Any, key: Any = None, *, topic: str | None = None) -> OutgoingRecord:
@@ -177,38 +185,114 @@ class RecordingPublisher:
         return [future]
 
 
-@pytest.mark.parametrize(("ratio", "hot"), [(0.0, True), (1.0, False)])
-async def test_flush_takes_the_hot_path_only_for_events_the_publisher_would_not_trace(
-    ratio: float, hot: bool
-) -> None:
+def fraud_records(n: int, *, broken: int = 0) -> list[Received[bytes | None]]:
+    """`n` recent transactions of the fraud example; every `broken`-th one lacks its amount."""
     spec = load_spec(fraud_spec_path())
-    now = datetime.now(UTC)
-    events = list(
-        generate(spec, 50, start=now - timedelta(days=2), days=1).sources["transactions"].events()
-    )
-    publisher = RecordingPublisher()
-    pipeline = IngestionPipeline(SourceContracts(spec), publisher, NoDedupe())  # type: ignore[arg-type]
-    records = [
+    start = datetime.now(UTC) - timedelta(days=2)
+    events = list(generate(spec, n, start=start, days=1).sources["transactions"].events())[:n]
+    if broken:
+        events = [
+            {k: v for k, v in e.items() if k != "amount"} if i % broken == 0 else e
+            for i, e in enumerate(events)
+        ]
+    return [
         Received(json.dumps(e).encode(), "payments.transactions.v1", 0, i, None, (), 0)
         for i, e in enumerate(events)
     ]
+
+
+def fraud_pipeline(publisher: RecordingPublisher) -> IngestionPipeline:
+    contracts = SourceContracts(load_spec(fraud_spec_path()))
+    return IngestionPipeline(contracts, publisher, NoDedupe())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+async def test_records_the_consumer_did_not_trace_take_the_hot_path_whatever_the_ratio(
+    ratio: float,
+) -> None:
+    """The consumer rolled for these records already (its `batch_handler` only gets the
+    ones it chose not to trace): the pipeline does not roll a second time."""
+    records = fraud_records(50, broken=7)
+    publisher = RecordingPublisher()
+    pipeline = fraud_pipeline(publisher)
     set_data_sample_ratio(ratio)
     try:
         await pipeline.handle_batch(records)
         await pipeline.flush()
     finally:
         set_data_sample_ratio(None)
-    assert pipeline.stats.accepted == len(events)
-    if not hot:
-        assert not publisher.raw
-        assert [m.source_offset for m in publisher.modelled] == list(range(len(events)))
-        return
-    assert not publisher.modelled
-    assert [topic for topic, *_ in publisher.raw] == [INGEST_VALIDATED] * len(events)
+    broken = [i for i in range(50) if i % 7 == 0]
+    assert (pipeline.stats.accepted, pipeline.stats.rejected) == (50 - len(broken), len(broken))
+    assert not publisher.modelled  # nothing went through Publisher.record: no span, no roll
+    assert [topic for topic, *_ in publisher.raw] == [
+        INGEST_REJECTED if i in broken else INGEST_VALIDATED for i in range(50)
+    ]
     for i, (_, value, key, headers) in enumerate(publisher.raw):
         assert value is not None
+        assert not any(name == "traceparent" for name, _ in headers)
+        source = json.loads(records[i].payload or b"")
+        if i in broken:
+            rejected = IngestRejected.model_validate_json(value)
+            assert (rejected.source_offset, rejected.reasons[0].code) == (i, "missing_field")
+            assert headers == event_headers(rejected, SOURCE)
+            continue
         event = IngestValidated.model_validate_json(value)
         assert event.source_offset == i
-        assert event.event_id == events[i]["transaction_id"]
-        assert key == event.entity_id.encode() == events[i]["card_id"].encode()
+        assert event.event_id == source["transaction_id"]
+        assert key == event.entity_id.encode() == source["card_id"].encode()
         assert headers == event_headers(event, SOURCE)
+
+
+async def test_records_handled_inside_a_span_go_through_the_model_and_the_publisher() -> None:
+    records = fraud_records(20, broken=5)
+    publisher = RecordingPublisher()
+    pipeline = fraud_pipeline(publisher)
+    consumer_span = NonRecordingSpan(
+        SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    )
+    for record in records:  # as the consumer hands over a traced record: inside its span
+        token = otel_context.attach(trace.set_span_in_context(consumer_span))
+        try:
+            await pipeline.handle(record)
+        finally:
+            otel_context.detach(token)
+    await pipeline.flush()
+    assert not publisher.raw
+    assert [e.source_offset for e in publisher.modelled] == list(range(20))
+    assert [type(e) for e in publisher.modelled] == [
+        IngestRejected if i % 5 == 0 else IngestValidated for i in range(20)
+    ]
+
+
+async def test_rejections_are_counted_per_source_and_reason_once_per_flush() -> None:
+    publisher = RecordingPublisher()
+    pipeline = fraud_pipeline(publisher)
+    await pipeline.handle_batch(fraud_records(30, broken=3))
+    await pipeline.flush()
+    assert (pipeline.stats.accepted, pipeline.stats.rejected) == (20, 10)
+    assert pipeline.stats.rejected_by_reason == {"missing_field": 10}
+    assert pipeline.stats.flushes == 1
+
+
+def test_one_encoder_writes_each_record_as_the_model_would_across_sources_and_partitions() -> None:
+    """The encoder keeps the parts that repeat per source and per topic partition:
+    records of several of each, interleaved, still get exactly their own event's bytes."""
+    spec = load_spec(fraud_spec_path())
+    contracts = SourceContracts(spec)
+    data = generate(spec, 200, start=NOW - timedelta(days=2), days=1)
+    outcomes = [
+        contracts.for_source("transactions").validate(json.dumps(e).encode(), now_s=NOW_S)
+        for e in list(data.sources["transactions"].events())[:20]
+    ] + [
+        contracts.for_source("chargebacks").validate(json.dumps(e).encode(), now_s=NOW_S)
+        for e in list(data.sources["chargebacks"].events())[:20]
+    ]
+    encoder = ValidatedEncoder(NOW, SOURCE.encode())
+    for i, outcome in enumerate(outcomes * 2):
+        assert isinstance(outcome, Accepted)
+        record = Received(b"", ("t.a", "t.ü")[i % 2], i % 3, 10**12 + i, None, (), 0)
+        model = _validated(outcome, record, NOW)
+        assert encoder.value(outcome, record) == model.model_dump_json().encode()
+        out = encoder.record(outcome, record)
+        assert (out.topic, out.key) == (INGEST_VALIDATED, outcome.entity_id.encode())
+        assert out.headers == event_headers(model, SOURCE)

@@ -59,6 +59,7 @@ _lag = _meter.create_gauge("mlbus.consumer.lag", description="records behind the
 T = TypeVar("T")
 Decoder = Callable[[bytes | None, Sequence[tuple[str, bytes]]], T]
 _RETRYABLE = (RetryableError, TimeoutError, ConnectionError)
+_NO_PARENT = Context()  # what extract_kafka_context gives for headers without a trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +353,14 @@ class Consumer(Generic[T]):
         run: list[tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...]]] = []
         data_plane = self._plane == "data"
         for record in records:
-            headers = tuple(record.headers or ())
-            parent = extract_kafka_context(headers)
-            presampled = data_plane and presample_data_record(
-                trace.get_current_span(parent).get_span_context().trace_flags.sampled
-            )
+            if record.headers:
+                headers = tuple(record.headers)
+                parent = extract_kafka_context(headers)
+                span_context = trace.get_current_span(parent).get_span_context()
+                parent_sampled = span_context.trace_flags.sampled
+            else:  # no headers, no trace to continue (the common case: skip the lookups)
+                headers, parent, parent_sampled = (), _NO_PARENT, False
+            presampled = data_plane and presample_data_record(parent_sampled)
             if data_plane and not presampled:
                 run.append((record, headers))
                 continue

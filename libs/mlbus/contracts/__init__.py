@@ -6,18 +6,17 @@
     else: outcome.reasons                   # every RejectionReason found, stable codes
 
 Pure code, no I/O: the ingestion service and `mlbus ingest validate` run the
-very same checks. See `_validator.py` for the wire formats and reason codes.
+very same checks. See `_validator.py` for the wire formats, `_codes.py` for
+the reason codes and `_fields.py` for the per-field rules.
 """
 
 from __future__ import annotations
 
-from mlbus.contracts._report import ReasonExample, ValidationReport, validate_lines
-from mlbus.contracts._validator import (
+from mlbus.contracts._codes import (
     BAD_TIMESTAMP,
     DUPLICATE_FIELD,
     EMPTY,
     FUTURE_EVENT_TIME,
-    MAX_DEPTH,
     MISSING_FIELD,
     NON_FINITE_NUMBER,
     NOT_IN_ENUM,
@@ -34,12 +33,16 @@ from mlbus.contracts._validator import (
     TOO_SHORT,
     UNKNOWN_FIELD,
     WRONG_TYPE,
+)
+from mlbus.contracts._fields import to_utc_text
+from mlbus.contracts._report import ReasonExample, ValidationReport, validate_lines
+from mlbus.contracts._validator import (
+    MAX_DEPTH,
     Accepted,
     ContractValidator,
     Outcome,
     Rejected,
     derive_event_id,
-    to_utc_text,
 )
 from mlbus.spec import ProjectSpec
 

@@ -33,69 +33,48 @@ import functools
 import hashlib
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, TypeAlias
 
+from mlbus.contracts._codes import (
+    DUPLICATE_FIELD,
+    EMPTY,
+    FUTURE_EVENT_TIME,
+    MISSING_FIELD,
+    NON_FINITE_NUMBER,
+    NOT_JSON,
+    NOT_OBJECT,
+    NULL_NOT_ALLOWED,
+    TOO_DEEP,
+    TOO_LARGE,
+    TOO_LATE,
+    TOO_LONG,
+    TOO_SHORT,
+    UNKNOWN_FIELD,
+)
+from mlbus.contracts._fields import (
+    BAD,
+    MAX_ID_LENGTH,
+    Accept,
+    Check,
+    Problems,
+    accepting_check,
+    describing_check,
+    json_type,
+    shown,
+    to_utc_text,
+    wrong_type,
+)
 from mlbus.events import RejectionReason, Scalar
-from mlbus.spec import FieldSpec, Source, parse_timestamp
+from mlbus.spec import FieldSpec, Source
 
 MAX_DEPTH: Final = 16
 """Deepest JSON nesting reported as a type problem; deeper is `too_deep`."""
 MAX_LISTED_UNKNOWN: Final = 20
 """Unknown keys listed one by one; the rest are summed up in one more reason."""
-MAX_ID_LENGTH: Final = 200
-"""Longest entity or event id (an `Event.event_id` holds at most 200 characters)."""
-INT64_MIN: Final = -(2**63)
-INT64_MAX: Final = 2**63 - 1
-# Epoch seconds past 9999-12-31: almost always milliseconds sent by mistake.
-MAX_EPOCH_S: Final = 253_402_300_799
-
-# Stable reason codes: dashboards, alerts and `mlbus ingest dlq replay --reason` use them.
-EMPTY = "empty"
-NOT_JSON = "not_json"
-NOT_OBJECT = "not_object"
-TOO_LARGE = "too_large"
-TOO_DEEP = "too_deep"
-NON_FINITE_NUMBER = "non_finite_number"
-DUPLICATE_FIELD = "duplicate_field"
-MISSING_FIELD = "missing_field"
-WRONG_TYPE = "wrong_type"
-OUT_OF_RANGE = "out_of_range"
-TOO_LONG = "too_long"
-TOO_SHORT = "too_short"
-PATTERN_MISMATCH = "pattern_mismatch"
-NOT_IN_ENUM = "not_in_enum"
-UNKNOWN_FIELD = "unknown_field"
-NULL_NOT_ALLOWED = "null_not_allowed"
-BAD_TIMESTAMP = "bad_timestamp"
-FUTURE_EVENT_TIME = "future_event_time"
-TOO_LATE = "too_late"
-
-REASON_CODES: Final = (
-    EMPTY,
-    NOT_JSON,
-    NOT_OBJECT,
-    TOO_LARGE,
-    TOO_DEEP,
-    NON_FINITE_NUMBER,
-    DUPLICATE_FIELD,
-    MISSING_FIELD,
-    WRONG_TYPE,
-    OUT_OF_RANGE,
-    TOO_LONG,
-    TOO_SHORT,
-    PATTERN_MISMATCH,
-    NOT_IN_ENUM,
-    UNKNOWN_FIELD,
-    NULL_NOT_ALLOWED,
-    BAD_TIMESTAMP,
-    FUTURE_EVENT_TIME,
-    TOO_LATE,
-)
 
 
 @dataclass(slots=True)
@@ -130,10 +109,10 @@ class Rejected:
 
 
 Outcome: TypeAlias = Accepted | Rejected
-Problems: TypeAlias = list[RejectionReason]
-_Check: TypeAlias = Callable[[Any, Problems], Any]
-_BAD: Final = object()
 _ABSENT: Final = object()
+# What a field is to the fast path. _PLAIN: required, not nullable, not a timestamp; its
+# accepting check refuses the None `dict.get` gives for a missing key, so no other test.
+_PLAIN, _VALUE, _TIME, _EVENT_TIME = 0, 1, 2, 3
 
 
 class _NonFinite(ValueError):
@@ -174,35 +153,16 @@ def _load_fast_json() -> Callable[[bytes], Any] | None:
         from jiter import from_json
     except ImportError:  # pragma: no cover - the ingestion extra installs it
         return None
-    return functools.partial(from_json, allow_inf_nan=False, catch_duplicate_keys=True)
+    # Keys repeat from record to record, values rarely: caching only keys is cheapest.
+    return functools.partial(
+        from_json, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys"
+    )
 
 
 _fast_json = _load_fast_json()
 _canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """A value for a message: its repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__  # pragma: no cover - json gives nothing else
 
 
 def _depth(value: object, limit: int) -> int:
@@ -216,225 +176,6 @@ def _depth(value: object, limit: int) -> int:
     if limit <= 0:
         return 1
     return 1 + max((_depth(child, limit - 1) for child in children), default=0)
-
-
-def to_utc_text(moment: datetime) -> str:
-    """`2025-01-01T12:00:00.250Z`: the form every validated timestamp takes."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def epoch_to_datetime(seconds: float) -> datetime:
-    if not -MAX_EPOCH_S <= seconds <= MAX_EPOCH_S:
-        raise ValueError(
-            f"expected seconds since the Unix epoch, got {shown(seconds)}"
-            + (" (milliseconds? divide by 1000)" if seconds > MAX_EPOCH_S else "")
-        )
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-# ── per-type checks, compiled once per field ─────────────────────────────────
-
-
-def _compile_field(name: str, spec: FieldSpec) -> _Check:
-    kind = spec.type
-    if kind == "int":
-        return _int_check(name, spec)
-    if kind == "float":
-        return _float_check(name, spec)
-    if kind == "bool":
-        return _bool_check(name)
-    if kind == "enum":
-        return _enum_check(name, spec)
-    if kind == "timestamp":
-        return _timestamp_check(name)
-    return _string_check(name, spec)
-
-
-def _wrong_type(name: str, expected: str, value: object) -> RejectionReason:
-    return RejectionReason(
-        code=WRONG_TYPE,
-        field=name,
-        message=f"{name}: expected {expected}, got {_json_type(value)} {shown(value)}",
-    )
-
-
-def _range_problem(name: str, value: float, low: float | None, high: float | None) -> str | None:
-    if low is not None and value < low:
-        return f"{name}: expected >= {low:g}, got {shown(value)}"
-    if high is not None and value > high:
-        return f"{name}: expected <= {high:g}, got {shown(value)}"
-    return None
-
-
-def _int_check(name: str, spec: FieldSpec) -> _Check:
-    low = max(INT64_MIN, math.ceil(spec.min)) if spec.min is not None else INT64_MIN
-    high = min(INT64_MAX, math.floor(spec.max)) if spec.max is not None else INT64_MAX
-
-    def check(value: Any, problems: Problems) -> Any:
-        cls = type(value)
-        if cls is float and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        elif cls is float and not math.isfinite(value):
-            problems.append(
-                RejectionReason(
-                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
-                )
-            )
-            return _BAD
-        elif cls is not int:
-            problems.append(_wrong_type(name, "an integer", value))
-            return _BAD
-        problem = _range_problem(name, value, low, high)
-        if problem is not None:
-            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
-            return _BAD
-        return value
-
-    return check
-
-
-def _float_check(name: str, spec: FieldSpec) -> _Check:
-    low, high = spec.min, spec.max
-
-    def check(value: Any, problems: Problems) -> Any:
-        cls = type(value)
-        if cls is int:
-            try:
-                value = float(value)
-            except OverflowError:
-                problems.append(
-                    RejectionReason(
-                        code=OUT_OF_RANGE,
-                        field=name,
-                        message=f"{name}: expected a number a float can hold, got {shown(value)}",
-                    )
-                )
-                return _BAD
-        elif cls is not float:
-            problems.append(_wrong_type(name, "a number", value))
-            return _BAD
-        if not math.isfinite(value):
-            problems.append(
-                RejectionReason(
-                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
-                )
-            )
-            return _BAD
-        problem = _range_problem(name, value, low, high)
-        if problem is not None:
-            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
-            return _BAD
-        return value
-
-    return check
-
-
-def _bool_check(name: str) -> _Check:
-    def check(value: Any, problems: Problems) -> Any:
-        if type(value) is not bool:
-            problems.append(_wrong_type(name, "true or false", value))
-            return _BAD
-        return value
-
-    return check
-
-
-def _enum_check(name: str, spec: FieldSpec) -> _Check:
-    allowed = frozenset(spec.values or ())
-    listed = ", ".join(repr(v) for v in spec.values or ())
-    if len(listed) > 200:
-        listed = listed[:199] + "…"
-
-    def check(value: Any, problems: Problems) -> Any:
-        if type(value) is not str:
-            problems.append(_wrong_type(name, "a string", value))
-            return _BAD
-        if value not in allowed:
-            problems.append(
-                RejectionReason(
-                    code=NOT_IN_ENUM,
-                    field=name,
-                    message=f"{name}: expected one of {listed}, got {shown(value)}",
-                )
-            )
-            return _BAD
-        return value
-
-    return check
-
-
-def _string_check(name: str, spec: FieldSpec) -> _Check:
-    min_length, max_length = spec.min_length, spec.max_length
-    matches = re.compile(spec.pattern).fullmatch if spec.pattern is not None else None
-    pattern = spec.pattern
-
-    def check(value: Any, problems: Problems) -> Any:
-        if type(value) is not str:
-            problems.append(_wrong_type(name, "a string", value))
-            return _BAD
-        ok = True
-        length = len(value)
-        if max_length is not None and length > max_length:
-            problems.append(
-                RejectionReason(
-                    code=TOO_LONG,
-                    field=name,
-                    message=f"{name}: expected at most {max_length} characters, got {length}",
-                )
-            )
-            ok = False
-        if min_length is not None and length < min_length:
-            problems.append(
-                RejectionReason(
-                    code=TOO_SHORT,
-                    field=name,
-                    message=f"{name}: expected at least {min_length} characters, got {length}",
-                )
-            )
-            ok = False
-        if ok and matches is not None and matches(value) is None:
-            problems.append(
-                RejectionReason(
-                    code=PATTERN_MISMATCH,
-                    field=name,
-                    message=f"{name}: expected a match of {pattern!r}, got {shown(value)}",
-                )
-            )
-            ok = False
-        return value if ok else _BAD
-
-    return check
-
-
-_CANONICAL_UTC = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z"
-)
-
-
-def _timestamp_check(name: str) -> _Check:
-    canonical = _CANONICAL_UTC.fullmatch
-
-    def check(value: Any, problems: Problems) -> Any:
-        cls = type(value)
-        try:
-            if cls is str and canonical(value) is not None:
-                moment = datetime.fromisoformat(value)  # already UTC with a Z: keep the text
-                return (moment, value)
-            if cls is str:
-                return parse_timestamp(value).astimezone(UTC)
-            if cls is int or cls is float:
-                return epoch_to_datetime(value)
-        except (ValueError, OverflowError, OSError) as exc:
-            problems.append(
-                RejectionReason(code=BAD_TIMESTAMP, field=name, message=f"{name}: {exc}")
-            )
-            return _BAD
-        problems.append(
-            _wrong_type(name, "an ISO-8601 time string or seconds since the epoch", value)
-        )
-        return _BAD
-
-    return check
 
 
 # ── the validator ────────────────────────────────────────────────────────────
@@ -456,16 +197,28 @@ class ContractValidator:
         self._event_time = source.event_time
         self._event_id = source.event_id
         self._known = frozenset(contract.fields)
-        self._fields: tuple[tuple[str, bool, bool, bool, _Check], ...] = tuple(
+        self._fields: tuple[tuple[str, bool, bool, bool, Check], ...] = tuple(
             (
                 name,
                 spec.required,
                 spec.nullable,
                 spec.type == "timestamp",
-                _compile_field(name, spec),
+                describing_check(name, spec),
             )
             for name, spec in contract.fields.items()
         )
+        ids = (source.entity, source.event_id)
+        self._accepts: tuple[tuple[str, int, bool, bool, Accept], ...] = tuple(
+            (
+                name,
+                _field_kind(name, spec, source.event_time),
+                spec.required,
+                spec.nullable,
+                accepting_check(spec, is_id=name in ids),
+            )
+            for name, spec in contract.fields.items()
+        )
+        self._plain_fields = sum(1 for _, kind, *_ in self._accepts if kind == _PLAIN)
 
     def _reject(self, *reasons: RejectionReason) -> Rejected:
         return Rejected(self.source_name, self.version, reasons)
@@ -475,12 +228,18 @@ class ContractValidator:
 
     def validate(self, raw: bytes | None, *, now_s: float | None = None) -> Outcome:
         """Check one record value; `now_s` (epoch seconds) is the clock for event-time rules."""
+        now = time.time() if now_s is None else now_s
         try:
-            return self._validate(raw, time.time() if now_s is None else now_s)
+            if _fast_json is not None and raw and len(raw) <= self.max_bytes:
+                accepted = self._accept_fast(raw, now)
+                if accepted is not None:
+                    return accepted
+            return self._validate(raw, now)
         except Exception as exc:  # a bug, never a crash: the record is kept with the reason
             return self._one(NOT_JSON, f"could not be checked ({type(exc).__name__}: {exc})")
 
     def _validate(self, raw: bytes | None, now_s: float) -> Outcome:
+        """The reference path: finds and describes every problem."""
         if raw is None or len(raw) == 0:
             return self._one(EMPTY, "the record has no value")
         size = len(raw)
@@ -488,10 +247,6 @@ class ContractValidator:
             return self._one(
                 TOO_LARGE, f"expected at most {self.max_bytes} bytes, got {size} bytes"
             )
-        if _fast_json is not None:
-            accepted = self._accept_fast(raw, now_s)
-            if accepted is not None:
-                return accepted
         parsed = self._parse(raw)
         if isinstance(parsed, Rejected):
             return parsed
@@ -499,11 +254,13 @@ class ContractValidator:
 
     def _accept_fast(self, raw: bytes, now_s: float) -> Accepted | None:
         """The common case, cheaply: bytes jiter parses into an object that passes
-        every rule. Anything else is None, and the reference path (`_parse`, then
-        `_check_object`) decides it and finds every reason, exactly as without jiter.
-        The field checks are the reference's own closures; this loop only gives up
-        at the first problem instead of describing it.
-        tests/unit/test_contract_validator.py holds the two paths to the same answer."""
+        every rule. Anything else is None, and the reference path (`_validate`)
+        decides it and finds every reason, exactly as without jiter.
+
+        Each field is checked by its accepting form (`_fields.accepting_check`: a
+        yes/no with the id length folded in), and this loop gives up at the first
+        no. tests/unit/test_contract_validator.py holds the two paths to the same
+        answer."""
         assert _fast_json is not None
         try:
             obj = _fast_json(raw)
@@ -511,12 +268,17 @@ class ContractValidator:
             return None
         if type(obj) is not dict:
             return None
-        sink: Problems = []  # a failed check reports here; any report means "not fast"
         payload: dict[str, Scalar] = {}
         event_time: datetime | None = None
-        present = 0
+        present = self._plain_fields  # each is there once the loop is through
         get = obj.get
-        for name, required, nullable, is_time, check in self._fields:
+        for name, kind, required, nullable, accept in self._accepts:
+            if kind == _PLAIN:
+                checked = accept(get(name))
+                if checked is BAD:
+                    return None
+                payload[name] = checked
+                continue
             value = get(name, _ABSENT)
             if value is _ABSENT:
                 if required:
@@ -529,28 +291,27 @@ class ContractValidator:
                 payload[name] = None
                 continue
             # Arrays and objects fail every check (none accepts them): no separate test.
-            checked = check(value, sink)
-            if checked is _BAD:
+            checked = accept(value)
+            if checked is BAD:
                 return None
-            if is_time:
-                if type(checked) is tuple:  # (moment, its canonical text)
-                    moment, payload[name] = checked
-                else:
-                    moment, payload[name] = checked, to_utc_text(checked)
-                if name == self._event_time:
-                    event_time = moment
-            else:
+            if kind == _VALUE:
                 payload[name] = checked
+            else:  # (moment, its UTC text)
+                moment, payload[name] = checked
+                if kind == _EVENT_TIME:
+                    event_time = moment
         if len(obj) > present:
             if self._unknown == "reject":
                 return None
+            sink: Problems = []
             self._unknown_keys(obj, payload, sink)
-        self._check_keys(payload, sink)
-        if event_time is None:
+            if sink:
+                return None
+        if event_time is None:  # the spec makes it required and not nullable
             return None
-        self._check_event_time(event_time, now_s, sink)
-        if sink:
-            return None
+        at = event_time.timestamp()
+        if at > now_s + self._skew_s or at < now_s - self._lateness_s:
+            return None  # `_check_event_time` describes it
         event_id, derived = self._id_of(obj, payload)
         return Accepted(
             self.source_name,
@@ -587,7 +348,7 @@ class ContractValidator:
         except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
             return self._one(NOT_JSON, f"expected one JSON object: {shown(str(exc), 120)}")
         if not isinstance(parsed, dict):
-            return self._one(NOT_OBJECT, f"expected a JSON object, got {_json_type(parsed)}")
+            return self._one(NOT_OBJECT, f"expected a JSON object, got {json_type(parsed)}")
         if "\\u" in text and not _encodable(parsed):
             return self._one(NOT_JSON, "expected valid Unicode, got a lone surrogate escape")
         return parsed
@@ -626,7 +387,7 @@ class ContractValidator:
                 problems.append(self._nested(name, value, "a scalar value"))
                 continue
             checked = check(value, problems)
-            if checked is _BAD:
+            if checked is BAD:
                 continue
             if is_time:
                 if type(checked) is tuple:  # (moment, its canonical text)
@@ -663,7 +424,7 @@ class ContractValidator:
                 field=name,
                 message=f"{name}: expected JSON nested at most {MAX_DEPTH} levels deep",
             )
-        return _wrong_type(name, expected, value)
+        return wrong_type(name, expected, value)
 
     def _unknown_keys(
         self, obj: dict[str, Any], payload: dict[str, Scalar], problems: Problems
@@ -753,6 +514,12 @@ class ContractValidator:
         if self._event_id is not None:
             return str(payload[self._event_id]), False
         return derive_event_id(self.source_name, obj), True
+
+
+def _field_kind(name: str, spec: FieldSpec, event_time: str) -> int:
+    if spec.type == "timestamp":
+        return _EVENT_TIME if name == event_time else _TIME
+    return _PLAIN if spec.required and not spec.nullable else _VALUE
 
 
 def derive_event_id(source_name: str, obj: dict[str, Any]) -> str:
