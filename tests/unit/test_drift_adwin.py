@@ -89,3 +89,51 @@ def test_snapshot_and_restore_continue_exactly() -> None:
 def test_non_finite_values_are_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
         Adwin().update(math.nan)
+
+
+def _uniform_shift(seed: int, shift: float, at: int = 5000, n: int = 7000) -> np.ndarray:
+    """Bounded values like a channel's reference-CDF positions, shifted at `at`."""
+    values = np.random.default_rng(seed).random(n) - 0.5
+    values[at:] = np.clip(values[at:] + shift, -0.5, 0.5)
+    return values
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_exact_bernstein_root_never_cuts_later_than_rivers_bound(seed: int) -> None:
+    # its ε is below River's for every split, and both see the same window until the first cut
+    stream = _uniform_shift(seed, 0.1)
+    river = _detections(Adwin(0.002, clock=16), stream)
+    exact = _detections(Adwin(0.002, clock=16, bound="bernstein"), stream)
+    assert river
+    assert exact
+    assert 5000 <= exact[0] <= river[0]
+
+
+def test_the_exact_bernstein_root_is_sooner_on_a_short_recent_window() -> None:
+    delays = []
+    for seed in range(6):
+        stream = _uniform_shift(seed, 0.1)
+        river = _detections(Adwin(0.002, clock=16), stream)[0]
+        exact = _detections(Adwin(0.002, clock=16, bound="bernstein"), stream)[0]
+        delays.append((river - 5000, exact - 5000))
+    assert sum(e for _, e in delays) < 0.95 * sum(r for r, _ in delays), delays
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_exact_bernstein_root_stays_quiet_on_stationary_streams(seed: int) -> None:
+    adwin = Adwin(0.002, clock=16, bound="bernstein")
+    assert _detections(adwin, np.random.default_rng(200 + seed).random(30_000) - 0.5) == []
+    assert adwin.width == 30_000
+    errors = Adwin(0.002, bound="bernstein")
+    assert _detections(errors, _bernoulli(300 + seed, [(0.1, 30_000)])) == []
+
+
+def test_the_bound_survives_a_snapshot_and_old_states_keep_rivers() -> None:
+    adwin = Adwin(0.001, clock=16, bound="bernstein")
+    for i, v in enumerate(_uniform_shift(1, 0.0, n=500)):
+        adwin.update(float(v), float(i))
+    state = AdwinState.model_validate_json(adwin.snapshot().model_dump_json())
+    assert Adwin.restore(state).bound == "bernstein"
+    legacy = state.model_dump(mode="json")
+    del legacy["bound"]  # written before the bound was a choice
+    assert Adwin.restore(AdwinState.model_validate(legacy)).bound == "river"

@@ -491,3 +491,41 @@ def test_the_batch_path_cuts_where_observe_cuts(profile: ReferenceProfile) -> No
     assert any(r.test == "adwin" for v in singles for r in v.results)
     assert [v.model_dump_json() for v in many] == [v.model_dump_json() for v in singles]
     assert batched.snapshot() == one_by_one.snapshot()
+
+
+def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceProfile) -> None:
+    spec = DriftSpec(adwin_delta=0.004)
+    state = _monitor(profile, spec).snapshot()
+    feature_adwins = {key: c.adwin for key, c in state.channels.items() if c.adwin is not None}
+    # tx.amount, tx.count_1h, tx.score and the prediction are numeric
+    assert sorted(feature_adwins) == [
+        "covariate:tx.amount",
+        "covariate:tx.count_1h",
+        "covariate:tx.score",
+        "prediction:prediction",
+    ]
+    for adwin in feature_adwins.values():
+        assert adwin is not None
+        assert adwin.bound == "bernstein"
+        assert adwin.clock == 16
+        # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
+        assert adwin.delta == pytest.approx(0.004 / 4 / 2)
+    assert state.adwin is not None  # the error stream keeps River's ADWIN as it is
+    assert (state.adwin.bound, state.adwin.clock, state.adwin.delta) == ("river", 32, 0.004)
+
+
+def test_a_monitor_without_numeric_channels_watches_errors_only(
+    profile: ReferenceProfile,
+) -> None:
+    spec = DriftSpec(prediction_drift=False)  # no features, no prediction: nothing numeric
+    monitor = DriftMonitor("fraud", 3, profile, spec, {}, {})
+    rng = np.random.default_rng(23)
+    errors = np.concatenate([rng.random(3000) < 0.1, rng.random(2000) < 0.5])
+    found = [
+        i
+        for i, error in enumerate(errors)
+        if monitor.observe_outcome(float(error), at=T0 + timedelta(seconds=i)) is not None
+    ]
+    assert found
+    assert 3000 <= found[0] < 3300
+    assert monitor.status().adaptive_windows == {}

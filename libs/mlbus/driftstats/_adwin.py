@@ -4,26 +4,38 @@ The window is kept as an exponential histogram: row i holds at most
 `max_buckets` buckets of 2**i elements each (total, sum of squared deviations,
 time of the oldest element), so n elements take O(max_buckets · log n) numbers.
 Every `clock` elements, each split of the window into an older part W0 and a
-newer part W1 at a bucket boundary is tested; if the means differ by more than
+newer part W1 at a bucket boundary is tested, and cut if the means differ by
+more than ε. The oldest bucket is then dropped and the window re-tested; after
+a change the window starts afresh. Two thresholds (v the window's variance,
+δ' = ln(2 ln n / δ), n' = n - min_length + 1, m = 1/n0' + 1/n1', R the largest
+|value| seen):
 
-    ε = sqrt(2 · v · δ' · (1/n0' + 1/n1')) + (2/3) · R · δ' · (1/n0' + 1/n1')
+- bound="river" (default): ε = sqrt(2·v·δ'·m) + (2/3)·R·δ'·m, ADWIN2 as River
+  and MOA compute it. For values in [0, 1] (R = 1) this is River's ADWIN cut
+  for cut (same defaults: clock 32, 5 buckets per row, min length 5, grace 10,
+  a fresh window after a detection).
+- bound="bernstein": ε = c + sqrt(c² + 2·v·δ'·m), c = R·δ' / (3·min(n0', n1')),
+  the exact root of Bernstein's inequality for the difference of the means:
+  P(|μ0 - μ1| ≥ ε) ≤ 2·exp(-δ') when ε² = 2δ'·(v·m + ε·R / (3·min(n0', n1'))),
+  each term of that difference being at most R/n0' or R/n1' from its mean.
+  River's ε is a looser upper bound of the same root (√(x + y) ≤ √x + √y and
+  1/min(n0', n1') ≤ m): the same δ per test, but that slack delays every cut
+  whose W1 is short — an abrupt change — by 10-15 % of W1 (ADR 0016).
 
-(v the window's variance, δ' = ln(2 ln n / δ), n' = n - min_length + 1, R the
-largest |value| seen) the oldest bucket is dropped and the window re-tested;
-after a change the window starts afresh. For values in [0, 1] (R = 1) this is
-River's ADWIN cut for cut (same defaults: clock 32, 5 buckets per row, min
-length 5, grace 10, a fresh window after a detection); R makes the bound
-scale-free for regression errors. The state is plain numbers: `snapshot()` /
-`Adwin.restore()` round-trip exactly, so a restored detector cuts where an
-uninterrupted one would.
+R makes the bound scale-free for regression errors. The state is plain
+numbers: `snapshot()` / `Adwin.restore()` round-trip exactly, so a restored
+detector cuts where an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Bound: TypeAlias = Literal["river", "bernstein"]
 
 # A bucket is (total, sum of squared deviations, oldest element's time in epoch seconds).
 Bucket = tuple[float, float, float]
@@ -39,6 +51,7 @@ class AdwinState(BaseModel):
     max_buckets: int = Field(ge=2)
     min_length: int = Field(ge=1)
     grace: int = Field(ge=0)
+    bound: Bound = "river"  # states written before the choice existed used River's
     rows: tuple[tuple[tuple[float, float, float], ...], ...] = ()
     width: int = Field(default=0, ge=0)
     total: float = 0.0
@@ -76,15 +89,22 @@ class Adwin:
         max_buckets: int = 5,
         min_length: int = 5,
         grace: int = 10,
+        bound: Bound = "river",
     ) -> None:
         self._config = AdwinState(
-            delta=delta, clock=clock, max_buckets=max_buckets, min_length=min_length, grace=grace
+            delta=delta,
+            clock=clock,
+            max_buckets=max_buckets,
+            min_length=min_length,
+            grace=grace,
+            bound=bound,
         )
         self.delta = delta
         self.clock = clock
         self.max_buckets = max_buckets
         self.min_length = min_length
         self.grace = grace
+        self.bound = bound
         self._rows: list[list[Bucket]] = []  # row i: buckets of 2**i elements, oldest first
         self.width = 0
         self.total = 0.0
@@ -191,7 +211,8 @@ class Adwin:
         since = rows[-1][0][2]  # W0 always starts at the oldest bucket
         delta_prime = math.log(2 * math.log(width) / self.delta)
         variance_term = 2 * (self.variance / width) * delta_prime
-        range_term = 2 / 3 * self.scale * delta_prime
+        exact = self.bound == "bernstein"
+        range_term = self.scale * delta_prime / 3 if exact else 2 / 3 * self.scale * delta_prime
         shift = 1 - min_length
         total = self.total
         n0, sum0 = 0, 0.0
@@ -205,11 +226,20 @@ class Adwin:
                 sum0 += bucket[0]
                 if n0 < min_length:
                     continue
-                inverse = 1 / (n0 + shift) + 1 / (n1 + shift)
+                old, recent = n0 + shift, n1 + shift
+                spread = variance_term * (1 / old + 1 / recent)
                 mean0, mean1 = sum0 / n0, (total - sum0) / n1
-                epsilon = math.sqrt(variance_term * inverse) + range_term * inverse
-                if abs(mean0 - mean1) > epsilon:
-                    return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
+                gap = mean0 - mean1 if mean0 > mean1 else mean1 - mean0
+                if exact:
+                    reach = range_term / (old if old < recent else recent)  # c
+                    # gap > c + sqrt(c² + spread), squared: no square root per split
+                    if gap * (gap - 2 * reach) > spread:
+                        epsilon = reach + math.sqrt(reach * reach + spread)
+                        return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
+                else:
+                    epsilon = math.sqrt(spread) + range_term * (1 / old + 1 / recent)
+                    if gap > epsilon:
+                        return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
         return None
 
     # ── state ────────────────────────────────────────────────────────────────
@@ -236,6 +266,7 @@ class Adwin:
             max_buckets=state.max_buckets,
             min_length=state.min_length,
             grace=state.grace,
+            bound=state.bound,
         )
         adwin._rows = [list(row) for row in state.rows]
         adwin.width = state.width

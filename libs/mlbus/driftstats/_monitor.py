@@ -14,330 +14,45 @@ Everything is counts and a few floats, so `snapshot()` is small and
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from numbers import Real
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from mlbus.driftstats import _stats
-from mlbus.driftstats._adwin import Adwin, AdwinChange, AdwinState
-from mlbus.errors import ConfigError, InvalidInput
-from mlbus.events import DriftTestResult, Scalar
-from mlbus.profiles import (
-    OTHER,
-    CategoricalProfile,
-    ColumnProfile,
-    NumericProfile,
-    ReferenceProfile,
-    category_key,
-    is_missing,
+from mlbus.driftstats._adwin import Adwin, AdwinChange
+from mlbus.driftstats._channels import (
+    ABSENT,
+    ADAPTIVE_CLOCK,
+    CategoricalChannel,
+    Channel,
+    ChannelKind,
+    NumericChannel,
 )
+from mlbus.driftstats._evaluation import run_tests
+from mlbus.driftstats._models import (
+    ChannelState,
+    DriftStateMismatch,
+    MonitorState,
+    MonitorStatus,
+    PerformanceStatus,
+    TestStatus,
+    WindowVerdict,
+)
+from mlbus.errors import ConfigError
+from mlbus.events import DriftTestResult, Scalar
+from mlbus.profiles import ColumnProfile, NumericProfile, ReferenceProfile
 from mlbus.spec import DriftSpec
-
-FeatureKind: TypeAlias = Literal["numeric", "categorical"]
-Correction: TypeAlias = Literal["none", "bonferroni", "benjamini-hochberg"]
-ChannelKind: TypeAlias = Literal["covariate", "prediction"]
 
 KNOWN_TESTS = ("psi", "ks", "chi2", "jensen_shannon")
 NUMERIC_PREDICTION_TESTS = ("psi", "ks")
 CATEGORICAL_PREDICTION_TESTS = ("chi2",)
 PREDICTION: Literal["prediction"] = "prediction"
 ERROR = "error"
-MIN_EXPECTED_PER_BIN = 5
-"""A reference category expected fewer times than this in a full window is pooled under OTHER,
-so chi-square's expected counts stay large enough for its distribution to hold."""
 RECENT_VERDICTS = 5
-ADAPTIVE_CLOCK = 16
-STATE_FORMAT: Literal[1] = 1
-
-_ABSENT: Any = object()  # a feature not in the observation: no sample at all
-_NOT_COUNTED = -1
-_INVALID = -2
-
-
-class DriftStateMismatch(InvalidInput):
-    """A snapshot does not fit the monitor it is restored into (other profile, features, bins)."""
-
-
-# ── public models ────────────────────────────────────────────────────────────
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class WindowVerdict(_Frozen):
-    """What one closed window (or one ADWIN cut) says; `detection` maps onto a DriftDetected."""
-
-    model: str
-    version: int
-    results: tuple[DriftTestResult, ...] = Field(
-        description="Every test run; p_value is the corrected p-value, compared with alpha."
-    )
-    drifted: bool
-    detection: bool
-    window_start: AwareDatetime
-    window_end: AwareDatetime
-    offsets: dict[str, tuple[int, int]] = Field(
-        description="source → (lowest, highest) offset observed in the window"
-    )
-    n_reference: int = Field(ge=0)
-    n_live: int = Field(ge=0)
-    correction: Correction
-    window_index: int = Field(ge=0, description="Numbers every verdict of this monitor.")
-    origin: Literal["window", "performance"] = "window"
-    samples: dict[str, int] = Field(
-        default_factory=dict, description="channel → values counted in the window (missing incl.)"
-    )
-
-
-class TestStatus(_Frozen):
-    """One test on the window being filled: its score so far against the threshold."""
-
-    feature: str
-    kind: Literal["covariate", "prediction", "performance"]
-    test: str
-    score: float
-    p_value: float | None
-    threshold: float
-    samples: int
-    enough_samples: bool
-    streak: int = Field(description="consecutive closed windows in which this test drifted")
-
-
-class PerformanceStatus(_Frozen):
-    outcomes: int
-    window: int
-    mean_error: float
-    detections: int
-    invalid: int
-
-
-class MonitorStatus(_Frozen):
-    """What an operator looks at before trusting an alarm."""
-
-    model: str
-    version: int
-    window_index: int
-    window_size: int
-    n_in_window: int
-    window_start: AwareDatetime | None
-    window_end: AwareDatetime | None
-    n_reference: int
-    tests: tuple[TestStatus, ...]
-    skipped: dict[str, str] = Field(description="feature or feature:test → why it is not tested")
-    invalid_values: dict[str, int] = Field(description="channel → values of the wrong type so far")
-    adaptive_windows: dict[str, int] = Field(
-        default_factory=dict, description="channel → values in its ADWIN window"
-    )
-    drifted_windows_in_row: int
-    performance: PerformanceStatus | None
-    recent: tuple[WindowVerdict, ...]
-    detections: tuple[WindowVerdict, ...]
-
-
-class ChannelState(_Frozen):
-    layout: str = Field(description="fingerprint of the bins these counts are over")
-    counts: tuple[int, ...]
-    invalid: int = Field(default=0, ge=0)
-    adwin: AdwinState | None = None
-
-
-class MonitorState(_Frozen):
-    """A monitor's whole state: counts over the profile's bins, never raw values."""
-
-    format: Literal[1] = STATE_FORMAT
-    model: str
-    version: int
-    window_index: int = Field(ge=0)
-    n_in_window: int = Field(ge=0)
-    window_start: AwareDatetime | None = None
-    window_end: AwareDatetime | None = None
-    offsets: dict[str, tuple[int, int]] = Field(default_factory=dict)
-    channels: dict[str, ChannelState]
-    streaks: dict[str, int] = Field(default_factory=dict)
-    drifted_windows_in_row: int = Field(default=0, ge=0)
-    adwin: AdwinState | None = None
-    invalid_outcomes: int = Field(default=0, ge=0)
-    recent: tuple[WindowVerdict, ...] = ()
-    detections: tuple[WindowVerdict, ...] = ()
-
-
-# ── channels ─────────────────────────────────────────────────────────────────
-
-
-class _Channel:
-    """One feature's (or the prediction's) bins: reference counts and live counts."""
-
-    def __init__(
-        self, name: str, kind: ChannelKind, tests: tuple[str, ...], reference: np.ndarray
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.tests = tests
-        self.reference = reference  # per bin, the missing bin last
-        self.missing = len(reference) - 1
-        self.counts = [0] * len(reference)
-        self.invalid = 0
-        # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive)
-        self.adwin: Adwin | None = None
-        self.pit: list[float] = []
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}:{self.name}"
-
-    def layout(self) -> str:
-        raise NotImplementedError
-
-    def bin_of(self, value: Any) -> int:
-        raise NotImplementedError
-
-    def add(self, value: Any, at: float) -> AdwinChange | None:
-        """Count one value; the change if this channel's ADWIN cut on it."""
-        index = self.bin_of(value)
-        if index >= 0:
-            self.counts[index] += 1
-            return self.adapt(index, at)
-        if index == _INVALID:
-            self.invalid += 1
-        return None
-
-    def adapt(self, index: int, at: float) -> AdwinChange | None:
-        if self.adwin is None or index >= self.missing or index < 0:
-            return None
-        return self.adwin.add(self.pit[index], at)
-
-    def count(self, indexes: np.ndarray) -> None:
-        """Count bin indexes from bin_of (the batch path of `add`, without ADWIN)."""
-        counted = indexes[indexes >= 0]
-        if counted.size:
-            added = np.bincount(counted, minlength=len(self.counts))
-            self.counts = [c + int(a) for c, a in zip(self.counts, added, strict=True)]
-        self.invalid += int(np.count_nonzero(indexes == _INVALID))
-
-    def reset(self) -> None:
-        self.counts = [0] * len(self.counts)
-        self.invalid = 0
-
-    @property
-    def samples(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def present(self) -> int:
-        return self.samples - self.counts[self.missing]
-
-
-class _NumericChannel(_Channel):
-    feature_kind: FeatureKind = "numeric"
-
-    def __init__(
-        self, name: str, kind: ChannelKind, tests: tuple[str, ...], profile: NumericProfile
-    ) -> None:
-        self.edges = list(profile.edges)
-        super().__init__(
-            name, kind, tests, np.asarray((*profile.counts, profile.missing), dtype=np.float64)
-        )
-
-    def layout(self) -> str:
-        return _fingerprint(["numeric", self.edges, self.reference.tolist()])
-
-    def enable_adaptive(self, delta: float) -> None:
-        """Run ADWIN on F_ref(value) - 1/2, F_ref(value) being its bin's mid-point on the CDF.
-
-        Whatever the feature's scale or tails, the values are bounded, so ADWIN's
-        bound holds, and a shift in location moves their mean. Drawn from the
-        reference, F_ref's mean is exactly 1/2 (Σ p_b (C_b-1 + p_b/2) = 1/2), so
-        centred values keep |x - mean| <= max |x| = ADWIN's range R (< 1/2).
-        """
-        present = self.reference[:-1]
-        total = present.sum()
-        below = np.cumsum(present) - present
-        self.pit = ((below + present / 2) / total - 0.5).tolist()
-        # checked every 16 values (River: 32): half the wait, at twice the checking cost
-        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK)
-
-    def bin_of(self, value: Any) -> int:
-        kind = type(value)
-        if kind is float:
-            return self.missing if value != value else bisect_left(self.edges, value)
-        if kind is int:
-            return bisect_left(self.edges, value)  # exact even beyond float range
-        if value is None or value is _ABSENT:
-            return _NOT_COUNTED if value is _ABSENT else self.missing
-        return self._bin_of_other(value)
-
-    def _bin_of_other(self, value: Any) -> int:
-        if isinstance(value, bool):
-            return bisect_left(self.edges, int(value))
-        if not isinstance(value, Real):  # strings, bytes, containers: a contract problem
-            return _INVALID
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            return _INVALID
-        return self.missing if math.isnan(number) else bisect_left(self.edges, number)
-
-
-class _CategoricalChannel(_Channel):
-    feature_kind: FeatureKind = "categorical"
-
-    def __init__(
-        self,
-        name: str,
-        kind: ChannelKind,
-        tests: tuple[str, ...],
-        profile: CategoricalProfile,
-        window_size: int,
-    ) -> None:
-        total = profile.n
-        # frequent categories keep a bin; rare ones, the profile's own OTHER and unseen ones pool
-        self.categories = [
-            category
-            for category, count in profile.frequencies.items()
-            if category != OTHER and count * window_size >= MIN_EXPECTED_PER_BIN * total
-        ]
-        self.index = {category: i for i, category in enumerate(self.categories)}
-        self.other = len(self.categories)
-        reference = np.zeros(len(self.categories) + 2, dtype=np.float64)
-        for category, count in profile.frequencies.items():
-            reference[self.index.get(category, self.other)] += count
-        reference[-1] = profile.missing
-        super().__init__(name, kind, tests, reference)
-
-    def layout(self) -> str:
-        return _fingerprint(["categorical", self.categories, self.reference.tolist()])
-
-    def bin_of(self, value: Any) -> int:
-        if type(value) is str:
-            return self.index.get(value, self.other)
-        if value is None or value is _ABSENT:
-            return _NOT_COUNTED if value is _ABSENT else self.missing
-        return self._bin_of_other(value)
-
-    def _bin_of_other(self, value: Any) -> int:
-        if not isinstance(value, str | bytes | bool | Real | np.generic):
-            return _INVALID
-        try:
-            if is_missing(value) or (isinstance(value, Real) and math.isnan(float(value))):
-                return self.missing
-            key = category_key(value)
-        except (TypeError, ValueError, OverflowError, UnicodeError):
-            return _INVALID
-        return self.index.get(key, self.other)
-
-
-def _fingerprint(value: object) -> str:
-    text = json.dumps(value, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+SPEC_CLOCK = 32
+"""spec.adwin_delta is the confidence of one check every SPEC_CLOCK values (River's clock)."""
 
 
 # ── the monitor ──────────────────────────────────────────────────────────────
@@ -356,9 +71,10 @@ class DriftMonitor:
 
     `adaptive` (default on): every numeric channel also runs ADWIN on its
     values' reference-CDF positions, with spec.adwin_delta shared among them
-    (Bonferroni). When one cuts, the window closes at once with a detection
-    whose results include that "adwin" result: an abrupt shift is caught in
-    about a hundred events instead of `persistence` whole windows.
+    and among their checks (Bonferroni). When one cuts, the window closes at
+    once with a detection whose results include that "adwin" result: an
+    abrupt shift is caught in about a hundred events instead of `persistence`
+    whole windows.
     """
 
     def __init__(
@@ -380,11 +96,14 @@ class DriftMonitor:
         self._channels = self._build_channels(features, tests)
         self._prediction = next((c for c in self._channels if c.kind == PREDICTION), None)
         self._covariates = [c for c in self._channels if c.kind == "covariate"]
-        numeric = [c for c in self._channels if isinstance(c, _NumericChannel)]
-        if adaptive:
+        numeric = [c for c in self._channels if isinstance(c, NumericChannel)]
+        if adaptive and numeric:
+            # Bonferroni over the channels and over checks: these check every
+            # ADAPTIVE_CLOCK values, twice per SPEC_CLOCK, so each check gets half
+            share = spec.adwin_delta / len(numeric) * ADAPTIVE_CLOCK / SPEC_CLOCK
             for channel in numeric:
-                channel.enable_adaptive(spec.adwin_delta / len(numeric))
-        self._adwin = Adwin(spec.adwin_delta) if spec.performance_drift else None
+                channel.enable_adaptive(share)
+        self._adwin = Adwin(spec.adwin_delta, clock=SPEC_CLOCK) if spec.performance_drift else None
         self._invalid_outcomes = 0
         self._window_index = 0
         self._n = 0
@@ -398,8 +117,8 @@ class DriftMonitor:
 
     def _build_channels(
         self, features: Mapping[str, str], tests: Mapping[str, Sequence[str]]
-    ) -> list[_Channel]:
-        channels: list[_Channel] = []
+    ) -> list[Channel]:
+        channels: list[Channel] = []
         for name, declared in features.items():
             wanted = tuple(tests.get(name, ()))
             unknown = [t for t in wanted if t not in KNOWN_TESTS]
@@ -438,7 +157,7 @@ class DriftMonitor:
 
     def _channel(
         self, name: str, kind: ChannelKind, wanted: tuple[str, ...], column: ColumnProfile
-    ) -> _Channel | None:
+    ) -> Channel | None:
         if not wanted:
             self.skipped[name] = "no tests configured"
             return None
@@ -446,13 +165,13 @@ class DriftMonitor:
             self.skipped[name] = "the reference profile has no values for it"
             return None
         if isinstance(column, NumericProfile):
-            return _NumericChannel(name, kind, wanted, column)
+            return NumericChannel(name, kind, wanted, column)
         applicable = tuple(t for t in wanted if t != "ks")
         if len(applicable) < len(wanted):
             self.skipped[f"{name}:ks"] = "ks needs ordered values; the feature is categorical"
         if not applicable:
             return None
-        return _CategoricalChannel(name, kind, applicable, column, self.spec.window_size)
+        return CategoricalChannel(name, kind, applicable, column, self.spec.window_size)
 
     # ── observing ────────────────────────────────────────────────────────────
 
@@ -480,13 +199,13 @@ class DriftMonitor:
             features = {}
         at = _aware(at)
         stamp = at.timestamp()
-        changes: list[tuple[_Channel, AdwinChange]] = []
+        changes: list[tuple[Channel, AdwinChange]] = []
         for channel in self._covariates:
-            change = channel.add(features.get(channel.name, _ABSENT), stamp)
+            change = channel.add(features.get(channel.name, ABSENT), stamp)
             if change is not None:
                 changes.append((channel, change))
         if self._prediction is not None:
-            change = self._prediction.add(_ABSENT if prediction is None else prediction, stamp)
+            change = self._prediction.add(ABSENT if prediction is None else prediction, stamp)
             if change is not None:
                 changes.append((self._prediction, change))
         self._extend_window(at, at, source, offset, offset)
@@ -526,9 +245,9 @@ class DriftMonitor:
             for channel in self._channels:
                 if channel is self._prediction:
                     scores = [None] * len(chunk) if predictions is None else predictions[begin:end]
-                    values: list[Any] = [_ABSENT if p is None else p for p in scores]
+                    values: list[Any] = [ABSENT if p is None else p for p in scores]
                 else:
-                    values = [row.get(channel.name, _ABSENT) for row in chunk]
+                    values = [row.get(channel.name, ABSENT) for row in chunk]
                 indexes.append([channel.bin_of(v) for v in values])
             times = [_aware(t) for t in at[begin:end]]
             changes, taken = self._adapt_many(indexes, times)
@@ -546,7 +265,7 @@ class DriftMonitor:
 
     def _adapt_many(
         self, indexes: list[list[int]], times: list[datetime]
-    ) -> tuple[list[tuple[_Channel, AdwinChange]], int]:
+    ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
         """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
         feeds = [
             (channel, channel_indexes, channel.pit, channel.missing, channel.adwin)
@@ -555,7 +274,7 @@ class DriftMonitor:
         ]
         if not feeds:
             return [], len(times)
-        changes: list[tuple[_Channel, AdwinChange]] = []
+        changes: list[tuple[Channel, AdwinChange]] = []
         for row, at in enumerate(times):
             stamp = at.timestamp()
             for channel, channel_indexes, pit, missing, adwin in feeds:
@@ -629,50 +348,9 @@ class DriftMonitor:
 
     # ── testing a window ─────────────────────────────────────────────────────
 
-    def _run_tests(self, *, require_samples: bool) -> list[tuple[_Channel, DriftTestResult, int]]:
-        spec = self.spec
-        raw: list[tuple[_Channel, str, float, float | None, float, int]] = []
-        for channel in self._channels:
-            live = np.asarray(channel.counts, dtype=np.float64)
-            for test in channel.tests:
-                samples = channel.present if test == "ks" else channel.samples
-                if samples == 0 or (require_samples and samples < spec.min_samples):
-                    continue
-                if test == "ks":
-                    d, p = _stats.binned_ks(channel.reference[:-1], live[:-1])
-                    raw.append((channel, test, d, p, spec.alpha, samples))
-                elif test == "chi2":
-                    statistic, p, _ = _stats.chi2_homogeneity(channel.reference, live)
-                    raw.append((channel, test, statistic, p, spec.alpha, samples))
-                elif test == "psi":
-                    score = _stats.psi(channel.reference, live)
-                    raw.append((channel, test, score, None, spec.psi_threshold, samples))
-                else:
-                    distance = _stats.jensen_shannon_distance(channel.reference, live)
-                    raw.append(
-                        (channel, test, distance, None, spec.jensen_shannon_threshold, samples)
-                    )
-        p_values = [entry[3] for entry in raw if entry[3] is not None]
-        adjusted = iter(_correct(p_values, spec.correction))
-        results: list[tuple[_Channel, DriftTestResult, int]] = []
-        for channel, test, statistic, raw_p, threshold, samples in raw:
-            corrected = None if raw_p is None else next(adjusted)
-            drifted = statistic > threshold if corrected is None else corrected <= threshold
-            result = DriftTestResult(
-                feature=channel.name,
-                kind=channel.kind,
-                test=test,
-                statistic=statistic,
-                p_value=corrected,
-                threshold=threshold,
-                drifted=drifted,
-            )
-            results.append((channel, result, samples))
-        return results
-
-    def _close_window(self, changes: list[tuple[_Channel, AdwinChange]]) -> WindowVerdict:
+    def _close_window(self, changes: list[tuple[Channel, AdwinChange]]) -> WindowVerdict:
         """Test the window; `changes` (ADWIN cuts) close it early and are detections."""
-        tested = self._run_tests(require_samples=True)
+        tested = run_tests(self._channels, self.spec, require_samples=True)
         adaptive = [
             DriftTestResult(
                 feature=channel.name,
@@ -740,7 +418,9 @@ class DriftMonitor:
                 enough_samples=samples >= self.spec.min_samples,
                 streak=self._streaks.get(f"{channel.key}:{result.test}", 0),
             )
-            for channel, result, samples in self._run_tests(require_samples=False)
+            for channel, result, samples in run_tests(
+                self._channels, self.spec, require_samples=False
+            )
         )
         performance = None
         if self._adwin is not None:
@@ -840,14 +520,6 @@ class DriftMonitor:
         monitor._recent = state.recent
         monitor._detections = state.detections
         return monitor
-
-
-def _correct(p_values: list[float], correction: Correction) -> list[float]:
-    if correction == "bonferroni":
-        return _stats.bonferroni(p_values)
-    if correction == "benjamini-hochberg":
-        return _stats.benjamini_hochberg(p_values)
-    return list(p_values)
 
 
 def _aware(at: datetime) -> datetime:

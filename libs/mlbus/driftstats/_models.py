@@ -1,0 +1,123 @@
+"""What a DriftMonitor tells and keeps: verdicts, status, and its restorable state (ADR 0016)."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from mlbus.driftstats._adwin import AdwinState
+from mlbus.errors import InvalidInput
+from mlbus.events import DriftTestResult
+
+FeatureKind: TypeAlias = Literal["numeric", "categorical"]
+Correction: TypeAlias = Literal["none", "bonferroni", "benjamini-hochberg"]
+STATE_FORMAT: Literal[1] = 1
+
+
+class DriftStateMismatch(InvalidInput):
+    """A snapshot does not fit the monitor it is restored into (other profile, features, bins)."""
+
+
+# ── public models ────────────────────────────────────────────────────────────
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WindowVerdict(_Frozen):
+    """What one closed window (or one ADWIN cut) says; `detection` maps onto a DriftDetected."""
+
+    model: str
+    version: int
+    results: tuple[DriftTestResult, ...] = Field(
+        description="Every test run; p_value is the corrected p-value, compared with alpha."
+    )
+    drifted: bool
+    detection: bool
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    offsets: dict[str, tuple[int, int]] = Field(
+        description="source → (lowest, highest) offset observed in the window"
+    )
+    n_reference: int = Field(ge=0)
+    n_live: int = Field(ge=0)
+    correction: Correction
+    window_index: int = Field(ge=0, description="Numbers every verdict of this monitor.")
+    origin: Literal["window", "performance"] = "window"
+    samples: dict[str, int] = Field(
+        default_factory=dict, description="channel → values counted in the window (missing incl.)"
+    )
+
+
+class TestStatus(_Frozen):
+    """One test on the window being filled: its score so far against the threshold."""
+
+    feature: str
+    kind: Literal["covariate", "prediction", "performance"]
+    test: str
+    score: float
+    p_value: float | None
+    threshold: float
+    samples: int
+    enough_samples: bool
+    streak: int = Field(description="consecutive closed windows in which this test drifted")
+
+
+class PerformanceStatus(_Frozen):
+    outcomes: int
+    window: int
+    mean_error: float
+    detections: int
+    invalid: int
+
+
+class MonitorStatus(_Frozen):
+    """What an operator looks at before trusting an alarm."""
+
+    model: str
+    version: int
+    window_index: int
+    window_size: int
+    n_in_window: int
+    window_start: AwareDatetime | None
+    window_end: AwareDatetime | None
+    n_reference: int
+    tests: tuple[TestStatus, ...]
+    skipped: dict[str, str] = Field(description="feature or feature:test → why it is not tested")
+    invalid_values: dict[str, int] = Field(description="channel → values of the wrong type so far")
+    adaptive_windows: dict[str, int] = Field(
+        default_factory=dict, description="channel → values in its ADWIN window"
+    )
+    drifted_windows_in_row: int
+    performance: PerformanceStatus | None
+    recent: tuple[WindowVerdict, ...]
+    detections: tuple[WindowVerdict, ...]
+
+
+class ChannelState(_Frozen):
+    layout: str = Field(description="fingerprint of the bins these counts are over")
+    counts: tuple[int, ...]
+    invalid: int = Field(default=0, ge=0)
+    adwin: AdwinState | None = None
+
+
+class MonitorState(_Frozen):
+    """A monitor's whole state: counts over the profile's bins, never raw values."""
+
+    format: Literal[1] = STATE_FORMAT
+    model: str
+    version: int
+    window_index: int = Field(ge=0)
+    n_in_window: int = Field(ge=0)
+    window_start: AwareDatetime | None = None
+    window_end: AwareDatetime | None = None
+    offsets: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    channels: dict[str, ChannelState]
+    streaks: dict[str, int] = Field(default_factory=dict)
+    drifted_windows_in_row: int = Field(default=0, ge=0)
+    adwin: AdwinState | None = None
+    invalid_outcomes: int = Field(default=0, ge=0)
+    recent: tuple[WindowVerdict, ...] = ()
+    detections: tuple[WindowVerdict, ...] = ()
