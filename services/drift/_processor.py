@@ -736,21 +736,16 @@ class DriftProcessor:
         armed = await self.store.armed(self.model)
         if armed is None:
             return
-        now = self.clock()
-        since, detected = armed.since.timestamp(), armed.window_end.timestamp()
-        counted = [label_time for at, label_time in joined if at >= since]
-        # The training window starts at the first label of a prediction made after the
-        # detection: the detection window (window_size records of one partition, several
-        # times as much traffic) also holds predictions from before the drift began.
-        drifted = [label_time for at, label_time in joined if at >= detected]
-        due = now >= armed.deadline or armed.decision is not None
+        # A cheap look first: most commits add nothing to count and nothing is due.
+        # The transaction counts again against the trigger it finds (ArmedTrigger.evidence).
+        counted, _ = armed.evidence(joined)
+        due = self.clock() >= armed.deadline or armed.decision is not None
         if not counted and not due:
             return
         result = await self.store.advance(
             self.model,
-            labels=len(counted),
-            first_label_time=min(drifted) if drifted else None,
-            now=now,
+            joined=joined,
+            clock=self.clock,
             lease_s=self.fire_lease_s,
             retrain=self.retrain,
         )

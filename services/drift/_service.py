@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlbus.bus import Consumer, Publisher, ensure_topics
@@ -13,8 +13,8 @@ from mlbus.config import load_settings
 from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import DRIFT_DETECTED, TRAINING_REQUESTED
 from mlbus.registry_client import RegistryClient
+from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
-from mlbus.telemetry import setup_telemetry
 
 from ._labels import PendingPredictions
 from ._processor import DriftProcessor
@@ -26,26 +26,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DriftService:
+class DriftService(StreamService):
     """The running parts; `run()` until `stop()` (idempotent)."""
 
     settings: DriftSettings
     spec: ProjectSpec
     processor: DriftProcessor | None = None
     consumer: Consumer[Any] | None = None
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.consumer is not None:
-            self.consumer.stop()
-
-    async def wait_started(self, timeout_s: float = 60.0) -> None:
-        """Until the consumer owns partitions (the group join is done)."""
-        await asyncio.wait_for(self._started.wait(), timeout_s)
-        if self.consumer is not None:
-            await self.consumer.wait_assigned(timeout_s)
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
         settings = self.settings
@@ -103,7 +93,12 @@ class DriftService:
                     return
                 self._started.set()
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._consume(consumer), name="consume")
+                    # Stopped while Redis or the broker was down: the offsets were not
+                    # committed, so the records are applied again (from the saved state).
+                    consume = self.consume(
+                        consumer, stopped_unsaved="drift service stopped with state unsaved"
+                    )
+                    tasks.create_task(consume, name="consume")
                     tasks.create_task(self._statuses(processor), name="statuses")
                     await self._stop.wait()
                     consumer.stop()
@@ -127,32 +122,13 @@ class DriftService:
             if self._stop.is_set():
                 return
 
-    async def _consume(self, consumer: Consumer[Any]) -> None:
-        try:
-            await consumer.run()
-        except RetryableError as exc:
-            if not self._stop.is_set():
-                raise
-            # Stopped while Redis or the broker was down: the offsets were not committed,
-            # so the records are applied again (from the saved state) after a restart.
-            log.warning("drift service stopped with state unsaved: %s", exc)
-
 
 async def _main(settings: DriftSettings) -> None:
     if settings.spec is None:
         raise ConfigError("the drift service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    service = DriftService(settings, load_spec(settings.spec))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-    await service.run()
+    await run_until_stopped(DriftService(settings, load_spec(settings.spec)))
 
 
 def run(settings: DriftSettings | None = None) -> None:
     """Start the drift service and block until SIGTERM/SIGINT."""
-    settings = settings or load_settings(DriftSettings)
-    telemetry = setup_telemetry("drift", settings)
-    try:
-        asyncio.run(_main(settings))
-    finally:
-        telemetry.shutdown()
+    run_process("drift", settings or load_settings(DriftSettings), _main)

@@ -20,7 +20,7 @@ lost the partition) changes nothing. See docs/adr/0017-drift-service-state.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -174,6 +174,20 @@ class ArmedTrigger:
     decision: FireDecision | None = None
     firing_until: datetime | None = None
     """A replica is publishing the request until then (a lease: it may have crashed)."""
+
+    def evidence(self, joined: Sequence[tuple[float, datetime]]) -> tuple[int, datetime | None]:
+        """Of labels joined as (prediction time, label event time): how many count, and
+        the earliest event time of those of predictions made after the detection.
+
+        Labels of predictions made before `since` are no evidence of the drift. The
+        training window starts at the first label of a prediction made after
+        `window_end`: the detection window (window_size records of one partition,
+        several times as much traffic) also holds predictions from before the drift.
+        """
+        since, detected = self.since.timestamp(), self.window_end.timestamp()
+        counted = sum(1 for at, _ in joined if at >= since)
+        drifted = [label_time for at, label_time in joined if at >= detected]
+        return counted, min(drifted) if drifted else None
 
     def to_json(self) -> str:
         doc = {
@@ -439,13 +453,18 @@ class DriftStore:
         self,
         model: str,
         *,
-        labels: int,
-        first_label_time: datetime | None,
-        now: datetime,
+        joined: Sequence[tuple[float, datetime]],
+        clock: Callable[[], datetime],
         lease_s: float,
         retrain: RetrainPolicy | None,
     ) -> tuple[ArmedTrigger, FireDecision | None] | None:
-        """`advance_trigger` on the stored trigger, atomically with the model's policy."""
+        """`advance_trigger` on the stored trigger, atomically with the model's policy.
+
+        The evidence is counted against the trigger read inside the transaction, and
+        the time is read after it: a caller's earlier view may be of a trigger since
+        fired and replaced, and a time from before a retry may precede the firing that
+        made it retry (the RetrainPolicy would see the clock go backwards and refuse).
+        """
         armed_key, policy_key = self.armed_key(model), self.policy_key(model)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
@@ -458,12 +477,14 @@ class DriftStore:
                             return None
                         raw_policy = await pipe.get(policy_key)
                         policy_doc = json.loads(raw_policy) if raw_policy else {}
+                        stored = ArmedTrigger.from_json(raw)
+                        labels, first_label_time = stored.evidence(joined)
                         armed, updated, decision = advance_trigger(
-                            ArmedTrigger.from_json(raw),
+                            stored,
                             policy_doc,
                             labels=labels,
                             first_label_time=first_label_time,
-                            now=now,
+                            now=clock(),
                             lease_s=lease_s,
                             retrain=retrain,
                         )

@@ -354,12 +354,15 @@ class FakeStore:
         return None if raw is None else ArmedTrigger.from_json(raw)
 
     async def advance(
-        self, model: str, **kw: Any
+        self, model: str, *, joined: Any, clock: Any, **kw: Any
     ) -> tuple[ArmedTrigger, FireDecision | None] | None:
         armed = await self.armed(model)
         if armed is None:
             return None
-        armed, self.policy, decision = advance_trigger(armed, self.policy, **kw)
+        labels, first_label_time = armed.evidence(joined)
+        armed, self.policy, decision = advance_trigger(
+            armed, self.policy, labels=labels, first_label_time=first_label_time, now=clock(), **kw
+        )
         self.armed_triggers[model] = armed.to_json()
         return armed, decision
 
@@ -806,9 +809,8 @@ async def test_a_replica_that_took_the_firing_and_died_is_replaced_after_its_lea
     # A decides to fire, then dies before publishing: the lease holds others off meanwhile.
     taken = await store.advance(
         "m",
-        labels=1,
-        first_label_time=LABEL_TIME,
-        now=T0,
+        joined=[((T0 + timedelta(minutes=1)).timestamp(), LABEL_TIME)],  # after the window
+        clock=lambda: T0,
         lease_s=60,
         retrain=a.retrain,
     )
