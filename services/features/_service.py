@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
@@ -13,12 +13,12 @@ from grpc_health.v1 import health_pb2
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError, RetryableError
+from mlbus.errors import ConfigError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
+from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
-from mlbus.telemetry import setup_telemetry
 
 from ._flusher import OfflineFlusher
 from ._grpc import FeatureServicer
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FeatureService:
+class FeatureService(StreamService):
     """The running parts; `run()` until `stop()` (idempotent)."""
 
     settings: FeaturesSettings
@@ -41,18 +41,9 @@ class FeatureService:
     processor: FeatureProcessor | None = None
     serve_grpc: bool = True
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.consumer is not None:
-            self.consumer.stop()
-
-    async def wait_started(self, timeout_s: float = 60.0) -> None:
-        await asyncio.wait_for(self._started.wait(), timeout_s)
-        if self.consumer is not None:
-            await self.consumer.wait_assigned(timeout_s)
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
         settings = self.settings
@@ -120,7 +111,11 @@ class FeatureService:
 
                 async def consume() -> None:
                     try:
-                        await self._consume(consumer)
+                        # Stopped while Redis was down: the batch's offsets were not committed.
+                        await self.consume(
+                            consumer,
+                            stopped_unsaved="feature service stopped with events unwritten",
+                        )
                     finally:
                         consumed.set()
 
@@ -136,33 +131,15 @@ class FeatureService:
             if owns_online:
                 await online.aclose()
 
-    async def _consume(self, consumer: Consumer[Event]) -> None:
-        try:
-            await consumer.run()
-        except RetryableError as exc:
-            if not self._stop.is_set():
-                raise
-            # Stopped while Redis was down: the batch's offsets were not committed.
-            log.warning("feature service stopped with events unwritten: %s", exc)
-
 
 async def _main(settings: FeaturesSettings) -> None:
     if settings.spec is None:
         raise ConfigError("the feature service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
     spec = load_spec(settings.spec)
     async with OnlineStore.from_settings(settings.redis) as online:
-        service = FeatureService(settings, spec, online=online)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        await service.run()
+        await run_until_stopped(FeatureService(settings, spec, online=online))
 
 
 def run(settings: FeaturesSettings | None = None) -> None:
     """Start the feature service and block until SIGTERM/SIGINT."""
-    settings = settings or load_settings(FeaturesSettings)
-    telemetry = setup_telemetry("features", settings)
-    try:
-        asyncio.run(_main(settings))
-    finally:
-        telemetry.shutdown()
+    run_process("features", settings or load_settings(FeaturesSettings), _main)

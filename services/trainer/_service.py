@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import signal
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -39,8 +39,9 @@ from mlbus.events import (
 )
 from mlbus.featurestore import OfflineStore
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
+from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
-from mlbus.telemetry import meter, setup_telemetry
+from mlbus.telemetry import meter
 from mlbus.training import (
     LabelRow,
     StageTiming,
@@ -88,7 +89,7 @@ class _ModelState:
 
 
 @dataclass
-class TrainerService:
+class TrainerService(StreamService):
     """The running parts; `run()` until `stop()` (idempotent).
 
     `executor` (default: one spawned worker process) runs the CPU work; `fit`
@@ -107,22 +108,13 @@ class TrainerService:
     _publisher: Publisher | None = None
     _consumers: list[Consumer[Event]] = field(default_factory=list)
     _labels: list[tuple[str, LabelRow]] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _started: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._idle.set()
 
-    def stop(self) -> None:
-        self._stop.set()
-        for consumer in self._consumers:
-            consumer.stop()
-
-    async def wait_started(self, timeout_s: float = 60.0) -> None:
-        await asyncio.wait_for(self._started.wait(), timeout_s)
-        for consumer in self._consumers:
-            await consumer.wait_assigned(timeout_s)
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        return self._consumers
 
     async def wait_idle(self, timeout_s: float = 120.0) -> None:
         """Until no run is in progress or pending (tests, graceful stop)."""
@@ -445,18 +437,9 @@ def _promotion_reason(promoted: bool, version: ModelVersionInfo, outcome: Traini
 async def _main(settings: TrainerSettings) -> None:
     if settings.spec is None:
         raise ConfigError("the trainer needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    service = TrainerService(settings, load_spec(settings.spec))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-    await service.run()
+    await run_until_stopped(TrainerService(settings, load_spec(settings.spec)))
 
 
 def run(settings: TrainerSettings | None = None) -> None:
     """Start the trainer and block until SIGTERM/SIGINT."""
-    settings = settings or load_settings(TrainerSettings)
-    telemetry = setup_telemetry("trainer", settings)
-    try:
-        asyncio.run(_main(settings))
-    finally:
-        telemetry.shutdown()
+    run_process("trainer", settings or load_settings(TrainerSettings), _main)

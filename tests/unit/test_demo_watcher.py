@@ -11,7 +11,8 @@ import pytest
 from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings
 from mlbus.demo import DemoSizes, LoopOptions, LoopRecord, SilentReporter, plan_scenario
-from mlbus.demo._loop import BusObserver, LoopContext, Seen, _LoopWatcher
+from mlbus.demo._loop import LoopContext
+from mlbus.demo._observe import BusObserver, LoopWatcher, Seen
 from mlbus.events import (
     DriftDetected,
     DriftTestResult,
@@ -39,7 +40,7 @@ def plan_and_spec() -> tuple[object, object]:
 
 def watcher_for(
     plan_and_spec: tuple[object, object], fallback_after: int | None
-) -> tuple[_LoopWatcher, BusObserver, LoopRecord]:
+) -> tuple[LoopWatcher, BusObserver, LoopRecord]:
     plan, spec = plan_and_spec
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")  # never connected in these tests
     observer = BusObserver(kafka, Publisher(kafka, source="test"))
@@ -55,7 +56,7 @@ def watcher_for(
         alive=list,
     )
     record = LoopRecord()
-    return _LoopWatcher(ctx, observer, record), observer, record
+    return LoopWatcher(ctx, observer, record), observer, record
 
 
 def see(observer: BusObserver, event: Event, trace_id: str | None = None) -> None:

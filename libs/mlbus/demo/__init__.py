@@ -8,14 +8,8 @@ stack like an application and a producer would; the summary (`DemoSummary`)
 is computed from what the loop recorded, by pure functions.
 """
 
-from mlbus.demo._loop import (
-    LoopOptions,
-    LoopRecord,
-    PhaseFailed,
-    PhaseTimeouts,
-    Reporter,
-    SilentReporter,
-)
+from mlbus.demo._loop import LoopOptions, PhaseFailed, PhaseTimeouts, Reporter, SilentReporter
+from mlbus.demo._observe import LoopRecord
 from mlbus.demo._run import DemoConfig, DemoRun, build_summary, run_demo
 from mlbus.demo._scenario import DemoSizes, Payment, ScenarioPlan, plan_scenario
 from mlbus.demo._stack import EmbeddedStack, StackError, demo_catalogue

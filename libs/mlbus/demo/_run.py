@@ -14,7 +14,8 @@ from mlbus.example import GenerationError, fraud_spec_path
 from mlbus.runtime import port_open
 from mlbus.spec import ProjectSpec, load_spec
 
-from ._loop import LoopContext, LoopOptions, LoopRecord, PhaseFailed, Reporter, run_loop
+from ._loop import LoopContext, LoopOptions, PhaseFailed, Reporter, run_loop
+from ._observe import LoopRecord
 from ._scenario import DemoSizes, ScenarioPlan, plan_scenario
 from ._stack import EmbeddedStack, StackError, demo_catalogue
 from ._summary import (

@@ -1,0 +1,92 @@
+"""The lifecycle the stream services share: `run()` until `stop()`, and their process.
+
+A service subclasses `StreamService`, writes `run()` (which sets `_started` once
+its consumers exist and returns after `_stop` is set) and names its consumers in
+`consumers()`. Its process is `run_process(name, settings, main)`, with `main`
+ending in `run_until_stopped(service)`; `python -m mlbus.<name>` reaches it
+through `mlbus.config.run_service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from mlbus.config import ServiceSettings
+from mlbus.errors import RetryableError
+from mlbus.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class ServiceConsumer(Protocol):
+    """What the lifecycle needs of a `mlbus.bus.Consumer`."""
+
+    def stop(self) -> None: ...
+
+    async def wait_assigned(self, timeout_s: float = 60.0) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+@dataclass
+class StreamService:
+    """`run()` until `stop()` (idempotent, safe from a signal handler); `wait_started()`."""
+
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True, repr=False)
+    _started: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True, repr=False)
+
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        """The consumers made so far (none before `run()` has made them)."""
+        return ()
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        for consumer in self.consumers():
+            consumer.stop()
+
+    async def wait_started(self, timeout_s: float = 60.0) -> None:
+        """Until the consumers own partitions (their group joins are done)."""
+        await asyncio.wait_for(self._started.wait(), timeout_s)
+        for consumer in self.consumers():
+            await consumer.wait_assigned(timeout_s)
+
+    async def consume(self, consumer: ServiceConsumer, *, stopped_unsaved: str) -> None:
+        """`consumer.run()`; a RetryableError after `stop()` is logged, not raised.
+
+        Stopped while a dependency was down, the offsets of what was not saved were
+        not committed: it is consumed again after a restart. `stopped_unsaved` is the
+        log line that says so ("drift service stopped with state unsaved").
+        """
+        try:
+            await consumer.run()
+        except RetryableError as exc:
+            if not self._stop.is_set():
+                raise
+            log.warning("%s: %s", stopped_unsaved, exc)
+
+
+async def run_until_stopped(service: StreamService) -> None:
+    """`service.run()`, stopped by SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def run_process(name: str, settings: S, main: Callable[[S], Coroutine[Any, Any, None]]) -> None:
+    """A service's process: its telemetry around `asyncio.run(main(settings))`."""
+    telemetry = setup_telemetry(name, settings)
+    try:
+        asyncio.run(main(settings))
+    finally:
+        telemetry.shutdown()
