@@ -48,10 +48,12 @@ from mlbus.api.inference.v1 import predict_pb2 as pb
 from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput, NotFound, PermanentError, RetryableError
 from mlbus.events import Scalar
-from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
 
-if TYPE_CHECKING:  # the store (redis, pyarrow: ~50 MB) loads only where Predict is set up
+# Only for types: the store (redis, pyarrow: ~50 MB) loads where Predict is set up,
+# the spec (yaml, its models: ~1 MB) with MLBUS_SPEC.
+if TYPE_CHECKING:
     from mlbus.featurestore import FeatureVector, OnlineStore
+    from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
 
 from ._model import OIP_TO_NUMPY, InputEncoding, LoadedModel, encode_category
 from ._predlog import PredictionLog, PredictionRecord

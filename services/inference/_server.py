@@ -44,17 +44,18 @@ from mlbus.config import load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
 from mlbus.registry_client import RegistryClient
-from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.runtime import discover
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.rpc import bind_port, server_interceptors
 from mlbus.telemetry import setup_telemetry
 
 if TYPE_CHECKING:
     from mlbus.featurestore import OnlineStore
+    from mlbus.spec import ProjectSpec
 
+from ._malloc import limit_malloc_arenas
 from ._model import OrtThreads
 from ._predict import PREDICT_SERVICE_NAME, PredictionServicer, protects_predict
 from ._predlog import PredictionLog
+from ._reflection import add_health_and_lazy_reflection
 from ._reload import ArtifactFetcher, ModelReloader, RegistryOrFileFetcher
 from ._repository import ModelRepository
 from ._routing import ShadowRunner
@@ -87,6 +88,9 @@ class InferenceServer:
         """Index of this process among `--workers` (None: the only process)."""
         self.spec = spec
         if self.spec is None and settings.spec is not None:
+            # Imported here: a worker without a spec does not need yaml and the spec models.
+            from mlbus.spec import load_spec
+
             self.spec = load_spec(settings.spec)  # SpecError (a ConfigError): fail fast
         self.store: OnlineStore | None = None
         if self.spec is not None and settings.redis.url:
@@ -191,7 +195,7 @@ class InferenceServer:
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.predictor, server
         )
-        self._health = add_health_and_reflection(
+        self._health = add_health_and_lazy_reflection(
             server,
             (
                 grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -457,10 +461,13 @@ async def serve(
 
 def run(settings: InferenceSettings | None = None) -> None:
     """Entry point of `python -m mlbus.inference`."""
+    from mlbus.runtime import discover  # the runtime (mlbus up's machinery): not in workers
+
     settings = discover(settings or load_settings(InferenceSettings))
     if settings.workers > 1:
         _run_supervisor(settings)
         return
+    limit_malloc_arenas()
     telemetry = setup_telemetry("inference", settings)
     try:
         asyncio.run(serve(settings))
@@ -474,6 +481,8 @@ def _run_supervisor(settings: InferenceSettings) -> None:
     if settings.tls_cert_file is not None:
         server_credentials(settings)  # unreadable files: one clear error, before any worker
     if settings.spec is not None:
+        from mlbus.spec import load_spec
+
         load_spec(settings.spec)  # likewise for a bad spec
     # The supervisor serves no metrics (the workers do, each on its own port).
     quiet = settings.model_copy(
@@ -490,6 +499,7 @@ def _run_supervisor(settings: InferenceSettings) -> None:
 
 def run_worker(settings: InferenceSettings, index: int, supervisor_pid: int) -> None:
     """One of `--workers N` processes (spawned by `_workers.WorkerPool`)."""
+    limit_malloc_arenas()
     telemetry = setup_telemetry("inference", settings)
     try:
         asyncio.run(serve(settings, worker=index, supervisor_pid=supervisor_pid))

@@ -82,3 +82,26 @@ async def test_calls_are_counted_and_timed_by_method_and_final_status() -> None:
     assert durations[("Invalid", "INVALID_ARGUMENT")].count == 1
     assert all(p.sum > 0 for p in durations.values())
     provider.shutdown()
+
+
+async def test_servers_sharing_a_meter_provider_count_into_one_counter() -> None:
+    # The SDK keeps only the first callbacks registered for an instrument name:
+    # a second interceptor's calls must still be counted.
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    servers = []
+    for _ in range(2):
+        server = grpc.aio.server(interceptors=[MetricsServerInterceptor(provider)])
+        server.add_generic_rpc_handlers([handlers()])
+        servers.append((server, server.add_insecure_port("127.0.0.1:0")))
+        await server.start()
+    try:
+        for calls, (_, port) in enumerate(servers, start=1):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for _ in range(calls):
+                    await channel.unary_unary("/mlbus.test.Echo/Echo")(b"hi")
+    finally:
+        for server, _ in servers:
+            await server.stop(grace=None)
+    assert points(reader, "mlbus.rpc.server.requests")[("Echo", "OK")].value == 3
+    provider.shutdown()
