@@ -656,17 +656,9 @@ class DriftProcessor:
                 window_start = None
                 if self.retrain_lookback_s is not None:
                     window_start = verdict.window_end - timedelta(seconds=self.retrain_lookback_s)
-                request = TrainingRequested(
-                    event_id=request_id(detection.event_id),
-                    model=verdict.model,
-                    reason="drift",
-                    window_start=window_start,
-                    window_end=None,
-                    cause_event_id=detection.event_id,
-                    requested_by="mlbus-drift",
+                request = await self._request_training(
+                    verdict.model, detection.event_id, window_start
                 )
-                await self.publisher.publish(request, key=verdict.model)
-                self.requests_published += 1
                 log.info(
                     "retraining of %s requested (%s) for drift %s",
                     verdict.model,
@@ -756,6 +748,24 @@ class DriftProcessor:
             await self._fire(armed, decision)
             await self.store.disarm(armed.model, armed.detection_id)
 
+    async def _request_training(
+        self, model: str, detection_id: str, window_start: datetime | None
+    ) -> TrainingRequested:
+        """Publish the one retraining request a detection may cause (its id derives from it)."""
+        request = TrainingRequested(
+            event_id=request_id(detection_id),
+            model=model,
+            reason="drift",
+            window_start=window_start,
+            window_end=None,
+            cause_event_id=detection_id,
+            requested_by="mlbus-drift",
+        )
+        assert self.publisher is not None, "the processor publishes only inside the service"
+        await self.publisher.publish(request, key=model)
+        self.requests_published += 1
+        return request
+
     def retrain_window_start(self, armed: ArmedTrigger) -> datetime | None:
         """Where a drift-caused run's labels start, in the labels' event time.
 
@@ -818,17 +828,7 @@ class DriftProcessor:
                     extra=extra,
                 )
             window_start = self.retrain_window_start(armed)
-            request = TrainingRequested(
-                event_id=request_id(armed.detection_id),
-                model=armed.model,
-                reason="drift",
-                window_start=window_start,
-                window_end=None,
-                cause_event_id=armed.detection_id,
-                requested_by="mlbus-drift",
-            )
-            await self.publisher.publish(request, key=armed.model)
-            self.requests_published += 1
+            request = await self._request_training(armed.model, armed.detection_id, window_start)
             metrics.triggers.add(1, {"model": armed.model, "outcome": "fired", "reason": why})
             log.info(
                 "retraining of %s requested (%s) for drift %s: %d labels of predictions "
