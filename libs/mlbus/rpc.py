@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from pydantic import SecretStr
 
-from mlbus._grpcutil import Behavior, rewrap_handler
+from mlbus._grpcutil import Behavior, WrappedHandlers, rewrap_handler
 from mlbus.errors import ConfigError, MlbusError
 from mlbus.telemetry import MetricsServerInterceptor, TracingServerInterceptor
 
@@ -40,39 +40,44 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Turns exceptions raised by handlers into gRPC status codes (the only place that does)."""
 
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers(_guard)
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
+        return self._handlers.get(details.method, handler)
 
-        def wrap(behavior: Behavior) -> Behavior:
-            if inspect.isasyncgenfunction(behavior):
 
-                async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                    try:
-                        async for response in behavior(request, context):
-                            yield response
-                    except (grpc.aio.AbortError, GeneratorExit):
-                        raise
-                    except Exception as exc:
-                        await _abort_for(exc, context, method)
+def _guard(method: str) -> Callable[[Behavior], Behavior]:
+    def wrap(behavior: Behavior) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
 
-                return guarded_stream
-
-            async def guarded(request: Any, context: Any) -> Any:
+            async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
+                    async for response in behavior(request, context):
+                        yield response
+                except (grpc.aio.AbortError, GeneratorExit):
                     raise
                 except Exception as exc:
                     await _abort_for(exc, context, method)
 
-            return guarded if inspect.iscoroutinefunction(behavior) else behavior
+            return guarded_stream
 
-        return rewrap_handler(handler, wrap)
+        async def guarded(request: Any, context: Any) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort_for(exc, context, method)
+
+        return guarded if inspect.iscoroutinefunction(behavior) else behavior
+
+    return wrap
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

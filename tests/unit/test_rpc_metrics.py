@@ -105,3 +105,83 @@ async def test_servers_sharing_a_meter_provider_count_into_one_counter() -> None
             await server.stop(grace=None)
     assert points(reader, "mlbus.rpc.server.requests")[("Echo", "OK")].value == 3
     provider.shutdown()
+
+
+async def test_traced_and_untraced_calls_share_the_chain_each_counted_traced_and_mapped() -> None:
+    """Wrapped handlers are cached per method; a traced call's own handler must not be served
+    from (or poison) that cache: spans only for traced calls, every call counted and mapped."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mlbus.telemetry import TracingServerInterceptor, _sampling
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    data_plane = ("/mlbus.test.Echo/Echo", "/mlbus.test.Echo/Invalid").__contains__
+    server = grpc.aio.server(
+        interceptors=[
+            MetricsServerInterceptor(provider),
+            TracingServerInterceptor(tracer_provider, data_plane=data_plane),
+            ErrorInterceptor(),
+        ]
+    )
+    server.add_generic_rpc_handlers([handlers()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    sampled = (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),)
+    saved = _sampling._data_ratio
+    _sampling.set_data_sample_ratio(0.0)  # only callers that sampled their trace are traced
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary("/mlbus.test.Echo/Echo")
+            invalid = channel.unary_unary("/mlbus.test.Echo/Invalid")
+            for metadata in ((), sampled, (), (), sampled, ()):
+                assert await echo(b"hi", metadata=metadata) == b"hi"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await invalid(b"", metadata=metadata)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "expected shape [1, 20]" in (caught.value.details() or "")
+    finally:
+        _sampling.set_data_sample_ratio(saved)
+        await server.stop(grace=None)
+
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == ["mlbus.test.Echo/Echo", "mlbus.test.Echo/Invalid"] * 2
+    requests = points(reader, "mlbus.rpc.server.requests")
+    assert {key: p.value for key, p in requests.items()} == {
+        ("Echo", "OK"): 6,
+        ("Invalid", "INVALID_ARGUMENT"): 6,
+    }
+    provider.shutdown()
+    tracer_provider.shutdown()
+
+
+def test_a_method_is_wrapped_once_and_rewrapped_when_its_handler_changes() -> None:
+    from mlbus._grpcutil import WrappedHandlers
+
+    built: list[str] = []
+
+    def wrapper_for(method: str) -> Any:
+        built.append(method)
+        return lambda behavior: behavior
+
+    def handler() -> grpc.RpcMethodHandler:
+        async def behavior(request: bytes, context: object) -> bytes:
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(behavior)
+
+    cache = WrappedHandlers(wrapper_for)
+    first, second = handler(), handler()
+    wrapped = cache.get("/s/M", first)
+    assert cache.get("/s/M", first) is wrapped
+    assert built == ["/s/M"]
+    other = cache.get("/s/M", second)
+    assert other.unary_unary is second.unary_unary
+    rebuilt = cache.get("/s/M", first)
+    assert rebuilt.unary_unary is first.unary_unary
+    assert built == ["/s/M"] * 3
