@@ -179,6 +179,13 @@ async def test_pipelined_reads_span_every_node_and_match_a_single_redis(
             "merchant_risk.s": "v0",
             "merchant_risk.none": None,
         }
+        # One entity and one view is a single command, not a pipeline: same answer.
+        one_view = ["card_activity.n"]
+        for store in (cluster, single):
+            alone = await store.get_features([entities[3]], one_view, versions, now_s=NOW_S)
+            among = await store.get_features(entities[2:5], one_view, versions, now_s=NOW_S)
+            assert alone == [among[1]]
+            assert alone[0].values == {"card_activity.n": values_of(3)["n"]}
     finally:
         await drop(cluster)
         await drop(single)

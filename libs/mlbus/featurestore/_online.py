@@ -260,7 +260,7 @@ class OnlineStore:
         *,
         now_s: float | None = None,
     ) -> list[FeatureVector]:
-        """`view.feature` refs for many entities, across views: one pipelined round trip.
+        """`view.feature` refs for many entities, across views: one round trip (pipelined).
 
         `versions` maps each view to the version to read (from the spec).
         """
@@ -272,15 +272,20 @@ class OnlineStore:
             if view not in versions:
                 raise InvalidInput(f"unknown feature view {view!r} in {ref!r}")
             by_view.setdefault(view, []).append(name)
-        pipe = self.client.pipeline(transaction=False)
         plan = [(view, names, _names(names)) for view, names in by_view.items()]
-        for entity_id in entity_ids:
-            for view, _, encoded in plan:
-                pipe.hmget(
-                    self.keys.online(view, versions[view], entity_id), [TS_FIELD, *(encoded or ())]
-                )
+        commands = [
+            (self.keys.online(view, versions[view], entity_id), [TS_FIELD, *(encoded or ())])
+            for entity_id in entity_ids
+            for view, _, encoded in plan
+        ]
         try:
-            replies = iter(await pipe.execute())
+            if len(commands) == 1:  # one entity, one view: a pipeline would add ~45 µs
+                replies = iter([await self.client.hmget(*commands[0])])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for key, fields in commands:
+                    pipe.hmget(key, fields)
+                replies = iter(await pipe.execute())
         except REDIS_DOWN as exc:
             raise RetryableError(f"online store unavailable: {exc}") from exc
         now = time.time() if now_s is None else now_s
