@@ -109,12 +109,13 @@ def model_published(
 # ── servers (each in its own process) ───────────────────────────────────────
 
 
-def serve_echo(canned: bytes | None = None) -> None:
-    """A bare grpc.aio server: answers with the request, or with `canned` bytes when given."""
-    asyncio.run(_serve_echo(canned))
+def serve_echo(canned: bytes | None = None, method: str = ECHO_METHOD) -> None:
+    """A bare grpc.aio server: answers `method` (`/service/name`) with the request, or with
+    `canned` bytes when given."""
+    asyncio.run(_serve_echo(canned, method))
 
 
-async def _serve_echo(canned: bytes | None) -> None:
+async def _serve_echo(canned: bytes | None, method: str) -> None:
 
     # One handler or the other, not a test per call: the baseline stays as bare as it can be.
     if canned is None:
@@ -128,8 +129,9 @@ async def _serve_echo(canned: bytes | None) -> None:
         async def echo(request: bytes, context: object) -> bytes:
             return reply
 
+    service, name = method.strip("/").split("/")
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        service, {name: grpc.unary_unary_rpc_method_handler(echo)}
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))

@@ -8,7 +8,12 @@ process each, over gRPC (Open Inference Protocol v2):
   loadtests/kserve_venv.sh on first use; never in the project's
   dependencies: it pins its own protobuf/grpcio), a custom `kserve.Model`
   (loadtests/kserve_server.py), `ModelServer` defaults otherwise;
-- mlbus: `InferenceServer` as in bench_inference.py (prediction log off).
+- mlbus: `InferenceServer` as in bench_inference.py (prediction log off);
+- ceiling (reported, not a goal): a bare `grpc.aio` server answering
+  ModelInfer with mlbus's response bytes, canned: no parsing, no model, no
+  Python beyond returning bytes. With client and server on the same cores, no
+  Python gRPC server answers this load faster; `ceiling/KServe` bounds the
+  ratio any server could reach here.
 
 The load is `tritonclient.grpc.aio` in a separate process
 (loadtests/kserve_tritonload.py; it cannot share a process with mlbus's stubs):
@@ -24,6 +29,7 @@ Goal (issue #7): mlbus throughput ≥ 2 × KServe's.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -37,11 +43,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Benchmark, console, percentile
 from _inference_bench import (
+    INFER_METHOD,
     MODEL,
     MemorySampler,
     build_model,
     free_port,
     memory_mb,
+    request_bytes,
+    serve_echo,
     start_server,
     stop_process,
 )
@@ -51,6 +60,7 @@ BENCH_INFERENCE = HERE / "bench_inference.py"  # serves mlbus as that benchmark 
 KSERVE_VENV = HERE / ".venv-kserve"
 KSERVE = "KServe ModelServer"
 MLBUS = "mlbus"
+CEILING = "canned ModelInfer (ceiling)"
 
 
 def kserve_python() -> Path:
@@ -115,6 +125,15 @@ def tritonload(*args: str) -> dict[str, object]:
     return result
 
 
+async def one_response(address: str) -> bytes:
+    """mlbus's ModelInfer response to the benchmark's request, as bytes on the wire."""
+    import grpc.aio
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        response: bytes = await channel.unary_unary(INFER_METHOD)(request_bytes())
+    return response
+
+
 def main(calls: int, seconds: float, repeats: int, inflight: int, connections: int) -> bool:
     bench = Benchmark(
         "inference_kserve",
@@ -146,9 +165,14 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
                 BENCH_INFERENCE, "mlbus", str(model_path), str(folder)
             )
             processes.append(mlbus_process)
+            canned = folder / "response.bin"
+            canned.write_bytes(asyncio.run(one_response(f"127.0.0.1:{mlbus_port}")))
+            ceiling_process, ceiling_port = start_server(__file__, "canned", str(canned))
+            processes.append(ceiling_process)
             servers = {
                 MLBUS: (f"127.0.0.1:{mlbus_port}", mlbus_process.pid),
                 KSERVE: (f"127.0.0.1:{kserve_port}", kserve_process.pid),
+                CEILING: (f"127.0.0.1:{ceiling_port}", ceiling_process.pid),
             }
             for name, (_, pid) in servers.items():
                 bench.record(name, "idle RSS", memory_mb(pid)[0], "MB", higher_is_better=False)
@@ -186,6 +210,11 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
     )
     bench.notes.append("throughput mlbus/KServe per run: " + ", ".join(f"{r:.2f}" for r in per_run))
     bench.notes.append(
+        f"ceiling: a canned ModelInfer answers {bench.ratio(CEILING, KSERVE, 'throughput'):.2f}× "
+        f"KServe's throughput and mlbus reaches {bench.ratio(MLBUS, CEILING, 'throughput'):.2f}× "
+        "the ceiling's, under the same load on the same cores"
+    )
+    bench.notes.append(
         f"p50 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p50'):.2f}, "
         f"p99 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p99'):.2f}"
     )
@@ -199,6 +228,10 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:  # canned RESPONSE_FILE
+        serve_echo(canned=Path(args.serve[1]).read_bytes(), method=INFER_METHOD)
+        sys.exit(0)
     ok = main(args.calls, args.seconds, args.repeats, args.inflight, args.connections)
     sys.exit(0 if ok else 1)
