@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -39,11 +39,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from mlbus.bus import Received
 from mlbus.errors import NotFound, PermanentError, RetryableError
 from mlbus.events import Event, ModelPublished, ModelSignature
-from mlbus.registry_client import RegistryClient
 from mlbus.telemetry import meter
 
 from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
 from ._repository import BESIDE_ALIASES, ModelRepository
+
+if TYPE_CHECKING:
+    from mlbus.registry_client import RegistryClient
 
 log = logging.getLogger(__name__)
 _meter = meter("mlbus.inference")

@@ -43,12 +43,12 @@ from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
-from mlbus.registry_client import RegistryClient
 from mlbus.rpc import bind_port, server_interceptors
 from mlbus.telemetry import setup_telemetry
 
 if TYPE_CHECKING:
     from mlbus.featurestore import OnlineStore
+    from mlbus.registry_client import RegistryClient
     from mlbus.spec import ProjectSpec
 
 from ._malloc import limit_malloc_arenas
@@ -102,6 +102,9 @@ class InferenceServer:
         self.repository = ModelRepository()
         self.registry: RegistryClient | None = None
         if settings.registry_address:
+            # Imported here: without a registry a worker does not need its client and protos.
+            from mlbus.registry_client import RegistryClient
+
             token = settings.registry_token
             self.registry = RegistryClient(
                 settings.registry_address,

@@ -3,8 +3,9 @@
 Each module kept out is resident memory in every worker (issue #7: ≤ 100 MB per
 worker): yaml and the spec models (~1 MB) load only with MLBUS_SPEC, the
 runtime only in the supervisor, protobuf's `descriptor_pb2` (~4.4 MB) only when
-a client first calls server reflection. Checked in a fresh interpreter, since
-this test process has imported everything already.
+a client first calls server reflection, the registry client and its protos
+(~0.6 MB) only with MLBUS_INFERENCE_REGISTRY_ADDRESS. Checked in a fresh
+interpreter, since this test process has imported everything already.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ async def main():
         pass
 
 asyncio.run(main())
-kept_out = ("yaml", "mlbus.spec", "mlbus.runtime", "google.protobuf.descriptor_pb2")
+kept_out = (
+    "yaml",
+    "mlbus.spec",
+    "mlbus.runtime",
+    "google.protobuf.descriptor_pb2",
+    "mlbus.registry_client",
+)
 print(",".join(m for m in kept_out if m in sys.modules))
 """
 
 
-def test_a_started_server_without_spec_imports_no_spec_runtime_or_reflection(
+def test_a_started_server_without_spec_imports_no_spec_runtime_reflection_or_registry(
     tmp_path: Path,
 ) -> None:
     done = subprocess.run(
