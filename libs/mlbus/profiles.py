@@ -95,7 +95,11 @@ ColumnProfile: TypeAlias = Annotated[
 
 
 class ReferenceProfile(_Profile):
-    """Per-feature and prediction distributions of the data a model was built on."""
+    """Per-feature and prediction distributions of the data a model was built on.
+
+    `n_samples` counts the feature rows; the prediction profile may come from
+    other rows (the trainer scores the holdout) and carries its own counts.
+    """
 
     n_samples: int = Field(ge=0)
     features: dict[str, ColumnProfile]

@@ -200,3 +200,17 @@ def test_profile_covers_every_feature_and_the_prediction() -> None:
     assert set(trained.profile.features) == {f.ref for f in spec.model_features()}
     assert trained.profile.prediction is not None
     assert trained.profile.n_samples == trained.train_rows
+
+
+def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> None:
+    """Not the training rows: there an overfitted model is over-confident."""
+    from mlbus.profiles import profile_column
+    from mlbus.training._pipeline import onnx_scores
+
+    spec = fraud_spec(estimator="random_forest", params={"n_estimators": 20})
+    data = dataset(spec)
+    trained = train(spec, data)
+    holdout = onnx_scores(trained.onnx, data.x[trained.split.holdout], "classification")
+    train_rows = onnx_scores(trained.onnx, data.x[trained.split.train], "classification")
+    assert trained.profile.prediction == profile_column(holdout, trained.profile.bins)
+    assert trained.profile.prediction != profile_column(train_rows, trained.profile.bins)

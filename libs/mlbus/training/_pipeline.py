@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from mlbus.errors import InvalidInput, PermanentError
 from mlbus.featurestore import OfflineStore, build_training_set
-from mlbus.profiles import ReferenceProfile
+from mlbus.profiles import ReferenceProfile, profile_column
 from mlbus.spec import ProjectSpec
 from mlbus.training._labels import label_files, read_labels
 
@@ -602,11 +602,14 @@ def train(
     eval_scores = got[[position[int(i)] for i in split.evaluation]]
     metrics = compute_metrics(task, y[split.evaluation], eval_scores, threshold)
     say("profile")
-    train_scores = sklearn_scores(model, x_train, task)
-    profile = ReferenceProfile.from_samples(
-        {ref: [dataset.raw[ref][i] for i in split.train] for ref in dataset.encoding.refs},
-        predictions=train_scores,
+    # Features as trained on; the prediction as ONNX Runtime scores the holdout,
+    # rows the model has not seen, which is what serving will see. On its own
+    # training rows a fitted model is over-confident, so a reference taken there
+    # makes live predictions look drifted from the first window.
+    features = ReferenceProfile.from_samples(
+        {ref: [dataset.raw[ref][i] for i in split.train] for ref in dataset.encoding.refs}
     )
+    profile = features.model_copy(update={"prediction": profile_column(got, features.bins)})
     return TrainedModel(
         onnx=onnx,
         metrics=metrics,
