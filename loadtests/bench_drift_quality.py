@@ -1,6 +1,7 @@
 """Drift detection quality: delay and false alarms of mlbus.driftstats vs River's ADWIN and KSWIN.
 
-    .venv/bin/python loadtests/bench_drift_quality.py [--seeds 5] [--stationary 100000]
+    .venv/bin/python loadtests/bench_drift_quality.py [--seeds 5] [--first-seed 1]
+                                                      [--stationary 100000]
 
 River is NOT a project dependency. The first run creates a benchmark-only venv
 with it (`uv venv` + `uv pip install river numpy`) at $MLBUS_RIVER_VENV, by
@@ -8,7 +9,8 @@ default ~/.cache/mlbus-bench/river-venv (outside the work tree, so nothing to
 ignore), and runs River there in a subprocess (loadtests/drift_river_runner.py)
 on the very same seeded streams, passed as .npy files.
 
-Streams (per seed; the drift point is at event 10,000 of 30,000):
+Streams (per seed, seeds first-seed … first-seed + seeds - 1; the drift point
+is at event 10,000 of 30,000):
 - abrupt:     one numeric feature N(0, 1), then N(0.5, 1)
 - gradual:    N(0, 1) whose mean ramps linearly to 1.0 over 5,000 events
 - concept:    features unchanged; the 0/1 error stream goes from 10 % to 20 %
@@ -77,9 +79,9 @@ class Stream:
         return f"{self.name}-{self.seed}"
 
 
-def make_streams(seeds: int, stationary: int) -> list[Stream]:
+def make_streams(seeds: int, stationary: int, first_seed: int = 1) -> list[Stream]:
     streams = []
-    for seed in range(1, seeds + 1):
+    for seed in range(first_seed, first_seed + seeds):
         rng = np.random.default_rng(seed)
         before, after = rng.normal(0, 1, DRIFT_AT), rng.normal(0, 1, LENGTH - DRIFT_AT)
         streams.append(
@@ -236,6 +238,13 @@ def score(found_by_stream: dict[Stream, tuple[list[int], float]]) -> Score:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=1,
+        help="seeds of the drifting streams are first-seed … first-seed + seeds - 1 (confirm "
+        "on a range nothing was tuned on); the stationary streams keep seed 0",
+    )
     parser.add_argument("--stationary", type=int, default=100_000)
     parser.add_argument(
         "--reuse-river",
@@ -248,11 +257,12 @@ def main() -> None:
         "drift_quality",
         "detection delay (events after the drift point) and false alarms vs River",
         seeds=args.seeds,
+        first_seed=args.first_seed,
         stationary_events=args.stationary,
         drift_at=DRIFT_AT,
         length=LENGTH,
     )
-    streams = make_streams(args.seeds, args.stationary)
+    streams = make_streams(args.seeds, args.stationary, args.first_seed)
     if args.reuse_river is None:
         with tempfile.TemporaryDirectory(prefix="mlbus-drift-bench-") as tmp:
             river = run_river(streams, Path(tmp))
@@ -367,7 +377,8 @@ def main() -> None:
 
 def print_table(scores: dict[tuple[str, str], Score], args: argparse.Namespace) -> None:
     table = Table(
-        title=f"drift detection quality ({args.seeds} seeds; stationary {args.stationary:,} events)"
+        title=f"drift detection quality ({args.seeds} seeds from {args.first_seed}; "
+        f"stationary {args.stationary:,} events)"
     )
     for column in (
         "scenario",

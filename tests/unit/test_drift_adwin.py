@@ -6,8 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlbus.driftstats import Adwin, AdwinState
+from mlbus.driftstats._adwin import Bound, _exponent, _tight_epsilon
 
 
 def _bernoulli(seed: int, rates: list[tuple[float, int]]) -> np.ndarray:
@@ -128,12 +131,113 @@ def test_the_exact_bernstein_root_stays_quiet_on_stationary_streams(seed: int) -
     assert _detections(errors, _bernoulli(300 + seed, [(0.1, 30_000)])) == []
 
 
-def test_the_bound_survives_a_snapshot_and_old_states_keep_rivers() -> None:
-    adwin = Adwin(0.001, clock=16, bound="bernstein")
+@pytest.mark.parametrize("bound", ["bernstein", "bennett-hoeffding"])
+def test_the_bound_survives_a_snapshot_and_old_states_keep_rivers(bound: Bound) -> None:
+    adwin = Adwin(0.001, clock=16, bound=bound)
     for i, v in enumerate(_uniform_shift(1, 0.0, n=500)):
         adwin.update(float(v), float(i))
     state = AdwinState.model_validate_json(adwin.snapshot().model_dump_json())
-    assert Adwin.restore(state).bound == "bernstein"
+    assert Adwin.restore(state).bound == bound
     legacy = state.model_dump(mode="json")
     del legacy["bound"]  # written before the bound was a choice
     assert Adwin.restore(AdwinState.model_validate(legacy)).bound == "river"
+
+
+# ── the Bennett-Hoeffding bound ──────────────────────────────────────────────
+
+
+def _two_point_tail(variance: float, scale: float, old: int, recent: int, gap: float) -> float:
+    """Exact P(mean(recent) - mean(old) >= gap) for values of the extremal two-point law."""
+    p, low = variance / (variance + scale * scale), variance / scale
+
+    def means(n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = np.arange(n + 1)
+        pmf = np.array([math.comb(n, int(j)) for j in k]) * p**k * (1 - p) ** (n - k)
+        return (k * scale - (n - k) * low) / n, pmf
+
+    x0, p0 = means(old)
+    x1, p1 = means(recent)
+    differences = x1[:, None] - x0[None, :]
+    return float((p1[:, None] * p0[None, :])[differences >= gap - 1e-12].sum())
+
+
+@given(
+    ratio=st.floats(0.05, 1.0),  # σ / R
+    old=st.integers(1, 40),
+    recent=st.integers(1, 40),
+    gap=st.floats(0.01, 3.0),  # in units of the Gaussian σ of the difference
+)
+@settings(max_examples=200, deadline=None)
+def test_the_bennett_hoeffding_exponent_bounds_the_exact_tail_of_the_extremal_law(
+    ratio: float, old: int, recent: int, gap: float
+) -> None:
+    scale = 0.45
+    variance = (ratio * scale) ** 2
+    gap *= math.sqrt(variance * (1 / old + 1 / recent))
+    exponent = _exponent(gap, variance, scale, old, recent, None)
+    # a Chernoff bound: never below the exact tail of the law it is extremal for ...
+    assert _two_point_tail(variance, scale, old, recent, gap) <= math.exp(-exponent) * (1 + 1e-9)
+    # ... and never looser than Bernstein's: exp(-gap² / (2·(V + M·gap/3)))
+    bernstein = gap**2 / (
+        2 * (variance * (1 / old + 1 / recent) + scale * gap / 3 / min(old, recent))
+    )
+    assert exponent >= bernstein * (1 - 1e-9)
+
+
+@given(
+    variance=st.floats(0.001, 0.2),
+    old=st.integers(5, 10**7),
+    recent=st.integers(5, 10**4),
+    delta_prime=st.floats(3.0, 20.0),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_tight_epsilon_lies_between_the_gaussian_and_the_bernstein_root(
+    variance: float, old: int, recent: int, delta_prime: float
+) -> None:
+    scale = 0.45
+    spread = 2 * variance * delta_prime * (1 / old + 1 / recent)
+    reach = scale * delta_prime / 3 / min(old, recent)
+    bernstein = reach + math.sqrt(reach * reach + spread)
+    epsilon = _tight_epsilon(variance, scale, old, recent, delta_prime, bernstein)
+    assert math.sqrt(spread) <= epsilon <= bernstein
+    assert _exponent(epsilon, variance, scale, old, recent, None) >= delta_prime * (1 - 1e-9)
+    if epsilon > math.sqrt(spread):  # the least such gap: a little less is not enough
+        below = _exponent(epsilon * (1 - 1e-6), variance, scale, old, recent, None)
+        assert below <= delta_prime
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_bennett_hoeffding_bound_never_cuts_later_than_bernsteins(seed: int) -> None:
+    # its ε is below Bernstein's for every split, and both see the same window until the first cut
+    stream = _uniform_shift(seed, 0.1)
+    bernstein = _detections(Adwin(0.002, clock=16, bound="bernstein"), stream)
+    tight = _detections(Adwin(0.002, clock=16, bound="bennett-hoeffding"), stream)
+    assert bernstein
+    assert tight
+    assert 5000 <= tight[0] <= bernstein[0]
+
+
+def test_the_bennett_hoeffding_bound_is_sooner_on_a_short_recent_window() -> None:
+    delays = []
+    for seed in range(6):
+        stream = _uniform_shift(seed, 0.15)
+        bernstein = _detections(Adwin(0.002, clock=16, bound="bernstein"), stream)[0]
+        change = None
+        adwin = Adwin(0.002, clock=16, bound="bennett-hoeffding")
+        for i, v in enumerate(stream):
+            change = adwin.update(float(v), float(i))
+            if change is not None:
+                break
+        assert change is not None
+        assert abs(change.mean_recent - change.mean_old) > change.epsilon > 0
+        delays.append((bernstein - 5000, i - 5000))
+    assert sum(t for _, t in delays) < 0.9 * sum(b for b, _ in delays), delays
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_bennett_hoeffding_bound_stays_quiet_on_stationary_streams(seed: int) -> None:
+    adwin = Adwin(0.001, clock=16, bound="bennett-hoeffding")
+    assert _detections(adwin, np.random.default_rng(400 + seed).random(30_000) - 0.5) == []
+    assert adwin.width == 30_000
+    errors = Adwin(0.002, bound="bennett-hoeffding")
+    assert _detections(errors, _bernoulli(500 + seed, [(0.1, 30_000)])) == []

@@ -506,7 +506,7 @@ def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceP
     ]
     for adwin in feature_adwins.values():
         assert adwin is not None
-        assert adwin.bound == "bernstein"
+        assert adwin.bound == "bennett-hoeffding"
         assert adwin.clock == 16
         # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
         assert adwin.delta == pytest.approx(0.004 / 4 / 2)

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from mlbus.driftstats._adwin import Adwin, AdwinChange
+from mlbus.driftstats._adwin import Adwin, AdwinChange, Bound
 from mlbus.driftstats._models import FeatureKind
 from mlbus.profiles import (
     OTHER,
@@ -28,6 +28,8 @@ MIN_EXPECTED_PER_BIN = 5
 """A reference category expected fewer times than this in a full window is pooled under OTHER,
 so chi-square's expected counts stay large enough for its distribution to hold."""
 ADAPTIVE_CLOCK = 16
+ADAPTIVE_BOUND: Bound = "bennett-hoeffding"
+"""A restored channel keeps the bound of its snapshot (older ones: "river" or "bernstein")."""
 
 ABSENT: Any = object()  # a feature not in the observation: no sample at all
 NOT_COUNTED = -1
@@ -119,13 +121,14 @@ class NumericChannel(Channel):
         reference, F_ref's mean is exactly 1/2 (Σ p_b (C_b-1 + p_b/2) = 1/2), so
         centred values keep |x - mean| <= max |x| = ADWIN's range R (< 1/2).
         Checked every 16 values (River: 32) with `delta` per check, against the
-        exact Bernstein root: see Adwin's `bound` and ADR 0016.
+        Bennett-Hoeffding bound (the tightest for a given variance and range; see
+        Adwin's `bound` and ADR 0016).
         """
         present = self.reference[:-1]
         total = present.sum()
         below = np.cumsum(present) - present
         self.pit = ((below + present / 2) / total - 0.5).tolist()
-        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound="bernstein")
+        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND)
 
     def bin_of(self, value: Any) -> int:
         kind = type(value)
