@@ -127,27 +127,32 @@ class Scorer:
 
 
 def stored_rows(spec: ProjectSpec, offline_url: str) -> tuple[int, int]:
-    """(feature rows of the scored source's views, label rows) in the offline store."""
+    """(payments with feature rows of the scored source's view, labels) in the offline store.
+
+    Distinct ids, not rows: a redelivered record (at-least-once) writes its row
+    again, and the trainer de-duplicates, so a row count could run ahead of
+    what training will find.
+    """
     from mlbus.training import label_files
 
     offline = OfflineStore(offline_url)
     source = spec.training_source()
-    feature_rows = 0
+    payments = 0
     for view in spec.model_views():
-        if spec.features[view].source != source:
-            continue
-        files = offline.files(view, spec.features[view].version)
-        feature_rows = max(feature_rows, _rows(offline, files))
-        break
-    labels = _rows(offline, label_files(offline, spec.model.label.source))
-    return feature_rows, labels
+        if spec.features[view].source == source:
+            files = offline.files(view, spec.features[view].version)
+            payments = _distinct(offline, files, "event_id")
+            break
+    labels = _distinct(offline, label_files(offline, spec.model.label.source), "label_event_id")
+    return payments, labels
 
 
-def _rows(offline: OfflineStore, files: Sequence[str]) -> int:
-    total = 0
+def _distinct(offline: OfflineStore, files: Sequence[str], column: str) -> int:
+    seen: set[object] = set()
     for path in files:
         try:
-            total += pq.ParquetFile(path, filesystem=offline.fs).metadata.num_rows
+            table = pq.read_table(path, columns=[column], filesystem=offline.fs)
         except (OSError, ValueError):  # a file being replaced: counted on the next look
             continue
-    return total
+        seen.update(table.column(column).to_pylist())
+    return len(seen)
