@@ -129,7 +129,7 @@ def test_the_drift_caused_retraining_serves_and_recovers_accuracy(demo: DemoRun)
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     data = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        [*CLI, "demo", "--data-dir", str(data), "--payments", "8000", "--bootstrap", "2000"],
+        [*CLI, "demo", "--data-dir", str(data), "--payments", "8000", "--bootstrap", "2500"],
         env=clean_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ import pytest
 from mlbus.config import MlbusSettings
 from mlbus.demo import DemoConfig, DemoSizes, LoopRecord, plan_scenario
 from mlbus.demo._run import build_summary
-from mlbus.demo._scenario import request_field_refs
+from mlbus.demo._scenario import check_first_training, request_field_refs
 from mlbus.demo._stack import demo_catalogue
 from mlbus.example import GenerationError, fraud_spec_path
 from mlbus.runtime import ServiceSpec
@@ -90,6 +90,18 @@ def test_bad_sizes_are_clear_errors(spec: ProjectSpec) -> None:
         DemoConfig(sizes=SMALL, retrain_lookback=timedelta(hours=130))
     with pytest.raises(GenerationError, match="with a UTC offset"):
         plan_scenario(spec, SMALL, now=NOW.replace(tzinfo=None), seed=3)
+
+
+def test_a_bootstrap_short_of_min_rows_labels_is_refused_before_anything_starts(
+    spec: ProjectSpec,
+) -> None:
+    short = plan_scenario(spec, DemoSizes(payments=8_000, bootstrap=2_000), now=NOW, seed=7)
+    labelled = sum(1 for p in short.bootstrap if p.label is not None)
+    assert labelled < spec.model.min_rows <= 2_000  # a payment without a chargeback
+    with pytest.raises(GenerationError, match=rf"{labelled:,} labels .* model.min_rows"):
+        check_first_training(short, spec)
+    enough = plan_scenario(spec, DemoSizes(payments=8_000, bootstrap=2_500), now=NOW, seed=7)
+    check_first_training(enough, spec)
 
 
 def test_config_hands_the_lookback_to_the_drift_service() -> None:

@@ -16,7 +16,7 @@ from mlbus.spec import ProjectSpec, load_spec
 
 from ._loop import LoopContext, LoopOptions, PhaseFailed, Reporter, run_loop
 from ._observe import LoopRecord
-from ._scenario import DemoSizes, ScenarioPlan, plan_scenario
+from ._scenario import DemoSizes, ScenarioPlan, check_first_training, plan_scenario
 from ._stack import EmbeddedStack, StackError, demo_catalogue
 from ._summary import (
     DemoSummary,
@@ -101,6 +101,7 @@ def run_demo(
     settings = settings.model_copy(update={"spec": spec_path})
     reporter.phase("generating the payments and chargebacks", None)
     plan = plan_scenario(spec, config.sizes, now=datetime.now(UTC), seed=config.seed)
+    check_first_training(plan, spec)
     reporter.news(
         f"{len(plan.payments):,} payments from {plan.start:%Y-%m-%d %H:%M} to "
         f"{plan.end:%Y-%m-%d %H:%M} UTC, drift ({config.sizes.drift_kind}) from payment "

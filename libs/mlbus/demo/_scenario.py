@@ -223,3 +223,16 @@ def _parse_time(value: object) -> datetime:
     text = str(value)
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def check_first_training(plan: ScenarioPlan, spec: ProjectSpec) -> None:
+    """Refuse a bootstrap whose labels cannot reach the spec's `model.min_rows`: the first
+    training would fail minutes into the run, after the stack started."""
+    labelled = sum(1 for p in plan.bootstrap if p.label is not None)
+    if labelled < spec.model.min_rows:
+        raise GenerationError(
+            f"the {plan.sizes.bootstrap:,} bootstrap payments carry {labelled:,} labels known "
+            f"by now (some payments are never charged back, some not yet), fewer than the "
+            f"spec's model.min_rows ({spec.model.min_rows:,}), so the first training would "
+            "refuse them: send more bootstrap payments"
+        )
