@@ -185,3 +185,21 @@ def test_a_method_is_wrapped_once_and_rewrapped_when_its_handler_changes() -> No
     rebuilt = cache.get("/s/M", first)
     assert rebuilt.unary_unary is first.unary_unary
     assert built == ["/s/M"] * 3
+
+
+def test_a_call_finished_outside_a_running_loop_is_still_timed() -> None:
+    """A streaming handler finalised after its loop stopped records its duration at once."""
+    import time
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    record = MetricsServerInterceptor(provider)._recorder("mlbus.test.Echo", "Count")
+
+    class Finished:
+        def code(self) -> None:
+            return None
+
+    record(Finished(), None, time.perf_counter())  # no running loop here
+    durations = points(reader, "mlbus.rpc.server.duration_ms")
+    assert durations[("Count", "OK")].count == 1
+    provider.shutdown()

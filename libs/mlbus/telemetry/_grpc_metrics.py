@@ -159,8 +159,12 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             else:
                 assert requests is not None
                 requests.add(1, attributes)
-            # The SDK's record (~7 µs) runs after the response is handed to grpc, not before.
-            asyncio.get_running_loop().call_soon(duration.record, elapsed_ms, attributes)
+            # The SDK's record (~7 µs) runs after the response is handed to grpc, not before;
+            # a stream finalised after its loop stopped records at once.
+            try:
+                asyncio.get_running_loop().call_soon(duration.record, elapsed_ms, attributes)
+            except RuntimeError:
+                duration.record(elapsed_ms, attributes)
 
         return record
 
