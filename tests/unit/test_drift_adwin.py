@@ -123,12 +123,17 @@ def test_the_exact_bernstein_root_is_sooner_on_a_short_recent_window() -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_the_exact_bernstein_root_stays_quiet_on_stationary_streams(seed: int) -> None:
-    adwin = Adwin(0.002, clock=16, bound="bernstein")
-    assert _detections(adwin, np.random.default_rng(200 + seed).random(30_000) - 0.5) == []
+@pytest.mark.parametrize(
+    ("bound", "delta", "seeds"), [("bernstein", 0.002, 200), ("bennett-hoeffding", 0.001, 400)]
+)
+def test_the_exact_bounds_stay_quiet_on_stationary_streams(
+    bound: Bound, delta: float, seeds: int, seed: int
+) -> None:
+    adwin = Adwin(delta, clock=16, bound=bound)
+    assert _detections(adwin, np.random.default_rng(seeds + seed).random(30_000) - 0.5) == []
     assert adwin.width == 30_000
-    errors = Adwin(0.002, bound="bernstein")
-    assert _detections(errors, _bernoulli(300 + seed, [(0.1, 30_000)])) == []
+    errors = Adwin(0.002, bound=bound)
+    assert _detections(errors, _bernoulli(seeds + 100 + seed, [(0.1, 30_000)])) == []
 
 
 @pytest.mark.parametrize("bound", ["bernstein", "bennett-hoeffding"])
@@ -232,12 +237,3 @@ def test_the_bennett_hoeffding_bound_is_sooner_on_a_short_recent_window() -> Non
         assert abs(change.mean_recent - change.mean_old) > change.epsilon > 0
         delays.append((bernstein - 5000, i - 5000))
     assert sum(t for _, t in delays) < 0.9 * sum(b for b, _ in delays), delays
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_the_bennett_hoeffding_bound_stays_quiet_on_stationary_streams(seed: int) -> None:
-    adwin = Adwin(0.001, clock=16, bound="bennett-hoeffding")
-    assert _detections(adwin, np.random.default_rng(400 + seed).random(30_000) - 0.5) == []
-    assert adwin.width == 30_000
-    errors = Adwin(0.002, bound="bennett-hoeffding")
-    assert _detections(errors, _bernoulli(500 + seed, [(0.1, 30_000)])) == []

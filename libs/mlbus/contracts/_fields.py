@@ -133,12 +133,22 @@ def wrong_type(name: str, expected: str, value: object) -> RejectionReason:
     )
 
 
-def _range_problem(name: str, value: float, low: float | None, high: float | None) -> str | None:
+def _not_finite(name: str) -> RejectionReason:
+    return RejectionReason(
+        code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
+    )
+
+
+def _out_of_range(
+    name: str, value: float, low: float | None, high: float | None
+) -> RejectionReason | None:
     if low is not None and value < low:
-        return f"{name}: expected >= {low:g}, got {shown(value)}"
-    if high is not None and value > high:
-        return f"{name}: expected <= {high:g}, got {shown(value)}"
-    return None
+        message = f"{name}: expected >= {low:g}, got {shown(value)}"
+    elif high is not None and value > high:
+        message = f"{name}: expected <= {high:g}, got {shown(value)}"
+    else:
+        return None
+    return RejectionReason(code=OUT_OF_RANGE, field=name, message=message)
 
 
 def _int_range(spec: FieldSpec) -> tuple[int, int]:
@@ -155,18 +165,14 @@ def _int_check(name: str, spec: FieldSpec) -> Check:
         if cls is float and math.isfinite(value) and value.is_integer():
             value = int(value)
         elif cls is float and not math.isfinite(value):
-            problems.append(
-                RejectionReason(
-                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
-                )
-            )
+            problems.append(_not_finite(name))
             return BAD
         elif cls is not int:
             problems.append(wrong_type(name, "an integer", value))
             return BAD
-        problem = _range_problem(name, value, low, high)
+        problem = _out_of_range(name, value, low, high)
         if problem is not None:
-            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
+            problems.append(problem)
             return BAD
         return value
 
@@ -210,15 +216,11 @@ def _float_check(name: str, spec: FieldSpec) -> Check:
             problems.append(wrong_type(name, "a number", value))
             return BAD
         if not math.isfinite(value):
-            problems.append(
-                RejectionReason(
-                    code=NON_FINITE_NUMBER, field=name, message=f"{name}: expected a finite number"
-                )
-            )
+            problems.append(_not_finite(name))
             return BAD
-        problem = _range_problem(name, value, low, high)
+        problem = _out_of_range(name, value, low, high)
         if problem is not None:
-            problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=problem))
+            problems.append(problem)
             return BAD
         return value
 
