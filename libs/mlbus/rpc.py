@@ -14,14 +14,14 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 from pydantic import SecretStr
 
-from mlbus._grpcutil import Behavior, WrappedHandlers, rewrap_handler
+from mlbus._grpcutil import Behavior, HandlerWrapping, InterceptorChain, Wrapper
 from mlbus.errors import ConfigError, MlbusError
 from mlbus.telemetry import MetricsServerInterceptor, TracingServerInterceptor
 
@@ -37,19 +37,11 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(HandlerWrapping):
     """Turns exceptions raised by handlers into gRPC status codes (the only place that does)."""
 
-    def __init__(self) -> None:
-        self._handlers = WrappedHandlers(_guard)
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        return self._handlers.get(details.method, handler)
+    def wrapper_for(self, method: str) -> Wrapper:
+        return _guard(method)
 
 
 def _guard(method: str) -> Callable[[Behavior], Behavior]:
@@ -80,55 +72,68 @@ def _guard(method: str) -> Callable[[Behavior], Behavior]:
     return wrap
 
 
-class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BearerAuthInterceptor(HandlerWrapping):
     """Requires `authorization: Bearer <token>` on the methods `protects` says yes to."""
 
     def __init__(self, token: SecretStr, protects: Callable[[str], bool]) -> None:
         self._expected = f"Bearer {token.get_secret_value()}".encode()
         self._protects = protects
+        super().__init__()
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or not self._protects(details.method):
-            return handler
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
-            return handler
+    def wrapper_for(self, method: str) -> Wrapper:
+        if not self._protects(method):
+            return _unchanged
+        message = f"{method} needs 'authorization: Bearer <token>' metadata"
+        expected = self._expected
+
+        def authorized(context: Any) -> bool:
+            given = dict(context.invocation_metadata() or ()).get("authorization", "")
+            given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+            return hmac.compare_digest(given_bytes, expected)
 
         def wrap(behavior: Behavior) -> Behavior:
-            async def refuse(request: Any, context: Any) -> Any:
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    f"{details.method} needs 'authorization: Bearer <token>' metadata",
-                )
+            if inspect.isasyncgenfunction(behavior):
 
-            return refuse
+                async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                    if not authorized(context):
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                    async for response in behavior(request, context):
+                        yield response
 
-        return rewrap_handler(handler, wrap)
+                return guarded_stream
+
+            async def guarded(request: Any, context: Any) -> Any:
+                if not authorized(context):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                return await behavior(request, context)
+
+            return guarded if inspect.iscoroutinefunction(behavior) else behavior
+
+        return wrap
+
+
+def _unchanged(behavior: Behavior) -> Behavior:
+    return behavior
 
 
 def server_interceptors(
     token: SecretStr | None = None,
     protects: Callable[[str], bool] = lambda method: True,
-    extra: Iterable[grpc.aio.ServerInterceptor] = (),
     data_plane: Callable[[str], bool] | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """Metrics and tracing first (so they see the final status), then auth, then error mapping.
 
-    `data_plane` names the per-request methods traced by sampling (docs/adr/0004).
+    One interceptor that runs them all (`InterceptorChain`). `data_plane` names
+    the per-request methods traced by sampling (docs/adr/0004).
     """
-    chain: list[grpc.aio.ServerInterceptor] = [
+    links: list[HandlerWrapping] = [
         MetricsServerInterceptor(),
         TracingServerInterceptor(data_plane=data_plane),
     ]
     if token is not None:
-        chain.append(BearerAuthInterceptor(token, protects))
-    chain.extend(extra)
-    chain.append(ErrorInterceptor())
-    return chain
+        links.append(BearerAuthInterceptor(token, protects))
+    links.append(ErrorInterceptor())
+    return [InterceptorChain(links)]
 
 
 def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> Any:

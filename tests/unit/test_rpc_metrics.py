@@ -8,8 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry
 
 from mlbus.errors import InvalidInput
 from mlbus.rpc import ErrorInterceptor
@@ -37,24 +36,20 @@ def handlers() -> grpc.GenericRpcHandler:
     )
 
 
-def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, str], Any]:
-    data = reader.get_metrics_data()
-    assert data is not None
-    found: dict[tuple[str, str], Any] = {}
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        attrs = point.attributes
-                        found[(attrs["rpc.method"], attrs["rpc.grpc.status_code"])] = point
+def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+    """`name`'s samples by (rpc_method, rpc_grpc_status_code), as Prometheus scrapes them."""
+    found: dict[tuple[str, str], float] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                labels = sample.labels
+                found[(labels["rpc_method"], labels["rpc_grpc_status_code"])] = sample.value
     return found
 
 
 async def test_calls_are_counted_and_timed_by_method_and_final_status() -> None:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    server = grpc.aio.server(interceptors=[MetricsServerInterceptor(provider), ErrorInterceptor()])
+    registry = CollectorRegistry()
+    server = grpc.aio.server(interceptors=[MetricsServerInterceptor(registry), ErrorInterceptor()])
     server.add_generic_rpc_handlers([handlers()])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -71,27 +66,25 @@ async def test_calls_are_counted_and_timed_by_method_and_final_status() -> None:
     finally:
         await server.stop(grace=None)
 
-    requests = points(reader, "mlbus.rpc.server.requests")
-    assert {key: p.value for key, p in requests.items()} == {
+    assert samples(registry, "mlbus_rpc_server_requests_total") == {
         ("Echo", "OK"): 3,
         ("Invalid", "INVALID_ARGUMENT"): 1,
         ("Count", "OK"): 1,
     }
-    durations = points(reader, "mlbus.rpc.server.duration_ms")
-    assert durations[("Echo", "OK")].count == 3
-    assert durations[("Invalid", "INVALID_ARGUMENT")].count == 1
-    assert all(p.sum > 0 for p in durations.values())
-    provider.shutdown()
+    counts = samples(registry, "mlbus_rpc_server_duration_ms_count")
+    assert counts == {("Echo", "OK"): 3, ("Invalid", "INVALID_ARGUMENT"): 1, ("Count", "OK"): 1}
+    assert all(
+        value > 0 for value in samples(registry, "mlbus_rpc_server_duration_ms_sum").values()
+    )
 
 
-async def test_servers_sharing_a_meter_provider_count_into_one_counter() -> None:
-    # The SDK keeps only the first callbacks registered for an instrument name:
-    # a second interceptor's calls must still be counted.
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+async def test_servers_sharing_a_registry_count_into_one_series() -> None:
+    # A registry refuses a second collector with the same names: the second
+    # server's interceptor must count into the first one's series.
+    registry = CollectorRegistry()
     servers = []
     for _ in range(2):
-        server = grpc.aio.server(interceptors=[MetricsServerInterceptor(provider)])
+        server = grpc.aio.server(interceptors=[MetricsServerInterceptor(registry)])
         server.add_generic_rpc_handlers([handlers()])
         servers.append((server, server.add_insecure_port("127.0.0.1:0")))
         await server.start()
@@ -103,32 +96,34 @@ async def test_servers_sharing_a_meter_provider_count_into_one_counter() -> None
     finally:
         for server, _ in servers:
             await server.stop(grace=None)
-    assert points(reader, "mlbus.rpc.server.requests")[("Echo", "OK")].value == 3
-    provider.shutdown()
+    assert samples(registry, "mlbus_rpc_server_requests_total") == {("Echo", "OK"): 3}
 
 
-async def test_traced_and_untraced_calls_share_the_chain_each_counted_traced_and_mapped() -> None:
-    """Wrapped handlers are cached per method; a traced call's own handler must not be served
-    from (or poison) that cache: spans only for traced calls, every call counted and mapped."""
+@pytest.mark.parametrize("chained", [False, True], ids=["three interceptors", "one chain"])
+async def test_traced_and_untraced_calls_share_the_chain_each_counted_traced_and_mapped(
+    chained: bool,
+) -> None:
+    """Wrapped handlers are cached per method and the tracing decision is made per call:
+    spans only for traced calls, every call counted and mapped, whether the three run as
+    separate interceptors or as one `InterceptorChain` (what `server_interceptors` builds)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from mlbus._grpcutil import InterceptorChain
     from mlbus.telemetry import TracingServerInterceptor, _sampling
 
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+    registry = CollectorRegistry()
     data_plane = ("/mlbus.test.Echo/Echo", "/mlbus.test.Echo/Invalid").__contains__
-    server = grpc.aio.server(
-        interceptors=[
-            MetricsServerInterceptor(provider),
-            TracingServerInterceptor(tracer_provider, data_plane=data_plane),
-            ErrorInterceptor(),
-        ]
-    )
+    links = [
+        MetricsServerInterceptor(registry),
+        TracingServerInterceptor(tracer_provider, data_plane=data_plane),
+        ErrorInterceptor(),
+    ]
+    server = grpc.aio.server(interceptors=[InterceptorChain(links)] if chained else links)
     server.add_generic_rpc_handlers([handlers()])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -149,14 +144,13 @@ async def test_traced_and_untraced_calls_share_the_chain_each_counted_traced_and
         _sampling.set_data_sample_ratio(saved)
         await server.stop(grace=None)
 
-    names = [span.name for span in exporter.get_finished_spans()]
-    assert names == ["mlbus.test.Echo/Echo", "mlbus.test.Echo/Invalid"] * 2
-    requests = points(reader, "mlbus.rpc.server.requests")
-    assert {key: p.value for key, p in requests.items()} == {
+    spans = exporter.get_finished_spans()
+    assert [span.name for span in spans] == ["mlbus.test.Echo/Echo", "mlbus.test.Echo/Invalid"] * 2
+    assert {span.context.trace_id for span in spans} == {0x4BF92F3577B34DA6A3CE929D0E0E4736}
+    assert samples(registry, "mlbus_rpc_server_requests_total") == {
         ("Echo", "OK"): 6,
         ("Invalid", "INVALID_ARGUMENT"): 6,
     }
-    provider.shutdown()
     tracer_provider.shutdown()
 
 
@@ -187,19 +181,31 @@ def test_a_method_is_wrapped_once_and_rewrapped_when_its_handler_changes() -> No
     assert built == ["/s/M"] * 3
 
 
-def test_a_call_finished_outside_a_running_loop_is_still_timed() -> None:
-    """A streaming handler finalised after its loop stopped records its duration at once."""
-    import time
+def test_durations_fall_in_cumulative_buckets_whose_bounds_are_inclusive() -> None:
+    from mlbus.telemetry._grpc_metrics import BUCKETS_MS, rpc_server_metrics
 
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    record = MetricsServerInterceptor(provider)._recorder("mlbus.test.Echo", "Count")
+    registry = CollectorRegistry()
+    metrics = rpc_server_metrics(registry)
+    assert rpc_server_metrics(registry) is metrics  # one collector per registry
+    key = ("mlbus.test.Echo", "Echo", "OK")
+    for elapsed_ms in (0.05, 0.1, 0.11, 3.0, 60_000.0):
+        metrics.record(key, elapsed_ms)
+    labels = {"rpc_service": "mlbus.test.Echo", "rpc_method": "Echo", "rpc_grpc_status_code": "OK"}
 
-    class Finished:
-        def code(self) -> None:
-            return None
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value(
+            "mlbus_rpc_server_duration_ms_bucket", {**labels, "le": le}
+        )
 
-    record(Finished(), None, time.perf_counter())  # no running loop here
-    durations = points(reader, "mlbus.rpc.server.duration_ms")
-    assert durations[("Count", "OK")].count == 1
-    provider.shutdown()
+    assert BUCKETS_MS[:2] == (0.1, 0.25)
+    assert bucket("0.1") == 2  # 0.05 and exactly 0.1
+    assert bucket("0.25") == 3
+    assert bucket("2.5") == 3
+    assert bucket("5.0") == 4
+    assert bucket("10000.0") == 4
+    assert bucket("+Inf") == 5
+    assert registry.get_sample_value("mlbus_rpc_server_duration_ms_count", labels) == 5
+    assert registry.get_sample_value("mlbus_rpc_server_duration_ms_sum", labels) == pytest.approx(
+        60_003.26
+    )
+    assert registry.get_sample_value("mlbus_rpc_server_requests_total", labels) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -283,6 +284,48 @@ def test_prometheus_endpoint_serves_counters(tmp_path: Path, private: list[Telem
     telemetry.shutdown()
     with pytest.raises(OSError):  # the server is gone
         fetch_metrics(port)
+
+
+async def test_grpc_calls_are_served_on_the_metrics_port_next_to_the_sdk_metrics(
+    tmp_path: Path, private: list[Telemetry]
+) -> None:
+    import grpc
+    import grpc.aio
+
+    from mlbus.rpc import ErrorInterceptor
+    from mlbus.telemetry import MetricsServerInterceptor
+
+    telemetry = start("inference", make_settings(tmp_path, metrics_port=0), private)
+    assert telemetry.metrics_port is not None
+    telemetry.meter("test").create_counter("mlbus_test_rows").add(7)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    server = grpc.aio.server(
+        interceptors=[MetricsServerInterceptor(telemetry.metrics_registry), ErrorInterceptor()]
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "mlbus.test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(4):
+                await channel.unary_unary("/mlbus.test.Echo/Echo")(b"hi")
+    finally:
+        await server.stop(grace=None)
+
+    body = await asyncio.to_thread(fetch_metrics, telemetry.metrics_port)
+    labels = 'rpc_grpc_status_code="OK",rpc_method="Echo",rpc_service="mlbus.test.Echo"'
+    assert f"mlbus_rpc_server_requests_total{{{labels}}} 4.0" in body
+    assert f'mlbus_rpc_server_duration_ms_bucket{{le="+Inf",{labels}}} 4.0' in body
+    assert "mlbus_test_rows_total" in body  # the SDK's metrics, on the same registry
 
 
 def test_metrics_work_in_process_without_a_port(

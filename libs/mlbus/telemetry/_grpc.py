@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -36,7 +36,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import mlbus
-from mlbus._grpcutil import rewrap_handler
+from mlbus._grpcutil import HandlerWrapping
 from mlbus.telemetry._sampling import presample_data_record
 
 _SCOPE = "mlbus.telemetry.grpc"
@@ -133,7 +133,7 @@ def _end_span(span: trace.Span, code: Any, details: str | None, *, server: bool)
 Behavior = Callable[[Any, Any], Any]
 
 
-class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TracingServerInterceptor(HandlerWrapping):
     """A SERVER span per call, continuing the trace from the caller's metadata.
 
     Methods `data_plane` says yes to (e.g. ModelInfer) are sampled like bus records
@@ -148,38 +148,16 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     ) -> None:
         self._tracer = _get_tracer(tracer_provider)
         self._data_plane = data_plane
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        if self._data_plane is not None and self._data_plane(handler_call_details.method):
-            metadata = handler_call_details.invocation_metadata or ()
-            sampled = False
-            if any(key == "traceparent" for key, _ in metadata):  # extracting costs ~20 µs
-                parent = extract_grpc_context(metadata)
-                sampled = trace.get_current_span(parent).get_span_context().trace_flags.sampled
-            if not presample_data_record(bool(sampled)):
-                return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        span_name, service, method = _rpc_names(handler_call_details.method)
-        parent = extract_grpc_context(handler_call_details.invocation_metadata)
-        attributes = _attributes(service, method)
-
-        def wrap(behavior: Behavior) -> Behavior:
-            return self._wrap(behavior, span_name, parent, attributes)
-
-        return rewrap_handler(handler, wrap)
-
-    def _wrap(
-        self, behavior: Behavior, span_name: str, parent: Context, attributes: dict[str, str]
-    ) -> Behavior:
+    def wrapper_for(self, method: str) -> Callable[[Behavior], Behavior]:
+        span_name, service, name = _rpc_names(method)
+        attributes = _attributes(service, name)
+        sampled_only = self._data_plane is not None and self._data_plane(method)
+        parent_of = _sampled_parent if sampled_only else _parent
         tracer = self._tracer
 
-        def start() -> Any:
+        def start(parent: Context) -> Any:
             return tracer.start_as_current_span(
                 span_name,
                 context=parent,
@@ -190,35 +168,63 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 end_on_exit=False,
             )
 
-        if inspect.isasyncgenfunction(behavior):
+        def wrap(behavior: Behavior) -> Behavior:
+            if inspect.isasyncgenfunction(behavior):
 
-            async def traced_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                with start() as span:
-                    try:
+                async def traced_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                    parent = parent_of(context.invocation_metadata())
+                    if parent is None:
                         async for response in behavior(request, context):
                             yield response
-                    except BaseException as exc:
-                        _end_server_span(span, context, exc)
-                        raise
-                    _end_server_span(span, context, None)
+                        return
+                    with start(parent) as span:
+                        try:
+                            async for response in behavior(request, context):
+                                yield response
+                        except BaseException as exc:
+                            _end_server_span(span, context, exc)
+                            raise
+                        _end_server_span(span, context, None)
 
-            return traced_stream
+                return traced_stream
 
-        if inspect.iscoroutinefunction(behavior):
+            if inspect.iscoroutinefunction(behavior):
 
-            async def traced(request: Any, context: Any) -> Any:
-                with start() as span:
-                    try:
-                        response = await behavior(request, context)
-                    except BaseException as exc:
-                        _end_server_span(span, context, exc)
-                        raise
-                    _end_server_span(span, context, None)
-                    return response
+                async def traced(request: Any, context: Any) -> Any:
+                    parent = parent_of(context.invocation_metadata())
+                    if parent is None:
+                        return await behavior(request, context)
+                    with start(parent) as span:
+                        try:
+                            response = await behavior(request, context)
+                        except BaseException as exc:
+                            _end_server_span(span, context, exc)
+                            raise
+                        _end_server_span(span, context, None)
+                        return response
 
-            return traced
+                return traced
 
-        return behavior
+            return behavior
+
+        return wrap
+
+
+def _parent(metadata: Iterable[Metadatum] | None) -> Context:
+    return extract_grpc_context(metadata)
+
+
+def _sampled_parent(metadata: Iterable[Metadatum] | None) -> Context | None:
+    """The parent of a data-plane call's span; None: this call gets no span."""
+    metadata = metadata or ()
+    parent: Context | None = None
+    sampled = False
+    if any(key == "traceparent" for key, _ in metadata):  # extracting costs ~20 µs
+        parent = extract_grpc_context(metadata)
+        sampled = trace.get_current_span(parent).get_span_context().trace_flags.sampled
+    if not presample_data_record(bool(sampled)):
+        return None
+    return parent if parent is not None else extract_grpc_context(metadata)
 
 
 def _end_server_span(span: trace.Span, context: Any, exc: BaseException | None) -> None:

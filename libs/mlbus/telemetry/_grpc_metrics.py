@@ -1,103 +1,137 @@
 """Request rate, latency and errors of every gRPC server, as metrics (what the dashboard plots).
 
 `MetricsServerInterceptor` counts each answered call by service, method and
-status code (`mlbus.rpc.server.requests`) and records its duration in
-milliseconds (`mlbus.rpc.server.duration_ms`). Put it first in the chain, like
-the tracing interceptor, so it sees the status the error interceptor chose.
-Unlike traces, metrics are not sampled. With the SDK installed, the request
-count is a dict increment per call that an observable counter reports at
-collection (an SDK `Counter.add` costs ~10 µs, a tenth of a small call's
-server time); the duration is one histogram record, made on the next turn of
-the event loop so that it is not on the response's path.
+status code (`mlbus_rpc_server_requests_total`) and records its duration in
+milliseconds (`mlbus_rpc_server_duration_ms`, a histogram). Put it first in
+the chain, like the tracing interceptor, so it sees the status the error
+interceptor chose. Unlike traces, metrics are not sampled.
+
+These two series are aggregated here, not by OpenTelemetry instruments: an
+SDK `Histogram.record` costs ~5 µs on an idle machine and took ~10% of
+ModelInfer's saturated throughput (docs/adr/0019). A call is one list
+increment on the event loop; `RpcServerMetrics`, a collector on the
+process's Prometheus registry (the one the telemetry's metrics port
+serves), turns the counts into the same series, names and labels the
+OpenTelemetry exporter gave them, when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
+import itertools
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import Meter as SdkMeter
 
-from mlbus._grpcutil import Behavior, WrappedHandlers
+from mlbus._grpcutil import Behavior, HandlerWrapping, Wrapper
 from mlbus.telemetry._grpc import _as_status_code, _context_code, _rpc_names
 
-_REQUESTS_DESCRIPTION = "gRPC calls answered, by rpc.service, rpc.method and status code"
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 CallKey = tuple[str, str, str]
 """(rpc.service, rpc.method, rpc.grpc.status_code)"""
 
+LABELS = ("rpc_service", "rpc_method", "rpc_grpc_status_code")
 
-class _CallCounts:
-    """Calls answered per `CallKey`, counted on the event loop, reported when metrics are read."""
+BUCKETS_MS: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+    1000.0, 2500.0, 5000.0, 10000.0,
+)  # fmt: skip
+"""Upper bounds of the duration buckets: sub-millisecond ModelInfer up to a slow training call."""
+
+
+class RpcServerMetrics:
+    """Calls per `CallKey`, bucketed by duration on the event loop, reported when scraped.
+
+    A Prometheus collector: `collect()` runs in the metrics server's thread and
+    reads a copy of each key's counts, so a scrape never sees a count that its
+    buckets do not add up to.
+    """
 
     def __init__(self) -> None:
-        self.counts: dict[CallKey, int] = {}
+        # Per key: one count per bucket, one for +Inf, then the sum of durations.
+        self._calls: dict[CallKey, list[float]] = {}
 
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(
-                count,
-                {"rpc.service": service, "rpc.method": method, "rpc.grpc.status_code": code},
-            )
-            for (service, method, code), count in list(self.counts.items())
-        ]
+    def record(self, key: CallKey, elapsed_ms: float) -> None:
+        entry = self._calls.get(key)
+        if entry is None:
+            entry = self._calls[key] = [0] * (len(BUCKETS_MS) + 1) + [0.0]
+        entry[bisect.bisect_left(BUCKETS_MS, elapsed_ms)] += 1  # `le` bounds are inclusive
+        entry[-1] += elapsed_ms
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(list(self._calls.items()))
+
+    @staticmethod
+    def _families(calls: list[tuple[CallKey, list[float]]]) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        requests = CounterMetricFamily(
+            "mlbus_rpc_server_requests",
+            "gRPC calls answered, by rpc.service, rpc.method and status code",
+            labels=LABELS,
+        )
+        durations = HistogramMetricFamily(
+            "mlbus_rpc_server_duration_ms",
+            "gRPC call duration in milliseconds, by rpc.service, rpc.method and code",
+            labels=LABELS,
+        )
+        bounds = [floatToGoString(b) for b in (*BUCKETS_MS, float("inf"))]  # type: ignore[no-untyped-call]
+        for key, entry in calls:
+            snapshot = list(entry)  # the event loop keeps counting while we read
+            cumulative = list(itertools.accumulate(snapshot[:-1]))
+            requests.add_metric(key, cumulative[-1])
+            durations.add_metric(key, list(zip(bounds, cumulative, strict=True)), snapshot[-1])
+        yield requests
+        yield durations
 
 
-# An SDK meter makes one instrument per name and keeps only the first callbacks
-# it was given: every interceptor on that meter shares the first one's counts.
-_counts_of: weakref.WeakKeyDictionary[Any, _CallCounts] = weakref.WeakKeyDictionary()
+# One collector per registry: a registry refuses a second one with the same names,
+# and every server of the process adds to the same series.
+_metrics_of: weakref.WeakKeyDictionary[CollectorRegistry, RpcServerMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _call_counts(meter: SdkMeter) -> _CallCounts:
-    counts = _CallCounts()
-    instrument = meter.create_observable_counter(
-        "mlbus.rpc.server.requests", callbacks=[counts.observe], description=_REQUESTS_DESCRIPTION
-    )
-    return _counts_of.setdefault(instrument, counts)
+def rpc_server_metrics(registry: CollectorRegistry | None = None) -> RpcServerMetrics:
+    """The RPC metrics of `registry` (default: the one this process's metrics port serves)."""
+    if registry is None:
+        from mlbus.telemetry._setup import active_telemetry
+
+        handle = active_telemetry()
+        if handle is not None:
+            registry = handle.metrics_registry
+        else:  # what `setup_telemetry` serves once it runs
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
+    found = _metrics_of.get(registry)
+    if found is None:
+        found = _metrics_of[registry] = RpcServerMetrics()
+        registry.register(found)
+    return found
 
 
-class MetricsServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MetricsServerInterceptor(HandlerWrapping):
     """Counts and times every call of the async handlers it wraps."""
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        if meter_provider is not None:
-            meter = meter_provider.get_meter("mlbus.rpc")
-        else:
-            from mlbus.telemetry._setup import meter as process_meter
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._metrics = rpc_server_metrics(registry)
+        super().__init__()
 
-            meter = process_meter("mlbus.rpc")
-        # No SDK yet (a proxy meter): a plain counter, which follows the SDK once installed.
-        self._counts: dict[CallKey, int] | None = None
-        self._requests: metrics.Counter | None = None
-        if isinstance(meter, SdkMeter):
-            self._counts = _call_counts(meter).counts
-        else:
-            self._requests = meter.create_counter(
-                "mlbus.rpc.server.requests", description=_REQUESTS_DESCRIPTION
-            )
-        self._duration = meter.create_histogram(
-            "mlbus.rpc.server.duration_ms",
-            description="gRPC call duration in milliseconds, by rpc.service, rpc.method and code",
-        )
-        self._handlers = WrappedHandlers(self._counter)
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        return self._handlers.get(details.method, handler)
-
-    def _counter(self, full_method: str) -> Callable[[Behavior], Behavior]:
+    def wrapper_for(self, full_method: str) -> Wrapper:
         _, service, method = _rpc_names(full_method)
         record = self._recorder(service, method)
 
@@ -138,35 +172,19 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     def _recorder(
         self, service: str, method: str
     ) -> Callable[[Any, BaseException | None, float], None]:
-        """Records one call of `service`/`method`; each status's key and attributes built once."""
-        keys: dict[str, tuple[CallKey, dict[str, str]]] = {}
-        counts, requests, duration = self._counts, self._requests, self._duration
+        """Records one call of `service`/`method`; each status's key built once."""
+        keys: dict[str, CallKey] = {}
+        record = self._metrics.record
 
-        def record(context: Any, error: BaseException | None, started: float) -> None:
+        def recorder(context: Any, error: BaseException | None, started: float) -> None:
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             code = _status_name(context, error)
-            entry = keys.get(code)
-            if entry is None:
-                attributes = {
-                    "rpc.service": service,
-                    "rpc.method": method,
-                    "rpc.grpc.status_code": code,
-                }
-                entry = keys[code] = ((service, method, code), attributes)
-            key, attributes = entry
-            if counts is not None:
-                counts[key] = counts.get(key, 0) + 1
-            else:
-                assert requests is not None
-                requests.add(1, attributes)
-            # The SDK's record (~7 µs) runs after the response is handed to grpc, not before;
-            # a stream finalised after its loop stopped records at once.
-            try:
-                asyncio.get_running_loop().call_soon(duration.record, elapsed_ms, attributes)
-            except RuntimeError:
-                duration.record(elapsed_ms, attributes)
+            key = keys.get(code)
+            if key is None:
+                key = keys[code] = (service, method, code)
+            record(key, elapsed_ms)
 
-        return record
+        return recorder
 
 
 def _status_name(context: Any, error: BaseException | None) -> str:
