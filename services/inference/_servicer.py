@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Executor
 
@@ -43,7 +44,7 @@ from ._model import LoadedModel
 from ._predlog import PredictionLog, PredictionRecord
 from ._repository import CANARY, ModelRepository
 from ._routing import ShadowRunner, goes_to_canary
-from ._tensors import decode_inputs, encode_outputs
+from ._tensors import ResponseHeads, decode_inputs
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 VERSION_PARAMETER = "mlbus.model_version"
@@ -84,6 +85,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._canary_weights = dict(canary_weights or {})
         self._default_canary_weight = default_canary_weight
         self._worker_pid = worker_pid
+        # What each served version's responses repeat, prepared once; gone with the version.
+        self._heads: weakref.WeakKeyDictionary[LoadedModel, ResponseHeads] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _heads_of(self, model: LoadedModel) -> ResponseHeads:
+        heads = self._heads.get(model)
+        if heads is None:
+            head = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version))
+            head.parameters[VERSION_PARAMETER].int64_param = model.version
+            if self._worker_pid is not None:
+                head.parameters[WORKER_PARAMETER].int64_param = self._worker_pid
+            heads = self._heads[model] = ResponseHeads(head)
+        return heads
 
     def canary_weight(self, model: str) -> float:
         return self._canary_weights.get(model, self._default_canary_weight)
@@ -151,14 +166,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         inputs = decode_inputs(request, model)
         names = _requested_outputs(request, model)
         outputs = await run_model(model, inputs, names, context, self._executor, self._inline_max)
-        version = model.version
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=str(version), id=request.id
-        )
-        response.parameters[VERSION_PARAMETER].int64_param = version
-        if self._worker_pid is not None:
-            response.parameters[WORKER_PARAMETER].int64_param = self._worker_pid
-        encode_outputs(response, outputs, raw=len(request.raw_input_contents) > 0)
+        response = self._heads_of(model).response(outputs, raw=len(request.raw_input_contents) > 0)
+        response.id = request.id
         shadow = self._repository.shadow(name) if self._shadow is not None else None
         if self._log is not None or shadow is not None:
             span = trace.get_current_span().get_span_context()

@@ -8,7 +8,8 @@ expects and what came.
 
 Responses answer the way the request asked: raw inputs → `raw_output_contents`
 (what Triton always does, and what `tritonclient`'s `as_numpy` reads), typed
-inputs → typed `contents`.
+inputs → typed `contents`. `ResponseHeads` keeps, per model version, the
+parts of its raw responses that repeat from call to call.
 """
 
 from __future__ import annotations
@@ -192,6 +193,62 @@ def oip_datatype(array: np.ndarray) -> str:
     return name
 
 
+OutputLayout = tuple[tuple[str, str, tuple[int, ...]], ...]
+"""Each output's name, numpy dtype string and shape, in order."""
+
+
+class ResponseHeads:
+    """The start of a model version's responses, prepared once per output layout.
+
+    `head` carries what every response of the version repeats (model name,
+    version, parameters). For raw responses the output tensors' names,
+    datatypes and shapes are prepared too, per layout (each output's name,
+    dtype and shape: a new batch size is a new layout, up to `max_layouts`):
+    filling them in costs ~3 µs a call, copying a prepared message ~0.5 µs.
+    """
+
+    def __init__(self, head: pb.ModelInferResponse, max_layouts: int = 64) -> None:
+        self._head = head
+        self._max_layouts = max_layouts
+        self._layouts: dict[OutputLayout, pb.ModelInferResponse] = {}
+
+    def response(self, outputs: dict[str, np.ndarray], *, raw: bool) -> pb.ModelInferResponse:
+        """A new response holding `outputs` (see `encode_outputs`)."""
+        response = pb.ModelInferResponse()
+        if raw:
+            layout: OutputLayout = tuple((n, a.dtype.str, a.shape) for n, a in outputs.items())
+            prepared = self._layouts.get(layout)
+            if prepared is None and all(_plain_raw(a) for a in outputs.values()):
+                prepared = pb.ModelInferResponse()
+                prepared.CopyFrom(self._head)
+                for name, array in outputs.items():
+                    _add_tensor(prepared, name, oip_datatype(array), array.shape)
+                if len(self._layouts) < self._max_layouts:
+                    self._layouts[layout] = prepared
+            if prepared is not None:
+                response.CopyFrom(prepared)
+                response.raw_output_contents.extend([a.tobytes() for a in outputs.values()])
+                return response
+        response.CopyFrom(self._head)
+        encode_outputs(response, outputs, raw=raw)
+        return response
+
+
+def _plain_raw(array: np.ndarray) -> bool:
+    """Its raw contents are its bytes as they are: a little-endian (or one-byte) number."""
+    return array.dtype.kind not in ("O", "U", "S") and array.dtype.byteorder != ">"
+
+
+def _add_tensor(
+    response: pb.ModelInferResponse, name: str, datatype: str, shape: Sequence[int]
+) -> pb.ModelInferResponse.InferOutputTensor:
+    tensor: pb.ModelInferResponse.InferOutputTensor = response.outputs.add()
+    tensor.name = name
+    tensor.datatype = datatype
+    tensor.shape.extend(shape)
+    return tensor
+
+
 def _as_bytes(element: object) -> bytes:
     if isinstance(element, bytes):
         return element
@@ -208,10 +265,7 @@ def encode_outputs(
     datatypes = [oip_datatype(array) for array in outputs.values()]
     raw = raw or "FP16" in datatypes
     for (name, array), datatype in zip(outputs.items(), datatypes, strict=True):
-        tensor = response.outputs.add()
-        tensor.name = name
-        tensor.datatype = datatype
-        tensor.shape.extend(array.shape)
+        tensor = _add_tensor(response, name, datatype, array.shape)
         if datatype == "BYTES":
             elements = [_as_bytes(e) for e in array.ravel()]
             if raw:

@@ -10,7 +10,7 @@ import pytest
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from mlbus.errors import InvalidInput
 from mlbus.inference import LoadedModel, load_model
-from mlbus.inference._tensors import decode_inputs, encode_outputs
+from mlbus.inference._tensors import ResponseHeads, decode_inputs, encode_outputs
 from tests.unit.test_inference_model import IDENTITY_TYPES, identity_model, loaded, sha
 
 DATATYPES = {
@@ -99,6 +99,40 @@ def test_outputs_round_trip_through_the_response(identities: LoadedModel, raw: b
             assert [b.decode() for b in tensor.contents.bytes_contents] == array.ravel().tolist()
         else:
             assert list(getattr(tensor.contents, FIELDS[key])) == array.ravel().tolist()
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["typed", "raw"])
+def test_prepared_responses_equal_encoded_ones_for_each_layout(
+    identities: LoadedModel, raw: bool
+) -> None:
+    """`ResponseHeads` serves the same bytes as building the response afresh, for a layout
+    it prepared, a new batch size, a selection of outputs, strings and big-endian arrays."""
+    head = pb.ModelInferResponse(model_name="ids", model_version="1")
+    head.parameters["mlbus.model_version"].int64_param = 1
+    heads = ResponseHeads(head, max_layouts=2)
+
+    def fresh(outputs: dict[str, np.ndarray]) -> bytes:
+        response = pb.ModelInferResponse()
+        response.CopyFrom(head)
+        encode_outputs(response, outputs, raw=raw)
+        return bytes(response.SerializeToString(deterministic=True))
+
+    every = identities.run(decode_inputs(request_of(sample_arrays(), raw=raw), identities))
+    numbers = {k: v for k, v in every.items() if k != "out_s"}
+    big_endian = {"out_f64": every["out_f64"].astype(">f8")}
+    for outputs in (
+        numbers,
+        numbers,  # the prepared layout, again
+        identities.run(decode_inputs(request_of(sample_arrays(rows=5), raw=raw), identities)),
+        {"out_i32": every["out_i32"]},  # past max_layouts: encoded afresh
+        every,
+        big_endian,
+    ):
+        got = heads.response(outputs, raw=raw).SerializeToString(deterministic=True)
+        assert got == fresh(outputs)
+    assert heads.response(big_endian, raw=True).raw_output_contents[0] == (
+        every["out_f64"].astype("<f8").tobytes()
+    )
 
 
 def linear_request(**tensor: object) -> pb.ModelInferRequest:
