@@ -102,16 +102,20 @@ def cli_commands() -> set[tuple[str, ...]]:
 
 
 def defined_metrics() -> set[str]:
-    """Prometheus names of the instruments the code creates (dots → _, counters + _total)."""
-    pattern = re.compile(
+    """Prometheus names of the metrics the code creates (dots → _, counters + _total):
+    OpenTelemetry instruments and `prometheus_client` metric families."""
+    instruments = re.compile(
         r"create_(counter|up_down_counter|histogram|gauge|observable_gauge|observable_counter)"
         r"\(\s*\"([a-z0-9_.]+)\"",
         re.S,
     )
+    families = re.compile(r"\b(Counter|Histogram|Gauge)MetricFamily\(\s*\"([a-z0-9_]+)\"", re.S)
     names: set[str] = set()
     for folder in (ROOT / "libs" / "mlbus", ROOT / "services"):
         for path in folder.rglob("*.py"):
-            for kind, name in pattern.findall(path.read_text(encoding="utf-8")):
+            text = path.read_text(encoding="utf-8")
+            for found, name in instruments.findall(text) + families.findall(text):
+                kind = found.lower()
                 base = name.replace(".", "_")
                 if kind in ("counter", "observable_counter"):
                     names.add(base + "_total")
