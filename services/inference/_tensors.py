@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -210,19 +211,17 @@ class ResponseHeads:
     def __init__(self, head: pb.ModelInferResponse, max_layouts: int = 64) -> None:
         self._head = head
         self._max_layouts = max_layouts
-        self._layouts: dict[OutputLayout, pb.ModelInferResponse] = {}
+        # None: a layout whose raw contents need encoding (strings, big-endian), seen before
+        self._layouts: dict[OutputLayout, pb.ModelInferResponse | None] = {}
 
     def response(self, outputs: dict[str, np.ndarray], *, raw: bool) -> pb.ModelInferResponse:
         """A new response holding `outputs` (see `encode_outputs`)."""
         response = pb.ModelInferResponse()
         if raw:
             layout: OutputLayout = tuple((n, a.dtype.str, a.shape) for n, a in outputs.items())
-            prepared = self._layouts.get(layout)
-            if prepared is None and all(_plain_raw(a) for a in outputs.values()):
-                prepared = pb.ModelInferResponse()
-                prepared.CopyFrom(self._head)
-                for name, array in outputs.items():
-                    _add_tensor(prepared, name, oip_datatype(array), array.shape)
+            prepared = self._layouts.get(layout, _UNSEEN)
+            if prepared is _UNSEEN:
+                prepared = self._prepare(outputs)
                 if len(self._layouts) < self._max_layouts:
                     self._layouts[layout] = prepared
             if prepared is not None:
@@ -232,6 +231,18 @@ class ResponseHeads:
         response.CopyFrom(self._head)
         encode_outputs(response, outputs, raw=raw)
         return response
+
+    def _prepare(self, outputs: dict[str, np.ndarray]) -> pb.ModelInferResponse | None:
+        if not all(_plain_raw(array) for array in outputs.values()):
+            return None
+        prepared = pb.ModelInferResponse()
+        prepared.CopyFrom(self._head)
+        for name, array in outputs.items():
+            _add_tensor(prepared, name, oip_datatype(array), array.shape)
+        return prepared
+
+
+_UNSEEN: Any = object()
 
 
 def _plain_raw(array: np.ndarray) -> bool:

@@ -133,6 +133,10 @@ def test_prepared_responses_equal_encoded_ones_for_each_layout(
     assert heads.response(big_endian, raw=True).raw_output_contents[0] == (
         every["out_f64"].astype("<f8").tobytes()
     )
+    roomy = ResponseHeads(head)  # a layout that needs encoding, remembered as such
+    for _ in range(2):
+        got = roomy.response(every, raw=raw).SerializeToString(deterministic=True)
+        assert got == fresh(every)
 
 
 def linear_request(**tensor: object) -> pb.ModelInferRequest:
