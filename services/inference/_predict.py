@@ -49,7 +49,7 @@ from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput, NotFound, PermanentError, RetryableError
 from mlbus.events import Scalar
 
-# Only for types: the store (redis, pyarrow: ~50 MB) loads where Predict is set up,
+# Only for types: the online store (redis: ~6 MB) loads where Predict is set up,
 # the spec (yaml, its models: ~1 MB) with MLBUS_SPEC.
 if TYPE_CHECKING:
     from mlbus.featurestore import FeatureVector, OnlineStore

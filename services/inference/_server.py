@@ -94,7 +94,8 @@ class InferenceServer:
             self.spec = load_spec(settings.spec)  # SpecError (a ConfigError): fail fast
         self.store: OnlineStore | None = None
         if self.spec is not None and settings.redis.url:
-            # Imported here: redis and pyarrow cost a worker ~50 MB it needs only for Predict.
+            # Imported here: redis costs a worker ~6 MB it needs only for Predict (the
+            # package loads pyarrow only for the offline store, never used here).
             from mlbus.featurestore import OnlineStore
 
             self.store = OnlineStore.from_settings(settings.redis)
