@@ -15,13 +15,19 @@ service writes them. One client, one call at a time, one entity per call
 
 Goal (issue #7): mlbus p50 ≤ 1.5 × (echo p50 + HGETALL p50 + ORT p50).
 
-    python loadtests/bench_inference_predict.py [--calls 3000] [--repeats 3]
+Memory: a worker as deployed for Predict (`python -m mlbus.inference` with the
+spec and Redis, the model arriving as a real `model.published` from an
+embedded broker) under `--memory-seconds` of Predict load, 16 calls in flight;
+VmRSS and PSS sampled from /proc. Goal (issue #7): ≤ 100 MB per worker.
+
+    python loadtests/bench_inference_predict.py [--calls 3000] [--repeats 3] [--memory-seconds 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -29,6 +35,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -40,12 +47,16 @@ from _harness import Benchmark, console, latencies_ms
 from _inference_bench import (
     ECHO,
     ECHO_METHOD,
+    MemorySampler,
     ort_latencies_ms,
     serve_echo,
     serve_inference,
     start_server,
     stop_process,
 )
+
+if TYPE_CHECKING:
+    from mlbus.events import ModelPublished
 
 MODEL = "bench_fraud"
 PREDICT_METHOD = "/mlbus.inference.v1.PredictionService/Predict"
@@ -54,6 +65,8 @@ MLBUS = "mlbus Predict"
 REDIS = "raw HGETALL"
 ORT = "bare ORT call"
 BASELINE = "echo + HGETALL + ORT"
+WORKER = "mlbus Predict worker"
+MEMORY_INFLIGHT = 16
 
 
 def spec_yaml() -> str:
@@ -136,6 +149,96 @@ async def redis_latencies_ms(redis_url: str, keys: list[str], calls: int) -> lis
         await client.aclose()
 
 
+def model_published(model_path: Path) -> ModelPublished:
+    """The trained model as champion v1, signed as ONNX Runtime reads it."""
+    import onnxruntime as ort
+
+    from mlbus.events import ModelPublished
+    from mlbus.inference._model import session_signature
+
+    data = model_path.read_bytes()
+    return ModelPublished(
+        model=MODEL,
+        alias="champion",
+        version=1,
+        previous_version=None,
+        artifact_uri=model_path.as_uri(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        signature=session_signature(ort.InferenceSession(str(model_path))),
+        reason="benchmark",
+        actor="loadtests",
+    )
+
+
+async def publish(bootstrap: str, event: ModelPublished) -> None:
+    from mlbus.bus import Publisher, ensure_topics
+    from mlbus.config import KafkaSettings
+    from mlbus.events import MODEL_PUBLISHED
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    await ensure_topics(kafka, [MODEL_PUBLISHED])
+    async with Publisher(kafka, source="loadtests") as publisher:
+        await publisher.publish(event, key=MODEL)
+
+
+async def predict_rate(port: int, payloads: list[bytes], seconds: float) -> float:
+    """Predict calls/s over `seconds`, `MEMORY_INFLIGHT` at a time, once the model answers."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(PREDICT_METHOD)
+        deadline = time.monotonic() + 60
+        while True:  # the published model loads in the background
+            try:
+                await call(payloads[0], timeout=5)
+                break
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        done = 0
+        started = time.perf_counter()
+        stop = started + seconds
+
+        async def caller(first: int) -> None:
+            nonlocal done
+            i = first
+            while time.perf_counter() < stop:
+                await call(payloads[i % len(payloads)])
+                done += 1
+                i += MEMORY_INFLIGHT
+
+        await asyncio.gather(*(caller(i) for i in range(MEMORY_INFLIGHT)))
+        return done / (time.perf_counter() - started)
+
+
+async def predict_worker_memory(
+    folder: Path,
+    spec_path: Path,
+    model_path: Path,
+    redis: tuple[str, str],
+    payloads: list[bytes],
+    seconds: float,
+) -> tuple[float, float, float]:
+    """(max RSS MB, max PSS MB, calls/s) of a Predict worker under load (module docstring)."""
+    from bench_inference_workers import Workers
+    from mlbus.runtime import EmbeddedBroker
+
+    redis_url, prefix = redis
+    settings = {"MLBUS_SPEC": str(spec_path), "MLBUS_REDIS_URL": redis_url}
+    settings["MLBUS_REDIS_KEY_PREFIX"] = prefix
+    with EmbeddedBroker(folder / "broker") as broker:
+        worker = Workers(1, broker.bootstrap_servers, folder, False, model=MODEL, settings=settings)
+        try:
+            await asyncio.to_thread(worker.wait_following)
+            await publish(broker.bootstrap_servers, model_published(model_path))
+            sampler = MemorySampler([worker.process.pid])
+            with sampler.running():
+                rate = await predict_rate(worker.port, payloads, seconds)
+        finally:
+            worker.stop()
+    rss, pss = sampler.peak[worker.process.pid]
+    return rss, pss, rate
+
+
 def redis_url_for(folder: Path) -> tuple[str, object | None]:
     from mlbus.runtime import EmbeddedRedis, local_redis_url
 
@@ -147,7 +250,7 @@ def redis_url_for(folder: Path) -> tuple[str, object | None]:
     return embedded.url, embedded
 
 
-async def main(calls: int, repeats: int) -> bool:
+async def main(calls: int, repeats: int, memory_seconds: float) -> bool:
     from mlbus.api.inference.v1 import predict_pb2 as ppb
     from mlbus.featurestore import FeatureKeys
 
@@ -208,6 +311,13 @@ async def main(calls: int, repeats: int) -> bool:
                 )
             await echo_channel.close()
             await mlbus_channel.close()
+            if memory_seconds > 0:
+                rss, pss, rate = await predict_worker_memory(
+                    folder, spec_path, model_path, (redis_url, prefix), payloads, memory_seconds
+                )
+                bench.record(WORKER, "max RSS", rss, "MB", higher_is_better=False)
+                bench.record(WORKER, "max PSS", pss, "MB", higher_is_better=False)
+                bench.record(WORKER, "throughput", rate, "req/s", higher_is_better=True)
         finally:
             for process in processes:
                 stop_process(process)
@@ -215,13 +325,23 @@ async def main(calls: int, repeats: int) -> bool:
                 embedded.__exit__(None, None, None)  # type: ignore[attr-defined]
     bench.goal("Predict p50, one client at a time", MLBUS, BASELINE, "p50", "<=", 1.5)
     bench.notes.append("p99 is reported, not a goal of the issue for Predict")
-    return bench.report()
+    if memory_seconds <= 0:
+        return bench.report()
+    rss = bench.median(WORKER, "max RSS")
+    bench.notes.append(
+        f"{WORKER}: max RSS {rss:.0f} MB under Predict load (goal <= 100 MB: "
+        f"{'met' if rss <= 100 else 'NOT met'}), PSS {bench.median(WORKER, 'max PSS'):.0f} MB"
+    )
+    return bench.report() and rss <= 100
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--memory-seconds", type=float, default=4.0, help="Predict worker load (0: skip memory)"
+    )
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -241,4 +361,4 @@ if __name__ == "__main__":
                 prediction_log=False,
             )
         sys.exit(0)
-    sys.exit(0 if asyncio.run(main(args.calls, args.repeats)) else 1)
+    sys.exit(0 if asyncio.run(main(args.calls, args.repeats, args.memory_seconds)) else 1)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -63,7 +64,17 @@ TWO = "mlbus 2 workers"
 class Workers:
     """`python -m mlbus.inference --workers N` with its stderr collected."""
 
-    def __init__(self, n: int, bootstrap: str, folder: Path, log: bool) -> None:
+    def __init__(
+        self,
+        n: int,
+        bootstrap: str,
+        folder: Path,
+        log: bool,
+        *,
+        model: str = MODEL,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """`settings`: more MLBUS_* variables (a spec and Redis for Predict)."""
         self.n = n
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLBUS_")}
@@ -72,9 +83,10 @@ class Workers:
             "MLBUS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MLBUS_INFERENCE_GRPC_HOST": "127.0.0.1",
             "MLBUS_INFERENCE_GRPC_PORT": str(self.port),
-            "MLBUS_INFERENCE_MODELS": MODEL,
+            "MLBUS_INFERENCE_MODELS": model,
             "MLBUS_INFERENCE_PREDICTION_LOG": "true" if log else "false",
             "MLBUS_INFERENCE_SHUTDOWN_GRACE_S": "1",
+            **(settings or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlbus.inference", "--workers", str(n)],
