@@ -1,37 +1,87 @@
 """The inference service: Open Inference Protocol over gRPC, hot reload, prediction log.
 
 Run with `python -m mlbus.inference` (or `mlbus up`); see README.md.
+
+Names load from their module on first use: the supervisor of `--workers N`
+needs `run` and the settings, not the serving stack (gRPC, ONNX Runtime,
+numpy: ~50 MB it would hold for nothing).
 """
 
-from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
-from ._predict import (
-    PREDICT_SERVICE_NAME,
-    FeatureLayout,
-    FeaturesUnavailable,
-    MissingFeatures,
-    PredictionServicer,
-    resolve_features,
-)
-from ._predlog import PredictionLog, PredictionRecord
-from ._reload import (
-    ArtifactFetcher,
-    ModelReloader,
-    Publication,
-    RegistryOrFileFetcher,
-    ReloadStats,
-)
-from ._repository import CANARY, SHADOW, ModelRepository
-from ._routing import ShadowRunner, canary_point, goes_to_canary
-from ._server import InferenceServer, run, serve, server_credentials
-from ._servicer import (
-    ENTITY_PARAMETER,
-    SERVICE_NAME,
-    VERSION_PARAMETER,
-    WORKER_PARAMETER,
-    InferenceServicer,
-)
-from ._settings import InferenceSettings
-from ._workers import WorkerPool, run_workers
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
+    from ._predict import (
+        PREDICT_SERVICE_NAME,
+        FeatureLayout,
+        FeaturesUnavailable,
+        MissingFeatures,
+        PredictionServicer,
+        resolve_features,
+    )
+    from ._predlog import PredictionLog, PredictionRecord
+    from ._reload import (
+        ArtifactFetcher,
+        ModelReloader,
+        Publication,
+        RegistryOrFileFetcher,
+        ReloadStats,
+    )
+    from ._repository import CANARY, SHADOW, ModelRepository
+    from ._routing import ShadowRunner, canary_point, goes_to_canary
+    from ._run import run
+    from ._server import InferenceServer, serve
+    from ._servicer import (
+        ENTITY_PARAMETER,
+        SERVICE_NAME,
+        VERSION_PARAMETER,
+        WORKER_PARAMETER,
+        InferenceServicer,
+    )
+    from ._settings import InferenceSettings
+    from ._tls import server_credentials
+    from ._workers import WorkerPool, run_workers
+
+_MODULE_OF = {
+    "LoadedModel": "_model",
+    "ModelRefused": "_model",
+    "OrtThreads": "_model",
+    "load_model": "_model",
+    "PREDICT_SERVICE_NAME": "_predict",
+    "FeatureLayout": "_predict",
+    "FeaturesUnavailable": "_predict",
+    "MissingFeatures": "_predict",
+    "PredictionServicer": "_predict",
+    "resolve_features": "_predict",
+    "PredictionLog": "_predlog",
+    "PredictionRecord": "_predlog",
+    "ArtifactFetcher": "_reload",
+    "ModelReloader": "_reload",
+    "Publication": "_reload",
+    "RegistryOrFileFetcher": "_reload",
+    "ReloadStats": "_reload",
+    "CANARY": "_repository",
+    "SHADOW": "_repository",
+    "ModelRepository": "_repository",
+    "ShadowRunner": "_routing",
+    "canary_point": "_routing",
+    "goes_to_canary": "_routing",
+    "run": "_run",
+    "InferenceServer": "_server",
+    "serve": "_server",
+    "ENTITY_PARAMETER": "_servicer",
+    "SERVICE_NAME": "_servicer",
+    "VERSION_PARAMETER": "_servicer",
+    "WORKER_PARAMETER": "_servicer",
+    "InferenceServicer": "_servicer",
+    "InferenceSettings": "_settings",
+    "server_credentials": "_tls",
+    "WorkerPool": "_workers",
+    "run_workers": "_workers",
+}
 
 __all__ = [
     "CANARY",
@@ -70,3 +120,12 @@ __all__ = [
     "serve",
     "server_credentials",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

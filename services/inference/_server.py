@@ -8,16 +8,15 @@ Without a broker (`MLBUS_KAFKA_BOOTSTRAP_SERVERS` unset and no `mlbus up`
 running) the server still serves what it is given, but neither follows
 publications nor logs predictions, and says so at start.
 
-`run()` is what `python -m mlbus.inference` calls: settings from the
-environment, telemetry, the server, and a graceful stop on SIGTERM/SIGINT
-(health turns NOT_SERVING, in-flight calls get `shutdown_grace_s` to finish).
-With `workers > 1` it supervises that many server processes on one port
-instead (`_workers.py`); each is an `InferenceServer` that names itself in
+`serve()` is what a serving process runs (`_run.run()`, behind `python -m
+mlbus.inference`, or each worker of `--workers N` via `run_worker()`): the
+server until SIGTERM/SIGINT, then a graceful stop (health turns NOT_SERVING,
+in-flight calls get `shutdown_grace_s` to finish). A worker names itself in
 `ModelInfer` responses (`parameters["mlbus.worker_pid"]`).
 
 The port: a single process binds it exclusively (a second server on the same
 port is a clear error, not a silent SO_REUSEPORT share); workers share it.
-TLS (and client certificates) when `MLBUS_INFERENCE_TLS_*` are set.
+TLS (and client certificates, `_tls.py`) when `MLBUS_INFERENCE_TLS_*` are set.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -40,7 +38,6 @@ from grpc_health.v1.health import aio as health_aio
 from mlbus.api.inference.v1 import predict_pb2, predict_pb2_grpc
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
-from mlbus.config import load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
 from mlbus.rpc import bind_port, server_interceptors
@@ -61,6 +58,7 @@ from ._repository import ModelRepository
 from ._routing import ShadowRunner
 from ._servicer import SERVICE_NAME, InferenceServicer, protects
 from ._settings import InferenceSettings
+from ._tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -387,32 +385,6 @@ class InferenceServer:
         )
 
 
-def _read_pem(path: Path, variable: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{variable}={path}: cannot read it ({exc.strerror or exc})") from None
-    if b"-----BEGIN " not in data:
-        raise ConfigError(f"{variable}={path}: not a PEM file")
-    return data
-
-
-def server_credentials(settings: InferenceSettings) -> grpc.ServerCredentials | None:
-    """TLS credentials (client certificates required when a CA is set); None: plaintext."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    cert = _read_pem(settings.tls_cert_file, "MLBUS_INFERENCE_TLS_CERT_FILE")
-    key = _read_pem(settings.tls_key_file, "MLBUS_INFERENCE_TLS_KEY_FILE")
-    ca = (
-        _read_pem(settings.tls_client_ca_file, "MLBUS_INFERENCE_TLS_CLIENT_CA_FILE")
-        if settings.tls_client_ca_file is not None
-        else None
-    )
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
-
-
 def _bind(server: grpc.aio.Server, host: str, settings: InferenceSettings) -> int:
     variable = "MLBUS_INFERENCE_GRPC_PORT"
     credentials = server_credentials(settings)
@@ -461,44 +433,6 @@ async def serve(
             else:
                 log.warning("inference worker %s: supervisor %d is gone", worker, supervisor_pid)
         log.info("inference stopping (grace %.1fs)", settings.shutdown_grace_s)
-
-
-def run(settings: InferenceSettings | None = None) -> None:
-    """Entry point of `python -m mlbus.inference`."""
-    from mlbus.runtime import discover  # the runtime (mlbus up's machinery): not in workers
-
-    settings = discover(settings or load_settings(InferenceSettings))
-    if settings.workers > 1:
-        _run_supervisor(settings)
-        return
-    limit_malloc_arenas()
-    telemetry = setup_telemetry("inference", settings)
-    try:
-        asyncio.run(serve(settings))
-    finally:
-        telemetry.shutdown()
-
-
-def _run_supervisor(settings: InferenceSettings) -> None:
-    from ._workers import run_workers
-
-    if settings.tls_cert_file is not None:
-        server_credentials(settings)  # unreadable files: one clear error, before any worker
-    if settings.spec is not None:
-        from mlbus.spec import load_spec
-
-        load_spec(settings.spec)  # likewise for a bad spec
-    # The supervisor serves no metrics (the workers do, each on its own port).
-    quiet = settings.model_copy(
-        update={"telemetry": settings.telemetry.model_copy(update={"metrics_port": None})}
-    )
-    telemetry = setup_telemetry("inference", quiet)
-    try:
-        code = run_workers(settings)
-    finally:
-        telemetry.shutdown()
-    if code:
-        raise SystemExit(code)
 
 
 def run_worker(settings: InferenceSettings, index: int, supervisor_pid: int) -> None:

@@ -135,6 +135,11 @@ async def versions_by_worker(port: int, model: str, version: int) -> dict[int, i
     return latest
 
 
+def maps_onnxruntime(pid: int) -> bool:
+    """Whether the process has ONNX Runtime's library mapped (it imported onnxruntime)."""
+    return "onnxruntime_pybind11_state" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -159,6 +164,9 @@ async def test_two_workers_share_the_port_both_reload_and_stop_on_sigterm(
             latest = await versions_by_worker(service.port, model, version)
             assert len(latest) == WORKERS  # two processes answered on one port
             assert service.process.pid not in latest  # workers, not the supervisor
+        # The supervisor only spawns and watches: the serving stack is the workers' alone.
+        assert all(maps_onnxruntime(pid) for pid in latest)
+        assert not maps_onnxruntime(service.process.pid)
         service.process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(service.process.wait(), 30)
     assert code == 0, "".join(service.lines)
