@@ -9,8 +9,9 @@ numpy: ~50 MB it would hold for nothing).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlbus._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
@@ -122,10 +123,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _MODULE_OF)

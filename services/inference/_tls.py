@@ -1,5 +1,8 @@
-"""TLS for the gRPC server, from `MLBUS_INFERENCE_TLS_*` (its own module: the supervisor
-of `--workers N` checks the files before spawning, without the serving stack)."""
+"""TLS credentials for the gRPC server, from `MLBUS_INFERENCE_TLS_*`.
+
+A module of its own: the supervisor of `--workers N` checks the files before
+spawning any worker, without importing the serving stack.
+"""
 
 from __future__ import annotations
 

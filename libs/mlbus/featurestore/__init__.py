@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mlbus._lazy import lazy_attributes
 from mlbus.featurestore._online import (
     FeatureKeys,
     FeatureVector,
@@ -62,13 +62,7 @@ _OFFLINE_MODULE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _OFFLINE_MODULE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _OFFLINE_MODULE)
 
 
 __all__ = [
