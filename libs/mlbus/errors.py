@@ -5,54 +5,81 @@ what happens next, in exactly one place per transport:
 
 - in a Kafka consumer (`mlbus.bus`): `RetryableError` → retry with backoff,
   offset not committed; `PermanentError` → dead-letter topic with the reason;
-- in a gRPC server: the status code declared here, mapped by one interceptor.
+- in a gRPC server: the status code named here (`status`), mapped by one
+  interceptor (`mlbus.rpc`).
+
+Statuses are names, not `grpc.StatusCode` members, so that a process that
+neither serves nor calls gRPC (a stream worker, a supervisor, the CLI) does
+not import grpc (~15 MB resident, ~0.15 s) to raise an error.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import grpc
+
+StatusName = Literal[
+    "INTERNAL",
+    "UNAVAILABLE",
+    "FAILED_PRECONDITION",
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "UNAUTHENTICATED",
+    "DEADLINE_EXCEEDED",
+    "DATA_LOSS",
+]
+"""The gRPC status codes mlbus errors map to (names of `grpc.StatusCode` members)."""
 
 
 class MlbusError(Exception):
     """Base of every deliberate mlbus error."""
 
-    grpc_status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: StatusName = "INTERNAL"
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        """The gRPC status a server answers with (imports grpc: servers have it already)."""
+        import grpc
+
+        return grpc.StatusCode[self.status]
 
 
 class RetryableError(MlbusError):
     """A dependency failed in a way that may pass (broker, Redis, registry down)."""
 
-    grpc_status = grpc.StatusCode.UNAVAILABLE
+    status: StatusName = "UNAVAILABLE"
 
 
 class PermanentError(MlbusError):
     """Retrying the same input can never succeed."""
 
-    grpc_status = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"
 
 
 class InvalidInput(PermanentError):
     """The input itself is wrong: undecodable bytes, schema violation, bad tensor."""
 
-    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+    status: StatusName = "INVALID_ARGUMENT"
 
 
 class NotFound(PermanentError):
     """A named thing (model, version, entity, trace) does not exist."""
 
-    grpc_status = grpc.StatusCode.NOT_FOUND
+    status: StatusName = "NOT_FOUND"
 
 
 class ModelNotReady(RetryableError):
     """The model exists but cannot serve yet (loading, warming up)."""
 
-    grpc_status = grpc.StatusCode.UNAVAILABLE
+    status: StatusName = "UNAVAILABLE"
 
 
 class Unauthenticated(PermanentError):
     """A mutating call came without the configured bearer token."""
 
-    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+    status: StatusName = "UNAUTHENTICATED"
 
 
 class ConfigError(MlbusError):

@@ -38,7 +38,7 @@ from opentelemetry import trace
 import mlbus
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
-from mlbus.errors import InvalidInput, RetryableError
+from mlbus.errors import InvalidInput, RetryableError, StatusName
 
 from ._model import LoadedModel
 from ._predlog import PredictionLog, PredictionRecord
@@ -57,7 +57,7 @@ PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
 class DeadlineExceeded(RetryableError):
     """The caller's deadline passed before the work could be done."""
 
-    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+    status: StatusName = "DEADLINE_EXCEEDED"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]

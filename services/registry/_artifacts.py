@@ -27,9 +27,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
-import grpc
-
-from mlbus.errors import ConfigError, InvalidInput, NotFound, PermanentError, RetryableError
+from mlbus.errors import (
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    StatusName,
+)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -38,7 +43,7 @@ _S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 class ArtifactCorrupted(PermanentError):
     """A stored artifact no longer hashes to the sha256 recorded for it."""
 
-    grpc_status = grpc.StatusCode.DATA_LOSS
+    status: StatusName = "DATA_LOSS"
 
 
 @dataclass(frozen=True)

@@ -135,9 +135,13 @@ async def versions_by_worker(port: int, model: str, version: int) -> dict[int, i
     return latest
 
 
-def maps_onnxruntime(pid: int) -> bool:
-    """Whether the process has ONNX Runtime's library mapped (it imported onnxruntime)."""
-    return "onnxruntime_pybind11_state" in Path(f"/proc/{pid}/maps").read_text()
+ONNXRUNTIME = "onnxruntime_pybind11_state"  # the library `import onnxruntime` maps
+GRPC = "cygrpc"  # the library `import grpc` maps
+
+
+def maps(pid: int, library: str) -> bool:
+    """Whether the process has `library` mapped (it imported the package)."""
+    return library in Path(f"/proc/{pid}/maps").read_text()
 
 
 def gone(pid: int) -> bool:
@@ -165,8 +169,9 @@ async def test_two_workers_share_the_port_both_reload_and_stop_on_sigterm(
             assert len(latest) == WORKERS  # two processes answered on one port
             assert service.process.pid not in latest  # workers, not the supervisor
         # The supervisor only spawns and watches: the serving stack is the workers' alone.
-        assert all(maps_onnxruntime(pid) for pid in latest)
-        assert not maps_onnxruntime(service.process.pid)
+        assert all(maps(pid, ONNXRUNTIME) and maps(pid, GRPC) for pid in latest)
+        assert not maps(service.process.pid, ONNXRUNTIME)
+        assert not maps(service.process.pid, GRPC)
         service.process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(service.process.wait(), 30)
     assert code == 0, "".join(service.lines)

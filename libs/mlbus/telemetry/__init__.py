@@ -11,15 +11,16 @@ Trace context travels in Kafka headers (`inject_kafka_headers`,
 `extract_kafka_context`) and gRPC metadata (`TracingServerInterceptor`,
 `tracing_client_interceptors`). Without an OTLP endpoint, spans land in the
 data folder and `mlbus.telemetry.spans` / `mlbus trace` read them back.
+
+The gRPC names load on first use: a stream worker that neither serves nor
+calls gRPC never imports grpc.
 """
 
-from mlbus.telemetry._grpc import (
-    TracingServerInterceptor,
-    extract_grpc_context,
-    inject_grpc_metadata,
-    tracing_client_interceptors,
-)
-from mlbus.telemetry._grpc_metrics import MetricsServerInterceptor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlbus._lazy import lazy_attributes
 from mlbus.telemetry._logging import (
     JsonLogFormatter,
     TextLogFormatter,
@@ -45,6 +46,26 @@ from mlbus.telemetry._setup import (
 )
 from mlbus.telemetry._spanfile import SpanFileExporter
 from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, find_trace, read_spans
+
+if TYPE_CHECKING:
+    from mlbus.telemetry._grpc import (
+        TracingServerInterceptor,
+        extract_grpc_context,
+        inject_grpc_metadata,
+        tracing_client_interceptors,
+    )
+    from mlbus.telemetry._grpc_metrics import MetricsServerInterceptor
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "TracingServerInterceptor": "_grpc",
+        "extract_grpc_context": "_grpc",
+        "inject_grpc_metadata": "_grpc",
+        "tracing_client_interceptors": "_grpc",
+        "MetricsServerInterceptor": "_grpc_metrics",
+    },
+)
 
 __all__ = [
     "PLANE_ATTRIBUTE",
