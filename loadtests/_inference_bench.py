@@ -5,8 +5,9 @@
   it (`request_bytes`) and its `model.published` event (`model_published`);
 - the servers, each in its own process (`start_server` runs a benchmark's
   `--serve` and reads the port it prints): a bare `grpc.aio` echo
-  (`serve_echo`) and an `InferenceServer` with the model applied
-  (`serve_inference`);
+  (`serve_echo`), the least any Python ModelInfer server does — grpc.aio,
+  protobuf and ONNX Runtime, nothing else (`serve_bare_model`) — and an
+  `InferenceServer` with the model applied (`serve_inference`);
 - the bare ORT call (`ort_latencies_ms`) and /proc memory (`memory_mb`,
   `MemorySampler`).
 """
@@ -132,6 +133,56 @@ async def _serve_echo(canned: bytes | None, method: str) -> None:
     service, name = method.strip("/").split("/")
     handler = grpc.method_handlers_generic_handler(
         service, {name: grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def serve_bare_model(model_path: Path) -> None:
+    """A bare ModelInfer server: parse, run ONNX Runtime, answer; prints its port.
+
+    No settings, telemetry, interceptors, checks, versions or Kafka: the floor
+    of what a Python Open Inference Protocol server on this stack (grpc,
+    protobuf, numpy, ONNX Runtime) holds in memory and spends per call.
+    """
+    asyncio.run(_serve_bare_model(model_path))
+
+
+async def _serve_bare_model(model_path: Path) -> None:
+    import onnxruntime as ort
+
+    from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # as mlbus's default
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_names = [output.name for output in session.get_outputs()]
+    datatypes = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
+
+    async def infer(request: Any, context: object) -> Any:
+        shape = tuple(request.inputs[0].shape)
+        x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(shape)
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for name, value in zip(output_names, session.run(None, {input_name: x}), strict=True):
+            response.outputs.add(name=name, datatype=datatypes[value.dtype], shape=value.shape)
+            response.raw_output_contents.append(value.tobytes())
+        return response
+
+    service, name = INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                infer,
+                request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=pb.ModelInferResponse.SerializeToString,
+            )
+        },
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))

@@ -13,7 +13,11 @@ process each, over gRPC (Open Inference Protocol v2):
   ModelInfer with mlbus's response bytes, canned: no parsing, no model, no
   Python beyond returning bytes. With client and server on the same cores, no
   Python gRPC server answers this load faster; `ceiling/KServe` bounds the
-  ratio any server could reach here.
+  ratio any server could reach here;
+- bare ModelInfer (reported, not a goal): grpc.aio + protobuf + ONNX Runtime
+  on the same model and nothing else (`serve_bare_model`): `bare/KServe` is
+  what a Python server on this stack reaches before doing anything mlbus does
+  (settings, checks, versions, telemetry, interceptors).
 
 The load is `tritonclient.grpc.aio` in a separate process
 (loadtests/kserve_tritonload.py; it cannot share a process with mlbus's stubs):
@@ -50,6 +54,7 @@ from _inference_bench import (
     free_port,
     memory_mb,
     request_bytes,
+    serve_bare_model,
     serve_echo,
     start_server,
     stop_process,
@@ -61,6 +66,7 @@ KSERVE_VENV = HERE / ".venv-kserve"
 KSERVE = "KServe ModelServer"
 MLBUS = "mlbus"
 CEILING = "canned ModelInfer (ceiling)"
+BARE = "bare ModelInfer (grpc.aio + ORT)"
 
 
 def kserve_python() -> Path:
@@ -169,10 +175,13 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
             canned.write_bytes(asyncio.run(one_response(f"127.0.0.1:{mlbus_port}")))
             ceiling_process, ceiling_port = start_server(__file__, "canned", str(canned))
             processes.append(ceiling_process)
+            bare_process, bare_port = start_server(__file__, "bare", str(model_path))
+            processes.append(bare_process)
             servers = {
                 MLBUS: (f"127.0.0.1:{mlbus_port}", mlbus_process.pid),
                 KSERVE: (f"127.0.0.1:{kserve_port}", kserve_process.pid),
                 CEILING: (f"127.0.0.1:{ceiling_port}", ceiling_process.pid),
+                BARE: (f"127.0.0.1:{bare_port}", bare_process.pid),
             }
             for name, (_, pid) in servers.items():
                 bench.record(name, "idle RSS", memory_mb(pid)[0], "MB", higher_is_better=False)
@@ -215,6 +224,10 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
         "the ceiling's, under the same load on the same cores"
     )
     bench.notes.append(
+        f"bare ModelInfer: {bench.ratio(BARE, KSERVE, 'throughput'):.2f}× KServe's throughput; "
+        f"mlbus reaches {bench.ratio(MLBUS, BARE, 'throughput'):.2f}× the bare server's"
+    )
+    bench.notes.append(
         f"p50 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p50'):.2f}, "
         f"p99 mlbus/KServe = {bench.ratio(MLBUS, KSERVE, 'p99'):.2f}"
     )
@@ -230,8 +243,12 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:  # canned RESPONSE_FILE
-        serve_echo(canned=Path(args.serve[1]).read_bytes(), method=INFER_METHOD)
+    if args.serve:  # canned RESPONSE_FILE | bare MODEL_PATH
+        kind, path = args.serve
+        if kind == "bare":
+            serve_bare_model(Path(path))
+        else:
+            serve_echo(canned=Path(path).read_bytes(), method=INFER_METHOD)
         sys.exit(0)
     ok = main(args.calls, args.seconds, args.repeats, args.inflight, args.connections)
     sys.exit(0 if ok else 1)

@@ -6,8 +6,14 @@ following the embedded broker; the model (LogisticRegression, 20 FP32
 features, as in bench_inference.py) arrives as a real `model.published`.
 The load comes from separate client processes (`--clients`, default 2), each
 keeping `--inflight` calls going over `--connections` TCP connections: the
-kernel spreads connections, not calls, over the workers. A bare `grpc.aio`
-echo server (one process, same payload, same load) is the same-run baseline.
+kernel spreads connections, not calls, over the workers. Two same-run
+baselines, one process each, same payload, same load:
+
+- a bare `grpc.aio` echo server (the throughput goal's baseline);
+- a bare ModelInfer server: grpc.aio + protobuf + ONNX Runtime on the same
+  model and nothing else (`serve_bare_model`). Its memory is the floor of any
+  Python Open Inference Protocol server on this stack; mlbus's RSS minus it is
+  what mlbus itself holds (settings, pydantic, Kafka, telemetry, its code).
 
 Memory: VmRSS (and PSS) of every server process, read from /proc while the
 load runs; the maximum per process is reported. Goal (issue #7): ≤ 100 MB
@@ -49,11 +55,13 @@ from _inference_bench import (
     memory_mb,
     model_published,
     request_bytes,
+    serve_bare_model,
     start_server,
     stop_process,
 )
 
 BENCH_INFERENCE = Path(__file__).with_name("bench_inference.py")  # serves the echo baseline
+BARE = "bare ModelInfer (grpc.aio + ORT)"
 ONE = "mlbus 1 worker"
 TWO = "mlbus 2 workers"
 
@@ -243,6 +251,7 @@ def main(
         model_path = folder / "model.onnx"
         build_model(model_path)
         echo_process, echo_port = start_server(BENCH_INFERENCE, "echo")
+        bare_process, bare_port = start_server(__file__, "bare", str(model_path))
         servers = {ONE: Workers(1, broker.bootstrap_servers, folder, log)}
         servers[TWO] = Workers(2, broker.bootstrap_servers, folder, log)
         try:
@@ -258,6 +267,7 @@ def main(
             bench.parameters["server_pids"] = pids
             targets = {
                 ECHO: (f"127.0.0.1:{echo_port}", ECHO_METHOD, [echo_process.pid]),
+                BARE: (f"127.0.0.1:{bare_port}", INFER_METHOD, [bare_process.pid]),
                 **{
                     name: (f"127.0.0.1:{server.port}", INFER_METHOD, pids[name])
                     for name, server in servers.items()
@@ -273,11 +283,10 @@ def main(
                         )
                     bench.record(name, "throughput", rate, "req/s", higher_is_better=True)
                     bench.record(name, "errors", errors, "calls", higher_is_better=False)
-                    if name != ECHO:
-                        rss = max(peak[0] for peak in sampler.peak.values())
-                        pss = max(peak[1] for peak in sampler.peak.values())
-                        bench.record(name, "max RSS per worker", rss, "MB", higher_is_better=False)
-                        bench.record(name, "max PSS per worker", pss, "MB", higher_is_better=False)
+                    rss = max(peak[0] for peak in sampler.peak.values())
+                    pss = max(peak[1] for peak in sampler.peak.values())
+                    bench.record(name, "max RSS per worker", rss, "MB", higher_is_better=False)
+                    bench.record(name, "max PSS per worker", pss, "MB", higher_is_better=False)
                     line.append(f"{name} {rate:,.0f} req/s")
                 rss_sup, _ = memory_mb(supervisor)
                 bench.record(TWO, "supervisor RSS", rss_sup, "MB", higher_is_better=False)
@@ -286,18 +295,26 @@ def main(
             for server in servers.values():
                 server.stop()
             stop_process(echo_process)
+            stop_process(bare_process)
     bench.goal("throughput, one process vs echo", ONE, ECHO, "throughput", ">=", 0.7)
     gain = bench.ratio(TWO, ONE, "throughput")
     bench.notes.append(
         f"2 workers / 1 worker throughput = {gain:.2f} (reported, not a goal: 2 cores shared "
         f"by {clients} client processes and the servers)"
     )
+    floor = bench.median(BARE, "max RSS per worker")
+    bench.notes.append(
+        f"{BARE}: {bench.ratio(BARE, ECHO, 'throughput'):.2f}x echo's throughput, max RSS "
+        f"{floor:.0f} MB (echo alone: {bench.median(ECHO, 'max RSS per worker'):.0f} MB): "
+        "the floor under any Python ModelInfer server on this stack"
+    )
     for name in (ONE, TWO):
         rss = bench.median(name, "max RSS per worker")
         pss = bench.median(name, "max PSS per worker")
         bench.notes.append(
             f"{name}: max RSS per worker {rss:.0f} MB (goal <= 100 MB: "
-            f"{'met' if rss <= 100 else 'NOT met'}), PSS {pss:.0f} MB"
+            f"{'met' if rss <= 100 else 'NOT met'}), PSS {pss:.0f} MB; "
+            f"{rss - floor:+.0f} MB over the bare server's"
         )
     return bench.report() and all(
         bench.median(name, "max RSS per worker") <= 100 for name in (ONE, TWO)
@@ -313,7 +330,11 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=4, help="TCP connections per client")
     parser.add_argument("--log", action="store_true", help="log predictions to the broker")
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # bare MODEL_PATH
     args = parser.parse_args()
+    if args.serve:
+        serve_bare_model(Path(args.serve[1]))
+        sys.exit(0)
     if args.load:
         address, method, secs, flight, conns = args.load
         result = asyncio.run(
