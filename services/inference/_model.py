@@ -21,51 +21,19 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from mlbus.errors import PermanentError
-from mlbus.events import ModelSignature, TensorDatatype, TensorSpec
+from mlbus.events import ModelSignature, TensorSpec
+from mlbus.signatures import OIP_TO_NUMPY, UnsupportedTensor, session_signature
 
 RefusalStage = Literal["fetch", "sha256", "parse", "signature", "metadata", "warmup"]
 ENCODING_KEY = "mlbus.encoding"
 FEATURE_NAMES_KEY = "mlbus.feature_names."
 _FLOATS = ("FP32", "FP64")
-
-_ORT_TO_OIP: dict[str, TensorDatatype] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
-OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(np.object_),
-}
-"""Open Inference Protocol datatype → the numpy dtype ONNX Runtime takes (little-endian)."""
 
 
 class ModelRefused(PermanentError):
@@ -247,26 +215,6 @@ def sample_input(spec: TensorSpec, batch: int = 1) -> np.ndarray:
     return np.zeros(shape, dtype=dtype)
 
 
-def session_signature(session: ort.InferenceSession) -> ModelSignature:
-    """The signature ONNX Runtime reports, in Open Inference Protocol terms (-1 = any size)."""
-
-    def spec(arg: Any) -> TensorSpec:
-        datatype = _ORT_TO_OIP.get(arg.type)
-        if datatype is None:
-            raise ModelRefused(
-                "signature",
-                f"{arg.name!r} has type {arg.type}; only tensors of "
-                f"{', '.join(sorted(set(_ORT_TO_OIP.values())))} can be served",
-            )
-        shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in arg.shape)
-        return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
-
-    return ModelSignature(
-        inputs=tuple(spec(a) for a in session.get_inputs()),
-        outputs=tuple(spec(a) for a in session.get_outputs()),
-    )
-
-
 def signature_problems(
     candidate: ModelSignature, served: ModelSignature, *, what: str
 ) -> list[str]:
@@ -333,7 +281,10 @@ def load_model(
         raise ModelRefused(
             "parse", f"{name} v{version}: ONNX Runtime cannot load it: {first}"
         ) from None
-    signature = session_signature(session)
+    try:
+        signature = session_signature(session)
+    except UnsupportedTensor as exc:
+        raise ModelRefused("signature", f"{name} v{version}: {exc}") from None
     problems: list[str] = []
     if published_signature is not None:
         problems += signature_problems(signature, published_signature, what="the published one")

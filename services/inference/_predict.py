@@ -55,7 +55,9 @@ if TYPE_CHECKING:
     from mlbus.featurestore import FeatureVector, OnlineStore
     from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
 
-from ._model import OIP_TO_NUMPY, InputEncoding, LoadedModel, encode_category
+from mlbus.signatures import OIP_TO_NUMPY
+
+from ._model import InputEncoding, LoadedModel, encode_category
 from ._predlog import PredictionLog, PredictionRecord
 from ._repository import CANARY, ModelRepository
 from ._routing import ShadowRunner, goes_to_canary

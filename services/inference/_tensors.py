@@ -23,8 +23,9 @@ import numpy as np
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from mlbus.errors import InvalidInput
 from mlbus.events import TensorSpec
+from mlbus.signatures import OIP_TO_NUMPY
 
-from ._model import OIP_TO_NUMPY, LoadedModel
+from ._model import LoadedModel
 
 # Which typed `InferTensorContents` field carries each datatype (FP16: raw only).
 CONTENTS_FIELD: dict[str, str] = {

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlbus.events import ModelSignature, TensorSpec
 from mlbus.inference import LoadedModel, ModelRefused, load_model
-from mlbus.inference._model import session_signature, signature_problems
+from mlbus.inference._model import signature_problems
+from mlbus.signatures import session_signature
 
 FEATURES = 20
 WEIGHTS = np.linspace(-1.0, 1.0, FEATURES, dtype=np.float32).reshape(FEATURES, 1)

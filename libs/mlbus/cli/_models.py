@@ -367,25 +367,13 @@ def _csv_value(text: str | None) -> Any:
         return text
 
 
-_NUMPY_DTYPES = {
-    "FP32": "float32",
-    "FP64": "float64",
-    "FP16": "float16",
-    "INT64": "int64",
-    "INT32": "int32",
-    "INT16": "int16",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "BOOL": "bool",
-    "BYTES": "object",
-}
-
-
 def profile_from_sample(artifact: bytes, sample: Path) -> ReferenceProfile:
     """Profile the sample's features and the model's predictions on them."""
     import numpy as np
 
+    from mlbus.events import ModelSignature
     from mlbus.profiles import ReferenceProfile
+    from mlbus.signatures import tensor_specs
 
     columns = read_sample(sample)
     try:
@@ -395,7 +383,9 @@ def profile_from_sample(artifact: bytes, sample: Path) -> ReferenceProfile:
             "onnxruntime is needed to run the model (pip install mlbus[inference])"
         ) from exc
     session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-    feed = model_inputs(_signature(session), columns)
+    # Inputs only: the profile needs what the model takes; the registry judges its outputs.
+    inputs = ModelSignature(inputs=tensor_specs(session.get_inputs()), outputs=())
+    feed = model_inputs(inputs, columns)
     outputs = session.run(None, feed)
     return ReferenceProfile.from_samples(
         {name: np.asarray(values, dtype=object) for name, values in columns.items()},
@@ -403,42 +393,17 @@ def profile_from_sample(artifact: bytes, sample: Path) -> ReferenceProfile:
     )
 
 
-def _signature(session: Any) -> ModelSignature:
-    from mlbus.events import ModelSignature, TensorSpec
-
-    kinds = {
-        "tensor(float)": "FP32",
-        "tensor(double)": "FP64",
-        "tensor(float16)": "FP16",
-        "tensor(int64)": "INT64",
-        "tensor(int32)": "INT32",
-        "tensor(int16)": "INT16",
-        "tensor(int8)": "INT8",
-        "tensor(uint8)": "UINT8",
-        "tensor(bool)": "BOOL",
-        "tensor(string)": "BYTES",
-    }
-
-    def spec(arg: Any) -> TensorSpec:
-        if arg.type not in kinds:
-            raise ValueError(f"model input {arg.name!r} has unsupported type {arg.type}")
-        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in arg.shape)
-        return TensorSpec.model_validate(
-            {"name": arg.name, "datatype": kinds[arg.type], "shape": shape}
-        )
-
-    return ModelSignature(inputs=tuple(map(spec, session.get_inputs())), outputs=())
-
-
 def model_inputs(signature: ModelSignature, columns: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """The model's input feed: one column per named input, or all columns stacked into one."""
     import numpy as np
+
+    from mlbus.signatures import OIP_TO_NUMPY
 
     inputs = signature.inputs
     if all(t.name in columns for t in inputs):
         feed = {}
         for t in inputs:
-            array = np.asarray(columns[t.name], dtype=_NUMPY_DTYPES[t.datatype])
+            array = np.asarray(columns[t.name], dtype=OIP_TO_NUMPY[t.datatype])
             feed[t.name] = array.reshape(-1, 1) if len(t.shape) == 2 else array
         return feed
     if len(inputs) == 1 and len(inputs[0].shape) == 2:
@@ -450,7 +415,7 @@ def model_inputs(signature: ModelSignature, columns: dict[str, list[Any]]) -> di
                 f"{len(columns)} columns ({', '.join(columns)})"
             )
         stacked = np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()])
-        return {only.name: stacked.astype(_NUMPY_DTYPES[only.datatype])}
+        return {only.name: stacked.astype(OIP_TO_NUMPY[only.datatype])}
     raise ValueError(
         "cannot map the sample's columns to the model's inputs "
         f"({', '.join(t.name for t in inputs)}): name the columns after the inputs"
