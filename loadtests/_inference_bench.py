@@ -32,7 +32,7 @@ import grpc.aio
 import numpy as np
 
 if TYPE_CHECKING:
-    from mlbus.events import ModelPublished
+    from mlbus.events import ModelPublished, ModelSignature
     from mlbus.inference import InferenceSettings
 
 FEATURES = 20
@@ -83,19 +83,30 @@ def request_bytes() -> bytes:
 
 
 def model_published(
-    version: int, previous_version: int | None, path: Path, data: bytes
+    version: int,
+    previous_version: int | None,
+    path: Path,
+    data: bytes,
+    *,
+    model: str = MODEL,
+    signature: ModelSignature | None = None,
 ) -> ModelPublished:
-    """`build_model`'s artifact at `path` (its bytes: `data`) published as the champion."""
+    """The artifact at `path` (its bytes: `data`) published as `model`'s champion.
+
+    `signature` defaults to `build_model`'s, written out rather than read from
+    a session: the swap benchmark publishes while its load runs.
+    """
     from mlbus.events import ModelPublished, ModelSignature, TensorSpec
 
     return ModelPublished(
-        model=MODEL,
+        model=model,
         alias="champion",
         version=version,
         previous_version=previous_version,
         artifact_uri=path.as_uri(),
         sha256=hashlib.sha256(data).hexdigest(),
-        signature=ModelSignature(
+        signature=signature
+        or ModelSignature(
             inputs=(TensorSpec(name="float_input", datatype="FP32", shape=(-1, FEATURES)),),
             outputs=(
                 TensorSpec(name="label", datatype="INT64", shape=(-1,)),
@@ -105,6 +116,18 @@ def model_published(
         reason="benchmark",
         actor="loadtests",
     )
+
+
+async def publish(bootstrap: str, event: ModelPublished) -> None:
+    """`event` on `mlbus.model.published.v1` of the broker at `bootstrap` (topic made if new)."""
+    from mlbus.bus import Publisher, ensure_topics
+    from mlbus.config import KafkaSettings
+    from mlbus.events import MODEL_PUBLISHED
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    await ensure_topics(kafka, [MODEL_PUBLISHED])
+    async with Publisher(kafka, source="loadtests") as publisher:
+        await publisher.publish(event, key=event.model)
 
 
 # ── servers (each in its own process) ───────────────────────────────────────

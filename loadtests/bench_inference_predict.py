@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import subprocess
 import sys
@@ -48,7 +47,9 @@ from _inference_bench import (
     ECHO,
     ECHO_METHOD,
     MemorySampler,
+    model_published,
     ort_latencies_ms,
+    publish,
     serve_echo,
     serve_inference,
     start_server,
@@ -149,36 +150,15 @@ async def redis_latencies_ms(redis_url: str, keys: list[str], calls: int) -> lis
         await client.aclose()
 
 
-def model_published(model_path: Path) -> ModelPublished:
+def published(model_path: Path) -> ModelPublished:
     """The trained model as champion v1, signed as ONNX Runtime reads it."""
     import onnxruntime as ort
 
-    from mlbus.events import ModelPublished
-    from mlbus.inference._model import session_signature
+    from mlbus.signatures import session_signature
 
+    signature = session_signature(ort.InferenceSession(str(model_path)))
     data = model_path.read_bytes()
-    return ModelPublished(
-        model=MODEL,
-        alias="champion",
-        version=1,
-        previous_version=None,
-        artifact_uri=model_path.as_uri(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        signature=session_signature(ort.InferenceSession(str(model_path))),
-        reason="benchmark",
-        actor="loadtests",
-    )
-
-
-async def publish(bootstrap: str, event: ModelPublished) -> None:
-    from mlbus.bus import Publisher, ensure_topics
-    from mlbus.config import KafkaSettings
-    from mlbus.events import MODEL_PUBLISHED
-
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
-    await ensure_topics(kafka, [MODEL_PUBLISHED])
-    async with Publisher(kafka, source="loadtests") as publisher:
-        await publisher.publish(event, key=MODEL)
+    return model_published(1, None, model_path, data, model=MODEL, signature=signature)
 
 
 async def predict_rate(port: int, payloads: list[bytes], seconds: float) -> float:
@@ -229,7 +209,7 @@ async def predict_worker_memory(
         worker = Workers(1, broker.bootstrap_servers, folder, False, model=MODEL, settings=settings)
         try:
             await asyncio.to_thread(worker.wait_following)
-            await publish(broker.bootstrap_servers, model_published(model_path))
+            await publish(broker.bootstrap_servers, published(model_path))
             sampler = MemorySampler([worker.process.pid])
             with sampler.running():
                 rate = await predict_rate(worker.port, payloads, seconds)

@@ -54,6 +54,7 @@ from _inference_bench import (
     free_port,
     memory_mb,
     model_published,
+    publish,
     request_bytes,
     serve_bare_model,
     start_server,
@@ -135,18 +136,6 @@ def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
     return ""
-
-
-async def publish_model(bootstrap: str, model_path: Path, data: bytes) -> None:
-    from mlbus.bus import Publisher, ensure_topics
-    from mlbus.config import KafkaSettings
-    from mlbus.events import MODEL_PUBLISHED
-
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
-    await ensure_topics(kafka, [MODEL_PUBLISHED])
-    event = model_published(1, None, model_path, data)
-    async with Publisher(kafka, source="loadtests") as publisher:
-        await publisher.publish(event, key=MODEL)
 
 
 async def wait_all_loaded(port: int, workers: int, payload: bytes, timeout_s: float = 60) -> None:
@@ -257,9 +246,8 @@ def main(
         try:
             for server in servers.values():
                 server.wait_following()
-            asyncio.run(
-                publish_model(broker.bootstrap_servers, model_path, model_path.read_bytes())
-            )
+            event = model_published(1, None, model_path, model_path.read_bytes())
+            asyncio.run(publish(broker.bootstrap_servers, event))
             for server in servers.values():
                 asyncio.run(wait_all_loaded(server.port, server.n, payload))
             pids = {name: server.server_pids() for name, server in servers.items()}
