@@ -10,7 +10,7 @@ what happens next, in exactly one place per transport:
 
 Statuses are names, not `grpc.StatusCode` members, so that a process that
 neither serves nor calls gRPC (a stream worker, a supervisor, the CLI) does
-not import grpc (~15 MB resident, ~0.15 s) to raise an error.
+not import grpc (~12 MB resident, ~30 ms of start-up) to raise an error.
 """
 
 from __future__ import annotations
