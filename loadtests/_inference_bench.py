@@ -7,7 +7,9 @@
   `--serve` and reads the port it prints): a bare `grpc.aio` echo
   (`serve_echo`), the least any Python ModelInfer server does — grpc.aio,
   protobuf and ONNX Runtime, nothing else (`serve_bare_model`) — and an
-  `InferenceServer` with the model applied (`serve_inference`);
+  `InferenceServer` with the model applied (`serve_inference`). The baselines
+  whose memory is reported run from this file (`start_server(BASELINES, …)`),
+  not from a benchmark script: those import the report's rich (~5 MB);
 - the bare ORT call (`ort_latencies_ms`) and /proc memory (`memory_mb`,
   `MemorySampler`).
 """
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from mlbus.events import ModelPublished, ModelSignature
     from mlbus.inference import InferenceSettings
 
+BASELINES = Path(__file__)  # `python _inference_bench.py --serve echo | bare MODEL_PATH`
 FEATURES = 20
 MODEL = "bench"
 ECHO = "grpc.aio echo"
@@ -106,7 +109,8 @@ def model_published(
         artifact_uri=path.as_uri(),
         sha256=hashlib.sha256(data).hexdigest(),
         signature=signature
-        or ModelSignature(
+        if signature is not None
+        else ModelSignature(
             inputs=(TensorSpec(name="float_input", datatype="FP32", shape=(-1, FEATURES)),),
             outputs=(
                 TensorSpec(name="label", datatype="INT64", shape=(-1,)),
@@ -181,7 +185,9 @@ async def _serve_bare_model(model_path: Path) -> None:
     from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as pb
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1  # as mlbus's default
+    # One intra-op and one inter-op thread, as mlbus's default (its other options change
+    # nothing measurable with one thread).
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     output_names = [output.name for output in session.get_outputs()]
@@ -347,3 +353,12 @@ class MemorySampler:
         finally:
             self._stop.set()
             self._thread.join()
+
+
+if __name__ == "__main__":  # the baselines, in processes that import only what they serve with
+    if sys.argv[1:3] == ["--serve", "echo"] and len(sys.argv) == 3:
+        serve_echo()
+    elif sys.argv[1:3] == ["--serve", "bare"] and len(sys.argv) == 4:
+        serve_bare_model(Path(sys.argv[3]))
+    else:
+        raise SystemExit("usage: _inference_bench.py --serve echo | --serve bare MODEL_PATH")

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Benchmark, console, percentile
 from _inference_bench import (
+    BASELINES,
     INFER_METHOD,
     MODEL,
     MemorySampler,
@@ -54,7 +55,6 @@ from _inference_bench import (
     free_port,
     memory_mb,
     request_bytes,
-    serve_bare_model,
     serve_echo,
     start_server,
     stop_process,
@@ -175,7 +175,7 @@ def main(calls: int, seconds: float, repeats: int, inflight: int, connections: i
             canned.write_bytes(asyncio.run(one_response(f"127.0.0.1:{mlbus_port}")))
             ceiling_process, ceiling_port = start_server(__file__, "canned", str(canned))
             processes.append(ceiling_process)
-            bare_process, bare_port = start_server(__file__, "bare", str(model_path))
+            bare_process, bare_port = start_server(BASELINES, "bare", str(model_path))
             processes.append(bare_process)
             servers = {
                 MLBUS: (f"127.0.0.1:{mlbus_port}", mlbus_process.pid),
@@ -243,12 +243,8 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:  # canned RESPONSE_FILE | bare MODEL_PATH
-        kind, path = args.serve
-        if kind == "bare":
-            serve_bare_model(Path(path))
-        else:
-            serve_echo(canned=Path(path).read_bytes(), method=INFER_METHOD)
+    if args.serve:  # canned RESPONSE_FILE
+        serve_echo(canned=Path(args.serve[1]).read_bytes(), method=INFER_METHOD)
         sys.exit(0)
     ok = main(args.calls, args.seconds, args.repeats, args.inflight, args.connections)
     sys.exit(0 if ok else 1)

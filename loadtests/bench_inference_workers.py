@@ -45,6 +45,7 @@ import grpc.aio
 
 from _harness import Benchmark, console
 from _inference_bench import (
+    BASELINES,
     ECHO,
     ECHO_METHOD,
     INFER_METHOD,
@@ -56,12 +57,10 @@ from _inference_bench import (
     model_published,
     publish,
     request_bytes,
-    serve_bare_model,
     start_server,
     stop_process,
 )
 
-BENCH_INFERENCE = Path(__file__).with_name("bench_inference.py")  # serves the echo baseline
 BARE = "bare ModelInfer (grpc.aio + ORT)"
 ONE = "mlbus 1 worker"
 TWO = "mlbus 2 workers"
@@ -239,8 +238,8 @@ def main(
         folder = Path(tmp)
         model_path = folder / "model.onnx"
         build_model(model_path)
-        echo_process, echo_port = start_server(BENCH_INFERENCE, "echo")
-        bare_process, bare_port = start_server(__file__, "bare", str(model_path))
+        echo_process, echo_port = start_server(BASELINES, "echo")
+        bare_process, bare_port = start_server(BASELINES, "bare", str(model_path))
         servers = {ONE: Workers(1, broker.bootstrap_servers, folder, log)}
         servers[TWO] = Workers(2, broker.bootstrap_servers, folder, log)
         try:
@@ -318,11 +317,7 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=4, help="TCP connections per client")
     parser.add_argument("--log", action="store_true", help="log predictions to the broker")
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
-    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # bare MODEL_PATH
     args = parser.parse_args()
-    if args.serve:
-        serve_bare_model(Path(args.serve[1]))
-        sys.exit(0)
     if args.load:
         address, method, secs, flight, conns = args.load
         result = asyncio.run(
