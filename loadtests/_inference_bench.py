@@ -157,12 +157,15 @@ async def _serve_echo(canned: bytes | None, method: str) -> None:
         async def echo(request: bytes, context: object) -> bytes:
             return reply
 
+    await _serve_one(method, grpc.unary_unary_rpc_method_handler(echo))
+
+
+async def _serve_one(method: str, handler: grpc.RpcMethodHandler) -> None:
+    """A bare grpc.aio server (no interceptors) with `handler` for `method`; prints its port."""
     service, name = method.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(
-        service, {name: grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    generic = grpc.method_handlers_generic_handler(service, {name: handler})
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((generic,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
@@ -202,23 +205,12 @@ async def _serve_bare_model(model_path: Path) -> None:
             response.raw_output_contents.append(value.tobytes())
         return response
 
-    service, name = INFER_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(
-        service,
-        {
-            name: grpc.unary_unary_rpc_method_handler(
-                infer,
-                request_deserializer=pb.ModelInferRequest.FromString,
-                response_serializer=pb.ModelInferResponse.SerializeToString,
-            )
-        },
+    handler = grpc.unary_unary_rpc_method_handler(
+        infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
     )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
+    await _serve_one(INFER_METHOD, handler)
 
 
 def serve_inference(
