@@ -33,6 +33,7 @@ import grpc.aio
 
 from _harness import Benchmark, console, latencies_ms
 from _inference_bench import (
+    BASELINES,
     ECHO,
     ECHO_METHOD,
     INFER_METHOD,
@@ -40,7 +41,6 @@ from _inference_bench import (
     feature_row,
     ort_latencies_ms,
     request_bytes,
-    serve_echo,
     serve_inference,
     start_server,
     stop_process,
@@ -95,7 +95,7 @@ async def main(calls: int, seconds: float, repeats: int, inflight: int, log: boo
             broker = EmbeddedBroker(folder / "logs").__enter__()
         processes = []
         try:
-            echo_process, echo_port = start_server(__file__, "echo")
+            echo_process, echo_port = start_server(BASELINES, "echo")
             processes.append(echo_process)
             mlbus_args = ["mlbus", str(model_path), str(folder)]
             if broker is not None:
@@ -149,19 +149,16 @@ if __name__ == "__main__":
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        kind, *rest = args.serve
-        if kind == "echo":
-            serve_echo()
-        else:
-            from mlbus.config import KafkaSettings
+        from mlbus.config import KafkaSettings
 
-            kafka = rest[2] if len(rest) > 2 else None
-            serve_inference(
-                Path(rest[0]),
-                data_dir=Path(rest[1]),
-                kafka=KafkaSettings(bootstrap_servers=kafka),
-                prediction_log=kafka is not None,
-            )
+        rest = args.serve[1:]  # mlbus MODEL_PATH DATA_DIR [BOOTSTRAP]
+        kafka = rest[2] if len(rest) > 2 else None
+        serve_inference(
+            Path(rest[0]),
+            data_dir=Path(rest[1]),
+            kafka=KafkaSettings(bootstrap_servers=kafka),
+            prediction_log=kafka is not None,
+        )
         sys.exit(0)
     ok = asyncio.run(main(args.calls, args.seconds, args.repeats, args.inflight, args.log))
     sys.exit(0 if ok else 1)
