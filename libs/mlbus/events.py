@@ -253,6 +253,26 @@ class PredictionLogged(Event):
         description="id of the business event scored (e.g. a transaction_id), when the caller "
         "named it; lets a later label for that event be joined to this prediction",
     )
+    feature_ages_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Predict: age of each online value served (from the entity's latest event "
+        "to the scored moment); request fields, defaults and empty windows have none",
+    )
+    defaulted_features: tuple[str, ...] = Field(
+        default=(),
+        description="Predict: features replaced by the spec's defaults",
+    )
+    features_at: AwareDatetime | None = Field(
+        default=None,
+        description="Predict: the moment the windows were evaluated at (the request's "
+        "event_time, or when it was served); `features` are the values before encoding",
+    )
+    view_event_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Predict: per view, how many of the entity's events the online state had "
+        "counted when read; fewer than the offline row's `prior_events` means the read came "
+        "before ingestion caught up (ADR 0020)",
+    )
 
 
 class DriftTestResult(Contract):

@@ -1,8 +1,9 @@
-"""gRPC `mlbus.features.v1.FeatureService`: online values through `mlbus.featurestore`."""
+"""gRPC `mlbus.features.v1.FeatureService`: online values through `mlbus.featurestore`,
+evaluated at the request's moment (now, or `event_time`) exactly as serving reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc.aio
 
@@ -10,7 +11,7 @@ from mlbus.api.features.v1 import features_pb2 as pb
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput
 from mlbus.events import Scalar
-from mlbus.featurestore import OnlineStore
+from mlbus.featurestore import OnlineStore, ViewAggregator
 from mlbus.spec import ProjectSpec
 
 MAX_ENTITIES = 10_000
@@ -55,10 +56,13 @@ _NOT_FOUND = pb.FeatureValue(status=pb.FeatureValue.NOT_FOUND)
 
 
 class FeatureServicer(pb_grpc.FeatureServiceServicer):
-    def __init__(self, spec: ProjectSpec, store: OnlineStore) -> None:
+    def __init__(
+        self, spec: ProjectSpec, store: OnlineStore, views: Mapping[str, ViewAggregator]
+    ) -> None:
         self.spec = spec
         self.store = store
         self.versions = {name: view.version for name, view in spec.features.items()}
+        self.views = views
 
     async def GetOnlineFeatures(  # noqa: N802 (gRPC method name)
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
@@ -68,7 +72,10 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         if len(request.entities) > MAX_ENTITIES:
             raise InvalidInput(f"expected at most {MAX_ENTITIES} entities per call")
         refs = expand_refs(self.spec, request.features or list(self.spec.features))
-        vectors = await self.store.get_features(list(request.entities), refs, self.versions)
+        at_ms = request.event_time.ToMilliseconds() if request.HasField("event_time") else None
+        vectors = await self.store.get_features(
+            list(request.entities), refs, self.versions, at_ms=at_ms, views=self.views
+        )
         response = pb.GetOnlineFeaturesResponse(feature_names=refs)
         for vector in vectors:
             row = response.entities.add(entity_id=vector.entity_id)

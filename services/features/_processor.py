@@ -7,10 +7,12 @@ The consumer calls `handle` per record; it only groups the event under each
 1. one `MGET` of the window state of every (view, entity) the batch touched;
 2. the events applied in consumption order per entity, in memory, so an entity
    sees its own earlier updates of the batch; one offline row per counted event
-   (the values right after it), duplicates and too-late events skipped;
+   (the values *of* that event: its own fields, each aggregate at its time over
+   the events counted before it — ADR 0020), duplicates and too-late events skipped;
 3. one `MULTI/EXEC` with, per touched entity, the new state, the online hash
-   (the values after its last event, `__ts`, `__eid`, TTL), and the batch's
-   offline rows appended to each view's spool in consumption order;
+   (the latest raw fields and each aggregate as a step function of time, so
+   reads re-age it; `__ts`, `__eid`, `__n`, TTL), and the batch's offline rows
+   appended to each view's spool in consumption order;
 4. return, and the consumer commits the offsets.
 
 All or nothing per batch: a replay after a crash finds the event ids in the
@@ -49,7 +51,6 @@ from mlbus.events import Event, IngestValidated, Scalar
 from mlbus.featurestore import (
     Applied,
     EntityState,
-    FeatureValues,
     OfflineRow,
     OnlineStore,
     ViewAggregator,
@@ -296,7 +297,7 @@ class FeatureProcessor:
             groups, state_keys, stored, strict=True
         ):
             view = views[index]
-            state, view_rows, values = self._apply(view, entity, events, data, processed_ms)
+            state, view_rows = self._apply(view, entity, events, data, processed_ms)
             if not view_rows:
                 continue
             assert state.watermark_ms is not None
@@ -308,10 +309,12 @@ class FeatureProcessor:
                 view.name,
                 view.version,
                 entity,
-                values,
+                view.aggregator.last_values(state),
                 state.watermark_ms,
                 state.last_event_id,
                 view.ttl_s,
+                steps=view.aggregator.steps(state),
+                counted=state.counted,
             )
         for index, view_rows in rows.items():
             view_rows.sort()  # the spool keeps consumption order, as one by one would
@@ -337,17 +340,30 @@ class FeatureProcessor:
         events: Sequence[_Queued],
         data: bytes | None,
         processed_ms: int,
-    ) -> tuple[EntityState, list[tuple[int, bytes]], FeatureValues]:
-        """Fold one entity's events of the batch in order: the state after, one offline row
-        per counted event (as `(seq, json)`), and the values after the last of them."""
+    ) -> tuple[EntityState, list[tuple[int, bytes]]]:
+        """Fold one entity's events of the batch in order: the state after, and one offline
+        row per counted event (as `(seq, json)`) with the values of that event."""
         aggregator = view.aggregator
         state = aggregator.load(data)
         rows: list[tuple[int, bytes]] = []
-        values: FeatureValues = {}
         failed: set[int] = set()
         for n, item in enumerate(events):
+            outcome = aggregator.admit(state, item.event_id, item.event_ms)
+            if outcome is not Applied.APPLIED:
+                self._skip(view, outcome.value)
+                if outcome is Applied.TOO_LATE:
+                    log.warning(
+                        "event too late for view %s (entity %s, %d ms behind its latest event)",
+                        view.name,
+                        entity,
+                        (state.watermark_ms or item.event_ms) - item.event_ms,
+                        extra={"event_id": item.event_id},
+                    )
+                continue
+            prior = state.counted
             try:
-                outcome = aggregator.apply(state, item.event_id, item.event_ms, item.payload)
+                values = aggregator.event_values(state, item.event_ms, item.payload)
+                aggregator.apply(state, item.event_id, item.event_ms, item.payload)
             except Exception as exc:  # a bug or an odd value: dead-letter it, keep the others
                 self._failed.append((item, view.name, exc))
                 log.exception(
@@ -363,24 +379,19 @@ class FeatureProcessor:
                     if m not in failed:
                         aggregator.apply(state, earlier.event_id, earlier.event_ms, earlier.payload)
                 continue
-            if outcome is not Applied.APPLIED:
-                self._skip(view, outcome.value)
-                if outcome is Applied.TOO_LATE:
-                    log.warning(
-                        "event too late for view %s (entity %s, %d ms behind its latest event)",
-                        view.name,
-                        entity,
-                        (state.watermark_ms or item.event_ms) - item.event_ms,
-                        extra={"event_id": item.event_id},
-                    )
-                continue
             assert state.watermark_ms is not None
-            values = aggregator.values(state)
             row = OfflineRow(
-                entity, item.event_id, item.event_ms, state.watermark_ms, processed_ms, values
+                entity,
+                item.event_id,
+                item.event_ms,
+                state.watermark_ms,
+                processed_ms,
+                values,
+                prior,
+                aggregator.steps(state) if aggregator.aggregates else None,
             )
             rows.append((item.seq, row.to_json()))
-        return state, rows, values
+        return state, rows
 
     def _skip(self, view: BoundView, reason: str) -> None:
         self.stats.skipped += 1

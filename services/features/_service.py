@@ -64,7 +64,9 @@ class FeatureService(StreamService):
         server: grpc.aio.Server | None = None
         if self.serve_grpc:
             server = grpc.aio.server(interceptors=server_interceptors())
-            servicer = FeatureServicer(self.spec, online)
+            servicer = FeatureServicer(
+                self.spec, online, {view.name: view.aggregator for view in views}
+            )
             pb_grpc.add_FeatureServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
             health = add_health_and_reflection(server, ("mlbus.features.v1.FeatureService",))
             self.grpc_port = bind_port(

@@ -15,13 +15,12 @@ from mlbus._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
+    from ._policy import MissingFeatures, resolve_features
     from ._predict import (
         PREDICT_SERVICE_NAME,
         FeatureLayout,
         FeaturesUnavailable,
-        MissingFeatures,
         PredictionServicer,
-        resolve_features,
     )
     from ._predlog import PredictionLog, PredictionRecord
     from ._reload import (
@@ -54,9 +53,9 @@ _MODULE_OF = {
     "PREDICT_SERVICE_NAME": "_predict",
     "FeatureLayout": "_predict",
     "FeaturesUnavailable": "_predict",
-    "MissingFeatures": "_predict",
+    "MissingFeatures": "_policy",
     "PredictionServicer": "_predict",
-    "resolve_features": "_predict",
+    "resolve_features": "_policy",
     "PredictionLog": "_predlog",
     "PredictionRecord": "_predlog",
     "ArtifactFetcher": "_reload",

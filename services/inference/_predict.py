@@ -1,9 +1,14 @@
 # ruff: noqa: N802 - method names are the proto's RPC names
 """Predict by entity (`mlbus.inference.v1.PredictionService`): online features → model → outputs.
 
-    entity ids ─► OnlineStore.get_features (one pipelined Redis round trip)
-               ─► request fields, then the spec's policy for missing / stale values
+    entity ids ─► OnlineStore.get_features at the scored moment (one pipelined Redis round trip)
+               ─► request fields, then the spec's policy (`_policy.resolve_features`)
                ─► one input batch per route (main version, canary) ─► outputs + ages
+               ─► the prediction log: what each entity was served, before encoding
+
+The scored moment is the request's `event_time` (the scored event's time), or
+now: every window aggregate is evaluated there over the entity's events
+strictly before it — the value the offline row of that event holds (ADR 0020).
 
 Features are read in `spec.model_features()` order. How they reach the ONNX
 model (`FeatureLayout`, computed once per loaded version):
@@ -21,12 +26,8 @@ model (`FeatureLayout`, computed once per loaded version):
 - *columns*: every model input is named after a feature (`view.feature` or
   its name), shape [N] or [N, 1]; string features go in BYTES inputs.
 
-Policy: a feature with no online value (unknown entity, expired, null) or one
-older than `serving.max_feature_age_s` is *missing*. `missing_features: fail`
-refuses the whole request with FAILED_PRECONDITION naming each entity and its
-missing features and why; `default` uses `serving.defaults` and lists the
-replaced features in `defaulted_features`. Redis unreachable → UNAVAILABLE
-(the store's `RetryableError`); the read is bounded by `serving.timeout_ms`.
+Redis unreachable → UNAVAILABLE (the store's `RetryableError`); the read is
+bounded by `serving.timeout_ms`.
 """
 
 from __future__ import annotations
@@ -52,93 +53,34 @@ from mlbus.events import Scalar
 # Only for types: the online store (redis: ~6 MB) loads where Predict is set up,
 # the spec (yaml, its models: ~1 MB) with MLBUS_SPEC.
 if TYPE_CHECKING:
-    from mlbus.featurestore import FeatureVector, OnlineStore
-    from mlbus.spec import FeatureDef, ProjectSpec, ServingSpec
+    from mlbus.featurestore import FeatureVector, OnlineStore, ViewAggregator
+    from mlbus.spec import FeatureDef, ProjectSpec
 
 from mlbus.signatures import OIP_TO_NUMPY
 
 from ._model import InputEncoding, LoadedModel, encode_category
-from ._predlog import PredictionLog, PredictionRecord
+from ._policy import EntityFeatures, MissingFeatures, resolve_features
+from ._predlog import PredictionLog, PredictionRecord, ServedFeatures
 from ._repository import CANARY, ModelRepository
 from ._routing import ShadowRunner, goes_to_canary
 from ._servicer import run_model
 
 PREDICT_SERVICE_NAME = "mlbus.inference.v1.PredictionService"
-_SHOWN_ENTITIES = 10
+
+__all__ = [
+    "PREDICT_SERVICE_NAME",
+    "EntityFeatures",
+    "FeatureLayout",
+    "FeaturesUnavailable",
+    "MissingFeatures",
+    "PredictionServicer",
+    "protects_predict",
+    "resolve_features",
+]
 
 
 class FeaturesUnavailable(PermanentError):
     """Predict cannot run here (no spec, no Redis) or the model cannot take the spec's features."""
-
-
-class MissingFeatures(PermanentError):
-    """`missing_features: fail` and some entity lacks fresh values (FAILED_PRECONDITION)."""
-
-
-# ── features → rows, under the spec's policy (pure) ──────────────────────────
-
-
-@dataclass(frozen=True, slots=True)
-class EntityFeatures:
-    """One entity's model inputs in spec order, the ages of online values used, the defaults."""
-
-    entity_id: str
-    values: tuple[Scalar, ...]
-    ages_s: dict[str, float]
-    defaulted: tuple[str, ...]
-
-
-def resolve_features(
-    vectors: Sequence[FeatureVector],
-    refs: Sequence[str],
-    serving: ServingSpec,
-    fields: Mapping[str, Scalar] | None = None,
-) -> list[EntityFeatures]:
-    """Apply request fields and the missing/stale policy; raise `MissingFeatures` under `fail`."""
-    fields = fields or {}
-    max_age = serving.max_feature_age_s
-    use_defaults = serving.missing_features == "default"
-    resolved: list[EntityFeatures] = []
-    problems: list[str] = []
-    for vector in vectors:
-        values: list[Scalar] = []
-        ages: dict[str, float] = {}
-        defaulted: list[str] = []
-        missing: list[str] = []
-        for ref in refs:
-            if ref in fields:
-                values.append(fields[ref])
-                continue
-            age = vector.ages_s.get(ref)
-            value = vector.values.get(ref)
-            why: str | None = None
-            if age is None:
-                why = "no online value"
-            elif value is None:
-                why = "null"
-            elif max_age is not None and age > max_age:
-                why = f"{age:.0f}s old > max_feature_age_s {max_age}s"
-            if why is None:
-                values.append(value)
-                ages[ref] = float(age)  # type: ignore[arg-type]
-            elif use_defaults and ref in serving.defaults:
-                values.append(serving.defaults[ref])
-                defaulted.append(ref)
-            else:
-                values.append(None)
-                missing.append(f"{ref} ({why})")
-        if missing:
-            problems.append(f"{vector.entity_id!r}: {', '.join(missing)}")
-        resolved.append(EntityFeatures(vector.entity_id, tuple(values), ages, tuple(defaulted)))
-    if problems:
-        shown = "; ".join(problems[:_SHOWN_ENTITIES])
-        more = len(problems) - _SHOWN_ENTITIES
-        raise MissingFeatures(
-            f"missing or stale features (missing_features: {serving.missing_features}) for "
-            f"{len(problems)} of {len(vectors)} entities: {shown}"
-            + (f"; and {more} more" if more > 0 else "")
-        )
-    return resolved
 
 
 # ── rows → model inputs ──────────────────────────────────────────────────────
@@ -341,12 +283,30 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
             weakref.WeakKeyDictionary()
         )
         if spec is not None:
+            from mlbus.featurestore import ViewAggregator, empty_value
+
             self._features = spec.model_features()
             self._refs = tuple(f.ref for f in self._features)
             self._versions = {view: spec.features[view].version for view in spec.model_views()}
             self._by_name: dict[str, FeatureDef] = {f.ref: f for f in self._features}
             for f in self._features:
                 self._by_name.setdefault(f.name, f)
+            # Exact reads of the windows (ADR 0020). Serving does not know the feature
+            # service's lateness: each state records the horizon it can be read at.
+            self._views: dict[str, ViewAggregator] = {
+                view: ViewAggregator(spec.features[view], spec.view_features(view), 0)
+                for view in spec.model_views()
+            }
+            self._aggregates: dict[str, Scalar] = {
+                f.ref: empty_value(f.function) for f in self._features if f.function is not None
+            }
+            # Source fields the request may carry for views that count the scored event.
+            self._current_fields: dict[str, str] = {}
+            for view, aggregator in self._views.items():
+                if aggregator.include_current:
+                    for source_field in aggregator.inputs:
+                        self._current_fields.setdefault(f"{view}.{source_field}", source_field)
+                        self._current_fields.setdefault(source_field, source_field)
             self._serving = spec.serving
             self.canary_weight = (
                 spec.serving.canary_weight if canary_weight is None else canary_weight
@@ -385,9 +345,14 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                 "event id per entity id, in the same order, or none"
             )
         main = self._repository.get(name)
-        fields = self._fields(request)
-        vectors = await self._read(ids, context)
-        rows = resolve_features(vectors, self._refs, self._serving, fields)
+        fields, current = self._fields(request)
+        at_ms = (
+            request.event_time.ToMilliseconds()
+            if request.HasField("event_time")
+            else int(time.time() * 1000)
+        )
+        vectors = await self._read(ids, at_ms, current, context)
+        rows = resolve_features(vectors, self._refs, self._serving, fields, self._aggregates)
 
         canary = self._repository.canary(name)
         routes: list[tuple[LoadedModel, str, list[int]]] = [(main, self._alias, [])]
@@ -430,6 +395,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                         event_ids=(
                             tuple(event_ids[i] for i in indices) if event_ids is not None else None
                         ),
+                        served=ServedFeatures(self._refs, [rows[i] for i in indices], at_ms),
                     )
                 )
         response.predictions.extend(predictions)
@@ -446,6 +412,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                     feature_names=layout.feature_names,
                     trace_id=trace_id,
                     event_ids=event_ids,
+                    served=ServedFeatures(self._refs, rows, at_ms),
                 )
             except Exception:  # the shadow must never change the response
                 self._shadow.failed += 1
@@ -457,7 +424,13 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
             layout = self._layouts[model] = FeatureLayout.of(model, self._features)
         return layout
 
-    async def _read(self, ids: list[str], context: grpc.aio.ServicerContext) -> list[FeatureVector]:
+    async def _read(
+        self,
+        ids: list[str],
+        at_ms: int,
+        current: dict[str, Scalar],
+        context: grpc.aio.ServicerContext,
+    ) -> list[FeatureVector]:
         assert self._store is not None
         timeout_s = self._serving.timeout_ms / 1000
         remaining = context.time_remaining()
@@ -466,36 +439,54 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         try:
             # asyncio.timeout, not wait_for: no extra task and loop round trip per call
             async with asyncio.timeout(timeout_s):
-                return await self._store.get_features(ids, self._refs, self._versions)
+                return await self._store.get_features(
+                    ids,
+                    self._refs,
+                    self._versions,
+                    at_ms=at_ms,
+                    views=self._views,
+                    current=current,
+                )
         except TimeoutError:
             raise RetryableError(
                 f"the online store did not answer within {timeout_s * 1000:.0f} ms "
                 "(serving.timeout_ms)"
             ) from None
 
-    def _fields(self, request: pb.PredictRequest) -> dict[str, Scalar]:
+    def _fields(self, request: pb.PredictRequest) -> tuple[dict[str, Scalar], dict[str, Scalar]]:
+        """(model features given by the request, by ref; the scored event's source fields
+        for views that count it, by field name)."""
         fields: dict[str, Scalar] = {}
+        current: dict[str, Scalar] = {}
         for key, value in request.fields.items():
             feature = self._by_name.get(key)
-            if feature is None:
+            source_field = self._current_fields.get(key)
+            if feature is None and source_field is None:
+                counted = ", ".join(self._current_fields)
                 raise InvalidInput(
                     f"field {key!r} is not a feature of model {self._serving.model!r} "
                     f"({', '.join(self._refs)})"
+                    + (f" nor a field counted with the scored event ({counted})" if counted else "")
                 )
             kind = value.WhichOneof("value")
             scalar: Scalar = getattr(value, kind) if kind else None
-            numeric = feature.kind == "numeric"
-            if (
-                scalar is None
-                or (numeric and isinstance(scalar, str))
-                or (not numeric and feature.dtype != "bool" and not isinstance(scalar, str))
-            ):
-                raise InvalidInput(
-                    f"field {key!r}: expected a {feature.dtype} value for {feature.ref!r}, "
-                    f"got {kind or 'nothing'}"
-                )
-            fields[feature.ref] = scalar
-        return fields
+            if feature is not None:
+                numeric = feature.kind == "numeric"
+                if (
+                    scalar is None
+                    or (numeric and isinstance(scalar, str))
+                    or (not numeric and feature.dtype != "bool" and not isinstance(scalar, str))
+                ):
+                    raise InvalidInput(
+                        f"field {key!r}: expected a {feature.dtype} value for {feature.ref!r}, "
+                        f"got {kind or 'nothing'}"
+                    )
+                fields[feature.ref] = scalar
+                if feature.source_field is not None and feature.function is None:
+                    source_field = source_field or self._current_fields.get(feature.source_field)
+            if source_field is not None:
+                current[source_field] = scalar
+        return fields, current
 
 
 def _fill(

@@ -11,9 +11,12 @@ response was sent long before.
 Feature names: a 2-D input `x` of shape [N, F] gives features `x[0]` … `x[F-1]`
 unless the ONNX model's metadata has `mlbus.feature_names.x` (comma-separated);
 a 1-D input, or [N, 1], is one feature named after the input. `Predict`
-passes the spec's `view.feature` refs instead. Shadow scores are logged with
-`shadow=True`. When Predict names the business event of each entity
-(`event_ids`), every row carries it as `scored_event_id`.
+passes what it served instead (`ServedFeatures`): each `view.feature` value
+before encoding, its age, whether it was defaulted, the moment the windows were
+evaluated at and how many events each view had counted — so a served vector can
+be compared with the offline row of the same event (ADR 0020). Shadow scores
+are logged with `shadow=True`. When Predict names the business event of each
+entity (`event_ids`), every row carries it as `scored_event_id`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,7 @@ from mlbus.events import PredictionLogged, Scalar
 from mlbus.telemetry import meter
 
 from ._model import LoadedModel
+from ._policy import EntityFeatures
 
 log = logging.getLogger(__name__)
 _meter = meter("mlbus.inference")
@@ -43,6 +48,16 @@ _dropped_metric = _meter.create_counter(
 _logged_metric = _meter.create_counter(
     "mlbus.inference.prediction_log.sent", description="prediction records queued on the producer"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFeatures:
+    """What Predict served, per row of the batch: values by `refs` before encoding."""
+
+    refs: tuple[str, ...]
+    rows: Sequence[EntityFeatures]
+    at_ms: int
+    """The moment the windows were evaluated at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,8 @@ class PredictionRecord:
     """Names of the columns of the (single, 2-D) input, e.g. the spec's `view.feature` refs."""
     event_ids: tuple[str, ...] | None = None
     """Per row, the business event scored (Predict's `event_ids`), for joining labels later."""
+    served: ServedFeatures | None = None
+    """Predict: what each row was served (logged instead of the encoded inputs)."""
 
     @property
     def rows(self) -> int:
@@ -212,22 +229,27 @@ def _scalar(value: Any) -> Scalar:
 def to_events(record: PredictionRecord) -> list[PredictionLogged]:
     """One `PredictionLogged` per row of the batch."""
     rows = record.rows
-    columns: list[tuple[list[str], np.ndarray]] = []
-    for name, array in record.inputs.items():
-        flat = array.reshape(rows, -1) if array.ndim else array.reshape(1, 1)
-        given = record.feature_names
-        if given is not None and len(given) == flat.shape[1] and len(record.inputs) == 1:
-            columns.append((list(given), flat))
-        else:
-            columns.append((feature_names(record.model, name, flat.shape[1]), flat))
     outputs: list[tuple[str, np.ndarray]] = [
         (name, array.reshape(rows, -1).astype(np.float64))
         for name, array in record.outputs.items()
         if array.dtype.kind in "biuf" and array.ndim and array.shape[0] == rows
     ]
+    served = record.served
+    columns = [] if served is not None else _input_columns(record, rows)
+    features_at = None if served is None else datetime.fromtimestamp(served.at_ms / 1000, UTC)
     events = []
     for i in range(rows):
         features: dict[str, Scalar] = {}
+        extra: dict[str, Any] = {}
+        if served is not None:
+            row = served.rows[i]
+            features = dict(zip(served.refs, map(_scalar, row.values), strict=True))
+            extra = {
+                "feature_ages_s": row.ages_s,
+                "defaulted_features": row.defaulted,
+                "features_at": features_at,
+                "view_event_counts": row.counted,
+            }
         for names, flat in columns:
             features.update(zip(names, map(_scalar, flat[i].tolist()), strict=True))
         events.append(
@@ -242,6 +264,20 @@ def to_events(record: PredictionRecord) -> list[PredictionLogged]:
                 latency_ms=record.latency_ms,
                 trace_id=record.trace_id,
                 shadow=record.shadow,
+                **extra,
             )
         )
     return events
+
+
+def _input_columns(record: PredictionRecord, rows: int) -> list[tuple[list[str], np.ndarray]]:
+    """The model inputs as named feature columns (ModelInfer: no served values to log)."""
+    columns: list[tuple[list[str], np.ndarray]] = []
+    for name, array in record.inputs.items():
+        flat = array.reshape(rows, -1) if array.ndim else array.reshape(1, 1)
+        given = record.feature_names
+        if given is not None and len(given) == flat.shape[1] and len(record.inputs) == 1:
+            columns.append((list(given), flat))
+        else:
+            columns.append((feature_names(record.model, name, flat.shape[1]), flat))
+    return columns

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from ._model import LoadedModel
-from ._predlog import PredictionRecord
+from ._predlog import PredictionRecord, ServedFeatures
 from ._repository import SHADOW
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,14 @@ class ShadowRunner:
         feature_names: tuple[str, ...] | None = None,
         trace_id: str | None = None,
         event_ids: tuple[str, ...] | None = None,
+        served: ServedFeatures | None = None,
     ) -> None:
         """Schedule one shadow run; never blocks, never raises."""
         if len(self._tasks) >= self._max:
             self.dropped += 1
             return
         task = asyncio.get_running_loop().create_task(
-            self._score(model, inputs, entity_ids, feature_names, trace_id, event_ids),
+            self._score(model, inputs, entity_ids, feature_names, trace_id, event_ids, served),
             name=f"shadow-{model.name}",
         )
         self._tasks.add(task)
@@ -101,6 +102,7 @@ class ShadowRunner:
         feature_names: tuple[str, ...] | None,
         trace_id: str | None,
         event_ids: tuple[str, ...] | None,
+        served: ServedFeatures | None,
     ) -> None:
         started = time.perf_counter()
         try:
@@ -128,6 +130,7 @@ class ShadowRunner:
                     shadow=True,
                     feature_names=feature_names,
                     event_ids=event_ids,
+                    served=served,
                 )
             )
 

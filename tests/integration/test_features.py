@@ -23,7 +23,10 @@ from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.events import IngestValidated, Scalar
 from mlbus.example import fraud_spec_path, generate
 from mlbus.features import FeatureService, FeaturesSettings
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from mlbus.featurestore import (
+    Applied,
     EntityState,
     OfflineRow,
     OfflineStore,
@@ -66,16 +69,30 @@ def validated_events(spec: ProjectSpec, n: int, seed: int) -> list[IngestValidat
     return out
 
 
-def reference(spec: ProjectSpec, events: Sequence[IngestValidated]) -> dict[str, dict[str, Scalar]]:
-    """What the view should hold per entity: the aggregator fed once, in order, in memory."""
-    view = spec.features[VIEW]
-    aggregator = ViewAggregator(view, spec.view_features(VIEW), allowed_lateness_s=3600)
-    states: dict[str, EntityState] = {}
-    for event in events:
-        state = states.setdefault(event.entity_id, EntityState())
-        ms = int(event.event_time.timestamp() * 1000)
-        aggregator.apply(state, event.event_id, ms, event.payload)
-    return {entity: aggregator.values(state) for entity, state in states.items()}
+class Reference:
+    """What the view should hold: the aggregator fed once, in order, in memory — each
+    event's own values (its offline row) and each entity's state after all of them."""
+
+    def __init__(self, spec: ProjectSpec, events: Sequence[IngestValidated]) -> None:
+        view = spec.features[VIEW]
+        self.aggregator = ViewAggregator(view, spec.view_features(VIEW), allowed_lateness_s=3600)
+        self.states: dict[str, EntityState] = {}
+        self.rows: dict[str, dict[str, Scalar]] = {}
+        for event in events:
+            state = self.states.setdefault(event.entity_id, EntityState())
+            ms = int(event.event_time.timestamp() * 1000)
+            if self.aggregator.admit(state, event.event_id, ms) is Applied.APPLIED:
+                self.rows[event.event_id] = self.aggregator.event_values(state, ms, event.payload)
+            self.aggregator.apply(state, event.event_id, ms, event.payload)
+
+    @property
+    def latest_ms(self) -> int:
+        return max(s.watermark_ms or 0 for s in self.states.values())
+
+    def at(self, entity: str, at_ms: int) -> dict[str, Scalar]:
+        """An entity's online values read at `at_ms` (after its latest event)."""
+        state = self.states[entity]
+        return {**self.aggregator.last_values(state), **self.aggregator.aggregates_at(state, at_ms)}
 
 
 class Harness:
@@ -159,12 +176,7 @@ def processed(n: int) -> Callable[[FeatureService], bool]:
     return lambda service: service.consumer is not None and service.consumer.stats.processed >= n
 
 
-def last_offline_rows(table: pa.Table) -> dict[str, dict[str, Scalar]]:
-    rows = sorted(table.to_pylist(), key=lambda r: (r["feature_time"], r["processed_at"]))
-    return {r["entity_id"]: r for r in rows}
-
-
-async def test_online_values_equal_the_last_offline_row_per_entity(
+async def test_offline_rows_hold_each_events_values_and_online_reads_re_age_them(
     harness: Harness, spec: ProjectSpec
 ) -> None:
     events = validated_events(spec, 400, seed=3)
@@ -177,18 +189,28 @@ async def test_online_values_equal_the_last_offline_row_per_entity(
     offline = OfflineStore(harness.offline_dir)
     table = offline.read(offline.files(VIEW, 1))
     assert table.num_rows == len(events)  # one row per distinct event, replays skipped
-    last = last_offline_rows(table)
-    expected = reference(spec, events)
+    expected = Reference(spec, events)
     names = spec.features[VIEW].feature_names()
-    async with harness.store() as store:
-        online = await store.get_many(VIEW, 1, sorted(last))
-    assert len(online) == len(expected)
-    for row in online:
-        assert row.found
+    for row in table.to_pylist():  # each row: the event's fields, windows before it
         for name in names:
-            assert row.values[name] == pytest.approx(last[row.entity_id][name]), name
-            assert row.values[name] == pytest.approx(expected[row.entity_id][name]), name
-        assert row.event_time_ms == int(last[row.entity_id]["feature_time"].timestamp() * 1000)
+            assert row[name] == pytest.approx(expected.rows[row["event_id"]][name]), name
+    watermarks = {}
+    for row in table.to_pylist():
+        ms = int(row["feature_time"].timestamp() * 1000)
+        watermarks[row["entity_id"]] = max(ms, watermarks.get(row["entity_id"], 0))
+    async with harness.store() as store:
+        # online reads evaluate the windows at the read's time: a day later they fell
+        for at_ms in (expected.latest_ms + 1, expected.latest_ms + 86_400_000):
+            online = await store.get_many(VIEW, 1, sorted(expected.states), at_ms=at_ms)
+            assert len(online) == len(expected.states)
+            for row in online:
+                assert row.found
+                values = expected.at(row.entity_id, at_ms)
+                for name in names:
+                    assert row.values[name] == pytest.approx(values[name]), name
+                assert row.event_time_ms == watermarks[row.entity_id]
+        fallen = await store.get_many(VIEW, 1, sorted(expected.states), at_ms=at_ms)
+    assert {row.values["count_24h"] for row in fallen} == {0}
 
 
 async def test_grpc_returns_values_and_ages_for_many_entities(
@@ -197,6 +219,8 @@ async def test_grpc_returns_values_and_ages_for_many_entities(
     events = validated_events(spec, 60, seed=5)
     await harness.publish(events)
     entities = [*sorted({e.entity_id for e in events})[:5], "card_999999"]
+    expected = Reference(spec, events)
+    at_ms = expected.latest_ms + 1
     answers: list[pb.GetOnlineFeaturesResponse] = []
 
     async def ask(service: FeatureService) -> None:
@@ -207,7 +231,9 @@ async def test_grpc_returns_values_and_ages_for_many_entities(
             answers.append(
                 await stub.GetOnlineFeatures(
                     pb.GetOnlineFeaturesRequest(
-                        entities=entities, features=[f"{VIEW}.count_24h", f"{VIEW}.amount"]
+                        entities=entities,
+                        features=[f"{VIEW}.count_24h", f"{VIEW}.amount"],
+                        event_time=Timestamp(seconds=at_ms // 1000, nanos=at_ms % 1000 * 10**6),
                     ),
                     timeout=5,
                 )
@@ -223,12 +249,12 @@ async def test_grpc_returns_values_and_ages_for_many_entities(
     await harness.run_until(lambda _: bool(answers), while_running=ask)
     response = answers[0]
     assert list(response.feature_names) == [f"{VIEW}.count_24h", f"{VIEW}.amount"]
-    expected = reference(spec, events)
     for row in response.entities[:-1]:
         count, amount = row.values
+        values = expected.at(row.entity_id, at_ms)
         assert count.status == pb.FeatureValue.PRESENT
-        assert count.int_value == expected[row.entity_id]["count_24h"]
-        assert amount.double_value == pytest.approx(expected[row.entity_id]["amount"])
+        assert count.int_value == values["count_24h"]
+        assert amount.double_value == pytest.approx(values["amount"])
         assert count.age_s > 0
     unknown = response.entities[-1]
     assert unknown.entity_id == "card_999999"
@@ -246,14 +272,14 @@ async def test_a_restart_and_a_full_replay_count_nothing_twice(
     harness.group = f"{harness.group}-again"
     await harness.publish(second)
     await harness.run_until(processed(len(events)))
-    expected = reference(spec, events)
+    expected = Reference(spec, events)
+    at_ms = expected.latest_ms + 1
     async with harness.store() as store:
-        online = await store.get_many(VIEW, 1, sorted(expected))
+        online = await store.get_many(VIEW, 1, sorted(expected.states), at_ms=at_ms)
     for row in online:
-        assert row.values["count_24h"] == expected[row.entity_id]["count_24h"]
-        assert row.values["amount_sum_24h"] == pytest.approx(
-            expected[row.entity_id]["amount_sum_24h"]
-        )
+        values = expected.at(row.entity_id, at_ms)
+        assert row.values["count_24h"] == values["count_24h"]
+        assert row.values["amount_sum_24h"] == pytest.approx(values["amount_sum_24h"])
     offline = OfflineStore(harness.offline_dir)
     raw = offline.read(offline.files(VIEW, 1), dedupe=False)
     assert raw.num_rows == len(events)
@@ -282,11 +308,12 @@ async def test_redis_down_at_first_is_retried_and_nothing_is_lost(
         assert service.consumer is not None
         assert service.consumer.stats.retries > 0
         assert service.consumer.stats.dead_lettered == 0
-        expected = reference(spec, events)
+        expected = Reference(spec, events)
+        at_ms = expected.latest_ms + 1
         async with OnlineStore.from_url(redis.url, key_prefix=harness.prefix) as store:
-            online = await store.get_many(VIEW, 1, sorted(expected))
+            online = await store.get_many(VIEW, 1, sorted(expected.states), at_ms=at_ms)
         assert [r.values["count_24h"] for r in online] == [
-            expected[r.entity_id]["count_24h"] for r in online
+            expected.at(r.entity_id, at_ms)["count_24h"] for r in online
         ]
     finally:
         redis.stop()
@@ -329,8 +356,9 @@ async def test_training_set_from_the_service_rows_is_fingerprinted(
     assert first.fingerprint == again.fingerprint
     assert first.table.num_rows == len(labelled)
     assert first.labels_without_features == 0
-    for row in first.table.to_pylist():
-        assert row["feature_time"] <= row["as_of"]
+    times = {e.event_id: e.event_time for e in labelled}
+    for row in first.table.to_pylist():  # the row of the labelled event itself
+        assert row["as_of"] == times[row["event_id"]]
     # one more file: a different dataset, a different fingerprint
     extra_row = offline.read(list(first.files)).slice(0, 1).to_pylist()[0]
     offline.write_rows(
@@ -345,6 +373,7 @@ async def test_training_set_from_the_service_rows_is_fingerprinted(
                 int(extra_row["feature_time"].timestamp() * 1000),
                 int(extra_row["processed_at"].timestamp() * 1000) + 1,
                 {n: extra_row[n] for n in first.feature_columns},
+                extra_row["prior_events"],
             )
         ],
     )

@@ -35,14 +35,14 @@ from mlbus.runtime._embedded import LOOPBACK, redis_binary
 from mlbus.runtime._process import spawn, terminate, wait_for_port
 from mlbus.spec import ProjectSpec, load_spec
 
-from .test_features import VIEW, Harness, processed, reference, validated_events
+from .test_features import VIEW, Harness, Reference, processed, validated_events
 from .test_features_batching import LATENESS_S, mixed_batch, received
 
 pytestmark = pytest.mark.integration
 
 NODES = 3
 SLOTS = 16384
-NOW_S = 1_750_000_000.0
+NOW_MS = 1_750_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +160,11 @@ async def test_pipelined_reads_span_every_node_and_match_a_single_redis(
         assert len(owners) == NODES  # the pipelines below really cross nodes
 
         wanted = [*entities[:7], "card_unknown", *entities[40:]]
-        assert await cluster.get("card_activity", 1, entities[3], now_s=NOW_S) == await single.get(
-            "card_activity", 1, entities[3], now_s=NOW_S
+        assert await cluster.get("card_activity", 1, entities[3], at_ms=NOW_MS) == await single.get(
+            "card_activity", 1, entities[3], at_ms=NOW_MS
         )
-        on_cluster = await cluster.get_many("card_activity", 1, wanted, now_s=NOW_S)
-        assert on_cluster == await single.get_many("card_activity", 1, wanted, now_s=NOW_S)
+        on_cluster = await cluster.get_many("card_activity", 1, wanted, at_ms=NOW_MS)
+        assert on_cluster == await single.get_many("card_activity", 1, wanted, at_ms=NOW_MS)
         assert [r.entity_id for r in on_cluster] == wanted  # order kept across nodes
         assert on_cluster[3].values == values_of(3)
         assert on_cluster[3].age_s == pytest.approx(10.0)
@@ -172,8 +172,8 @@ async def test_pipelined_reads_span_every_node_and_match_a_single_redis(
 
         refs = ["card_activity.n", "merchant_risk.s", "merchant_risk.none"]
         versions = {"card_activity": 1, "merchant_risk": 1}
-        vectors = await cluster.get_features(wanted, refs, versions, now_s=NOW_S)
-        assert vectors == await single.get_features(wanted, refs, versions, now_s=NOW_S)
+        vectors = await cluster.get_features(wanted, refs, versions, at_ms=NOW_MS)
+        assert vectors == await single.get_features(wanted, refs, versions, at_ms=NOW_MS)
         assert vectors[8].values == {
             "card_activity.n": 40,
             "merchant_risk.s": "v0",
@@ -182,8 +182,8 @@ async def test_pipelined_reads_span_every_node_and_match_a_single_redis(
         # One entity and one view is a single command, not a pipeline: same answer.
         one_view = ["card_activity.n"]
         for store in (cluster, single):
-            alone = await store.get_features([entities[3]], one_view, versions, now_s=NOW_S)
-            among = await store.get_features(entities[2:5], one_view, versions, now_s=NOW_S)
+            alone = await store.get_features([entities[3]], one_view, versions, at_ms=NOW_MS)
+            among = await store.get_features(entities[2:5], one_view, versions, at_ms=NOW_MS)
             assert alone == [among[1]]
             assert alone[0].values == {"card_activity.n": values_of(3)["n"]}
     finally:
@@ -219,7 +219,7 @@ async def test_batched_feature_writes_on_a_cluster_equal_a_single_redis(
         got = await snapshot(cluster)
         assert len(got) == 7  # 3 states, 3 online hashes, 1 spool
         assert got == await snapshot(single)
-        assert on_cluster.stats.skipped_by_reason == {"duplicate": 2, "too_late": 2}
+        assert on_cluster.stats.skipped_by_reason == {"duplicate": 3, "too_late": 1}
 
         await run_batch(on_cluster, first + second)  # a replay after a crash: nothing new
         assert await snapshot(cluster) == got
@@ -317,13 +317,15 @@ async def test_the_feature_service_runs_on_a_cluster(
         offline = OfflineStore(harness.offline_dir)
         table = offline.read(offline.files(VIEW, 1))
         assert table.num_rows == len(events)  # spool → Parquet on a cluster; replays skipped
-        expected = reference(spec, events)
+        expected = Reference(spec, events)
+        at_ms = expected.latest_ms + 1
         names = spec.features[VIEW].feature_names()
         async with harness.store() as store:
-            online = await store.get_many(VIEW, 1, sorted(expected))
+            online = await store.get_many(VIEW, 1, sorted(expected.states), at_ms=at_ms)
         assert all(row.found for row in online)
         for row in online:
+            values = expected.at(row.entity_id, at_ms)
             for name in names:
-                assert row.values[name] == pytest.approx(expected[row.entity_id][name]), name
+                assert row.values[name] == pytest.approx(values[name]), name
     finally:
         await harness.cleanup()

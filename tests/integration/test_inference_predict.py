@@ -25,7 +25,7 @@ from mlbus.bus import Consumer, Publisher, Received
 from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.events import Event, PredictionLogged, Scalar
 from mlbus.example import fraud_spec_path
-from mlbus.featurestore import OnlineStore
+from mlbus.featurestore import OnlineStore, empty_value
 from mlbus.inference import ENTITY_PARAMETER, Publication, goes_to_canary
 from mlbus.spec import ProjectSpec, parse_spec
 from mlbus.training import dataset_from_table, onnx_scores, train
@@ -45,12 +45,25 @@ def pub(folder: Path, model: str, version: int, alias: str = "champion") -> Publ
 async def write(
     url: str, prefix: str, rows: dict[str, tuple[float, float, float]], age_s: float
 ) -> None:
+    """Online hashes as the feature service writes them: the raw field, and each window
+    as its step function (constant here: nothing leaves the window while the test runs)."""
     async with OnlineStore.from_url(url, key_prefix=prefix) as store:
         pipe = store.client.pipeline(transaction=False)
         ts = int((time.time() - age_s) * 1000)
         for entity, (count, total, amount) in rows.items():
-            values = {"count_10m": count, "amount_sum_1h": total, "amount": amount}
-            store.stage_write(pipe, "card_activity", 1, entity, values, ts, "t", 600)
+            steps = {"count_10m": [[None, count]], "amount_sum_1h": [[None, total]]}
+            store.stage_write(
+                pipe,
+                "card_activity",
+                1,
+                entity,
+                {"amount": amount},
+                ts,
+                "t",
+                600,
+                steps=steps,
+                counted=3,
+            )
         await pipe.execute()
 
 
@@ -89,7 +102,7 @@ async def test_predict_reads_online_features_and_applies_defaults(
     await write(redis_url, prefix, {"fresh": (1.0, 2.0, 5.0)}, age_s=10)
     await write(redis_url, prefix, {"old": (9.0, 9.0, 9.0)}, age_s=7200)
     redis = RedisSettings(url=redis_url, key_prefix=prefix)
-    spec = spec_for(model, defaults=dict.fromkeys(NUMERIC, 0.5))
+    spec = spec_for(model, defaults={"card_activity.amount": 0.5})
     async with serving(model, None, redis=redis, spec_=spec) as (server, _):
         await server.reloader.apply(pub(tmp_path, model, 4))
         assert server.port is not None
@@ -103,10 +116,14 @@ async def test_predict_reads_online_features_and_applies_defaults(
         assert all(5 < age < 60 for age in fresh.feature_ages_s.values())
         assert list(fresh.defaulted_features) == []
         assert (fresh.model_version, fresh.alias) == ("4", "champion")
-        for p in (unknown, old):  # no value / older than max_feature_age_s (3600)
-            assert list(p.defaulted_features) == list(NUMERIC)
-            assert dict(p.feature_ages_s) == {}
-            assert list(p.outputs["y"].values) == pytest.approx([float(W @ [0.5, 0.5, 0.5]) + 4])
+        # the raw field has no value / is older than max_feature_age_s (3600): defaulted;
+        # the windows are never missing: empty for an unknown entity, as stored for an old one
+        for p in (unknown, old):
+            assert list(p.defaulted_features) == ["card_activity.amount"]
+        assert dict(unknown.feature_ages_s) == {}
+        assert list(unknown.outputs["y"].values) == pytest.approx([float(W @ [0, 0, 0.5]) + 4])
+        assert set(old.feature_ages_s) == set(NUMERIC[:2])
+        assert list(old.outputs["y"].values) == pytest.approx([float(W @ [9, 9, 0.5]) + 4])
 
         # a request-time field replaces the online value
         fields = {"amount": ppb.FieldValue(double_value=100.0)}
@@ -137,7 +154,7 @@ async def test_fail_policy_and_redis_down_and_no_spec(
         assert ok.predictions[0].outputs["y"].values
         failed = await failure(server.port, ppb.PredictRequest(entity_ids=["fresh", "ghost"]))
         assert failed.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "'ghost': card_activity.count_10m (no online value)" in (failed.details() or "")
+        assert "'ghost': card_activity.amount (no online value)" in (failed.details() or "")
 
     down = RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_s=0.5)
     async with serving(model, None, redis=down, spec_=spec) as (server, _):
@@ -261,6 +278,16 @@ async def test_event_ids_reach_the_prediction_log_beside_their_entities(
         assert event.scored_event_id == f"tx-{entity}"
         assert event.version == version_of[entity]
     assert sum(e.scored_event_id is None for e in logged) == 3
+    for event in logged:  # what the model was served, before encoding, and where from
+        assert event.features == {
+            "card_activity.count_10m": 1.0,
+            "card_activity.amount_sum_1h": 1.0,
+            "card_activity.amount": 1.0,
+        }
+        assert set(event.feature_ages_s) == set(NUMERIC)
+        assert event.defaulted_features == ()
+        assert event.features_at is not None
+        assert event.view_event_counts == {"card_activity": 3}
 
 
 @contextlib.asynccontextmanager
@@ -374,12 +401,18 @@ async def test_predict_serves_a_trainer_model_with_categorical_features(
         assert server.port is not None
         answer = await predict(server.port, ppb.PredictRequest(entity_ids=[*online, "new"]))
 
-    defaults = {ref.partition(".")[2]: v for ref, v in spec.serving.defaults.items()}
-    raw: list[dict[str, Any]] = [*online.values(), defaults]  # "new" gets the spec's defaults
+    # "new" gets the spec's defaults for its raw fields, empty windows for its aggregates
+    defaults: dict[str, Any] = {
+        ref.partition(".")[2]: v for ref, v in spec.serving.defaults.items()
+    }
+    defaults.update((f.name, empty_value(f.function)) for f in features if f.function is not None)
+    raw: list[dict[str, Any]] = [*online.values(), defaults]
     x = dataset.encoding.encode({f.ref: [v[f.name] for v in raw] for f in features})
     assert np.isnan(x[1, refs.index("card_activity.merchant_category")])
     expected = onnx_scores(trained.onnx, x, "classification")
     got = [p.outputs["probabilities"].values[1] for p in answer.predictions]
     assert got == pytest.approx(expected.tolist(), abs=1e-6)
     assert [p.entity_id for p in answer.predictions] == ["known", "odd", "new"]
-    assert list(answer.predictions[2].defaulted_features) == refs
+    assert list(answer.predictions[2].defaulted_features) == [
+        f.ref for f in features if f.function is None
+    ]

@@ -13,7 +13,7 @@ from mlbus.config import MlbusSettings, RedisSettings, load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import Scalar
 from mlbus.featurestore import OnlineStore, encode_value
-from mlbus.featurestore._online import EVENT_ID_FIELD, TS_FIELD
+from mlbus.featurestore._online import COUNTED_FIELD, EVENT_ID_FIELD, TS_FIELD, encode_steps
 
 scalars = st.one_of(
     st.none(),
@@ -38,7 +38,7 @@ def stored_hash(values: dict[str, Scalar], event_ms: int) -> dict[bytes, bytes]:
 @given(values=st.dictionaries(feature_names, scalars, max_size=25))
 def test_a_stored_hash_decodes_to_the_values_written(values: dict[str, Scalar]) -> None:
     store = OnlineStore(aioredis.Redis())
-    row = store._decode("v", 1, "e1", stored_hash(values, 1_000_000), None, 1_010.5)
+    row = store._decode("v", 1, "e1", stored_hash(values, 1_000_000), None, 1_010_500)
     assert row.values == values
     assert all(type(row.values[k]) is type(v) for k, v in values.items())
     assert row.event_time_ms == 1_000_000
@@ -47,17 +47,38 @@ def test_a_stored_hash_decodes_to_the_values_written(values: dict[str, Scalar]) 
     names = [name.encode() for name in values]
     raw = stored_hash(values, 1_000_000)
     by_field = store._decode(
-        "v", 1, "e1", [raw[TS_FIELD], *(raw[n] for n in names)], names, 1_010.5
+        "v", 1, "e1", [raw[TS_FIELD], None, *(raw[n] for n in names)], names, 1_010_500
     )
     assert by_field.values == values
 
 
 def test_an_absent_hash_is_not_found_and_meta_fields_are_not_features() -> None:
     store = OnlineStore(aioredis.Redis())
-    assert not store._decode("v", 1, "e1", {}, None, 0.0).found
-    row = store._decode("v", 1, "e1", stored_hash({"a": 1}, 5), None, 1.0)
-    assert row.values == {"a": 1}  # no __ts / __eid among the values, twice (cached)
-    assert store._decode("v", 1, "e1", stored_hash({"b": 2}, 5), None, 1.0).values == {"b": 2}
+    assert not store._decode("v", 1, "e1", {}, None, 0).found
+    raw = stored_hash({"a": 1}, 5)
+    raw[COUNTED_FIELD] = b"7"
+    row = store._decode("v", 1, "e1", raw, None, 1000)
+    assert row.values == {"a": 1}  # no __ts / __eid / __n among the values, twice (cached)
+    assert row.counted == 7
+    assert store._decode("v", 1, "e1", stored_hash({"b": 2}, 5), None, 1000).values == {"b": 2}
+
+
+def test_an_aggregate_is_read_at_the_time_of_the_read() -> None:
+    """Its steps are evaluated at the read's time: a count falls as its window passes;
+    at or before the latest event the steps are not exact, and the row says so."""
+    store = OnlineStore(aioredis.Redis())
+    raw = stored_hash({"amount": 3.5}, 10_000)
+    raw[b"count_1m"] = encode_steps([[60_000, 2], [70_000, 1], [None, 0]])
+    raw[COUNTED_FIELD] = b"2"
+    for at_ms, count in ((10_001, 2), (59_999, 2), (60_000, 1), (70_000, 0)):
+        row = store._decode("v", 1, "e1", raw, None, at_ms)
+        assert row.values == {"amount": 3.5, "count_1m": count}
+        assert row.exact
+    assert not store._decode("v", 1, "e1", raw, None, 10_000).exact
+    names = [b"count_1m"]
+    by_field = store._decode("v", 1, "e1", [b"10000", b"2", raw[b"count_1m"]], names, 65_000)
+    assert by_field.values == {"count_1m": 1}
+    assert by_field.counted == 2
 
 
 async def test_cluster_settings_build_a_cluster_client(monkeypatch: pytest.MonkeyPatch) -> None:

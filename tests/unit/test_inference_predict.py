@@ -30,7 +30,7 @@ def numeric_spec(**serving: object) -> ProjectSpec:
     data["drift"]["features"] = {}
     data["serving"] = {
         "missing_features": "default",
-        "defaults": dict.fromkeys(NUMERIC, 0),
+        "defaults": {"card_activity.amount": 0},
         "max_feature_age_s": 3600,
         **serving,
     }
@@ -94,6 +94,24 @@ def test_request_fields_win_over_online_values_and_have_no_age() -> None:
     (row,) = resolve_features(vectors, REFS, serving("fail"), {"v.a": 9.0, "v.b": 1})
     assert row.values == (9.0, 1)
     assert row.ages_s == {}
+
+
+def test_aggregates_are_never_missing_an_entity_without_events_has_empty_windows() -> None:
+    """As its offline row would: count 0, no mean (NaN to the model) — not a default,
+    and not stale however long ago the entity's last event was (ADR 0020)."""
+    aggregates = {"v.n": 0, "v.mean": None}
+    refs = ("v.a", "v.n", "v.mean")
+    vectors = [
+        FeatureVector("new", {}, {}),
+        FeatureVector("idle", {"v.a": 2.0, "v.n": 0, "v.mean": 4.5}, dict.fromkeys(refs, 1e6)),
+    ]
+    new, idle = resolve_features(vectors, refs, serving("default"), {}, aggregates)
+    assert (new.values, new.defaulted, new.ages_s) == ((1.5, 0, None), ("v.a",), {})
+    assert idle.values == (1.5, 0, 4.5)  # the stale raw field is defaulted, the windows are not
+    assert idle.defaulted == ("v.a",)
+    assert idle.ages_s == {"v.n": 1e6, "v.mean": 1e6}
+    with pytest.raises(MissingFeatures, match=r"'new': v\.a \(no online value\)$"):
+        resolve_features(vectors[:1], refs, serving("fail"), {}, aggregates)
 
 
 def test_many_failing_entities_are_summarised() -> None:

@@ -274,12 +274,18 @@ def test_negative_bound_on_positive_field(text: str) -> None:
             "serving.defaults['card_activity.channel']: expected one of",
         ),
         (
-            "    card_activity.count_10m: 0\n",
+            "    card_activity.channel: pos\n",
             "",
             (
-                "serving.defaults: expected a default for every model feature "
-                "(missing_features: default), missing card_activity.count_10m"
+                "serving.defaults: expected a default for every raw model feature "
+                "(missing_features: default), missing card_activity.channel"
             ),
+        ),
+        (
+            "    card_activity.channel: pos\n",
+            "    card_activity.channel: pos\n    card_activity.count_10m: 0\n",
+            "serving.defaults['card_activity.count_10m']: 'card_activity.count_10m' is a window "
+            "aggregate: it is never missing",
         ),
         (
             "  min_samples: 500",

@@ -199,7 +199,8 @@ def test_profile_covers_every_feature_and_the_prediction() -> None:
     trained = train(spec, dataset(spec))
     assert set(trained.profile.features) == {f.ref for f in spec.model_features()}
     assert trained.profile.prediction is not None
-    assert trained.profile.n_samples == trained.train_rows
+    # the holdout as serving saw it: features and prediction from the same rows
+    assert trained.profile.n_samples == len(trained.split.holdout)
 
 
 def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> None:

@@ -32,9 +32,12 @@ from mlbus.featurestore._windows import (
     Applied,
     EntityState,
     FeatureValues,
+    Steps,
     ViewAggregator,
     bucket_geometry,
+    empty_value,
     in_window,
+    value_at,
 )
 
 if TYPE_CHECKING:
@@ -77,14 +80,17 @@ __all__ = [
     "OfflineStore",
     "OnlineFeatures",
     "OnlineStore",
+    "Steps",
     "TrainingSet",
     "ViewAggregator",
     "bucket_geometry",
     "build_training_set",
     "decode_value",
+    "empty_value",
     "encode_value",
     "feature_schema",
     "in_window",
     "point_in_time_join",
     "rows_to_table",
+    "value_at",
 ]

@@ -6,12 +6,17 @@
     table = store.read(files)
 
 Layout: `<root>/<view>/v<version>/date=YYYY-MM-DD/part-<ms>-<id>.parquet`, the
-date of each row's event time (UTC). Columns: `entity_id`, `event_id`,
-`event_time`, `feature_time` (the event time the values are as of: the
-entity's watermark after the event), `processed_at`, `view_version`, then one
-column per feature. A row is the exact set of values written online by the
-same update. Rows may repeat after a crash (same `event_id`, same values);
-readers de-duplicate by `event_id` (`read(dedupe=True)`).
+date of each row's event time (UTC). A row holds the feature values *of its
+event* (ADR 0020): the event's own raw fields and each aggregate at the event's
+time over the entity's events counted before it — what serving computes when
+it scores that event. Columns: `entity_id`, `event_id`, `event_time` (the time
+the values are evaluated at), `feature_time` (the entity's watermark after the
+event), `processed_at`, `view_version`, `prior_events` (events the state had
+counted before this one: a served vector read with fewer was read before
+ingestion caught up), `window_steps` (JSON: each aggregate's step function
+after the event, so a read at any later time is exact), then one column per
+feature. Rows may repeat after a crash (same `event_id`, same values); readers
+de-duplicate by `event_id` (`read(dedupe=True)`).
 
 An `s3://bucket/prefix` root goes through `pyarrow.fs.S3FileSystem`: AWS, or
 any S3-compatible server named by `s3_endpoint_url` (or `?endpoint_url=` in
@@ -39,6 +44,7 @@ import pyarrow.parquet as pq
 
 from mlbus.errors import ConfigError
 from mlbus.events import Scalar
+from mlbus.featurestore._windows import Steps
 from mlbus.spec import FeatureDef
 
 META_COLUMNS = (
@@ -48,6 +54,8 @@ META_COLUMNS = (
     "feature_time",
     "processed_at",
     "view_version",
+    "prior_events",
+    "window_steps",
 )
 _TS = pa.timestamp("ms", tz="UTC")
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -62,7 +70,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 
 @dataclass(frozen=True, slots=True)
 class OfflineRow:
-    """One computed row: what one event's update wrote online."""
+    """One computed row: the feature values of one event (ADR 0020)."""
 
     entity_id: str
     event_id: str
@@ -70,6 +78,9 @@ class OfflineRow:
     feature_time_ms: int
     processed_at_ms: int
     values: dict[str, Scalar]
+    prior_events: int | None = 0
+    """None: a row spooled before ADR 0020 (values after its event); training refuses it."""
+    steps: dict[str, Steps] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -80,14 +91,19 @@ class OfflineRow:
                 self.feature_time_ms,
                 self.processed_at_ms,
                 self.values,
+                self.prior_events,
+                self.steps,
             ],
             separators=(",", ":"),
         ).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> OfflineRow:
-        entity_id, event_id, event_ms, feature_ms, processed_ms, values = json.loads(data)
-        return cls(entity_id, event_id, event_ms, feature_ms, processed_ms, values)
+        doc = json.loads(data)
+        if len(doc) == 6:  # spooled before ADR 0020: kept, and marked as such
+            doc += [None, None]
+        entity_id, event_id, event_ms, feature_ms, processed_ms, values, prior, steps = doc
+        return cls(entity_id, event_id, event_ms, feature_ms, processed_ms, values, prior, steps)
 
 
 def feature_schema(features: Sequence[FeatureDef]) -> pa.Schema:
@@ -99,6 +115,8 @@ def feature_schema(features: Sequence[FeatureDef]) -> pa.Schema:
         pa.field("feature_time", _TS, nullable=False),
         pa.field("processed_at", _TS, nullable=False),
         pa.field("view_version", pa.int32(), nullable=False),
+        pa.field("prior_events", pa.int64()),
+        pa.field("window_steps", pa.string()),
     ]
     for feature in features:
         if feature.name in META_COLUMNS:
@@ -122,6 +140,10 @@ def rows_to_table(rows: Sequence[OfflineRow], version: int, schema: pa.Schema) -
         "feature_time": [r.feature_time_ms for r in rows],
         "processed_at": [r.processed_at_ms for r in rows],
         "view_version": [version] * len(rows),
+        "prior_events": [r.prior_events for r in rows],
+        "window_steps": [
+            None if r.steps is None else json.dumps(r.steps, separators=(",", ":")) for r in rows
+        ],
     }
     for name in schema.names[len(META_COLUMNS) :]:
         columns[name] = [r.values.get(name) for r in rows]

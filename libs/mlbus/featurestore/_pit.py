@@ -4,17 +4,25 @@
     ts = build_training_set(offline, "card_activity", 1, labels, start=..., end=...)
     ts.table, ts.fingerprint, ts.files
 
-A label names its entity and either the event it labels (`event_id`, resolved
-to that event's time through the offline rows) or a time (`label_time`). The
-join is DuckDB's `ASOF LEFT JOIN` on `feature_time <= as_of` per entity: the
-latest row whose values were known at that time, never a later one; a label
-before any feature row gets nulls. Offline rows are first de-duplicated (a row
-replayed after a crash has the same event id) and, when several rows share a
-`feature_time`, the last one processed wins.
+A label names its entity and either the event it labels (`event_id`) or a time
+(`label_time`); both mean the same moment as serving does (ADR 0020):
+
+- **by event**: the row *of that event* — its own fields and each aggregate at its
+  time over the events before it, exactly what serving computed when it scored
+  that event. Its time is the label's `as_of`.
+- **by time** (a label without an event row, or a view of another source read at
+  the labelled event's time): DuckDB's `ASOF LEFT JOIN` on `feature_time < as_of`
+  per entity — the latest row whose state was complete before that time — with
+  each aggregate re-aged to `as_of` through the row's `window_steps`, as an
+  online read at that time would. A label before any row gets nulls.
+
+Rows replayed after a crash (same event id) and rows sharing a `feature_time`
+resolve to the last one processed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +31,7 @@ import pyarrow as pa
 
 from mlbus.errors import InvalidInput
 from mlbus.featurestore._offline import META_COLUMNS, OfflineStore
+from mlbus.featurestore._windows import value_at
 
 _TS = pa.timestamp("ms", tz="UTC")
 
@@ -59,7 +68,7 @@ def _normalise_labels(labels: pa.Table) -> pa.Table:
 def point_in_time_join(
     features: pa.Table, labels: pa.Table, feature_columns: Sequence[str]
 ) -> pa.Table:
-    """Labels with the feature values known at each label's time (pure; DuckDB ASOF JOIN).
+    """Labels with the feature values of their moment (pure; DuckDB, see the module doc).
 
     Output: the label columns, `as_of`, `feature_time` (null when no row was
     known yet), then `feature_columns`, in the labels' order.
@@ -69,40 +78,82 @@ def point_in_time_join(
     labels = _normalise_labels(labels)
     has_event = "event_id" in labels.column_names
     has_time = "label_time" in labels.column_names
-    if has_event and has_time:
-        as_of = "coalesce(ev.event_time, l.label_time)"
-    elif has_event:
-        as_of = "ev.event_time"
-    else:
-        as_of = "l.label_time"
-    event_join = (
-        "LEFT JOIN (SELECT event_id, min(event_time) AS event_time FROM rows GROUP BY event_id) ev "
-        "ON ev.event_id = l.event_id"
-        if has_event
-        else ""
-    )
+    if "window_steps" not in features.column_names:
+        features = features.append_column("window_steps", pa.nulls(features.num_rows, pa.string()))
     label_cols = ", ".join(f"q.{_quote(c)}" for c in labels.column_names)
-    feature_cols = ", ".join(f"f.{_quote(c)}" for c in feature_columns)
+    cols = "".join(f", r.{_quote(c)}" for c in feature_columns)
+    out_cols = "".join(f", m.{_quote(c)}" for c in feature_columns)
+    event_pick = (
+        "q._label_order, r.event_time AS as_of, r.feature_time, r.window_steps, "
+        f"false AS _by_time{cols}"
+    )
+    time_pick = (
+        "q._label_order, q.label_time AS as_of, r.feature_time, r.window_steps, "
+        f"true AS _by_time{cols}"
+    )
+    nothing = f"SELECT {event_pick} FROM q, rows r WHERE false"
+    by_event = (
+        f"SELECT {event_pick} FROM q JOIN by_id r ON r.event_id = q.event_id"
+        if has_event
+        else nothing
+    )
+    # labels without an event row, at their own time: the latest state complete before it
+    by_time = (
+        f"SELECT {time_pick} "
+        "FROM (SELECT * FROM q WHERE label_time IS NOT NULL AND _label_order NOT IN "
+        "(SELECT _label_order FROM by_event)) q "
+        "ASOF LEFT JOIN by_time r ON q.entity_id = r.entity_id AND q.label_time > r.feature_time"
+        if has_time
+        else nothing
+    )
     sql = f"""
-        WITH f AS (
+        WITH by_time AS (
             SELECT * FROM rows
             QUALIFY row_number() OVER (
                 PARTITION BY entity_id, feature_time ORDER BY processed_at DESC, event_id DESC
             ) = 1
         ),
-        q AS (
-            SELECT l.*, {as_of} AS as_of, row_number() OVER () AS _label_order
-            FROM labels l {event_join}
-        )
-        SELECT {label_cols}, q.as_of, f.feature_time{", " + feature_cols if feature_cols else ""}
-        FROM q ASOF LEFT JOIN f ON q.entity_id = f.entity_id AND q.as_of >= f.feature_time
+        by_id AS (
+            SELECT * FROM rows
+            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY processed_at DESC) = 1
+        ),
+        q AS (SELECT l.*, row_number() OVER () AS _label_order FROM labels l),
+        by_event AS ({by_event}),
+        matched AS (SELECT * FROM by_event UNION ALL BY NAME ({by_time}))
+        SELECT {label_cols}, m.as_of, m.feature_time, m.window_steps, m._by_time{out_cols}
+        FROM q LEFT JOIN matched m ON m._label_order = q._label_order
         ORDER BY q._label_order
     """
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         con.register("rows", features)
         con.register("labels", labels)
-        return con.sql(sql).to_arrow_table()
+        table = con.sql(sql).to_arrow_table()
+    table = _reage(table, feature_columns)
+    return table.drop_columns(["window_steps", "_by_time"])
+
+
+def _reage(table: pa.Table, feature_columns: Sequence[str]) -> pa.Table:
+    """Aggregates of rows joined by time, evaluated at the label's `as_of` through the
+    row's step functions (an online read at that time would give the same)."""
+    by_time = table.column("_by_time").to_pylist()
+    steps_of = table.column("window_steps").to_pylist()
+    if not any(t and s for t, s in zip(by_time, steps_of, strict=True)):
+        return table
+    as_of = table.column("as_of").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    moments = as_of.to_pylist()
+    parsed = [json.loads(s) if t and s else None for t, s in zip(by_time, steps_of, strict=True)]
+    for name in feature_columns:
+        if not any(p is not None and name in p for p in parsed):
+            continue
+        index = table.column_names.index(name)
+        column = table.column(name)
+        values = column.to_pylist()
+        for i, steps in enumerate(parsed):
+            if steps is not None and name in steps:
+                values[i] = value_at(steps[name], moments[i])
+        table = table.set_column(index, name, pa.array(values, type=column.type))
+    return table
 
 
 def build_training_set(
@@ -126,6 +177,14 @@ def build_training_set(
     if not chosen:
         raise InvalidInput(f"no offline rows for view {view!r} v{version} in the requested range")
     rows = offline.read(chosen)
+    prior = rows.column("prior_events") if "prior_events" in rows.column_names else None
+    if prior is None or prior.null_count:
+        old = rows.num_rows if prior is None else prior.null_count
+        raise InvalidInput(
+            f"{old} offline row(s) of view {view!r} v{version} were written before ADR 0020 "
+            "and hold each aggregate after its event counted, not what serving sees; rebuild "
+            "the view (replay its source into a new data folder, or bump the view's version)"
+        )
     feature_columns = tuple(c for c in rows.column_names if c not in META_COLUMNS)
     table = point_in_time_join(rows, labels, feature_columns)
     missing = table.column("feature_time").null_count

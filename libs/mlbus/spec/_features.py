@@ -117,6 +117,11 @@ class FeatureView(SpecModel):
 
     `ttl_s`: an entity's online values expire after this long without events;
     it must cover the longest window.
+
+    An event's aggregates cover the entity's events strictly before it (ADR 0020),
+    in training and serving alike; `include_current_event: true` counts the event
+    itself too (serving then folds the request's own fields into each window, so
+    the request must carry every aggregated field).
     """
 
     entity: str
@@ -126,6 +131,7 @@ class FeatureView(SpecModel):
     description: str = ""
     fields: tuple[Identifier, ...] = ()
     aggregations: tuple[Aggregation, ...] = ()
+    include_current_event: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> FeatureView:

@@ -195,9 +195,12 @@ class ServingSpec(SpecModel):
     """How the inference service serves the model.
 
     `canary_weight`: share of entities (sticky) sent to the canary. `shadow`: also
-    score with the shadow model, log only. `missing_features: default` fills each
-    missing feature from `defaults` (keyed by `view.feature`, one per feature);
-    `fail` refuses the request. `max_feature_age_s`: older online values count as missing.
+    score with the shadow model, log only. A raw field (not in the request, no
+    online value or one older than `max_feature_age_s`) is *missing*:
+    `missing_features: default` fills it from `defaults` (keyed by `view.feature`),
+    `fail` refuses the request. A window aggregate is never missing: an entity
+    with no events in the window has the aggregate of nothing (0 for counts and
+    sums, null for means, min, max, last), exactly as training sees it (ADR 0020).
     """
 
     model: str
@@ -476,15 +479,27 @@ class ProjectSpec(SpecModel):
                     loc, f"expected one of the model's features ({self._suggest(ref)}), got {ref!r}"
                 )
                 continue
+            if features[ref].is_aggregate:
+                problems.add(
+                    loc,
+                    f"{ref!r} is a window aggregate: it is never missing (an entity without "
+                    "events in the window has the aggregate of nothing, as in training; "
+                    "ADR 0020), so it takes no default; remove this line",
+                )
+                continue
             reason = _default_mismatch(features[ref], value)
             if reason:
                 problems.add(loc, reason)
         if serving.missing_features == "default":
-            missing = [ref for ref in features if ref not in serving.defaults]
+            missing = [
+                ref
+                for ref, f in features.items()
+                if not f.is_aggregate and ref not in serving.defaults
+            ]
             if missing:
                 problems.add(
                     ("serving", "defaults"),
-                    f"expected a default for every model feature (missing_features: default), "
+                    "expected a default for every raw model feature (missing_features: default), "
                     f"missing {', '.join(missing)}",
                 )
 

@@ -602,12 +602,13 @@ def train(
     eval_scores = got[[position[int(i)] for i in split.evaluation]]
     metrics = compute_metrics(task, y[split.evaluation], eval_scores, threshold)
     say("profile")
-    # Features as trained on; the prediction as ONNX Runtime scores the holdout,
-    # rows the model has not seen, which is what serving will see. On its own
-    # training rows a fitted model is over-confident, so a reference taken there
-    # makes live predictions look drifted from the first window.
+    # The holdout as serving saw it: its rows hold each event's features as served
+    # (ADR 0020) and the prediction as ONNX Runtime scores rows the model has not
+    # seen. On its own training rows a fitted model is over-confident, and older
+    # rows are further from the live stream, so a reference taken there makes
+    # live traffic look drifted from the first window.
     features = ReferenceProfile.from_samples(
-        {ref: [dataset.raw[ref][i] for i in split.train] for ref in dataset.encoding.refs}
+        {ref: [dataset.raw[ref][i] for i in split.holdout] for ref in dataset.encoding.refs}
     )
     profile = features.model_copy(update={"prediction": profile_column(got, features.bins)})
     return TrainedModel(

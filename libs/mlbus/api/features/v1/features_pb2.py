@@ -22,25 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mlbus/api/features/v1/features.proto\x12\x11mlbus.features.v1\">\n\x18GetOnlineFeaturesRequest\x12\x10\n\x08\x65ntities\x18\x01 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\x8d\x02\n\x0c\x46\x65\x61tureValue\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.mlbus.features.v1.FeatureValue.Status\x12\x14\n\nnull_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x06 \x01(\x08H\x00\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\"<\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x42\x07\n\x05value\"T\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12/\n\x06values\x18\x02 \x03(\x0b\x32\x1f.mlbus.features.v1.FeatureValue\"g\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x33\n\x08\x65ntities\x18\x02 \x03(\x0b\x32!.mlbus.features.v1.EntityFeatures2\x80\x01\n\x0e\x46\x65\x61tureService\x12n\n\x11GetOnlineFeatures\x12+.mlbus.features.v1.GetOnlineFeaturesRequest\x1a,.mlbus.features.v1.GetOnlineFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mlbus/api/features/v1/features.proto\x12\x11mlbus.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x18GetOnlineFeaturesRequest\x12\x10\n\x08\x65ntities\x18\x01 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x02\n\x0c\x46\x65\x61tureValue\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.mlbus.features.v1.FeatureValue.Status\x12\x14\n\nnull_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x06 \x01(\x08H\x00\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\"<\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x42\x07\n\x05value\"T\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12/\n\x06values\x18\x02 \x03(\x0b\x32\x1f.mlbus.features.v1.FeatureValue\"g\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x33\n\x08\x65ntities\x18\x02 \x03(\x0b\x32!.mlbus.features.v1.EntityFeatures2\x80\x01\n\x0e\x46\x65\x61tureService\x12n\n\x11GetOnlineFeatures\x12+.mlbus.features.v1.GetOnlineFeaturesRequest\x1a,.mlbus.features.v1.GetOnlineFeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlbus.api.features.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=59
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=121
-  _globals['_FEATUREVALUE']._serialized_start=124
-  _globals['_FEATUREVALUE']._serialized_end=393
-  _globals['_FEATUREVALUE_STATUS']._serialized_start=324
-  _globals['_FEATUREVALUE_STATUS']._serialized_end=384
-  _globals['_ENTITYFEATURES']._serialized_start=395
-  _globals['_ENTITYFEATURES']._serialized_end=479
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=481
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=584
-  _globals['_FEATURESERVICE']._serialized_start=587
-  _globals['_FEATURESERVICE']._serialized_end=715
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=92
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=202
+  _globals['_FEATUREVALUE']._serialized_start=205
+  _globals['_FEATUREVALUE']._serialized_end=474
+  _globals['_FEATUREVALUE_STATUS']._serialized_start=405
+  _globals['_FEATUREVALUE_STATUS']._serialized_end=465
+  _globals['_ENTITYFEATURES']._serialized_start=476
+  _globals['_ENTITYFEATURES']._serialized_end=560
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=562
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=665
+  _globals['_FEATURESERVICE']._serialized_start=668
+  _globals['_FEATURESERVICE']._serialized_end=796
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,10 @@ class FeatureServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetOnlineFeatures(self, request, context):
-        """The latest values of `features` for each of `entities`, with each value's age.
+        """The values of `features` for each of `entities` at a moment (now, or
+        `event_time`), with each value's age: every window aggregate is evaluated at
+        that moment over the entity's events strictly before it, exactly as serving
+        and training see it (ADR 0020).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

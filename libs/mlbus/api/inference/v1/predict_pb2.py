@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mlbus/api/inference/v1/predict.proto\x12\x12mlbus.inference.v1\"p\n\nFieldValue\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"\xda\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12>\n\x06\x66ields\x18\x03 \x03(\x0b\x32..mlbus.inference.v1.PredictRequest.FieldsEntry\x12\x11\n\tevent_ids\x18\x04 \x03(\t\x1aM\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.mlbus.inference.v1.FieldValue:\x02\x38\x01\")\n\x06Output\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x0f\n\x07strings\x18\x02 \x03(\t\"\xfc\x02\n\x10\x45ntityPrediction\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x42\n\x07outputs\x18\x02 \x03(\x0b\x32\x31.mlbus.inference.v1.EntityPrediction.OutputsEntry\x12N\n\x0e\x66\x65\x61ture_ages_s\x18\x03 \x03(\x0b\x32\x36.mlbus.inference.v1.EntityPrediction.FeatureAgesSEntry\x12\x1a\n\x12\x64\x65\x66\x61ulted_features\x18\x04 \x03(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.mlbus.inference.v1.Output:\x02\x38\x01\x1a\x33\n\x11\x46\x65\x61tureAgesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"w\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x39\n\x0bpredictions\x18\x03 \x03(\x0b\x32$.mlbus.inference.v1.EntityPrediction2g\n\x11PredictionService\x12R\n\x07Predict\x12\".mlbus.inference.v1.PredictRequest\x1a#.mlbus.inference.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mlbus/api/inference/v1/predict.proto\x12\x12mlbus.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n\nFieldValue\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"\x8a\x02\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12>\n\x06\x66ields\x18\x03 \x03(\x0b\x32..mlbus.inference.v1.PredictRequest.FieldsEntry\x12\x11\n\tevent_ids\x18\x04 \x03(\t\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aM\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.mlbus.inference.v1.FieldValue:\x02\x38\x01\")\n\x06Output\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x0f\n\x07strings\x18\x02 \x03(\t\"\xfc\x02\n\x10\x45ntityPrediction\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x42\n\x07outputs\x18\x02 \x03(\x0b\x32\x31.mlbus.inference.v1.EntityPrediction.OutputsEntry\x12N\n\x0e\x66\x65\x61ture_ages_s\x18\x03 \x03(\x0b\x32\x36.mlbus.inference.v1.EntityPrediction.FeatureAgesSEntry\x12\x1a\n\x12\x64\x65\x66\x61ulted_features\x18\x04 \x03(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.mlbus.inference.v1.Output:\x02\x38\x01\x1a\x33\n\x11\x46\x65\x61tureAgesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"w\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x39\n\x0bpredictions\x18\x03 \x03(\x0b\x32$.mlbus.inference.v1.EntityPrediction2g\n\x11PredictionService\x12R\n\x07Predict\x12\".mlbus.inference.v1.PredictRequest\x1a#.mlbus.inference.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +38,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTITYPREDICTION_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._loaded_options = None
   _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._serialized_options = b'8\001'
-  _globals['_FIELDVALUE']._serialized_start=60
-  _globals['_FIELDVALUE']._serialized_end=172
-  _globals['_PREDICTREQUEST']._serialized_start=175
-  _globals['_PREDICTREQUEST']._serialized_end=393
-  _globals['_PREDICTREQUEST_FIELDSENTRY']._serialized_start=316
-  _globals['_PREDICTREQUEST_FIELDSENTRY']._serialized_end=393
-  _globals['_OUTPUT']._serialized_start=395
-  _globals['_OUTPUT']._serialized_end=436
-  _globals['_ENTITYPREDICTION']._serialized_start=439
-  _globals['_ENTITYPREDICTION']._serialized_end=819
-  _globals['_ENTITYPREDICTION_OUTPUTSENTRY']._serialized_start=692
-  _globals['_ENTITYPREDICTION_OUTPUTSENTRY']._serialized_end=766
-  _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._serialized_start=768
-  _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._serialized_end=819
-  _globals['_PREDICTRESPONSE']._serialized_start=821
-  _globals['_PREDICTRESPONSE']._serialized_end=940
-  _globals['_PREDICTIONSERVICE']._serialized_start=942
-  _globals['_PREDICTIONSERVICE']._serialized_end=1045
+  _globals['_FIELDVALUE']._serialized_start=93
+  _globals['_FIELDVALUE']._serialized_end=205
+  _globals['_PREDICTREQUEST']._serialized_start=208
+  _globals['_PREDICTREQUEST']._serialized_end=474
+  _globals['_PREDICTREQUEST_FIELDSENTRY']._serialized_start=397
+  _globals['_PREDICTREQUEST_FIELDSENTRY']._serialized_end=474
+  _globals['_OUTPUT']._serialized_start=476
+  _globals['_OUTPUT']._serialized_end=517
+  _globals['_ENTITYPREDICTION']._serialized_start=520
+  _globals['_ENTITYPREDICTION']._serialized_end=900
+  _globals['_ENTITYPREDICTION_OUTPUTSENTRY']._serialized_start=773
+  _globals['_ENTITYPREDICTION_OUTPUTSENTRY']._serialized_end=847
+  _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._serialized_start=849
+  _globals['_ENTITYPREDICTION_FEATUREAGESSENTRY']._serialized_end=900
+  _globals['_PREDICTRESPONSE']._serialized_start=902
+  _globals['_PREDICTRESPONSE']._serialized_end=1021
+  _globals['_PREDICTIONSERVICE']._serialized_start=1023
+  _globals['_PREDICTIONSERVICE']._serialized_end=1126
 # @@protoc_insertion_point(module_scope)

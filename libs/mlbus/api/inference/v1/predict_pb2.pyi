@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,7 +22,7 @@ class FieldValue(_message.Message):
     def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model_name", "entity_ids", "fields", "event_ids")
+    __slots__ = ("model_name", "entity_ids", "fields", "event_ids", "event_time")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,11 +34,13 @@ class PredictRequest(_message.Message):
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
     fields: _containers.MessageMap[str, FieldValue]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_name: _Optional[str] = ..., entity_ids: _Optional[_Iterable[str]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, model_name: _Optional[str] = ..., entity_ids: _Optional[_Iterable[str]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., event_ids: _Optional[_Iterable[str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Output(_message.Message):
     __slots__ = ("values", "strings")
