@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc.aio
 import pyarrow as pa
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
@@ -23,8 +24,6 @@ from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.events import IngestValidated, Scalar
 from mlbus.example import fraud_spec_path, generate
 from mlbus.features import FeatureService, FeaturesSettings
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mlbus.featurestore import (
     Applied,
     EntityState,

@@ -284,8 +284,10 @@ def test_negative_bound_on_positive_field(text: str) -> None:
         (
             "    card_activity.channel: pos\n",
             "    card_activity.channel: pos\n    card_activity.count_10m: 0\n",
-            "serving.defaults['card_activity.count_10m']: 'card_activity.count_10m' is a window "
-            "aggregate: it is never missing",
+            (
+                "serving.defaults['card_activity.count_10m']: 'card_activity.count_10m' is a "
+                "window aggregate: it is never missing"
+            ),
         ),
         (
             "  min_samples: 500",
