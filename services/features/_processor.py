@@ -128,6 +128,8 @@ class ProcessorStats:
 
 DeadLetter = Callable[[Received[Event], str, Exception], Awaitable[None]]
 """Called after a successful write for each event a view could not apply (view name, error)."""
+RowsWritten = Callable[[Mapping[str, Sequence[OfflineRow]]], None]
+"""Called after a successful write with the offline rows it stored, by view."""
 
 
 class FeatureProcessor:
@@ -159,6 +161,8 @@ class FeatureProcessor:
         self._redis_ok = False
         self._failed: list[tuple[_Queued, str, Exception]] = []
         self.dead_letter: DeadLetter | None = None
+        self.rows_written: RowsWritten | None = None
+        self._written: dict[str, list[OfflineRow]] = {}
         self.stats = ProcessorStats()
 
     @property
@@ -235,6 +239,9 @@ class FeatureProcessor:
             if self.dead_letter is not None:
                 await self.dead_letter(item.origin, view_name, error)
         self._failed = []
+        if self.rows_written is not None and self._written:
+            self.rows_written(self._written)
+        self._written = {}
         self._groups = {}
         self._traced = []
         self._seq = 0
@@ -273,6 +280,7 @@ class FeatureProcessor:
 
     async def _write_batch(self) -> None:
         self._failed = []  # recomputed on every attempt: a retry applies the batch again
+        self._written = {}
         groups = list(self._groups.items())
         views = self.views
         keys = self.keys
@@ -291,7 +299,7 @@ class FeatureProcessor:
         # pipeline, sent only after the values and rows landed (see the module doc).
         pipe = client.pipeline(transaction=not cluster)
         states = client.pipeline(transaction=False) if cluster else pipe
-        rows: dict[int, list[tuple[int, bytes]]] = {}
+        rows: dict[int, list[tuple[int, OfflineRow]]] = {}
         applied: dict[int, int] = {}
         for ((index, entity), events), state_key, data in zip(
             groups, state_keys, stored, strict=True
@@ -317,10 +325,12 @@ class FeatureProcessor:
                 counted=state.counted,
             )
         for index, view_rows in rows.items():
-            view_rows.sort()  # the spool keeps consumption order, as one by one would
+            view_rows.sort(key=lambda r: r[0])  # the spool keeps consumption order
             pipe.rpush(
-                keys.spool(views[index].name, views[index].version), *[r for _, r in view_rows]
+                keys.spool(views[index].name, views[index].version),
+                *[r.to_json() for _, r in view_rows],
             )
+            self._written[views[index].name] = [r for _, r in view_rows]
         if not rows:
             return
         try:
@@ -340,12 +350,12 @@ class FeatureProcessor:
         events: Sequence[_Queued],
         data: bytes | None,
         processed_ms: int,
-    ) -> tuple[EntityState, list[tuple[int, bytes]]]:
+    ) -> tuple[EntityState, list[tuple[int, OfflineRow]]]:
         """Fold one entity's events of the batch in order: the state after, and one offline
-        row per counted event (as `(seq, json)`) with the values of that event."""
+        row per counted event (as `(seq, row)`) with the values of that event."""
         aggregator = view.aggregator
         state = aggregator.load(data)
-        rows: list[tuple[int, bytes]] = []
+        rows: list[tuple[int, OfflineRow]] = []
         failed: set[int] = set()
         for n, item in enumerate(events):
             outcome = aggregator.admit(state, item.event_id, item.event_ms)
@@ -390,7 +400,7 @@ class FeatureProcessor:
                 prior,
                 aggregator.steps(state) if aggregator.aggregates else None,
             )
-            rows.append((item.seq, row.to_json()))
+            rows.append((item.seq, row))
         return state, rows
 
     def _skip(self, view: BoundView, reason: str) -> None:

@@ -14,12 +14,13 @@ from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
-from mlbus.events import INGEST_VALIDATED, Event, IngestValidated
+from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
 
+from ._consistency import ConsistencyMonitor
 from ._flusher import OfflineFlusher
 from ._grpc import FeatureServicer
 from ._processor import FeatureProcessor, bind_views
@@ -39,6 +40,9 @@ class FeatureService(StreamService):
     consumer: Consumer[object] | None = None
     flusher: OfflineFlusher | None = None
     processor: FeatureProcessor | None = None
+    monitor: ConsistencyMonitor | None = None
+    predictions: Consumer[Event] | None = None
+    """The monitor's broadcast consumer of logged predictions (None: consistency off)."""
     serve_grpc: bool = True
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
 
@@ -104,6 +108,7 @@ class FeatureService(StreamService):
                     before_commit=self.processor.flush,  # one Redis write per fetched batch
                 )
                 self.consumer = consumer  # type: ignore[assignment]
+                predictions = self.predictions = self._consistency(publisher)
                 if self._stop.is_set():
                     return
                 self._started.set()
@@ -124,14 +129,48 @@ class FeatureService(StreamService):
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(consume(), name="consume")
                     tasks.create_task(self.flusher.run(consumed), name="offline-flush")
+                    if predictions is not None:
+                        tasks.create_task(predictions.run(), name="consistency-consume")
+                        tasks.create_task(self._flush_consistency(), name="consistency-flush")
                     await self._stop.wait()
                     consumer.stop()
+                    if predictions is not None:
+                        predictions.stop()
+                if self.monitor is not None:
+                    await self.monitor.flush()
         finally:
             if server is not None:
                 await health.enter_graceful_shutdown()
                 await server.stop(settings.shutdown_grace_s)
             if owns_online:
                 await online.aclose()
+
+    def _consistency(self, publisher: Publisher) -> Consumer[Event] | None:
+        """The consistency monitor's broadcast consumer of logged predictions (ADR 0020)."""
+        settings = self.settings
+        if not settings.consistency or self.online is None:
+            return None
+        assert self.processor is not None
+        self.monitor = ConsistencyMonitor(
+            self.spec, self.online, wait_s=settings.consistency_wait_s
+        )
+        self.processor.rows_written = self.monitor.rows_written
+        return Consumer.of_events(
+            settings.kafka,
+            types=[PredictionLogged],
+            group_id=None,  # every replica sees every prediction; it compares its own rows
+            handler=self.monitor.handle,
+            publisher=publisher,
+        )
+
+    async def _flush_consistency(self) -> None:
+        """Every `consistency_flush_s`; the last flush is after both consumers stopped."""
+        assert self.monitor is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.consistency_flush_s)
+            except TimeoutError:
+                await self.monitor.flush()
 
 
 async def _main(settings: FeaturesSettings) -> None:

@@ -1,4 +1,5 @@
-"""`mlbus features get|dataset`: online values of an entity, and point-in-time training sets.
+"""`mlbus features get|dataset|consistency`: online values of an entity, point-in-time
+training sets, and how often serving fed the model its offline values (`_consistency`).
 
 `get` reads Redis through `mlbus.featurestore.OnlineStore` (what inference
 uses); `dataset` reads the offline Parquet rows and, given labels, joins them
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._consistency import register_consistency
 
 if TYPE_CHECKING:
     from mlbus.config import MlbusSettings
@@ -48,6 +50,7 @@ def _when(text: str | None) -> datetime | None:
 def register(app: typer.Typer) -> None:
     features = typer.Typer(help="Online feature values and training sets.", no_args_is_help=True)
     app.add_typer(features, name="features")
+    register_consistency(features, _spec)
 
     @features.command("get")
     def get(

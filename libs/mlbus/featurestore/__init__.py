@@ -8,6 +8,8 @@
 - `OfflineStore`: the same rows in Parquet, partitioned by date, local or `s3://`.
 - `build_training_set` / `point_in_time_join`: point-in-time correct training
   frames (DuckDB ASOF JOIN), fingerprinted by the content of the files read.
+- `compare` / `read_consistency`: served values against the offline row of the
+  same event, and the counters the feature service records (ADR 0020).
 
     async with OnlineStore.from_settings(settings.redis) as store:
         row = await store.get("card_activity", 1, "card_000042")
@@ -19,6 +21,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mlbus._lazy import lazy_attributes
+from mlbus.featurestore._consistency import (
+    OUTCOMES,
+    Difference,
+    FeatureConsistency,
+    Outcome,
+    ViewConsistency,
+    compare,
+    read_consistency,
+    same_value,
+    stage_consistency,
+)
 from mlbus.featurestore._online import (
     FeatureKeys,
     FeatureVector,
@@ -71,8 +84,11 @@ __getattr__ = lazy_attributes(__name__, _OFFLINE_MODULE)
 __all__ = [
     "BUCKETS_PER_WINDOW",
     "META_COLUMNS",
+    "OUTCOMES",
     "Applied",
+    "Difference",
     "EntityState",
+    "FeatureConsistency",
     "FeatureKeys",
     "FeatureValues",
     "FeatureVector",
@@ -80,17 +96,23 @@ __all__ = [
     "OfflineStore",
     "OnlineFeatures",
     "OnlineStore",
+    "Outcome",
     "Steps",
     "TrainingSet",
     "ViewAggregator",
+    "ViewConsistency",
     "bucket_geometry",
     "build_training_set",
+    "compare",
     "decode_value",
     "empty_value",
     "encode_value",
     "feature_schema",
     "in_window",
     "point_in_time_join",
+    "read_consistency",
     "rows_to_table",
+    "same_value",
+    "stage_consistency",
     "value_at",
 ]

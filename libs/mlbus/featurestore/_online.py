@@ -133,6 +133,13 @@ class FeatureKeys:
     def spool_lock(self, view: str, version: int) -> str:
         return f"{self.prefix}:fspool-lock:{view}:{version}"
 
+    def consistency(self, view: str, version: int) -> str:
+        """Served-vs-offline counters (`mlbus.featurestore._consistency`)."""
+        return f"{self.prefix}:consistency:{view}:{version}"
+
+    def consistency_examples(self, view: str, version: int) -> str:
+        return f"{self.prefix}:consistency-examples:{view}:{version}"
+
 
 @dataclass(frozen=True, slots=True)
 class OnlineFeatures:
@@ -287,6 +294,23 @@ class OnlineStore:
             self._decode(view, version, entity_id, raw, names, at)
             for entity_id, raw in zip(entity_ids, replies, strict=True)
         ]
+
+    async def last_event_ids(
+        self, view: str, version: int, entity_ids: Sequence[str]
+    ) -> dict[str, str | None]:
+        """The id of the latest event each entity's online values count (`__eid`), None
+        where nothing is stored: lets a caller wait until an event it sent is served."""
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id in entity_ids:
+            pipe.hget(self.keys.online(view, version, entity_id), EVENT_ID_FIELD)
+        try:
+            replies = await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"online store unavailable: {exc}") from exc
+        return {
+            entity_id: raw.decode() if raw else None
+            for entity_id, raw in zip(entity_ids, replies, strict=True)
+        }
 
     async def get_features(
         self,
