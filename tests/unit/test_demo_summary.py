@@ -134,7 +134,24 @@ def test_detection_delay_counts_drifted_payments_sent_before_the_detection() -> 
     assert delay is not None
     assert delay.events == 3  # indexes 5, 6, 7
     assert delay.seconds == pytest.approx(2.5)
+    assert not delay.false_alarm
     assert detection_delay(requests, 5, Milestones(first_drifted_sent_at=at(5))) is None
+
+
+def test_a_detection_before_the_drift_is_a_false_alarm_with_a_negative_delay() -> None:
+    """Never clamped to zero: a detection before any drifted payment reads as what it is."""
+    requests = [served(i, 1, 0.5, float(i)) for i in range(10)]
+    early = Milestones(first_drifted_sent_at=at(5), drift_detected_at=at(2))
+    delay = detection_delay(requests, drift_at=5, milestones=early)
+    assert delay is not None
+    assert delay.events == 0
+    assert delay.seconds == pytest.approx(-3.0)
+    assert delay.false_alarm
+    # The control run: no drifted payment is ever sent, so any detection is a false alarm.
+    control = detection_delay(requests, 50, Milestones(drift_detected_at=at(4)))
+    assert control is not None
+    assert control.seconds is None
+    assert control.false_alarm
 
 
 def test_reload_window_and_onset_to_new_model() -> None:

@@ -50,6 +50,8 @@ def watcher_for(
         kafka=kafka,
         inference_address="127.0.0.1:1",
         offline_url="/nonexistent",
+        redis_url="redis://127.0.0.1:1",
+        key_prefix="test",
         logs=Path("/nonexistent"),
         options=LoopOptions(manual_retrain_after=fallback_after),
         reporter=SilentReporter(),

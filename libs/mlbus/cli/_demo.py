@@ -83,7 +83,8 @@ def register(app: typer.Typer) -> None:
         drift_kind: Annotated[
             str,
             typer.Option(
-                help="covariate (inputs move), concept (fraud changes), or both.",
+                help="covariate (inputs move), concept (fraud changes), both, or none: the "
+                "control run, which passes only if nothing is detected and nothing retrained.",
             ),
         ] = "both",
         concurrency: Annotated[
@@ -234,8 +235,25 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _detection(summary: DemoSummary) -> str:
+    delay = summary.detection
+    if delay is None:
+        return "no"
+    if delay.seconds is None:
+        return "FALSE ALARM: before any drifted payment was scored"
+    if delay.false_alarm:
+        return f"FALSE ALARM: {-delay.seconds:.1f} s before the first drifted payment"
+    return f"{delay.events:,} drifted payments / {delay.seconds:.1f} s after the drift point"
+
+
 def print_summary(summary: DemoSummary) -> None:
     from rich.table import Table
+
+    from mlbus.demo import BEFORE_DRIFT
 
     versions = Table(
         title=f"mlbus demo — {summary.model} (seed {summary.seed})", title_justify="left"
@@ -264,14 +282,36 @@ def print_summary(summary: DemoSummary) -> None:
         + (f", asked for by: {summary.retrained_by}" if summary.retrained_by else "")
         + f" (served: {', '.join(f'v{v}' for v in summary.served_versions) or '-'})",
     )
-    if summary.detection is not None:
+    if summary.drift_kind == "none":
         facts.add_row(
-            "drift detected",
-            f"{summary.detection.events:,} drifted payments / {summary.detection.seconds:.1f} s "
-            "after the drift point",
+            "control run (no drift)",
+            f"{summary.detections:,} detections, {summary.drift_requests:,} drift-caused "
+            "training requests (expected: 0 and 0)",
         )
-    else:
-        facts.add_row("drift detected", "no")
+    facts.add_row("drift detected", _detection(summary))
+    before = summary.segment(BEFORE_DRIFT)
+    if summary.initial_evaluation_auc is not None and before is not None:
+        facts.add_row(
+            "v1 evaluated vs served",
+            f"AUC {_num(summary.initial_evaluation_auc)} on its holdout, {_num(before.auc)} "
+            f"on what it served before the drift ({before.labelled:,} labelled)",
+        )
+    consistency = summary.consistency
+    if consistency is not None:
+        facts.add_row(
+            "served = offline features",
+            f"{_pct(consistency.match_rate)} of {consistency.values:,} values "
+            f"({consistency.events:,} payments; {consistency.mismatch:,} mismatched, "
+            f"{consistency.lag:,} lag apart) — mlbus features consistency",
+        )
+        for example in consistency.examples:
+            facts.add_row("  a difference", example)
+    if summary.causal_waits:
+        facts.add_row(
+            "scored in card order",
+            f"{summary.causal_waits:,} payments waited for their card's previous payment to "
+            f"be served ({summary.causal_timeouts:,} gave up)",
+        )
     if summary.drift_causes:
         facts.add_row("drifted", ", ".join(summary.drift_causes))
     facts.add_row("drift-caused training requests", str(summary.drift_requests))

@@ -16,6 +16,7 @@ class DriftKindChoice(StrEnum):
     covariate = "covariate"
     concept = "concept"
     both = "both"
+    none = "none"
 
 
 def register(app: typer.Typer) -> None:

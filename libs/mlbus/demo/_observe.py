@@ -27,7 +27,7 @@ from mlbus.events import (
     TrainingRequested,
 )
 
-from ._summary import Milestones, ServedRequest
+from ._summary import Consistency, Milestones, ServedRequest
 
 if TYPE_CHECKING:
     from ._loop import LoopContext
@@ -68,6 +68,12 @@ class LoopRecord:
     manual_request_id: str | None = None
     """The reason of the request whose run put the new model in place (drift, manual)."""
     notes: list[str] = field(default_factory=list)
+    initial_evaluation_auc: float | None = None
+    detections: int = 0
+    """drift.detected events for the model seen so far."""
+    causal_waits: int = 0
+    causal_timeouts: int = 0
+    consistency: Consistency | None = None
 
     def milestones(self) -> Milestones:
         return Milestones(
@@ -182,6 +188,7 @@ class LoopWatcher:
 
     def update(self) -> None:
         record, observer, model = self.record, self.observer, self.ctx.plan.model
+        record.detections = len(observer.all(DriftDetected, lambda e: e.model == model))
         if record.drift is None:
             seen = next(
                 (s for s in observer.seen if isinstance(s.event, DriftDetected)

@@ -37,6 +37,8 @@ SERVICE_ENV = {
     # Feature rows reach the offline store within seconds, so a retraining sees
     # the payments streamed just before it (the default waits up to 30 s).
     "MLBUS_FEATURES_OFFLINE_FLUSH_INTERVAL_S": "2",
+    # The consistency counts the summary reads are at most a second old.
+    "MLBUS_FEATURES_CONSISTENCY_FLUSH_S": "1",
 }
 
 
@@ -134,6 +136,8 @@ def run_demo(
             ),
             inference_address=address,
             offline_url=str(settings.data.offline_store),
+            redis_url=state.redis.url if state.redis is not None else settings.redis.require_url(),
+            key_prefix=settings.redis.key_prefix,
             logs=stack.logs,
             options=config.loop,
             reporter=reporter,
@@ -247,6 +251,12 @@ def build_summary(
         requests_failed=sum(1 for r in served if not r.ok),
         failures=failures,
         failure_examples=failure_examples,
+        drift_kind=plan.sizes.drift_kind,
+        initial_evaluation_auc=record.initial_evaluation_auc,
+        detections=record.detections,
+        causal_waits=record.causal_waits,
+        causal_timeouts=record.causal_timeouts,
+        consistency=record.consistency,
         drift_causes=causes,
         drift_requests=record.drift_requests,
         promotion_reason=record.completed.promotion_reason if record.completed else None,

@@ -80,7 +80,35 @@ class DetectionDelay(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     events: int = Field(description="Drifted payments scored before the detection.")
-    seconds: float = Field(description="From the first drifted payment to the detection.")
+    seconds: float | None = Field(
+        description="From the first drifted payment to the detection, negative when the "
+        "detection came first (never clamped); None when no drifted payment was sent."
+    )
+
+    @property
+    def false_alarm(self) -> bool:
+        """Detected before any drifted payment was scored: not this drift's detection."""
+        return self.seconds is None or self.seconds < 0
+
+
+class Consistency(BaseModel):
+    """Served feature values against the offline rows of the same payments (ADR 0020)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    view: str
+    events: int = Field(description="Scored payments whose offline row was compared.")
+    values: int
+    match: int
+    lag: int = Field(
+        description="Different because the card's previous payment was not "
+        "yet ingested when this one was scored; counted apart."
+    )
+    mismatch: int
+    match_rate: float | None = Field(description="match / (match + mismatch): lag left out.")
+    examples: tuple[str, ...] = Field(
+        default=(), description="A few differences: entity, event, feature, served, offline."
+    )
 
 
 class TraceLinks(BaseModel):
@@ -126,6 +154,28 @@ class DemoSummary(BaseModel):
     )
     failure_examples: dict[str, str] = Field(
         default_factory=dict, description="The first error message of each status."
+    )
+    drift_kind: str = Field(
+        default="both", description="What the stream's drift changes; 'none' is the control run."
+    )
+    initial_evaluation_auc: float | None = Field(
+        default=None,
+        description="The first model's AUC on its holdout, to compare with the AUC of what "
+        "it served before the drift (ADR 0020: the same features in both).",
+    )
+    detections: int = Field(
+        default=0, description="mlbus.drift.detected.v1 events for the model during the run."
+    )
+    causal_waits: int = Field(
+        default=0,
+        description="Payments scored only after their card's previous payment was in the "
+        "online store (the replay is faster than real time; see CausalOrder).",
+    )
+    causal_timeouts: int = Field(
+        default=0, description="Of those, payments scored after the wait gave up."
+    )
+    consistency: Consistency | None = Field(
+        default=None, description="None when the feature service's counts could not be read."
     )
     drift_causes: tuple[str, ...] = ()
     drift_requests: int = Field(
@@ -225,10 +275,11 @@ def detection_delay(
     """Drifted payments scored before the detection, and seconds since the first of them."""
     detected = milestones.drift_detected_at
     first = milestones.first_drifted_sent_at
-    if detected is None or first is None:
+    if detected is None:
         return None
     events = sum(1 for r in served if r.index >= drift_at and r.sent_at <= detected)
-    return DetectionDelay(events=events, seconds=max(0.0, (detected - first).total_seconds()))
+    seconds = None if first is None else (detected - first).total_seconds()
+    return DetectionDelay(events=events, seconds=seconds)
 
 
 def first_answer_of(served: Sequence[ServedRequest], version: int | None) -> datetime | None:

@@ -8,21 +8,25 @@ offline store is read to see what the feature service has written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 import grpc.aio
 import pyarrow.parquet as pq
 from aiokafka.structs import RecordMetadata
+from redis.exceptions import RedisError
 
 from mlbus.bus import Publisher
-from mlbus.featurestore import OfflineStore
+from mlbus.errors import MlbusError
+from mlbus.featurestore import OfflineStore, OnlineStore, read_consistency
 from mlbus.spec import ProjectSpec
 
 from ._scenario import Payment
-from ._summary import ServedRequest
+from ._summary import Consistency, ServedRequest
 
 # ── producing and scoring ────────────────────────────────────────────────────
 
@@ -98,6 +102,9 @@ class Scorer:
             event_ids=[payment.event_id],
             fields={ref: field_value(v) for ref, v in payment.request_fields.items()},  # type: ignore[misc]
         )
+        # The payment's own time: features are computed as of it, as training rows are
+        # (the replay runs days of payments in a minute, so "now" would be days off).
+        request.event_time.FromDatetime(payment.event_time)
         sent_at = datetime.now(UTC)
         try:
             answer = await self._predict.Predict(request, timeout=self.timeout_s)
@@ -121,6 +128,130 @@ class Scorer:
             version=int(prediction.model_version),
             score=score,
         )
+
+
+@dataclass(slots=True)
+class _Tail:
+    """A card's latest payment handed out by `CausalOrder.turn`."""
+
+    event_id: str
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
+    stored: bool = False
+
+
+class CausalOrder:
+    """Scores a payment only once its card's previous payment is in the online store.
+
+    The replay sends days of payments in minutes, so a card's payments that were
+    minutes apart arrive milliseconds apart. In real time, an application scoring
+    a payment finds the card's earlier payments already counted; waiting for them
+    here keeps the served features what they would have been (ADR 0020). Other
+    cards' payments go on meanwhile. A wait longer than `timeout_s` (the previous
+    payment was rejected, say) gives up and is counted in `timed_out`.
+
+        await order.turn(payment)   # the card's previous payment is sent and stored
+        ... score, send ...
+        order.sent(payment)
+    """
+
+    def __init__(
+        self, store: OnlineStore, view: str, version: int, timeout_s: float, poll_s: float = 0.005
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.version = version
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.waited = 0
+        self.timed_out = 0
+        self._tails: dict[str, _Tail] = {}
+        """Card → its latest payment handed out."""
+        self._unsent: dict[str, _Tail] = {}
+        """Event id → a payment handed out and not yet sent."""
+        self._waiting: dict[str, tuple[str, asyncio.Future[None]]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def turn(self, payment: Payment) -> None:
+        """Return once the previous payment of the card was sent and is served."""
+        card = payment.entity_id
+        previous = self._tails.get(card)
+        self._tails[card] = self._unsent[payment.event_id] = _Tail(payment.event_id)
+        if previous is None or previous.stored:
+            return
+        self.waited += 1
+        await previous.sent.wait()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[card] = (previous.event_id, future)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll(), name="demo-causal-order")
+        try:
+            await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            self.timed_out += 1
+        finally:
+            self._waiting.pop(card, None)
+        previous.stored = True
+
+    def sent(self, payment: Payment) -> None:
+        tail = self._unsent.pop(payment.event_id, None)
+        if tail is not None:
+            tail.sent.set()
+
+    async def _poll(self) -> None:
+        """One pipelined read of every waiting card's `__eid` per `poll_s`."""
+        while self._waiting:
+            waiting = dict(self._waiting)
+            stored = await self.store.last_event_ids(self.view, self.version, list(waiting))
+            for card, (event_id, future) in waiting.items():
+                if stored[card] == event_id and not future.done():
+                    future.set_result(None)
+            await asyncio.sleep(self.poll_s)
+
+    async def aclose(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+
+async def served_consistency(
+    order: CausalOrder, features: Sequence[str], expected_events: int, wait_s: float
+) -> Consistency | None:
+    """The feature service's consistency counts of the scored view (ADR 0020), read once
+    they cover `expected_events` scored payments, or after `wait_s` (rows still on their
+    way are then left out, and the count says how many were compared)."""
+    store = order.store
+    keys = store.keys
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            report = await read_consistency(
+                store.client,
+                keys.consistency(order.view, order.version),
+                keys.consistency_examples(order.view, order.version),
+                order.view,
+                order.version,
+                features,
+            )
+        except (MlbusError, RedisError, OSError):
+            return None
+        if report.events >= expected_events or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    return Consistency(
+        view=report.view,
+        events=report.events,
+        values=report.compared,
+        match=report.total("match"),
+        lag=report.total("lag"),
+        mismatch=report.total("mismatch"),
+        match_rate=report.match_rate,
+        examples=tuple(
+            f"{d.outcome}: {d.entity_id} {d.event_id} {d.feature} served {d.served!r}, "
+            f"offline {d.offline!r}"
+            for d in report.examples[:3]
+        ),
+    )
 
 
 # ── waiting for stored data ──────────────────────────────────────────────────

@@ -15,8 +15,9 @@ from typing import Literal, TypeAlias
 
 from mlbus.example._values import Cell, JsonScalar, Omitted
 
-DriftKind: TypeAlias = Literal["covariate", "concept", "both"]
-DRIFT_KINDS: tuple[DriftKind, ...] = ("covariate", "concept", "both")
+DriftKind: TypeAlias = Literal["covariate", "concept", "both", "none"]
+"""What changes from the drift point on; `none` is the control: nothing does."""
+DRIFT_KINDS: tuple[DriftKind, ...] = ("covariate", "concept", "both", "none")
 
 
 @dataclass(frozen=True)
