@@ -132,9 +132,27 @@ async def write_features(redis_url: str, prefix: str, spec_text: str) -> list[st
     async with OnlineStore.from_url(redis_url, key_prefix=prefix) as store:
         pipe = store.client.pipeline(transaction=False)
         ts = int(time.time() * 1000)
+        aggregates = {f.name for f in spec.view_features("card_activity") if f.is_aggregate}
         for entity in ids:
+            values = online_values(spec, rng)
+            # Windows as the feature service stores them (ADR 0020): step functions,
+            # 8 steps each (a card's recent payments), evaluated at the request's time.
+            steps = {
+                name: [[ts + (j + 1) * 60_000, values[name]] for j in range(8)] + [[None, 0]]
+                for name in aggregates
+            }
+            raw = {k: v for k, v in values.items() if k not in aggregates}
             store.stage_write(
-                pipe, "card_activity", view.version, entity, online_values(spec, rng), ts, "b", 3600
+                pipe,
+                "card_activity",
+                view.version,
+                entity,
+                raw,
+                ts,
+                "b",
+                3600,
+                steps=steps,
+                counted=8,
             )
         await pipe.execute()
     return ids

@@ -62,6 +62,7 @@ import redis.asyncio as aioredis
 from rich.table import Table
 
 from _harness import Benchmark, console, percentile
+from mlbus.events import Scalar
 from mlbus.featurestore import OnlineStore
 from mlbus.runtime import EmbeddedRedis
 
@@ -180,11 +181,18 @@ async def seed(store: OnlineStore, entities: list[str]) -> None:
     pipe = store.client.pipeline(transaction=False)
     now_ms = int(time.time() * 1000)
     for i, entity in enumerate(entities):
-        values = {f"f_int_{k}": i * k for k in range(7)}
-        values |= {f"f_float_{k}": i / (k + 1) for k in range(7)}
+        # The 7 ints are windows (ADR 0020): step functions of 8 steps, evaluated at read.
+        steps = {
+            f"f_int_{k}": [[now_ms + (j + 1) * 60_000, i * k + 8 - j] for j in range(8)]
+            + [[None, 0]]
+            for k in range(7)
+        }
+        values: dict[str, Scalar] = {f"f_float_{k}": i / (k + 1) for k in range(7)}
         values |= {f"f_str_{k}": f"category_{(i + k) % 10}" for k in range(5)}
         values["f_null"] = None
-        store.stage_write(pipe, VIEW, 1, entity, values, now_ms, f"e{i}", 3600)
+        store.stage_write(
+            pipe, VIEW, 1, entity, values, now_ms, f"e{i}", 3600, steps=steps, counted=8
+        )
     await pipe.execute()
 
 

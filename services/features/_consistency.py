@@ -2,8 +2,9 @@
 
 Inference logs what it fed the model (`PredictionLogged.features`, with how many
 of the entity's events each view had counted); this service writes the offline
-row of the scored event. The monitor holds whichever of the two comes first for
-`wait_s` and compares them when the other arrives (`mlbus.featurestore.compare`,
+row of the scored event. The monitor holds whichever of the two comes first —
+a served vector for `wait_s`, a row for `row_wait_s` (most events are never
+scored) — and compares them when the other arrives (`mlbus.featurestore.compare`,
 ADR 0020). Counts go to Redis (`mlbus features consistency` reads them) and to
 the `mlbus.features.consistency` counter, by view, feature and outcome.
 
@@ -49,6 +50,15 @@ class _Served:
 
 
 @dataclass(frozen=True, slots=True)
+class _Row:
+    """What is compared of an offline row (its steps are not kept)."""
+
+    values: dict[str, Scalar]
+    event_time_ms: int
+    prior_events: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class _View:
     version: int
     features: frozenset[str]
@@ -63,7 +73,8 @@ class ConsistencyMonitor:
         online: OnlineStore,
         *,
         wait_s: float = 300.0,
-        max_pending: int = 200_000,
+        row_wait_s: float = 60.0,
+        max_pending: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         source = spec.training_source()
@@ -75,11 +86,14 @@ class ConsistencyMonitor:
         }
         self.online = online
         self.wait_s = wait_s
+        self.row_wait_s = min(row_wait_s, wait_s)
         self.max_pending = max_pending
         self._clock = clock
         # (view, event id) → what came first, with when it stops being worth waiting for.
         self._served: OrderedDict[tuple[str, str], tuple[float, _Served]] = OrderedDict()
-        self._rows: OrderedDict[tuple[str, str], tuple[float, OfflineRow]] = OrderedDict()
+        # Rows wait less: most events are never scored, and a prediction's log reaches
+        # this service seconds after the row at most (it is scored before it is produced).
+        self._rows: OrderedDict[tuple[str, str], tuple[float, _Row]] = OrderedDict()
         self._counts: dict[str, Counter[tuple[str, Outcome]]] = {v: Counter() for v in self.views}
         self._examples: dict[str, list[Difference]] = {v: [] for v in self.views}
         self.compared = 0
@@ -115,7 +129,7 @@ class ConsistencyMonitor:
             if row is not None:
                 self._compare(view, key[1], served, row[1])
             else:
-                self._hold(self._served, key, served)
+                self._hold(self._served, key, served, self.wait_s)
 
     def rows_written(self, written: Mapping[str, Sequence[OfflineRow]]) -> None:
         """Called after a batch's rows are stored: compare those already served, hold the rest."""
@@ -124,27 +138,29 @@ class ConsistencyMonitor:
                 continue
             for row in rows:
                 key = (view, row.event_id)
+                kept = _Row(row.values, row.event_time_ms, row.prior_events)
                 served = self._served.pop(key, None)
                 if served is not None:
-                    self._compare(view, row.event_id, served[1], row)
+                    self._compare(view, row.event_id, served[1], kept)
                 else:
-                    self._hold(self._rows, key, row)
+                    self._hold(self._rows, key, kept, self.row_wait_s)
 
     def _hold(
         self,
         pending: OrderedDict[tuple[str, str], tuple[float, _T]],
         key: tuple[str, str],
         item: _T,
+        wait_s: float,
     ) -> None:
         now = self._clock()
-        pending[key] = (now + self.wait_s, item)
+        pending[key] = (now + wait_s, item)
         pending.move_to_end(key)
         while pending and (
             len(pending) > self.max_pending or next(iter(pending.values()))[0] < now
         ):
             pending.popitem(last=False)
 
-    def _compare(self, view: str, event_id: str, served: _Served, row: OfflineRow) -> None:
+    def _compare(self, view: str, event_id: str, served: _Served, row: _Row) -> None:
         names = self.views[view].features
         outcomes, differences = compare(
             {k: v for k, v in served.values.items() if k in names},
