@@ -180,7 +180,8 @@ class Benchmark:
         return goal
 
     def report(self) -> bool:
-        """Print the table and goals, write JSON; True when every goal is met."""
+        """Print the table and goals, write JSON; True when every goal is met (and there
+        is at least one: `all([])` would pass a run that checked nothing)."""
         table = Table(title=f"{self.name}: {self.description}")
         for column in ("variant", "metric", "median", "min", "max", "runs"):
             table.add_column(
@@ -208,6 +209,9 @@ class Benchmark:
         path = RESULTS_DIR / f"{self.name}.json"
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
         console.print(f"results written to {path}")
+        if not self.goals:
+            console.print("[red]no goal was set: this run proves nothing[/]")
+            return False
         return all(goal.met for goal in self.goals)
 
     def as_json(self) -> dict[str, object]:

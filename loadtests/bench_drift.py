@@ -350,4 +350,4 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.repeats))
+    sys.exit(0 if asyncio.run(main(args.events, args.repeats)) else 1)
