@@ -46,6 +46,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlbus.bus import Consumer, Publisher, Received, ensure_topics, raw_decoder
@@ -56,6 +57,7 @@ from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
 from mlbus.runtime import free_port
 from mlbus.runtime._process import spawn, terminate
 from mlbus.spec import load_spec
+from tests.integration._topics import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -270,13 +272,20 @@ class Outputs:
     async def poll(self) -> None:
         for batch in (await self._consumer.getmany(timeout_ms=200)).values():
             for record in batch:
-                body = json.loads(record.value)
-                if body.get("source_topic") not in self._sources:
-                    continue
-                if record.topic == INGEST_VALIDATED:
-                    self.validated.append(body["event_id"])
-                else:
-                    self.rejected.append((body["source_partition"], body["source_offset"]))
+                self._keep(record)
+
+    async def read_to_end(self) -> None:
+        """Everything both topics hold now: once the writers stopped, all they ever wrote."""
+        await read_to_end(self._consumer, self._keep)
+
+    def _keep(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        body = json.loads(record.value)
+        if body.get("source_topic") not in self._sources:
+            return
+        if record.topic == INGEST_VALIDATED:
+            self.validated.append(body["event_id"])
+        else:
+            self.rejected.append((body["source_partition"], body["source_offset"]))
 
 
 async def online_counts(store: OnlineStore, cards: list[str]) -> dict[str, tuple[int, float]]:
@@ -494,10 +503,12 @@ async def test_two_replicas_share_the_work_and_a_kill_loses_and_double_counts_no
                 if t == watched[survivor]
             }
             assert owned(victim) <= now_owned, (survivor.name, owned(victim), now_owned)
-        # A little longer: anything published or counted twice would show up now.
-        await asyncio.sleep(1.0)
-        for _ in range(5):
-            await outputs.poll()
+        # The survivors stop cleanly, flushing the offline rows they hold. Stopped, they
+        # can publish and count nothing more: anything published or counted twice, even
+        # while stopping, shows up now.
+        for survivor in (ingestion_a, features_a):
+            assert terminate(survivor.proc, grace_s=20) == 0, survivor.tail()
+        await outputs.read_to_end()
         assert same_counts(await online_counts(store, cards), want_counts)
 
     # Nothing lost, nothing invented; re-publication bounded by the batch in flight at the kill.
@@ -507,9 +518,6 @@ async def test_two_replicas_share_the_work_and_a_kill_loses_and_double_counts_no
     assert set(outputs.rejected) == sent.broken_at
     assert len(outputs.rejected) - len(sent.broken_at) <= MAX_BATCH
 
-    # The survivors stop cleanly, flushing the offline rows they hold.
-    for survivor in (ingestion_a, features_a):
-        assert terminate(survivor.proc, grace_s=20) == 0, survivor.tail()
     offline = OfflineStore(stack.offline)
     files = offline.files(VIEW, VIEW_VERSION)
     written = set(offline.read(files)["event_id"].to_pylist()) if files else set()
