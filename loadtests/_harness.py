@@ -179,9 +179,12 @@ class Benchmark:
         self.goals.append(goal)
         return goal
 
-    def report(self) -> bool:
-        """Print the table and goals, write JSON; True when every goal is met (and there
-        is at least one: `all([])` would pass a run that checked nothing)."""
+    def report(self, *, measurement_only: bool = False) -> bool:
+        """Print the table and goals, write JSON; True when every goal is met.
+
+        A run with no goal fails (`all([])` would pass a run that checked nothing),
+        unless the benchmark says it only measures (`measurement_only`).
+        """
         table = Table(title=f"{self.name}: {self.description}")
         for column in ("variant", "metric", "median", "min", "max", "runs"):
             table.add_column(
@@ -210,6 +213,9 @@ class Benchmark:
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
         console.print(f"results written to {path}")
         if not self.goals:
+            if measurement_only:
+                console.print("measurement only: no goal to meet")
+                return True
             console.print("[red]no goal was set: this run proves nothing[/]")
             return False
         return all(goal.met for goal in self.goals)
