@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,8 +288,8 @@ def free_port() -> int:
 # ── measurements ─────────────────────────────────────────────────────────────
 
 
-def ort_latencies_ms(model_path: Path, row: np.ndarray, calls: int) -> list[float]:
-    """`InferenceSession.run` on `row` (1 intra/1 inter thread, as mlbus), one call at a time."""
+def ort_run(model_path: Path, row: np.ndarray) -> Callable[[], object]:
+    """A warmed-up `InferenceSession.run` on `row` (1 intra/1 inter thread, as mlbus)."""
     import onnxruntime as ort
 
     from mlbus.inference import OrtThreads
@@ -302,10 +302,16 @@ def ort_latencies_ms(model_path: Path, row: np.ndarray, calls: int) -> list[floa
     feed = {session.get_inputs()[0].name: row}
     for _ in range(200):  # warm up
         session.run(None, feed)
+    return lambda: session.run(None, feed)
+
+
+def ort_latencies_ms(model_path: Path, row: np.ndarray, calls: int) -> list[float]:
+    """`InferenceSession.run` on `row`, one call at a time."""
+    run = ort_run(model_path, row)
     values = []
     for _ in range(calls):
         started = time.perf_counter()
-        session.run(None, feed)
+        run()
         values.append((time.perf_counter() - started) * 1000)
     return values
 

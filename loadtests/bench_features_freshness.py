@@ -409,8 +409,7 @@ async def main(args: argparse.Namespace) -> int:
             embedded.stop()
     bench.goal("capacity", SERVICE, RAW, "drain", ">=", 0.25)
     bench.notes.append(f"logs in {logs}")
-    bench.report()
-    return 0
+    return 0 if bench.report() else 1
 
 
 async def cleanup(redis_url: str, tag: str) -> None:

@@ -308,6 +308,8 @@ class InferenceServer:
                     )
                     running = asyncio.create_task(consumer.run(), name="publications-consumer")
                     try:
+                        # Assigned *and* the start offsets looked up: a publication sent
+                        # once `following` is set is consumed, none falls before the start.
                         await consumer.wait_assigned(ASSIGN_TIMEOUT_S)
                         self.following.set()
                         log.info("following %s", MODEL_PUBLISHED)

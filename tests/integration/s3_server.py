@@ -1,4 +1,7 @@
-"""A real S3-compatible HTTP server for the s3:// store tests: moto's, as a subprocess.
+"""An S3 emulator over real HTTP for the s3:// store tests: moto's server, as a subprocess.
+
+moto emulates the S3 API; it is not S3, nor MinIO. What these tests prove is the
+clients' side (requests, keys, hashes, errors) against that emulation.
 
 pytest only loads `conftest.py` by itself; test modules that need the server
 import the fixture:

@@ -353,3 +353,70 @@ async def test_a_consumer_killed_after_its_effect_but_before_commit_gets_the_rec
     # Nothing was committed before the kill: the whole batch comes again, in order,
     # including the record whose effect happened just before the kill.
     assert redelivered == values
+
+
+POLL_S = 0.2  # the consume loop's `getmany` timeout (`Consumer._loop`)
+
+
+async def test_wait_assigned_waits_for_the_first_offset_lookup(
+    kafka: KafkaSettings, publisher: Publisher, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast consumer starts at the end of its topic. Between the assignment and the
+    answer to its first offset lookup, a record published would fall before the start
+    offset and be skipped: `wait_assigned` must not return inside that window. The real
+    broker answers the lookup; the test only holds the answer back until it says so."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.consumer.fetcher import Fetcher
+
+    topic = f"t.window.{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    lookup_held = asyncio.Event()
+    release = asyncio.Event()
+    proc_offset_request = Fetcher._proc_offset_request
+
+    async def held_offset_request(self: Fetcher, node_id: int, topic_data: object) -> object:
+        lookup_held.set()
+        await release.wait()
+        return await proc_offset_request(self, node_id, topic_data)
+
+    monkeypatch.setattr(Fetcher, "_proc_offset_request", held_offset_request)
+    received: list[bytes] = []
+
+    async def handle(record: Received[bytes | None]) -> None:
+        received.append(record.payload or b"")
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=None,  # broadcast: starts at the end of the topic
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+    )
+    running = asyncio.create_task(consumer.run())
+    producer = AIOKafkaProducer(**kafka.client_kwargs())
+    await producer.start()
+    try:
+        async with asyncio.timeout(30):
+            await lookup_held.wait()  # assigned; the first offset lookup is in flight
+        assigned = asyncio.create_task(consumer.wait_assigned(30))
+        # A quiet window, the only way to see that something does not happen: three polls
+        # of the consume loop, each of which would have let the old check (assignment
+        # only) mark the consumer assigned.
+        await asyncio.wait({assigned}, timeout=3 * POLL_S)
+        returned_early = assigned.done()
+        if returned_early:  # the bug: a record published now is lost
+            await producer.send_and_wait(topic, b"in the window")
+        release.set()
+        await assigned
+        await producer.send_and_wait(topic, b"after wait_assigned")
+        async with asyncio.timeout(30):
+            while b"after wait_assigned" not in received:  # noqa: ASYNC110 - polling the handler's list
+                await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        await producer.stop()
+        consumer.stop()
+        await running
+    assert not returned_early, f"returned before the start offset was known: {received}"
+    assert received == [b"after wait_assigned"]

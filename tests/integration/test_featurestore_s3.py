@@ -1,4 +1,5 @@
-"""The offline store on s3:// (pyarrow.fs.S3FileSystem) against a real S3-compatible server."""
+"""The offline store on s3:// (pyarrow.fs.S3FileSystem) against moto's S3 emulator
+over real HTTP."""
 
 from __future__ import annotations
 

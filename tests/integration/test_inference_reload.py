@@ -44,18 +44,11 @@ def serves(server: InferenceServer, model: str, version: int) -> bool:
 
 
 async def first_version(server: InferenceServer, publisher: Publisher, pub: Publication) -> None:
-    """Publish v1 until served: the broadcast consumer starts at the end of the topic, and
-    a publication racing its first offset lookup may land just before it (in production,
-    the start-up question to the registry covers that window)."""
+    """Publish v1 once `following` is set and wait until it is served: from then on the
+    broadcast consumer's start offset is known, so no publication can fall before it."""
     await asyncio.wait_for(server.following.wait(), 60)
-    for _ in range(10):
-        await publisher.publish(published_event(pub), key=pub.model)
-        try:
-            await wait_for(lambda: serves(server, pub.model, pub.version), timeout_s=3)
-            return
-        except AssertionError:
-            continue
-    raise AssertionError("v1 never served")
+    await publisher.publish(published_event(pub), key=pub.model)
+    await wait_for(lambda: serves(server, pub.model, pub.version))
 
 
 async def test_swaps_under_concurrent_load_fail_no_request(

@@ -32,6 +32,7 @@ from mlbus.events import INGEST_REJECTED, INGEST_VALIDATED, IngestRejected, Inge
 from mlbus.example import fraud_spec_path, generate
 from mlbus.ingestion import IngestionService, IngestionSettings
 from mlbus.spec import ProjectSpec, load_spec
+from tests.integration._topics import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -126,9 +127,16 @@ class TopicReader:
     async def poll(self) -> None:
         for batch in (await self._consumer.getmany(timeout_ms=100)).values():
             for record in batch:
-                body = json.loads(record.value)
-                if body["source_topic"] in self._sources:
-                    self.records.append((record, body))
+                self._keep(record)
+
+    async def read_to_end(self) -> None:
+        """Everything the topic holds now: once the writers stopped, all they ever wrote."""
+        await read_to_end(self._consumer, self._keep)
+
+    def _keep(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        body = json.loads(record.value)
+        if body["source_topic"] in self._sources:
+            self.records.append((record, body))
 
 
 async def wait_for(
@@ -211,13 +219,13 @@ async def test_every_input_ends_in_exactly_one_place(
                 [validated, rejected],
                 task=task,
             )
-            # A little longer: anything published twice would show up now.
+            # Stopped, the service can publish nothing more: read what it published to the
+            # end, so anything published twice shows up.
             await service.wait_ready()
             service.stop()
             await task
-            for _ in range(5):
-                await validated.poll()
-                await rejected.poll()
+            await validated.read_to_end()
+            await rejected.read_to_end()
     finally:
         service.stop()
         await asyncio.wait_for(task, 30)
@@ -365,9 +373,8 @@ async def test_killed_mid_stream_and_restarted_loses_nothing_and_dedupes_across_
         finally:
             service.stop()
             await asyncio.wait_for(task, 30)
-        for _ in range(5):  # anything published twice would show up now
-            await validated.poll()
-            await rejected.poll()
+        await validated.read_to_end()  # stopped: anything published twice shows up now
+        await rejected.read_to_end()
 
     published = [b["event_id"] for _, b in validated.records]
     assert set(published) == ids  # nothing lost, nothing invented

@@ -1,4 +1,5 @@
-"""The registry's s3:// artifact store against a real S3-compatible HTTP server (moto).
+"""The registry's s3:// artifact store against moto's S3 emulator, over
+real HTTP.
 
 Same guarantees as the folder store: content-addressed keys under the prefix,
 a hash check on every read (a tampered object is DATA_LOSS), no location that

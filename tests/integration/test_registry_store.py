@@ -423,9 +423,13 @@ async def test_an_explicit_alias_at_registration_bypasses_the_gates(registry: Re
     assert (await registry.resolve_alias("fraud", "champion")).version == 2
 
 
-async def test_events_committed_while_the_broker_is_away_are_published_later(
+async def test_events_committed_without_a_sink_are_published_by_the_next_registry(
     database_url: str, tmp_path: Path
 ) -> None:
+    """The outbox half of "nothing is lost while the broker is away": a registry with no
+    sink (as after a crash before publishing) keeps its events, and the next registry
+    with a sink publishes them. No broker here; the sink records what it is given.
+    (The path through the real broker is in test_registry_api.py.)"""
     store = db.RegistryStore(database_url)
     await asyncio.to_thread(store.upgrade)
     artifacts = LocalArtifactStore(tmp_path / "a")

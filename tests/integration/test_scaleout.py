@@ -46,6 +46,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlbus.bus import Consumer, Publisher, Received, ensure_topics, raw_decoder
@@ -56,6 +57,7 @@ from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
 from mlbus.runtime import free_port
 from mlbus.runtime._process import spawn, terminate
 from mlbus.spec import load_spec
+from tests.integration._topics import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -270,13 +272,20 @@ class Outputs:
     async def poll(self) -> None:
         for batch in (await self._consumer.getmany(timeout_ms=200)).values():
             for record in batch:
-                body = json.loads(record.value)
-                if body.get("source_topic") not in self._sources:
-                    continue
-                if record.topic == INGEST_VALIDATED:
-                    self.validated.append(body["event_id"])
-                else:
-                    self.rejected.append((body["source_partition"], body["source_offset"]))
+                self._keep(record)
+
+    async def read_to_end(self) -> None:
+        """Everything both topics hold now: once the writers stopped, all they ever wrote."""
+        await read_to_end(self._consumer, self._keep)
+
+    def _keep(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        body = json.loads(record.value)
+        if body.get("source_topic") not in self._sources:
+            return
+        if record.topic == INGEST_VALIDATED:
+            self.validated.append(body["event_id"])
+        else:
+            self.rejected.append((body["source_partition"], body["source_offset"]))
 
 
 async def online_counts(store: OnlineStore, cards: list[str]) -> dict[str, tuple[int, float]]:
@@ -494,10 +503,12 @@ async def test_two_replicas_share_the_work_and_a_kill_loses_and_double_counts_no
                 if t == watched[survivor]
             }
             assert owned(victim) <= now_owned, (survivor.name, owned(victim), now_owned)
-        # A little longer: anything published or counted twice would show up now.
-        await asyncio.sleep(1.0)
-        for _ in range(5):
-            await outputs.poll()
+        # The survivors stop cleanly, flushing the offline rows they hold. Stopped, they
+        # can publish and count nothing more: anything published or counted twice, even
+        # while stopping, shows up now.
+        for survivor in (ingestion_a, features_a):
+            assert terminate(survivor.proc, grace_s=20) == 0, survivor.tail()
+        await outputs.read_to_end()
         assert same_counts(await online_counts(store, cards), want_counts)
 
     # Nothing lost, nothing invented; re-publication bounded by the batch in flight at the kill.
@@ -507,9 +518,6 @@ async def test_two_replicas_share_the_work_and_a_kill_loses_and_double_counts_no
     assert set(outputs.rejected) == sent.broken_at
     assert len(outputs.rejected) - len(sent.broken_at) <= MAX_BATCH
 
-    # The survivors stop cleanly, flushing the offline rows they hold.
-    for survivor in (ingestion_a, features_a):
-        assert terminate(survivor.proc, grace_s=20) == 0, survivor.tail()
     offline = OfflineStore(stack.offline)
     files = offline.files(VIEW, VIEW_VERSION)
     written = set(offline.read(files)["event_id"].to_pylist()) if files else set()
@@ -589,6 +597,31 @@ async def test_topics_ensure_creates_every_topic_with_its_partitions_once(
 # ---------------------------------------------------------------- a rebalance mid-batch
 
 
+RECORDS = 300
+
+
+class HeldFirstBatch(Consumer[bytes | None]):
+    """The hook that sets up the race: the first fetch is held until it holds every
+    record produced, so one batch spans every partition (left to the broker, a fetch
+    may hold a single partition, and then no revoke can land between two of them)."""
+
+    held = False
+
+    async def _work_through(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[Any]],
+    ) -> bool:
+        if not self.held:
+            self.held = True
+            batch = {tp: list(records) for tp, records in batch.items()}
+            while sum(map(len, batch.values())) < RECORDS:
+                more = await consumer.getmany(timeout_ms=200, max_records=RECORDS)
+                for tp, records in more.items():
+                    batch.setdefault(tp, []).extend(records)
+        return await super()._work_through(consumer, batch)
+
+
 async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
     kafka: KafkaSettings, unique: str
 ) -> None:
@@ -596,7 +629,13 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
     (`_CommitOnRevoke`, which flushes and commits) on its coordinator task, at any await
     of the consume loop, e.g. between two partitions of one fetch. The handlers here
     queue and flush like ingestion's and the features' (build what to write from the
-    queue, await the writes, clear the queue): every committed record must be written."""
+    queue, await the writes, clear the queue): every committed record must be written.
+
+    The race is set up every run: the first batch spans the three partitions, the
+    revoke is called back while the second one is handled, and the flush's writes are
+    acknowledged only once that batch's last partition is queued (the worst case).
+    Without the batch lock the revoke flushes in the middle and commits the third
+    partition's records, which its flush dropped."""
     from mlbus.bus._consumer import _CommitOnRevoke
     from mlbus.telemetry._sampling import set_data_sample_ratio
 
@@ -604,7 +643,9 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
     await ensure_topics(kafka, [topic], partitions=PARTITIONS)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=20)
     await producer.start()
-    futures = [await producer.send(topic, b"%d" % i, partition=i % PARTITIONS) for i in range(300)]
+    futures = [
+        await producer.send(topic, b"%d" % i, partition=i % PARTITIONS) for i in range(RECORDS)
+    ]
     await asyncio.gather(*futures)
     await producer.stop()
 
@@ -612,6 +653,8 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
     written: list[bytes] = []
     flushing = asyncio.Lock()
     revoked: list[asyncio.Task[None]] = []
+    first_batch_queued = asyncio.Event()
+    calls = 0
 
     async def flush() -> None:
         nonlocal queue
@@ -619,21 +662,24 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
             to_write = list(queue)
             if not to_write:
                 return
-            await asyncio.sleep(0.2)  # the sends and their acknowledgements
+            await first_batch_queued.wait()  # the sends and their acknowledgements
             written.extend(to_write)
             queue = []
 
     handled_during_revoke = 0
 
     async def handle_batch(records: list[Received[bytes | None]]) -> None:
-        nonlocal handled_during_revoke
+        nonlocal handled_during_revoke, calls
+        calls += 1
         queue.extend(r.payload or b"" for r in records)
         if revoked and not revoked[0].done():
             handled_during_revoke += len(records)
-        if not revoked:  # the rebalance: the coordinator calls back at the loop's next await
+        if calls == 2:  # the rebalance: the coordinator calls back at the loop's next await
             partitions = {TopicPartition(topic, p) for p in range(PARTITIONS)}
             revoke = _CommitOnRevoke(consumer).on_partitions_revoked(partitions)
             revoked.append(asyncio.ensure_future(revoke))
+        if calls == PARTITIONS:
+            first_batch_queued.set()
 
     async def handle(record: Received[bytes | None]) -> None:
         await handle_batch([record])
@@ -641,7 +687,7 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
     set_data_sample_ratio(0.0)  # untraced data plane: fetches go to the batch handler
     try:
         async with Publisher(kafka, source="tests") as publisher:
-            consumer: Consumer[bytes | None] = Consumer(
+            consumer = HeldFirstBatch(
                 kafka,
                 topics=[topic],
                 group_id=f"g-{unique}",
@@ -649,12 +695,12 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
                 batch_handler=handle_batch,
                 decoder=raw_decoder,
                 publisher=publisher,
-                max_batch=300,
+                max_batch=RECORDS,
                 before_commit=flush,
             )
             task = asyncio.create_task(consumer.run())
             async with asyncio.timeout(30):
-                while consumer.stats.processed < 300 or not revoked or not revoked[0].done():  # noqa: ASYNC110 - polling the consumer like the other tests
+                while consumer.stats.processed < RECORDS or not revoked or not revoked[0].done():  # noqa: ASYNC110 - polling the consumer like the other tests
                     await asyncio.sleep(0.05)
             consumer.stop()
             await task
@@ -666,11 +712,9 @@ async def test_a_rebalance_landing_mid_batch_commits_nothing_it_has_not_flushed(
         committed = [await reader.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)]
     finally:
         await reader.stop()
-    # The promise holds whatever the fetches looked like: everything committed was written.
-    assert sum(c or 0 for c in committed) == 300
-    assert sorted(set(written)) == sorted(b"%d" % i for i in range(300))
-    if not handled_during_revoke:  # checked above; only the mid-batch race was not set up
-        pytest.skip(
-            "the first fetch held a single partition, so no record was handled while the "
-            "revoke was pending (the commit/write check above still ran and passed)"
-        )
+    # The race happened: the third partition was handled while the revoke was pending.
+    assert calls >= PARTITIONS
+    assert handled_during_revoke == RECORDS // PARTITIONS
+    # And the promise held: everything committed was written.
+    assert sum(c or 0 for c in committed) == RECORDS
+    assert sorted(set(written)) == sorted(b"%d" % i for i in range(RECORDS))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -333,9 +334,17 @@ async def test_failures_are_published_with_reasons_and_the_service_keeps_running
         await asyncio.wait_for(task, 30)
 
 
-def slow_fit(model: Any, x: np.ndarray, y: np.ndarray) -> Any:
-    time.sleep(3.0)
-    return model.fit(x, y)
+class HeldFit:
+    """A fit that waits for the test to let it finish: the run stays in progress, for
+    certain, until every request the test sends meanwhile has been received."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, model: Any, x: np.ndarray, y: np.ndarray) -> Any:
+        if not self.release.wait(60):
+            raise TimeoutError("the test never released the fit")
+        return model.fit(x, y)
 
 
 async def test_ten_requests_during_a_run_lead_to_one_more_run(
@@ -380,7 +389,8 @@ async def test_ten_requests_during_a_run_lead_to_one_more_run(
     settings = trainer_settings(kafka, tmp_path, registry, unique).model_copy(
         update={"record_labels": False}
     )
-    service = TrainerService(settings, spec, executor=ThreadPoolExecutor(1), fit=slow_fit)
+    fit = HeldFit()
+    service = TrainerService(settings, spec, executor=ThreadPoolExecutor(1), fit=fit)
     task = asyncio.create_task(service.run())
     try:
         await service.wait_started()
@@ -392,14 +402,20 @@ async def test_ten_requests_during_a_run_lead_to_one_more_run(
             await eventually(lambda: service.runs_started >= 1)
             for _ in range(10):
                 await request(publisher, spec.model.name)
+            # All ten received while the first run is held: one waits as the follow-up,
+            # nine were coalesced into it.
+            state = service._states[spec.model.name]
+            await eventually(lambda: state.pending is not None and state.coalesced == 9)
+            fit.release.set()
+            # Idle means no run in progress and none pending: every request is accounted
+            # for, so no third run can come (no quiet window needed to see that).
+            await service.wait_idle(60)
             events = await outcomes.wait_for(2, timeout_s=60)
-            await service.wait_idle(30)
-            for _ in range(5):  # quiet: no third run
-                await outcomes.poll()
         assert service.runs_started == 2
-        assert len(outcomes.events) == 2
+        assert len(events) == 2
         assert all(isinstance(e, TrainingCompleted) for e in events), events
     finally:
+        fit.release.set()
         service.stop()
         await asyncio.wait_for(task, 30)
 

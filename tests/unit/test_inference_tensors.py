@@ -211,5 +211,14 @@ def test_raw_fp32_batches_decode_without_copying() -> None:
         raw_input_contents=[x.tobytes()],
     )
     decoded = decode_inputs(request, loaded(1))["x"]
-    assert decoded.base is not None  # a view over the request's bytes
+    # A view over the request's bytes: follow the views down to the buffer they read.
+    # (protobuf hands out a fresh `bytes` on every access, so the one decoded is found
+    # this way.) A copy anywhere on the way would end the chain at an array instead.
+    owner: object = decoded
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    assert isinstance(owner, bytes), f"decoded from a copy held by {type(owner).__name__}"
+    assert np.shares_memory(decoded, np.frombuffer(owner, dtype=np.uint8))
     np.testing.assert_array_equal(decoded, x)

@@ -94,11 +94,13 @@ def test_a_child_that_crashes_once_is_restarted_and_keeps_running(
     tmp_path: Path, services: list[ServiceProcess]
 ) -> None:
     marker = tmp_path / "crashed-once"
+    past = tmp_path / "past-the-crash"
     code = (
         "import pathlib, sys, time\n"
         f"marker = pathlib.Path({str(marker)!r})\n"
         "if not marker.exists():\n"
         "    marker.touch(); sys.exit(1)\n"
+        f"pathlib.Path({str(past)!r}).touch()\n"
         "time.sleep(600)\n"
     )
     service = ServiceProcess(
@@ -109,7 +111,9 @@ def test_a_child_that_crashes_once_is_restarted_and_keeps_running(
     first_pid = service.state().pid
 
     poll_until(service, lambda: service.tracker.restarts == 1 and service.status == "running")
-    time.sleep(0.3)  # a window for a second crash, which must not come
+    # No window to wait out for a second crash: the child says when it is past the only
+    # point where it exits, and is still running after that.
+    poll_until(service, past.exists)
     service.poll(time.monotonic())
 
     state = service.state()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -205,7 +206,13 @@ class Consumer(Generic[T]):
         self._stopping.set()
 
     async def wait_assigned(self, timeout_s: float = 60.0) -> None:
-        """Wait until this member owns partitions (the group join is done)."""
+        """Wait until this member owns partitions and knows where it starts reading them.
+
+        Both the group join and the first offset lookup are done: a record published
+        after this returns is consumed. (A broadcast consumer starting at the end of
+        its topics would miss a record published between the assignment and the
+        lookup, so the assignment alone is not enough.)
+        """
         await asyncio.wait_for(self._assigned.wait(), timeout_s)
 
     async def run(self) -> None:
@@ -240,12 +247,26 @@ class Consumer(Generic[T]):
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
-            if consumer.assignment():
-                self._assigned.set()
+            if not self._assigned.is_set() and consumer.assignment():
+                await self._resolve_start(consumer)
             async with self._batch_lock:
                 if not await self._work_through(consumer, batch):
                     return  # stopping while retrying: leave the record uncommitted
                 await self._commit()
+
+    async def _resolve_start(self, consumer: AIOKafkaConsumer) -> None:
+        """Set `_assigned` once every assigned partition has its start offset resolved.
+
+        Bounded like one poll, so `stop()` is never held up: if the lookup is not
+        done yet (or a partition moved meanwhile), it is asked again after the next fetch.
+        """
+        try:
+            async with asyncio.timeout(0.2):
+                for tp in consumer.assignment():
+                    await consumer.position(tp)
+        except (TimeoutError, IllegalStateError):
+            return
+        self._assigned.set()
 
     async def _work_through(
         self,
@@ -582,5 +603,5 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._owner._commit(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if assigned:
-            self._owner._assigned.set()
+        """Nothing to do: the consume loop marks the consumer assigned once the start
+        offsets of what it owns are resolved (`Consumer.wait_assigned`)."""
