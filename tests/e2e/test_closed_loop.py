@@ -35,7 +35,7 @@ from mlbus.demo import (
 )
 from mlbus.events import DriftDetected, TrainingRequested
 from mlbus.runtime import pid_alive, read_state
-from tests.e2e.auc_margin import chance_margin, difference_margin
+from tests.e2e.auc_margin import Z, chance_margin, difference_margin, segment_standard_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -139,6 +139,30 @@ def test_no_request_fails_while_the_retrained_version_loads(demo: DemoRun) -> No
     # The whole run's failures beside the window's: whether they cluster in the reload.
     whole_run = f"{summary.requests_failed}/{summary.requests_total} failed in the whole run"
     assert reload.failed == 0, (reload, whole_run, summary.failure_examples)
+
+
+def test_the_model_is_served_the_features_it_was_trained_on(demo: DemoRun) -> None:
+    """ADR 0020: served values equal the offline rows, so what v1 served before the drift
+    scores like its evaluation, and the detection comes after the drift, not before."""
+    summary = demo.summary
+    assert summary is not None
+    consistency = summary.consistency
+    assert consistency is not None, "the feature service's consistency counts were not read"
+    answered = sum(1 for r in demo.record.served if r.ok)
+    assert consistency.events >= 0.99 * answered
+    assert consistency.match_rate is not None
+    assert consistency.match_rate >= 0.999, consistency.examples
+    before = summary.segment(BEFORE_DRIFT)
+    assert before is not None
+    assert before.auc is not None
+    assert summary.initial_evaluation_auc is not None
+    # Two AUCs on different samples: Z standard errors of the served one (the holdout's
+    # is of the same order), from its own label counts, not a tuned threshold.
+    margin = Z * segment_standard_error(before)
+    assert abs(before.auc - summary.initial_evaluation_auc) < margin
+    assert summary.detection is not None
+    assert summary.detection.seconds is not None
+    assert not summary.detection.false_alarm
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
