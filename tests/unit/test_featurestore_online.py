@@ -3,6 +3,8 @@ single-Redis or a Redis Cluster client from the settings (clients connect lazily
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
@@ -12,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from mlbus.config import MlbusSettings, RedisSettings, load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import Scalar
-from mlbus.featurestore import OnlineStore, encode_value
+from mlbus.featurestore import OnlineStore, decode_value, encode_value, value_at
 from mlbus.featurestore._online import COUNTED_FIELD, EVENT_ID_FIELD, TS_FIELD, encode_steps
 
 scalars = st.one_of(
@@ -105,3 +107,33 @@ def test_a_bad_cluster_flag_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLBUS_REDIS_CLUSTER", "sometimes")
     with pytest.raises(ConfigError, match="MLBUS_REDIS_CLUSTER"):
         load_settings(MlbusSettings)
+
+
+_step_values = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(
+    values=st.lists(_step_values, min_size=1, max_size=12),
+    gaps=st.lists(st.integers(min_value=1, max_value=10**7), min_size=12, max_size=12),
+    start=st.integers(min_value=0, max_value=2**45),
+    at=st.integers(min_value=0, max_value=2**46),
+)
+def test_stored_steps_read_back_as_value_at_at_any_time(
+    values: list[Scalar], gaps: list[int], start: int, at: int
+) -> None:
+    """The compact numeric encoding (and the JSON one for other values) reads the value
+    the step function takes, with its type: int stays int, float stays float, None."""
+    untils = list(itertools.accumulate(gaps, initial=start))[: len(values) - 1]
+    steps = [[u, v] for u, v in zip(untils, values[:-1], strict=True)] + [[None, values[-1]]]
+    data = encode_steps(steps)
+    assert data[:1] == b"x"
+    expected, got = value_at(steps, at), decode_value(data, at)
+    assert type(got) is type(expected)
+    assert got == expected or (got != got and expected != expected)  # nan == nan
+    mixed = [*steps[:-1], [None, "FR"]]  # a `last` of a string: JSON, same answer
+    assert encode_steps(mixed)[:1] == b"w"
+    assert decode_value(encode_steps(mixed), at) == value_at(mixed, at)
