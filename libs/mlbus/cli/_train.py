@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 from mlbus.cli._features import _spec, _when
 
 STAGES = {
@@ -34,7 +34,9 @@ STAGES = {
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
-        spec_path: Annotated[Path | None, typer.Option("--spec", help="mlbus.yaml")] = None,
+        spec_path: Annotated[
+            Path | None, typer.Option("--spec", help="mlbus.yaml (default: the running stack's).")
+        ] = None,
         start: Annotated[
             str | None, typer.Option("--from", help="Labels from (ISO, inclusive, UTC default).")
         ] = None,
@@ -58,13 +60,13 @@ def register(app: typer.Typer) -> None:
         no_register: Annotated[
             bool, typer.Option("--no-register", help="Train and evaluate only.")
         ] = False,
+        data_dir: DataDirOption = None,
+        verbose: VerboseOption = False,
     ) -> None:
         """Train the spec's model once and register it; print version, metrics, promotion."""
         import mlbus
-        from mlbus.cli._models import registry_address
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
-        from mlbus.registry_client import Registration, RegistryClient
+        from mlbus.registry_client import DEFAULT_ADDRESS, Registration, RegistryClient
         from mlbus.training import (
             Champion,
             TrainingFailed,
@@ -75,11 +77,13 @@ def register(app: typer.Typer) -> None:
             run_job,
         )
 
-        settings = settings_or_exit(MlbusSettings)
-        spec = _spec(settings, spec_path)
+        connection = connect(data_dir, spec_path, verbose=verbose)
+        settings = connection.settings
+        spec = _spec(settings, None)
         url = offline_url or str(settings.data.offline_store)
         token = os.environ.get("MLBUS_REGISTRY_TOKEN") or None
-        address = None if no_register else registry_address(registry)
+        registry_at = connection.grpc_address("registry", registry, DEFAULT_ADDRESS)
+        address = None if no_register else registry_at
         run_id = uuid.uuid4().hex
 
         async def champion() -> Champion | None:
