@@ -3,7 +3,9 @@
 Reads the offline store and the label log (`mlbus.training`), trains, converts
 to ONNX, checks parity, scores the current champion on the same window and
 registers the result (unless `--no-register`); the registry's gates decide
-promotion. Register this module in `mlbus.cli.__init__` (`_train`).
+promotion. Feature rows still waiting in the Redis spool are flushed to the
+offline store first (`flush_spool`), so events that just arrived are trained
+on. Register this module in `mlbus.cli.__init__` (`_train`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 from mlbus.cli._features import _spec, _when
+
+if TYPE_CHECKING:
+    from mlbus.config import MlbusSettings
+    from mlbus.spec import ProjectSpec
 
 STAGES = {
     "dataset": "building the point-in-time dataset",
@@ -105,6 +111,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        flush_offline_spool(settings, spec, url)
         try:
             current = None if address is None else asyncio.run(champion())
             with Progress(
@@ -139,6 +146,56 @@ def register(app: typer.Typer) -> None:
         except MlbusError as exc:
             fail(str(exc))
         _print(spec.model.name, outcome, registration)
+
+
+def flush_offline_spool(settings: MlbusSettings, spec: ProjectSpec, offline_url: str) -> None:
+    """Move the model's feature rows still waiting in Redis to the offline store, and say so.
+
+    The feature service flushes its spool every `offline_flush_interval_s` (30 s
+    by default): without this, events that arrived a few seconds ago would not
+    be in the dataset, or there would be no dataset at all.
+    """
+    from mlbus.errors import MlbusError
+    from mlbus.featurestore import OfflineStore, OnlineStore, flush_spool, spool_length
+
+    if not settings.redis.url:
+        console.print(
+            "[dim]no Redis configured: rows the feature service has not flushed yet "
+            "are not in the dataset[/]",
+            highlight=False,
+        )
+        return
+    views = spec.model_views()
+
+    async def flush() -> dict[str, tuple[int | None, int]]:
+        done: dict[str, tuple[int | None, int]] = {}
+        offline = OfflineStore(offline_url)
+        async with OnlineStore.from_settings(settings.redis) as online:
+            for name in views:
+                version = spec.features[name].version
+                features = spec.view_features(name)
+                written = await flush_spool(online, offline, name, version, features)
+                done[name] = (written, await spool_length(online, name, version))
+        return done
+
+    try:
+        flushed = asyncio.run(flush())
+    except (MlbusError, OSError) as exc:
+        console.print(
+            f"[yellow]could not flush the offline spool ({exc}):[/] rows that arrived in the "
+            "last 30 s may be missing; the feature service writes them within 30 s",
+            highlight=False,
+        )
+        return
+    for name, (written, waiting) in flushed.items():
+        if written:
+            console.print(f"flushed {written:,} offline rows of {name}", highlight=False)
+        if written is None or waiting:
+            console.print(
+                f"[yellow]{waiting:,} rows of {name} still wait in the spool[/] (being flushed "
+                "by the feature service); they land within 30 s",
+                highlight=False,
+            )
 
 
 def _print(model: str, outcome: object, registration: object) -> None:

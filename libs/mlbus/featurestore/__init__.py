@@ -27,6 +27,7 @@ from mlbus.featurestore._online import (
     decode_value,
     encode_value,
 )
+from mlbus.featurestore._spool import flush_spool, spool_length
 from mlbus.featurestore._windows import (
     BUCKETS_PER_WINDOW,
     Applied,
@@ -89,8 +90,10 @@ __all__ = [
     "empty_value",
     "encode_value",
     "feature_schema",
+    "flush_spool",
     "in_window",
     "point_in_time_join",
     "rows_to_table",
+    "spool_length",
     "value_at",
 ]
