@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from mlbus.bus import header
 from mlbus.config import KafkaSettings
 from mlbus.events import INGEST_VALIDATED
+from mlbus.example import generate
 from mlbus.ingestion import IngestionService
 from mlbus.spec import load_spec
 from tests.integration.test_ingestion import (
@@ -32,8 +37,14 @@ from tests.integration.test_ingestion import (
     write_spec,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
+    pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning"),
+]
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "produce.py"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01".encode()
 EVENTS = 30
@@ -217,3 +228,49 @@ async def test_kafka_python_produces_to_a_source_and_reads_validated_events(
 def test_header_helper_reads_foreign_client_headers() -> None:
     """Headers as confluent-kafka and kafka-python hand them over: a list of (str, bytes)."""
     assert header([("traceparent", TRACEPARENT)], "traceparent") == TRACEPARENT.decode()
+
+
+# ── examples/produce.py ──────────────────────────────────────────────────────
+
+
+async def test_the_produce_example_sends_each_file_to_its_topic_and_holds_back_future_labels(
+    kafka: KafkaSettings, unique: str, tmp_path: Path
+) -> None:
+    spec_path, tx, cb = write_spec(tmp_path, unique)
+    now = datetime.now(UTC)
+    data = generate(load_spec(spec_path), 200, seed=2, start=now - timedelta(days=2), days=2)
+    folder = tmp_path / "data"
+    data.write_jsonl(folder)
+    due = now + timedelta(minutes=5)
+    late_labels = sum(
+        1
+        for e in data.sources["chargebacks"].events()
+        if datetime.fromisoformat(str(e["ts"])) > due
+    )
+    assert late_labels > 0  # a chargeback comes days after its payment
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(EXAMPLE), str(folder), "--spec", str(spec_path), "--bootstrap",
+         kafka.require_bootstrap()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"200 events sent to {tx}" in done.stdout
+    sent_labels = 200 - late_labels
+    assert f"{sent_labels:,} events sent to {cb}, {late_labels:,} dated after now kept back" in (
+        done.stdout
+    )
+    consumer = AIOKafkaConsumer(
+        tx, cb, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    counts = {tx: 0, cb: 0}
+    try:
+        async with asyncio.timeout(30):
+            while counts != {tx: 200, cb: sent_labels}:
+                for part, records in (await consumer.getmany(timeout_ms=200)).items():
+                    counts[part.topic] += len(records)
+    finally:
+        await consumer.stop()
