@@ -75,22 +75,24 @@ def test_default_timeline_ends_now_so_the_spec_accepts_it_and_future_labels_are_
 ) -> None:
     """A newcomer's `generate` then `ingest validate`: the contract accepts every payment."""
     before = datetime.now(UTC)
-    code, output = run("--spec", str(EXAMPLE), "--out", str(tmp_path), "--events", "2000")
+    code, output = run(  # the README's command
+        "--spec", str(EXAMPLE), "--out", str(tmp_path), "--events", "100000", "--drift-at", "60000"
+    )  # fmt: skip
     assert code == 0, output
     now = datetime.now(UTC)
     times = [
         datetime.fromisoformat(json.loads(line)["ts"])
         for line in (tmp_path / "transactions.jsonl").read_text().splitlines()
     ]
-    assert max(times) <= now
-    assert max(times) > now - timedelta(days=1)  # the timeline ends now, not in the past
+    assert max(times) <= now  # no payment from the future…
+    assert max(times) > now - timedelta(days=1)  # …and the timeline ends now, not in the past
     validated = CliRunner().invoke(
         app,
         ["ingest", "validate", str(tmp_path / "transactions.jsonl"), "--spec", str(EXAMPLE)],
         env={"COLUMNS": "200"},
     )
     assert validated.exit_code == 0, validated.output
-    assert "2,000 accepted" in validated.output
+    assert "100,000 accepted" in validated.output
     labels = [
         datetime.fromisoformat(json.loads(line)["ts"])
         for line in (tmp_path / "chargebacks.jsonl").read_text().splitlines()

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from mlbus.spec import ProjectSpec
 
 
+END_MARGIN = timedelta(hours=1)
+"""The default timeline ends this long before now: a burst of payments may run past its end."""
+
+
 class DriftKindChoice(StrEnum):
     covariate = "covariate"
     concept = "concept"
@@ -49,7 +53,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--start",
                 help="Time of the timeline's start (ISO-8601, with offset); default: --days "
-                "before now, so the timeline ends now and ingestion accepts it.",
+                "and an hour before now, so the timeline ends now and ingestion accepts it.",
             ),
         ] = None,
         days: Annotated[int, typer.Option("--days", min=1, help="Length of the timeline.")] = 7,
@@ -66,7 +70,8 @@ def register(app: typer.Typer) -> None:
         except SpecError as exc:
             fail(str(exc), code=2)
         now = datetime.now(UTC).replace(microsecond=0)
-        begin = now - timedelta(days=days)
+        # Bursts of payments run minutes past the timeline's end: end it a margin before now.
+        begin = now - timedelta(days=days) - END_MARGIN
         if start is not None:
             try:
                 begin = datetime.fromisoformat(start)
