@@ -53,7 +53,16 @@ def main() -> int:
 
     spec = load_spec(args.spec)
     bootstrap = bootstrap_servers(args.bootstrap)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    # One request in flight per connection: a retried request cannot overtake the next, so
+    # each card's events stay in time order (the embedded broker has no idempotent producer).
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": 1,
+        }
+    )
     failed: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:
