@@ -31,7 +31,7 @@ from mlbus.runtime import RunState, read_state
 from mlbus.runtime._state import INSTANCE_PREFIX_PATTERN
 from mlbus.spec import load_spec
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TX = "payments.transactions.v1"
 START_TIMEOUT_S = 60.0
@@ -117,7 +117,7 @@ def recent_transactions(n: int) -> list[bytes]:
 
 
 async def send_and_count_validated(
-    bootstrap_servers: str, values: list[bytes], timeout_s: float = 60.0
+    bootstrap_servers: str, values: list[bytes], timeout_s: float = 45.0
 ) -> set[str]:
     """Send `values` to the source topic; the event ids validated, once all arrived or timed out."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
