@@ -74,6 +74,11 @@ class DataDir:
         return self.root / "offline"
 
     @property
+    def instance(self) -> Path:
+        """This instance's Redis key prefix (`mlbus:<8 hex>`), written by the first `mlbus up`."""
+        return self.root / "instance"
+
+    @property
     def service_state(self) -> Path:
         """Durable per-service state (de-duplication horizon, drift windows)."""
         return self.root / "state"
@@ -175,7 +180,12 @@ class RedisSettings(BaseSettings):
         validation_alias=AliasChoices("url", "MLBUS_REDIS_URL", "REDIS_URL"),
         description="redis://host:port/db; unset means the Redis of the running `mlbus up`.",
     )
-    key_prefix: str = "mlbus"
+    key_prefix: str = Field(
+        default="mlbus",
+        min_length=1,
+        description="Prefix of every Redis key; unset means the instance prefix of the data "
+        "folder (`mlbus:<8 hex>`, ADR 0021) once `mlbus up` ran there, else `mlbus`.",
+    )
     socket_timeout_s: float = Field(default=2.0, gt=0)
     cluster: bool = Field(
         default=False,
@@ -320,6 +330,8 @@ def env_for_children(settings: MlbusSettings) -> dict[str, str]:
         env["MLBUS_KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
     if settings.redis.url:
         env["MLBUS_REDIS_URL"] = settings.redis.url
+    if "key_prefix" in settings.redis.model_fields_set:
+        env["MLBUS_REDIS_KEY_PREFIX"] = settings.redis.key_prefix
     if settings.telemetry.otlp_endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = settings.telemetry.otlp_endpoint
     return env

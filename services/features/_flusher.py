@@ -1,11 +1,9 @@
 """Moves offline rows from each view's Redis spool into Parquet, by size and by time.
 
 Rows reach the spool in the same transaction as the state and online values,
-before the consumer commits the offset. The flusher reads the oldest rows,
-writes one Parquet file per date partition, then trims exactly those rows. A
-crash between the write and the trim writes them again on the next flush:
-same event ids, same values, de-duplicated by every reader. A lock keeps two
-replicas from flushing the same spool at once.
+before the consumer commits the offset. How a spool is flushed (oldest rows,
+one Parquet file per date partition, trim, a lock between flushers) lives in
+`mlbus.featurestore.flush_spool`, shared with `mlbus train`.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from mlbus.errors import RetryableError
-from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
+from mlbus.featurestore import OfflineStore, OnlineStore, flush_spool
 from mlbus.featurestore._online import REDIS_DOWN
 from mlbus.telemetry import meter
 
@@ -39,6 +37,7 @@ class OfflineFlusher:
         interval_s: float,
     ) -> None:
         self.views = tuple(views)
+        self.online = online
         self.client = online.client
         self.keys = online.keys
         self.offline = offline
@@ -62,25 +61,13 @@ class OfflineFlusher:
             due = waiting >= self.flush_rows or (waiting and now - last >= self.interval_s)
             if not waiting or not (force or due):
                 return 0
-            lock = self.client.lock(self.keys.spool_lock(view.name, view.version), timeout=120)
-            if not await lock.acquire(blocking=True, blocking_timeout=10):
+            flushed = await flush_spool(
+                self.online, self.offline, view.name, view.version, view.features,
+                batch_rows=self.flush_rows,
+            )  # fmt: skip
+            if flushed is None:  # another replica is flushing this spool
                 return 0
-            written = 0
-            try:
-                while True:
-                    raw = await self.client.lrange(spool, 0, self.flush_rows - 1)
-                    if not raw:
-                        break
-                    rows = [OfflineRow.from_json(item) for item in raw]
-                    await asyncio.to_thread(
-                        self.offline.write_rows, view.name, view.version, view.features, rows
-                    )
-                    await self.client.ltrim(spool, len(raw), -1)
-                    written += len(raw)
-                    if len(raw) < self.flush_rows:
-                        break
-            finally:
-                await lock.release()
+            written = flushed
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable flushing offline rows: {exc}") from exc
         self._last_flush[view.name] = time.monotonic()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -12,6 +14,7 @@ from mlbus.example import fraud_spec_path
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fraud" / "mlbus.yaml"
+START = "2026-03-01T00:00:00Z"
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -59,10 +62,47 @@ def test_generate_writes_one_file_per_source(tmp_path: Path) -> None:
 
 def test_same_seed_same_bytes_through_the_cli(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        code, output = run("--out", str(tmp_path / name), "--events", "300", "--seed", "9")
+        code, output = run(
+            "--out", str(tmp_path / name), "--events", "300", "--seed", "9", "--start", START
+        )
         assert code == 0, output
     for file in ("transactions.jsonl", "chargebacks.jsonl"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_default_timeline_ends_now_so_the_spec_accepts_it_and_future_labels_are_reported(
+    tmp_path: Path,
+) -> None:
+    """A newcomer's `generate` then `ingest validate`: the contract accepts every payment."""
+    before = datetime.now(UTC)
+    code, output = run(  # the README's command
+        "--spec", str(EXAMPLE), "--out", str(tmp_path), "--events", "100000", "--drift-at", "60000"
+    )  # fmt: skip
+    assert code == 0, output
+    now = datetime.now(UTC)
+    times = [
+        datetime.fromisoformat(json.loads(line)["ts"])
+        for line in (tmp_path / "transactions.jsonl").read_text().splitlines()
+    ]
+    assert max(times) <= now  # no payment from the future…
+    assert max(times) > now - timedelta(days=1)  # …and the timeline ends now, not in the past
+    validated = CliRunner().invoke(
+        app,
+        ["ingest", "validate", str(tmp_path / "transactions.jsonl"), "--spec", str(EXAMPLE)],
+        env={"COLUMNS": "200"},
+    )
+    assert validated.exit_code == 0, validated.output
+    assert "100,000 accepted" in validated.output
+    labels = [
+        datetime.fromisoformat(json.loads(line)["ts"])
+        for line in (tmp_path / "chargebacks.jsonl").read_text().splitlines()
+    ]
+    reported = re.search(r"([\d,]+) chargebacks dated after now", output)
+    assert reported is not None, output
+    # chargebacks come days after their payment: some are not due yet, and all are reported
+    count = int(reported.group(1).replace(",", ""))
+    assert sum(1 for t in labels if t > now) <= count <= sum(1 for t in labels if t > before)
+    assert count > 0
 
 
 def test_default_spec_is_the_packaged_fraud_example(tmp_path: Path) -> None:

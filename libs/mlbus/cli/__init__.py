@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from mlbus.cli import (
+    _common,
     _demo,
     _drift,
     _example,
@@ -30,6 +31,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(data_dir: _common.DataDirOption = None, verbose: _common.VerboseOption = False) -> None:
+    """Options for every command: which data folder's `mlbus up` to talk to, and how loudly."""
+    _common.global_options.data_dir = data_dir
+    _common.global_options.verbose = verbose
+
 
 for _module in (
     _runtime,

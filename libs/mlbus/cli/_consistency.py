@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 
 if TYPE_CHECKING:
     from mlbus.config import MlbusSettings
@@ -37,6 +37,8 @@ def register_consistency(features: typer.Typer, load: SpecLoader) -> None:
         reset: Annotated[
             bool, typer.Option("--reset", help="Clear the counters (after printing them).")
         ] = False,
+        data_dir: DataDirOption = None,
+        verbose: VerboseOption = False,
     ) -> None:
         """How often the model was served the values it was trained on, per feature.
 
@@ -46,12 +48,11 @@ def register_consistency(features: typer.Typer, load: SpecLoader) -> None:
         entity's earlier event was not yet ingested when it was scored; counted
         apart) or mismatch (a real skew). The match rate leaves lag out.
         """
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
         from mlbus.featurestore import OnlineStore, read_consistency
 
-        settings = settings_or_exit(MlbusSettings)
-        spec = load(settings, spec_path)
+        settings = connect(data_dir, spec_path, verbose=verbose).settings
+        spec = load(settings, None)
         source = spec.training_source()
         views = [v for v in spec.model_views() if spec.features[v].source == source]
 

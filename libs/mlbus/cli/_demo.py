@@ -6,7 +6,10 @@ progress, prints the summary and maps failures to an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +18,7 @@ import typer
 from mlbus.cli._common import console, err_console, settings_or_exit
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
     from mlbus.demo import DemoSummary
@@ -49,6 +53,75 @@ class RichReporter:
 
     def news(self, text: str) -> None:
         self.progress.console.print(f"  [cyan]→[/] {text}", highlight=False)
+
+
+class PlainReporter:
+    """Output that is not a terminal (CI logs, `| tee`): plain lines with counts, no bars.
+
+    A line when a phase starts, its count at most every `every_s` while it runs,
+    a line when it ends with its count and duration, and each news line.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.write, self.every_s, self.clock = write, every_s, clock
+        self.name: str | None = None
+        self.total: int | None = None
+        self.done = 0
+        self.started = self.last_line = 0.0
+        self.number = 0
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self.finish()
+        self.number += 1
+        self.name, self.total, self.done = name, total, 0
+        self.started = self.last_line = self.clock()
+        count = f" (0/{total:,})" if total is not None else ""
+        self.write(f"[{self.number}] {name}{count}")
+
+    def advance(self, steps: int = 1) -> None:
+        if self.name is None or not steps:
+            return
+        self.done += steps
+        now = self.clock()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.write(f"    {self._count()} after {now - self.started:.0f} s")
+
+    def finish(self) -> None:
+        if self.name is None:
+            return
+        took = self.clock() - self.started
+        count = f", {self._count()}" if self.total is not None else ""
+        self.write(f"[{self.number}] done in {took:.1f} s{count}")
+        self.name = None
+
+    def news(self, text: str) -> None:
+        from rich.text import Text
+
+        self.write(f"  -> {Text.from_markup(text).plain}")
+
+    def _count(self) -> str:
+        return f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,}"
+
+
+@contextlib.contextmanager
+def reporter_for(out: Console) -> Iterator[RichReporter | PlainReporter]:
+    """Rich progress bars on a terminal; plain lines with counts anywhere else."""
+    if out.is_terminal:
+        with _progress() as progress:
+            yield RichReporter(progress)
+        return
+
+    def write(line: str) -> None:
+        out.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+    yield PlainReporter(write)
 
 
 def register(app: typer.Typer) -> None:
@@ -158,9 +231,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"mlbus demo in [bold]{settings.data.root}[/]", highlight=False)
         run = DemoRun()
         code = 0
-        with _signals_as_interrupt(), _progress() as progress:
+        with _signals_as_interrupt(), reporter_for(console) as reporter:
             try:
-                reporter = RichReporter(progress)
                 run_demo(settings, config, reporter, run)
                 reporter.finish()
             except PhaseFailed as exc:

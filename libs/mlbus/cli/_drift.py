@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import connect, console, fail
 
 if TYPE_CHECKING:
     from mlbus.config import RedisSettings
@@ -211,12 +211,10 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Per served model version: each test's score vs threshold, samples, last detections."""
-        from mlbus.config import MlbusSettings
         from mlbus.errors import ConfigError
-        from mlbus.runtime import discover
         from mlbus.spec import load_spec
 
-        settings = discover(settings_or_exit(MlbusSettings))
+        settings = connect().settings
         chosen_group = group or os.environ.get("MLBUS_DRIFT_GROUP_ID") or DEFAULT_GROUP
         model: str | None = None
         path = spec_path or settings.spec

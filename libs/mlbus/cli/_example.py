@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlbus.cli._common import console, fail
+
+if TYPE_CHECKING:
+    from mlbus.example import GeneratedData
+    from mlbus.spec import ProjectSpec
+
+
+END_MARGIN = timedelta(hours=1)
+"""The default timeline ends this long before now: a burst of payments may run past its end."""
 
 
 class DriftKindChoice(StrEnum):
@@ -37,20 +45,24 @@ def register(app: typer.Typer) -> None:
         drift_at: Annotated[
             int | None, typer.Option("--drift-at", min=0, help="Event index where drift starts.")
         ] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+        seed: Annotated[int, typer.Option("--seed", help="Same seed and --start, same bytes.")] = 0,
         drift_kind: Annotated[
             DriftKindChoice, typer.Option("--drift-kind", help="What changes at --drift-at.")
         ] = DriftKindChoice.both,
         start: Annotated[
             str | None,
-            typer.Option("--start", help="Time of the timeline's start (ISO-8601, with offset)."),
+            typer.Option(
+                "--start",
+                help="Time of the timeline's start (ISO-8601, with offset); default: --days "
+                "and an hour before now, so the timeline ends now and ingestion accepts it.",
+            ),
         ] = None,
         days: Annotated[int, typer.Option("--days", min=1, help="Length of the timeline.")] = 7,
     ) -> None:
         """Write one JSON-lines file per source: events exactly as a producer would send them."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from mlbus.example import DEFAULT_START, GenerationError, fraud_spec_path
+        from mlbus.example import GenerationError, fraud_spec_path
         from mlbus.example import generate as generate_events
         from mlbus.spec import SpecError, load_spec
 
@@ -58,7 +70,9 @@ def register(app: typer.Typer) -> None:
             project = load_spec(spec if spec is not None else fraud_spec_path())
         except SpecError as exc:
             fail(str(exc), code=2)
-        begin = DEFAULT_START
+        now = datetime.now(UTC).replace(microsecond=0)
+        # Bursts of payments run minutes past the timeline's end: end it a margin before now.
+        begin = now - timedelta(days=days) - END_MARGIN
         if start is not None:
             try:
                 begin = datetime.fromisoformat(start)
@@ -95,6 +109,14 @@ def register(app: typer.Typer) -> None:
                 fail(f"cannot write to {out}: {exc.strerror or exc}")
         files = ", ".join(f"{p.name} ({data.counts()[name]:,})" for name, p in paths.items())
         console.print(f"wrote {files} to {out}  [dim](scenario {data.scenario}, seed {seed})[/]")
+        for name, count in future_events(project, data, now).items():
+            source = project.sources[name]
+            console.print(
+                f"[yellow]{count:,} {name} dated after now[/] ({source.topic}): they have not "
+                "happened yet; ingestion rejects an event more than "
+                f"{source.contract.allowed_skew_s:g} s ahead of its clock, so send them when due",
+                highlight=False,
+            )
         label = "fraud rate" if data.scenario == "fraud" else f"{project.model.label.field} rate"
         if data.drift_at is None:
             if data.label_rate_before is not None:
@@ -106,6 +128,25 @@ def register(app: typer.Typer) -> None:
                 f"{data.drift_kind} drift from event {data.drift_at:,}: "
                 f"{label} {before} before, {after} after"
             )
+
+
+def future_events(project: ProjectSpec, data: GeneratedData, now: datetime) -> dict[str, int]:
+    """Per source, how many generated events are dated after `now` (labels not yet known)."""
+    counts: dict[str, int] = {}
+    for name, events in data.sources.items():
+        times = events.columns.get(project.sources[name].event_time, [])
+        ahead = sum(1 for t in times if isinstance(t, str) and _after(t, now))
+        if ahead:
+            counts[name] = ahead
+    return counts
+
+
+def _after(text: str, now: datetime) -> bool:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and moment > now
 
 
 def _pct(rate: float | None) -> str:

@@ -3,7 +3,9 @@ training sets, and how often serving fed the model its offline values (`_consist
 
 `get` reads Redis through `mlbus.featurestore.OnlineStore` (what inference
 uses); `dataset` reads the offline Parquet rows and, given labels, joins them
-point-in-time with DuckDB. Both need the spec (`MLBUS_SPEC` or `--spec`).
+point-in-time with DuckDB. Both find the running `mlbus up` of the data folder
+(`connect`) and use its Redis, key prefix and spec unless told otherwise
+(`--spec`, `MLBUS_SPEC`, `REDIS_URL`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 from mlbus.cli._consistency import register_consistency
 
 if TYPE_CHECKING:
@@ -30,7 +32,11 @@ def _spec(settings: MlbusSettings, path: Path | None) -> ProjectSpec:
 
     chosen = path or settings.spec
     if chosen is None:
-        fail("no spec: pass --spec or set MLBUS_SPEC=path/to/mlbus.yaml", code=2)
+        fail(
+            "no spec: pass --spec, set MLBUS_SPEC=path/to/mlbus.yaml, "
+            "or start `mlbus up --spec …` in this data folder",
+            code=2,
+        )
     try:
         return load_spec(chosen)
     except ConfigError as exc:
@@ -58,16 +64,19 @@ def register(app: typer.Typer) -> None:
         view: Annotated[
             str | None, typer.Option("--view", help="One view (default: every view).")
         ] = None,
-        spec_path: Annotated[Path | None, typer.Option("--spec", help="mlbus.yaml")] = None,
+        spec_path: Annotated[
+            Path | None, typer.Option("--spec", help="mlbus.yaml (default: the running stack's).")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        data_dir: DataDirOption = None,
+        verbose: VerboseOption = False,
     ) -> None:
         """Show an entity's online feature values and their age."""
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
         from mlbus.featurestore import OnlineStore
 
-        settings = settings_or_exit(MlbusSettings)
-        spec = _spec(settings, spec_path)
+        settings = connect(data_dir, spec_path, verbose=verbose).settings
+        spec = _spec(settings, None)
         if view is not None and view not in spec.features:
             fail(f"unknown view {view!r} (known: {', '.join(sorted(spec.features))})")
         views = [view] if view else list(spec.features)
@@ -119,7 +128,9 @@ def register(app: typer.Typer) -> None:
                 "join point-in-time; without it, export the feature rows of the range.",
             ),
         ] = None,
-        spec_path: Annotated[Path | None, typer.Option("--spec", help="mlbus.yaml")] = None,
+        spec_path: Annotated[
+            Path | None, typer.Option("--spec", help="mlbus.yaml (default: the running stack's).")
+        ] = None,
         offline_url: Annotated[
             str | None,
             typer.Option(
@@ -128,16 +139,17 @@ def register(app: typer.Typer) -> None:
                 help="Offline store folder or s3:// URL (default: offline/ in the data folder).",
             ),
         ] = None,
+        data_dir: DataDirOption = None,
+        verbose: VerboseOption = False,
     ) -> None:
         """Write a (point-in-time) dataset from the offline store and print its fingerprint."""
         import pyarrow.parquet as pq
 
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
         from mlbus.featurestore import OfflineStore, build_training_set
 
-        settings = settings_or_exit(MlbusSettings)
-        spec = _spec(settings, spec_path)
+        settings = connect(data_dir, spec_path, verbose=verbose).settings
+        spec = _spec(settings, None)
         name = view or spec.model_views()[0]
         if name not in spec.features:
             fail(f"unknown view {name!r}")

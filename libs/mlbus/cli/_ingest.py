@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from mlbus.cli._common import console, err_console, fail, settings_or_exit
+from mlbus.cli._common import connect, console, err_console, fail
 
 if TYPE_CHECKING:
     from mlbus.config import KafkaSettings
@@ -167,11 +167,9 @@ def _validator_for(spec: ProjectSpec, file: Path, source: str | None) -> Contrac
 
 
 def _kafka() -> KafkaSettings:
-    from mlbus.config import MlbusSettings
     from mlbus.errors import ConfigError
-    from mlbus.runtime import discover
 
-    settings = discover(settings_or_exit(MlbusSettings))
+    settings = connect().settings
     try:
         settings.kafka.require_bootstrap()
     except ConfigError as exc:

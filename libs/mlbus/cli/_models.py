@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import connect, console, fail
 
 if TYPE_CHECKING:
     import numpy as np
@@ -273,15 +273,9 @@ def register(app: typer.Typer) -> None:
 
 def registry_address(explicit: str | None) -> str:
     """--registry / MLBUS_REGISTRY_ADDRESS, else the running `mlbus up`'s, else the default."""
-    if explicit:
-        return explicit
-    from mlbus.config import MlbusSettings
     from mlbus.registry_client import DEFAULT_ADDRESS
-    from mlbus.runtime import live_state
 
-    state = live_state(settings_or_exit(MlbusSettings).data)
-    found = state.grpc_address("registry") if state is not None else None
-    return found or DEFAULT_ADDRESS
+    return connect().grpc_address("registry", explicit, DEFAULT_ADDRESS)
 
 
 def _call(address: str | None, work: Callable[[RegistryClient], Awaitable[T]]) -> T:

@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--embedded-redis",
                 envvar="MLBUS_REDIS_EMBEDDED",
-                help="Always start an embedded Redis, even if REDIS_URL is set or one answers "
-                "on 127.0.0.1:6379.",
+                help="Start an embedded Redis even if REDIS_URL is set (without REDIS_URL "
+                "it always is: a Redis on 127.0.0.1:6379 is only used when named).",
             ),
         ] = False,
     ) -> None:

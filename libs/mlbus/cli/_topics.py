@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import connect, console, fail
 
 if TYPE_CHECKING:
     from mlbus.config import KafkaSettings
@@ -93,12 +93,10 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     ) -> None:
         """Create every mlbus topic that does not exist yet; existing ones are left alone."""
-        from mlbus.config import MlbusSettings
         from mlbus.errors import ConfigError
-        from mlbus.runtime import discover
         from mlbus.spec import SpecError, load_spec
 
-        settings = discover(settings_or_exit(MlbusSettings))
+        settings = connect().settings
         kafka = settings.kafka
         try:
             kafka.require_bootstrap()

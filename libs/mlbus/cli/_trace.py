@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import connect, console, fail
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -46,9 +46,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """List recent traces, newest first: id, root span, services, spans, start, duration."""
-        from mlbus.config import MlbusSettings
 
-        settings = settings_or_exit(MlbusSettings)
+        settings = connect().settings
         traces = _load(settings)[:limit]
         if as_json:
             typer.echo(json.dumps([_summary(t) for t in traces], indent=2))
@@ -73,11 +72,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Show one trace as a tree: each span's name, service, duration and key attributes."""
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
         from mlbus.telemetry.spans import find_trace
 
-        settings = settings_or_exit(MlbusSettings)
+        settings = connect().settings
         traces = _load(settings)
         try:
             found = find_trace(traces, trace_id)

@@ -3,7 +3,9 @@
 Reads the offline store and the label log (`mlbus.training`), trains, converts
 to ONNX, checks parity, scores the current champion on the same window and
 registers the result (unless `--no-register`); the registry's gates decide
-promotion. Register this module in `mlbus.cli.__init__` (`_train`).
+promotion. Feature rows still waiting in the Redis spool are flushed to the
+offline store first (`flush_spool`), so events that just arrived are trained
+on. Register this module in `mlbus.cli.__init__` (`_train`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlbus.cli._common import console, fail, settings_or_exit
+from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 from mlbus.cli._features import _spec, _when
+
+if TYPE_CHECKING:
+    from mlbus.config import MlbusSettings
+    from mlbus.spec import ProjectSpec
 
 STAGES = {
     "dataset": "building the point-in-time dataset",
@@ -34,7 +40,9 @@ STAGES = {
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
-        spec_path: Annotated[Path | None, typer.Option("--spec", help="mlbus.yaml")] = None,
+        spec_path: Annotated[
+            Path | None, typer.Option("--spec", help="mlbus.yaml (default: the running stack's).")
+        ] = None,
         start: Annotated[
             str | None, typer.Option("--from", help="Labels from (ISO, inclusive, UTC default).")
         ] = None,
@@ -58,13 +66,13 @@ def register(app: typer.Typer) -> None:
         no_register: Annotated[
             bool, typer.Option("--no-register", help="Train and evaluate only.")
         ] = False,
+        data_dir: DataDirOption = None,
+        verbose: VerboseOption = False,
     ) -> None:
         """Train the spec's model once and register it; print version, metrics, promotion."""
         import mlbus
-        from mlbus.cli._models import registry_address
-        from mlbus.config import MlbusSettings
         from mlbus.errors import MlbusError
-        from mlbus.registry_client import Registration, RegistryClient
+        from mlbus.registry_client import DEFAULT_ADDRESS, Registration, RegistryClient
         from mlbus.training import (
             Champion,
             TrainingFailed,
@@ -75,11 +83,13 @@ def register(app: typer.Typer) -> None:
             run_job,
         )
 
-        settings = settings_or_exit(MlbusSettings)
-        spec = _spec(settings, spec_path)
+        connection = connect(data_dir, spec_path, verbose=verbose)
+        settings = connection.settings
+        spec = _spec(settings, None)
         url = offline_url or str(settings.data.offline_store)
         token = os.environ.get("MLBUS_REGISTRY_TOKEN") or None
-        address = None if no_register else registry_address(registry)
+        registry_at = connection.grpc_address("registry", registry, DEFAULT_ADDRESS)
+        address = None if no_register else registry_at
         run_id = uuid.uuid4().hex
 
         async def champion() -> Champion | None:
@@ -101,6 +111,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        flush_offline_spool(settings, spec, url)
         try:
             current = None if address is None else asyncio.run(champion())
             with Progress(
@@ -135,6 +146,56 @@ def register(app: typer.Typer) -> None:
         except MlbusError as exc:
             fail(str(exc))
         _print(spec.model.name, outcome, registration)
+
+
+def flush_offline_spool(settings: MlbusSettings, spec: ProjectSpec, offline_url: str) -> None:
+    """Move the model's feature rows still waiting in Redis to the offline store, and say so.
+
+    The feature service flushes its spool every `offline_flush_interval_s` (30 s
+    by default): without this, events that arrived a few seconds ago would not
+    be in the dataset, or there would be no dataset at all.
+    """
+    from mlbus.errors import MlbusError
+    from mlbus.featurestore import OfflineStore, OnlineStore, flush_spool, spool_length
+
+    if not settings.redis.url:
+        console.print(
+            "[dim]no Redis configured: rows the feature service has not flushed yet "
+            "are not in the dataset[/]",
+            highlight=False,
+        )
+        return
+    views = spec.model_views()
+
+    async def flush() -> dict[str, tuple[int | None, int]]:
+        done: dict[str, tuple[int | None, int]] = {}
+        offline = OfflineStore(offline_url)
+        async with OnlineStore.from_settings(settings.redis) as online:
+            for name in views:
+                version = spec.features[name].version
+                features = spec.view_features(name)
+                written = await flush_spool(online, offline, name, version, features)
+                done[name] = (written, await spool_length(online, name, version))
+        return done
+
+    try:
+        flushed = asyncio.run(flush())
+    except (MlbusError, OSError) as exc:
+        console.print(
+            f"[yellow]could not flush the offline spool ({exc}):[/] rows that arrived in the "
+            "last 30 s may be missing; the feature service writes them within 30 s",
+            highlight=False,
+        )
+        return
+    for name, (written, waiting) in flushed.items():
+        if written:
+            console.print(f"flushed {written:,} offline rows of {name}", highlight=False)
+        if written is None or waiting:
+            console.print(
+                f"[yellow]{waiting:,} rows of {name} still wait in the spool[/] (being flushed "
+                "by the feature service); they land within 30 s",
+                highlight=False,
+            )
 
 
 def _print(model: str, outcome: object, registration: object) -> None:

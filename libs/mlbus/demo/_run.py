@@ -136,8 +136,11 @@ def run_demo(
             ),
             inference_address=address,
             offline_url=str(settings.data.offline_store),
+            # The stack's own Redis and key prefix (ADR 0021): where the services write.
             redis_url=state.redis.url if state.redis is not None else settings.redis.require_url(),
-            key_prefix=settings.redis.key_prefix,
+            key_prefix=(
+                state.redis.key_prefix if state.redis is not None else settings.redis.key_prefix
+            ),
             logs=stack.logs,
             options=config.loop,
             reporter=reporter,

@@ -40,6 +40,7 @@ from mlbus.featurestore._online import (
     decode_value,
     encode_value,
 )
+from mlbus.featurestore._spool import flush_spool, spool_length
 from mlbus.featurestore._windows import (
     BUCKETS_PER_WINDOW,
     Applied,
@@ -108,11 +109,13 @@ __all__ = [
     "empty_value",
     "encode_value",
     "feature_schema",
+    "flush_spool",
     "in_window",
     "point_in_time_join",
     "read_consistency",
     "rows_to_table",
     "same_value",
+    "spool_length",
     "stage_consistency",
     "value_at",
 ]

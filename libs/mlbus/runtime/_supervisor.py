@@ -7,12 +7,14 @@ always reaches every child when the supervisor dies, however it dies.
     Supervisor(settings).run(on_started=print_table)   # blocks until SIGINT/SIGTERM
 
 Start order: lock the data folder → broker (embedded unless
-`MLBUS_KAFKA_BOOTSTRAP_SERVERS` is set) → Redis (embedded if forced; else the
-configured URL, else a server on 127.0.0.1:6379, else embedded) → topics →
-services. Stop order is the reverse, each step with a grace period, and the run
-state is removed. A crashed child is started again after a capped, growing
-delay; after `max_rapid_crashes` crashes in a row, each within `stable_after_s`
-of its start, a service is left stopped (`failed`) and the embedded broker or
+`MLBUS_KAFKA_BOOTSTRAP_SERVERS` is set) → Redis (the configured `REDIS_URL`,
+else embedded: a Redis that merely answers on 127.0.0.1:6379 is never written
+to unasked) → topics → services. Every key this instance writes starts with the
+data folder's instance prefix (`<data>/instance`, ADR 0021). Stop order is
+the reverse, each step with a grace period, and the run state is removed. A
+crashed child is started again after a capped, growing delay; after
+`max_rapid_crashes` crashes in a row, each within `stable_after_s` of its
+start, a service is left stopped (`failed`) and the embedded broker or
 Redis ends the whole run with exit code 1.
 """
 
@@ -33,7 +35,7 @@ from types import FrameType
 
 from mlbus.config import KafkaSettings, MlbusSettings
 from mlbus.errors import MlbusError
-from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis, local_redis_url
+from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis
 from mlbus.runtime._health import kafka_health, redis_ping
 from mlbus.runtime._process import free_port, port_open, spawn, tail
 from mlbus.runtime._services import SERVICES, ServiceSpec, split_installed
@@ -44,7 +46,9 @@ from mlbus.runtime._state import (
     RunState,
     ServiceState,
     ServiceStatus,
+    instance_prefix,
     remove_state,
+    with_key_prefix,
     write_state,
 )
 
@@ -198,8 +202,9 @@ class Supervisor:
         grace_s: float = 5.0,
         poll_interval_s: float = 0.2,
     ) -> None:
-        self.settings = settings
         self.data = settings.data
+        # The instance prefix unless MLBUS_REDIS_KEY_PREFIX is set; handed to every service.
+        self.settings = with_key_prefix(settings, instance_prefix(self.data))
         self.catalogue = tuple(services)
         self.embedded_redis = embedded_redis
         self.policy = policy or RestartPolicy()
@@ -291,9 +296,9 @@ class Supervisor:
                     f"the Redis at REDIS_URL={configured} does not answer PING ({health.detail}); "
                     "start it, or unset REDIS_URL to use an embedded one"
                 )
-            self.state.redis = RedisState(url=configured, embedded=False)
-        elif not self.embedded_redis and (local := local_redis_url()) is not None:
-            self.state.redis = RedisState(url=local, embedded=False)
+            self.state.redis = RedisState(
+                url=configured, embedded=False, key_prefix=self.settings.redis.key_prefix
+            )
         else:
             self._redis = EmbeddedRedis(self.data.logs)
             try:
@@ -302,7 +307,7 @@ class Supervisor:
                 raise StartupError(f"the embedded Redis did not start: {exc}") from None
             self._redis_tracker.started(time.monotonic())
             self.state.redis = self._redis_state()
-        log.info("Redis at %s", self.state.redis.url)
+        log.info("Redis at %s, keys under %s:", self.state.redis.url, self.state.redis.key_prefix)
         write_state(self.data, self.state)
 
     def _create_topics(self) -> None:
@@ -499,6 +504,7 @@ class Supervisor:
         assert self._redis is not None
         return RedisState(
             url=self._redis.url,
+            key_prefix=self.settings.redis.key_prefix,
             pid=self._redis.pid,
             embedded=True,
             log=self._redis.log_path,
