@@ -268,7 +268,7 @@ class DriftMonitor:
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
         """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
         feeds = [
-            (channel, channel_indexes, channel.pit, channel.missing, channel.adwin)
+            (channel, channel_indexes, channel.pit, channel.missing, channel.adwin, channel.daily)
             for channel, channel_indexes in zip(self._channels, indexes, strict=True)
             if channel.adwin is not None
         ]
@@ -277,10 +277,12 @@ class DriftMonitor:
         changes: list[tuple[Channel, AdwinChange]] = []
         for row, at in enumerate(times):
             stamp = at.timestamp()
-            for channel, channel_indexes, pit, missing, adwin in feeds:
+            hour = int(stamp // 3600) % 24
+            for channel, channel_indexes, pit, missing, adwin, daily in feeds:
                 index = channel_indexes[row]
                 if 0 <= index < missing:  # what channel.adapt does, inlined: the hot loop
-                    change = adwin.add(pit[index], stamp)
+                    value = pit[index] if daily is None else pit[index] - daily[hour]
+                    change = adwin.add(value, stamp)
                     if change is not None:
                         changes.append((channel, change))
             if changes:
