@@ -177,7 +177,6 @@ class _Run:
     rows: list[Mapping[str, Scalar]] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     at: list[datetime] = field(default_factory=list)
-    happened: list[datetime] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
 
 
@@ -295,12 +294,7 @@ class DriftProcessor:
         """Count the gathered predictions into their monitors, then move the offsets."""
         for run in runs.values():
             verdicts = run.monitor.observe_many(
-                run.rows,
-                run.scores,
-                at=run.at,
-                source=run.state.source,
-                offsets=run.offsets,
-                happened=run.happened,
+                run.rows, run.scores, at=run.at, source=run.state.source, offsets=run.offsets
             )
             for verdict in verdicts:
                 self._on_verdict(run.state, verdict)
@@ -396,8 +390,6 @@ class DriftProcessor:
         run.rows.append(served.decoder.decode(event.features))
         run.scores.append(score)
         run.at.append(event.occurred_at)
-        # The scored event's own time (Predict's event_time) places it in the daily cycle.
-        run.happened.append(event.features_at or event.occurred_at)
         run.offsets.append(offset)
         scored = event.scored_event_id
         if scored and score is not None and self.label_link is not None and not event.shadow:

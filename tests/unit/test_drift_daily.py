@@ -46,24 +46,16 @@ def profile_of(values: list[float], *, daily: bool) -> ReferenceProfile:
     return profile.model_copy(update={"features": {FEATURE: cycled}})
 
 
-def detections(
-    profile: ReferenceProfile, values: list[float], start: int, *, replay: bool = False
-) -> list[int]:
-    """Stream positions (from `start`) of the windows that ended in a detection.
-
-    `replay`: the events are scored days later, a millisecond apart (as the demo
-    replays them), and each names when it happened."""
+def detections(profile: ReferenceProfile, values: list[float], start: int) -> list[int]:
+    """Stream positions (from `start`) of the windows that ended in a detection."""
     monitor = DriftMonitor("m", 1, profile, SPEC, {FEATURE: "numeric"}, {FEATURE: ("ks",)})
     rows: list[dict[str, Any]] = [{FEATURE: v} for v in values]
-    happened = [T0 + (start + i) * STEP for i in range(len(values))]
-    scored = [T0 + timedelta(days=30, milliseconds=i) for i in range(len(values))]
     verdicts = monitor.observe_many(
         rows,
         None,
-        at=scored if replay else happened,
+        at=[T0 + (start + i) * STEP for i in range(len(values))],
         source="s:0",
         offsets=list(range(start, start + len(values))),
-        happened=happened if replay else None,
     )
     return [v.offsets["s:0"][1] for v in verdicts if v.detection]
 
@@ -79,13 +71,6 @@ def test_a_stationary_daily_cycle_raises_nothing_once_the_reference_knows_it(
 ) -> None:
     live = seasonal(np.random.default_rng(seed), 4 * DAY, 4 * DAY)
     assert detections(profile_of(reference, daily=True), live, 4 * DAY) == []
-
-
-def test_a_replay_is_placed_in_the_cycle_by_when_each_event_happened(
-    reference: list[float],
-) -> None:
-    live = seasonal(np.random.default_rng(2), 4 * DAY, 4 * DAY)
-    assert detections(profile_of(reference, daily=True), live, 4 * DAY, replay=True) == []
 
 
 def test_without_the_cycle_adwin_mistakes_the_hours_for_drift(reference: list[float]) -> None:

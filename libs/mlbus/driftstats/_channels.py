@@ -65,24 +65,23 @@ class Channel:
     def bin_of(self, value: Any) -> int:
         raise NotImplementedError
 
-    def add(self, value: Any, at: float, hour: int = 0) -> AdwinChange | None:
-        """Count one value; the change if this channel's ADWIN cut on it. `hour`: the UTC
-        hour the value belongs to (for the daily cycle)."""
+    def add(self, value: Any, at: float) -> AdwinChange | None:
+        """Count one value; the change if this channel's ADWIN cut on it."""
         index = self.bin_of(value)
         if index >= 0:
             self.counts[index] += 1
-            return self.adapt(index, at, hour)
+            return self.adapt(index, at)
         if index == INVALID:
             self.invalid += 1
         return None
 
-    def adapt(self, index: int, at: float, hour: int = 0) -> AdwinChange | None:
+    def adapt(self, index: int, at: float) -> AdwinChange | None:
         if self.adwin is None or index >= self.missing or index < 0:
             return None
         daily = self.daily
         if daily is None:
             return self.adwin.add(self.pit[index], at)
-        return self.adwin.add(self.pit[index] - daily[hour], at)
+        return self.adwin.add(self.pit[index] - daily[int(at // 3600) % 24], at)
 
     def count(self, indexes: np.ndarray) -> None:
         """Count bin indexes from bin_of (the batch path of `add`, without ADWIN)."""

@@ -183,12 +183,8 @@ class DriftMonitor:
         at: datetime,
         source: str,
         offset: int,
-        happened: datetime | None = None,
     ) -> WindowVerdict | None:
         """One served prediction; the verdict when it closes a window, else None.
-
-        `happened`: when the scored event happened (default `at`); its UTC hour
-        picks the daily cycle taken out before ADWIN (a replay scores old events).
 
         A window closes after `spec.window_size` observations, or earlier when
         an adaptive ADWIN cuts on this observation (then it is a detection).
@@ -203,15 +199,13 @@ class DriftMonitor:
             features = {}
         at = _aware(at)
         stamp = at.timestamp()
-        hour = _hour(at if happened is None else _aware(happened))
         changes: list[tuple[Channel, AdwinChange]] = []
         for channel in self._covariates:
-            change = channel.add(features.get(channel.name, ABSENT), stamp, hour)
+            change = channel.add(features.get(channel.name, ABSENT), stamp)
             if change is not None:
                 changes.append((channel, change))
         if self._prediction is not None:
-            value = ABSENT if prediction is None else prediction
-            change = self._prediction.add(value, stamp, hour)
+            change = self._prediction.add(ABSENT if prediction is None else prediction, stamp)
             if change is not None:
                 changes.append((self._prediction, change))
         self._extend_window(at, at, source, offset, offset)
@@ -228,7 +222,6 @@ class DriftMonitor:
         at: Sequence[datetime],
         source: str,
         offsets: Sequence[int],
-        happened: Sequence[datetime] | None = None,
     ) -> list[WindowVerdict]:
         """`observe` for a batch from one source, counted per channel at once.
 
@@ -236,18 +229,11 @@ class DriftMonitor:
         windows, same verdicts), only faster.
         """
         n = len(rows)
-        if (
-            len(at) != n
-            or len(offsets) != n
-            or (predictions is not None and len(predictions) != n)
-            or (happened is not None and len(happened) != n)
-        ):
+        if len(at) != n or len(offsets) != n or (predictions is not None and len(predictions) != n):
             raise ValueError(
-                f"rows ({n}), at ({len(at)}), offsets ({len(offsets)}), happened "
-                f"({'none' if happened is None else len(happened)}) and predictions "
+                f"rows ({n}), at ({len(at)}), offsets ({len(offsets)}) and predictions "
                 f"({'none' if predictions is None else len(predictions)}) must be as long"
             )
-        hours = [_hour(_aware(t)) for t in (at if happened is None else happened)]
         verdicts: list[WindowVerdict] = []
         begin = 0
         while begin < n:
@@ -264,7 +250,7 @@ class DriftMonitor:
                     values = [row.get(channel.name, ABSENT) for row in chunk]
                 indexes.append([channel.bin_of(v) for v in values])
             times = [_aware(t) for t in at[begin:end]]
-            changes, taken = self._adapt_many(indexes, times, hours[begin:end])
+            changes, taken = self._adapt_many(indexes, times)
             for channel, channel_indexes in zip(self._channels, indexes, strict=True):
                 channel.count(np.asarray(channel_indexes[:taken], dtype=np.int64))
             end = begin + taken
@@ -278,7 +264,7 @@ class DriftMonitor:
         return verdicts
 
     def _adapt_many(
-        self, indexes: list[list[int]], times: list[datetime], hours: list[int]
+        self, indexes: list[list[int]], times: list[datetime]
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
         """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
         feeds = [
@@ -291,7 +277,7 @@ class DriftMonitor:
         changes: list[tuple[Channel, AdwinChange]] = []
         for row, at in enumerate(times):
             stamp = at.timestamp()
-            hour = hours[row]
+            hour = int(stamp // 3600) % 24
             for channel, channel_indexes, pit, missing, adwin, daily in feeds:
                 index = channel_indexes[row]
                 if 0 <= index < missing:  # what channel.adapt does, inlined: the hot loop
@@ -536,11 +522,6 @@ class DriftMonitor:
         monitor._recent = state.recent
         monitor._detections = state.detections
         return monitor
-
-
-def _hour(moment: datetime) -> int:
-    """The UTC hour of day of an aware datetime (the daily cycle's phase)."""
-    return int(moment.timestamp() // 3600) % 24
 
 
 def _aware(at: datetime) -> datetime:
