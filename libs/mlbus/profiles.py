@@ -30,12 +30,6 @@ DEFAULT_BINS = 10
 MAX_CATEGORIES = 1000
 """Categories beyond the most frequent `MAX_CATEGORIES` are pooled under `OTHER`."""
 OTHER = "__other__"
-HOURS = 24
-HOUR_MS = 3_600_000
-DAY_MS = HOURS * HOUR_MS
-DAILY_PRIOR_ROWS = 5
-"""`daily_pit` shrinkage: each hour's mean counts this many extra rows at 0 (an hour of
-5 rows is pulled half way to 0; one of hundreds, by a few percent)."""
 
 
 class _Profile(BaseModel):
@@ -53,46 +47,10 @@ class NumericProfile(_Profile):
     std: float | None = None
     min: float | None = None
     max: float | None = None
-    daily_pit: tuple[float, ...] | None = Field(
-        default=None,
-        min_length=HOURS,
-        max_length=HOURS,
-        description="Per UTC hour of day, the mean of F_ref(value) - 1/2 over the reference "
-        "rows of that hour (shrunk towards 0 where they are few): the feature's daily "
-        "cycle, which the drift monitor's ADWIN takes out before looking for a change. "
-        "None: the rows span less than two days, or no times were given.",
-    )
 
     @property
     def n(self) -> int:
         return sum(self.counts)
-
-    def centred_pit(self) -> np.ndarray:
-        """F_ref(value) - 1/2 at each bin's mid-point on the reference CDF."""
-        present = np.asarray(self.counts, dtype=np.float64)
-        total = present.sum()
-        below = np.cumsum(present) - present
-        return (below + present / 2) / total - 0.5 if total else present
-
-    def with_daily_cycle(self, values: Sequence[Any], times_ms: Sequence[int]) -> NumericProfile:
-        """This profile with `daily_pit` learned from `values` at `times_ms` (epoch ms).
-
-        Each hour's mean is shrunk towards 0 as if `DAILY_PRIOR_ROWS` rows at 0 were
-        added: an hour with few rows says little about its cycle."""
-        times = np.asarray(times_ms, dtype=np.int64)
-        if len(times) == 0 or int(times.max() - times.min()) < 2 * DAY_MS:
-            return self
-        data = _as_float(values)
-        keep = ~np.isnan(data)
-        if not keep.any() or not self.n:
-            return self
-        index = np.searchsorted(np.asarray(self.edges, dtype=np.float64), data[keep], side="left")
-        pit = self.centred_pit()[index]
-        hours = (times[keep] // HOUR_MS) % HOURS
-        sums = np.bincount(hours, weights=pit, minlength=HOURS)
-        rows = np.bincount(hours, minlength=HOURS)
-        daily = sums / (rows + DAILY_PRIOR_ROWS)
-        return self.model_copy(update={"daily_pit": tuple(float(m) for m in daily)})
 
     def bin_counts(self, values: Iterable[Any]) -> np.ndarray:
         """Counts of `values` in this profile's bins (missing values left out)."""

@@ -52,8 +52,6 @@ class Channel:
         # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive)
         self.adwin: Adwin | None = None
         self.pit: list[float] = []
-        self.daily: list[float] | None = None
-        """Per UTC hour, the reference's mean of `pit`: taken out before ADWIN sees a value."""
 
     @property
     def key(self) -> str:
@@ -78,10 +76,7 @@ class Channel:
     def adapt(self, index: int, at: float) -> AdwinChange | None:
         if self.adwin is None or index >= self.missing or index < 0:
             return None
-        daily = self.daily
-        if daily is None:
-            return self.adwin.add(self.pit[index], at)
-        return self.adwin.add(self.pit[index] - daily[int(at // 3600) % 24], at)
+        return self.adwin.add(self.pit[index], at)
 
     def count(self, indexes: np.ndarray) -> None:
         """Count bin indexes from bin_of (the batch path of `add`, without ADWIN)."""
@@ -111,16 +106,12 @@ class NumericChannel(Channel):
         self, name: str, kind: ChannelKind, tests: tuple[str, ...], profile: NumericProfile
     ) -> None:
         self.edges = list(profile.edges)
-        self._daily = profile.daily_pit
         super().__init__(
             name, kind, tests, np.asarray((*profile.counts, profile.missing), dtype=np.float64)
         )
 
     def layout(self) -> str:
-        parts: list[Any] = ["numeric", self.edges, self.reference.tolist()]
-        if self._daily is not None:  # what ADWIN sees depends on it: not the same layout
-            parts.append(list(self._daily))
-        return fingerprint(parts)
+        return fingerprint(["numeric", self.edges, self.reference.tolist()])
 
     def enable_adaptive(self, delta: float) -> None:
         """Run ADWIN on F_ref(value) - 1/2, F_ref(value) being its bin's mid-point on the CDF.
@@ -137,9 +128,6 @@ class NumericChannel(Channel):
         total = present.sum()
         below = np.cumsum(present) - present
         self.pit = ((below + present / 2) / total - 0.5).tolist()
-        # A daily cycle is not a change: ADWIN sees each value less its hour's mean
-        # (the reference's, ADR 0016 addendum), so only what departs from the cycle cuts.
-        self.daily = None if self._daily is None else list(self._daily)
         self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND)
 
     def bin_of(self, value: Any) -> int:

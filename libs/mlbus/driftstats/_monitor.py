@@ -268,7 +268,7 @@ class DriftMonitor:
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
         """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
         feeds = [
-            (channel, channel_indexes, channel.pit, channel.missing, channel.adwin, channel.daily)
+            (channel, channel_indexes, channel.pit, channel.missing, channel.adwin)
             for channel, channel_indexes in zip(self._channels, indexes, strict=True)
             if channel.adwin is not None
         ]
@@ -277,12 +277,10 @@ class DriftMonitor:
         changes: list[tuple[Channel, AdwinChange]] = []
         for row, at in enumerate(times):
             stamp = at.timestamp()
-            hour = int(stamp // 3600) % 24
-            for channel, channel_indexes, pit, missing, adwin, daily in feeds:
+            for channel, channel_indexes, pit, missing, adwin in feeds:
                 index = channel_indexes[row]
                 if 0 <= index < missing:  # what channel.adapt does, inlined: the hot loop
-                    value = pit[index] if daily is None else pit[index] - daily[hour]
-                    change = adwin.add(value, stamp)
+                    change = adwin.add(pit[index], stamp)
                     if change is not None:
                         changes.append((channel, change))
             if changes:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from mlbus.errors import InvalidInput, PermanentError
 from mlbus.featurestore import OfflineStore, build_training_set
-from mlbus.profiles import NumericProfile, ReferenceProfile, profile_column
+from mlbus.profiles import ReferenceProfile, profile_column
 from mlbus.spec import ProjectSpec
 from mlbus.training._labels import label_files, read_labels
 
@@ -609,18 +609,6 @@ def train(
     # live traffic look drifted from the first window.
     features = ReferenceProfile.from_samples(
         {ref: [dataset.raw[ref][i] for i in split.holdout] for ref in dataset.encoding.refs}
-    )
-    # A numeric feature's daily cycle is learned from every row (it needs two days or
-    # more, the holdout alone rarely spans them), in the holdout's bins.
-    features = features.model_copy(
-        update={
-            "features": {
-                ref: column.with_daily_cycle(dataset.raw[ref], dataset.times_ms.tolist())
-                if isinstance(column, NumericProfile)
-                else column
-                for ref, column in features.features.items()
-            }
-        }
     )
     profile = features.model_copy(update={"prediction": profile_column(got, features.bins)})
     return TrainedModel(
