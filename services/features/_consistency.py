@@ -197,18 +197,10 @@ class ConsistencyMonitor:
         # Swapped out before the await: compares made while Redis answers count next time.
         counts, self._counts = self._counts, {v: Counter() for v in self.views}
         examples, self._examples = self._examples, {v: [] for v in self.views}
-        keys = self.online.keys
         pipe = self.online.client.pipeline(transaction=False)
         now_ms = int(time.time() * 1000)
         for view, spec in self.views.items():
-            stage(
-                pipe,
-                keys.consistency(view, spec.version),
-                keys.consistency_examples(view, spec.version),
-                counts[view],
-                examples[view],
-                now_ms,
-            )
+            stage(pipe, self.online.keys, view, spec.version, counts[view], examples[view], now_ms)
         try:
             await pipe.execute()
         except REDIS_DOWN as exc:

@@ -330,7 +330,8 @@ class FeatureProcessor:
                 keys.spool(views[index].name, views[index].version),
                 *[r.to_json() for _, r in view_rows],
             )
-            self._written[views[index].name] = [r for _, r in view_rows]
+            if self.rows_written is not None:  # kept for the hook only (the consistency monitor)
+                self._written[views[index].name] = [r for _, r in view_rows]
         if not rows:
             return
         try:

@@ -231,18 +231,11 @@ async def test_served_values_equal_the_offline_rows_or_are_counted_as_lag(
             timeout_s=30,
         )
         compared += await stop(service, task)
-        report = await read_consistency(
-            store.client,
-            store.keys.consistency(VIEW, 1),
-            store.keys.consistency_examples(VIEW, 1),
-            VIEW,
-            1,
-            spec.features[VIEW].feature_names(),
-        )
+        names = spec.features[VIEW].feature_names()
+        report = await read_consistency(store, VIEW, 1, names)
         await _cleanup(store, prefix)
 
     assert compared == expected
-    names = spec.features[VIEW].feature_names()
     mismatches = [
         (d.event_id, d.feature, d.served, d.offline)
         for d in report.examples

@@ -49,7 +49,7 @@ def register_consistency(features: typer.Typer, load: SpecLoader) -> None:
         apart) or mismatch (a real skew). The match rate leaves lag out.
         """
         from mlbus.errors import MlbusError
-        from mlbus.featurestore import OnlineStore, read_consistency
+        from mlbus.featurestore import OnlineStore, read_consistency, reset_consistency
 
         settings = connect(data_dir, spec_path, verbose=verbose).settings
         spec = load(settings, None)
@@ -58,33 +58,19 @@ def register_consistency(features: typer.Typer, load: SpecLoader) -> None:
 
         async def read() -> list[ViewConsistency]:
             async with OnlineStore.from_settings(settings.redis) as store:
-                keys = store.keys
                 out = []
                 for view in views:
                     version = spec.features[view].version
-                    out.append(
-                        await read_consistency(
-                            store.client,
-                            keys.consistency(view, version),
-                            keys.consistency_examples(view, version),
-                            view,
-                            version,
-                            spec.features[view].feature_names(),
-                        )
-                    )
+                    names = spec.features[view].feature_names()
+                    out.append(await read_consistency(store, view, version, names))
                     if reset:
-                        await store.client.delete(
-                            keys.consistency(view, version),
-                            keys.consistency_examples(view, version),
-                        )
+                        await reset_consistency(store, view, version)
                 return out
 
         try:
             reports = asyncio.run(read())
         except MlbusError as exc:
             fail(str(exc))
-        except OSError as exc:  # Redis unreachable before any command
-            fail(f"cannot read the online store: {exc}")
         if as_json:
             typer.echo(json.dumps({"views": [r.to_dict() for r in reports]}, indent=2))
             return

@@ -18,7 +18,6 @@ import grpc
 import grpc.aio
 import pyarrow.parquet as pq
 from aiokafka.structs import RecordMetadata
-from redis.exceptions import RedisError
 
 from mlbus.bus import Publisher
 from mlbus.errors import MlbusError
@@ -220,20 +219,11 @@ async def served_consistency(
     """The feature service's consistency counts of the scored view (ADR 0020), read once
     they cover `expected_events` scored payments, or after `wait_s` (rows still on their
     way are then left out, and the count says how many were compared)."""
-    store = order.store
-    keys = store.keys
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         try:
-            report = await read_consistency(
-                store.client,
-                keys.consistency(order.view, order.version),
-                keys.consistency_examples(order.view, order.version),
-                order.view,
-                order.version,
-                features,
-            )
-        except (MlbusError, RedisError, OSError):
+            report = await read_consistency(order.store, order.view, order.version, features)
+        except MlbusError:
             return None
         if report.events >= expected_events or asyncio.get_running_loop().time() > deadline:
             break

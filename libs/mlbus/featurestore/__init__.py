@@ -29,6 +29,7 @@ from mlbus.featurestore._consistency import (
     ViewConsistency,
     compare,
     read_consistency,
+    reset_consistency,
     same_value,
     stage_consistency,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "in_window",
     "point_in_time_join",
     "read_consistency",
+    "reset_consistency",
     "rows_to_table",
     "same_value",
     "spool_length",

@@ -17,7 +17,7 @@ Redis layout, beside the feature state (one home: `FeatureKeys`):
 `<prefix>:consistency-examples:<view>:<version>` a list of the latest
 differences as JSON (newest first, at most `MAX_EXAMPLES`).
 
-    report = await read_consistency(store.client, store.keys, "card_activity", 1, names)
+    report = await read_consistency(store, "card_activity", 1, names)
     report.match_rate, report.features[0].lag, report.examples[0].served
 """
 
@@ -29,7 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from mlbus.errors import RetryableError
 from mlbus.events import Scalar
+from mlbus.featurestore._online import REDIS_DOWN, FeatureKeys, OnlineStore
 
 Outcome = Literal["match", "lag", "mismatch"]
 OUTCOMES: tuple[Outcome, ...] = ("match", "lag", "mismatch")
@@ -191,35 +193,37 @@ def _field(feature: str, outcome: str) -> str:
 
 def stage_consistency(
     pipe: Any,
-    counters_key: str,
-    examples_key: str,
+    keys: FeatureKeys,
+    view: str,
+    version: int,
     counts: Mapping[tuple[str, Outcome], int],
     examples: Sequence[Difference],
     now_ms: int,
 ) -> None:
-    """Queue one flush of the monitor's deltas on a Redis pipeline."""
+    """Queue one flush of the monitor's deltas for `view` on a Redis pipeline."""
+    counters_key = keys.consistency(view, version)
     pipe.hsetnx(counters_key, _SINCE, now_ms)
     for (feature, outcome), n in counts.items():
         if n:
             pipe.hincrby(counters_key, _field(feature, outcome), n)
     if examples:
+        examples_key = keys.consistency_examples(view, version)
         pipe.lpush(examples_key, *[e.to_json() for e in examples])
         pipe.ltrim(examples_key, 0, MAX_EXAMPLES - 1)
 
 
 async def read_consistency(
-    client: Any,
-    counters_key: str,
-    examples_key: str,
-    view: str,
-    version: int,
-    features: Sequence[str],
+    store: OnlineStore, view: str, version: int, features: Sequence[str]
 ) -> ViewConsistency:
-    """The recorded counts of `features` (in that order) and the latest differences."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(counters_key)
-    pipe.lrange(examples_key, 0, MAX_EXAMPLES - 1)
-    raw, examples = await pipe.execute()
+    """The recorded counts of `features` (in that order) and the latest differences.
+    Redis unreachable: `RetryableError`, as for every read of the store."""
+    pipe = store.client.pipeline(transaction=False)
+    pipe.hgetall(store.keys.consistency(view, version))
+    pipe.lrange(store.keys.consistency_examples(view, version), 0, MAX_EXAMPLES - 1)
+    try:
+        raw, examples = await pipe.execute()
+    except REDIS_DOWN as exc:
+        raise RetryableError(f"online store unavailable: {exc}") from exc
     counters = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
     out = ViewConsistency(
         view,
@@ -232,3 +236,14 @@ async def read_consistency(
         for outcome in OUTCOMES:
             setattr(f, outcome, counters.get(_field(f.feature, outcome), 0))
     return out
+
+
+async def reset_consistency(store: OnlineStore, view: str, version: int) -> None:
+    """Forget the counts and differences recorded for `view` (they start again at 0)."""
+    keys = store.keys
+    try:
+        await store.client.delete(
+            keys.consistency(view, version), keys.consistency_examples(view, version)
+        )
+    except REDIS_DOWN as exc:
+        raise RetryableError(f"online store unavailable: {exc}") from exc
