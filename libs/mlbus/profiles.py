@@ -14,6 +14,11 @@ the drift detector compares live windows against it. It is plain JSON:
   `bin_counts` bins live values the same way, so both sides always share bins.
 - A categorical feature (strings, booleans) keeps category frequencies.
 - Missing values (None, NaN) are counted apart, never binned.
+- Given the samples' event times, a profile also keeps each column's counts per
+  phase of the cycle (`seasonality`: hour of day or of week) and the dependence κ
+  of consecutive values (`mlbus.seasons`, ADR 0022), so the drift monitor compares
+  a live window with the same hours of the reference, and weighs dependent events
+  for what they are worth.
 """
 
 from __future__ import annotations
@@ -25,6 +30,17 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from mlbus.seasons import (
+    PHASES,
+    Seasonality,
+    SeasonalityChoice,
+    choose_seasonality,
+    dependence,
+    epoch_seconds,
+    phase_distributions,
+    phases_of,
+)
 
 DEFAULT_BINS = 10
 MAX_CATEGORIES = 1000
@@ -47,6 +63,11 @@ class NumericProfile(_Profile):
     std: float | None = None
     min: float | None = None
     max: float | None = None
+    phase_counts: tuple[tuple[int, ...], ...] = Field(
+        default=(),
+        description="Per phase of the profile's seasonality: the counts, then the missing count.",
+    )
+    dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
 
     @property
     def n(self) -> int:
@@ -71,6 +92,11 @@ class CategoricalProfile(_Profile):
     kind: Literal["categorical"] = "categorical"
     frequencies: dict[str, int]
     missing: int = Field(default=0, ge=0)
+    phase_counts: tuple[tuple[int, ...], ...] = Field(
+        default=(),
+        description="Per phase: counts in `frequencies` order, then the missing count.",
+    )
+    dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
 
     @property
     def n(self) -> int:
@@ -94,6 +120,25 @@ ColumnProfile: TypeAlias = Annotated[
 ]
 
 
+class Calibration(_Profile):
+    """A replay of held-out reference rows, in time order, through a drift monitor.
+
+    Data from the reference's own process should raise no alarm; `detections` > 0
+    says this profile (or these drift settings) will alarm on a stationary stream.
+    """
+
+    events: int = Field(ge=0)
+    windows: int = Field(ge=0)
+    detections: int = Field(ge=0)
+    drifted_windows: int = Field(ge=0)
+    tests: tuple[str, ...] = Field(default=(), description="feature:test of each detection")
+    span_s: float = Field(default=0.0, ge=0, description="event time the replay covered")
+
+    @property
+    def alarms(self) -> bool:
+        return self.detections > 0
+
+
 class ReferenceProfile(_Profile):
     """Per-feature and prediction distributions of the data a model was built on.
 
@@ -105,6 +150,45 @@ class ReferenceProfile(_Profile):
     features: dict[str, ColumnProfile]
     prediction: ColumnProfile | None = None
     bins: int = Field(default=DEFAULT_BINS, ge=1)
+    seasonality: Seasonality = Field(
+        default="none", description="The cycle the columns' phase_counts follow."
+    )
+    calibration: Calibration | None = None
+
+    @property
+    def phases(self) -> int:
+        return PHASES[self.seasonality]
+
+    def summary(self) -> str:
+        """One line for people: size, seasonality, dependent columns, and the calibration
+        verdict (a profile that alarms on its own held-out data says so first)."""
+        parts = [f"{self.n_samples} samples, {len(self.features)} features"]
+        if self.prediction is not None:
+            parts[0] += ", predictions"
+        parts.append(f"seasonality {self.seasonality}")
+        columns = dict(self.features)
+        if self.prediction is not None:
+            columns["prediction"] = self.prediction
+        dependent = {name: c.dependence for name, c in columns.items() if c.dependence > 1}
+        if dependent:
+            shown = ", ".join(f"{n} κ={k:.1f}" for n, k in sorted(dependent.items())[:3])
+            more = f" and {len(dependent) - 3} more" if len(dependent) > 3 else ""
+            parts.append(f"dependent: {shown}{more}")
+        calibration = self.calibration
+        if calibration is None:
+            parts.append("not calibrated")
+        elif calibration.alarms:
+            parts.insert(
+                0,
+                f"ALARMS ON ITS OWN HELD-OUT DATA: {calibration.detections} detection(s) in "
+                f"{calibration.events:,} replayed events ({', '.join(calibration.tests[:3])})",
+            )
+        else:
+            parts.append(
+                f"calibrated: no alarm in {calibration.events:,} held-out events "
+                f"({calibration.windows} windows, {calibration.span_s / 3600:.1f} h)"
+            )
+        return "; ".join(parts)
 
     @classmethod
     def from_samples(
@@ -113,29 +197,136 @@ class ReferenceProfile(_Profile):
         predictions: Sequence[Any] | np.ndarray | None = None,
         *,
         bins: int = DEFAULT_BINS,
+        times: Sequence[Any] | np.ndarray | None = None,
+        prediction_times: Sequence[Any] | np.ndarray | None = None,
+        seasonality: SeasonalityChoice = "auto",
     ) -> ReferenceProfile:
-        """Profile each column (numeric: quantile bins; strings/booleans: frequencies)."""
+        """Profile each column (numeric: quantile bins; strings/booleans: frequencies).
+
+        `times` (aware datetimes or epoch seconds, one per row) are the rows' event
+        times: with them each column also gets its counts per phase of `seasonality`
+        (`auto`: the longest cycle the times cover twice, see mlbus.seasons) and the
+        dependence of its values in time order. `prediction_times` are the times of
+        `predictions` when they come from other rows (the trainer scores its holdout).
+        """
         lengths = {len(values) for values in columns.values()}
-        if predictions is not None:
-            lengths.add(len(predictions))
+        if times is not None:
+            lengths.add(len(times))
         if len(lengths) > 1:
-            raise ValueError(f"columns and predictions differ in length: {sorted(lengths)}")
+            raise ValueError(f"columns and times differ in length: {sorted(lengths)}")
+        n_rows = lengths.pop() if lengths else 0
+        if prediction_times is None and predictions is not None and times is not None:
+            prediction_times = times
+        if (
+            predictions is not None
+            and prediction_times is not None
+            and len(predictions) != len(prediction_times)
+        ):
+            raise ValueError("predictions and prediction_times differ in length")
+        if predictions is not None and prediction_times is None and len(predictions) != n_rows:
+            raise ValueError(
+                f"columns and predictions differ in length: {sorted({n_rows, len(predictions)})}"
+            )
+        seconds = None if times is None else epoch_seconds(times)
+        season = choose_seasonality(seasonality, seconds)
+        prediction_seconds = None if prediction_times is None else epoch_seconds(prediction_times)
         return cls(
-            n_samples=lengths.pop() if lengths else 0,
-            features={name: profile_column(values, bins) for name, values in columns.items()},
-            prediction=None if predictions is None else profile_column(predictions, bins),
+            n_samples=n_rows,
+            features={
+                name: profile_column(values, bins, seconds, season)
+                for name, values in columns.items()
+            },
+            prediction=None
+            if predictions is None
+            else profile_column(predictions, bins, prediction_seconds, season),
             bins=bins,
+            seasonality=season,
         )
 
 
-def profile_column(values: Sequence[Any] | np.ndarray, bins: int = DEFAULT_BINS) -> ColumnProfile:
-    """A numeric profile for int/float data, a categorical one for anything else."""
+def profile_column(
+    values: Sequence[Any] | np.ndarray,
+    bins: int = DEFAULT_BINS,
+    seconds: np.ndarray | None = None,
+    seasonality: Seasonality = "none",
+) -> ColumnProfile:
+    """A numeric profile for int/float data, a categorical one for anything else.
+
+    With the values' event `seconds`, the profile also holds its counts per phase of
+    `seasonality` and the dependence κ of the values in time order.
+    """
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"expected a one-dimensional column, got shape {array.shape}")
-    if _numeric(array):
-        return _numeric_profile(array, bins)
-    return _categorical_profile(array)
+    if seconds is not None and len(seconds) != len(array):
+        raise ValueError(f"expected {len(array)} times, got {len(seconds)}")
+    profile: ColumnProfile = (
+        _numeric_profile(array, bins) if _numeric(array) else _categorical_profile(array)
+    )
+    if seconds is None or len(array) == 0:
+        return profile
+    # each value's bin (missing last), in time order
+    order = np.argsort(seconds, kind="stable")
+    index = _bin_indexes(profile, array)[order]
+    phases = phases_of(seconds[order], seasonality)
+    kept = profile.counts if isinstance(profile, NumericProfile) else profile.frequencies
+    width = len(kept) + 1
+    counts = np.zeros((PHASES[seasonality], width), dtype=np.int64)
+    np.add.at(counts, (phases, index), 1)
+    update: dict[str, Any] = {"dependence": _dependence(profile, counts, phases, index)}
+    if seasonality != "none":
+        update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
+    return profile.model_copy(update=update)
+
+
+def _bin_indexes(profile: ColumnProfile, array: np.ndarray) -> np.ndarray:
+    """Each value's bin in `profile` (numeric bins or categories in order), missing last."""
+    if isinstance(profile, NumericProfile):
+        data = _as_float(array)
+        index = np.searchsorted(np.asarray(profile.edges, dtype=np.float64), data, side="left")
+        return np.where(np.isnan(data), len(profile.counts), index)
+    position = {category: i for i, category in enumerate(profile.frequencies)}
+    other = position.get(OTHER, len(profile.frequencies))
+    missing = len(profile.frequencies)
+    return np.asarray(
+        [missing if _is_missing(v) else position.get(_category(v), other) for v in array.tolist()],
+        dtype=np.int64,
+    )
+
+
+def _dependence(
+    profile: ColumnProfile, counts: np.ndarray, phases: np.ndarray, index: np.ndarray
+) -> float:
+    """κ of the column in time order: of its CDF positions within their phase (numeric) or
+    of each frequent category's indicator, and of its missing indicator; the largest."""
+    missing = counts.shape[1] - 1
+    series: list[np.ndarray] = [(index == missing).astype(np.float64)]
+    if isinstance(profile, NumericProfile):
+        present = index < missing
+        probabilities, _ = phase_distributions(counts[:, :missing])
+        positions = cdf_positions(probabilities)
+        series.append(positions[phases[present], index[present]])
+    else:
+        shares = counts[:, :missing].sum(axis=0) / max(len(index), 1)
+        frequent = np.flatnonzero(shares >= 0.01)[:20]
+        series.extend((index == category).astype(np.float64) for category in frequent)
+    varying = [s for s in series if s.size and s.std() > 0]
+    return max((dependence(s) for s in varying), default=1.0)
+
+
+def cdf_positions(probabilities: np.ndarray) -> np.ndarray:
+    """Per row of bin probabilities, each bin's mid-point on the CDF minus 1/2.
+
+    Drawn from those probabilities, the positions average exactly 0, whatever the
+    feature's scale or tails (ADR 0016), so a shift in their mean is a shift in the data.
+    """
+    probabilities = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    totals = probabilities.sum(axis=1, keepdims=True)
+    totals[totals == 0] = 1.0
+    share = probabilities / totals
+    below = np.cumsum(share, axis=1) - share
+    positions: np.ndarray = below + share / 2 - 0.5
+    return positions
 
 
 def _numeric(array: np.ndarray) -> bool:

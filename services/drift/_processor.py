@@ -389,7 +389,8 @@ class DriftProcessor:
             run = runs[run_key] = _Run(state, self._monitor(state, served))
         run.rows.append(served.decoder.decode(event.features))
         run.scores.append(score)
-        run.at.append(event.occurred_at)
+        # the scored moment decides the phase of the cycle (a replay scores old events)
+        run.at.append(event.features_at or event.occurred_at)
         run.offsets.append(offset)
         scored = event.scored_event_id
         if scored and score is not None and self.label_link is not None and not event.shadow:

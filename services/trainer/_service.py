@@ -296,13 +296,23 @@ class TrainerService(StreamService):
             _rows.record(outcome.trained.rows, {"model": spec.model.name})
             await self._publisher.publish(completed, key=spec.model.name)
             log.info(
-                "trained %s v%d on %d rows in %.1fs (promoted: %s)",
+                "trained %s v%d on %d rows in %.1fs (promoted: %s); drift reference: %s",
                 spec.model.name,
                 version.version,
                 outcome.trained.rows,
                 completed.duration_s,
                 registration.promoted,
+                outcome.trained.profile.summary(),
             )
+            calibration = outcome.trained.profile.calibration
+            if calibration is not None and calibration.alarms:
+                log.warning(
+                    "%s v%d: its drift reference alarms on held-out training data "
+                    "(%s): expect false alarms; see ADR 0022",
+                    spec.model.name,
+                    version.version,
+                    ", ".join(calibration.tests),
+                )
 
     async def _run_job(self, job: TrainingJob) -> TrainingOutcome:
         assert self.executor is not None

@@ -199,8 +199,13 @@ def test_profile_covers_every_feature_and_the_prediction() -> None:
     trained = train(spec, dataset(spec))
     assert set(trained.profile.features) == {f.ref for f in spec.model_features()}
     assert trained.profile.prediction is not None
-    # the holdout as serving saw it: features and prediction from the same rows
-    assert trained.profile.n_samples == len(trained.split.holdout)
+    # the recent stretch as serving saw it: the holdout, widened to two cycles when the
+    # reference is seasonal (ADR 0022)
+    times = trained.split
+    span_days = (times.end_ms - int(dataset(spec).times_ms[0])) / 86_400_000
+    assert trained.profile.seasonality == ("daily" if span_days >= 2 else "none")
+    recent = dataset(spec).times_ms >= min(times.cut_ms, times.end_ms - 2 * 86_400_000)
+    assert trained.profile.n_samples == int(recent.sum()) > len(trained.split.holdout)
 
 
 def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> None:
@@ -213,5 +218,9 @@ def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> No
     trained = train(spec, data)
     holdout = onnx_scores(trained.onnx, data.x[trained.split.holdout], "classification")
     train_rows = onnx_scores(trained.onnx, data.x[trained.split.train], "classification")
-    assert trained.profile.prediction == profile_column(holdout, trained.profile.bins)
-    assert trained.profile.prediction != profile_column(train_rows, trained.profile.bins)
+    seconds = data.times_ms / 1000
+    season = trained.profile.seasonality
+    bins = trained.profile.bins
+    held, trained_on = seconds[trained.split.holdout], seconds[trained.split.train]
+    assert trained.profile.prediction == profile_column(holdout, bins, held, season)
+    assert trained.profile.prediction != profile_column(train_rows, bins, trained_on, season)

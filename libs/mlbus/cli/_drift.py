@@ -127,9 +127,16 @@ def _render(state: dict[str, Any]) -> None:
         in_window = sum(int(m["status"].get("n_in_window", 0)) for m in monitors)
         windows = sum(int(m["status"].get("window_index", 0)) for m in monitors)
         size = monitors[0]["status"].get("window_size", "?")
+        status = monitors[0]["status"]
+        dependent = ", ".join(
+            f"{key.split(':', 1)[-1]} κ={float(k):.1f}"
+            for key, k in sorted(status.get("dependence", {}).items())
+        )
         table = Table(
             title=f"{entry['model']} v{entry['version']} — {len(monitors)} partition monitor(s), "
-            f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}",
+            f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}; "
+            f"seasonality {status.get('seasonality', 'none')}"
+            + (f"; dependent: {dependent}" if dependent else ""),
             title_justify="left",
         )
         for column in ("feature", "test"):

@@ -500,10 +500,7 @@ def _print_version(info: ModelVersionInfo) -> None:
         ("window", info.evaluation_window or "-"),
         (
             "profile",
-            f"{profile.n_samples} samples, {len(profile.features)} features"
-            + (", predictions" if profile.prediction else "")
-            if profile
-            else "none (drift watches predictions only)",
+            _profile_line(profile) if profile else "none (drift watches predictions only)",
         ),
         ("created", f"{_when(info.created_at)} by {info.created_by}"),
     ]
@@ -512,6 +509,12 @@ def _print_version(info: ModelVersionInfo) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table, highlight=False)
+
+
+def _profile_line(profile: ReferenceProfile) -> str:
+    line = profile.summary()
+    alarming = profile.calibration is not None and profile.calibration.alarms
+    return f"[bold red]{line}[/]" if alarming else line
 
 
 def _print_change(change: AliasChange, as_json: bool = False) -> None:

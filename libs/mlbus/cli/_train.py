@@ -221,6 +221,13 @@ def _print(model: str, outcome: object, registration: object) -> None:
             "" if champ is None else f"{champ:.4f}",
         )
     console.print(table)
+    profile = trained.profile
+    alarming = profile.calibration is not None and profile.calibration.alarms
+    console.print(
+        f"drift reference: {'[bold red]' if alarming else ''}{profile.summary()}"
+        f"{'[/]' if alarming else ''}",
+        highlight=False,
+    )
     console.print(
         f"dataset sha256:{outcome.fingerprint}\n"
         f"evaluation window {trained.split.evaluation_window()}\n"

@@ -37,11 +37,16 @@ NOTE — details that differ from (or sharpen) the interface agreed for issue #8
   (batch path, identical results), `DriftStateMismatch` (restore() into a
   monitor whose bins differ: other profile, features or window_size), the
   statistics in `mlbus.driftstats.stats`, and `Adwin`.
+- Seasonality and dependence (ADR 0022): a profile built with event times keys its
+  counts by phase (hour of day / week); `at` is the scored event's time and picks the
+  phase. Its κ makes every test weigh n dependent values as n/κ. `calibrate` replays
+  held-out rows through a monitor and says whether they alarm.
 See docs/adr/0016-drift-detection.md for the choice of tests and their reasoning.
 """
 
 from mlbus.driftstats import _stats as stats
 from mlbus.driftstats._adwin import Adwin, AdwinChange, AdwinState
+from mlbus.driftstats._calibration import calibrate
 from mlbus.driftstats._models import (
     ChannelState,
     DriftStateMismatch,
@@ -70,5 +75,6 @@ __all__ = [
     "RetrainPolicy",
     "TestStatus",
     "WindowVerdict",
+    "calibrate",
     "stats",
 ]

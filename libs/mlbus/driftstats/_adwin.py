@@ -33,6 +33,10 @@ a change the window starts afresh. Three thresholds (v the window's variance,
   root is a cut, a gap under the Gaussian ε is none (tested first, for both
   exact bounds), so a check costs no more than before.
 
+`dependence` κ ≥ 1 (ADR 0022) is how much correlation between consecutive values
+inflates the variance of a mean: every bound then counts n values as n/κ, its
+effective sample size (both the variance and the range term grow by κ).
+
 R makes the bound scale-free for regression errors. The state is plain
 numbers: `snapshot()` / `Adwin.restore()` round-trip exactly, so a restored
 detector cuts where an uninterrupted one would.
@@ -65,6 +69,7 @@ class AdwinState(BaseModel):
     min_length: int = Field(ge=1)
     grace: int = Field(ge=0)
     bound: Bound = "river"  # states written before the choice existed used River's
+    dependence: float = Field(default=1.0, ge=1.0)
     rows: tuple[tuple[tuple[float, float, float], ...], ...] = ()
     width: int = Field(default=0, ge=0)
     total: float = 0.0
@@ -103,6 +108,7 @@ class Adwin:
         min_length: int = 5,
         grace: int = 10,
         bound: Bound = "river",
+        dependence: float = 1.0,
     ) -> None:
         self._config = AdwinState(
             delta=delta,
@@ -111,7 +117,9 @@ class Adwin:
             min_length=min_length,
             grace=grace,
             bound=bound,
+            dependence=dependence,
         )
+        self.dependence = dependence
         self.delta = delta
         self.clock = clock
         self.max_buckets = max_buckets
@@ -229,6 +237,7 @@ class Adwin:
         tight = self.bound == "bennett-hoeffding"
         range_term = scale * delta_prime / 3 if exact else 2 / 3 * scale * delta_prime
         shift = 1 - min_length
+        kappa = self.dependence
         total = self.total
         n0, sum0 = 0, 0.0
         for level in range(len(rows) - 1, -1, -1):
@@ -241,7 +250,9 @@ class Adwin:
                 sum0 += bucket[0]
                 if n0 < min_length:
                     continue
-                old, recent = n0 + shift, n1 + shift
+                old, recent = float(n0 + shift), float(n1 + shift)
+                if kappa != 1.0:  # dependent values: n of them weigh as n/κ
+                    old, recent = old / kappa, recent / kappa
                 spread = variance_term * (1 / old + 1 / recent)
                 mean0, mean1 = sum0 / n0, (total - sum0) / n1
                 gap = mean0 - mean1 if mean0 > mean1 else mean1 - mean0
@@ -292,6 +303,7 @@ class Adwin:
             min_length=state.min_length,
             grace=state.grace,
             bound=state.bound,
+            dependence=state.dependence,
         )
         adwin._rows = [list(row) for row in state.rows]
         adwin.width = state.width
@@ -305,7 +317,7 @@ class Adwin:
 
 
 def _exponent(
-    gap: float, variance: float, scale: float, old: int, recent: int, target: float | None
+    gap: float, variance: float, scale: float, old: float, recent: float, target: float | None
 ) -> float:
     """sup over λ > 0 of λ·gap - Σ n·ψ(λ/n) for n in (old, recent): the Chernoff exponent
     of a gap between the means of `old` and `recent` values, ψ the log-MGF of the two-point
@@ -351,7 +363,7 @@ def _exponent(
 
 
 def _tight_epsilon(
-    variance: float, scale: float, old: int, recent: int, delta_prime: float, bernstein: float
+    variance: float, scale: float, old: float, recent: float, delta_prime: float, bernstein: float
 ) -> float:
     """A split's Bennett-Hoeffding ε, at least the Gaussian one (bisection: once per cut)."""
     low, high = math.sqrt(2 * variance * delta_prime * (1 / old + 1 / recent)), bernstein

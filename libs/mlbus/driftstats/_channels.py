@@ -19,8 +19,10 @@ from mlbus.profiles import (
     CategoricalProfile,
     NumericProfile,
     category_key,
+    cdf_positions,
     is_missing,
 )
+from mlbus.seasons import phase_distributions
 
 ChannelKind: TypeAlias = Literal["covariate", "prediction"]
 
@@ -37,10 +39,22 @@ INVALID = -2
 
 
 class Channel:
-    """One feature's (or the prediction's) bins: reference counts and live counts."""
+    """One feature's (or the prediction's) bins: reference counts and live counts.
+
+    A seasonal reference (ADR 0022) also has the bins' probabilities per phase
+    (`phase_probabilities`, phases × bins) and how many rows stand behind each
+    (`phase_weight`); a window is then compared with the mix of the phases it holds.
+    `kappa` is the reference's dependence: the tests weigh n values as n/κ.
+    """
 
     def __init__(
-        self, name: str, kind: ChannelKind, tests: tuple[str, ...], reference: np.ndarray
+        self,
+        name: str,
+        kind: ChannelKind,
+        tests: tuple[str, ...],
+        reference: np.ndarray,
+        phase_counts: np.ndarray | None,
+        kappa: float,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -49,9 +63,43 @@ class Channel:
         self.missing = len(reference) - 1
         self.counts = [0] * len(reference)
         self.invalid = 0
-        # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive)
+        self.kappa = kappa
+        self.phase_counts = phase_counts
+        if phase_counts is None:
+            self.phase_probabilities = None
+            self.phase_weight = None
+        else:
+            self.phase_probabilities, self.phase_weight = phase_distributions(phase_counts)
+        # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive):
+        # pits[phase][bin]
         self.adwin: Adwin | None = None
-        self.pit: list[float] = []
+        self.pits: list[list[float]] = []
+
+    def expected(self, phase_rows: np.ndarray | None) -> np.ndarray:
+        """The reference counts a window holding `phase_rows` rows per phase is tested against.
+
+        Without phases: the reference as profiled. With them: the phases' distributions
+        mixed in the window's proportions, as counts of the effective number of reference
+        rows behind that mix (1 / Σ w²/rows: a window of one hour has one hour's rows).
+        """
+        if self.phase_probabilities is None or phase_rows is None or phase_rows.sum() == 0:
+            return self.reference
+        assert self.phase_weight is not None
+        share = phase_rows / phase_rows.sum()
+        mix = share @ self.phase_probabilities
+        effective = 1.0 / float(np.sum(share * share / self.phase_weight))
+        counts: np.ndarray = mix * effective
+        return counts
+
+    def _fingerprint_extra(self) -> list[object]:
+        """What a seasonal or dependent reference adds to the layout (nothing otherwise, so
+        states written before ADR 0022 restore into channels of the same profile)."""
+        extra: list[object] = []
+        if self.phase_counts is not None:
+            extra.append(self.phase_counts.tolist())
+        if self.kappa != 1.0:
+            extra.append(self.kappa)
+        return extra
 
     @property
     def key(self) -> str:
@@ -63,20 +111,20 @@ class Channel:
     def bin_of(self, value: Any) -> int:
         raise NotImplementedError
 
-    def add(self, value: Any, at: float) -> AdwinChange | None:
+    def add(self, value: Any, at: float, phase: int = 0) -> AdwinChange | None:
         """Count one value; the change if this channel's ADWIN cut on it."""
         index = self.bin_of(value)
         if index >= 0:
             self.counts[index] += 1
-            return self.adapt(index, at)
+            return self.adapt(index, at, phase)
         if index == INVALID:
             self.invalid += 1
         return None
 
-    def adapt(self, index: int, at: float) -> AdwinChange | None:
+    def adapt(self, index: int, at: float, phase: int = 0) -> AdwinChange | None:
         if self.adwin is None or index >= self.missing or index < 0:
             return None
-        return self.adwin.add(self.pit[index], at)
+        return self.adwin.add(self.pits[phase][index], at)
 
     def count(self, indexes: np.ndarray) -> None:
         """Count bin indexes from bin_of (the batch path of `add`, without ADWIN)."""
@@ -107,11 +155,18 @@ class NumericChannel(Channel):
     ) -> None:
         self.edges = list(profile.edges)
         super().__init__(
-            name, kind, tests, np.asarray((*profile.counts, profile.missing), dtype=np.float64)
+            name,
+            kind,
+            tests,
+            np.asarray((*profile.counts, profile.missing), dtype=np.float64),
+            np.asarray(profile.phase_counts, dtype=np.float64) if profile.phase_counts else None,
+            profile.dependence,
         )
 
     def layout(self) -> str:
-        return fingerprint(["numeric", self.edges, self.reference.tolist()])
+        return fingerprint(
+            ["numeric", self.edges, self.reference.tolist(), *self._fingerprint_extra()]
+        )
 
     def enable_adaptive(self, delta: float) -> None:
         """Run ADWIN on F_ref(value) - 1/2, F_ref(value) being its bin's mid-point on the CDF.
@@ -122,13 +177,18 @@ class NumericChannel(Channel):
         centred values keep |x - mean| <= max |x| = ADWIN's range R (< 1/2).
         Checked every 16 values (River: 32) with `delta` per check, against the
         Bennett-Hoeffding bound (the tightest for a given variance and range; see
-        Adwin's `bound` and ADR 0016).
+        Adwin's `bound` and ADR 0016). A seasonal reference has one CDF per phase, so
+        a value is placed among the reference values of its own hour (ADR 0022); a
+        dependent one (κ > 1) makes ADWIN count n values as n/κ.
         """
-        present = self.reference[:-1]
-        total = present.sum()
-        below = np.cumsum(present) - present
-        self.pit = ((below + present / 2) / total - 0.5).tolist()
-        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND)
+        if self.phase_probabilities is None:
+            present = self.reference[:-1]
+            total = present.sum()
+            below = np.cumsum(present) - present
+            self.pits = [((below + present / 2) / total - 0.5).tolist()]
+        else:
+            self.pits = cdf_positions(self.phase_probabilities[:, :-1]).tolist()
+        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND, dependence=self.kappa)
 
     def bin_of(self, value: Any) -> int:
         kind = type(value)
@@ -176,10 +236,20 @@ class CategoricalChannel(Channel):
         for category, count in profile.frequencies.items():
             reference[self.index.get(category, self.other)] += count
         reference[-1] = profile.missing
-        super().__init__(name, kind, tests, reference)
+        phase_counts = None
+        if profile.phase_counts:
+            # the profile's columns (frequencies order, then missing) onto this channel's bins
+            target = [self.index.get(category, self.other) for category in profile.frequencies]
+            target.append(len(reference) - 1)
+            mapping = np.zeros((len(target), len(reference)), dtype=np.float64)
+            mapping[np.arange(len(target)), target] = 1.0
+            phase_counts = np.asarray(profile.phase_counts, dtype=np.float64) @ mapping
+        super().__init__(name, kind, tests, reference, phase_counts, profile.dependence)
 
     def layout(self) -> str:
-        return fingerprint(["categorical", self.categories, self.reference.tolist()])
+        return fingerprint(
+            ["categorical", self.categories, self.reference.tolist(), *self._fingerprint_extra()]
+        )
 
     def bin_of(self, value: Any) -> int:
         if type(value) is str:

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from mlbus.driftstats._adwin import AdwinState
 from mlbus.errors import InvalidInput
 from mlbus.events import DriftTestResult
+from mlbus.seasons import Seasonality
 
 FeatureKind: TypeAlias = Literal["numeric", "categorical"]
 Correction: TypeAlias = Literal["none", "bonferroni", "benjamini-hochberg"]
@@ -84,6 +85,10 @@ class MonitorStatus(_Frozen):
     window_start: AwareDatetime | None
     window_end: AwareDatetime | None
     n_reference: int
+    seasonality: Seasonality = "none"
+    dependence: dict[str, float] = Field(
+        default_factory=dict, description="channel → κ of its reference, where above 1"
+    )
     tests: tuple[TestStatus, ...]
     skipped: dict[str, str] = Field(description="feature or feature:test → why it is not tested")
     invalid_values: dict[str, int] = Field(description="channel → values of the wrong type so far")
@@ -114,6 +119,9 @@ class MonitorState(_Frozen):
     window_start: AwareDatetime | None = None
     window_end: AwareDatetime | None = None
     offsets: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    phase_rows: tuple[int, ...] = Field(
+        default=(), description="the window's rows per phase (seasonal profiles only)"
+    )
     channels: dict[str, ChannelState]
     streaks: dict[str, int] = Field(default_factory=dict)
     drifted_windows_in_row: int = Field(default=0, ge=0)

@@ -43,6 +43,7 @@ from mlbus.driftstats._models import (
 from mlbus.errors import ConfigError
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ColumnProfile, NumericProfile, ReferenceProfile
+from mlbus.seasons import phase_of
 from mlbus.spec import DriftSpec
 
 KNOWN_TESTS = ("psi", "ks", "chi2", "jensen_shannon")
@@ -93,6 +94,8 @@ class DriftMonitor:
         self.profile = profile
         self.spec = spec
         self.skipped: dict[str, str] = {}
+        self.seasonality = profile.seasonality
+        self._phase_rows = np.zeros(profile.phases, dtype=np.float64)  # the window's rows per phase
         self._channels = self._build_channels(features, tests)
         self._prediction = next((c for c in self._channels if c.kind == PREDICTION), None)
         self._covariates = [c for c in self._channels if c.kind == "covariate"]
@@ -199,13 +202,17 @@ class DriftMonitor:
             features = {}
         at = _aware(at)
         stamp = at.timestamp()
+        phase = phase_of(stamp, self.seasonality)
+        self._phase_rows[phase] += 1
         changes: list[tuple[Channel, AdwinChange]] = []
         for channel in self._covariates:
-            change = channel.add(features.get(channel.name, ABSENT), stamp)
+            change = channel.add(features.get(channel.name, ABSENT), stamp, phase)
             if change is not None:
                 changes.append((channel, change))
         if self._prediction is not None:
-            change = self._prediction.add(ABSENT if prediction is None else prediction, stamp)
+            change = self._prediction.add(
+                ABSENT if prediction is None else prediction, stamp, phase
+            )
             if change is not None:
                 changes.append((self._prediction, change))
         self._extend_window(at, at, source, offset, offset)
@@ -250,9 +257,16 @@ class DriftMonitor:
                     values = [row.get(channel.name, ABSENT) for row in chunk]
                 indexes.append([channel.bin_of(v) for v in values])
             times = [_aware(t) for t in at[begin:end]]
-            changes, taken = self._adapt_many(indexes, times)
+            stamps = [t.timestamp() for t in times]
+            phases = (
+                [0] * len(stamps)
+                if self.seasonality == "none"
+                else [phase_of(stamp, self.seasonality) for stamp in stamps]
+            )
+            changes, taken = self._adapt_many(indexes, stamps, phases)
             for channel, channel_indexes in zip(self._channels, indexes, strict=True):
                 channel.count(np.asarray(channel_indexes[:taken], dtype=np.int64))
+            np.add.at(self._phase_rows, phases[:taken], 1)
             end = begin + taken
             span = offsets[begin:end]
             times = times[:taken]
@@ -264,28 +278,28 @@ class DriftMonitor:
         return verdicts
 
     def _adapt_many(
-        self, indexes: list[list[int]], times: list[datetime]
+        self, indexes: list[list[int]], stamps: list[float], phases: list[int]
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
         """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
         feeds = [
-            (channel, channel_indexes, channel.pit, channel.missing, channel.adwin)
+            (channel, channel_indexes, channel.pits, channel.missing, channel.adwin)
             for channel, channel_indexes in zip(self._channels, indexes, strict=True)
             if channel.adwin is not None
         ]
         if not feeds:
-            return [], len(times)
+            return [], len(stamps)
         changes: list[tuple[Channel, AdwinChange]] = []
-        for row, at in enumerate(times):
-            stamp = at.timestamp()
-            for channel, channel_indexes, pit, missing, adwin in feeds:
+        for row, stamp in enumerate(stamps):
+            phase = phases[row]
+            for channel, channel_indexes, pits, missing, adwin in feeds:
                 index = channel_indexes[row]
                 if 0 <= index < missing:  # what channel.adapt does, inlined: the hot loop
-                    change = adwin.add(pit[index], stamp)
+                    change = adwin.add(pits[phase][index], stamp)
                     if change is not None:
                         changes.append((channel, change))
             if changes:
                 return changes, row + 1
-        return changes, len(times)
+        return changes, len(stamps)
 
     def _extend_window(
         self, first: datetime, last: datetime, source: str, low: int, high: int
@@ -350,7 +364,7 @@ class DriftMonitor:
 
     def _close_window(self, changes: list[tuple[Channel, AdwinChange]]) -> WindowVerdict:
         """Test the window; `changes` (ADWIN cuts) close it early and are detections."""
-        tested = run_tests(self._channels, self.spec, require_samples=True)
+        tested = run_tests(self._channels, self.spec, self._phase_rows, require_samples=True)
         adaptive = [
             DriftTestResult(
                 feature=channel.name,
@@ -398,6 +412,7 @@ class DriftMonitor:
         self._n = 0
         self._start = self._end = None
         self._offsets = {}
+        self._phase_rows[:] = 0
         for channel in self._channels:
             channel.reset()
         return verdict
@@ -419,7 +434,7 @@ class DriftMonitor:
                 streak=self._streaks.get(f"{channel.key}:{result.test}", 0),
             )
             for channel, result, samples in run_tests(
-                self._channels, self.spec, require_samples=False
+                self._channels, self.spec, self._phase_rows, require_samples=False
             )
         )
         performance = None
@@ -440,6 +455,8 @@ class DriftMonitor:
             window_start=self._start,
             window_end=self._end,
             n_reference=self.profile.n_samples,
+            seasonality=self.seasonality,
+            dependence={c.key: c.kappa for c in self._channels if c.kappa != 1.0},
             tests=tests,
             skipped=dict(self.skipped),
             invalid_values={c.key: c.invalid for c in self._channels if c.invalid},
@@ -459,6 +476,7 @@ class DriftMonitor:
             window_start=self._start,
             window_end=self._end,
             offsets=dict(self._offsets),
+            phase_rows=tuple(int(n) for n in self._phase_rows) if self._phase_rows.size > 1 else (),
             channels={
                 c.key: ChannelState(
                     layout=c.layout(),
@@ -512,6 +530,13 @@ class DriftMonitor:
         monitor._start = state.window_start
         monitor._end = state.window_end
         monitor._offsets = dict(state.offsets)
+        if state.phase_rows:
+            if len(state.phase_rows) != monitor._phase_rows.size:
+                raise DriftStateMismatch(
+                    f"drift state of {state.model} v{state.version} has "
+                    f"{len(state.phase_rows)} phases, the profile {monitor._phase_rows.size}"
+                )
+            monitor._phase_rows[:] = state.phase_rows
         monitor._streaks = dict(state.streaks)
         monitor._drifted_in_row = state.drifted_windows_in_row
         if monitor._adwin is not None and state.adwin is not None:

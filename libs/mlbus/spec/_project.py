@@ -150,7 +150,9 @@ class DriftSpec(SpecModel):
     `alpha` is the p-value level of ks/chi2 after `correction`; `psi_threshold`
     and `jensen_shannon_threshold` bound the distances. A detection needs
     `persistence` consecutive drifted windows; then `trigger` fires, at most
-    once per `cooldown_s` and `max_retrains_per_hour`.
+    once per `cooldown_s` and `max_retrains_per_hour`. `seasonality` is the cycle
+    the reference is keyed by (hour of day or of week, ADR 0022); `auto` takes the
+    longest one the training window covers twice.
     """
 
     tests: DriftTests = Field(default_factory=DriftTests)
@@ -168,6 +170,7 @@ class DriftSpec(SpecModel):
     prediction_drift: bool = True
     performance_drift: bool = True
     adwin_delta: float = Field(default=0.002, gt=0.0, lt=1.0)
+    seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
 
     @model_validator(mode="after")
     def _window_holds_samples(self) -> DriftSpec:

@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 
 from mlbus.errors import InvalidInput, PermanentError
 from mlbus.featurestore import OfflineStore, build_training_set
-from mlbus.profiles import ReferenceProfile, profile_column
+from mlbus.profiles import ReferenceProfile
 from mlbus.spec import ProjectSpec
 from mlbus.training._labels import label_files, read_labels
+from mlbus.training._reference import reference_profile
 
 Stage = Literal["dataset", "train", "convert", "parity", "evaluate", "register"]
 PARITY_TOLERANCE = 1e-5
@@ -602,15 +603,15 @@ def train(
     eval_scores = got[[position[int(i)] for i in split.evaluation]]
     metrics = compute_metrics(task, y[split.evaluation], eval_scores, threshold)
     say("profile")
-    # The holdout as serving saw it: its rows hold each event's features as served
-    # (ADR 0020) and the prediction as ONNX Runtime scores rows the model has not
-    # seen. On its own training rows a fitted model is over-confident, and older
-    # rows are further from the live stream, so a reference taken there makes
-    # live traffic look drifted from the first window.
-    features = ReferenceProfile.from_samples(
-        {ref: [dataset.raw[ref][i] for i in split.holdout] for ref in dataset.encoding.refs}
+    # Rows hold each event's features as served (ADR 0020); which rows, and the
+    # calibration replay, are in _reference (ADR 0022).
+    profile = reference_profile(
+        spec,
+        {ref: dataset.raw[ref] for ref in dataset.encoding.refs},
+        dataset.times_ms,
+        split.holdout,
+        got,
     )
-    profile = features.model_copy(update={"prediction": profile_column(got, features.bins)})
     return TrainedModel(
         onnx=onnx,
         metrics=metrics,

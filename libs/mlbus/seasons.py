@@ -1,0 +1,139 @@
+"""The time structure of a reference: which phase of a cycle an event is in, and how dependent
+consecutive events are (ADR 0022). Pure numpy; the profile builder and the drift monitor share it.
+
+- A *phase* is the UTC hour of the day (`daily`, 24 phases) or of the week (`weekly`, 168,
+  Monday 00:00 first). A reference keeps its counts per phase, so a live window is compared
+  with the reference of the hours it holds, not with the whole day's mix.
+- *Dependence* is the variance inflation κ of a series' mean: Var(mean of n) ≈ κ·σ²/n. For
+  independent events κ = 1; an AR(1) stream with lag-1 correlation ρ has κ = (1+ρ)/(1−ρ)
+  (19 at ρ = 0.9). The tests divide their counts by κ: n dependent events carry the
+  evidence of n/κ independent ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal, TypeAlias
+
+import numpy as np
+
+Seasonality: TypeAlias = Literal["none", "daily", "weekly"]
+SeasonalityChoice: TypeAlias = Literal["auto", "none", "daily", "weekly"]
+
+PHASES: dict[Seasonality, int] = {"none": 1, "daily": 24, "weekly": 168}
+CYCLE_S: dict[Seasonality, float] = {"none": math.inf, "daily": 86_400.0, "weekly": 604_800.0}
+MIN_CYCLES = 2
+"""`auto` uses a cycle when the reference spans at least this many of it."""
+PHASE_PRIOR_ROWS = 10.0
+"""A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
+so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
+_HOUR_S = 3600
+_MONDAY_OFFSET_H = 72  # 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week
+MAX_LAG_FRACTION = 0.25
+"""Autocorrelations are summed up to a quarter of the series at most."""
+
+
+def epoch_seconds(times: Sequence[datetime | float | int] | np.ndarray) -> np.ndarray:
+    """Times as float epoch seconds (aware datetimes, or numbers already in seconds)."""
+    if isinstance(times, np.ndarray) and times.dtype.kind in "iuf":
+        return times.astype(np.float64)
+    return np.asarray(
+        [t.timestamp() if isinstance(t, datetime) else float(t) for t in times], dtype=np.float64
+    )
+
+
+def phases_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
+    """The phase index of each epoch second (all 0 without seasonality)."""
+    if seasonality == "none":
+        return np.zeros(len(seconds), dtype=np.int64)
+    hours = np.floor_divide(seconds, _HOUR_S).astype(np.int64)
+    if seasonality == "daily":
+        return np.asarray(np.mod(hours, 24), dtype=np.int64)
+    return np.asarray(np.mod(hours + _MONDAY_OFFSET_H, 168), dtype=np.int64)
+
+
+def phase_of(second: float, seasonality: Seasonality) -> int:
+    """`phases_of` for one time (the monitor's hot path)."""
+    if seasonality == "none":
+        return 0
+    hour = int(second // _HOUR_S)
+    return hour % 24 if seasonality == "daily" else (hour + _MONDAY_OFFSET_H) % 168
+
+
+def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) -> Seasonality:
+    """What `choice` means for a reference whose events happened at `seconds`.
+
+    `auto` takes the longest cycle the reference covers at least MIN_CYCLES times
+    (weekly from two weeks, daily from two days); without times it is `none`. An
+    explicit cycle needs times: without them nothing can be keyed by phase.
+    """
+    if seconds is None or len(seconds) == 0:
+        if choice in ("daily", "weekly"):
+            raise ValueError(f"seasonality {choice!r} needs the reference's event times")
+        return "none"
+    if choice != "auto":
+        return choice
+    span = float(np.max(seconds) - np.min(seconds))
+    for cycle in ("weekly", "daily"):
+        if span >= MIN_CYCLES * CYCLE_S[cycle]:
+            return cycle
+    return "none"
+
+
+def phase_distributions(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per phase, the bin probabilities shrunk toward the pooled ones, and the rows behind them.
+
+    `counts` is phases × bins. Returns (probabilities phases × bins, weight per phase =
+    rows + PHASE_PRIOR_ROWS). A phase with no rows has the pooled distribution.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    pooled = counts.sum(axis=0)
+    total = pooled.sum()
+    overall = pooled / total if total > 0 else np.full(counts.shape[1], 1.0 / counts.shape[1])
+    rows = counts.sum(axis=1)
+    weight = rows + PHASE_PRIOR_ROWS
+    probabilities = (counts + PHASE_PRIOR_ROWS * overall) / weight[:, None]
+    return probabilities, weight
+
+
+def dependence(series: np.ndarray) -> float:
+    """κ: how much dependence inflates the variance of the series' mean (1 when independent).
+
+    Geyer's initial monotone sequence estimator (1992): sums of adjacent pairs of
+    autocovariances, kept while positive and non-increasing. A κ within twice its
+    standard error of 1 is noise of the estimate and reads as 1, so an independent
+    reference does not slow the detectors down. Otherwise the estimate is raised by
+    two of its standard errors (≈ κ·√(2·lags/n)): an upper bound, since a κ read
+    low makes every test over-confident.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    n = len(x)
+    if n < 50:
+        return 1.0
+    x = x - x.mean()
+    variance = float(x @ x) / n
+    if variance <= 0:
+        return 1.0
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(x, size)
+    max_lag = max(2, int(n * MAX_LAG_FRACTION))
+    autocov = np.fft.irfft(spectrum * np.conj(spectrum), size)[:max_lag] / n
+    total = -autocov[0]
+    previous = math.inf
+    pairs = 0
+    for m in range(0, max_lag // 2):
+        pair = float(autocov[2 * m] + autocov[2 * m + 1])
+        if pair <= 0:
+            break
+        pair = min(pair, previous)  # the monotone sequence
+        total += 2 * pair
+        previous = pair
+        pairs += 1
+    kappa = max(float(total) / variance, 1.0)
+    lags = 2 * pairs  # autocorrelations summed beyond lag 0
+    noise = 2 * math.sqrt(max(lags, 1) / n) * 2  # two standard errors of 2·Σρ_k
+    if kappa - 1.0 <= noise:
+        return 1.0
+    return kappa * (1.0 + 2 * math.sqrt(2 * (lags + 1) / n))

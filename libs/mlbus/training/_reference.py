@@ -1,0 +1,92 @@
+"""The drift reference a trained model ships with, and its calibration (ADR 0020, ADR 0022).
+
+- Features are profiled on the most recent stretch of the training period, the
+  stretch closest to what will be served: the holdout, widened to two cycles
+  (days for `daily`, weeks for `weekly`) when the reference is seasonal, so each
+  hour of the cycle has reference rows. Rows carry their event times: the profile
+  keys its counts by phase and measures the dependence of consecutive values.
+- The prediction is profiled on the holdout, which the model has not seen: on its
+  own training rows a fitted model is over-confident.
+- Calibration replays the holdout, in time order, through a monitor whose features
+  reference is the stretch before it (or, when there is none, the holdout's first
+  half against its second): the deployment in miniature. The prediction is not
+  replayed: no scores outside the holdout exist to be its reference.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from mlbus.driftstats import calibrate
+from mlbus.profiles import Calibration, ReferenceProfile, profile_column
+from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality, choose_seasonality
+from mlbus.spec import ProjectSpec
+
+
+def reference_profile(
+    spec: ProjectSpec,
+    raw: dict[str, list[Any]],
+    times_ms: np.ndarray,
+    holdout: np.ndarray,
+    holdout_scores: np.ndarray,
+) -> ReferenceProfile:
+    """The profile to register: features on the recent stretch, prediction on the holdout,
+    calibrated (see the module docstring). `times_ms` are ascending, one per row."""
+    seconds = times_ms.astype(np.float64) / 1000
+    season = choose_seasonality(spec.drift.seasonality, seconds)
+    first_holdout = int(holdout[0]) if len(holdout) else len(seconds)
+    stretch_start = _stretch_start(seconds, first_holdout, CYCLE_S[season])
+    stretch = np.arange(stretch_start, len(seconds))
+    features = ReferenceProfile.from_samples(
+        {ref: [values[i] for i in stretch] for ref, values in raw.items()},
+        times=seconds[stretch],
+        seasonality=season,
+    )
+    prediction = profile_column(np.asarray(holdout_scores), features.bins, seconds[holdout], season)
+    calibration = _calibration(spec, raw, seconds, stretch_start, first_holdout, season)
+    return features.model_copy(update={"prediction": prediction, "calibration": calibration})
+
+
+def _stretch_start(seconds: np.ndarray, first_holdout: int, cycle_s: float) -> int:
+    """The first row of the profiled stretch: the holdout's, or two cycles before the end."""
+    if not np.isfinite(cycle_s) or len(seconds) == 0:
+        return first_holdout
+    start = seconds[-1] - MIN_CYCLES * cycle_s
+    return min(first_holdout, int(np.searchsorted(seconds, start, side="left")))
+
+
+def _calibration(
+    spec: ProjectSpec,
+    raw: dict[str, list[Any]],
+    seconds: np.ndarray,
+    stretch_start: int,
+    first_holdout: int,
+    season: Seasonality,
+) -> Calibration | None:
+    n = len(seconds)
+    if first_holdout - stretch_start >= spec.drift.min_samples:
+        reference, replay = np.arange(stretch_start, first_holdout), np.arange(first_holdout, n)
+    else:  # no stretch before the holdout: its first half against its second
+        middle = (first_holdout + n) // 2
+        reference, replay = np.arange(first_holdout, middle), np.arange(middle, n)
+    if len(reference) < spec.drift.min_samples or len(replay) == 0:
+        return None
+    profile = ReferenceProfile.from_samples(
+        {ref: [values[i] for i in reference] for ref, values in raw.items()},
+        times=seconds[reference],
+        seasonality=season,
+    )
+    watched = [f for f in spec.model_features() if f.kind in ("numeric", "categorical")]
+    drift = spec.drift.model_copy(update={"prediction_drift": False, "performance_drift": False})
+    rows = [{f.ref: raw[f.ref][i] for f in watched} for i in replay]
+    return calibrate(
+        profile,
+        drift,
+        {f.ref: f.kind for f in watched},
+        {f.ref: drift.tests_for(f) for f in watched},
+        rows,
+        [datetime.fromtimestamp(float(seconds[i]), UTC) for i in replay],
+    )
