@@ -1,0 +1,216 @@
+"""Seasonal references and dependent data (ADR 0022): a cycle or a correlation is not drift,
+a change still is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from mlbus.driftstats import DriftMonitor, calibrate
+from mlbus.profiles import ReferenceProfile
+from mlbus.seasons import choose_seasonality, dependence, phase_of, phases_of
+from mlbus.spec import DriftSpec
+
+DAY = 86_400.0
+T0 = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC
+DIURNAL = np.array([1, 1, 1, 1, 1, 2, 4, 6, 8, 9, 9, 10, 10, 9, 9, 9, 10, 10, 9, 8, 6, 4, 2, 1.0])
+SPEC = DriftSpec(
+    window_size=1000,
+    min_samples=100,
+    persistence=2,
+    alpha=0.05,
+    prediction_drift=False,
+    performance_drift=False,
+)
+
+
+def daily_stream(
+    rng: np.random.Generator, days: int, start: float, per_day: int = 2500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amounts whose level follows the hour, with ten times the traffic by day; and a
+    category whose share follows it too. Sorted by time."""
+    n = days * per_day
+    hour = rng.choice(24, size=n, p=DIURNAL / DIURNAL.sum())
+    seconds = np.sort(
+        start + rng.integers(0, days, n) * DAY + hour * 3600 + rng.uniform(0, 3600, n)
+    )
+    level = np.sin(2 * np.pi * (((seconds // 3600) % 24) - 8) / 24)
+    amounts = rng.lognormal(3 + 0.6 * level, 1.0)
+    online = np.where(rng.random(n) < 0.3 + 0.2 * level, "online", "pos")
+    return seconds, amounts, online
+
+
+def ar1(rng: np.random.Generator, n: int, rho: float) -> np.ndarray:
+    noise = rng.normal(size=n) * np.sqrt(1 - rho * rho)
+    values = np.empty(n)
+    values[0] = rng.normal()
+    for i in range(1, n):
+        values[i] = rho * values[i - 1] + noise[i]
+    return values
+
+
+def detections(
+    profile: ReferenceProfile, columns: dict[str, np.ndarray], seconds: np.ndarray
+) -> list[int]:
+    kinds = {
+        name: "numeric" if v.dtype.kind == "f" else "categorical" for name, v in columns.items()
+    }
+    tests = {name: ("psi", "ks") if k == "numeric" else ("chi2",) for name, k in kinds.items()}
+    monitor = DriftMonitor("m", 1, profile, SPEC, kinds, tests)
+    names = list(columns)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    verdicts = monitor.observe_many(
+        rows,
+        None,
+        at=[datetime.fromtimestamp(s, UTC) for s in seconds],
+        source="s",
+        offsets=range(len(rows)),
+    )
+    return [v.offsets["s"][1] for v in verdicts if v.detection]
+
+
+def test_phases_are_utc_hours_of_the_day_or_of_the_week_from_monday() -> None:
+    assert phase_of(T0, "weekly") == 0
+    assert phase_of(T0 + 3 * DAY + 5 * 3600 + 59, "weekly") == 3 * 24 + 5
+    assert phase_of(T0 + 7 * DAY + 3600, "daily") == 1
+    assert phase_of(T0 + 1234, "none") == 0
+    seconds = T0 + np.arange(0, 14 * DAY, 1800.0)
+    assert phases_of(seconds, "weekly").tolist() == [phase_of(s, "weekly") for s in seconds]
+
+
+def test_auto_takes_the_longest_cycle_the_reference_covers_twice() -> None:
+    assert choose_seasonality("auto", T0 + np.array([0, 1.9 * DAY])) == "none"
+    assert choose_seasonality("auto", T0 + np.array([0, 2 * DAY])) == "daily"
+    assert choose_seasonality("auto", T0 + np.array([0, 14 * DAY])) == "weekly"
+    assert choose_seasonality("auto", None) == "none"
+    assert choose_seasonality("daily", T0 + np.array([0, 3600.0])) == "daily"
+    with pytest.raises(ValueError, match="needs the reference's event times"):
+        choose_seasonality("weekly", None)
+
+
+def test_dependence_is_one_for_independent_values_and_about_19_for_ar1_at_0_9() -> None:
+    rng = np.random.default_rng(3)
+    assert dependence(rng.normal(size=20_000)) == 1.0
+    assert dependence(rng.lognormal(3, 1, 20_000)) == 1.0
+    kappa = dependence(ar1(rng, 20_000, 0.9))  # (1 + ρ) / (1 − ρ) = 19, raised to a bound
+    assert 17 < kappa < 30
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_daily_cycle_alarms_against_a_pooled_reference_and_not_against_a_seasonal_one(
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    ref_t, ref_x, ref_c = daily_stream(rng, 7, T0)
+    live_t, live_x, live_c = daily_stream(rng, 7, T0 + 7 * DAY)
+    columns = {"x": ref_x, "c": ref_c}
+    seasonal = ReferenceProfile.from_samples(columns, times=ref_t)
+    assert seasonal.seasonality == "daily"
+    assert len(seasonal.features["x"].phase_counts) == 24
+    pooled = ReferenceProfile.from_samples(columns)
+    live = {"x": live_x, "c": live_c}
+    assert detections(pooled, live, live_t), "the stream must be one that fools a pooled reference"
+    assert detections(seasonal, live, live_t) == []
+
+
+def test_a_change_within_the_cycle_is_still_detected_soon() -> None:
+    rng = np.random.default_rng(5)
+    ref_t, ref_x, _ = daily_stream(rng, 7, T0)
+    live_t, live_x, _ = daily_stream(rng, 4, T0 + 7 * DAY)
+    change = int(np.searchsorted(live_t, T0 + 9 * DAY))
+    live_x[change:] *= 1.6
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    found = detections(profile, {"x": live_x}, live_t)
+    assert found
+    assert found[0] >= change
+    assert found[0] - change < 1000
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_autocorrelated_stationary_data_does_not_alarm_once_its_dependence_is_known(
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = ar1(rng, 60_000, 0.9)
+    seconds = T0 + np.arange(len(values), dtype=np.float64)
+    reference, live = slice(0, 20_000), slice(20_000, None)
+    dependent = ReferenceProfile.from_samples({"x": values[reference]}, times=seconds[reference])
+    assert dependent.seasonality == "none"
+    assert dependent.features["x"].dependence > 10
+    naive = ReferenceProfile.from_samples({"x": values[reference]})
+    assert naive.features["x"].dependence == 1.0
+    assert detections(naive, {"x": values[live]}, seconds[live])
+    assert detections(dependent, {"x": values[live]}, seconds[live]) == []
+
+
+def test_a_shift_in_autocorrelated_data_is_detected() -> None:
+    rng = np.random.default_rng(9)
+    values = ar1(rng, 50_000, 0.9)
+    values[35_000:] += 1.0
+    seconds = T0 + np.arange(len(values), dtype=np.float64)
+    profile = ReferenceProfile.from_samples({"x": values[:20_000]}, times=seconds[:20_000])
+    found = detections(profile, {"x": values[20_000:]}, seconds[20_000:])
+    assert found
+    assert found[0] >= 15_000
+
+
+def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly() -> None:
+    rng = np.random.default_rng(4)
+    ref_t, ref_x, ref_c = daily_stream(rng, 3, T0)
+    live_t, live_x, live_c = daily_stream(rng, 2, T0 + 3 * DAY)
+    live_x[2500:] *= 1.3
+    profile = ReferenceProfile.from_samples({"x": ref_x, "c": ref_c}, times=ref_t)
+    features = {"x": "numeric", "c": "categorical"}
+    tests = {"x": ("psi", "ks"), "c": ("chi2",)}
+    rows = [{"x": x, "c": c} for x, c in zip(live_x.tolist(), live_c.tolist(), strict=True)]
+    at = [datetime.fromtimestamp(s, UTC) for s in live_t]
+
+    whole = DriftMonitor("m", 1, profile, SPEC, features, tests)
+    expected = whole.observe_many(rows, None, at=at, source="s", offsets=range(len(rows)))
+    first = DriftMonitor("m", 1, profile, SPEC, features, tests)
+    cut = 1717
+    got = first.observe_many(rows[:cut], None, at=at[:cut], source="s", offsets=range(cut))
+    state = first.snapshot()
+    assert sum(state.phase_rows) == state.n_in_window > 0
+    again = DriftMonitor.restore(
+        type(state).model_validate_json(state.model_dump_json()), profile, SPEC, features, tests
+    )
+    got += again.observe_many(
+        rows[cut:], None, at=at[cut:], source="s", offsets=range(cut, len(rows))
+    )
+    assert got == expected
+    assert any(v.detection for v in expected)
+
+
+def test_calibration_replays_held_out_rows_and_flags_a_profile_that_alarms_on_them() -> None:
+    rng = np.random.default_rng(6)
+    ref_t, ref_x, _ = daily_stream(rng, 4, T0)
+    held_t, held_x, _ = daily_stream(rng, 2, T0 + 4 * DAY)
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    at = [datetime.fromtimestamp(s, UTC) for s in held_t]
+    quiet = calibrate(
+        profile,
+        SPEC,
+        {"x": "numeric"},
+        {"x": ("psi", "ks")},
+        [{"x": x} for x in held_x.tolist()],
+        at,
+    )
+    assert quiet.detections == 0
+    assert quiet.windows >= 4
+    assert quiet.events == len(held_x)
+    assert "calibrated: no alarm" in profile.model_copy(update={"calibration": quiet}).summary()
+    loud = calibrate(
+        profile,
+        SPEC,
+        {"x": "numeric"},
+        {"x": ("psi", "ks")},
+        [{"x": 2 * x} for x in held_x.tolist()],
+        at,
+    )
+    assert loud.detections > 0
+    assert loud.alarms
+    flagged = profile.model_copy(update={"calibration": loud}).summary()
+    assert flagged.startswith("ALARMS ON ITS OWN HELD-OUT DATA")
