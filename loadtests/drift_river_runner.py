@@ -3,9 +3,11 @@
     <river-venv>/bin/python loadtests/drift_river_runner.py STREAM_DIR
 
 STREAM_DIR/manifest.json lists the streams ({"name", "file", "drift_at"}); each
-file is a float64 .npy. For every stream and detector this writes the indexes
+file is a float64 .npy of the live part as River sees it: the feature, the 0/1
+errors, or a 0/1 indicator (of a category, of a missing value) where the
+feature is not a number. For every stream and detector this writes the indexes
 where the detector fired to STREAM_DIR/river.json. A stream with a drift point
-stops at the first detection at or after it (the delay is all we need); the
+stops at the first detection at or after it (the delay is all we need); a
 stationary stream (drift_at null) runs to the end.
 """
 

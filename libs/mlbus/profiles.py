@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlbus.seasons import (
+    CYCLE_S,
     PHASES,
     Seasonality,
     SeasonalityChoice,
@@ -68,6 +69,9 @@ class NumericProfile(_Profile):
         description="Per phase of the profile's seasonality: the counts, then the missing count.",
     )
     dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
+    cycles: float = Field(
+        default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
+    )
 
     @property
     def n(self) -> int:
@@ -97,6 +101,9 @@ class CategoricalProfile(_Profile):
         description="Per phase: counts in `frequencies` order, then the missing count.",
     )
     dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
+    cycles: float = Field(
+        default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
+    )
 
     @property
     def n(self) -> int:
@@ -276,6 +283,7 @@ def profile_column(
     update: dict[str, Any] = {"dependence": _dependence(profile, counts, phases, index)}
     if seasonality != "none":
         update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
+        update["cycles"] = float(np.ptp(seconds)) / CYCLE_S[seasonality]
     return profile.model_copy(update=update)
 
 

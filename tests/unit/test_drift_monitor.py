@@ -91,7 +91,7 @@ def _feed(
 def test_a_stationary_stream_of_200k_predictions_raises_no_detection(
     profile: ReferenceProfile,
 ) -> None:
-    spec = DriftSpec()  # the defaults: windows of 1000, alpha 0.05 after BH, persistence 2
+    spec = DriftSpec()  # the defaults: windows of 1000, alpha 0.01 after BH, persistence 2
     monitor = _monitor(profile, spec)
     verdicts = _feed(monitor, _columns(np.random.default_rng(7), 200_000))
     assert len(verdicts) == 200

@@ -20,7 +20,7 @@ SPEC = DriftSpec(
     window_size=1000,
     min_samples=100,
     persistence=2,
-    alpha=0.05,
+    alpha=0.01,
     prediction_drift=False,
     performance_drift=False,
 )

@@ -33,6 +33,7 @@ ADAPTIVE_CLOCK = 16
 ADAPTIVE_BOUND: Bound = "bennett-hoeffding"
 """A restored channel keeps the bound of its snapshot (older ones: "river" or "bernstein")."""
 
+DEPENDENT_ADWIN_MARGIN = 2.0
 ABSENT: Any = object()  # a feature not in the observation: no sample at all
 NOT_COUNTED = -1
 INVALID = -2
@@ -55,6 +56,7 @@ class Channel:
         reference: np.ndarray,
         phase_counts: np.ndarray | None,
         kappa: float,
+        cycles: float = 0.0,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -64,6 +66,15 @@ class Channel:
         self.counts = [0] * len(reference)
         self.invalid = 0
         self.kappa = kappa
+        # A phase's reference is a sample: its error is shared by every live value of that
+        # hour, which makes live values dependent in blocks. Over a reference of C cycles a
+        # block's mean has (1 + 1/C) times the variance ADWIN assumes (ADR 0022); the
+        # window tests count the same error through the reference's effective size.
+        seasonal = 1.0 if phase_counts is None else 1 + 1 / max(cycles, 1)
+        # ADWIN's tail bound treats n/κ values as independent; dependent data that comes
+        # in clumps (regimes, bursts) has heavier tails than its κ says, so a dependent
+        # channel's ADWIN doubles κ (measured in ADR 0022; its window tests need no margin)
+        self.adaptive_kappa = seasonal * (kappa * DEPENDENT_ADWIN_MARGIN if kappa > 1 else 1.0)
         self.phase_counts = phase_counts
         if phase_counts is None:
             self.phase_probabilities = None
@@ -161,6 +172,7 @@ class NumericChannel(Channel):
             np.asarray((*profile.counts, profile.missing), dtype=np.float64),
             np.asarray(profile.phase_counts, dtype=np.float64) if profile.phase_counts else None,
             profile.dependence,
+            profile.cycles,
         )
 
     def layout(self) -> str:
@@ -188,7 +200,9 @@ class NumericChannel(Channel):
             self.pits = [((below + present / 2) / total - 0.5).tolist()]
         else:
             self.pits = cdf_positions(self.phase_probabilities[:, :-1]).tolist()
-        self.adwin = Adwin(delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND, dependence=self.kappa)
+        self.adwin = Adwin(
+            delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND, dependence=self.adaptive_kappa
+        )
 
     def bin_of(self, value: Any) -> int:
         kind = type(value)
@@ -244,7 +258,9 @@ class CategoricalChannel(Channel):
             mapping = np.zeros((len(target), len(reference)), dtype=np.float64)
             mapping[np.arange(len(target)), target] = 1.0
             phase_counts = np.asarray(profile.phase_counts, dtype=np.float64) @ mapping
-        super().__init__(name, kind, tests, reference, phase_counts, profile.dependence)
+        super().__init__(
+            name, kind, tests, reference, phase_counts, profile.dependence, profile.cycles
+        )
 
     def layout(self) -> str:
         return fingerprint(

@@ -161,7 +161,7 @@ class DriftSpec(SpecModel):
     min_samples: int = Field(default=200, ge=10)
     psi_threshold: float = Field(default=0.2, gt=0.0)
     jensen_shannon_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
-    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
     correction: Correction = "benjamini-hochberg"
     persistence: int = Field(default=2, ge=1)
     cooldown_s: Seconds = 3600
