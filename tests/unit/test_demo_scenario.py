@@ -97,11 +97,16 @@ def test_a_bootstrap_short_of_min_rows_labels_is_refused_before_anything_starts(
 ) -> None:
     short = plan_scenario(spec, DemoSizes(payments=8_000, bootstrap=2_000), now=NOW, seed=7)
     labelled = sum(1 for p in short.bootstrap if p.label is not None)
-    assert labelled < spec.model.min_rows <= 2_000  # a payment without a chargeback
+    # a spec that needs one labelled row more than the bootstrap carries
+    strict = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"min_rows": labelled + 1})}
+    )
     with pytest.raises(GenerationError, match=rf"{labelled:,} labels .* model.min_rows"):
-        check_first_training(short, spec)
-    enough = plan_scenario(spec, DemoSizes(payments=8_000, bootstrap=2_500), now=NOW, seed=7)
-    check_first_training(enough, spec)
+        check_first_training(short, strict)
+    check_first_training(
+        short,
+        spec.model_copy(update={"model": spec.model.model_copy(update={"min_rows": labelled})}),
+    )  # exactly enough
 
 
 def test_config_hands_the_lookback_to_the_drift_service() -> None:

@@ -93,6 +93,10 @@ DIURNAL = np.array(
     ]
 )
 """Relative payment volume per hour of the day."""
+WEEKLY = np.array([0.93, 0.96, 0.98, 1.00, 1.12, 1.10, 0.91])
+"""Relative payment volume per weekday, Monday first: Friday and Saturday are the busiest."""
+WEEKEND_LATE_H = 1
+"""On Saturday and Sunday the day's rhythm starts this many hours later."""
 
 TARGET_FRAUD_RATE = 0.03
 PAYMENTS_PER_CARD_PER_DAY = 3.0
@@ -171,7 +175,7 @@ def generate_fraud(
     )
 
     # Sessions → payment times, sorted: the order a producer sends them in.
-    t_rel, session, session_effect = _timeline(rng, n, days)
+    t_rel, session, session_effect = _timeline(rng, n, days, start_ms)
     session_card = rng.choice(
         n_cards, size=len(session_effect), p=card_activity / card_activity.sum()
     )
@@ -370,10 +374,14 @@ def _numbered(prefix: str, numbers: IntArray) -> Callable[[int], str]:
     return lambda i: f"{prefix}{numbers[i - 1]:06d}"
 
 
-def _timeline(rng: np.random.Generator, n: int, days: int) -> tuple[IntArray, IntArray, FloatArray]:
+def _timeline(
+    rng: np.random.Generator, n: int, days: int, start_ms: int
+) -> tuple[IntArray, IntArray, FloatArray]:
     """Payment times (ms from start, sorted), each payment's session, and each session's risk.
 
-    A session is one payment, or a burst of several a minute or two apart.
+    A session is one payment, or a burst of several a minute or two apart. Sessions
+    follow a daily rhythm (DIURNAL) and a weekly one (WEEKLY volume per weekday, and a
+    weekend rhythm WEEKEND_LATE_H hours later), as card payments do.
     """
     burst = rng.random(n) < BURST_SHARE
     sizes = np.where(burst, 2 + rng.geometric(0.35, n), 1).astype(np.int64)
@@ -381,11 +389,14 @@ def _timeline(rng: np.random.Generator, n: int, days: int) -> tuple[IntArray, In
     k = int(np.searchsorted(ends, n)) + 1
     sizes = sizes[:k]
     sizes[-1] -= int(ends[k - 1]) - n
-    start = (
-        rng.integers(0, days, size=k) * DAY_MS
-        + rng.choice(24, size=k, p=DIURNAL / DIURNAL.sum()) * HOUR_MS
-        + rng.integers(0, HOUR_MS, size=k)
-    )
+    # weekday of each day of the span (1970-01-01 was a Thursday: Monday is 0)
+    weekday = ((start_ms // DAY_MS + np.arange(days) + 3) % 7).astype(np.int64)
+    volume = WEEKLY[weekday]
+    day = rng.choice(days, size=k, p=volume / volume.sum())
+    weekday_hour = rng.choice(24, size=k, p=DIURNAL / DIURNAL.sum())
+    weekend_hour = (weekday_hour + WEEKEND_LATE_H) % 24
+    hour = np.where(weekday[day] >= 5, weekend_hour, weekday_hour)
+    start = day * DAY_MS + hour * HOUR_MS + rng.integers(0, HOUR_MS, size=k)
     effect = rng.normal(0.0, 0.7, k)
     session = np.repeat(np.arange(k), sizes)
     gaps = (rng.exponential(BURST_GAP_MS, n) + 1000).astype(np.int64)
