@@ -597,9 +597,12 @@ def test_status_cli_shows_what_the_service_saved(
     project = load_spec(write_spec(tmp_path / "mlbus.yaml", model))
     rng = np.random.default_rng(3)
     amount, channel, score = sample(rng, 2000, drifted=False)
+    # three days of reference rows, so the profile is keyed by the hour (ADR 0022)
+    times = START.timestamp() - 3 * 86_400 + np.arange(2000) * (3 * 86_400 / 2000)
     profile = ReferenceProfile.from_samples(
-        {"v.amount": amount, "v.channel": channel}, predictions=score
+        {"v.amount": amount, "v.channel": channel}, predictions=score, times=times
     )
+    assert profile.seasonality == "daily"
     kinds = {f.ref: f.kind for f in project.model_features()}
     tests = {f.ref: project.drift.tests_for(f) for f in project.model_features()}
     monitor = DriftMonitor(model, 4, profile, project.drift, kinds, tests)
@@ -676,6 +679,7 @@ def test_status_cli_shows_what_the_service_saved(
     (entry,) = doc["models"]
     assert (entry["model"], entry["version"]) == (model, 4)
     rows = {(r["feature"], r["test"]): r for r in entry["summary"]}
+    assert entry["monitors"][0]["status"]["seasonality"] == "daily"
     assert rows[("v.amount", "psi")]["samples"] == 120
     assert rows[("v.amount", "psi")]["threshold"] == project.drift.psi_threshold
     assert doc["detections"][0]["event_id"] == "e1"
@@ -684,6 +688,7 @@ def test_status_cli_shows_what_the_service_saved(
     table = CliRunner().invoke(app, ["drift", "status"], terminal_width=200)
     assert table.exit_code == 0, table.output
     assert f"{model} v4" in table.output
+    assert "seasonality daily" in table.output
     assert "v.amount" in table.output
     assert "requested" in table.output
     assert f"retraining of {model} armed by drift e1: 120 of 2,000 labels" in table.output

@@ -113,6 +113,10 @@ def test_register_a_model_trained_elsewhere_with_a_sample_profile(
     assert profile["prediction"]["kind"] == "numeric"  # P(class 1) of the classifier
     assert shown["metrics"] == {"auc": 0.93}
     assert shown["signature"]["inputs"][0]["datatype"] == "FP32"
+    # a sample without event times: no phases, and nothing replayed to calibrate it
+    table = cli("show", name, "champion").output
+    words = " ".join(table.replace("│", " ").split())  # the table wraps the line
+    assert "100 samples, 2 features, predictions; seasonality none; not calibrated" in words
 
 
 def test_promote_rollback_and_lineage(cli: Any, tmp_path: Path, unique: str) -> None:
