@@ -53,7 +53,21 @@ class _Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class NumericProfile(_Profile):
+class _Column(_Profile):
+    """What a column knows of time when its rows had event times (ADR 0022)."""
+
+    phase_counts: tuple[tuple[int, ...], ...] = Field(
+        default=(),
+        description="Per phase of the profile's seasonality: the counts in the column's bin "
+        "(numeric) or `frequencies` (categorical) order, then the missing count.",
+    )
+    dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
+    cycles: float = Field(
+        default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
+    )
+
+
+class NumericProfile(_Column):
     """Quantile bins of a numeric column."""
 
     kind: Literal["numeric"] = "numeric"
@@ -64,14 +78,6 @@ class NumericProfile(_Profile):
     std: float | None = None
     min: float | None = None
     max: float | None = None
-    phase_counts: tuple[tuple[int, ...], ...] = Field(
-        default=(),
-        description="Per phase of the profile's seasonality: the counts, then the missing count.",
-    )
-    dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
-    cycles: float = Field(
-        default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
-    )
 
     @property
     def n(self) -> int:
@@ -90,20 +96,12 @@ class NumericProfile(_Profile):
         return counts / total if total else counts
 
 
-class CategoricalProfile(_Profile):
+class CategoricalProfile(_Column):
     """Frequencies of a categorical column (values as strings)."""
 
     kind: Literal["categorical"] = "categorical"
     frequencies: dict[str, int]
     missing: int = Field(default=0, ge=0)
-    phase_counts: tuple[tuple[int, ...], ...] = Field(
-        default=(),
-        description="Per phase: counts in `frequencies` order, then the missing count.",
-    )
-    dependence: float = Field(default=1.0, ge=1.0, description="κ of consecutive values.")
-    cycles: float = Field(
-        default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
-    )
 
     @property
     def n(self) -> int:

@@ -29,12 +29,10 @@ from mlbus.demo import (
     DemoRun,
     DemoSizes,
     LoopOptions,
-    PhaseFailed,
-    SilentReporter,
-    run_demo,
 )
 from mlbus.events import DriftDetected, TrainingRequested
 from mlbus.runtime import pid_alive, read_state
+from tests.e2e._demo_run import run_for_tests
 from tests.e2e.auc_margin import Z, chance_margin, difference_margin, segment_standard_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -62,15 +60,7 @@ def clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    for name in ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL"):
-        assert name not in os.environ, f"unset {name}: the demo runs its own embedded stack"
-    settings = MlbusSettings(data_dir=tmp_path_factory.mktemp("demo"))
-    run = DemoRun()
-    try:
-        run_demo(settings, CONFIG, SilentReporter(), run)
-    except PhaseFailed as exc:  # what failed is for the tests to judge, one claim each
-        run.error = exc
-    return run
+    return run_for_tests(tmp_path_factory.mktemp("demo"), CONFIG)
 
 
 def test_every_started_process_is_gone_after_the_run(demo: DemoRun) -> None:

@@ -8,22 +8,12 @@ fit to the stream the mechanism was looked at on.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
 
-from mlbus.config import MlbusSettings
-from mlbus.demo import (
-    BEFORE_DRIFT,
-    DemoConfig,
-    DemoRun,
-    DemoSizes,
-    LoopOptions,
-    PhaseFailed,
-    SilentReporter,
-    run_demo,
-)
+from mlbus.demo import BEFORE_DRIFT, DemoConfig, DemoRun, DemoSizes, LoopOptions
+from tests.e2e._demo_run import run_for_tests
 from tests.e2e.auc_margin import Z, segment_standard_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -40,15 +30,7 @@ CONFIG = DemoConfig(
 
 @pytest.fixture(scope="module")
 def control(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    for name in ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL"):
-        assert name not in os.environ, f"unset {name}: the demo runs its own embedded stack"
-    settings = MlbusSettings(data_dir=tmp_path_factory.mktemp("control"))
-    run = DemoRun()
-    try:
-        run_demo(settings, CONFIG, SilentReporter(), run)
-    except PhaseFailed as exc:  # the control run fails on a detection: the tests say which
-        run.error = exc
-    return run
+    return run_for_tests(tmp_path_factory.mktemp("control"), CONFIG)
 
 
 def test_a_stream_without_drift_raises_no_detection_and_no_retraining(control: DemoRun) -> None:
