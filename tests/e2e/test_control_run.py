@@ -19,9 +19,9 @@ from tests.e2e.auc_margin import Z, segment_standard_error
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 # 24,000 payments over 8 days (the demo's rhythm), 12,000 of them before the first
-# training; "drift" point 96 hours before now only splits the summary's segments.
+# training; the "drift" point, 72 hours before now, only splits the summary's segments.
 SIZES = DemoSizes(
-    payments=24_000, bootstrap=12_000, drift_age=timedelta(hours=96), drift_kind="none"
+    payments=24_000, bootstrap=12_000, drift_age=timedelta(hours=72), drift_kind="none"
 )
 CONFIG = DemoConfig(
     sizes=SIZES, seed=11, loop=LoopOptions(manual_retrain_after=None, after_retrain=2_000)
