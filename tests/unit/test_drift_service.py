@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -858,3 +858,22 @@ def test_an_armed_trigger_round_trips() -> None:
         firing_until=T0,
     )
     assert ArmedTrigger.from_json(armed.to_json()) == armed
+
+
+async def test_a_prediction_counts_at_the_moment_it_was_scored_not_when_it_was_logged() -> None:
+    """A replay scores days-old events in minutes: their hour of the day, which a seasonal
+    reference keys on (ADR 0022), is the scored moment (`features_at`)."""
+    project = spec()
+    processor, _, _ = processor_for(project, FakeStore())
+    scored = T0 - timedelta(days=3, hours=5)
+    replayed = [
+        replace(
+            r, payload=r.payload.model_copy(update={"features_at": scored + timedelta(seconds=i)})
+        )
+        for i, r in enumerate(predictions(10))
+    ]
+    await processor.handle_batch(replayed)
+    (monitor,) = processor.partitions[("mlbus.prediction.logged.v1", 0)].monitors.values()
+    status = monitor.status()
+    assert status.window_start == scored
+    assert status.window_end == scored + timedelta(seconds=9)
