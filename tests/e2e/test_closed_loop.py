@@ -32,8 +32,8 @@ from mlbus.demo import (
 )
 from mlbus.events import DriftDetected, TrainingRequested
 from mlbus.runtime import pid_alive, read_state
-from tests.e2e._demo_run import run_for_tests
-from tests.e2e.auc_margin import Z, chance_margin, difference_margin, segment_standard_error
+from tests.e2e._demo_run import assert_served_what_it_trained_on, run_for_tests
+from tests.e2e.auc_margin import chance_margin, difference_margin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -136,20 +136,7 @@ def test_the_model_is_served_the_features_it_was_trained_on(demo: DemoRun) -> No
     scores like its evaluation, and the detection comes after the drift, not before."""
     summary = demo.summary
     assert summary is not None
-    consistency = summary.consistency
-    assert consistency is not None, "the feature service's consistency counts were not read"
-    answered = sum(1 for r in demo.record.served if r.ok)
-    assert consistency.events >= 0.99 * answered
-    assert consistency.match_rate is not None
-    assert consistency.match_rate >= 0.999, consistency.examples
-    before = summary.segment(BEFORE_DRIFT)
-    assert before is not None
-    assert before.auc is not None
-    assert summary.initial_evaluation_auc is not None
-    # Two AUCs on different samples: Z standard errors of the served one (the holdout's
-    # is of the same order), from its own label counts, not a tuned threshold.
-    margin = Z * segment_standard_error(before)
-    assert abs(before.auc - summary.initial_evaluation_auc) < margin
+    assert_served_what_it_trained_on(demo)
     assert summary.detection is not None
     assert summary.detection.seconds is not None
     assert not summary.detection.false_alarm

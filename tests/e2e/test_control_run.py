@@ -12,9 +12,8 @@ from datetime import timedelta
 
 import pytest
 
-from mlbus.demo import BEFORE_DRIFT, DemoConfig, DemoRun, DemoSizes, LoopOptions
-from tests.e2e._demo_run import run_for_tests
-from tests.e2e.auc_margin import Z, segment_standard_error
+from mlbus.demo import DemoConfig, DemoRun, DemoSizes, LoopOptions
+from tests.e2e._demo_run import assert_served_what_it_trained_on, run_for_tests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -44,15 +43,4 @@ def test_a_stream_without_drift_raises_no_detection_and_no_retraining(control: D
 
 
 def test_the_control_run_serves_what_it_trained_on(control: DemoRun) -> None:
-    summary = control.summary
-    assert summary is not None, control.error
-    consistency = summary.consistency
-    assert consistency is not None
-    assert consistency.match_rate is not None
-    assert consistency.match_rate >= 0.999, consistency.examples
-    before = summary.segment(BEFORE_DRIFT)
-    assert before is not None
-    assert before.auc is not None
-    assert summary.initial_evaluation_auc is not None
-    margin = Z * segment_standard_error(before)
-    assert abs(before.auc - summary.initial_evaluation_auc) < margin
+    assert_served_what_it_trained_on(control)
