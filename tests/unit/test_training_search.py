@@ -145,7 +145,7 @@ def test_when_every_trial_fails_the_run_fails_naming_the_first_error() -> None:
             "space": {"max_leaf_nodes": {"type": "categorical", "choices": [0, 1]}},
         }
     )
-    with pytest.raises(TrainingFailed, match="every trial of search .* failed; the first: fit"):
+    with pytest.raises(TrainingFailed, match=r"every trial of search .* failed; the first: fit"):
         run(spec)
 
 

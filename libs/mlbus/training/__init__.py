@@ -45,11 +45,13 @@ from mlbus.training._run import (
 from mlbus.training._runs import (
     RunRecord,
     TrialRecord,
+    close_storage,
     get_run,
     list_runs,
     open_storage,
     record_version,
     request_cancel,
+    storage_at,
     study_name,
 )
 from mlbus.training._search import (
@@ -81,6 +83,7 @@ __all__ = [
     "TrainingOutcome",
     "TrialRecord",
     "ValidationSplit",
+    "close_storage",
     "compute_metrics",
     "create_study",
     "dataset_from_table",
@@ -101,6 +104,7 @@ __all__ = [
     "run_job",
     "search",
     "sklearn_scores",
+    "storage_at",
     "study_name",
     "time_split",
     "to_onnx",

@@ -19,6 +19,8 @@ registry's migrations already own in the default schema.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,27 @@ def open_storage(url: str) -> BaseStorage:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+
+
+def close_storage(storage: BaseStorage | None) -> None:
+    """Release a storage's database connections (idempotent; None and in-memory: nothing)."""
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return
+    remove = getattr(storage, "remove_session", None)
+    if remove is not None:
+        remove()
+    engine.dispose()
+
+
+@contextmanager
+def storage_at(url: str) -> Iterator[BaseStorage]:
+    """`open_storage(url)`, closed on exit."""
+    storage = open_storage(url)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
 
 
 def study_name(model: str, run_id: str) -> str:

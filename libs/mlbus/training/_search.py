@@ -51,12 +51,15 @@ from mlbus.training._runs import (
     FAILED,
     RUNNING,
     TrialRecord,
+    close_storage,
     open_storage,
+    storage_at,
     trial_record,
 )
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.storages import BaseStorage
 
 Cancelled = Callable[[], bool]
 OnTrial = Callable[[TrialRecord], None]
@@ -176,14 +179,24 @@ def _sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 def create_study(
-    spec: ProjectSpec, options: SearchOptions, attrs: Mapping[str, Any] | None = None
+    spec: ProjectSpec,
+    options: SearchOptions,
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    storage: BaseStorage | None = None,
 ) -> optuna.Study:
-    """The run's study, created (or loaded, for another worker) with the run's facts."""
+    """The run's study, created (or loaded, for another worker) with the run's facts.
+
+    Without `storage`, one is opened at `options.storage_url` and closed again
+    before returning (the study is then only good for reading its name).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None and options.storage_url:
+        with storage_at(options.storage_url) as opened:
+            return create_study(spec, options, attrs, storage=opened)
     search = _search_spec(spec)
-    storage = open_storage(options.storage_url) if options.storage_url else None
     study = optuna.create_study(
         study_name=options.study_name,
         storage=storage,
@@ -191,8 +204,9 @@ def create_study(
         direction=_direction(spec),
         load_if_exists=True,
     )
-    if "model" not in study.user_attrs:
-        facts: dict[str, Any] = {
+    facts: dict[str, Any] = {}
+    if "model" not in study.user_attrs:  # the first worker records the run's facts
+        facts = {
             "model": spec.model.name,
             "run_id": options.run_id,
             "estimator": spec.model.estimator,
@@ -205,22 +219,16 @@ def create_study(
             "status": RUNNING,
             "started_at": datetime.now(UTC).isoformat(),
         }
-        for key, value in {**facts, **(attrs or {})}.items():
-            study.set_user_attr(key, value)
+    for key, value in {**facts, **(attrs or {})}.items():
+        study.set_user_attr(key, value)
     return study
 
 
-def load_study(spec: ProjectSpec, options: SearchOptions) -> optuna.Study:
+def load_study(spec: ProjectSpec, name: str, storage: BaseStorage) -> optuna.Study:
     """Another worker's handle on an existing study (its sampler seeded like the creator's)."""
     import optuna
 
-    if options.storage_url is None:
-        raise ValueError("joining a search needs the shared storage_url")
-    return optuna.load_study(
-        study_name=options.study_name,
-        storage=open_storage(options.storage_url),
-        sampler=_sampler(_search_spec(spec)),
-    )
+    return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(_search_spec(spec)))
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, ParamSpace]) -> dict[str, Any]:
@@ -432,6 +440,38 @@ def search(
     search_spec = _search_spec(spec)
     split = validation_split(dataset.times_ms, train_rows, search_spec.validation_fraction)
     problem = _problem(spec, dataset, split, fit, options.threads_per_trial)
+    storage = open_storage(options.storage_url) if options.storage_url else None
+    try:
+        return _search(
+            spec,
+            dataset,
+            train_rows,
+            split,
+            problem,
+            options,
+            storage,
+            started,
+            cancelled=cancelled,
+            on_trial=on_trial,
+        )
+    finally:
+        close_storage(storage)
+
+
+def _search(
+    spec: ProjectSpec,
+    dataset: Dataset,
+    train_rows: np.ndarray,
+    split: ValidationSplit,
+    problem: _Problem,
+    options: SearchOptions,
+    storage: BaseStorage | None,
+    started: float,
+    *,
+    cancelled: Cancelled | None,
+    on_trial: OnTrial | None,
+) -> SearchResult:
+    search_spec = _search_spec(spec)
     study = create_study(
         spec,
         options,
@@ -445,6 +485,7 @@ def search(
             if len(train_rows) < len(dataset)
             else None,
         },
+        storage=storage,
     )
     deadline = time.monotonic() + search_spec.timeout_s
     evaluated, stopped = _work(
@@ -470,11 +511,14 @@ def join_search(
     search_spec = _search_spec(spec)
     split = validation_split(dataset.times_ms, train_rows, search_spec.validation_fraction)
     problem = _problem(spec, dataset, split, fit, options.threads_per_trial)
-    study = load_study(spec, options)
-    deadline = time.monotonic() + search_spec.timeout_s
-    evaluated, _ = _work(
-        study, problem, options, deadline=deadline, cancelled=cancelled, on_trial=None
-    )
+    if options.storage_url is None:
+        raise ValueError("joining a search needs the shared storage_url")
+    with storage_at(options.storage_url) as storage:
+        study = load_study(spec, options.study_name, storage)
+        deadline = time.monotonic() + search_spec.timeout_s
+        evaluated, _ = _work(
+            study, problem, options, deadline=deadline, cancelled=cancelled, on_trial=None
+        )
     return evaluated
 
 
