@@ -66,6 +66,11 @@ class DataDir:
         return self.root / "registry.sqlite"
 
     @property
+    def search_db(self) -> Path:
+        """Hyperparameter searches: runs and trials (Optuna's RDB storage, ADR 0023)."""
+        return self.root / "search.sqlite"
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 

@@ -19,6 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from opentelemetry import trace
 
@@ -47,9 +48,14 @@ from mlbus.training import (
     StageTiming,
     TrainingJob,
     TrainingOutcome,
+    close_storage,
     fetch_champion,
+    open_storage,
+    record_version,
     register_outcome,
+    request_cancel,
     run_job,
+    study_name,
     write_labels,
 )
 from mlbus.training import TrainingFailed as RunFailed
@@ -86,6 +92,8 @@ class _ModelState:
     running: asyncio.Task[None] | None = None
     pending: Received[Event] | None = None
     coalesced: int = 0
+    study: str | None = None
+    """The study of the running search, cancelled when a newer request arrives (ADR 0023)."""
 
 
 @dataclass
@@ -109,6 +117,8 @@ class TrainerService(StreamService):
     _consumers: list[Consumer[Event]] = field(default_factory=list)
     _labels: list[tuple[str, LabelRow]] = field(default_factory=list)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _search_storage: Any = None
+    _side_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -169,6 +179,10 @@ class TrainerService(StreamService):
         finally:
             if owns_executor:
                 self.executor.shutdown(wait=False, cancel_futures=True)
+            for task in list(self._side_tasks):
+                task.cancel()
+            close_storage(self._search_storage)
+            self._search_storage = None
 
     # ── requests and coalescing ──────────────────────────────────────────────
 
@@ -190,8 +204,34 @@ class TrainerService(StreamService):
                 request.model,
                 request.event_id,
             )
+            if state.study is not None:  # a search is not worth finishing for stale data
+                self._cancel_search(state.study, f"superseded by request {request.event_id}")
             return
         self._start(request.model, state, received)
+
+    def _cancel_search(self, study: str, reason: str) -> None:
+        """Mark the study cancelled; its workers stop before their next trial."""
+
+        async def cancel() -> None:
+            try:
+                found = await asyncio.to_thread(
+                    request_cancel, await self._storage(), study, reason
+                )
+                note = "" if found else " (no such study)"
+                log.info("search %s cancelled: %s%s", study, reason, note)
+            except Exception:
+                log.exception("could not cancel search %s", study)
+
+        task = asyncio.create_task(cancel(), name=f"cancel-{study}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _storage(self) -> Any:
+        if self._search_storage is None:
+            self._search_storage = await asyncio.to_thread(
+                open_storage, self.settings.resolved_search_storage()
+            )
+        return self._search_storage
 
     def _start(self, model: str, state: _ModelState, received: Received[Event]) -> None:
         self.runs_started += 1
@@ -202,10 +242,11 @@ class TrainerService(StreamService):
         self, model: str, state: _ModelState, received: Received[Event]
     ) -> None:
         try:
-            await self._train(received)
+            await self._train(received, state)
         finally:
             self.runs_finished += 1
             state.running = None
+            state.study = None
             follow_up, state.pending = state.pending, None
             if follow_up is not None and not self._stop.is_set():
                 self._start(model, state, follow_up)
@@ -214,7 +255,7 @@ class TrainerService(StreamService):
 
     # ── one run ──────────────────────────────────────────────────────────────
 
-    async def _train(self, received: Received[Event]) -> None:
+    async def _train(self, received: Received[Event], state: _ModelState) -> None:
         request = received.payload
         assert isinstance(request, TrainingRequested)
         assert self._publisher is not None
@@ -235,6 +276,7 @@ class TrainerService(StreamService):
                 async with self._registry() as client:
                     with _tracer.start_as_current_span("training.champion"):
                         champion = await fetch_champion(client, spec.model.name)
+                    searching = spec.model.search is not None
                     job = TrainingJob(
                         spec,
                         self.settings.resolved_offline_url(),
@@ -243,7 +285,18 @@ class TrainerService(StreamService):
                         champion=champion,
                         code_version=mlbus.__version__,
                         fit=self.fit,
+                        run_id=run_id,
+                        search_storage_url=(
+                            self.settings.resolved_search_storage() if searching else None
+                        ),
+                        search_n_jobs=self.settings.search_n_jobs,
+                        search_threads_per_trial=self.settings.search_threads_per_trial,
+                        mlflow_tracking_uri=self.settings.mlflow_tracking_uri,
                     )
+                    if searching:
+                        state.study = study_name(spec.model.name, run_id)
+                        span.set_attribute("mlbus.search_study", state.study)
+                        await self._open_study(job)
                     with _tracer.start_as_current_span("training.pipeline"):
                         outcome = await self._run_job(job)
                         _record_stage_spans(outcome.stages)
@@ -276,6 +329,8 @@ class TrainerService(StreamService):
                 await self._failed(request, run_id, "train", f"{type(exc).__name__}: {exc}", span)
                 return
             version = registration.version
+            if outcome.search is not None:
+                await self._link_version(outcome.search.study, version.version)
             completed = TrainingCompleted(
                 model=spec.model.name,
                 run_id=run_id,
@@ -313,6 +368,22 @@ class TrainerService(StreamService):
                     version.version,
                     ", ".join(calibration.tests),
                 )
+
+    async def _open_study(self, job: TrainingJob) -> None:
+        """Create the run's study before the worker starts, so a newer request can cancel it
+        even while the dataset is still loading."""
+        from mlbus.training import SearchOptions, create_study
+
+        options = SearchOptions(
+            study_name=job.search_study(), storage_url=job.search_storage_url, run_id=job.run_id
+        )
+        await asyncio.to_thread(create_study, job.spec, options)
+
+    async def _link_version(self, study: str, version: int) -> None:
+        try:
+            await asyncio.to_thread(record_version, await self._storage(), study, version)
+        except Exception:  # lineage on the version side is already in the registry
+            log.exception("could not record version %d on search %s", version, study)
 
     async def _run_job(self, job: TrainingJob) -> TrainingOutcome:
         assert self.executor is not None

@@ -21,6 +21,14 @@ class TrainerSettings(ServiceSettings):
                                         data folder, the feature service's default
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
     MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
+    MLBUS_TRAINER_SEARCH_STORAGE        where `model.search` records runs and trials (Optuna
+                                        RDB storage): a SQLAlchemy URL; the registry's
+                                        PostgreSQL shares studies between replicas (tables in
+                                        schema mlbus_search); default search.sqlite in the
+                                        data folder (ADR 0023)
+    MLBUS_TRAINER_SEARCH_N_JOBS         trials at once in this trainer (1)
+    MLBUS_TRAINER_SEARCH_THREADS_PER_TRIAL  BLAS/OpenMP threads of one trial's fit (1)
+    MLBUS_TRAINER_MLFLOW_TRACKING_URI   also log searches to MLflow (unset: not)
     """
 
     model_config = SettingsConfigDict(
@@ -39,6 +47,15 @@ class TrainerSettings(ServiceSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
     run_timeout_s: float = Field(default=3600.0, gt=0)
+    search_storage: str | None = Field(
+        default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
+    )
+    search_n_jobs: int = Field(default=1, ge=1, le=64)
+    search_threads_per_trial: int = Field(default=1, ge=1, le=256)
+    mlflow_tracking_uri: str | None = None
+
+    def resolved_search_storage(self) -> str:
+        return self.search_storage or f"sqlite:///{self.data.search_db}"
 
     def resolved_offline_url(self) -> str:
         """The offline root; an s3:// one carries `s3_endpoint_url` as `?endpoint_url=`."""

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 STAGES = {
     "dataset": "building the point-in-time dataset",
+    "search": "searching hyperparameters (mlbus runs show <run> for the trials)",
+    "mlflow": "logging the search to MLflow",
     "split": "splitting by time",
     "fit": "fitting",
     "convert": "converting to ONNX",
@@ -135,6 +137,14 @@ def register(app: typer.Typer) -> None:
                     _when(end),
                     champion=current,
                     code_version=mlbus.__version__,
+                    run_id=run_id,
+                    search_storage_url=(
+                        os.environ.get("MLBUS_TRAINER_SEARCH_STORAGE")
+                        or f"sqlite:///{settings.data.search_db}"
+                    )
+                    if spec.model.search is not None
+                    else None,
+                    mlflow_tracking_uri=os.environ.get("MLBUS_TRAINER_MLFLOW_TRACKING_URI"),
                 )
                 outcome = run_job(job, progress=say)
                 registration = None
@@ -221,6 +231,14 @@ def _print(model: str, outcome: object, registration: object) -> None:
             "" if champ is None else f"{champ:.4f}",
         )
     console.print(table)
+    if outcome.search is not None:
+        found = outcome.search
+        failed = sum(1 for t in found.trials if t.state == "failed")
+        console.print(
+            f"search {found.study}: best of {len(found.trials)} trials ({failed} failed) is "
+            f"#{found.best_trial}, validation {found.metric} {found.best_value:.4f}; "
+            f"refit on train + validation (`mlbus runs show {found.study}`)"
+        )
     profile = trained.profile
     alarming = profile.calibration is not None and profile.calibration.alarms
     console.print(

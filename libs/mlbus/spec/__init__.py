@@ -58,6 +58,7 @@ from mlbus.spec._project import (
     Task,
     metric_gain,
 )
+from mlbus.spec._search import ParamSpace, SearchSpec
 
 __all__ = [
     "CATEGORICAL_TYPES",
@@ -84,8 +85,10 @@ __all__ = [
     "LabelRef",
     "Metric",
     "ModelSpec",
+    "ParamSpace",
     "PositiveSeconds",
     "ProjectSpec",
+    "SearchSpec",
     "Seconds",
     "ServingSpec",
     "Source",

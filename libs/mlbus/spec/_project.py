@@ -19,6 +19,7 @@ from mlbus.spec._base import Identifier, Loc, ProblemList, SpecModel, one_of
 from mlbus.spec._contract import NUMERIC_TYPES, Source
 from mlbus.spec._durations import PositiveSeconds, Seconds
 from mlbus.spec._features import NUMERIC_FUNCTIONS, FeatureDef, FeatureView
+from mlbus.spec._search import SearchSpec
 
 Task: TypeAlias = Literal["classification", "regression"]
 Estimator: TypeAlias = Literal["hist_gradient_boosting", "logistic_regression", "random_forest"]
@@ -92,6 +93,15 @@ class ModelSpec(SpecModel):
     gates: Gates = Field(default_factory=Gates)
     schedule_every_min: int | None = Field(default=None, ge=1)
     min_rows: int = Field(default=1000, ge=1)
+    search: SearchSpec | None = None
+    """A hyperparameter search over `params` (ADR 0023); None: fit `params` as they are."""
+
+    @property
+    def search_metric(self) -> str:
+        """The metric the search optimises: `search.metric`, else `metric`."""
+        if self.search is not None and self.search.metric is not None:
+            return self.search.metric
+        return self.metric
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> ModelSpec:
@@ -108,6 +118,11 @@ class ModelSpec(SpecModel):
                     ("gates", "minimums", metric),
                     f"expected a {self.task} metric ({one_of(allowed)}), got {metric!r}",
                 )
+        if self.search is not None and self.search.metric not in (None, *allowed):
+            problems.add(
+                ("search", "metric"),
+                f"expected a {self.task} metric ({one_of(allowed)}), got {self.search.metric!r}",
+            )
         problems.raise_if_any()
         return self
 

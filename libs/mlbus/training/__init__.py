@@ -4,6 +4,10 @@
     trained = train(spec, dataset)          # raises TrainingFailed(stage, reason)
     trained.onnx, trained.all_metrics(), trained.profile, trained.split.evaluation_window()
 
+With `model.search` in the spec, `run_job` first searches the params on the
+training part (`search`, Optuna; recorded per run in the search storage, read
+back with `list_runs` / `get_run`), then refits the winner (ADR 0023).
+
 Labels are read from the label log (`write_labels` / `label_files`), features
 from the offline store through `build_training_set` (point-in-time, fingerprinted).
 """
@@ -38,6 +42,27 @@ from mlbus.training._run import (
     register_outcome,
     run_job,
 )
+from mlbus.training._runs import (
+    RunRecord,
+    TrialRecord,
+    close_storage,
+    get_run,
+    list_runs,
+    open_storage,
+    record_version,
+    request_cancel,
+    storage_at,
+    study_name,
+)
+from mlbus.training._search import (
+    SearchOptions,
+    SearchResult,
+    ValidationSplit,
+    create_study,
+    join_search,
+    search,
+    validation_split,
+)
 
 __all__ = [
     "INPUT_NAME",
@@ -47,26 +72,43 @@ __all__ = [
     "Dataset",
     "FeatureEncoding",
     "LabelRow",
+    "RunRecord",
+    "SearchOptions",
+    "SearchResult",
     "StageTiming",
     "TimeSplit",
     "TrainedModel",
     "TrainingFailed",
     "TrainingJob",
     "TrainingOutcome",
+    "TrialRecord",
+    "ValidationSplit",
+    "close_storage",
     "compute_metrics",
+    "create_study",
     "dataset_from_table",
     "evaluate_onnx",
     "fetch_champion",
+    "get_run",
+    "join_search",
     "label_files",
+    "list_runs",
     "load_dataset",
     "make_estimator",
     "onnx_scores",
+    "open_storage",
     "read_labels",
+    "record_version",
     "register_outcome",
+    "request_cancel",
     "run_job",
+    "search",
     "sklearn_scores",
+    "storage_at",
+    "study_name",
     "time_split",
     "to_onnx",
     "train",
+    "validation_split",
     "write_labels",
 ]

@@ -515,6 +515,21 @@ def _positive_class(spec: ProjectSpec, y: np.ndarray) -> tuple[np.ndarray, tuple
     return np.asarray([1 if str(v) == positive else 0 for v in y.tolist()]), (negative, positive)
 
 
+def require_rows(spec: ProjectSpec, dataset: Dataset) -> None:
+    """Raise when the dataset has fewer rows than `model.min_rows`."""
+    if len(dataset) < spec.model.min_rows:
+        raise TrainingFailed(
+            "dataset",
+            f"too few rows: {len(dataset)} labelled rows with features, the spec needs "
+            f"min_rows={spec.model.min_rows}"
+            + (
+                f" ({dataset.dropped_without_features} labels had no feature row yet)"
+                if dataset.dropped_without_features
+                else ""
+            ),
+        )
+
+
 def train(
     spec: ProjectSpec,
     dataset: Dataset,
@@ -522,23 +537,19 @@ def train(
     fit: Fit | None = None,
     progress: Progress | None = None,
     code_version: str = "",
+    params: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
-    """Split by time, fit, convert to ONNX, check parity, measure, profile."""
+    """Split by time, fit, convert to ONNX, check parity, measure, profile.
+
+    `params` replaces `model.params` (a search's winner); the fit uses every row
+    before the holdout either way.
+    """
     started = time.perf_counter()
+    fit_params = dict(spec.model.params if params is None else params)
     say = progress or (lambda _stage: None)
     model_spec = spec.model
     task = model_spec.task
-    if len(dataset) < model_spec.min_rows:
-        raise TrainingFailed(
-            "dataset",
-            f"too few rows: {len(dataset)} labelled rows with features, the spec needs "
-            f"min_rows={model_spec.min_rows}"
-            + (
-                f" ({dataset.dropped_without_features} labels had no feature row yet)"
-                if dataset.dropped_without_features
-                else ""
-            ),
-        )
+    require_rows(spec, dataset)
     classes: tuple[str, ...] = ()
     y = dataset.y
     if task == "classification":
@@ -554,7 +565,7 @@ def train(
             "the training part (before the holdout) has a single class; "
             "wait for more labels or lower holdout_fraction",
         )
-    estimator = make_estimator(model_spec.estimator, task, model_spec.params)
+    estimator = make_estimator(model_spec.estimator, task, fit_params)
     say("fit")
     fit_started = time.perf_counter()
     try:
@@ -624,7 +635,7 @@ def train(
         classes=classes,
         fit_s=fit_s,
         duration_s=time.perf_counter() - started,
-        params=dict(model_spec.params),
+        params=fit_params,
     )
 
 

@@ -27,8 +27,12 @@ from mlbus.training._pipeline import (
     TrainingFailed,
     evaluate_onnx,
     load_dataset,
+    require_rows,
+    time_split,
     train,
 )
+from mlbus.training._runs import study_name
+from mlbus.training._search import SearchOptions, SearchResult, search
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,17 @@ class TrainingJob:
     champion: Champion | None = None
     code_version: str = ""
     fit: Fit | None = None  # a seam for tests; must be picklable for a worker process
+    run_id: str = ""
+    search_storage_url: str | None = None
+    """Where a `model.search` records its study (None: in memory, not recorded)."""
+    search_n_jobs: int = 1
+    search_threads_per_trial: int = 1
+    mlflow_tracking_uri: str | None = None
+    """Also log a search's run and trials to MLflow (optional, ADR 0023)."""
+
+    def search_study(self) -> str:
+        """The study a search of this job records to (`<model>-<run id>`)."""
+        return study_name(self.spec.model.name, self.run_id or "adhoc")
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class TrainingOutcome:
     champion_metrics: dict[str, float] = field(default_factory=dict)
     champion_problem: str | None = None
     stages: list[StageTiming] = field(default_factory=list)
+    search: SearchResult | None = None
+    mlflow_run_id: str | None = None
 
 
 class _StageClock:
@@ -102,8 +119,32 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
     say = _StageClock(progress)
     say("dataset")
     dataset = load_dataset(job.spec, OfflineStore(job.offline_url), start=job.start, end=job.end)
-    trained = train(job.spec, dataset, fit=job.fit, progress=say, code_version=job.code_version)
-    outcome = TrainingOutcome(trained, dataset.fingerprint, len(dataset.files))
+    found: SearchResult | None = None
+    model = job.spec.model
+    if model.search is not None:
+        require_rows(job.spec, dataset)
+        say("search")
+        split = time_split(dataset.times_ms, model.holdout_fraction, model.evaluation_window_s)
+        options = SearchOptions(
+            study_name=job.search_study(),
+            storage_url=job.search_storage_url,
+            run_id=job.run_id,
+            n_jobs=job.search_n_jobs,
+            threads_per_trial=job.search_threads_per_trial,
+        )
+        found = search(job.spec, dataset, split.train, options, fit=job.fit)
+    trained = train(
+        job.spec,
+        dataset,
+        fit=job.fit,
+        progress=say,
+        code_version=job.code_version,
+        params=None if found is None else found.best_params,
+    )
+    outcome = TrainingOutcome(trained, dataset.fingerprint, len(dataset.files), search=found)
+    if found is not None and job.mlflow_tracking_uri:
+        say("mlflow")
+        outcome.mlflow_run_id = _log_to_mlflow(job, found, outcome)
     if job.champion is not None:
         say("champion")
         try:
@@ -118,6 +159,24 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
     say.finish()
     outcome.stages = say.stages
     return outcome
+
+
+def _log_to_mlflow(job: TrainingJob, found: SearchResult, outcome: TrainingOutcome) -> str | None:
+    from mlbus.training._mlflow import log_search
+
+    assert job.mlflow_tracking_uri is not None
+    try:
+        return log_search(
+            job.mlflow_tracking_uri,
+            job.spec,
+            found,
+            run_id=job.run_id,
+            dataset_fingerprint=outcome.fingerprint,
+            metrics=outcome.trained.all_metrics(),
+        )
+    except Exception:  # a copy for MLflow users; the search storage is the record
+        log.exception("could not log search %s to MLflow", found.study)
+        return None
 
 
 async def fetch_champion(client: RegistryClient, model: str) -> Champion | None:
@@ -147,6 +206,10 @@ async def register_outcome(
         "train_rows": trained.train_rows,
         "spec_fingerprint": spec.fingerprint(),
     }
+    if outcome.search is not None:  # the run's study and its winning trial (ADR 0023)
+        params.update(outcome.search.summary())
+    if outcome.mlflow_run_id:
+        params["mlflow_run_id"] = outcome.mlflow_run_id
     return await client.register(
         spec.model.name,
         trained.onnx,
@@ -157,7 +220,12 @@ async def register_outcome(
         run_id=run_id,
         code_version=code_version,
         reference_profile=trained.profile,
-        description=f"{spec.model.estimator} on {trained.rows} rows",
+        description=f"{spec.model.estimator} on {trained.rows} rows"
+        + (
+            f", best of {len(outcome.search.trials)} trials (#{outcome.search.best_trial})"
+            if outcome.search is not None
+            else ""
+        ),
         champion_version=outcome.champion_version,
         champion_metrics=outcome.champion_metrics or None,
         evaluation_window=trained.split.evaluation_window(),

@@ -1,0 +1,176 @@
+"""The trainer service with `model.search`, on the real broker and registry: a newer
+`training.requested` cancels the search in flight within one trial, the follow-up run
+searches, refits and registers a version that names its study and winning trial."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlbus.bus import Publisher
+from mlbus.config import KafkaSettings
+from mlbus.events import TrainingCompleted, TrainingFailed
+from mlbus.featurestore import OfflineRow, OfflineStore
+from mlbus.registry import RegistryServer
+from mlbus.registry_client import RegistryClient
+from mlbus.spec import ProjectSpec, load_spec
+from mlbus.trainer import TrainerService
+from mlbus.training import LabelRow, get_run, list_runs, storage_at, write_labels
+from tests.integration.test_trainer import (  # noqa: F401 (registry is a fixture)
+    Outcomes,
+    eventually,
+    registry,
+    request,
+    trainer_settings,
+    write_spec,
+)
+
+pytestmark = pytest.mark.integration
+
+SEARCH = {
+    "trials": 8,
+    "seed": 1,
+    "space": {"learning_rate": {"type": "float", "low": 0.02, "high": 0.5, "log": True}},
+}
+
+
+@pytest.fixture
+def stack(tmp_path: Path, unique: str) -> tuple[Path, ProjectSpec, OfflineStore]:
+    spec_path = write_spec(tmp_path, unique, search=SEARCH)
+    return spec_path, load_spec(spec_path), OfflineStore(tmp_path / "offline")
+
+
+def write_rows(spec: ProjectSpec, offline: OfflineStore, n: int = 400) -> None:
+    base = datetime(2025, 6, 1, tzinfo=UTC)
+    rng = np.random.default_rng(0)
+    rows = [
+        LabelRow(
+            f"card_{i % 40:06d}",
+            f"tx{i}",
+            int((base + timedelta(minutes=i)).timestamp() * 1000),
+            f"cb{i}",
+            bool(rng.random() < 0.3),
+        )
+        for i in range(n)
+    ]
+    write_labels(offline, "chargebacks", rows)
+    features = spec.view_features("card_activity")
+    offline.write_rows(
+        "card_activity",
+        1,
+        features,
+        [
+            OfflineRow(
+                r.entity_id,
+                r.event_id,
+                r.label_time_ms,
+                r.label_time_ms,
+                r.label_time_ms,
+                {
+                    f.name: (
+                        float(rng.random()) if f.kind == "numeric" else (f.values or ("x",))[0]
+                    )
+                    for f in features
+                },
+            )
+            for r in rows
+        ],
+    )
+
+
+class SlowFit:
+    """Fits after a pause while `slow` is set (the first run), at once otherwise."""
+
+    def __init__(self) -> None:
+        self.slow = threading.Event()
+        self.slow.set()
+        self.calls = 0
+
+    def __call__(self, model: Any, x: np.ndarray, y: np.ndarray) -> Any:
+        self.calls += 1
+        if self.slow.is_set():
+            time.sleep(0.5)
+        return model.fit(x, y)
+
+
+@pytest.mark.timeout(180)
+async def test_a_newer_request_cancels_the_search_within_one_trial_then_searches_again(
+    kafka: KafkaSettings,
+    registry: RegistryServer,  # noqa: F811 (the imported fixture)
+    stack: Any,
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    _, spec, offline = stack
+    write_rows(spec, offline)
+    settings = trainer_settings(kafka, tmp_path, registry, unique).model_copy(
+        update={"record_labels": False}
+    )
+    url = settings.resolved_search_storage()
+    fit = SlowFit()
+    service = TrainerService(settings, spec, executor=ThreadPoolExecutor(1), fit=fit)
+    task = asyncio.create_task(service.run())
+    try:
+        await service.wait_started()
+        async with (
+            Publisher(kafka, source="test") as publisher,
+            Outcomes(kafka, spec.model.name) as outcomes,
+        ):
+            await request(publisher, spec.model.name)
+            await eventually(lambda: fit.calls >= 2)  # the search is on its second trial
+            state = service._states[spec.model.name]
+            first_study = state.study
+            assert first_study is not None
+            newer = await request(publisher, spec.model.name)
+
+            def cancelled_at() -> int | None:
+                with storage_at(url) as storage:
+                    run = get_run(storage, first_study)
+                return len(run.trials) if run.attrs.get("cancelled") else None
+
+            seen: list[int | None] = []
+            await eventually(lambda: seen.append(cancelled_at()) or seen[-1] is not None)
+            trials_when_cancelled = seen[-1]
+            assert trials_when_cancelled is not None
+            events = await outcomes.wait_for(1, timeout_s=60)
+            fit.slow.clear()
+            failed = events[0]
+            assert isinstance(failed, TrainingFailed), events
+            assert f"cancelled: superseded by request {newer.event_id}" in failed.reason
+            events = await outcomes.wait_for(2, timeout_s=120)
+            await service.wait_idle(60)
+        completed = events[1]
+        assert isinstance(completed, TrainingCompleted), events
+        assert service.runs_started == 2
+        with storage_at(url) as storage:
+            first = get_run(storage, first_study)
+            runs = list_runs(storage, model=spec.model.name)
+        # Within one trial: at most the trial that started as the cancel landed also ran.
+        assert first.status == "cancelled"
+        assert len(first.trials) <= trials_when_cancelled + 1
+        assert len(first.trials) < SEARCH["trials"]
+        (second,) = [r for r in runs if r.study != first_study]
+        assert second.status == "completed"
+        assert len(second.trials) == SEARCH["trials"]
+        assert second.version == completed.version  # the run names its version …
+        async with RegistryClient(f"127.0.0.1:{registry.port}") as client:
+            version = await client.get_version(spec.model.name, completed.version)
+        # … and the version its run and winning trial.
+        assert version.run_id == second.run_id
+        assert version.params["search_study"] == second.study
+        assert version.params["search_best_trial"] == second.best_trial
+        assert version.params["learning_rate"] == pytest.approx(
+            next(t for t in second.trials if t.number == second.best_trial).params["learning_rate"]
+        )
+    finally:
+        fit.slow.clear()
+        service.stop()
+        await asyncio.wait_for(task, 30)
