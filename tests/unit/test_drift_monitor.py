@@ -496,20 +496,19 @@ def test_the_batch_path_cuts_where_observe_cuts(profile: ReferenceProfile) -> No
 def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceProfile) -> None:
     spec = DriftSpec(adwin_delta=0.004)
     state = _monitor(profile, spec).snapshot()
-    feature_adwins = {key: c.adwin for key, c in state.channels.items() if c.adwin is not None}
+    feature_adwins = state.feature_adwins  # one structure over the numeric channels
+    assert feature_adwins is not None
     # tx.amount, tx.count_1h, tx.score and the prediction are numeric
-    assert sorted(feature_adwins) == [
+    assert sorted(feature_adwins.channels) == [
         "covariate:tx.amount",
         "covariate:tx.count_1h",
         "covariate:tx.score",
         "prediction:prediction",
     ]
-    for adwin in feature_adwins.values():
-        assert adwin is not None
-        assert adwin.bound == "bennett-hoeffding"
-        assert adwin.clock == 16
-        # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
-        assert adwin.delta == pytest.approx(0.004 / 4 / 2)
+    assert feature_adwins.bound == "bennett-hoeffding"
+    assert feature_adwins.clock == 16
+    # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
+    assert feature_adwins.delta == pytest.approx([0.004 / 4 / 2] * 4)
     assert state.adwin is not None  # the error stream keeps River's ADWIN as it is
     assert (state.adwin.bound, state.adwin.clock, state.adwin.delta) == ("river", 32, 0.004)
 
