@@ -103,8 +103,9 @@ class BlockAdwins:
         self.levels: list[int] = []
         self.row_sizes: list[int] = []  # buckets per level
         self.since: list[float] = []
-        self._counts = np.zeros((size, 16), dtype=np.float64)  # columns beyond len(levels) unused
-        self._sums = np.zeros((size, 16), dtype=np.float64)
+        # counts and sums per channel and bucket, oldest first; columns past len(levels) unused
+        self._buckets = np.zeros((2, size, 16), dtype=np.float64)
+        self._counts, self._sums = self._buckets
         self.width = np.zeros(size, dtype=np.float64)
         self.total = np.zeros(size, dtype=np.float64)
         self.variance = np.zeros(size, dtype=np.float64)
@@ -176,11 +177,9 @@ class BlockAdwins:
 
     def _append(self, count: np.ndarray, total: np.ndarray, at: float) -> None:
         buckets = len(self.levels)
-        if buckets == self._counts.shape[1]:
-            grown = 2 * buckets
-            self._counts = np.concatenate((self._counts, np.zeros_like(self._counts)), axis=1)
-            self._sums = np.concatenate((self._sums, np.zeros_like(self._sums)), axis=1)
-            assert self._counts.shape[1] == grown
+        if buckets == self._buckets.shape[2]:
+            self._buckets = np.concatenate((self._buckets, np.zeros_like(self._buckets)), axis=2)
+            self._counts, self._sums = self._buckets
         self._counts[:, buckets] = count
         self._sums[:, buckets] = total
         self.levels.append(0)
@@ -203,13 +202,10 @@ class BlockAdwins:
     def _merge(self, at: int) -> None:
         """Bucket `at` absorbs bucket `at + 1`; the later ones move down by one."""
         end = len(self.levels)
-        counts, sums = self._counts, self._sums
-        counts[:, at] += counts[:, at + 1]
-        sums[:, at] += sums[:, at + 1]
-        counts[:, at + 1 : end - 1] = counts[:, at + 2 : end]
-        sums[:, at + 1 : end - 1] = sums[:, at + 2 : end]
-        counts[:, end - 1] = 0.0
-        sums[:, end - 1] = 0.0
+        buckets = self._buckets
+        buckets[:, :, at] += buckets[:, :, at + 1]
+        if at + 2 < end:
+            buckets[:, :, at + 1 : end - 1] = buckets[:, :, at + 2 : end]
         self.since[at] = min(self.since[at], self.since[at + 1])
         del self.levels[at + 1]
         del self.since[at + 1]
@@ -223,8 +219,7 @@ class BlockAdwins:
         buckets = len(self.levels)
         minimum, shift = self.min_length, 1 - self.min_length
         every = len(due) == len(self.keys)
-        counts = self._counts[:, :buckets] if every else self._counts[due, :buckets]
-        sums = self._sums[:, :buckets] if every else self._sums[due, :buckets]
+        held = self._buckets[:, :, :buckets] if every else self._buckets[:, due, :buckets]
         width = (widths if every else widths[due])[:, None]
         total = (totals if every else totals[due])[:, None]
         kappa = (self.dependence if every else self.dependence[due])[:, None]
@@ -232,8 +227,7 @@ class BlockAdwins:
         # due channels hold more than `grace` values: the logarithms are defined
         delta_prime = np.log(2 * np.log(width) / delta[:, None])
         variance = (variances if every else variances[due])[:, None] / width
-        n0 = np.cumsum(counts, axis=1)
-        sum0 = np.cumsum(sums, axis=1)
+        n0, sum0 = np.cumsum(held, axis=2)
         n1 = width - n0
         valid = (n0 >= minimum) & (n1 >= minimum)
         # clamped where a split is not valid (a part under min_length), untouched where it is
@@ -299,10 +293,7 @@ class BlockAdwins:
 
     def _merge_out_first(self) -> None:
         end = len(self.levels)
-        self._counts[:, : end - 1] = self._counts[:, 1:end]
-        self._sums[:, : end - 1] = self._sums[:, 1:end]
-        self._counts[:, end - 1] = 0.0
-        self._sums[:, end - 1] = 0.0
+        self._buckets[:, :, : end - 1] = self._buckets[:, :, 1:end]
         del self.levels[0]
         del self.since[0]
 
@@ -358,8 +349,8 @@ class BlockAdwins:
         for level in state.levels:
             adwins.row_sizes[level] += 1
         capacity = max(16, 1 << max(buckets, 1).bit_length())
-        adwins._counts = np.zeros((size, capacity), dtype=np.float64)
-        adwins._sums = np.zeros((size, capacity), dtype=np.float64)
+        adwins._buckets = np.zeros((2, size, capacity), dtype=np.float64)
+        adwins._counts, adwins._sums = adwins._buckets
         if buckets:
             adwins._counts[:, :buckets] = np.asarray(state.counts, dtype=np.float64)
             adwins._sums[:, :buckets] = np.asarray(state.sums, dtype=np.float64)

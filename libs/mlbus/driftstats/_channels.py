@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 from bisect import bisect_left
+from itertools import repeat
 from numbers import Real
 from typing import Any, Literal, TypeAlias
 
@@ -35,6 +36,7 @@ ABSENT: Any = object()  # a feature not in the observation: no sample at all
 NOT_COUNTED = -1
 INVALID = -2
 _PLAIN_NUMBERS = {float, int, type(None)}
+_STRINGS = {str}
 _EXACT_INT = 2.0**53
 """ints beyond this may round to a cut point as floats: bin_of compares them exactly."""
 
@@ -292,9 +294,8 @@ class CategoricalChannel(Channel):
         return self._bin_of_other(value)
 
     def bins_of(self, values: list[Any]) -> np.ndarray:
-        if all(type(v) is str for v in values):
-            get, other = self.index.get, self.other
-            return np.asarray([get(v, other) for v in values], dtype=np.int64)
+        if set(map(type, values)) == _STRINGS:
+            return np.asarray(list(map(self.index.get, values, repeat(self.other))), np.int64)
         return super().bins_of(values)
 
     def _bin_of_other(self, value: Any) -> int:
