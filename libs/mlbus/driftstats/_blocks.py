@@ -43,6 +43,8 @@ from mlbus.driftstats._adwin import AdwinChange, _exponent, _tight_epsilon
 
 BLOCK = 2
 MAX_BUCKETS = 5
+CONSOLIDATE = 32
+"""Stored columns beyond the buckets before each bucket's columns are summed into one."""
 
 
 class BlockAdwinsState(BaseModel):
@@ -60,8 +62,11 @@ class BlockAdwinsState(BaseModel):
     min_length: int = Field(default=5, ge=1)
     grace: int = Field(default=10, ge=0)
     levels: tuple[int, ...] = Field(default=(), description="per bucket, oldest first: 2**level blocks")
-    since: tuple[float, ...] = Field(default=(), description="per bucket: its oldest row's time")
-    counts: tuple[tuple[int, ...], ...] = Field(default=(), description="per channel, per bucket")
+    spans: tuple[int, ...] = Field(default=(), description="per bucket: the stored columns it sums")
+    since: tuple[float, ...] = Field(default=(), description="per stored column: its oldest row's time")
+    counts: tuple[tuple[int, ...], ...] = Field(
+        default=(), description="per channel, per stored column"
+    )
     sums: tuple[tuple[float, ...], ...] = ()
     width: tuple[int, ...] = ()
     total: tuple[float, ...] = ()
@@ -77,7 +82,14 @@ class BlockAdwinsState(BaseModel):
 
 
 class BlockAdwins:
-    """ADWIN (Bennett-Hoeffding bound) over several channels at once, a block of rows at a time."""
+    """ADWIN (Bennett-Hoeffding bound) over several channels at once, a block of rows at a time.
+
+    Buckets are merged lazily: a merge only joins the bucket's span of stored
+    columns (Python integers), and every check reads the buckets' counts and sums
+    at the spans' ends of one running sum over the columns. Once the columns
+    outnumber the buckets by `CONSOLIDATE`, each bucket's columns are summed into
+    one; that point depends on the data only, never on how rows were batched.
+    """
 
     def __init__(
         self,
@@ -100,12 +112,13 @@ class BlockAdwins:
         self.max_buckets = MAX_BUCKETS if max_buckets is None else max_buckets
         self.min_length = min_length
         self.grace = grace
-        self.levels: list[int] = []
+        self.levels: list[int] = []  # per bucket, oldest first
+        self.spans: list[int] = []  # per bucket: how many stored columns it sums
         self.row_sizes: list[int] = []  # buckets per level
-        self.since: list[float] = []
-        # counts and sums per channel and bucket, oldest first; columns past len(levels) unused
-        self._buckets = np.zeros((2, size, 16), dtype=np.float64)
-        self._counts, self._sums = self._buckets
+        self.since: list[float] = []  # per stored column: its oldest row's time
+        self._columns = 0  # stored columns in use (= sum(spans))
+        # counts and sums per channel and stored column; columns past _columns are scratch
+        self._buckets = np.zeros((2, size, 64), dtype=np.float64)
         self.width = np.zeros(size, dtype=np.float64)
         self.total = np.zeros(size, dtype=np.float64)
         self.variance = np.zeros(size, dtype=np.float64)
@@ -138,8 +151,10 @@ class BlockAdwins:
         count, total, squares, reach = _block_stats(values[:used], blocks)
         starts = times[:used].reshape(blocks, self.block).min(axis=1).tolist()
         # The state after each block, all at once: running sums are sequential (cumsum), so
-        # the figures are those of adding the blocks one by one, whatever the batch.
-        width = np.cumsum(np.vstack((self.width, count)), axis=0)
+        # the figures are those of adding the blocks one by one, whatever the batch
+        # (counts are whole numbers: exact in any order).
+        counted = np.cumsum(np.vstack((np.zeros_like(self.width), count)), axis=0)
+        width = self.width + counted
         sums = np.cumsum(np.vstack((self.total, total)), axis=0)
         before = width[:-1]
         # the two parts' means (0 for an empty part, whose weight width·count is 0 anyway)
@@ -147,27 +162,28 @@ class BlockAdwins:
         added = squares + before * count / np.maximum(before + count, 1.0) * gap * gap
         variance = np.cumsum(np.vstack((self.variance, added)), axis=0)
         scale = np.maximum.accumulate(np.vstack((self.scale, reach)), axis=0)
-        ticks = np.cumsum(np.vstack((self.ticks, count)), axis=0)
-        seen = np.cumsum(np.vstack((self.seen, count)), axis=0)
+        ticks = self.ticks + counted
         laps = ticks // self.clock
         due = (laps[1:] != laps[:-1]) & (width[1:] > self.grace)
         checked = due.any(axis=1).tolist()
+        self._store(count, total, starts)
         for b in range(blocks):
-            self._append(count[b], total[b], starts[b])
+            self._add_bucket()
             if not checked[b]:
                 continue
             state = (width[b + 1], sums[b + 1], variance[b + 1], scale[b + 1])
             changes = self._check(np.flatnonzero(due[b]), *state)
             if changes:
+                del self.since[self._columns :]  # the blocks after this one were not taken
                 self.width, self.total, self.variance, self.scale = (a.copy() for a in state)
-                self.ticks, self.seen = ticks[b + 1].copy(), seen[b + 1].copy()
+                self.ticks, self.seen = ticks[b + 1].copy(), self.seen + counted[b + 1]
                 for channel, _ in changes:
                     self._reset(channel)
                 end = (b + 1) * self.block
                 self._keep(values[end:end], times[end:end])
                 return end - held, changes
-        self.width, self.total, self.variance = width[-1].copy(), sums[-1].copy(), variance[-1].copy()
-        self.scale, self.ticks, self.seen = scale[-1].copy(), ticks[-1].copy(), seen[-1].copy()
+        self.width, self.total, self.variance = width[-1], sums[-1].copy(), variance[-1].copy()
+        self.scale, self.ticks, self.seen = scale[-1].copy(), ticks[-1], self.seen + counted[-1]
         self._keep(values[used:], times[used:])
         return n, []
 
@@ -175,40 +191,59 @@ class BlockAdwins:
         self._pending = values.copy()
         self._pending_times = times.copy()
 
-    def _append(self, count: np.ndarray, total: np.ndarray, at: float) -> None:
-        buckets = len(self.levels)
-        if buckets == self._buckets.shape[2]:
-            self._buckets = np.concatenate((self._buckets, np.zeros_like(self._buckets)), axis=2)
-            self._counts, self._sums = self._buckets
-        self._counts[:, buckets] = count
-        self._sums[:, buckets] = total
-        self.levels.append(0)
-        self.since.append(at)
-        if not self.row_sizes:
-            self.row_sizes.append(0)
-        self.row_sizes[0] += 1
-        level = 0
-        while self.row_sizes[level] > self.max_buckets:
-            # the two oldest buckets of this level: after every bucket of a higher level
-            at_ = sum(self.row_sizes[level + 1 :])
-            self._merge(at_)
-            self.levels[at_] = level + 1
-            self.row_sizes[level] -= 2
-            level += 1
-            if level == len(self.row_sizes):
-                self.row_sizes.append(0)
-            self.row_sizes[level] += 1
+    def _store(self, count: np.ndarray, total: np.ndarray, starts: list[float]) -> None:
+        """Write the blocks' columns after the ones in use (taken as buckets one by one)."""
+        begin, end = self._columns, self._columns + len(starts)
+        if end > self._buckets.shape[2]:
+            grown = np.zeros((2, len(self.keys), 2 * end), dtype=np.float64)
+            grown[:, :, :begin] = self._buckets[:, :, :begin]
+            self._buckets = grown
+        self._buckets[0, :, begin:end] = count.T
+        self._buckets[1, :, begin:end] = total.T
+        del self.since[begin:]
+        self.since.extend(starts)
 
-    def _merge(self, at: int) -> None:
-        """Bucket `at` absorbs bucket `at + 1`; the later ones move down by one."""
-        end = len(self.levels)
-        buckets = self._buckets
-        buckets[:, :, at] += buckets[:, :, at + 1]
-        if at + 2 < end:
-            buckets[:, :, at + 1 : end - 1] = buckets[:, :, at + 2 : end]
-        self.since[at] = min(self.since[at], self.since[at + 1])
-        del self.levels[at + 1]
-        del self.since[at + 1]
+    def _add_bucket(self) -> None:
+        """The next stored column becomes the newest bucket; merge as the histogram says."""
+        self.levels.append(0)
+        self.spans.append(1)
+        self._columns += 1
+        sizes, levels, spans = self.row_sizes, self.levels, self.spans
+        if not sizes:
+            sizes.append(0)
+        sizes[0] += 1
+        level = 0
+        while sizes[level] > self.max_buckets:
+            # the two oldest buckets of this level: after every bucket of a higher level
+            at = sum(sizes[level + 1 :])
+            levels[at] = level + 1
+            spans[at] += spans[at + 1]
+            del levels[at + 1]
+            del spans[at + 1]
+            sizes[level] -= 2
+            level += 1
+            if level == len(sizes):
+                sizes.append(0)
+            sizes[level] += 1
+        if self._columns - len(levels) >= CONSOLIDATE:
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        """Sum each bucket's stored columns into one (later, scratch columns move down)."""
+        columns, buckets = self._columns, len(self.levels)
+        written = len(self.since)
+        first = np.cumsum([0, *self.spans[:-1]])
+        merged = np.add.reduceat(self._buckets[:, :, :columns], first, axis=2)
+        self._buckets[:, :, :buckets] = merged
+        self._buckets[:, :, buckets : buckets + written - columns] = self._buckets[
+            :, :, columns:written
+        ]
+        since = self.since
+        self.since = [
+            min(since[start : start + span]) for start, span in zip(first.tolist(), self.spans)
+        ] + since[columns:written]
+        self.spans = [1] * buckets
+        self._columns = buckets
 
     def _check(
         self, due: np.ndarray, widths: np.ndarray, totals: np.ndarray, variances: np.ndarray,
@@ -216,10 +251,12 @@ class BlockAdwins:
     ) -> list[tuple[int, AdwinChange]]:
         """Each due channel's oldest split that cuts, if any (vectorised over splits), given
         every channel's width, total, sum of squared deviations and range."""
-        buckets = len(self.levels)
+        columns = self._columns
         minimum, shift = self.min_length, 1 - self.min_length
         every = len(due) == len(self.keys)
-        held = self._buckets[:, :, :buckets] if every else self._buckets[:, due, :buckets]
+        held = self._buckets[:, :, :columns] if every else self._buckets[:, due, :columns]
+        ends = np.cumsum(self.spans) - 1
+        n0, sum0 = np.cumsum(held, axis=2)[:, :, ends]  # through each bucket, oldest first
         width = (widths if every else widths[due])[:, None]
         total = (totals if every else totals[due])[:, None]
         kappa = (self.dependence if every else self.dependence[due])[:, None]
@@ -227,7 +264,6 @@ class BlockAdwins:
         # due channels hold more than `grace` values: the logarithms are defined
         delta_prime = np.log(2 * np.log(width) / delta[:, None])
         variance = (variances if every else variances[due])[:, None] / width
-        n0, sum0 = np.cumsum(held, axis=2)
         n1 = width - n0
         valid = (n0 >= minimum) & (n1 >= minimum)
         # clamped where a split is not valid (a part under min_length), untouched where it is
@@ -242,7 +278,7 @@ class BlockAdwins:
         for row, column in _first_per_row(beyond):
             channel = int(due[row])
             found = self._cut(
-                channel, beyond[row], column, n0[row], sum0[row], old[row], recent[row],
+                beyond[row], column, n0[row], sum0[row], old[row], recent[row],
                 float(width[row, 0]), float(total[row, 0]), float(scales[channel]),
                 float(variance[row, 0]), float(delta_prime[row, 0]),
             )
@@ -251,7 +287,7 @@ class BlockAdwins:
         return changes
 
     def _cut(
-        self, channel: int, beyond: np.ndarray, first: int, n0: np.ndarray, sum0: np.ndarray,
+        self, beyond: np.ndarray, first: int, n0: np.ndarray, sum0: np.ndarray,
         old: np.ndarray, recent: np.ndarray, width: float, total: float, scale: float,
         variance: float, delta_prime: float,
     ) -> AdwinChange | None:
@@ -272,30 +308,33 @@ class BlockAdwins:
             ):
                 epsilon = reach + math.sqrt(reach * reach + spread)
                 epsilon = _tight_epsilon(variance, scale, a, b, delta_prime, epsilon)
-                since = next(
-                    (s for s, c in zip(self.since, self._counts[channel]) if c > 0), self.since[0]
+                return AdwinChange(
+                    int(size0), int(size1), mean0, mean1, epsilon, self._since(n0)
                 )
-                return AdwinChange(int(size0), int(size1), mean0, mean1, epsilon, since)
         return None
+
+    def _since(self, through: np.ndarray) -> float:
+        """The time of the oldest row in a channel's window (its counts through each bucket)."""
+        bucket = int(np.argmax(through > 0))
+        start = sum(self.spans[:bucket])
+        return min(self.since[start : start + self.spans[bucket]])
 
     def _reset(self, channel: int) -> None:
         """A fresh window after a change, as Adwin starts one."""
-        self._counts[channel] = 0.0
-        self._sums[channel] = 0.0
+        self._buckets[:, channel, :] = 0.0
         self.width[channel] = self.total[channel] = self.variance[channel] = 0.0
         self.ticks[channel] = 0.0
         self.detections[channel] += 1
-        while self.levels and not self._counts[:, 0].any():  # buckets no channel holds
+        while self.levels and not self._buckets[0, :, : self.spans[0]].any():
+            # the oldest bucket is empty in every channel: drop it
+            span = self.spans[0]
             self.row_sizes[self.levels[0]] -= 1
-            self._merge_out_first()
+            columns = self._columns
+            self._buckets[:, :, : columns - span] = self._buckets[:, :, span:columns]
+            del self.levels[0], self.spans[0], self.since[:span]
+            self._columns -= span
         while self.row_sizes and not self.row_sizes[-1]:
             self.row_sizes.pop()
-
-    def _merge_out_first(self) -> None:
-        end = len(self.levels)
-        self._buckets[:, :, : end - 1] = self._buckets[:, :, 1:end]
-        del self.levels[0]
-        del self.since[0]
 
     # ── state ────────────────────────────────────────────────────────────────
 
@@ -303,7 +342,7 @@ class BlockAdwins:
         return int(self.width[channel])
 
     def snapshot(self) -> BlockAdwinsState:
-        buckets = len(self.levels)
+        columns = self._columns
         return BlockAdwinsState(
             channels=self.keys,
             delta=tuple(self.delta.tolist()),
@@ -314,9 +353,12 @@ class BlockAdwins:
             min_length=self.min_length,
             grace=self.grace,
             levels=tuple(self.levels),
-            since=tuple(self.since),
-            counts=tuple(tuple(int(c) for c in row) for row in self._counts[:, :buckets].tolist()),
-            sums=tuple(tuple(row) for row in self._sums[:, :buckets].tolist()),
+            spans=tuple(self.spans),
+            since=tuple(self.since[:columns]),
+            counts=tuple(
+                tuple(int(c) for c in row) for row in self._buckets[0, :, :columns].tolist()
+            ),
+            sums=tuple(tuple(row) for row in self._buckets[1, :, :columns].tolist()),
             width=tuple(int(w) for w in self.width.tolist()),
             total=tuple(self.total.tolist()),
             variance=tuple(self.variance.tolist()),
@@ -342,18 +384,18 @@ class BlockAdwins:
             min_length=state.min_length,
             grace=state.grace,
         )
-        size, buckets = len(state.channels), len(state.levels)
+        size, columns = len(state.channels), len(state.since)
         adwins.levels = list(state.levels)
+        adwins.spans = list(state.spans) if state.spans else [1] * len(state.levels)
         adwins.since = list(state.since)
+        adwins._columns = columns
         adwins.row_sizes = [0] * (max(state.levels) + 1 if state.levels else 0)
         for level in state.levels:
             adwins.row_sizes[level] += 1
-        capacity = max(16, 1 << max(buckets, 1).bit_length())
-        adwins._buckets = np.zeros((2, size, capacity), dtype=np.float64)
-        adwins._counts, adwins._sums = adwins._buckets
-        if buckets:
-            adwins._counts[:, :buckets] = np.asarray(state.counts, dtype=np.float64)
-            adwins._sums[:, :buckets] = np.asarray(state.sums, dtype=np.float64)
+        adwins._buckets = np.zeros((2, size, max(64, 2 * columns)), dtype=np.float64)
+        if columns:
+            adwins._buckets[0, :, :columns] = np.asarray(state.counts, dtype=np.float64)
+            adwins._buckets[1, :, :columns] = np.asarray(state.sums, dtype=np.float64)
         for name in ("width", "total", "variance", "scale", "ticks", "seen", "detections"):
             setattr(adwins, name, np.asarray(getattr(state, name), dtype=np.float64))
         adwins._pending = np.asarray(
