@@ -61,9 +61,13 @@ class BlockAdwinsState(BaseModel):
     max_buckets: int = Field(default=5, ge=2)
     min_length: int = Field(default=5, ge=1)
     grace: int = Field(default=10, ge=0)
-    levels: tuple[int, ...] = Field(default=(), description="per bucket, oldest first: 2**level blocks")
+    levels: tuple[int, ...] = Field(
+        default=(), description="per bucket, oldest first: 2**level blocks"
+    )
     spans: tuple[int, ...] = Field(default=(), description="per bucket: the stored columns it sums")
-    since: tuple[float, ...] = Field(default=(), description="per stored column: its oldest row's time")
+    since: tuple[float, ...] = Field(
+        default=(), description="per stored column: its oldest row's time"
+    )
     counts: tuple[tuple[int, ...], ...] = Field(
         default=(), description="per channel, per stored column"
     )
@@ -240,13 +244,18 @@ class BlockAdwins:
         ]
         since = self.since
         self.since = [
-            min(since[start : start + span]) for start, span in zip(first.tolist(), self.spans)
+            min(since[start : start + span])
+            for start, span in zip(first.tolist(), self.spans, strict=True)
         ] + since[columns:written]
         self.spans = [1] * buckets
         self._columns = buckets
 
     def _check(
-        self, due: np.ndarray, widths: np.ndarray, totals: np.ndarray, variances: np.ndarray,
+        self,
+        due: np.ndarray,
+        widths: np.ndarray,
+        totals: np.ndarray,
+        variances: np.ndarray,
         scales: np.ndarray,
     ) -> list[tuple[int, AdwinChange]]:
         """Each due channel's oldest split that cuts, if any (vectorised over splits), given
@@ -278,18 +287,35 @@ class BlockAdwins:
         for row, column in _first_per_row(beyond):
             channel = int(due[row])
             found = self._cut(
-                beyond[row], column, n0[row], sum0[row], old[row], recent[row],
-                float(width[row, 0]), float(total[row, 0]), float(scales[channel]),
-                float(variance[row, 0]), float(delta_prime[row, 0]),
+                beyond[row],
+                column,
+                n0[row],
+                sum0[row],
+                old[row],
+                recent[row],
+                float(width[row, 0]),
+                float(total[row, 0]),
+                float(scales[channel]),
+                float(variance[row, 0]),
+                float(delta_prime[row, 0]),
             )
             if found is not None:
                 changes.append((channel, found))
         return changes
 
     def _cut(
-        self, beyond: np.ndarray, first: int, n0: np.ndarray, sum0: np.ndarray,
-        old: np.ndarray, recent: np.ndarray, width: float, total: float, scale: float,
-        variance: float, delta_prime: float,
+        self,
+        beyond: np.ndarray,
+        first: int,
+        n0: np.ndarray,
+        sum0: np.ndarray,
+        old: np.ndarray,
+        recent: np.ndarray,
+        width: float,
+        total: float,
+        scale: float,
+        variance: float,
+        delta_prime: float,
     ) -> AdwinChange | None:
         """The oldest split beyond the Bennett-Hoeffding ε, among the candidates."""
         range_term = scale * delta_prime / 3
@@ -308,9 +334,7 @@ class BlockAdwins:
             ):
                 epsilon = reach + math.sqrt(reach * reach + spread)
                 epsilon = _tight_epsilon(variance, scale, a, b, delta_prime, epsilon)
-                return AdwinChange(
-                    int(size0), int(size1), mean0, mean1, epsilon, self._since(n0)
-                )
+                return AdwinChange(int(size0), int(size1), mean0, mean1, epsilon, self._since(n0))
         return None
 
     def _since(self, through: np.ndarray) -> float:

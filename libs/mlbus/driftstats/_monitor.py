@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -28,9 +28,9 @@ from mlbus.driftstats._blocks import BlockAdwins
 from mlbus.driftstats._channels import (
     ABSENT,
     ADAPTIVE_CLOCK,
+    INVALID,
     CategoricalChannel,
     Channel,
-    INVALID,
     ChannelKind,
     NumericChannel,
 )
@@ -228,9 +228,7 @@ class DriftMonitor:
         changes: list[tuple[Channel, AdwinChange]] = []
         if self._feature_adwins is not None:
             phases = np.asarray([phase])
-            row = [
-                c.positions(np.asarray([indexes[c.key]]), phases)[0] for c in self._adaptive
-            ]
+            row = [c.positions(np.asarray([indexes[c.key]]), phases)[0] for c in self._adaptive]
             _, cuts = self._feature_adwins.feed(np.asarray([row]), np.asarray([stamp]))
             changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
@@ -455,9 +453,7 @@ class DriftMonitor:
             adaptive_windows=(
                 {}
                 if self._feature_adwins is None
-                else {
-                    c.key: self._feature_adwins.window(i) for i, c in enumerate(self._adaptive)
-                }
+                else {c.key: self._feature_adwins.window(i) for i, c in enumerate(self._adaptive)}
             ),
             drifted_windows_in_row=self._drifted_in_row,
             performance=performance,
@@ -570,12 +566,13 @@ class _BatchLayout:
         self.offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
         self.total_bins = int(sum(sizes))
         self.numeric = [
-            i for i, c in enumerate(channels)
+            i
+            for i, c in enumerate(channels)
             if isinstance(c, NumericChannel) and c.kind == "covariate"
         ]
         self.names = [channels[i].name for i in self.numeric]
         self.getter = itemgetter(*self.names) if self.names else None
-        numeric = [channels[i] for i in self.numeric]
+        numeric = [c for c in channels if isinstance(c, NumericChannel) and c.kind == "covariate"]
         width = max((len(c.edges) for c in numeric), default=0)
         self.edges = np.full((len(numeric), max(width, 1)), np.inf)
         for row, channel in enumerate(numeric):
@@ -590,7 +587,9 @@ class _BatchLayout:
         self.adaptive_missing = np.asarray([c.missing for c in adaptive], dtype=np.int64)
         self.nowhere = bins  # the NaN column: missing, absent or invalid values
 
-    def bins(self, chunk: list[Mapping[str, Any]], scores: Sequence[float | None] | None) -> np.ndarray:
+    def bins(
+        self, chunk: list[Mapping[str, Any]], scores: Sequence[float | None] | None
+    ) -> np.ndarray:
         """Rows × channels bin indexes (NOT_COUNTED, INVALID as bin_of says)."""
         indexes = np.empty((len(chunk), len(self.channels)), dtype=np.int64)
         done = set()
@@ -639,7 +638,9 @@ class _BatchLayout:
         where = (indexes + self.offsets[None, :])[counted]
         added = np.bincount(where, minlength=self.total_bins).tolist()
         invalid = (indexes == INVALID).sum(axis=0).tolist()
-        for channel, offset, wrong in zip(self.channels, self.offsets.tolist(), invalid):
+        for channel, offset, wrong in zip(
+            self.channels, self.offsets.tolist(), invalid, strict=True
+        ):
             size = len(channel.counts)
             channel.counts = [
                 a + b for a, b in zip(channel.counts, added[offset : offset + size], strict=True)
