@@ -227,8 +227,12 @@ class DriftMonitor:
             )
         changes: list[tuple[Channel, AdwinChange]] = []
         if self._feature_adwins is not None:
-            phases = np.asarray([phase])
-            row = [c.positions(np.asarray([indexes[c.key]]), phases)[0] for c in self._adaptive]
+            row = [
+                c.pits[phase if len(c.pits) > 1 else 0, index]
+                if 0 <= (index := indexes[c.key]) < c.missing
+                else math.nan
+                for c in self._adaptive
+            ]
             _, cuts = self._feature_adwins.feed(np.asarray([row]), np.asarray([stamp]))
             changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
