@@ -493,23 +493,61 @@ def test_the_batch_path_cuts_where_observe_cuts(profile: ReferenceProfile) -> No
     assert batched.snapshot() == one_by_one.snapshot()
 
 
+def test_the_batch_path_bins_gaps_and_odd_values_as_observe_does(
+    profile: ReferenceProfile,
+) -> None:
+    spec = DriftSpec(window_size=300, min_samples=50, persistence=1)
+    rng = np.random.default_rng(29)
+    columns = _columns(rng, 2_000)
+    columns["tx.amount"] = [x * (1 + 2 * (i >= 1_000)) for i, x in enumerate(columns["tx.amount"])]
+    rows, scores = _rows(columns), _predictions(columns)
+    odd: list[Any] = [None, math.nan, "12", True, 10**30, -math.inf, 3]
+    for i in range(0, 2_000, 7):
+        rows[i]["tx.amount"] = odd[(i // 7) % len(odd)]
+    for i in range(3, 2_000, 11):
+        del rows[i]["tx.count_1h"]  # absent: not counted, no ADWIN value
+    ats = [T0 + timedelta(seconds=i) for i in range(2_000)]
+    one_by_one = _monitor(profile, spec)
+    singles = [
+        v
+        for i in range(2_000)
+        if (v := one_by_one.observe(rows[i], scores[i], at=ats[i], source=SOURCE, offset=i))
+        is not None
+    ]
+    batched = _monitor(profile, spec)
+    many: list[WindowVerdict] = []
+    for begin in range(0, 2_000, 333):
+        end = min(2_000, begin + 333)
+        many += batched.observe_many(
+            rows[begin:end],
+            scores[begin:end],
+            at=ats[begin:end],
+            source=SOURCE,
+            offsets=list(range(begin, end)),
+        )
+    assert any(r.test == "adwin" for v in singles for r in v.results)
+    assert [v.model_dump_json() for v in many] == [v.model_dump_json() for v in singles]
+    assert batched.snapshot() == one_by_one.snapshot()
+    assert batched.status() == one_by_one.status()
+    assert set(batched.status().invalid_values) == {"covariate:tx.amount"}  # "12" is no number
+
+
 def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceProfile) -> None:
     spec = DriftSpec(adwin_delta=0.004)
     state = _monitor(profile, spec).snapshot()
-    feature_adwins = {key: c.adwin for key, c in state.channels.items() if c.adwin is not None}
+    feature_adwins = state.feature_adwins  # one structure over the numeric channels
+    assert feature_adwins is not None
     # tx.amount, tx.count_1h, tx.score and the prediction are numeric
-    assert sorted(feature_adwins) == [
+    assert sorted(feature_adwins.channels) == [
         "covariate:tx.amount",
         "covariate:tx.count_1h",
         "covariate:tx.score",
         "prediction:prediction",
     ]
-    for adwin in feature_adwins.values():
-        assert adwin is not None
-        assert adwin.bound == "bennett-hoeffding"
-        assert adwin.clock == 16
-        # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
-        assert adwin.delta == pytest.approx(0.004 / 4 / 2)
+    assert feature_adwins.bound == "bennett-hoeffding"
+    assert feature_adwins.clock == 16
+    # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
+    assert feature_adwins.delta == pytest.approx([0.004 / 4 / 2] * 4)
     assert state.adwin is not None  # the error stream keeps River's ADWIN as it is
     assert (state.adwin.bound, state.adwin.clock, state.adwin.delta) == ("river", 32, 0.004)
 

@@ -7,12 +7,12 @@ import hashlib
 import json
 import math
 from bisect import bisect_left
+from itertools import repeat
 from numbers import Real
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from mlbus.driftstats._adwin import Adwin, AdwinChange, Bound
 from mlbus.driftstats._models import FeatureKind
 from mlbus.profiles import (
     OTHER,
@@ -30,13 +30,15 @@ MIN_EXPECTED_PER_BIN = 5
 """A reference category expected fewer times than this in a full window is pooled under OTHER,
 so chi-square's expected counts stay large enough for its distribution to hold."""
 ADAPTIVE_CLOCK = 16
-ADAPTIVE_BOUND: Bound = "bennett-hoeffding"
-"""A restored channel keeps the bound of its snapshot (older ones: "river" or "bernstein")."""
 
 DEPENDENT_ADWIN_MARGIN = 2.0
 ABSENT: Any = object()  # a feature not in the observation: no sample at all
 NOT_COUNTED = -1
 INVALID = -2
+_PLAIN_NUMBERS = {float, int, type(None)}
+_STRINGS = {str}
+_EXACT_INT = 2.0**53
+"""ints beyond this may round to a cut point as floats: bin_of compares them exactly."""
 
 
 class Channel:
@@ -82,9 +84,9 @@ class Channel:
         else:
             self.phase_probabilities, self.phase_weight = phase_distributions(phase_counts)
         # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive):
-        # pits[phase][bin]
-        self.adwin: Adwin | None = None
-        self.pits: list[list[float]] = []
+        # pits[phase, bin], and the delta of its checks (None: no ADWIN)
+        self.adaptive_delta: float | None = None
+        self.pits = np.zeros((0, 0), dtype=np.float64)
 
     def expected(self, phase_rows: np.ndarray | None) -> np.ndarray:
         """The reference counts a window holding `phase_rows` rows per phase is tested against.
@@ -122,20 +124,27 @@ class Channel:
     def bin_of(self, value: Any) -> int:
         raise NotImplementedError
 
-    def add(self, value: Any, at: float, phase: int = 0) -> AdwinChange | None:
-        """Count one value; the change if this channel's ADWIN cut on it."""
+    def add(self, value: Any) -> int:
+        """Count one value; its bin index (or NOT_COUNTED, INVALID)."""
         index = self.bin_of(value)
         if index >= 0:
             self.counts[index] += 1
-            return self.adapt(index, at, phase)
-        if index == INVALID:
+        elif index == INVALID:
             self.invalid += 1
-        return None
+        return index
 
-    def adapt(self, index: int, at: float, phase: int = 0) -> AdwinChange | None:
-        if self.adwin is None or index >= self.missing or index < 0:
-            return None
-        return self.adwin.add(self.pits[phase][index], at)
+    def bins_of(self, values: list[Any]) -> np.ndarray:
+        """`bin_of` for many values (the batch path)."""
+        return np.asarray([self.bin_of(v) for v in values], dtype=np.int64)
+
+    def positions(self, indexes: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """Each value's position on its phase's reference CDF (NaN where there is no value)."""
+        present = (indexes >= 0) & (indexes < self.missing)
+        if present.all():
+            return self.pits[phases, indexes]  # type: ignore[no-any-return]
+        positions = np.full(len(indexes), np.nan)
+        positions[present] = self.pits[phases[present], indexes[present]]
+        return positions
 
     def count(self, indexes: np.ndarray) -> None:
         """Count bin indexes from bin_of (the batch path of `add`, without ADWIN)."""
@@ -165,6 +174,7 @@ class NumericChannel(Channel):
         self, name: str, kind: ChannelKind, tests: tuple[str, ...], profile: NumericProfile
     ) -> None:
         self.edges = list(profile.edges)
+        self.edges_array = np.asarray(self.edges, dtype=np.float64)
         super().__init__(
             name,
             kind,
@@ -197,12 +207,10 @@ class NumericChannel(Channel):
             present = self.reference[:-1]
             total = present.sum()
             below = np.cumsum(present) - present
-            self.pits = [((below + present / 2) / total - 0.5).tolist()]
+            self.pits = ((below + present / 2) / total - 0.5)[None, :]
         else:
-            self.pits = cdf_positions(self.phase_probabilities[:, :-1]).tolist()
-        self.adwin = Adwin(
-            delta, clock=ADAPTIVE_CLOCK, bound=ADAPTIVE_BOUND, dependence=self.adaptive_kappa
-        )
+            self.pits = cdf_positions(self.phase_probabilities[:, :-1])
+        self.adaptive_delta = delta
 
     def bin_of(self, value: Any) -> int:
         kind = type(value)
@@ -213,6 +221,17 @@ class NumericChannel(Channel):
         if value is None or value is ABSENT:
             return NOT_COUNTED if value is ABSENT else self.missing
         return self._bin_of_other(value)
+
+    def bins_of(self, values: list[Any]) -> np.ndarray:
+        """`bin_of` for many values: numpy's search when they are all floats and ints."""
+        kinds = set(map(type, values))
+        if kinds <= _PLAIN_NUMBERS:
+            numbers = np.asarray(values, dtype=np.float64)  # None: NaN
+            if int not in kinds or not (np.abs(numbers) >= _EXACT_INT).any():
+                indexes = np.searchsorted(self.edges_array, numbers, side="left")
+                indexes[np.isnan(numbers)] = self.missing
+                return indexes.astype(np.int64, copy=False)
+        return super().bins_of(values)
 
     def _bin_of_other(self, value: Any) -> int:
         if isinstance(value, bool):
@@ -273,6 +292,11 @@ class CategoricalChannel(Channel):
         if value is None or value is ABSENT:
             return NOT_COUNTED if value is ABSENT else self.missing
         return self._bin_of_other(value)
+
+    def bins_of(self, values: list[Any]) -> np.ndarray:
+        if set(map(type, values)) == _STRINGS:
+            return np.asarray(list(map(self.index.get, values, repeat(self.other))), np.int64)
+        return super().bins_of(values)
 
     def _bin_of_other(self, value: Any) -> int:
         if not isinstance(value, str | bytes | bool | Real | np.generic):

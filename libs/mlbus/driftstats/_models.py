@@ -7,6 +7,7 @@ from typing import Literal, TypeAlias
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from mlbus.driftstats._adwin import AdwinState
+from mlbus.driftstats._blocks import BlockAdwinsState
 from mlbus.errors import InvalidInput
 from mlbus.events import DriftTestResult
 from mlbus.seasons import Seasonality
@@ -126,6 +127,9 @@ class MonitorState(_Frozen):
     streaks: dict[str, int] = Field(default_factory=dict)
     drifted_windows_in_row: int = Field(default=0, ge=0)
     adwin: AdwinState | None = None
+    feature_adwins: BlockAdwinsState | None = Field(
+        default=None, description="the numeric channels' ADWINs (adaptive monitors)"
+    )
     invalid_outcomes: int = Field(default=0, ge=0)
     recent: tuple[WindowVerdict, ...] = ()
     detections: tuple[WindowVerdict, ...] = ()

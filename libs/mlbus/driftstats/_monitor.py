@@ -17,14 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
 
 from mlbus.driftstats._adwin import Adwin, AdwinChange
+from mlbus.driftstats._blocks import BlockAdwins
 from mlbus.driftstats._channels import (
     ABSENT,
     ADAPTIVE_CLOCK,
+    INVALID,
     CategoricalChannel,
     Channel,
     ChannelKind,
@@ -43,7 +47,7 @@ from mlbus.driftstats._models import (
 from mlbus.errors import ConfigError
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ColumnProfile, NumericProfile, ReferenceProfile
-from mlbus.seasons import phase_of
+from mlbus.seasons import phase_of, phases_of
 from mlbus.spec import DriftSpec
 
 KNOWN_TESTS = ("psi", "ks", "chi2", "jensen_shannon")
@@ -100,12 +104,21 @@ class DriftMonitor:
         self._prediction = next((c for c in self._channels if c.kind == PREDICTION), None)
         self._covariates = [c for c in self._channels if c.kind == "covariate"]
         numeric = [c for c in self._channels if isinstance(c, NumericChannel)]
-        if adaptive and numeric:
+        self._adaptive: list[NumericChannel] = numeric if adaptive else []
+        self._feature_adwins: BlockAdwins | None = None
+        if self._adaptive:
             # Bonferroni over the channels and over checks: these check every
             # ADAPTIVE_CLOCK values, twice per SPEC_CLOCK, so each check gets half
             share = spec.adwin_delta / len(numeric) * ADAPTIVE_CLOCK / SPEC_CLOCK
             for channel in numeric:
                 channel.enable_adaptive(share)
+            self._feature_adwins = BlockAdwins(
+                [c.key for c in numeric],
+                [share] * len(numeric),
+                [c.adaptive_kappa for c in numeric],
+                clock=ADAPTIVE_CLOCK,
+            )
+        self._layout = _BatchLayout(self._channels, self._adaptive, profile.phases)
         self._adwin = Adwin(spec.adwin_delta, clock=SPEC_CLOCK) if spec.performance_drift else None
         self._invalid_outcomes = 0
         self._window_index = 0
@@ -204,17 +217,24 @@ class DriftMonitor:
         stamp = at.timestamp()
         phase = phase_of(stamp, self.seasonality)
         self._phase_rows[phase] += 1
-        changes: list[tuple[Channel, AdwinChange]] = []
-        for channel in self._covariates:
-            change = channel.add(features.get(channel.name, ABSENT), stamp, phase)
-            if change is not None:
-                changes.append((channel, change))
+        indexes = {
+            channel.key: channel.add(features.get(channel.name, ABSENT))
+            for channel in self._covariates
+        }
         if self._prediction is not None:
-            change = self._prediction.add(
-                ABSENT if prediction is None else prediction, stamp, phase
+            indexes[self._prediction.key] = self._prediction.add(
+                ABSENT if prediction is None else prediction
             )
-            if change is not None:
-                changes.append((self._prediction, change))
+        changes: list[tuple[Channel, AdwinChange]] = []
+        if self._feature_adwins is not None:
+            row = [
+                c.pits[phase if len(c.pits) > 1 else 0, index]
+                if 0 <= (index := indexes[c.key]) < c.missing
+                else math.nan
+                for c in self._adaptive
+            ]
+            _, cuts = self._feature_adwins.feed(np.asarray([row]), np.asarray([stamp]))
+            changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
         self._n += 1
         if changes or self._n >= self.spec.window_size:
@@ -248,25 +268,14 @@ class DriftMonitor:
                 verdicts.append(self._close_window([]))
             end = min(n, begin + self.spec.window_size - self._n)
             chunk = [row if isinstance(row, Mapping) else {} for row in rows[begin:end]]
-            indexes: list[list[int]] = []
-            for channel in self._channels:
-                if channel is self._prediction:
-                    scores = [None] * len(chunk) if predictions is None else predictions[begin:end]
-                    values: list[Any] = [ABSENT if p is None else p for p in scores]
-                else:
-                    values = [row.get(channel.name, ABSENT) for row in chunk]
-                indexes.append([channel.bin_of(v) for v in values])
+            scores = None if predictions is None else predictions[begin:end]
+            indexes = self._layout.bins(chunk, scores)
             times = [_aware(t) for t in at[begin:end]]
-            stamps = [t.timestamp() for t in times]
-            phases = (
-                [0] * len(stamps)
-                if self.seasonality == "none"
-                else [phase_of(stamp, self.seasonality) for stamp in stamps]
-            )
+            stamps = np.asarray([t.timestamp() for t in times], dtype=np.float64)
+            phases = phases_of(stamps, self.seasonality)
             changes, taken = self._adapt_many(indexes, stamps, phases)
-            for channel, channel_indexes in zip(self._channels, indexes, strict=True):
-                channel.count(np.asarray(channel_indexes[:taken], dtype=np.int64))
-            np.add.at(self._phase_rows, phases[:taken], 1)
+            self._layout.count(indexes[:taken])
+            self._phase_rows += np.bincount(phases[:taken], minlength=self._phase_rows.size)
             end = begin + taken
             span = offsets[begin:end]
             times = times[:taken]
@@ -278,28 +287,13 @@ class DriftMonitor:
         return verdicts
 
     def _adapt_many(
-        self, indexes: list[list[int]], stamps: list[float], phases: list[int]
+        self, indexes: np.ndarray, stamps: np.ndarray, phases: np.ndarray
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
-        """Feed the ADWINs row by row, as observe() would; stop after the first row that cuts."""
-        feeds = [
-            (channel, channel_indexes, channel.pits, channel.missing, channel.adwin)
-            for channel, channel_indexes in zip(self._channels, indexes, strict=True)
-            if channel.adwin is not None
-        ]
-        if not feeds:
+        """Feed the feature ADWINs as observe() would; stop after the first row that cuts."""
+        if self._feature_adwins is None:
             return [], len(stamps)
-        changes: list[tuple[Channel, AdwinChange]] = []
-        for row, stamp in enumerate(stamps):
-            phase = phases[row]
-            for channel, channel_indexes, pits, missing, adwin in feeds:
-                index = channel_indexes[row]
-                if 0 <= index < missing:  # what channel.adapt does, inlined: the hot loop
-                    change = adwin.add(pits[phase][index], stamp)
-                    if change is not None:
-                        changes.append((channel, change))
-            if changes:
-                return changes, row + 1
-        return changes, len(stamps)
+        taken, cuts = self._feature_adwins.feed(self._layout.positions(indexes, phases), stamps)
+        return [(self._adaptive[i], change) for i, change in cuts], taken
 
     def _extend_window(
         self, first: datetime, last: datetime, source: str, low: int, high: int
@@ -460,7 +454,11 @@ class DriftMonitor:
             tests=tests,
             skipped=dict(self.skipped),
             invalid_values={c.key: c.invalid for c in self._channels if c.invalid},
-            adaptive_windows={c.key: c.adwin.width for c in self._channels if c.adwin is not None},
+            adaptive_windows=(
+                {}
+                if self._feature_adwins is None
+                else {c.key: self._feature_adwins.window(i) for i, c in enumerate(self._adaptive)}
+            ),
             drifted_windows_in_row=self._drifted_in_row,
             performance=performance,
             recent=self._recent,
@@ -482,10 +480,12 @@ class DriftMonitor:
                     layout=c.layout(),
                     counts=tuple(c.counts),
                     invalid=c.invalid,
-                    adwin=None if c.adwin is None else c.adwin.snapshot(),
                 )
                 for c in self._channels
             },
+            feature_adwins=None
+            if self._feature_adwins is None
+            else self._feature_adwins.snapshot(),
             streaks=dict(self._streaks),
             drifted_windows_in_row=self._drifted_in_row,
             adwin=None if self._adwin is None else self._adwin.snapshot(),
@@ -523,8 +523,14 @@ class DriftMonitor:
                 raise DriftStateMismatch(f"drift state of {channel.key} has the wrong bin count")
             channel.counts = list(saved_channel.counts)
             channel.invalid = saved_channel.invalid
-            if channel.adwin is not None and saved_channel.adwin is not None:
-                channel.adwin = Adwin.restore(saved_channel.adwin)
+        saved_adwins = state.feature_adwins
+        if (
+            monitor._feature_adwins is not None
+            and saved_adwins is not None
+            and saved_adwins.channels == monitor._feature_adwins.keys
+        ):
+            # (states from per-value ADWINs, before blocks, restart their feature ADWINs)
+            monitor._feature_adwins = BlockAdwins.restore(saved_adwins)
         monitor._window_index = state.window_index
         monitor._n = state.n_in_window
         monitor._start = state.window_start
@@ -545,6 +551,120 @@ class DriftMonitor:
         monitor._recent = state.recent
         monitor._detections = state.detections
         return monitor
+
+
+class _BatchLayout:
+    """All channels of a monitor side by side, so a batch is binned, counted and placed on
+    the reference CDFs with a few numpy operations instead of a few per channel.
+
+    Numeric features whose values are all floats or ints (or None) are binned together
+    (the count of cut points below each value, as bisect_left); any other batch, the
+    categorical channels and a prediction with gaps go through each channel's `bins_of`.
+    """
+
+    def __init__(
+        self, channels: list[Channel], adaptive: list[NumericChannel], phases: int
+    ) -> None:
+        self.channels = channels
+        sizes = [len(c.counts) for c in channels]
+        self.offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        self.total_bins = int(sum(sizes))
+        self.numeric = [
+            i
+            for i, c in enumerate(channels)
+            if isinstance(c, NumericChannel) and c.kind == "covariate"
+        ]
+        self.names = [channels[i].name for i in self.numeric]
+        self.getter = itemgetter(*self.names) if self.names else None
+        numeric = [c for c in channels if isinstance(c, NumericChannel) and c.kind == "covariate"]
+        width = max((len(c.edges) for c in numeric), default=0)
+        self.edges = np.full((len(numeric), max(width, 1)), np.inf)
+        for row, channel in enumerate(numeric):
+            self.edges[row, : len(channel.edges)] = channel.edges
+        self.missing = np.asarray([c.missing for c in numeric], dtype=np.int64)
+        # the adaptive channels' CDF positions, phases × channels × bins, NaN past the last
+        self.adaptive = [channels.index(c) for c in adaptive]
+        bins = max((c.missing for c in adaptive), default=0)
+        self.pits = np.full((max(phases, 1), len(adaptive), bins + 1), np.nan)
+        for column, channel in enumerate(adaptive):
+            self.pits[:, column, : channel.missing] = channel.pits  # one row: every phase
+        self.adaptive_missing = np.asarray([c.missing for c in adaptive], dtype=np.int64)
+        self.nowhere = bins  # the NaN column: missing, absent or invalid values
+
+    def bins(
+        self, chunk: list[Mapping[str, Any]], scores: Sequence[float | None] | None
+    ) -> np.ndarray:
+        """Rows × channels bin indexes (NOT_COUNTED, INVALID as bin_of says)."""
+        indexes = np.empty((len(chunk), len(self.channels)), dtype=np.int64)
+        done = set()
+        if self.getter is not None and chunk:
+            together = self._numeric_bins(chunk)
+            if together is not None:
+                indexes[:, self.numeric] = together
+                done.update(self.numeric)
+        for i, channel in enumerate(self.channels):
+            if i in done:
+                continue
+            if channel.kind == PREDICTION:
+                values: list[Any] = (
+                    [ABSENT] * len(chunk)
+                    if scores is None
+                    else [ABSENT if p is None else p for p in scores]
+                )
+            else:
+                name = channel.name
+                values = [row.get(name, ABSENT) for row in chunk]
+            indexes[:, i] = channel.bins_of(values)
+        return indexes
+
+    def _numeric_bins(self, chunk: list[Mapping[str, Any]]) -> np.ndarray | None:
+        assert self.getter is not None
+        try:
+            picked = list(map(self.getter, chunk))
+        except KeyError:  # a feature absent from some row: channel by channel
+            return None
+        if len(self.names) == 1:
+            picked = [(value,) for value in picked]
+        kinds = set(map(type, chain.from_iterable(picked)))
+        if not kinds <= _PLAIN:
+            return None
+        numbers = np.asarray(picked, dtype=np.float64)  # None: NaN
+        if int in kinds and bool((np.abs(numbers) >= _EXACT_INT).any()):
+            return None  # bin_of compares such ints exactly
+        below = (self.edges[None, :, :] < numbers[:, :, None]).sum(axis=2)
+        return np.where(np.isnan(numbers), self.missing[None, :], below)
+
+    def count(self, indexes: np.ndarray) -> None:
+        """Add rows × channels bin indexes to the channels' counts and invalid counts."""
+        if not len(indexes):
+            return
+        counted = indexes >= 0
+        where = (indexes + self.offsets[None, :])[counted]
+        added = np.bincount(where, minlength=self.total_bins).tolist()
+        invalid = (indexes == INVALID).sum(axis=0).tolist()
+        for channel, offset, wrong in zip(
+            self.channels, self.offsets.tolist(), invalid, strict=True
+        ):
+            size = len(channel.counts)
+            channel.counts = [
+                a + b for a, b in zip(channel.counts, added[offset : offset + size], strict=True)
+            ]
+            channel.invalid += wrong
+
+    def positions(self, indexes: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """Rows × adaptive channels: each value's position on its phase's reference CDF (NaN
+        where there is no value)."""
+        columns = indexes[:, self.adaptive]
+        present = (columns >= 0) & (columns < self.adaptive_missing[None, :])
+        safe = np.where(present, columns, self.nowhere)
+        picked: np.ndarray = self.pits[
+            phases[:, None], np.arange(len(self.adaptive))[None, :], safe
+        ]
+        return picked
+
+
+_PLAIN = {float, int, type(None)}
+_EXACT_INT = 2.0**53
 
 
 def _aware(at: datetime) -> datetime:
