@@ -94,7 +94,7 @@ def test_feature_defs_carry_types_windows_and_kinds(spec: ProjectSpec) -> None:
 def test_drift_tests_per_feature_with_override(spec: ProjectSpec) -> None:
     assert spec.drift.tests_for(spec.feature("card_activity.count_10m")) == ("psi",)
     assert spec.drift.tests_for(spec.feature("card_activity.amount")) == ("psi", "ks")
-    assert spec.drift.tests_for(spec.feature("card_activity.channel")) == ("chi2",)
+    assert spec.drift.tests_for(spec.feature("card_activity.channel")) == ("jensen_shannon",)
 
 
 def test_durations_are_parsed_into_seconds(spec: ProjectSpec) -> None:

@@ -353,7 +353,9 @@ async def _live(
         # after the card's previous payment is served, as it would be in real time.
         await order.turn(payment)
         try:
-            if record.first_drifted_sent_at is None and payment.index >= plan.drift_at:
+            # a control run's "drift point" only splits the segments: nothing drifted is sent
+            drifted = plan.sizes.drift_kind != "none" and payment.index >= plan.drift_at
+            if record.first_drifted_sent_at is None and drifted:
                 record.first_drifted_sent_at = datetime.now(UTC)
             async with scoring:
                 answer = await scorer.score(payment)
