@@ -24,7 +24,18 @@ from mlbus.registry import RegistryServer
 from mlbus.registry_client import RegistryClient
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.trainer import TrainerService
-from mlbus.training import LabelRow, get_run, list_runs, storage_at, write_labels
+from mlbus.training import (
+    JoinJob,
+    LabelRow,
+    SearchOptions,
+    create_study,
+    get_run,
+    list_runs,
+    load_dataset,
+    run_join,
+    storage_at,
+    write_labels,
+)
 from tests.integration.test_registry_store import postgres_admin  # noqa: F401 (fixture)
 from tests.integration.test_search_runs import pg_search_url  # noqa: F401 (fixture)
 from tests.integration.test_trainer import (  # noqa: F401 (registry is a fixture)
@@ -254,3 +265,38 @@ async def test_an_idle_replica_joins_the_search_of_another_through_postgresql(
         for service in services.values():
             service.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+def test_a_joiner_leaves_before_its_next_trial_and_refuses_another_dataset(
+    stack: Any, tmp_path: Path
+) -> None:
+    _, spec, offline = stack
+    write_rows(spec, offline)
+    url = f"sqlite:///{tmp_path / 'search.sqlite'}"
+    data = load_dataset(spec, offline)
+    create_study(spec, SearchOptions("s-leave", storage_url=url), {"dataset_fingerprint": "x"})
+    keep = tmp_path / "keep"
+    keep.touch()
+    fits: list[int] = []
+
+    def fit(model: Any, x: np.ndarray, y: np.ndarray) -> Any:
+        fits.append(len(x))
+        keep.unlink(missing_ok=True)  # a request for this replica arrives during the trial
+        return model.fit(x, y)
+
+    def job(fingerprint: str) -> JoinJob:
+        return JoinJob(
+            spec, str(tmp_path / "offline"), "s-leave", url, fingerprint, "b", str(keep), fit=fit
+        )
+
+    refused = run_join(job("another-fingerprint"))
+    assert refused.evaluated == []
+    assert "is not the search's" in (refused.refused or "")
+    assert fits == []  # nothing ran on data that is not the search's
+    left = run_join(job(data.fingerprint))
+    assert left.refused is None
+    assert left.evaluated == [0]  # the trial in flight finished; no other started
+    assert len(fits) == 1
+    with storage_at(url) as storage:
+        run = get_run(storage, "s-leave")
+    assert [(t.number, t.worker) for t in run.trials] == [(0, "b")]
