@@ -413,7 +413,7 @@ class TrainerService(StreamService):
             "spec_fingerprint": job.spec.fingerprint(),
             "window_start": request.window_start.isoformat() if request.window_start else None,
             "window_end": request.window_end.isoformat() if request.window_end else None,
-            JOINABLE_ATTR: self.settings.joins_searches(),
+            JOINABLE_ATTR: self.settings.search_storage is not None,  # shared: others may join
         }
         await asyncio.to_thread(create_study, job.spec, options, attrs)
 
