@@ -5,6 +5,11 @@ event loop keeps heartbeating and consuming while scikit-learn works. A request
 for a model that is already training is coalesced: however many arrive, one
 follow-up run starts when the current one ends, with the newest request.
 The request's offset is committed once the request is accepted (ADR 0015).
+
+With a shared search storage, an idle trainer polls it for another replica's
+running search of its model, rebuilds the same dataset and runs trials of that
+study in its worker until the budget is spent; a request of its own makes it
+leave before its next trial (ADR 0023).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,6 +27,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -44,17 +53,23 @@ from mlbus.service import ServiceConsumer, StreamService, run_process, run_until
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
 from mlbus.training import (
+    JOINABLE_ATTR,
+    JoinableSearch,
+    JoinJob,
     LabelRow,
     StageTiming,
     TrainingJob,
     TrainingOutcome,
     close_storage,
     fetch_champion,
+    joinable_searches,
     open_storage,
     record_version,
     register_outcome,
     request_cancel,
     run_job,
+    run_join,
+    storage_at,
     study_name,
     write_labels,
 )
@@ -110,15 +125,23 @@ class TrainerService(StreamService):
     fit: Fit | None = None
     schedule_every_s: float | None = None
     """Overrides the spec's `model.schedule_every_min` (tests; None: the spec decides)."""
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    """This trainer's name in the studies: their creator, and each trial's worker."""
     runs_started: int = 0
     runs_finished: int = 0
+    searches_joined: int = 0
+    """Other replicas' searches this trainer ran trials for."""
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _publisher: Publisher | None = None
     _consumers: list[Consumer[Event]] = field(default_factory=list)
     _labels: list[tuple[str, LabelRow]] = field(default_factory=list)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _search_storage: Any = None
+    _storage_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _side_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _keep_joining: Path | None = None
+    """Exists while this trainer works on another replica's search; removed to leave it."""
+    _join_seen: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -169,7 +192,10 @@ class TrainerService(StreamService):
                         tasks.create_task(consumer.run(), name=f"consume-{consumer.topics}")
                     if self._schedule_interval_s():
                         tasks.create_task(self._schedule(publisher), name="schedule")
+                    if settings.joins_searches():  # ends by itself on stop, its threads done
+                        tasks.create_task(self._join_searches(), name="join-searches")
                     await self._stop.wait()
+                    self._leave("the trainer is stopping")
                     for consumer in self._consumers:
                         consumer.stop()
                     for state in self._states.values():
@@ -227,13 +253,15 @@ class TrainerService(StreamService):
         task.add_done_callback(self._side_tasks.discard)
 
     async def _storage(self) -> Any:
-        if self._search_storage is None:
-            self._search_storage = await asyncio.to_thread(
-                open_storage, self.settings.resolved_search_storage()
-            )
-        return self._search_storage
+        async with self._storage_lock:  # one storage, however many callers at once
+            if self._search_storage is None:
+                self._search_storage = await asyncio.to_thread(
+                    open_storage, self.settings.resolved_search_storage()
+                )
+            return self._search_storage
 
     def _start(self, model: str, state: _ModelState, received: Received[Event]) -> None:
+        self._leave(f"request {received.payload.event_id} for this trainer")
         self.runs_started += 1
         self._idle.clear()
         state.running = asyncio.create_task(self._run_then_follow_up(model, state, received))
@@ -292,11 +320,12 @@ class TrainerService(StreamService):
                         search_n_jobs=self.settings.search_n_jobs,
                         search_threads_per_trial=self.settings.search_threads_per_trial,
                         mlflow_tracking_uri=self.settings.mlflow_tracking_uri,
+                        search_worker=self.replica,
                     )
                     if searching:
                         state.study = study_name(spec.model.name, run_id)
                         span.set_attribute("mlbus.search_study", state.study)
-                        await self._open_study(job)
+                        await self._open_study(job, request)
                     with _tracer.start_as_current_span("training.pipeline"):
                         outcome = await self._run_job(job)
                         _record_stage_spans(outcome.stages)
@@ -369,15 +398,24 @@ class TrainerService(StreamService):
                     ", ".join(calibration.tests),
                 )
 
-    async def _open_study(self, job: TrainingJob) -> None:
+    async def _open_study(self, job: TrainingJob, request: TrainingRequested) -> None:
         """Create the run's study before the worker starts, so a newer request can cancel it
-        even while the dataset is still loading."""
+        even while the dataset is still loading. On a shared storage it also records what
+        another replica needs to join: the spec's fingerprint and the training window (the
+        dataset's fingerprint follows once the worker has loaded it)."""
         from mlbus.training import SearchOptions, create_study
 
         options = SearchOptions(
             study_name=job.search_study(), storage_url=job.search_storage_url, run_id=job.run_id
         )
-        await asyncio.to_thread(create_study, job.spec, options)
+        attrs: dict[str, Any] = {
+            "creator": self.replica,
+            "spec_fingerprint": job.spec.fingerprint(),
+            "window_start": request.window_start.isoformat() if request.window_start else None,
+            "window_end": request.window_end.isoformat() if request.window_end else None,
+            JOINABLE_ATTR: self.settings.search_storage is not None,  # shared: others may join
+        }
+        await asyncio.to_thread(create_study, job.spec, options, attrs)
 
     async def _link_version(self, study: str, version: int) -> None:
         try:
@@ -398,6 +436,112 @@ class TrainerService(StreamService):
             raise RunFailed(
                 "train", f"the run took longer than {self.settings.run_timeout_s:.0f}s"
             ) from None
+
+    # ── joining another replica's search ─────────────────────────────────────
+
+    def _busy(self) -> bool:
+        return self._keep_joining is not None or any(
+            s.running is not None for s in self._states.values()
+        )
+
+    def _leave(self, reason: str) -> None:
+        """Stop working on another replica's search before the next trial (idempotent)."""
+        keep, self._keep_joining = self._keep_joining, None
+        if keep is not None:
+            _discard(keep)
+            log.info("leaving the joined search: %s", reason)
+
+    async def _join_searches(self) -> None:
+        """While idle, every `search_join_poll_s`, join a running search of another replica."""
+        every_s = self.settings.search_join_poll_s
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), every_s)
+                return
+            except TimeoutError:
+                pass
+            if self._busy():
+                continue
+            try:
+                found, refused = await asyncio.to_thread(self._joinable)
+            except Exception:
+                log.exception("could not look for searches to join")
+                continue
+            for name, why in refused.items():
+                if name not in self._join_seen:
+                    self._join_seen.add(name)
+                    log.info("not joining search %s: %s", name, why)
+            candidate = next((f for f in found if f.study not in self._join_seen), None)
+            if candidate is not None and not self._busy() and not self._stop.is_set():
+                self._join_seen.add(candidate.study)
+                await self._join(candidate)
+
+    def _joinable(self) -> tuple[list[JoinableSearch], dict[str, str]]:
+        """`joinable_searches` on a storage opened and closed in this (pool) thread: a
+        long-lived storage shared by pool threads leaves their sessions' connections open."""
+        with storage_at(self.settings.resolved_search_storage()) as storage:
+            return joinable_searches(
+                storage,
+                model=self.spec.model.name,
+                worker=self.replica,
+                spec_fingerprint=self.spec.fingerprint(),
+            )
+
+    async def _join(self, found: JoinableSearch) -> None:
+        assert self.executor is not None
+        handle, path = tempfile.mkstemp(prefix="mlbus-join-", suffix=".keep")
+        os.close(handle)
+        keep = self._keep_joining = Path(path)
+        job = JoinJob(
+            spec=self.spec,
+            offline_url=self.settings.resolved_offline_url(),
+            study=found.study,
+            storage_url=self.settings.resolved_search_storage(),
+            dataset_fingerprint=found.dataset_fingerprint,
+            worker=self.replica,
+            keep_path=path,
+            start=found.window_start,
+            end=found.window_end,
+            fit=self.fit,
+            n_jobs=self.settings.search_n_jobs,
+            threads_per_trial=self.settings.search_threads_per_trial,
+        )
+        log.info(
+            "joining search %s of %s (%d of %d trials taken)",
+            found.study,
+            found.creator,
+            found.trials,
+            found.budget_trials,
+        )
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            with _tracer.start_as_current_span(
+                "training.join_search", attributes={"mlbus.search_study": found.study}
+            ):
+                outcome = await loop.run_in_executor(self.executor, run_join, job)
+        except BrokenProcessPool:
+            self.executor = worker_pool()
+            log.warning("the worker died while joining search %s", found.study)
+            return
+        except Exception:
+            log.exception("joining search %s failed", found.study)
+            return
+        finally:
+            if self._keep_joining == keep:
+                self._keep_joining = None
+            _discard(keep)  # a tmpfs-sized file: not worth a thread
+        if outcome.refused:
+            log.info("did not join search %s: %s", found.study, outcome.refused)
+            return
+        self.searches_joined += 1
+        log.info(
+            "ran %d trial(s) %s of search %s in %.1fs",
+            len(outcome.evaluated),
+            outcome.evaluated,
+            found.study,
+            time.perf_counter() - started,
+        )
 
     def _registry(self) -> RegistryClient:
         token = self.settings.registry_token
@@ -498,6 +642,10 @@ class TrainerService(StreamService):
         for name in {source for source, _ in rows}:
             chunk = [row for source, row in rows if source == name]
             await asyncio.to_thread(write_labels, offline, name, chunk)
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _record_stage_spans(stages: list[StageTiming]) -> None:

@@ -26,6 +26,9 @@ class TrainerSettings(ServiceSettings):
                                         PostgreSQL shares studies between replicas (tables in
                                         schema mlbus_search); default search.sqlite in the
                                         data folder (ADR 0023)
+    MLBUS_TRAINER_SEARCH_JOIN_POLL_S    with a shared SEARCH_STORAGE, an idle trainer looks this
+                                        often for another replica's running search of its
+                                        model and joins it (5; 0: never; ADR 0023)
     MLBUS_TRAINER_SEARCH_N_JOBS         trials at once in this trainer (1)
     MLBUS_TRAINER_SEARCH_THREADS_PER_TRIAL  BLAS/OpenMP threads of one trial's fit (1)
     MLBUS_TRAINER_MLFLOW_TRACKING_URI   also log searches to MLflow (unset: not)
@@ -50,9 +53,14 @@ class TrainerSettings(ServiceSettings):
     search_storage: str | None = Field(
         default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
     )
+    search_join_poll_s: float = Field(default=5.0, ge=0)
     search_n_jobs: int = Field(default=1, ge=1, le=64)
     search_threads_per_trial: int = Field(default=1, ge=1, le=256)
     mlflow_tracking_uri: str | None = None
+
+    def joins_searches(self) -> bool:
+        """Whether idle replicas join each other's searches: only on a shared (set) storage."""
+        return self.search_storage is not None and self.search_join_poll_s > 0
 
     def resolved_search_storage(self) -> str:
         return self.search_storage or f"sqlite:///{self.data.search_db}"

@@ -32,7 +32,7 @@ from mlbus.training._pipeline import (
     train,
 )
 from mlbus.training._runs import study_name
-from mlbus.training._search import SearchOptions, SearchResult, search
+from mlbus.training._search import SearchOptions, SearchResult, join_search, search
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class TrainingJob:
     search_threads_per_trial: int = 1
     mlflow_tracking_uri: str | None = None
     """Also log a search's run and trials to MLflow (optional, ADR 0023)."""
+    search_worker: str = ""
+    """The name trials of this run record as their worker (empty: host:pid)."""
 
     def search_study(self) -> str:
         """The study a search of this job records to (`<model>-<run id>`)."""
@@ -131,6 +133,7 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
             run_id=job.run_id,
             n_jobs=job.search_n_jobs,
             threads_per_trial=job.search_threads_per_trial,
+            **({"worker": job.search_worker} if job.search_worker else {}),
         )
         found = search(job.spec, dataset, split.train, options, fit=job.fit)
     trained = train(
@@ -159,6 +162,67 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
     say.finish()
     outcome.stages = say.stages
     return outcome
+
+
+@dataclass(frozen=True)
+class JoinJob:
+    """Trials for another replica's running search: rebuild its dataset, then `join_search`.
+
+    `keep_path`: a file that exists while the join may go on; removing it makes
+    the worker leave before its next trial (a plain file works across the
+    worker process boundary, where a callback or an event would not pickle).
+    """
+
+    spec: ProjectSpec
+    offline_url: str
+    study: str
+    storage_url: str
+    dataset_fingerprint: str
+    worker: str
+    keep_path: str
+    start: datetime | None = None
+    end: datetime | None = None
+    fit: Fit | None = None
+    n_jobs: int = 1
+    threads_per_trial: int = 1
+
+
+@dataclass(frozen=True)
+class JoinOutcome:
+    evaluated: list[int]
+    """Numbers of the trials this worker ran."""
+    refused: str | None = None
+    """Why this worker did not join (its dataset differs, it was asked to leave)."""
+
+
+def run_join(job: JoinJob) -> JoinOutcome:
+    """Load the dataset as the study's creator did; join only when its fingerprint matches."""
+    from pathlib import Path
+
+    keep = Path(job.keep_path)
+    dataset = load_dataset(job.spec, OfflineStore(job.offline_url), start=job.start, end=job.end)
+    if dataset.fingerprint != job.dataset_fingerprint:
+        return JoinOutcome(
+            [],
+            f"this replica's dataset ({dataset.fingerprint[:12]}, {len(dataset)} rows) is not "
+            f"the search's ({job.dataset_fingerprint[:12]}): another offline store, or data "
+            "written since the search began",
+        )
+    if not keep.exists():
+        return JoinOutcome([], "left before the first trial")
+    model = job.spec.model
+    split = time_split(dataset.times_ms, model.holdout_fraction, model.evaluation_window_s)
+    options = SearchOptions(
+        study_name=job.study,
+        storage_url=job.storage_url,
+        n_jobs=job.n_jobs,
+        threads_per_trial=job.threads_per_trial,
+        worker=job.worker,
+    )
+    evaluated = join_search(
+        job.spec, dataset, split.train, options, fit=job.fit, cancelled=lambda: not keep.exists()
+    )
+    return JoinOutcome(evaluated)
 
 
 def _log_to_mlflow(job: TrainingJob, found: SearchResult, outcome: TrainingOutcome) -> str | None:

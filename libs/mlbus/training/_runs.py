@@ -87,7 +87,25 @@ def open_storage(url: str) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+    if parsed.get_backend_name() != "postgresql":
+        return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+    # Two replicas opening an empty schema at once would both create Optuna's tables and
+    # one fail (a duplicate type), its engine lost with an open connection: serialize.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select pg_advisory_lock(:key)"), {"key": _CREATE_LOCK})
+            try:
+                return optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs)
+            finally:
+                connection.execute(text("select pg_advisory_unlock(:key)"), {"key": _CREATE_LOCK})
+    finally:
+        engine.dispose()
+
+
+_CREATE_LOCK = 0x6D6C6275  # "mlbu": the advisory lock that serializes creating the tables
 
 
 def close_storage(storage: BaseStorage | None) -> None:
@@ -285,3 +303,95 @@ def record_version(storage: BaseStorage, name: str, version: int) -> None:
     import optuna
 
     optuna.load_study(study_name=name, storage=storage).set_user_attr("version", version)
+
+
+# ── joining another replica's search ─────────────────────────────────────────
+
+JOINABLE_ATTR = "joinable"
+"""Set (True) on a study whose run records what a joiner needs: the spec's fingerprint,
+the training window, the creator's worker name and, once loaded, the dataset's fingerprint."""
+
+
+@dataclass(frozen=True)
+class JoinableSearch:
+    """A running search another replica may join, with what rebuilds its dataset."""
+
+    study: str
+    creator: str
+    spec_fingerprint: str
+    dataset_fingerprint: str
+    window_start: datetime | None
+    window_end: datetime | None
+    budget_trials: int
+    trials: int
+
+
+def join_refusal(
+    attrs: dict[str, Any], *, model: str, worker: str, spec_fingerprint: str, now: datetime
+) -> str | None:
+    """Why this worker must not join the study with `attrs` (None: it may).
+
+    Not this model's, not running, not joinable, cancelled or started by this worker:
+    silently not a candidate ("" is returned). A different spec, or a run older than
+    its wall-clock budget (its creator is gone): a reason worth logging.
+    """
+    if attrs.get("model") != model or attrs.get("status") != RUNNING:
+        return ""
+    if not attrs.get(JOINABLE_ATTR) or attrs.get(CANCELLED_ATTR) or attrs.get("creator") == worker:
+        return ""
+    if not attrs.get("dataset_fingerprint"):
+        return ""  # the creator is still loading its dataset: not yet
+    if attrs.get("spec_fingerprint") != spec_fingerprint:
+        return "its spec differs from this replica's (spec fingerprint)"
+    started = attrs.get("started_at")
+    budget_s = attrs.get("budget_timeout_s")
+    if started and budget_s is not None:
+        age_s = (now - datetime.fromisoformat(str(started))).total_seconds()
+        if age_s > float(budget_s):
+            return f"it started {age_s:.0f}s ago, beyond its {budget_s}s budget (creator gone?)"
+    return None
+
+
+def _when(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
+
+
+def joinable_searches(
+    storage: BaseStorage, *, model: str, worker: str, spec_fingerprint: str
+) -> tuple[list[JoinableSearch], dict[str, str]]:
+    """Running searches of `model` this worker may join (oldest first), and the refused
+    ones with why (study name → reason); studies whose budget of trials is taken are left out."""
+    now = datetime.now(UTC)
+    found: list[tuple[str, JoinableSearch]] = []
+    refused: dict[str, str] = {}
+    for frozen in storage.get_all_studies():
+        attrs = dict(frozen.user_attrs)
+        why = join_refusal(
+            attrs, model=model, worker=worker, spec_fingerprint=spec_fingerprint, now=now
+        )
+        if why:
+            refused[frozen.study_name] = why
+        if why is not None:
+            continue
+        study_id = storage.get_study_id_from_name(frozen.study_name)
+        trials = len(storage.get_all_trials(study_id, deepcopy=False))
+        budget = int(attrs.get("budget_trials", 0))
+        if trials >= budget:
+            continue
+        found.append(
+            (
+                str(attrs.get("started_at", "")),
+                JoinableSearch(
+                    study=frozen.study_name,
+                    creator=str(attrs.get("creator", "")),
+                    spec_fingerprint=spec_fingerprint,
+                    dataset_fingerprint=str(attrs["dataset_fingerprint"]),
+                    window_start=_when(attrs.get("window_start")),
+                    window_end=_when(attrs.get("window_end")),
+                    budget_trials=budget,
+                    trials=trials,
+                ),
+            )
+        )
+    found.sort(key=lambda pair: pair[0])
+    return [search for _, search in found], refused

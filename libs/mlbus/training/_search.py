@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -224,11 +225,22 @@ def create_study(
     return study
 
 
-def load_study(spec: ProjectSpec, name: str, storage: BaseStorage) -> optuna.Study:
-    """Another worker's handle on an existing study (its sampler seeded like the creator's)."""
+def load_study(
+    spec: ProjectSpec, name: str, storage: BaseStorage, worker: str = ""
+) -> optuna.Study:
+    """Another worker's handle on an existing study.
+
+    Its sampler is seeded from the spec's seed and the worker's name: with the
+    creator's very seed, both would draw the same random start-up trials.
+    """
     import optuna
 
-    return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(_search_spec(spec)))
+    search = _search_spec(spec)
+    if worker:
+        search = search.model_copy(
+            update={"seed": (search.seed + zlib.crc32(worker.encode())) % 2**32}
+        )
+    return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(search))
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, ParamSpace]) -> dict[str, Any]:
@@ -491,6 +503,8 @@ def _search(
     evaluated, stopped = _work(
         study, problem, options, deadline=deadline, cancelled=cancelled, on_trial=on_trial
     )
+    if stopped is None or not stopped.startswith("cancelled"):
+        _await_other_workers(study, deadline)
     return _finish(spec, study, split, evaluated, stopped, time.perf_counter() - started)
 
 
@@ -514,12 +528,25 @@ def join_search(
     if options.storage_url is None:
         raise ValueError("joining a search needs the shared storage_url")
     with storage_at(options.storage_url) as storage:
-        study = load_study(spec, options.study_name, storage)
+        study = load_study(spec, options.study_name, storage, options.worker)
         deadline = time.monotonic() + search_spec.timeout_s
         evaluated, _ = _work(
             study, problem, options, deadline=deadline, cancelled=cancelled, on_trial=None
         )
     return evaluated
+
+
+def _await_other_workers(study: optuna.Study, deadline: float, poll_s: float = 0.2) -> None:
+    """Until no trial of the study is running (another replica's last trials), or the deadline.
+
+    A worker that died leaves its trial running; the wall-clock budget bounds the wait.
+    """
+    from optuna.trial import TrialState
+
+    while time.monotonic() < deadline:
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(poll_s)
 
 
 def _finish(
