@@ -65,6 +65,12 @@ class _Column(_Profile):
     cycles: float = Field(
         default=0.0, ge=0, description="How many cycles of the seasonality its rows span."
     )
+    entity_icc: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of its variance between entities (values of one entity are alike).",
+    )
 
 
 class NumericProfile(_Column):
@@ -205,6 +211,8 @@ class ReferenceProfile(_Profile):
         times: Sequence[Any] | np.ndarray | None = None,
         prediction_times: Sequence[Any] | np.ndarray | None = None,
         seasonality: SeasonalityChoice = "auto",
+        entities: Sequence[str] | None = None,
+        prediction_entities: Sequence[str] | None = None,
     ) -> ReferenceProfile:
         """Profile each column (numeric: quantile bins; strings/booleans: frequencies).
 
@@ -213,6 +221,8 @@ class ReferenceProfile(_Profile):
         (`auto`: the longest cycle the times cover twice, see mlbus.seasons) and the
         dependence of its values in time order. `prediction_times` are the times of
         `predictions` when they come from other rows (the trainer scores its holdout).
+        `entities` (and `prediction_entities`) are the rows' entity keys: each column
+        then measures how alike one entity's values are (`entity_icc`, ADR 0022).
         """
         lengths = {len(values) for values in columns.values()}
         if times is not None:
@@ -238,12 +248,12 @@ class ReferenceProfile(_Profile):
         return cls(
             n_samples=n_rows,
             features={
-                name: profile_column(values, bins, seconds, season)
+                name: profile_column(values, bins, seconds, season, entities)
                 for name, values in columns.items()
             },
             prediction=None
             if predictions is None
-            else profile_column(predictions, bins, prediction_seconds, season),
+            else profile_column(predictions, bins, prediction_seconds, season, prediction_entities),
             bins=bins,
             seasonality=season,
         )
@@ -254,6 +264,7 @@ def profile_column(
     bins: int = DEFAULT_BINS,
     seconds: np.ndarray | None = None,
     seasonality: Seasonality = "none",
+    entities: Sequence[str] | None = None,
 ) -> ColumnProfile:
     """A numeric profile for int/float data, a categorical one for anything else.
 
@@ -268,6 +279,11 @@ def profile_column(
     profile: ColumnProfile = (
         _numeric_profile(array, bins) if _numeric(array) else _categorical_profile(array)
     )
+    if entities is not None and len(array):
+        if len(entities) != len(array):
+            raise ValueError(f"expected {len(array)} entities, got {len(entities)}")
+        icc = _entity_icc(profile, _bin_indexes(profile, array), entities)
+        profile = profile.model_copy(update={"entity_icc": icc})
     if seconds is None or len(array) == 0:
         return profile
     # each value's bin (missing last), in time order
@@ -318,6 +334,51 @@ def _dependence(
         series.extend((index == category).astype(np.float64) for category in frequent)
     varying = [s for s in series if s.size and s.std() > 0]
     return max((dependence(s) for s in varying), default=1.0)
+
+
+MIN_ENTITIES = 20
+"""Fewer entities in a reference measure no intra-entity correlation (ICC reads 0)."""
+
+
+def _entity_icc(profile: ColumnProfile, index: np.ndarray, entities: Sequence[str]) -> float:
+    """The share of the column's variance that lies between entities (one-way ANOVA ICC),
+    on its CDF positions (numeric) or each frequent category's indicator, and on its
+    missing indicator: the largest. Values of one entity alike (a card's home country)
+    read near 1; values that vary per event near 0."""
+    keys, group = np.unique(np.asarray(entities, dtype=object), return_inverse=True)
+    if len(keys) < MIN_ENTITIES or len(keys) >= len(index):
+        return 0.0
+    missing = (
+        len(profile.counts) if isinstance(profile, NumericProfile) else len(profile.frequencies)
+    )
+    series: list[np.ndarray] = [(index == missing).astype(np.float64)]
+    if isinstance(profile, NumericProfile):
+        counts = np.bincount(index[index < missing], minlength=missing).astype(np.float64)
+        positions = cdf_positions(counts)[0]
+        present = index < missing
+        values = np.zeros(len(index))
+        values[present] = positions[index[present]]
+        series.append(np.where(present, values, 0.0))
+    else:
+        shares = np.bincount(index, minlength=missing + 1)[:missing] / len(index)
+        series.extend((index == c).astype(np.float64) for c in np.flatnonzero(shares >= 0.01)[:20])
+    return max((_anova_icc(s, group, len(keys)) for s in series), default=0.0)
+
+
+def _anova_icc(values: np.ndarray, group: np.ndarray, groups: int) -> float:
+    n = len(values)
+    sizes = np.bincount(group, minlength=groups).astype(np.float64)
+    sums = np.bincount(group, weights=values, minlength=groups)
+    mean = values.mean()
+    between = float(np.sum(sums * sums / sizes) - n * mean * mean)
+    within = float(np.sum(values * values) - np.sum(sums * sums / sizes))
+    msb = between / (groups - 1)
+    msw = within / (n - groups)
+    k0 = (n - float(np.sum(sizes * sizes)) / n) / (groups - 1)
+    if msw <= 0 and msb <= 0:
+        return 0.0
+    icc = (msb - msw) / (msb + (k0 - 1) * msw) if msb + (k0 - 1) * msw > 0 else 0.0
+    return float(min(max(icc, 0.0), 1.0))
 
 
 def cdf_positions(probabilities: np.ndarray) -> np.ndarray:

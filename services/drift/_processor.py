@@ -178,6 +178,7 @@ class _Run:
     scores: list[float | None] = field(default_factory=list)
     at: list[datetime] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    entities: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,12 @@ class DriftProcessor:
         """Count the gathered predictions into their monitors, then move the offsets."""
         for run in runs.values():
             verdicts = run.monitor.observe_many(
-                run.rows, run.scores, at=run.at, source=run.state.source, offsets=run.offsets
+                run.rows,
+                run.scores,
+                at=run.at,
+                source=run.state.source,
+                offsets=run.offsets,
+                entities=run.entities,
             )
             for verdict in verdicts:
                 self._on_verdict(run.state, verdict)
@@ -392,6 +398,7 @@ class DriftProcessor:
         # the scored moment decides the phase of the cycle (a replay scores old events)
         run.at.append(event.features_at or event.occurred_at)
         run.offsets.append(offset)
+        run.entities.append(event.entity_id)  # a partition sees a fixed subset of them
         scored = event.scored_event_id
         if scored and score is not None and self.label_link is not None and not event.shadow:
             at = event.occurred_at.timestamp()

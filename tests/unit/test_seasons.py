@@ -214,3 +214,86 @@ def test_calibration_replays_held_out_rows_and_flags_a_profile_that_alarms_on_th
     assert loud.alarms
     flagged = profile.model_copy(update={"calibration": loud}).summary()
     assert flagged.startswith("ALARMS ON ITS OWN HELD-OUT DATA")
+
+
+def clustered(
+    rng: np.random.Generator, entities: np.ndarray, n: int, shifted: float = 0.0
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Events of `entities`: each has a home country and a usual amount (values alike within
+    an entity). `shifted` of the events go abroad to a country nobody has at home."""
+    who = rng.choice(entities, size=n)
+    home = np.asarray(["US", "GB", "DE", "FR"])[HOME[who]]
+    country = np.where(rng.random(n) < shifted, "BR", home)
+    amount = LEVEL[who] * rng.lognormal(0, 0.5, n)
+    return [f"card_{e}" for e in who], country, amount
+
+
+HOME = np.random.default_rng(70).choice(4, size=1_000, p=[0.55, 0.25, 0.12, 0.08])
+LEVEL = np.random.default_rng(71).lognormal(3, 0.5, size=1_000)
+
+
+def clustered_verdicts(
+    profile: ReferenceProfile,
+    keys: list[str],
+    country: np.ndarray,
+    amount: np.ndarray,
+    *,
+    with_entities: bool,
+) -> list[int]:
+    monitor = DriftMonitor(
+        "m", 1, profile, SPEC, {"c": "categorical", "a": "numeric"}, {"c": ("chi2",), "a": ("ks",)}
+    )
+    rows = [{"c": c, "a": a} for c, a in zip(country.tolist(), amount.tolist(), strict=True)]
+    verdicts = monitor.observe_many(
+        rows,
+        None,
+        at=[datetime.fromtimestamp(T0 + i, UTC) for i in range(len(rows))],
+        source="s",
+        offsets=range(len(rows)),
+        entities=keys if with_entities else None,
+    )
+    return [v.offsets["s"][1] for v in verdicts if v.detection]
+
+
+def test_a_partition_of_alike_entities_is_not_drift_once_the_reference_knows_them() -> None:
+    """One partition's monitor sees a third of the cards, each many times: their own mix
+    of countries and amounts is not all cards' mix, and that is no drift (ADR 0022)."""
+    rng = np.random.default_rng(12)
+    everyone = np.arange(60)
+    keys, country, amount = clustered(rng, everyone, 12_000)
+    profile = ReferenceProfile.from_samples({"c": country, "a": amount}, entities=keys)
+    assert profile.features["c"].entity_icc > 0.9  # a card's country is its home's
+    assert 0.2 < profile.features["a"].entity_icc < 0.8
+    third = everyone[everyone % 3 == 0]
+    live_keys, live_country, live_amount = clustered(rng, third, 20_000)
+    blind = clustered_verdicts(profile, live_keys, live_country, live_amount, with_entities=False)
+    assert blind, "the stream must be one whose partition mix fools a test blind to entities"
+    assert (
+        clustered_verdicts(profile, live_keys, live_country, live_amount, with_entities=True) == []
+    )
+    # a real change still shows: a fifth of the payments abroad, where nobody lives
+    keys2, country2, amount2 = clustered(rng, third, 6_000, shifted=0.2)
+    assert clustered_verdicts(profile, keys2, country2, amount2, with_entities=True)
+
+
+def test_one_entity_keeps_the_full_weight_of_its_events() -> None:
+    """A single machine's stream: no between-entity variance to measure, so its events are
+    not discounted and a shift is seen as soon as without entity keys."""
+    rng = np.random.default_rng(13)
+    values = rng.normal(size=30_000)
+    values[20_000:] += 0.3
+    keys = ["machine-1"] * len(values)
+    profile = ReferenceProfile.from_samples({"x": values[:10_000]}, entities=keys[:10_000])
+    assert profile.features["x"].entity_icc == 0.0
+    monitor = DriftMonitor("m", 1, profile, SPEC, {"x": "numeric"}, {"x": ("ks",)}, adaptive=False)
+    verdicts = monitor.observe_many(
+        [{"x": v} for v in values[10_000:].tolist()],
+        None,
+        at=[datetime.fromtimestamp(T0 + i, UTC) for i in range(20_000)],
+        source="s",
+        offsets=range(20_000),
+        entities=keys[10_000:],
+    )
+    found = [v.offsets["s"][1] for v in verdicts if v.detection]
+    assert found
+    assert found[0] >= 10_000

@@ -222,5 +222,10 @@ def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> No
     season = trained.profile.seasonality
     bins = trained.profile.bins
     held, trained_on = seconds[trained.split.holdout], seconds[trained.split.train]
-    assert trained.profile.prediction == profile_column(holdout, bins, held, season)
-    assert trained.profile.prediction != profile_column(train_rows, bins, trained_on, season)
+    keys = data.entities
+    held_keys = None if keys is None else [keys[int(i)] for i in trained.split.holdout]
+    train_keys = None if keys is None else [keys[int(i)] for i in trained.split.train]
+    assert trained.profile.prediction == profile_column(holdout, bins, held, season, held_keys)
+    assert trained.profile.prediction != profile_column(
+        train_rows, bins, trained_on, season, train_keys
+    )

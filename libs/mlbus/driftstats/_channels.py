@@ -68,6 +68,7 @@ class Channel:
         self.counts = [0] * len(reference)
         self.invalid = 0
         self.kappa = kappa
+        self.icc = 0.0  # values alike within an entity: set from the profile (ADR 0022)
         # A phase's reference is a sample: its error is shared by every live value of that
         # hour, which makes live values dependent in blocks. Over a reference of C cycles a
         # block's mean has (1 + 1/C) times the variance ADWIN assumes (ADR 0022); the
@@ -184,6 +185,7 @@ class NumericChannel(Channel):
             profile.dependence,
             profile.cycles,
         )
+        self.icc = profile.entity_icc
 
     def layout(self) -> str:
         return fingerprint(
@@ -280,6 +282,7 @@ class CategoricalChannel(Channel):
         super().__init__(
             name, kind, tests, reference, phase_counts, profile.dependence, profile.cycles
         )
+        self.icc = profile.entity_icc
 
     def layout(self) -> str:
         return fingerprint(

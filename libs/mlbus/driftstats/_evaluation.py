@@ -14,6 +14,7 @@ import numpy as np
 
 from mlbus.driftstats import _stats
 from mlbus.driftstats._channels import Channel
+from mlbus.driftstats._entities import EntitySketch
 from mlbus.driftstats._models import Correction
 from mlbus.events import DriftTestResult
 from mlbus.spec import DriftSpec
@@ -23,6 +24,7 @@ def run_tests(
     channels: Sequence[Channel],
     spec: DriftSpec,
     phase_rows: np.ndarray | None,
+    entities: EntitySketch | None = None,
     *,
     require_samples: bool,
 ) -> list[tuple[Channel, DriftTestResult, int]]:
@@ -30,7 +32,9 @@ def run_tests(
 
     A test runs only on a channel holding `spec.min_samples` values (when
     `require_samples`; status() shows scores of a window still filling).
-    `phase_rows` is the window's rows per phase (seasonal references).
+    `phase_rows` is the window's rows per phase (seasonal references). With
+    `entities`, a channel whose values are alike within an entity (its reference
+    ICC) counts the window's n rows as n/deff (ADR 0022, _entities).
     """
     # (channel, test, statistic, raw p-value, threshold, samples, significant for PSI/JS)
     raw: list[tuple[Channel, str, float, float | None, float, int, bool]] = []
@@ -38,8 +42,10 @@ def run_tests(
         observed = np.asarray(channel.counts, dtype=np.float64)
         expected = channel.expected(phase_rows)
         live, reference = observed, expected  # what the p-values see
-        if channel.kappa != 1.0:
-            live, reference = observed / channel.kappa, expected / channel.kappa
+        clustering = 1.0 if entities is None else entities.design_effect(channel.icc)
+        if channel.kappa != 1.0 or clustering != 1.0:
+            live = observed / max(channel.kappa, clustering)
+            reference = expected / channel.kappa
         significant: bool | None = None  # chi-square on these bins, for PSI and JS
         for test in channel.tests:
             samples = channel.present if test == "ks" else channel.samples

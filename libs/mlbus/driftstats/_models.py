@@ -120,6 +120,10 @@ class MonitorState(_Frozen):
     window_start: AwareDatetime | None = None
     window_end: AwareDatetime | None = None
     offsets: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    entity_hashes: tuple[int, ...] = Field(
+        default=(), description="the window's smallest entity hashes (a distinct-count sketch)"
+    )
+    entity_rows: int = Field(default=0, ge=0, description="the window's rows that named an entity")
     phase_rows: tuple[int, ...] = Field(
         default=(), description="the window's rows per phase (seasonal profiles only)"
     )

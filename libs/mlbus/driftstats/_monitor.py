@@ -34,6 +34,7 @@ from mlbus.driftstats._channels import (
     ChannelKind,
     NumericChannel,
 )
+from mlbus.driftstats._entities import EntitySketch
 from mlbus.driftstats._evaluation import run_tests
 from mlbus.driftstats._models import (
     ChannelState,
@@ -100,6 +101,7 @@ class DriftMonitor:
         self.skipped: dict[str, str] = {}
         self.seasonality = profile.seasonality
         self._phase_rows = np.zeros(profile.phases, dtype=np.float64)  # the window's rows per phase
+        self._entities = EntitySketch()  # the window's distinct entities
         self._channels = self._build_channels(features, tests)
         self._prediction = next((c for c in self._channels if c.kind == PREDICTION), None)
         self._covariates = [c for c in self._channels if c.kind == "covariate"]
@@ -199,6 +201,7 @@ class DriftMonitor:
         at: datetime,
         source: str,
         offset: int,
+        entity: str | None = None,
     ) -> WindowVerdict | None:
         """One served prediction; the verdict when it closes a window, else None.
 
@@ -208,9 +211,12 @@ class DriftMonitor:
         Values never make this raise: None/NaN count as missing, values of the
         wrong type are counted as invalid (see status()), unseen categories pool
         under OTHER. A None prediction is not counted; a naive `at` is read as UTC.
+        `entity` (the scored entity's key) lets the window tests weigh repeated
+        entities for what they are worth (see _entities).
         """
         if self._n >= self.spec.window_size:  # restored under a smaller window_size
             self._close_window([])
+        self._entities.add(entity)
         if not isinstance(features, Mapping):
             features = {}
         at = _aware(at)
@@ -249,6 +255,7 @@ class DriftMonitor:
         at: Sequence[datetime],
         source: str,
         offsets: Sequence[int],
+        entities: Sequence[str | None] | None = None,
     ) -> list[WindowVerdict]:
         """`observe` for a batch from one source, counted per channel at once.
 
@@ -277,6 +284,9 @@ class DriftMonitor:
             self._layout.count(indexes[:taken])
             self._phase_rows += np.bincount(phases[:taken], minlength=self._phase_rows.size)
             end = begin + taken
+            if entities is not None:
+                for entity in entities[begin:end]:
+                    self._entities.add(entity)
             span = offsets[begin:end]
             times = times[:taken]
             self._extend_window(min(times), max(times), source, min(span), max(span))
@@ -358,7 +368,9 @@ class DriftMonitor:
 
     def _close_window(self, changes: list[tuple[Channel, AdwinChange]]) -> WindowVerdict:
         """Test the window; `changes` (ADWIN cuts) close it early and are detections."""
-        tested = run_tests(self._channels, self.spec, self._phase_rows, require_samples=True)
+        tested = run_tests(
+            self._channels, self.spec, self._phase_rows, self._entities, require_samples=True
+        )
         adaptive = [
             DriftTestResult(
                 feature=channel.name,
@@ -407,6 +419,7 @@ class DriftMonitor:
         self._start = self._end = None
         self._offsets = {}
         self._phase_rows[:] = 0
+        self._entities.reset()
         for channel in self._channels:
             channel.reset()
         return verdict
@@ -428,7 +441,7 @@ class DriftMonitor:
                 streak=self._streaks.get(f"{channel.key}:{result.test}", 0),
             )
             for channel, result, samples in run_tests(
-                self._channels, self.spec, self._phase_rows, require_samples=False
+                self._channels, self.spec, self._phase_rows, self._entities, require_samples=False
             )
         )
         performance = None
@@ -475,6 +488,8 @@ class DriftMonitor:
             window_end=self._end,
             offsets=dict(self._offsets),
             phase_rows=tuple(int(n) for n in self._phase_rows) if self._phase_rows.size > 1 else (),
+            entity_hashes=self._entities.state(),
+            entity_rows=self._entities.rows,
             channels={
                 c.key: ChannelState(
                     layout=c.layout(),
@@ -543,6 +558,7 @@ class DriftMonitor:
                     f"{len(state.phase_rows)} phases, the profile {monitor._phase_rows.size}"
                 )
             monitor._phase_rows[:] = state.phase_rows
+        monitor._entities = EntitySketch(state.entity_hashes, state.entity_rows)
         monitor._streaks = dict(state.streaks)
         monitor._drifted_in_row = state.drifted_windows_in_row
         if monitor._adwin is not None and state.adwin is not None:

@@ -107,6 +107,7 @@ class Dataset:
     fingerprint: str
     files: tuple[str, ...] = ()
     dropped_without_features: int = 0
+    entities: tuple[str, ...] | None = None  # each row's entity key, when the frame has it
 
     def __len__(self) -> int:
         return len(self.y)
@@ -140,6 +141,11 @@ def dataset_from_table(
     order = pc.sort_indices(table, sort_keys=[("as_of", "ascending")])
     table = table.take(order)
     raw = {ref: table.column(ref).to_pylist() for ref in refs}
+    entities = (
+        tuple(str(e) for e in table.column("entity_id").to_pylist())
+        if "entity_id" in table.column_names
+        else None
+    )
     categories: dict[str, list[str]] = {}
     for feature in features:
         if feature.kind == "numeric":
@@ -167,6 +173,7 @@ def dataset_from_table(
         fingerprint=fingerprint,
         files=tuple(files),
         dropped_without_features=int(dropped),
+        entities=entities,
     )
 
 
@@ -211,7 +218,8 @@ def load_dataset(
         read.extend(result.files)
         wanted = [f for f in spec.model_features() if f.view == view]
         if joined is None:
-            joined = result.table.select(["as_of", "feature_time", "label"])
+            # entity_id: the drift reference measures how alike one entity's values are
+            joined = result.table.select(["entity_id", "as_of", "feature_time", "label"])
             # Every other view is read as of the labelled event's time, found here:
             # a view of another source has no row with that event's id.
             query = pa.table(
@@ -622,6 +630,7 @@ def train(
         dataset.times_ms,
         split.holdout,
         got,
+        dataset.entities,
     )
     return TrainedModel(
         onnx=onnx,

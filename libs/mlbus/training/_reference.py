@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ def reference_profile(
     times_ms: np.ndarray,
     holdout: np.ndarray,
     holdout_scores: np.ndarray,
+    entities: Sequence[str] | None = None,
 ) -> ReferenceProfile:
     """The profile to register: features on the recent stretch, prediction on the holdout,
     calibrated (see the module docstring). `times_ms` are ascending, one per row."""
@@ -44,8 +46,15 @@ def reference_profile(
         {ref: [values[i] for i in stretch] for ref, values in raw.items()},
         times=seconds[stretch],
         seasonality=season,
+        entities=None if entities is None else [entities[int(i)] for i in stretch],
     )
-    prediction = profile_column(np.asarray(holdout_scores), features.bins, seconds[holdout], season)
+    prediction = profile_column(
+        np.asarray(holdout_scores),
+        features.bins,
+        seconds[holdout],
+        season,
+        None if entities is None else [entities[int(i)] for i in holdout],
+    )
     calibration = _calibration(spec, raw, seconds, stretch_start, first_holdout, season)
     return features.model_copy(update={"prediction": prediction, "calibration": calibration})
 
