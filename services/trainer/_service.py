@@ -454,12 +454,7 @@ class TrainerService(StreamService):
     async def _join_searches(self) -> None:
         """While idle, every `search_join_poll_s`, join a running search of another replica."""
         every_s = self.settings.search_join_poll_s
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), every_s)
-                return
-            except TimeoutError:
-                pass
+        while await self._idle_for(every_s):
             if self._busy():
                 continue
             try:
@@ -577,6 +572,16 @@ class TrainerService(StreamService):
 
     # ── schedule ─────────────────────────────────────────────────────────────
 
+    async def _idle_for(self, seconds: float) -> bool:
+        """Wait `seconds`; False when the service was stopped meanwhile (or before)."""
+        if self._stop.is_set():
+            return False
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
     def _schedule_interval_s(self) -> float:
         if self.schedule_every_s is not None:
             return self.schedule_every_s
@@ -584,12 +589,7 @@ class TrainerService(StreamService):
 
     async def _schedule(self, publisher: Publisher) -> None:
         every_s = self._schedule_interval_s()
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), every_s)
-                return
-            except TimeoutError:
-                pass
+        while await self._idle_for(every_s):
             now = datetime.now(UTC)
             request = TrainingRequested(
                 model=self.spec.model.name,

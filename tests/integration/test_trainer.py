@@ -92,6 +92,36 @@ def write_offline_rows(
     return list(data.sources["chargebacks"].events())
 
 
+def write_labelled_rows(
+    spec: ProjectSpec, offline: OfflineStore, rows: list[LabelRow], rng: np.random.Generator
+) -> None:
+    """`rows` as labels, each with an offline feature row at its time: random numbers,
+    the first allowed value of a categorical."""
+    write_labels(offline, "chargebacks", rows)
+    features = spec.view_features("card_activity")
+    offline.write_rows(
+        "card_activity",
+        1,
+        features,
+        [
+            OfflineRow(
+                r.entity_id,
+                r.event_id,
+                r.label_time_ms,
+                r.label_time_ms,
+                r.label_time_ms,
+                {
+                    f.name: (
+                        float(rng.random()) if f.kind == "numeric" else (f.values or ("x",))[0]
+                    )
+                    for f in features
+                },
+            )
+            for r in rows
+        ],
+    )
+
+
 @pytest.fixture
 def stack(tmp_path: Path, unique: str) -> tuple[Path, ProjectSpec, OfflineStore]:
     spec_path = write_spec(tmp_path, unique)
@@ -362,30 +392,7 @@ async def test_ten_requests_during_a_run_lead_to_one_more_run(
         )
         for i in range(300)
     ]
-    write_labels(offline, "chargebacks", rows)
-    features = spec.view_features("card_activity")
-    rng = np.random.default_rng(0)
-    offline.write_rows(
-        "card_activity",
-        1,
-        features,
-        [
-            OfflineRow(
-                r.entity_id,
-                r.event_id,
-                r.label_time_ms,
-                r.label_time_ms,
-                r.label_time_ms,
-                {
-                    f.name: (
-                        float(rng.random()) if f.kind == "numeric" else (f.values or ("x",))[0]
-                    )
-                    for f in features
-                },
-            )
-            for r in rows
-        ],
-    )
+    write_labelled_rows(spec, offline, rows, np.random.default_rng(0))
     settings = trainer_settings(kafka, tmp_path, registry, unique).model_copy(
         update={"record_labels": False}
     )

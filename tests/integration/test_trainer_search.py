@@ -19,7 +19,7 @@ import pytest
 from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings
 from mlbus.events import TrainingCompleted, TrainingFailed
-from mlbus.featurestore import OfflineRow, OfflineStore
+from mlbus.featurestore import OfflineStore
 from mlbus.registry import RegistryServer
 from mlbus.registry_client import RegistryClient
 from mlbus.spec import ProjectSpec, load_spec
@@ -34,7 +34,6 @@ from mlbus.training import (
     load_dataset,
     run_join,
     storage_at,
-    write_labels,
 )
 from tests.integration.test_registry_store import postgres_admin  # noqa: F401 (fixture)
 from tests.integration.test_search_runs import pg_search_url  # noqa: F401 (fixture)
@@ -44,6 +43,7 @@ from tests.integration.test_trainer import (  # noqa: F401 (registry is a fixtur
     registry,
     request,
     trainer_settings,
+    write_labelled_rows,
     write_spec,
 )
 
@@ -75,29 +75,7 @@ def write_rows(spec: ProjectSpec, offline: OfflineStore, n: int = 400) -> None:
         )
         for i in range(n)
     ]
-    write_labels(offline, "chargebacks", rows)
-    features = spec.view_features("card_activity")
-    offline.write_rows(
-        "card_activity",
-        1,
-        features,
-        [
-            OfflineRow(
-                r.entity_id,
-                r.event_id,
-                r.label_time_ms,
-                r.label_time_ms,
-                r.label_time_ms,
-                {
-                    f.name: (
-                        float(rng.random()) if f.kind == "numeric" else (f.values or ("x",))[0]
-                    )
-                    for f in features
-                },
-            )
-            for r in rows
-        ],
-    )
+    write_labelled_rows(spec, offline, rows, rng)
 
 
 class SlowFit:
