@@ -17,7 +17,6 @@ kept compiled on the `LoadedModel` as an `InputEncoding`.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ import onnxruntime as ort
 
 from mlbus.errors import PermanentError
 from mlbus.events import ModelSignature, TensorSpec
+from mlbus.model_metadata import ENCODING, FEATURE_NAMES, Encoding
 from mlbus.signatures import OIP_TO_NUMPY, UnsupportedTensor, session_signature
 
 RefusalStage = Literal["fetch", "sha256", "parse", "signature", "metadata", "warmup"]
-ENCODING_KEY = "mlbus.encoding"
-FEATURE_NAMES_KEY = "mlbus.feature_names."
 _FLOATS = ("FP32", "FP64")
 
 
@@ -108,16 +106,16 @@ def read_encoding(metadata: Mapping[str, str], signature: ModelSignature) -> Inp
     """
     inputs = signature.inputs
     matrix = len(inputs) == 1 and inputs[0].datatype in _FLOATS and len(inputs[0].shape) == 2
-    text = metadata.get(ENCODING_KEY)
-    if text is None and not (matrix and FEATURE_NAMES_KEY + inputs[0].name in metadata):
+    text = metadata.get(ENCODING)
+    if text is None and not (matrix and FEATURE_NAMES + inputs[0].name in metadata):
         return None
     if not matrix:
         raise ValueError(
-            f"{ENCODING_KEY} describes one 2-D FP32/FP64 input, the model has "
+            f"{ENCODING} describes one 2-D FP32/FP64 input, the model has "
             + ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in inputs)
         )
     (tensor,) = inputs
-    names_key = FEATURE_NAMES_KEY + tensor.name
+    names_key = FEATURE_NAMES + tensor.name
     names = metadata.get(names_key)
     named = None if names is None else tuple(n.strip() for n in names.split(","))
     codes: dict[str, dict[str, float]] = {}
@@ -130,7 +128,7 @@ def read_encoding(metadata: Mapping[str, str], signature: ModelSignature) -> Inp
         if named is not None and named != refs:
             raise ValueError(
                 f"{names_key} ({', '.join(named)}) differs from the refs of "
-                f"{ENCODING_KEY} ({', '.join(refs)})"
+                f"{ENCODING} ({', '.join(refs)})"
             )
     _check_names(refs)
     width = tensor.shape[1]
@@ -147,30 +145,12 @@ def _check_names(refs: tuple[str, ...]) -> None:
 
 
 def _parse_encoding(text: str) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{ENCODING_KEY} is not JSON: {exc}") from None
-    refs = doc.get("refs") if isinstance(doc, dict) else None
-    categories = doc.get("categories") if isinstance(doc, dict) else None
-    if not (
-        isinstance(refs, list)
-        and all(isinstance(r, str) for r in refs)
-        and isinstance(categories, dict)
-    ):
-        raise ValueError(
-            f'{ENCODING_KEY} must be {{"refs": [str, ...], "categories": {{ref: [str, ...]}}}}'
-        )
-    codes: dict[str, dict[str, float]] = {}
-    for ref, values in categories.items():
-        if ref not in refs:
-            raise ValueError(f"{ENCODING_KEY} has categories for {ref!r}, which is not in refs")
-        if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
-            raise ValueError(f"{ENCODING_KEY}: the categories of {ref!r} must be a list of strings")
-        if len(set(values)) != len(values):
-            raise ValueError(f"{ENCODING_KEY}: the categories of {ref!r} repeat a value")
-        codes[ref] = {v: float(i) for i, v in enumerate(values)}
-    return tuple(refs), codes
+    encoding = Encoding.from_json(text)
+    codes = {
+        ref: {v: float(i) for i, v in enumerate(values)}
+        for ref, values in encoding.categories.items()
+    }
+    return encoding.refs, codes
 
 
 @dataclass(eq=False)

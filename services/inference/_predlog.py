@@ -34,6 +34,7 @@ from aiokafka.structs import RecordMetadata
 
 from mlbus.bus import Publisher
 from mlbus.events import PredictionLogged, Scalar
+from mlbus.model_metadata import feature_names_of
 from mlbus.telemetry import meter
 
 from ._model import LoadedModel
@@ -208,11 +209,9 @@ class PredictionLog:
 
 
 def feature_names(model: LoadedModel, name: str, width: int) -> list[str]:
-    meta = model.session.get_modelmeta().custom_metadata_map.get(f"mlbus.feature_names.{name}")
-    if meta:
-        names = [n.strip() for n in meta.split(",")]
-        if len(names) == width:
-            return names
+    names = feature_names_of(model.session.get_modelmeta().custom_metadata_map, name)
+    if names is not None and len(names) == width:
+        return list(names)
     return [name] if width == 1 else [f"{name}[{j}]" for j in range(width)]
 
 

@@ -73,3 +73,30 @@ def test_a_service_has_a_main_and_a_readme(service: Path) -> None:
     assert service.name in SERVICE_NAMES, f"unknown service folder {service.name}"
     assert (service / "__main__.py").is_file()
     assert (service / "README.md").is_file()
+
+
+METADATA_KEYS = {"mlbus.encoding", "mlbus.classes", "mlbus.feature_names."}
+
+
+def metadata_keys_spelled(path: Path) -> set[str]:
+    """ONNX metadata keys written as string literals (an f-string's literal parts too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in METADATA_KEYS
+    }
+
+
+def test_the_onnx_metadata_keys_have_one_home() -> None:
+    """The trainer writes them and inference, drift and evaluation read them through
+    mlbus.model_metadata; nobody else spells them."""
+    home = ROOT / "libs" / "mlbus" / "model_metadata.py"
+    assert metadata_keys_spelled(home) == METADATA_KEYS  # the checker sees them
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(found)
+        for folder in (ROOT / "libs", SERVICES)
+        for path in folder.rglob("*.py")
+        if path != home and (found := metadata_keys_spelled(path))
+    }
+    assert offenders == {}, f"ONNX metadata keys spelled outside model_metadata: {offenders}"

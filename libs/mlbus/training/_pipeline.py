@@ -13,7 +13,6 @@ reason a person can act on. Features become one float32 tensor `x` in
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,13 @@ import pyarrow.compute as pc
 
 from mlbus.errors import InvalidInput, PermanentError
 from mlbus.featurestore import OfflineStore, build_training_set
+from mlbus.model_metadata import (
+    Encoding,
+    encoding_of,
+    positive_class_of,
+    read_onnx_metadata,
+    training_metadata,
+)
 from mlbus.profiles import ReferenceProfile
 from mlbus.spec import ProjectSpec
 from mlbus.training._labels import label_files, read_labels
@@ -64,13 +70,13 @@ class FeatureEncoding:
     refs: tuple[str, ...]
     categories: dict[str, list[str]]
 
-    def to_json(self) -> str:
-        return json.dumps({"refs": list(self.refs), "categories": self.categories})
+    def metadata(self) -> Encoding:
+        """As the model's `mlbus.encoding` metadata has it."""
+        return Encoding(self.refs, {ref: tuple(v) for ref, v in self.categories.items()})
 
     @classmethod
-    def from_json(cls, text: str) -> FeatureEncoding:
-        doc = json.loads(text)
-        return cls(tuple(doc["refs"]), {k: list(v) for k, v in doc["categories"].items()})
+    def of(cls, encoding: Encoding) -> FeatureEncoding:
+        return cls(encoding.refs, {ref: list(v) for ref, v in encoding.categories.items()})
 
     def encode(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         """A float32 matrix, one column per ref, from raw column values keyed by ref."""
@@ -584,19 +590,17 @@ def train(
         raise TrainingFailed("train", f"{model_spec.estimator} failed to fit: {exc}") from None
     fit_s = time.perf_counter() - fit_started
     say("convert")
-    metadata = {
-        f"mlbus.feature_names.{INPUT_NAME}": ",".join(dataset.encoding.refs),
-        "mlbus.encoding": dataset.encoding.to_json(),
-        "mlbus.model": model_spec.name,
-        "mlbus.task": task,
-        "mlbus.estimator": model_spec.estimator,
-        "mlbus.dataset_fingerprint": dataset.fingerprint,
-        "mlbus.threshold": str(model_spec.threshold),
-    }
-    if classes:
-        metadata["mlbus.classes"] = ",".join(classes)
-    if code_version:
-        metadata["mlbus.code_version"] = code_version
+    metadata = training_metadata(
+        dataset.encoding.metadata(),
+        input_name=INPUT_NAME,
+        model=model_spec.name,
+        task=task,
+        estimator=model_spec.estimator,
+        dataset_fingerprint=dataset.fingerprint,
+        threshold=model_spec.threshold,
+        classes=classes,
+        code_version=code_version,
+    )
     onnx = to_onnx(model, dataset.x.shape[1], task, metadata)
     say("parity")
     x_hold = dataset.x[split.holdout]
@@ -656,15 +660,9 @@ def evaluate_onnx(
     The champion's `mlbus.encoding` metadata decides how raw values become its
     input; a model without it is fed this dataset's encoding.
     """
-    import onnx as onnx_lib
-
-    proto = onnx_lib.load_model_from_string(onnx)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    encoding = (
-        FeatureEncoding.from_json(meta["mlbus.encoding"])
-        if "mlbus.encoding" in meta
-        else dataset.encoding
-    )
+    meta = read_onnx_metadata(onnx)
+    written = encoding_of(meta)
+    encoding = dataset.encoding if written is None else FeatureEncoding.of(written)
     unknown = [r for r in encoding.refs if r not in dataset.raw]
     if unknown:
         raise TrainingFailed("evaluate", f"the champion reads features this run lacks: {unknown}")
@@ -672,6 +670,6 @@ def evaluate_onnx(
     task = spec.model.task
     y = dataset.y[rows]
     if task == "classification":
-        positive = meta.get("mlbus.classes", "false,true").split(",")[-1]
+        positive = positive_class_of(meta)
         y = np.asarray([1 if str(v) == positive else 0 for v in y.tolist()])
     return compute_metrics(task, y, onnx_scores(onnx, x, task), spec.model.threshold)
