@@ -61,6 +61,7 @@ from mlbus.profiles import ReferenceProfile
 from mlbus.registry import RegistryServer, RegistrySettings
 from mlbus.registry_client import RegistryClient
 from mlbus.runtime import EmbeddedBroker, EmbeddedRedis, local_redis_url
+from mlbus.service import tune_gc_for_streams
 from mlbus.spec import FeatureDef, ProjectSpec, load_spec
 
 RAW = "raw aiokafka + json"
@@ -310,6 +311,9 @@ async def main(events: int, repeats: int) -> bool:
                         spec=fraud_spec_path(),
                         registry_address=f"127.0.0.1:{registry.port}",
                     )
+                    # as every stream service's process does before it runs (every variant
+                    # runs after it, so the baseline gets the same collector)
+                    tune_gc_for_streams()
                     for run in range(repeats):
                         results = {
                             RAW: await raw_loop(kafka, events),

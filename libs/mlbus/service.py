@@ -10,6 +10,7 @@ through `mlbus.config.run_service`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -83,9 +84,35 @@ async def run_until_stopped(service: StreamService) -> None:
     await service.run()
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Container allocations between young collections (CPython's default is 700)."""
+
+
+def tune_gc_for_streams() -> None:
+    """Keep the cyclic garbage collector from costing a stream service a tenth of its CPU.
+
+    A stream service decodes a fetch of up to a thousand records at once, a few
+    containers each, and keeps them until the batch is applied. At CPython's
+    default threshold the collector runs every 700 allocations and each run
+    walks the whole batch, alive, and promotes it, so the older generations fill
+    and their collections walk everything: ~200,000 objects after the imports,
+    almost none of them ever garbage. Here what exists after start-up is frozen
+    (skipped by every collection, still freed by reference counting) and young
+    collections wait for GC_YOUNG_THRESHOLD allocations, by which time a batch is
+    gone. Only cyclic garbage waits longer; measured with
+    `loadtests/bench_drift.py`, the collector's share of the drift service's CPU
+    went from 8-25 % to under 1 %.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def run_process(name: str, settings: S, main: Callable[[S], Coroutine[Any, Any, None]]) -> None:
     """A service's process: its telemetry around `asyncio.run(main(settings))`."""
     telemetry = setup_telemetry(name, settings)
+    tune_gc_for_streams()
     try:
         asyncio.run(main(settings))
     finally:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
@@ -150,7 +151,7 @@ class PartitionMonitors:
     status_stale: bool = False
     """Records were applied since the status was last written."""
     status_due: bool = False
-    """A verdict happened since: write the status at the next commit."""
+    """A detection happened since: write the status at the next commit."""
     status_at: float = 0.0
 
     @property
@@ -174,9 +175,11 @@ class _Run:
 
     state: PartitionMonitors
     monitor: DriftMonitor
+    served: ServedVersion
     rows: list[Mapping[str, Scalar]] = field(default_factory=list)
+    """The logged features as they came (decoded per column at `_apply`)."""
     scores: list[float | None] = field(default_factory=list)
-    at: list[datetime] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     entities: list[str | None] = field(default_factory=list)
 
@@ -208,7 +211,9 @@ class DriftProcessor:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     retry_max_s: float = 5.0
-    status_interval_s: float = 1.0
+    status_interval_s: float = 5.0
+    """How often a partition's status is written while records flow (it runs the window
+    tests: tens of ms); a detection's at once."""
     partitions: dict[tuple[str, int], PartitionMonitors] = field(default_factory=dict)
     outbox: list[Detection] = field(default_factory=list)
     detections_published: int = 0
@@ -294,10 +299,11 @@ class DriftProcessor:
     ) -> None:
         """Count the gathered predictions into their monitors, then move the offsets."""
         for run in runs.values():
-            verdicts = run.monitor.observe_many(
-                run.rows,
+            verdicts = run.monitor.observe_columns(
+                run.served.decoder.columns(run.rows, self.features),
                 run.scores,
-                at=run.at,
+                n=len(run.rows),
+                stamps=np.asarray(run.stamps, dtype=np.float64),
                 source=run.state.source,
                 offsets=run.offsets,
                 entities=run.entities,
@@ -384,25 +390,26 @@ class DriftProcessor:
             return "skipped", "other model"
         if event.shadow and not self.monitor_shadow:
             return "skipped", "shadow"
-        served = await self.catalog.get(event.model, event.version)
-        if served is None:
-            metrics.profile_unavailable.add(1, {"model": event.model, "version": event.version})
-            return "skipped", "no profile"
-        score = prediction_score(event.outputs)
         run_key = (state.topic, state.partition, event.model, event.version)
         run = runs.get(run_key)
         if run is None:
-            run = runs[run_key] = _Run(state, self._monitor(state, served))
-        run.rows.append(served.decoder.decode(event.features))
+            served = await self.catalog.get(event.model, event.version)
+            if served is None:
+                metrics.profile_unavailable.add(1, {"model": event.model, "version": event.version})
+                return "skipped", "no profile"
+            run = runs[run_key] = _Run(state, self._monitor(state, served), served)
+        score = prediction_score(event.outputs)
+        run.rows.append(event.features)
         run.scores.append(score)
         # the scored moment decides the phase of the cycle (a replay scores old events)
-        run.at.append(event.features_at or event.occurred_at)
+        logged_at = event.occurred_at.timestamp()
+        scored_at = event.features_at
+        run.stamps.append(logged_at if scored_at is None else scored_at.timestamp())
         run.offsets.append(offset)
         run.entities.append(event.entity_id)  # a partition sees a fixed subset of them
         scored = event.scored_event_id
         if scored and score is not None and self.label_link is not None and not event.shadow:
-            at = event.occurred_at.timestamp()
-            self.pending.add(event.model, str(scored), Pending(event.version, score, at))
+            self.pending.add(event.model, str(scored), Pending(event.version, score, logged_at))
         return "observed", ""
 
     def _label_of(self, event: IngestValidated) -> tuple[str, Any] | None:
@@ -457,7 +464,7 @@ class DriftProcessor:
         return "outcome", ""
 
     def _on_verdict(self, state: PartitionMonitors, verdict: WindowVerdict) -> None:
-        state.status_due = True
+        state.status_due = state.status_due or verdict.detection
         version = verdict.version
         metrics.windows.add(
             1, {"model": verdict.model, "version": version, "drifted": verdict.drifted}
@@ -515,7 +522,7 @@ class DriftProcessor:
         if not dirty:
             return
         # The status is for operators (computing it runs the tests: milliseconds): written
-        # at most every status_interval_s, at once after a verdict, and on the way out; the
+        # at most every status_interval_s, at once after a detection, and on the way out; the
         # state itself at every commit.
         snapshots = [
             state.snapshot(with_status=self._status_wanted(state, force=self.stopping.is_set()))

@@ -23,6 +23,8 @@ from ._store import DriftStore
 from ._versions import RegistryReader, VersionCatalog
 
 log = logging.getLogger(__name__)
+QUIET_CHECK_S = 1.0
+"""How often quiet partitions' statuses and the armed retraining's deadline are looked at."""
 
 
 @dataclass
@@ -69,6 +71,7 @@ class DriftService(StreamService):
             retrain_min_labels=settings.retrain_min_labels,
             retrain_max_wait_s=settings.retrain_max_wait_s,
             stopping=self._stop,
+            status_interval_s=settings.status_interval_s,
         )
         self.processor = processor
         try:
@@ -85,8 +88,11 @@ class DriftService(StreamService):
                     decoder=processor.decoder(),
                     publisher=publisher,
                     max_batch=settings.max_batch,
+                    # saving the monitors' state is the commit's cost: not after every fetch
+                    commit_interval_s=settings.commit_interval_s,
                     before_commit=processor.flush,  # detections, pending labels, state + offset
                     batch_handler=processor.handle_batch,
+                    spans_in_batch=True,  # it publishes nothing per record
                 )
                 self.consumer = consumer
                 if self._stop.is_set():
@@ -110,7 +116,7 @@ class DriftService(StreamService):
         """Keep `mlbus drift status` fresh for partitions that went quiet; fire a late trigger."""
         while True:
             try:
-                await asyncio.wait_for(self._stop.wait(), processor.status_interval_s)
+                await asyncio.wait_for(self._stop.wait(), QUIET_CHECK_S)
             except TimeoutError:
                 pass
             try:

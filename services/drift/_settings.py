@@ -21,6 +21,11 @@ class DriftSettings(ServiceSettings):
     MLBUS_DRIFT_DETECTIONS_KEPT       recent detections kept for `mlbus drift status` (50)
     MLBUS_DRIFT_MONITOR_SHADOW        also monitor shadow-scored predictions (false)
     MLBUS_DRIFT_MAX_BATCH             records per fetch (1000)
+    MLBUS_DRIFT_STATUS_INTERVAL_S     `mlbus drift status` is refreshed this often while records
+                                      flow (5; a detection at once): a refresh runs the window tests
+    MLBUS_DRIFT_COMMIT_INTERVAL_S     state, detections and offsets are saved at most this often
+                                      (1.0; 0: after every fetch); a crash replays at most this
+                                      long's records, and a detection is published this late
     MLBUS_DRIFT_RETRAIN_MIN_LABELS    an armed retraining fires once this many labels of predictions
                                       made since the drift window's start were joined (unset: the
                                       spec's model.min_rows)
@@ -45,6 +50,8 @@ class DriftSettings(ServiceSettings):
     detections_kept: int = Field(default=50, ge=1, le=10_000)
     monitor_shadow: bool = False
     max_batch: int = Field(default=1000, ge=1, le=100_000)
+    commit_interval_s: float = Field(default=1.0, ge=0, le=60)
+    status_interval_s: float = Field(default=5.0, gt=0, le=3600)
     retrain_lookback_s: float | None = Field(default=None, gt=0)
     retrain_min_labels: int | None = Field(default=None, ge=1)
     retrain_max_wait_s: float = Field(default=86_400.0, gt=0)

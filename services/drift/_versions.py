@@ -15,23 +15,21 @@ skipped), then asked again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from mlbus.driftstats import ABSENT
 from mlbus.errors import MlbusError, NotFound, RetryableError
 from mlbus.events import Scalar
+from mlbus.model_metadata import encoding_of, positive_class_of, read_onnx_metadata
 from mlbus.profiles import ReferenceProfile
 from mlbus.registry_client import ModelVersionInfo
 from mlbus.spec import FeatureDef, ProjectSpec
 
 log = logging.getLogger(__name__)
-
-ENCODING_KEY = "mlbus.encoding"
-CLASSES_KEY = "mlbus.classes"
 
 
 @dataclass(frozen=True)
@@ -46,21 +44,34 @@ class CategoryDecoder:
     """
 
     categories: Mapping[str, Sequence[str]]
+    _lookups: Mapping[str, Mapping[float, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # code → category; a float code and its int hash alike (2.0 and 2 find the same)
+        lookups = {r: {float(i): c for i, c in enumerate(t)} for r, t in self.categories.items()}
+        object.__setattr__(self, "_lookups", lookups)
 
     def decode(self, features: Mapping[str, Scalar]) -> dict[str, Scalar]:
-        if not self.categories:
-            return dict(features)
+        """One logged row with its codes decoded."""
         out = dict(features)
-        for ref, table in self.categories.items():
-            value = out.get(ref)
-            if value is None or isinstance(value, str):
-                continue
-            if isinstance(value, bool):
-                out[ref] = "true" if value else "false"
-                continue
-            code = float(value)
-            index = int(code) if math.isfinite(code) and code.is_integer() else -1
-            out[ref] = table[index] if 0 <= index < len(table) else None
+        for ref, lookup in self._lookups.items():
+            if ref in out:
+                out[ref] = _category(out[ref], lookup)
+        return out
+
+    def columns(
+        self, rows: Sequence[Mapping[str, Scalar]], refs: Iterable[str]
+    ) -> dict[str, list[Any]]:
+        """Logged rows laid out per feature ref, codes decoded; `ABSENT` where a row lacks
+        the key (the monitor's batch input)."""
+        out: dict[str, list[Any]] = {}
+        for ref in refs:
+            values = [row.get(ref, ABSENT) for row in rows]
+            lookup = self._lookups.get(ref)
+            if lookup is not None:  # float codes (what the trainer logs) the short way
+                find = lookup.get
+                values = [find(v) if v.__class__ is float else _category(v, lookup) for v in values]
+            out[ref] = values
         return out
 
     @classmethod
@@ -84,35 +95,20 @@ class CategoryDecoder:
 
         Raises ValueError when the metadata is present but malformed.
         """
-        text = metadata.get(ENCODING_KEY)
-        if text is None:
+        written = encoding_of(metadata)
+        if written is None:
             return cls.from_spec(features)
-        try:
-            doc = json.loads(text)
-            categories = doc["categories"]
-            if not isinstance(categories, dict):
-                raise TypeError("categories is not an object")
-            tables = {str(ref): [str(c) for c in values] for ref, values in categories.items()}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"malformed {ENCODING_KEY} metadata: {exc}") from None
-        return cls(tables)
+        return cls({ref: list(values) for ref, values in written.categories.items()})
 
 
-def positive_class(metadata: Mapping[str, str]) -> str:
-    """The class a score is the probability of (the trainer writes `negative,positive`)."""
-    classes = metadata.get(CLASSES_KEY)
-    return classes.split(",")[-1].strip() if classes else "true"
-
-
-def onnx_metadata(artifact: bytes) -> dict[str, str]:
-    """The custom metadata of an ONNX model (`metadata_props`)."""
-    import onnx
-
-    try:
-        model = onnx.load_model_from_string(artifact)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise ValueError(f"not an ONNX model: {exc}") from None
-    return {prop.key: prop.value for prop in model.metadata_props}
+def _category(value: Any, lookup: Mapping[float, str]) -> Any:
+    """A logged code → its category: strings (and absent values) pass, booleans read as
+    false/true, a code with no category (NaN logged as null, out of range, 1.5) is missing."""
+    if value is None or value is ABSENT or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return lookup.get(value)
 
 
 @dataclass(frozen=True)
@@ -208,12 +204,12 @@ class VersionCatalog:
         if info.reference_profile is None:
             raise ValueError("the version has no reference profile (register it with one)")
         artifact = await self.registry.download_artifact(model, version)
-        metadata = await asyncio.to_thread(onnx_metadata, artifact)
+        metadata = await asyncio.to_thread(read_onnx_metadata, artifact)
         features = self.spec.model_features()
         return ServedVersion(
             model=model,
             version=version,
             profile=info.reference_profile,
             decoder=CategoryDecoder.from_metadata(metadata, features),
-            positive=positive_class(metadata),
+            positive=positive_class_of(metadata),
         )

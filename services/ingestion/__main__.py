@@ -9,6 +9,7 @@ import sys
 
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
+from mlbus.service import tune_gc_for_streams
 from mlbus.telemetry import setup_telemetry
 
 from . import IngestionService, IngestionSettings
@@ -31,6 +32,7 @@ def main() -> int:
         print(f"mlbus.ingestion: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     telemetry = setup_telemetry("ingestion", settings)
+    tune_gc_for_streams()
     try:
         asyncio.run(_serve(service))
     except ConfigError as exc:

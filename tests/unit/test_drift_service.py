@@ -28,10 +28,11 @@ from mlbus.drift._store import (
     advance_trigger,
     decide_claim,
 )
-from mlbus.drift._versions import CategoryDecoder, ServedVersion, positive_class
+from mlbus.drift._versions import CategoryDecoder, ServedVersion
 from mlbus.driftstats import PolicyState, RetrainPolicy
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import IngestValidated, PredictionLogged
+from mlbus.model_metadata import positive_class_of
 from mlbus.profiles import ReferenceProfile
 from mlbus.spec import DriftSpec, parse_spec
 
@@ -134,8 +135,8 @@ def test_malformed_encoding_metadata_is_a_clear_error() -> None:
 
 
 def test_positive_class_comes_from_the_classes_metadata() -> None:
-    assert positive_class({"mlbus.classes": "no,yes"}) == "yes"
-    assert positive_class({}) == "true"
+    assert positive_class_of({"mlbus.classes": "no,yes"}) == "yes"
+    assert positive_class_of({}) == "true"
 
 
 @pytest.mark.parametrize(

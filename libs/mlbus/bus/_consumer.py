@@ -15,7 +15,8 @@ The consumer's span continues the producer's trace from the record headers.
 Optionally (`batch_handler`), untraced data-plane records are handed over a
 fetch at a time instead of one by one; a batch that fails is handled again
 record by record, so the rules above still decide each record's fate
-(docs/adr/0014-bus-batch-handler.md).
+(docs/adr/0014-bus-batch-handler.md). With `spans_in_batch` the sampled ones
+stay in the batch too, each with a span around the batch call.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ T = TypeVar("T")
 Decoder = Callable[[bytes | None, Sequence[tuple[str, bytes]]], T]
 _RETRYABLE = (RetryableError, TimeoutError, ConnectionError)
 _NO_PARENT = Context()  # what extract_kafka_context gives for headers without a trace
+_InRun = tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...], Context | None]
+"""A record of a batch run, its headers, and its trace parent if it gets a span."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,18 @@ class Consumer(Generic[T]):
     handled, or it raises having changed nothing (effects belong in
     `before_commit`). If it raises, those records go through `handler` one at a
     time with the usual retries and dead-lettering.
+
+    `spans_in_batch` keeps sampled data-plane records in the batch as well: each
+    gets its consumer span around the batch call, so its trace still shows where
+    it was processed, but spans and events the handler makes are not children of
+    it. For handlers that publish nothing per record (drift: a detection starts its
+    own trace); otherwise every sampled record would split its fetch in two.
+
+    `commit_interval_s` > 0 commits (and runs `before_commit`) at most that often
+    instead of after every fetch, and always on revoke and on the way out: for
+    services whose commit-time work (saving state) costs more than a fetch's
+    records. A crash replays at most that long's records, which at-least-once
+    handlers tolerate anyway.
     """
 
     def __init__(
@@ -145,6 +160,8 @@ class Consumer(Generic[T]):
         plane: Literal["data", "control"] = "data",
         before_commit: Callable[[], Awaitable[None]] | None = None,
         batch_handler: Callable[[list[Received[T]]], Awaitable[None]] | None = None,
+        spans_in_batch: bool = False,
+        commit_interval_s: float = 0.0,
         **consumer_options: Any,
     ) -> None:
         if not topics:
@@ -164,6 +181,9 @@ class Consumer(Generic[T]):
         # awaited before every commit, so offsets never run ahead of effects.
         self._before_commit = before_commit
         self._batch_handler = batch_handler
+        self._spans_in_batch = spans_in_batch
+        self._commit_interval_s = commit_interval_s
+        self._committed_at = 0.0  # loop time of the last commit
         self._options = consumer_options
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -252,7 +272,15 @@ class Consumer(Generic[T]):
             async with self._batch_lock:
                 if not await self._work_through(consumer, batch):
                     return  # stopping while retrying: leave the record uncommitted
-                await self._commit()
+                if self._commit_due():
+                    await self._commit()
+
+    def _commit_due(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now - self._committed_at < self._commit_interval_s:
+            return False
+        self._committed_at = now
+        return True
 
     async def _resolve_start(self, consumer: AIOKafkaConsumer) -> None:
         """Set `_assigned` once every assigned partition has its start offset resolved.
@@ -337,7 +365,20 @@ class Consumer(Generic[T]):
         presampled: bool,
     ) -> bool:
         """`_settle` inside the record's consumer span."""
-        span = _tracer.start_span(
+        span = self._start_span(record, parent, presampled)
+        # Attach by hand (cheaper than a context manager per record) so the handler's
+        # own spans and log lines belong to this trace.
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return await self._settle(record, headers, span)
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def _start_span(
+        self, record: ConsumerRecord[bytes, bytes], parent: Context, presampled: bool
+    ) -> Span:
+        return _tracer.start_span(
             f"{record.topic} process",
             context=parent,
             kind=SpanKind.CONSUMER,
@@ -352,14 +393,6 @@ class Consumer(Generic[T]):
                 PRESAMPLED_ATTRIBUTE: presampled,
             },
         )
-        # Attach by hand (cheaper than a context manager per record) so the handler's
-        # own spans and log lines belong to this trace.
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        try:
-            return await self._settle(record, headers, span)
-        finally:
-            otel_context.detach(token)
-            span.end()
 
     # ── a fetch at a time (batch_handler) ────────────────────────────────────
 
@@ -370,9 +403,11 @@ class Consumer(Generic[T]):
         batch_handler: Callable[[list[Received[T]]], Awaitable[None]],
     ) -> bool:
         """One partition's fetch, in order: runs of untraced data-plane records go to
-        `batch_handler`, traced records one by one. False only if asked to stop first."""
-        run: list[tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...]]] = []
+        `batch_handler`, traced records one by one (or in the run too, with
+        `spans_in_batch`). False only if asked to stop first."""
+        run: list[_InRun] = []
         data_plane = self._plane == "data"
+        batch_traced = data_plane and self._spans_in_batch
         for record in records:
             if record.headers:
                 headers = tuple(record.headers)
@@ -383,7 +418,10 @@ class Consumer(Generic[T]):
                 headers, parent, parent_sampled = (), _NO_PARENT, False
             presampled = data_plane and presample_data_record(parent_sampled)
             if data_plane and not presampled:
-                run.append((record, headers))
+                run.append((record, headers, None))
+                continue
+            if batch_traced:  # presampled: traced, in the run
+                run.append((record, headers, parent))
                 continue
             if run:
                 if not await self._settle_run(tp, run, batch_handler):
@@ -397,11 +435,19 @@ class Consumer(Generic[T]):
     async def _settle_run(
         self,
         tp: TopicPartition,
-        run: list[tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...]]],
+        run: list[_InRun],
         batch_handler: Callable[[list[Received[T]]], Awaitable[None]],
     ) -> bool:
-        """Consecutive untraced records of one partition: one call, or one by one if it fails."""
+        """Consecutive records of one partition: one call, or one by one if it fails.
+
+        A traced record in the run (`spans_in_batch`) has its span open for the call.
+        """
         decode = self._decoder
+        spans = [
+            self._start_span(record, parent, True)
+            for record, _, parent in run
+            if parent is not None
+        ]
         try:
             await batch_handler(
                 [
@@ -414,10 +460,13 @@ class Consumer(Generic[T]):
                         headers,
                         record.timestamp,
                     )
-                    for record, headers in run
+                    for record, headers, _ in run
                 ]
             )
         except Exception as exc:  # one bad record (or an outage): the per-record rules decide
+            for span in spans:  # each record is tried again below, in a span of its own
+                span.set_status(Status(StatusCode.ERROR, f"batch failed: {exc}"))
+                span.end()
             first = run[0][0]
             log.info(
                 "batch of %d from %s[%d]@%d failed (%s: %s); handling it record by record",
@@ -428,11 +477,18 @@ class Consumer(Generic[T]):
                 type(exc).__name__,
                 exc,
             )
-            for record, headers in run:
-                if not await self._settle(record, headers, None):
+            for record, headers, parent in run:
+                settled = (
+                    await self._settle(record, headers, None)
+                    if parent is None
+                    else await self._traced(record, headers, parent, True)
+                )
+                if not settled:
                     return False
                 self._pending[tp] = record.offset + 1
             return True
+        for span in spans:
+            span.end()
         self.stats.processed += len(run)
         self._pending[tp] = run[-1][0].offset + 1
         return True

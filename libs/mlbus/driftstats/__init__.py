@@ -48,6 +48,7 @@ See docs/adr/0016-drift-detection.md for the choice of tests and their reasoning
 from mlbus.driftstats import _stats as stats
 from mlbus.driftstats._adwin import Adwin, AdwinChange, AdwinState
 from mlbus.driftstats._calibration import calibrate
+from mlbus.driftstats._channels import ABSENT
 from mlbus.driftstats._models import (
     ChannelState,
     DriftStateMismatch,
@@ -62,6 +63,7 @@ from mlbus.driftstats._monitor import DriftMonitor
 from mlbus.driftstats._policy import PolicyState, RetrainPolicy
 
 __all__ = [
+    "ABSENT",
     "Adwin",
     "AdwinChange",
     "AdwinState",

@@ -259,13 +259,19 @@ class BlockAdwins:
         scales: np.ndarray,
     ) -> list[tuple[int, AdwinChange]]:
         """Each due channel's oldest split that cuts, if any (vectorised over splits), given
-        every channel's width, total, sum of squared deviations and range."""
+        every channel's width, total, sum of squared deviations and range.
+
+        Most checks find nothing, so the filter (past the Gaussian ε) is written in as few
+        numpy operations as it takes; the figures `_cut` decides on are computed the long
+        way, and only for the channels with a candidate."""
         columns = self._columns
         minimum, shift = self.min_length, 1 - self.min_length
         every = len(due) == len(self.keys)
         held = self._buckets[:, :, :columns] if every else self._buckets[:, due, :columns]
-        ends = np.cumsum(self.spans) - 1
-        n0, sum0 = np.cumsum(held, axis=2)[:, :, ends]  # through each bucket, oldest first
+        through = np.cumsum(held, axis=2)  # through each stored column, oldest first
+        if columns != len(self.spans):  # some buckets still span several stored columns
+            through = through[:, :, np.cumsum(self.spans) - 1]
+        n0, sum0 = through
         width = (widths if every else widths[due])[:, None]
         total = (totals if every else totals[due])[:, None]
         kappa = (self.dependence if every else self.dependence[due])[:, None]
@@ -274,15 +280,16 @@ class BlockAdwins:
         delta_prime = np.log(2 * np.log(width) / delta[:, None])
         variance = (variances if every else variances[due])[:, None] / width
         n1 = width - n0
-        valid = (n0 >= minimum) & (n1 >= minimum)
-        # clamped where a split is not valid (a part under min_length), untouched where it is
-        old = np.maximum(n0 + shift, 1.0) / kappa
-        recent = np.maximum(n1 + shift, 1.0) / kappa
-        spread = 2 * variance * delta_prime * (1 / old + 1 / recent)
-        gap = sum0 / np.maximum(n0, 1.0) - (total - sum0) / np.maximum(n1, 1.0)
-        beyond = valid & (gap * gap > spread)  # past the Gaussian ε: a candidate
+        # Where both parts hold min_length values (elsewhere the figures are discarded):
+        # gap² > 2·var·δ'·κ·(1/(n0 - m + 1) + 1/(n1 - m + 1)), Adwin's Gaussian ε.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gap = sum0 / n0 - (total - sum0) / n1
+            spread = (2 * variance * delta_prime * kappa) * (1 / (n0 + shift) + 1 / (n1 + shift))
+            beyond = (np.minimum(n0, n1) >= minimum) & (gap * gap > spread)
         if not beyond.any():
             return []
+        old = np.maximum(n0 + shift, 1.0) / kappa
+        recent = np.maximum(n1 + shift, 1.0) / kappa
         changes: list[tuple[int, AdwinChange]] = []
         for row, column in _first_per_row(beyond):
             channel = int(due[row])

@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections.abc import Sequence
 
 SKETCH_SIZE = 256
 _SPACE = float(1 << 64)
 
 
+_HASHED: dict[str, int] = {}
+_HASHED_MAX = 1 << 16
+
+
 def entity_hash(entity: str) -> int:
-    return int.from_bytes(hashlib.blake2b(entity.encode(), digest_size=8).digest(), "big")
+    """A stable 64-bit hash (saved states hold them, so not Python's salted `hash`)."""
+    known = _HASHED.get(entity)
+    if known is None:
+        known = int.from_bytes(hashlib.blake2b(entity.encode(), digest_size=8).digest(), "big")
+        if len(_HASHED) >= _HASHED_MAX:  # entities repeat: a bounded cache, emptied when full
+            _HASHED.clear()
+        _HASHED[entity] = known
+    return known
 
 
 class EntitySketch:
@@ -37,6 +49,13 @@ class EntitySketch:
         self.rows += 1
         self._hashes.add(entity_hash(entity))
         if len(self._hashes) > 2 * SKETCH_SIZE:  # keep the smallest now and then: amortised
+            self._hashes = set(heapq.nsmallest(SKETCH_SIZE, self._hashes))
+
+    def add_many(self, entities: Sequence[str | None]) -> None:
+        named = [entity for entity in entities if entity is not None]
+        self.rows += len(named)
+        self._hashes.update(map(entity_hash, set(named)))
+        if len(self._hashes) > 2 * SKETCH_SIZE:
             self._hashes = set(heapq.nsmallest(SKETCH_SIZE, self._hashes))
 
     @property

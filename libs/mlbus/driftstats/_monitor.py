@@ -18,7 +18,6 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import chain
-from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -260,13 +259,52 @@ class DriftMonitor:
         """`observe` for a batch from one source, counted per channel at once.
 
         Exactly equivalent to calling `observe` row by row (same counts, same
-        windows, same verdicts), only faster.
+        windows, same verdicts), only faster. `observe_columns` is the same with
+        the batch already laid out by feature (what the drift service has).
         """
         n = len(rows)
-        if len(at) != n or len(offsets) != n or (predictions is not None and len(predictions) != n):
+        if len(at) != n:
+            raise ValueError(f"rows ({n}) and at ({len(at)}) must be as long")
+        plain = [row if isinstance(row, Mapping) else {} for row in rows]
+        columns = {
+            channel.name: [row.get(channel.name, ABSENT) for row in plain]
+            for channel in self._covariates
+        }
+        stamps = np.asarray([_aware(t).timestamp() for t in at], dtype=np.float64)
+        return self.observe_columns(
+            columns,
+            predictions,
+            n=n,
+            stamps=stamps,
+            source=source,
+            offsets=offsets,
+            entities=entities,
+        )
+
+    def observe_columns(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        predictions: Sequence[float | None] | None,
+        *,
+        n: int,
+        stamps: np.ndarray,
+        source: str,
+        offsets: Sequence[int],
+        entities: Sequence[str | None] | None = None,
+    ) -> list[WindowVerdict]:
+        """`observe_many` for `n` rows given as one value list per feature (`ABSENT` where a
+        row has no such key; a feature not in `columns` is absent from every row) and the
+        times as epoch seconds."""
+        if (
+            len(stamps) != n
+            or len(offsets) != n
+            or (predictions is not None and len(predictions) != n)
+            or any(len(values) != n for values in columns.values())
+        ):
             raise ValueError(
-                f"rows ({n}), at ({len(at)}), offsets ({len(offsets)}) and predictions "
-                f"({'none' if predictions is None else len(predictions)}) must be as long"
+                f"columns, times ({len(stamps)}), offsets ({len(offsets)}) and predictions "
+                f"({'none' if predictions is None else len(predictions)}) must all hold "
+                f"{n} rows"
             )
         verdicts: list[WindowVerdict] = []
         begin = 0
@@ -274,22 +312,27 @@ class DriftMonitor:
             if self._n >= self.spec.window_size:
                 verdicts.append(self._close_window([]))
             end = min(n, begin + self.spec.window_size - self._n)
-            chunk = [row if isinstance(row, Mapping) else {} for row in rows[begin:end]]
+            whole = begin == 0 and end == n
+            chunk = columns if whole else {k: v[begin:end] for k, v in columns.items()}
             scores = None if predictions is None else predictions[begin:end]
-            indexes = self._layout.bins(chunk, scores)
-            times = [_aware(t) for t in at[begin:end]]
-            stamps = np.asarray([t.timestamp() for t in times], dtype=np.float64)
-            phases = phases_of(stamps, self.seasonality)
-            changes, taken = self._adapt_many(indexes, stamps, phases)
+            indexes = self._layout.bins(chunk, scores, end - begin)
+            times = stamps[begin:end]
+            phases = phases_of(times, self.seasonality)
+            changes, taken = self._adapt_many(indexes, times, phases)
             self._layout.count(indexes[:taken])
             self._phase_rows += np.bincount(phases[:taken], minlength=self._phase_rows.size)
             end = begin + taken
             if entities is not None:
-                for entity in entities[begin:end]:
-                    self._entities.add(entity)
+                self._entities.add_many(entities[begin:end])
             span = offsets[begin:end]
             times = times[:taken]
-            self._extend_window(min(times), max(times), source, min(span), max(span))
+            self._extend_window(
+                datetime.fromtimestamp(float(times.min()), UTC),
+                datetime.fromtimestamp(float(times.max()), UTC),
+                source,
+                min(span),
+                max(span),
+            )
             self._n += taken
             begin = end
             if changes or self._n >= self.spec.window_size:
@@ -591,7 +634,6 @@ class _BatchLayout:
             if isinstance(c, NumericChannel) and c.kind == "covariate"
         ]
         self.names = [channels[i].name for i in self.numeric]
-        self.getter = itemgetter(*self.names) if self.names else None
         numeric = [c for c in channels if isinstance(c, NumericChannel) and c.kind == "covariate"]
         width = max((len(c.edges) for c in numeric), default=0)
         self.edges = np.full((len(numeric), max(width, 1)), np.inf)
@@ -608,13 +650,16 @@ class _BatchLayout:
         self.nowhere = bins  # the NaN column: missing, absent or invalid values
 
     def bins(
-        self, chunk: list[Mapping[str, Any]], scores: Sequence[float | None] | None
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        scores: Sequence[float | None] | None,
+        n: int,
     ) -> np.ndarray:
         """Rows × channels bin indexes (NOT_COUNTED, INVALID as bin_of says)."""
-        indexes = np.empty((len(chunk), len(self.channels)), dtype=np.int64)
+        indexes = np.empty((n, len(self.channels)), dtype=np.int64)
         done = set()
-        if self.getter is not None and chunk:
-            together = self._numeric_bins(chunk)
+        if self.names and n:
+            together = self._numeric_bins(columns)
             if together is not None:
                 indexes[:, self.numeric] = together
                 done.update(self.numeric)
@@ -622,29 +667,22 @@ class _BatchLayout:
             if i in done:
                 continue
             if channel.kind == PREDICTION:
-                values: list[Any] = (
-                    [ABSENT] * len(chunk)
-                    if scores is None
-                    else [ABSENT if p is None else p for p in scores]
+                values: Sequence[Any] = (
+                    [ABSENT] * n if scores is None else [ABSENT if p is None else p for p in scores]
                 )
             else:
-                name = channel.name
-                values = [row.get(name, ABSENT) for row in chunk]
-            indexes[:, i] = channel.bins_of(values)
+                values = columns.get(channel.name) or [ABSENT] * n
+            indexes[:, i] = channel.bins_of(list(values))
         return indexes
 
-    def _numeric_bins(self, chunk: list[Mapping[str, Any]]) -> np.ndarray | None:
-        assert self.getter is not None
-        try:
-            picked = list(map(self.getter, chunk))
-        except KeyError:  # a feature absent from some row: channel by channel
+    def _numeric_bins(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray | None:
+        picked = [columns.get(name) for name in self.names]
+        if any(values is None for values in picked):  # absent from every row
             return None
-        if len(self.names) == 1:
-            picked = [(value,) for value in picked]
-        kinds = set(map(type, chain.from_iterable(picked)))
-        if not kinds <= _PLAIN:
+        kinds = set(map(type, chain.from_iterable(picked)))  # type: ignore[arg-type]
+        if not kinds <= _PLAIN:  # ABSENT (a key missing from some row), strings, …
             return None
-        numbers = np.asarray(picked, dtype=np.float64)  # None: NaN
+        numbers = np.asarray(picked, dtype=np.float64).T  # None: NaN
         if int in kinds and bool((np.abs(numbers) >= _EXACT_INT).any()):
             return None  # bin_of compares such ints exactly
         below = (self.edges[None, :, :] < numbers[:, :, None]).sum(axis=2)
