@@ -1,6 +1,7 @@
 """The consumer's optional batch mode (`batch_handler`) against the real embedded broker:
 order per partition, commits, per-record fallback with dead-lettering, traced records
-one by one (docs/adr/0014-bus-batch-handler.md)."""
+one by one or (`spans_in_batch`) in the batch with their spans, and the commit interval
+(docs/adr/0014-bus-batch-handler.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mlbus.bus import Consumer, Publisher, Received, ensure_topics, raw_decoder
 from mlbus.config import KafkaSettings
@@ -183,3 +187,111 @@ async def test_traced_records_keep_their_span_and_go_one_by_one_in_order(
     assert {int(v) for how, v in order if how == "one"} == traced
     assert consumer.stats.processed == len(values)
     assert sum(consumer.stats.committed.values()) == len(values)
+
+
+@pytest.fixture
+def consumer_spans() -> Iterator[InMemorySpanExporter]:
+    """The bus consumer's spans, exported in memory (for this test only)."""
+    from mlbus.bus import _consumer
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    saved = _consumer._tracer
+    _consumer._tracer = provider.get_tracer("mlbus.bus")
+    yield exporter
+    _consumer._tracer = saved
+
+
+@pytest.mark.usefixtures("untraced_data_plane")
+async def test_with_spans_in_batch_traced_records_stay_in_the_batch_each_with_its_span(
+    kafka: KafkaSettings,
+    publisher: Publisher,
+    unique: str,
+    consumer_spans: InMemorySpanExporter,
+) -> None:
+    topic = f"t.batchspans.{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    values = [b"%d" % i for i in range(60)]
+    traced = {0, 17, 18, 59}
+    await produce(kafka, topic, values, traced=traced)
+    single: list[bytes] = []
+    batches: list[list[bytes]] = []
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        single.append(msg.payload or b"")
+
+    async def handle_batch(msgs: list[Received[bytes | None]]) -> None:
+        batches.append([m.payload or b"" for m in msgs])
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        batch_handler=handle_batch,
+        decoder=raw_decoder,
+        publisher=publisher,
+        spans_in_batch=True,
+    )
+    await run_until(consumer, lambda: sum(map(len, batches)) >= len(values))
+
+    assert not single  # nobody left the batch
+    assert [v for batch in batches for v in batch] == values  # in order
+    spans = consumer_spans.get_finished_spans()
+    offsets = sorted(s.attributes["messaging.kafka.offset"] for s in spans)  # type: ignore[index]
+    assert offsets == sorted(traced)  # one span per traced record, none for the rest
+    parent = int(TRACEPARENT.split(b"-")[1], 16)
+    assert {s.context.trace_id for s in spans} == {parent}  # each continues its trace
+    assert sum(consumer.stats.committed.values()) == len(values)
+
+
+@pytest.mark.usefixtures("untraced_data_plane")
+async def test_a_commit_interval_commits_less_often_and_everything_on_the_way_out(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    topic = f"t.batchinterval.{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    values = [b"%d" % i for i in range(200)]
+    handled = 0
+    commits = 0
+    all_handled = asyncio.Event()
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        raise AssertionError("every record is untraced: batches only")
+
+    async def handle_batch(msgs: list[Received[bytes | None]]) -> None:
+        nonlocal handled
+        handled += len(msgs)
+        if handled >= len(values):
+            all_handled.set()
+
+    async def before_commit() -> None:
+        nonlocal commits
+        commits += 1
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        batch_handler=handle_batch,
+        decoder=raw_decoder,
+        publisher=publisher,
+        max_batch=10,
+        before_commit=before_commit,
+        commit_interval_s=60.0,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await consumer.wait_assigned()
+        await produce(kafka, topic, values)
+        await asyncio.wait_for(all_handled.wait(), 45)
+        fetches_commits = commits
+    finally:
+        consumer.stop()
+        await task
+    # ≥ 20 fetches of at most 10 records; within the interval at most the first commits
+    assert fetches_commits <= 1
+    assert commits == fetches_commits + 1  # the way out commits what was handled
+    assert consumer.stats.committed == {f"{topic}[0]": len(values)}
