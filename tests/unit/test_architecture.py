@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
-SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift"}
+SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift", "console"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -73,3 +73,18 @@ def test_a_service_has_a_main_and_a_readme(service: Path) -> None:
     assert service.name in SERVICE_NAMES, f"unknown service folder {service.name}"
     assert (service / "__main__.py").is_file()
     assert (service / "README.md").is_file()
+
+
+SHELL = ("mlbus.cli", "mlbus.demo")
+
+
+@pytest.mark.parametrize("service", service_dirs(), ids=lambda p: p.name)
+def test_a_service_never_imports_the_shell(service: Path) -> None:
+    """The CLI and the demo are the shell around the services (STYLE.md)."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in imported_modules(path) if m.startswith(SHELL)
+        )
+        for path in service.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
