@@ -17,7 +17,6 @@ from mlbus.telemetry.spans import Trace, find_trace
 from ._charts import histogram_figure, rates_figure, scores_figure, waterfall_figure
 from ._web import failure, fragment, not_found, page, snapshot, sources
 
-PROBES = frozenset({"grpc.health.v1.Health/Check"})
 TRACES_LISTED = 60
 ENTITY_MAX = 200
 
@@ -75,7 +74,28 @@ async def _profiles(request: Request, keys: list[tuple[str, int]]) -> dict[tuple
     return {k: cache.get(k) for k in keys}
 
 
+CACHED_CONTEXTS = 32
+
+
 async def _drift_context(request: Request) -> dict[str, Any]:
+    """The drift page's context, built once per refresh of the snapshot (and `?version=`):
+    the histograms bin a few thousand predictions per feature."""
+    cache: dict[str, tuple[int, dict[str, Any]]] = request.app.state.__dict__.setdefault(
+        "drift_contexts", {}
+    )
+    key = request.query_params.get("version", "")
+    version = snapshot(request).version
+    hit = cache.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    context = await _build_drift_context(request)
+    if len(cache) >= CACHED_CONTEXTS:
+        cache.clear()
+    cache[key] = (version, context)
+    return context
+
+
+async def _build_drift_context(request: Request) -> dict[str, Any]:
     """Per model, the chosen monitored version (`?version=`, else the newest) in full: tests,
     reference against live histograms, scores over time; the other versions as links."""
     snap = snapshot(request)
@@ -186,27 +206,15 @@ def _all_traces(request: Request) -> list[Trace]:
     return sources(request).spans.traces()
 
 
-def kind_of(trace: Trace) -> str:
-    """ "loop" (training and registration in one trace: drift → retraining → reload),
-    "data" (a record across services), or "probe" (health checks, the console's own reads)."""
-    services = set(trace.services)
-    if trace.root_name in PROBES or "mlbus-console" in services or len(services) < 2:
-        return "probe"
-    if {"mlbus-trainer", "mlbus-registry"} <= services:
-        return "loop"
-    return "data"
-
-
 async def traces(request: Request) -> Response:
-    found = await asyncio.to_thread(_all_traces, request)
-    kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
-    for t in found:
-        kinds[kind_of(t)].append(t)
+    spans = sources(request).spans
+    found = await asyncio.to_thread(spans.traces)
+    kinds = spans.kinds
     context = {
         "loops": kinds["loop"][:TRACES_LISTED],
         "others": kinds["data"][:TRACES_LISTED],
-        "hidden": len(kinds["probe"]),
-        "total": len(found),
+        "hidden": len(kinds["probe"]) + spans.health_checks,
+        "total": len(found) + spans.health_checks,
     }
     return page(request, "traces.html", context, active="traces")
 

@@ -45,14 +45,35 @@ class EntityFeatures:
     views: tuple[OnlineFeatures, ...]
 
 
+HEALTH_CHECK = "grpc.health.v1.Health/Check"
+"""Root span of every gRPC health check (`mlbus status`, the console's refresh)."""
+
+
+def kind_of(trace: Trace) -> str:
+    """ "loop" (training and registration in one trace: drift → retraining → reload),
+    "data" (a record across services), or "probe" (the console's own reads, one service)."""
+    services = set(trace.services)
+    if trace.root_name == HEALTH_CHECK or "mlbus-console" in services or len(services) < 2:
+        return "probe"
+    if {"mlbus-trainer", "mlbus-registry"} <= services:
+        return "loop"
+    return "data"
+
+
 class SpanCache:
-    """Traces from the span files, re-read only when a file grew or changed."""
+    """Traces from the span files, re-read only when a file grew or changed.
+
+    Health checks (a root span each, every few seconds per service) are counted,
+    not kept: they would be most of the traces and none of the loop.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._files: dict[Path, tuple[int, int, list[SpanRecord]]] = {}
+        self._files: dict[Path, tuple[int, int, list[SpanRecord], int]] = {}
         self._traces: list[Trace] = []
         self._key: tuple[tuple[str, int, int], ...] = ()
+        self.kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
+        self.health_checks = 0
 
     def traces(self) -> list[Trace]:
         """Every trace in the folder, newest first."""
@@ -67,18 +88,30 @@ class SpanCache:
         if tuple(key) == self._key:
             return self._traces
         unique: dict[tuple[str, str], SpanRecord] = {}
+        health_checks = 0
         for name, size, mtime in key:
             path = Path(name)
             cached = self._files.get(path)
             if cached is None or cached[:2] != (size, mtime):
-                cached = (size, mtime, read_span_file(path))
+                records = read_span_file(path)
+                kept = [r for r in records if not _health_check(r)]
+                cached = (size, mtime, kept, len(records) - len(kept))
                 self._files[path] = cached
+            health_checks += cached[3]
             for record in cached[2]:  # a span written twice counts once (as read_spans)
                 unique.setdefault((record.trace_id, record.span_id), record)
         traces = build_traces(unique.values())
         self._traces = sorted(traces, key=lambda t: t.start_ns, reverse=True)
+        kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
+        for found in self._traces:
+            kinds[kind_of(found)].append(found)
+        self.kinds, self.health_checks = kinds, health_checks
         self._key = tuple(key)
         return self._traces
+
+
+def _health_check(record: SpanRecord) -> bool:
+    return record.parent_span_id is None and record.name == HEALTH_CHECK
 
 
 class ConsoleSources:

@@ -92,7 +92,11 @@ def screenshot(driver: Any, name: str) -> Path:
     """A full-page PNG under artifacts/console/ (the page's height, capped)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     size = driver.get_window_size()
-    height = int(driver.execute_script("return document.body.scrollHeight"))
+    height = int(
+        driver.execute_script(
+            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
+        )
+    )
     driver.set_window_size(size["width"], min(max(height + 40, 600), 6000))
     time.sleep(0.5)  # plotly redraws to the new size
     path = ARTIFACTS / f"{name}.png"

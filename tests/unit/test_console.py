@@ -13,8 +13,8 @@ import pytest
 from mlbus.console._app import _templates, ago, num
 from mlbus.console._charts import histogram_figure, scores_figure, waterfall_figure
 from mlbus.console._collector import ScorePoint
-from mlbus.console._pages_loop import kind_of
 from mlbus.console._security import CSRF_COOKIE, csrf_ok
+from mlbus.console._sources import kind_of
 from mlbus.profiles import CategoricalProfile, NumericProfile
 from mlbus.runtime import RunState, ServiceState
 from mlbus.telemetry.spans import SpanRecord, build_traces
@@ -133,3 +133,31 @@ def test_run_state_names_an_http_service_by_url(tmp_path: Path) -> None:
     assert state.http_url("console") == "http://127.0.0.1:18080/"
     assert state.http_url("registry") is None
     assert state.grpc_address("console") is None
+
+
+def test_span_cache_counts_health_checks_and_rereads_only_on_change(tmp_path: Path) -> None:
+    from mlbus.console._sources import SpanCache
+
+    def line(trace: str, span: str, parent: str | None, service: str, name: str) -> str:
+        record = _span(trace, span, parent, service, name, 10**9)
+        return json.dumps(record.to_json()) + "\n"
+
+    (tmp_path / "registry-1.jsonl").write_text(
+        line("c" * 32, "5" * 16, None, "mlbus-registry", "grpc.health.v1.Health/Check")
+        + line("a" * 32, "2" * 16, "1" * 16, "mlbus-registry", "register")
+    )
+    (tmp_path / "drift-2.jsonl").write_text(
+        line("a" * 32, "1" * 16, None, "mlbus-drift", "drift.detected")
+        + line("a" * 32, "1" * 16, None, "mlbus-drift", "drift.detected")  # written twice
+    )
+    cache = SpanCache(tmp_path)
+    traces = cache.traces()
+    assert [t.trace_id for t in traces] == ["a" * 32]
+    assert len(traces[0].spans) == 2
+    assert cache.health_checks == 1
+    assert cache.kinds["data"] == traces
+    assert cache.traces() is traces  # nothing changed: not rebuilt
+    with (tmp_path / "drift-2.jsonl").open("a") as out:
+        out.write(line("d" * 32, "6" * 16, None, "mlbus-drift", "solo"))
+    assert len(cache.traces()) == 2
+    assert [t.trace_id for t in cache.kinds["probe"]] == ["d" * 32]
