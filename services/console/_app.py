@@ -105,25 +105,23 @@ def when(moment: datetime | None) -> str:
 
 
 def build_app(settings: ConsoleSettings, *, collect: bool = True) -> Starlette:
-    """The console over the stack `settings` name. `collect=False`: no background refresh
-    (the snapshot is refreshed once at start; tests drive `app.state.collector` themselves)."""
+    """The console over the stack `settings` name. `collect=False`: one refresh at start, none
+    after (tests drive `app.state.collector` themselves)."""
     templates = _templates()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sources = ConsoleSources(settings)
         topics = TopicReader(settings.kafka)
-        await topics.start()
         collector = Collector(sources, topics)
         app.state.sources, app.state.collector, app.state.templates = sources, collector, templates
-        await collector.refresh()
-        task = asyncio.create_task(collector.run(), name="console-collector") if collect else None
+        # Pages answer at once (from an empty snapshot until the first refresh lands).
+        task = asyncio.create_task(collector.run() if collect else collector.refresh())
         try:
             yield
         finally:
             collector.stop()
-            if task is not None:
-                await task
+            await task
             await topics.stop()
             await sources.aclose()
 

@@ -31,15 +31,24 @@ class TopicReader:
         self._lock = asyncio.Lock()
         self._decode = EventDecoder()
 
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
+    async def _started(self) -> Any:
+        """The consumer, started on first use (and again after a failed start): the console
+        comes up, and says so, while the broker is still down."""
+        if self._consumer is None:
+            from aiokafka import AIOKafkaConsumer
 
-        kwargs = self.kafka.client_kwargs()
-        consumer = AIOKafkaConsumer(
-            **kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        self._consumer = consumer
+            kwargs = self.kafka.client_kwargs()
+            consumer = AIOKafkaConsumer(
+                **kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+            )
+            try:
+                async with asyncio.timeout(FETCH_TIMEOUT_S * 3):
+                    await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._consumer = consumer
+        return self._consumer
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -51,7 +60,7 @@ class TopicReader:
         from aiokafka import TopicPartition
 
         async with self._lock:
-            consumer = self._require()
+            consumer = await self._started()
             partitions = []
             for topic in topics:
                 found = consumer.partitions_for_topic(topic)
@@ -74,7 +83,7 @@ class TopicReader:
         from aiokafka import TopicPartition
 
         async with self._lock:
-            consumer = self._require()
+            consumer = await self._started()
             numbers = consumer.partitions_for_topic(topic)
             if numbers is None:
                 await consumer._client.force_metadata_update()
@@ -109,7 +118,3 @@ class TopicReader:
             log.debug("skipped %s@%d: %s", record.topic, record.offset, exc)
             return None
 
-    def _require(self) -> Any:
-        if self._consumer is None:
-            raise RuntimeError("TopicReader.start() was not awaited")
-        return self._consumer
