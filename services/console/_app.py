@@ -37,6 +37,7 @@ from ._security import csrf_token
 from ._settings import ConsoleSettings
 from ._sources import ConsoleSources
 from ._topics import TopicReader
+from ._web import not_found
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def _templates() -> Jinja2Templates:
     env = templates.env
     env.globals["csrf_token"] = csrf_token
     env.filters["ago"] = ago
+    env.filters["duration"] = duration
     env.filters["num"] = num
     env.filters["when"] = when
     return templates
@@ -80,14 +82,19 @@ def _templates() -> Jinja2Templates:
 def ago(moment: datetime | None) -> str:
     if moment is None:
         return "—"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
+    return f"{duration((datetime.now(UTC) - moment).total_seconds())} ago"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
     if seconds < 90:
-        return f"{seconds:.0f} s ago"
+        return f"{seconds:.0f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 60:.0f} min"
     if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def num(value: Any, digits: int = 4) -> str:
@@ -140,7 +147,17 @@ def build_app(settings: ConsoleSettings, *, collect: bool = True) -> Starlette:
         *_pages_models.routes(),
     ]
     middleware = [Middleware(ServerTiming), Middleware(GZipMiddleware, minimum_size=2048)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: no_such_page},
+    )
+
+
+async def no_such_page(request: Request, exc: Exception) -> Response:
+    """A path no route serves: the console's own page, naming the path (escaped)."""
+    return not_found(request, f"there is no page at {request.url.path}", active="")
 
 
 _CACHE = {"cache-control": "public, max-age=86400"}

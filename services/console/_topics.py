@@ -117,4 +117,3 @@ class TopicReader:
         except InvalidInput as exc:
             log.debug("skipped %s@%d: %s", record.topic, record.offset, exc)
             return None
-

@@ -89,19 +89,26 @@ def wait_for(
 
 
 def screenshot(driver: Any, name: str) -> Path:
-    """A full-page PNG under artifacts/console/ (the page's height, capped)."""
+    """A full-page PNG under artifacts/console/ (Chromium's DevTools capture beyond the
+    viewport, the page's whole height up to 8,000 px)."""
+    import base64
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    size = driver.get_window_size()
-    height = int(
-        driver.execute_script(
-            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
-        )
+    time.sleep(0.5)  # figures finish their transitions
+    layout = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    size = layout.get("cssContentSize") or layout["contentSize"]
+    clip = {
+        "x": 0,
+        "y": 0,
+        "width": float(size["width"]),
+        "height": min(float(size["height"]), 8000.0),
+        "scale": 1,
+    }
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
     )
-    driver.set_window_size(size["width"], min(max(height + 40, 600), 6000))
-    time.sleep(0.5)  # plotly redraws to the new size
     path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(size["width"], size["height"])
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 
