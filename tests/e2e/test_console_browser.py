@@ -177,8 +177,15 @@ def test_drift_page_then_a_detection_its_retraining_and_its_trace(browser: Any, 
     histograms = browser.find_elements("css selector", ".histograms [data-drawn='1']")
     assert len(histograms) >= 5
     screenshot(browser, "06-drift")
+    # The detection whose retraining column links a version: the one that caused v2.
     link = wait_for(
-        lambda: browser.find_elements("css selector", "#detections a"), 30, "a detection"
+        lambda: [
+            row.find_element("css selector", "td a")
+            for row in browser.find_elements("css selector", "#detections tr")
+            if row.find_elements("css selector", "td:last-child a")
+        ],
+        30,
+        "a detection that caused a retraining",
     )
     link[0].click()
     evidence = wait_for(lambda: _rows(browser, "#evidence"), 20, "the detection's evidence")
