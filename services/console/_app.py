@@ -219,6 +219,7 @@ def run(settings: ConsoleSettings | None = None) -> None:
             port=chosen.http_port,
             log_level="warning",
             access_log=False,
+            timeout_graceful_shutdown=3,  # an open live-update stream never holds a stop
         )
     finally:
         telemetry.shutdown()
