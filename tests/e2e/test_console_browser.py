@@ -177,17 +177,19 @@ def test_drift_page_then_a_detection_its_retraining_and_its_trace(browser: Any, 
     histograms = browser.find_elements("css selector", ".histograms [data-drawn='1']")
     assert len(histograms) >= 5
     screenshot(browser, "06-drift")
-    # The detection whose retraining column links a version: the one that caused v2.
-    link = wait_for(
-        lambda: [
-            row.find_element("css selector", "td a")
-            for row in browser.find_elements("css selector", "#detections tr")
-            if row.find_elements("css selector", "td:last-child a")
-        ],
+    # The detection whose retraining column links a version (the one that caused v2),
+    # found and clicked in one script: a live update may replace the table in between.
+    clicked = wait_for(
+        lambda: browser.execute_script(
+            "for (const row of document.querySelectorAll('#detections tr')) {"
+            "  if (row.querySelector('td:last-child a')) {"
+            "    const link = row.querySelector('td a'); link.click(); return link.href; } }"
+            "return null;"
+        ),
         30,
         "a detection that caused a retraining",
     )
-    link[0].click()
+    assert "/drift/detections/" in clicked
     evidence = wait_for(lambda: _rows(browser, "#evidence"), 20, "the detection's evidence")
     assert evidence
     caused = browser.find_element("css selector", "#caused").text
