@@ -127,13 +127,15 @@ class Collector:
             self._rates(),
             self._tails(),
             self.sources.drift_state(),
+            # Span files are re-read here, off the request path (a page reads the last result).
+            asyncio.to_thread(self.sources.spans.traces),
             return_exceptions=True,
         )
-        names = ("health", "registry", "kafka rates", "kafka topics", "drift state")
+        names = ("health", "registry", "kafka rates", "kafka topics", "drift state", "span files")
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 errors[name] = _describe(result)
-        health, models, _, _, drift = results
+        health, models, _, _, drift, _ = results
         if not isinstance(health, BaseException):
             snap.health = health
         if not isinstance(models, BaseException):

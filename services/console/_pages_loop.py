@@ -203,12 +203,12 @@ async def features(request: Request) -> Response:
 
 
 def _all_traces(request: Request) -> list[Trace]:
-    return sources(request).spans.traces()
+    return sources(request).spans.latest()
 
 
 async def traces(request: Request) -> Response:
     spans = sources(request).spans
-    found = await asyncio.to_thread(spans.traces)
+    found = await asyncio.to_thread(spans.latest)
     kinds = spans.kinds
     context = {
         "loops": kinds["loop"][:TRACES_LISTED],

@@ -75,8 +75,12 @@ class SpanCache:
         self.kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
         self.health_checks = 0
 
+    def latest(self) -> list[Trace]:
+        """The traces as last read (by the collector's refresh); read now if never read."""
+        return self._traces if self._key else self.traces()
+
     def traces(self) -> list[Trace]:
-        """Every trace in the folder, newest first."""
+        """Every trace in the folder, newest first (files re-read when they changed)."""
         files = span_files(self.folder) if self.folder.is_dir() else []
         key: list[tuple[str, int, int]] = []
         for path in files:

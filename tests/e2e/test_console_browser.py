@@ -296,8 +296,12 @@ def test_hostile_feature_values_entity_ids_and_span_names_are_shown_as_text(
     browser.get(f"{url}/features?entity={urllib.request.quote(HOSTILE_ENTITY)}")
     assert browser.find_element("id", "entity-name").text == HOSTILE_ENTITY
     assert HOSTILE in browser.find_element("css selector", "table.online").text
-    browser.get(f"{url}/traces")
-    assert HOSTILE in browser.find_element("css selector", "#other-traces").text
+
+    def hostile_trace_listed() -> bool:  # span files are re-read at the next refresh
+        browser.get(f"{url}/traces")
+        return HOSTILE in browser.find_element("css selector", "#other-traces").text
+
+    wait_for(hostile_trace_listed, 30, "the hostile trace on the traces page")
     # A model name the registry refuses, and a path no page has: both echoed, as text.
     for path in (f"/models/{HOSTILE.replace('/', '')}", f"/no/such/{HOSTILE}"):
         browser.get(url + urllib.request.quote(path, safe="/"))

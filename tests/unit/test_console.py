@@ -159,5 +159,7 @@ def test_span_cache_counts_health_checks_and_rereads_only_on_change(tmp_path: Pa
     assert cache.traces() is traces  # nothing changed: not rebuilt
     with (tmp_path / "drift-2.jsonl").open("a") as out:
         out.write(line("d" * 32, "6" * 16, None, "mlbus-drift", "solo"))
+    assert cache.latest() is traces  # pages read the last refresh, never the files
     assert len(cache.traces()) == 2
     assert [t.trace_id for t in cache.kinds["probe"]] == ["d" * 32]
+    assert len(cache.latest()) == 2
