@@ -23,10 +23,19 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 
 install: $(STAMP) ## Create .venv with mlbus and every service, test and lint tool
 
-test: lint typecheck pytest ## Everything CI runs: lint, type checks, all tests
+test: lint typecheck chromium pytest ## Everything CI runs: lint, type checks, all tests
 
 pytest: $(STAMP) ## Unit, integration (real broker + Redis) and end-to-end tests
 	$(BIN)/pytest -q
+
+# The console's browser tests drive Debian's chromium through chromium-driver (never a
+# downloaded browser). Installed here when missing and root may; otherwise they skip,
+# except in CI (CI=true), where a missing browser fails them.
+chromium: ## Install Debian's chromium + chromium-driver for the browser tests (needs root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "chromium or chromedriver missing and not root: the console's browser tests will skip"; fi
 
 unit: $(STAMP) ## Unit tests only (no broker, no Redis)
 	$(BIN)/pytest -q tests/unit
@@ -69,4 +78,4 @@ lock: $(STAMP) ## Re-resolve constraints.txt from pyproject.toml, preferring wha
 clean: ## Remove the venv, caches and the local data folder
 	rm -rf $(VENV) .mlbus .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help install test pytest unit lint typecheck format proto up demo bench schemas lock clean
+.PHONY: help install test chromium pytest unit lint typecheck format proto up demo bench schemas lock clean

@@ -10,14 +10,15 @@ from mlbus.demo import BEFORE_DRIFT, DemoConfig, DemoRun, PhaseFailed, SilentRep
 from tests.e2e.auc_margin import Z, segment_standard_error
 
 
-def run_for_tests(data_dir: Path, config: DemoConfig) -> DemoRun:
+def run_for_tests(data_dir: Path, config: DemoConfig, *, keep: bool = False) -> DemoRun:
     """Run the demo in `data_dir`; a failed phase is kept in `run.error` for the tests to
-    judge, one claim each, instead of failing the fixture."""
+    judge, one claim each, instead of failing the fixture. `keep`: a run that succeeded
+    leaves its stack up in `run.stack` (the caller stops it)."""
     for name in ("MLBUS_KAFKA_BOOTSTRAP_SERVERS", "MLBUS_REDIS_URL", "REDIS_URL"):
         assert name not in os.environ, f"unset {name}: the demo runs its own embedded stack"
     run = DemoRun()
     try:
-        run_demo(MlbusSettings(data_dir=data_dir), config, SilentReporter(), run)
+        run_demo(MlbusSettings(data_dir=data_dir), config, SilentReporter(), run, keep=keep)
     except PhaseFailed as exc:
         run.error = exc
     return run

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
-SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift"}
+SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift", "console"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -100,3 +100,18 @@ def test_the_onnx_metadata_keys_have_one_home() -> None:
         if path != home and (found := metadata_keys_spelled(path))
     }
     assert offenders == {}, f"ONNX metadata keys spelled outside model_metadata: {offenders}"
+
+
+SHELL = ("mlbus.cli", "mlbus.demo")
+
+
+@pytest.mark.parametrize("service", service_dirs(), ids=lambda p: p.name)
+def test_a_service_never_imports_the_shell(service: Path) -> None:
+    """The CLI and the demo are the shell around the services (STYLE.md)."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in imported_modules(path) if m.startswith(SHELL)
+        )
+        for path in service.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

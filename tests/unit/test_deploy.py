@@ -411,6 +411,7 @@ def test_k8s_probes_and_service_ports_match_configured_ports() -> None:
         env = container["_env"]
         listening = {
             "grpc": configured_port(env, module),
+            "http": configured_port(env, module, "http_port"),
             "metrics": configured_port(env, module, "metrics_port"),
         }
         declared = {p["name"]: p["containerPort"] for p in container["ports"]}

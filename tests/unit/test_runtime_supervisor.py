@@ -144,7 +144,7 @@ def test_services_that_call_the_registry_are_told_where_it_listens(
 
     settings = MlbusSettings(data_dir=tmp_path)
     callers = [s for s in SERVICES if s.calls_registry]
-    assert {s.name for s in callers} == {"trainer", "inference", "drift"}
+    assert {s.name for s in callers} == {"trainer", "inference", "drift", "console"}
     for spec in SERVICES:
         env = spec.environment(settings, None, None, registry_address="127.0.0.1:18002")
         variable = f"MLBUS_{spec.name.upper()}_REGISTRY_ADDRESS"
@@ -168,11 +168,20 @@ def test_catalogue_names_every_service_and_their_grpc_ports() -> None:
         "registry",
         "inference",
         "drift",
+        "console",
     ]
     ports = {s.name: s.grpc_port for s in SERVICES if s.serves_grpc}
     assert ports["inference"] == 8001
     assert set(ports) == {"features", "registry", "inference"}
     assert len(set(ports.values())) == len(ports)
+    assert {s.name: s.http_port for s in SERVICES if s.serves_http} == {"console": 8080}
+
+
+def test_an_http_service_is_told_its_port_and_reported_by_url(tmp_path: Path) -> None:
+    console = next(s for s in SERVICES if s.name == "console")
+    env = console.environment(MlbusSettings(data_dir=tmp_path), None, 19001, None, 18080)
+    assert env["MLBUS_CONSOLE_HTTP_PORT"] == "18080"
+    assert "MLBUS_CONSOLE_GRPC_PORT" not in env
 
 
 def test_only_installed_services_run() -> None:

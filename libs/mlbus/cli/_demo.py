@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from mlbus.demo import DemoSummary
+    from mlbus.demo import DemoRun, DemoSummary
 
 EXIT_PHASE_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -179,6 +179,14 @@ def register(app: typer.Typer) -> None:
                 "--summary-json", help="Also write the summary to this JSON file.", dir_okay=False
             ),
         ] = None,
+        keep: Annotated[
+            bool,
+            typer.Option(
+                "--keep",
+                help="Leave the stack up after a successful run (browse the console, use "
+                "`mlbus status`, `mlbus models list` …) until Ctrl-C.",
+            ),
+        ] = False,
     ) -> None:
         """Run the closed loop once: train, serve, drift, detect, retrain, reload, recover.
 
@@ -233,7 +241,7 @@ def register(app: typer.Typer) -> None:
         code = 0
         with _signals_as_interrupt(), reporter_for(console) as reporter:
             try:
-                run_demo(settings, config, reporter, run)
+                run_demo(settings, config, reporter, run, keep=keep)
                 reporter.finish()
             except PhaseFailed as exc:
                 code = EXIT_PHASE_FAILED
@@ -254,7 +262,30 @@ def register(app: typer.Typer) -> None:
         if code:
             err_console.print(f"[red]{message}[/]", highlight=False)
             err_console.print(f"logs: {settings.data.logs}", highlight=False)
+        elif run.stack is not None:
+            _keep_until_interrupted(run, settings.data.root)
         raise typer.Exit(code)
+
+
+def _keep_until_interrupted(run: DemoRun, root: Path) -> None:
+    """`--keep`: the stack stays up until Ctrl-C (or SIGTERM), then stops in order."""
+    stack = run.stack
+    assert stack is not None
+    where = f"console at {run.console_url}, " if run.console_url else ""
+    console.print(
+        f"[bold]the stack is still up[/] ({where}data in {root}; "
+        f"`mlbus status --data-dir {root}`); Ctrl-C to stop",
+        highlight=False,
+    )
+    with _signals_as_interrupt():
+        try:
+            while stack.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stack.stop()
+    console.print("stopped")
 
 
 class _signals_as_interrupt:  # noqa: N801 - used as a context manager, reads like one

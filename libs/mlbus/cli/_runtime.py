@@ -154,7 +154,7 @@ def _print_started(state: RunState) -> None:
             f"redis ({kind})", state.redis.url, _text(state.redis.pid), _text(state.redis.log)
         )
     for name, service in state.services.items():
-        address = state.grpc_address(name) or "-"
+        address = state.grpc_address(name) or state.http_url(name) or "-"
         if service.metrics_port is not None:
             address += f"  (metrics :{service.metrics_port})"
         table.add_row(name, address, _text(service.pid), _text(service.log))

@@ -85,16 +85,26 @@ class DemoRun:
     record: LoopRecord = field(default_factory=LoopRecord)
     child_pids: list[int] = field(default_factory=list)
     error: BaseException | None = None
+    stack: EmbeddedStack | None = None
+    """The stack left running by `run_demo(..., keep=True)`; the caller stops it."""
+    console_url: str | None = None
 
 
 def run_demo(
-    settings: MlbusSettings, config: DemoConfig, reporter: Reporter, run: DemoRun | None = None
+    settings: MlbusSettings,
+    config: DemoConfig,
+    reporter: Reporter,
+    run: DemoRun | None = None,
+    *,
+    keep: bool = False,
 ) -> DemoRun:
-    """The whole story on the embedded stack in `settings.data`; always stops what it started.
+    """The whole story on the embedded stack in `settings.data`; stops what it started.
 
     Raises `PhaseFailed` (which phase, where the logs are) or `StackError`; `run`
     (if given) is filled as the demo goes, so a caller keeps what was measured
-    even when the demo fails or is interrupted.
+    even when the demo fails or is interrupted. With `keep`, a run that succeeded
+    leaves the stack up in `run.stack` (for a person to browse the console); the
+    caller stops it. A failed or interrupted run always stops everything.
     """
     run = run or DemoRun()
     started = time.monotonic()
@@ -128,6 +138,9 @@ def run_demo(
             raise StackError(f"inference or the broker did not start; logs in {stack.logs}")
         _wait_port(address, config.start_timeout_s, stack)
         run.record.phase_seconds["start"] = round(time.monotonic() - stack_started, 2)
+        run.console_url = state.http_url("console")
+        if run.console_url is not None:
+            reporter.news(f"console: {run.console_url}")
         ctx = LoopContext(
             spec=spec,
             plan=plan,
@@ -152,9 +165,12 @@ def run_demo(
         run.error = exc
         raise
     finally:
-        reporter.phase("stopping every process", None)
         run.child_pids = sorted(set(run.child_pids) | set(stack.child_pids()))
-        stack.stop()
+        if keep and run.error is None:
+            run.stack = stack
+        else:
+            reporter.phase("stopping every process", None)
+            stack.stop()
         links = _trace(settings, run.record)
         known = {links.trace_id} if links is not None else set()
         retrain_links = _other_trace(settings, run.record.retrain_trace_id, known)

@@ -41,8 +41,9 @@ class DemoService(ServiceSpec):
         grpc_port: int | None,
         metrics_port: int | None,
         registry_address: str | None = None,
+        http_port: int | None = None,
     ) -> dict[str, str]:
-        env = super().environment(settings, grpc_port, metrics_port, registry_address)
+        env = super().environment(settings, grpc_port, metrics_port, registry_address, http_port)
         env.update(dict(self.extra_env))
         return env
 
@@ -52,10 +53,11 @@ def demo_catalogue(
 ) -> tuple[DemoService, ...]:
     """The catalogue with free gRPC ports and the registry's address handed to every service."""
     ports = {spec.name: free_port() for spec in catalogue if spec.serves_grpc}
+    http_ports = {spec.name: free_port() for spec in catalogue if spec.serves_http}
     shared = dict(env)
     if "registry" in ports:
         address = f"127.0.0.1:{ports['registry']}"
-        for name in ("TRAINER", "INFERENCE", "DRIFT"):
+        for name in ("TRAINER", "INFERENCE", "DRIFT", "CONSOLE"):
             shared[f"MLBUS_{name}_REGISTRY_ADDRESS"] = address
     return tuple(
         DemoService(
@@ -65,6 +67,7 @@ def demo_catalogue(
             argv=spec.argv,
             needs_spec=spec.needs_spec,
             calls_registry=spec.calls_registry,
+            http_port=http_ports.get(spec.name),
             extra_env=tuple(sorted(shared.items())),
         )
         for spec in catalogue

@@ -111,6 +111,21 @@ def redis_ping(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Health:
     return Health(healthy=False, address=url, detail=_reply(reply))
 
 
+def http_health(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Health:
+    """GET `<url>healthz`; healthy on a 200 answer within `timeout_s`."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}healthz", timeout=timeout_s) as answer:
+            code = int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return Health(healthy=False, address=url, detail=f"HTTP {exc.code}")
+    except (OSError, ValueError) as exc:
+        return Health(healthy=False, address=url, detail=_describe(exc))
+    return Health(healthy=code == 200, address=url, detail=f"HTTP {code}")
+
+
 def grpc_health(address: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Health | None:
     """The standard gRPC health check; None when `grpcio-health-checking` is absent."""
     try:
@@ -189,7 +204,7 @@ async def check_run(
 
 def _service_health(name: str, state: RunState, timeout_s: float) -> Health:
     service = state.services[name]
-    address = state.grpc_address(name)
+    address = state.grpc_address(name) or state.http_url(name)
     base = Health(
         healthy=False,
         address=address,
@@ -202,6 +217,10 @@ def _service_health(name: str, state: RunState, timeout_s: float) -> Health:
         return base.model_copy(update={"detail": service.status})
     if service.pid is None or not pid_alive(service.pid):
         return base.model_copy(update={"detail": "process not running"})
+    url = state.http_url(name)
+    if url is not None:
+        answered = http_health(url, timeout_s)
+        return base.model_copy(update={"healthy": answered.healthy, "detail": answered.detail})
     if address is not None:
         checked = grpc_health(address, timeout_s)
         if checked is not None:

@@ -5,6 +5,7 @@ shared settings handed down through the environment (`env_for_children`) plus
 its own ports:
 
     MLBUS_<NAME>_GRPC_PORT           the gRPC port, for services that serve gRPC
+    MLBUS_<NAME>_HTTP_PORT           the HTTP port, for services that serve web pages
     MLBUS_TELEMETRY_METRICS_PORT     the Prometheus /metrics port
 
 A service runs only if its module is installed (`mlbus[<name>]` and its code
@@ -37,6 +38,8 @@ class ServiceSpec:
     needs_spec: bool = False
     calls_registry: bool = False
     """Gets `MLBUS_<NAME>_REGISTRY_ADDRESS` pointing at the registry `mlbus up` started."""
+    http_port: int | None = None
+    """The preferred port of a service that serves HTTP (the console); None: no HTTP."""
 
     @property
     def serves_grpc(self) -> bool:
@@ -45,6 +48,14 @@ class ServiceSpec:
     @property
     def grpc_port_env(self) -> str:
         return f"MLBUS_{self.name.upper()}_GRPC_PORT"
+
+    @property
+    def serves_http(self) -> bool:
+        return self.http_port is not None
+
+    @property
+    def http_port_env(self) -> str:
+        return f"MLBUS_{self.name.upper()}_HTTP_PORT"
 
     def command(self) -> list[str]:
         return list(self.argv) if self.argv is not None else [sys.executable, "-m", self.module]
@@ -64,12 +75,15 @@ class ServiceSpec:
         grpc_port: int | None,
         metrics_port: int | None,
         registry_address: str | None = None,
+        http_port: int | None = None,
     ) -> dict[str, str]:
         """Variables added to the inherited environment of this service's process."""
         env = env_for_children(settings)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach the log file as they are written
         if grpc_port is not None:
             env[self.grpc_port_env] = str(grpc_port)
+        if http_port is not None:
+            env[self.http_port_env] = str(http_port)
         if registry_address is not None and self.calls_registry:
             env[f"MLBUS_{self.name.upper()}_REGISTRY_ADDRESS"] = registry_address
         if metrics_port is not None:
@@ -84,6 +98,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
     ServiceSpec("inference", "mlbus.inference", grpc_port=8001, calls_registry=True),
     ServiceSpec("drift", "mlbus.drift", needs_spec=True, calls_registry=True),
+    ServiceSpec("console", "mlbus.console", calls_registry=True, http_port=8080),
 )
 """Every mlbus service, in start order."""
 

@@ -66,6 +66,7 @@ class ServiceState(BaseModel):
     grpc_port: int | None = None
     metrics_port: int | None = None
     log: Path
+    http_port: int | None = None
 
 
 class RunState(BaseModel):
@@ -92,6 +93,13 @@ class RunState(BaseModel):
         if found is None or found.grpc_port is None:
             return None
         return f"{host}:{found.grpc_port}"
+
+    def http_url(self, service: str, host: str = "127.0.0.1") -> str | None:
+        """`http://host:port/` of a service's web server (the console), if it runs one."""
+        found = self.services.get(service)
+        if found is None or found.http_port is None:
+            return None
+        return f"http://{host}:{found.http_port}/"
 
     def pids(self) -> dict[str, int]:
         """Every process `mlbus up` started, by component name (the supervisor excluded)."""

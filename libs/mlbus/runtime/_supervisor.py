@@ -117,8 +117,10 @@ class ServiceProcess:
         policy: RestartPolicy,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
+        http_port: int | None = None,
     ) -> None:
         self.spec = spec
+        self.http_port = http_port
         self.env = env
         self.log_path = log_path
         self.grpc_port = grpc_port
@@ -169,6 +171,7 @@ class ServiceProcess:
             grpc_port=self.grpc_port,
             metrics_port=self.metrics_port,
             log=self.log_path,
+            http_port=self.http_port,
         )
 
 
@@ -343,18 +346,24 @@ class Supervisor:
         grpc_ports = {
             spec.name: _pick_port(spec.grpc_port, taken) for spec in installed if spec.serves_grpc
         }
+        http_ports = {
+            spec.name: _pick_port(spec.http_port, taken) for spec in installed if spec.serves_http
+        }
         registry_port = grpc_ports.get("registry")
         registry_address = None if registry_port is None else f"127.0.0.1:{registry_port}"
         for spec in installed:
             grpc_port = grpc_ports.get(spec.name)
+            http_port = http_ports.get(spec.name)
             metrics_port = _pick_port(None, taken)
+            env = spec.environment(running, grpc_port, metrics_port, registry_address, http_port)
             service = ServiceProcess(
                 spec,
-                env=spec.environment(running, grpc_port, metrics_port, registry_address),
+                env=env,
                 log_path=self.data.logs / f"{spec.name}.log",
                 policy=self.policy,
                 grpc_port=grpc_port,
                 metrics_port=metrics_port,
+                http_port=http_port,
             )
             service.start(time.monotonic())
             self.services.append(service)

@@ -1,0 +1,104 @@
+"""The drift service's published status, read from Redis (`mlbus drift status`, the console).
+
+The drift service writes it at each of its commits (key layout in
+services/drift/_store.py and docs/adr/0017): per monitor (model, version, topic
+partition) each test's latest score against its threshold and the samples in
+the open window, and the recent detections with what was decided about them.
+The service is not imported (the shared library never imports a service); the
+keys are read here, once, for every reader.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlbus.config import RedisSettings
+
+DEFAULT_GROUP = "mlbus-drift"
+
+
+async def read_drift_state(
+    redis: RedisSettings, group: str, *, detections: int = 10
+) -> dict[str, Any]:
+    """The drift service's published status: monitors (by model version) and detections."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(
+        redis.require_url(),
+        socket_timeout=redis.socket_timeout_s,
+        socket_connect_timeout=redis.socket_timeout_s,
+    )
+    base = f"{redis.key_prefix}:drift:{group}"
+    try:
+        raw_status = await client.hgetall(f"{base}:status")
+        raw_detections = await client.lrange(f"{base}:detections", 0, max(0, detections - 1))
+        # Armed retrainings are per model (shared by every group's replicas of that model).
+        armed_keys = [k async for k in client.scan_iter(match=f"{redis.key_prefix}:drift:armed:*")]
+        raw_armed = [v for v in [await client.get(k) for k in armed_keys] if v is not None]
+    finally:
+        await client.aclose()
+    monitors = sorted(
+        (json.loads(v) for v in raw_status.values()),
+        key=lambda s: (s["model"], s["version"], s["source"]),
+    )
+    models: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for monitor in monitors:
+        models.setdefault((monitor["model"], monitor["version"]), []).append(monitor)
+    return {
+        "group": group,
+        "models": [
+            {"model": model, "version": version, "summary": summarise(found), "monitors": found}
+            for (model, version), found in models.items()
+        ],
+        "detections": [json.loads(v) for v in raw_detections],
+        "armed": sorted((json.loads(v) for v in raw_armed), key=lambda a: str(a.get("model"))),
+    }
+
+
+def summarise(monitors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (feature, test) over a version's monitors (one per topic partition).
+
+    The worst partition is shown (lowest p-value, else highest score), samples are
+    summed over the open windows, and `state` is `drift` when any partition's
+    latest window drifted on that test, `few samples` when none has enough yet.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for monitor in monitors:
+        for test in monitor["status"].get("tests", []):
+            key = (test["feature"], test["test"])
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = {
+                    "feature": test["feature"],
+                    "test": test["test"],
+                    "kind": test["kind"],
+                    "score": test["score"],
+                    "p_value": test["p_value"],
+                    "threshold": test["threshold"],
+                    "samples": 0,
+                    "drifting_partitions": 0,
+                    "enough_samples": False,
+                    "worst_source": monitor["source"],
+                }
+            row["samples"] += int(test["samples"])
+            row["enough_samples"] = row["enough_samples"] or bool(test["enough_samples"])
+            row["drifting_partitions"] += 1 if test.get("streak", 0) > 0 else 0
+            if _worse(test, row):
+                row["score"], row["p_value"] = test["score"], test["p_value"]
+                row["worst_source"] = monitor["source"]
+    for row in rows.values():
+        if row["drifting_partitions"]:
+            row["state"] = "drift"
+        elif not row["enough_samples"]:
+            row["state"] = "few samples"
+        else:
+            row["state"] = "ok"
+    return sorted(rows.values(), key=lambda r: (r["kind"], r["feature"], r["test"]))
+
+
+def _worse(test: dict[str, Any], row: dict[str, Any]) -> bool:
+    if test["p_value"] is not None and row["p_value"] is not None:
+        return float(test["p_value"]) < float(row["p_value"])
+    return float(test["score"]) > float(row["score"])

@@ -1,0 +1,234 @@
+"""Everything the console reads, each through the contract that owns it.
+
+- the registry over gRPC (`mlbus.registry_client`), read-only unless a person's
+  token comes with a promotion or a rollback;
+- Redis through `mlbus.featurestore` (online values, consistency counters) and
+  `mlbus.driftstatus` (the drift service's published state);
+- span files through `mlbus.telemetry.spans`;
+- the run state of `mlbus up` (`mlbus.runtime`) for component health.
+
+Kafka topics are read by `_topics.TopicReader`. No service is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlbus.config import MlbusSettings
+from mlbus.driftstatus import read_drift_state
+from mlbus.featurestore import OnlineFeatures, OnlineStore, ViewConsistency, read_consistency
+from mlbus.registry_client import (
+    AliasChange,
+    Lineage,
+    ModelSummary,
+    ModelVersionInfo,
+    RegistryClient,
+)
+from mlbus.runtime import StatusReport, check_run, live_state
+from mlbus.spec import ProjectSpec, load_spec
+from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, read_span_file, span_files
+
+from ._settings import ConsoleSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class EntityFeatures:
+    entity_id: str
+    views: tuple[OnlineFeatures, ...]
+
+
+HEALTH_CHECK = "grpc.health.v1.Health/Check"
+"""Root span of every gRPC health check (`mlbus status`, the console's refresh)."""
+
+
+def kind_of(trace: Trace) -> str:
+    """ "loop" (training and registration in one trace: drift → retraining → reload),
+    "data" (a record across services), or "probe" (the console's own reads, one service)."""
+    services = set(trace.services)
+    if trace.root_name == HEALTH_CHECK or "mlbus-console" in services or len(services) < 2:
+        return "probe"
+    if {"mlbus-trainer", "mlbus-registry"} <= services:
+        return "loop"
+    return "data"
+
+
+class SpanCache:
+    """Traces from the span files, re-read only when a file grew or changed.
+
+    Health checks (a root span each, every few seconds per service) are counted,
+    not kept: they would be most of the traces and none of the loop.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: dict[Path, tuple[int, int, list[SpanRecord], int]] = {}
+        self._traces: list[Trace] = []
+        self._key: tuple[tuple[str, int, int], ...] = ()
+        self.kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
+        self.health_checks = 0
+
+    def latest(self) -> list[Trace]:
+        """The traces as last read (by the collector's refresh); read now if never read."""
+        return self._traces if self._key else self.traces()
+
+    def traces(self) -> list[Trace]:
+        """Every trace in the folder, newest first (files re-read when they changed)."""
+        files = span_files(self.folder) if self.folder.is_dir() else []
+        key: list[tuple[str, int, int]] = []
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            key.append((str(path), stat.st_size, stat.st_mtime_ns))
+        if tuple(key) == self._key:
+            return self._traces
+        unique: dict[tuple[str, str], SpanRecord] = {}
+        health_checks = 0
+        for name, size, mtime in key:
+            path = Path(name)
+            cached = self._files.get(path)
+            if cached is None or cached[:2] != (size, mtime):
+                records = read_span_file(path)
+                kept = [r for r in records if not _health_check(r)]
+                cached = (size, mtime, kept, len(records) - len(kept))
+                self._files[path] = cached
+            health_checks += cached[3]
+            for record in cached[2]:  # a span written twice counts once (as read_spans)
+                unique.setdefault((record.trace_id, record.span_id), record)
+        traces = build_traces(unique.values())
+        self._traces = sorted(traces, key=lambda t: t.start_ns, reverse=True)
+        kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
+        for found in self._traces:
+            kinds[kind_of(found)].append(found)
+        self.kinds, self.health_checks = kinds, health_checks
+        self._key = tuple(key)
+        return self._traces
+
+
+def _health_check(record: SpanRecord) -> bool:
+    return record.parent_span_id is None and record.name == HEALTH_CHECK
+
+
+class ConsoleSources:
+    """The console's read paths (and the two writes a token allows), one object per process."""
+
+    def __init__(self, settings: ConsoleSettings) -> None:
+        self.settings = settings
+        self.registry_address = settings.registry_address or _registry_address(settings)
+        self.registry = RegistryClient(self.registry_address, timeout_s=settings.registry_timeout_s)
+        self.store = OnlineStore.from_settings(settings.redis)
+        self.spans = SpanCache(settings.data.spans)
+        state = live_state(settings.data)
+        spec_path = settings.spec or (state.spec if state is not None else None)
+        self.spec: ProjectSpec | None = load_spec(spec_path) if spec_path else None
+
+    async def aclose(self) -> None:
+        await self.registry.close()
+        await self.store.aclose()
+
+    # ── registry ─────────────────────────────────────────────────────────────
+
+    async def models(self) -> list[ModelSummary]:
+        return await self.registry.list_models()
+
+    async def versions(self, model: str) -> list[ModelVersionInfo]:
+        return await self.registry.list_versions(model)
+
+    async def lineage(self, model: str, version: int) -> Lineage:
+        return await self.registry.lineage(model, version)
+
+    async def alias_history(self, model: str) -> list[AliasChange]:
+        return await self.registry.alias_history(model)
+
+    async def move_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int | None,
+        *,
+        token: str,
+        reason: str,
+        actor: str,
+    ) -> AliasChange:
+        """Promote (`version` given) or roll back (`version` None) with the person's token.
+
+        A client of its own per call: the token travels in that call's metadata
+        and is never kept by the console.
+        """
+        async with RegistryClient(
+            self.registry_address, token=token, timeout_s=self.settings.registry_timeout_s
+        ) as client:
+            if version is None:
+                return await client.rollback(model, alias, reason=reason, actor=actor)
+            return await client.set_alias(model, alias, version, reason=reason, actor=actor)
+
+    # ── Redis ────────────────────────────────────────────────────────────────
+
+    async def drift_state(self, detections: int = 20) -> dict[str, Any]:
+        return await read_drift_state(
+            self.settings.redis, self.settings.drift_group, detections=detections
+        )
+
+    def views(self) -> list[tuple[str, int, tuple[str, ...]]]:
+        """(view, version, feature names) of the spec's views the model uses."""
+        if self.spec is None:
+            return []
+        return [
+            (name, self.spec.features[name].version, self.spec.features[name].feature_names())
+            for name in self.spec.model_views()
+        ]
+
+    async def entity(self, entity_id: str) -> EntityFeatures:
+        rows = await asyncio.gather(
+            *(self.store.get(view, version, entity_id) for view, version, _ in self.views())
+        )
+        return EntityFeatures(entity_id, tuple(rows))
+
+    async def consistency(self) -> list[ViewConsistency]:
+        return list(
+            await asyncio.gather(
+                *(
+                    read_consistency(self.store, view, version, names)
+                    for view, version, names in self.views()
+                )
+            )
+        )
+
+    async def sample_entities(self, count: int = 5) -> list[str]:
+        """A few entity ids with online values (to start browsing the features page)."""
+        views = self.views()
+        if not views:
+            return []
+        view, version, _ = views[0]
+        pattern = self.store.keys.online(view, version, "*")
+        found: list[str] = []
+        async for key in self.store.client.scan_iter(match=pattern, count=200):
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            found.append(text[len(pattern) - 1 :])
+            if len(found) >= count:
+                break
+        return sorted(found)
+
+    # ── run state ────────────────────────────────────────────────────────────
+
+    async def health(self) -> StatusReport | None:
+        """Each component of the running `mlbus up` (None: the console runs without one)."""
+        state = live_state(self.settings.data)
+        if state is None:
+            return None
+        return await check_run(state, self.settings, HEALTH_TIMEOUT_S)
+
+
+def _registry_address(settings: MlbusSettings) -> str:
+    state = live_state(settings.data)
+    found = state.grpc_address("registry") if state is not None else None
+    return found or "127.0.0.1:8002"

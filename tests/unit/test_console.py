@@ -1,0 +1,165 @@
+"""The console's pure parts: figures, the drift ratio, trace kinds, CSRF, escaping, filters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mlbus.console._app import _templates, ago, num
+from mlbus.console._charts import histogram_figure, scores_figure, waterfall_figure
+from mlbus.console._collector import ScorePoint
+from mlbus.console._security import CSRF_COOKIE, csrf_ok
+from mlbus.console._sources import kind_of
+from mlbus.profiles import CategoricalProfile, NumericProfile
+from mlbus.runtime import RunState, ServiceState
+from mlbus.telemetry.spans import SpanRecord, build_traces
+
+NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
+HOSTILE = "<script>alert(1)</script>\"'&ü✓"
+
+
+def test_numeric_histogram_compares_shares_on_the_reference_bins() -> None:
+    profile = NumericProfile(edges=(1.0, 2.0), counts=(2, 6, 2))
+    fig = histogram_figure("amount", profile, [0.5, 1.5, 1.5, 5.0, None])
+    reference, live = fig["data"]
+    assert reference["x"] == ["≤1", "1–2", ">2"]
+    assert reference["y"] == pytest.approx([0.2, 0.6, 0.2])
+    assert live["y"] == pytest.approx([0.25, 0.5, 0.25])  # the missing value left out
+    assert live["name"] == "live (n=4)"
+
+
+def test_categorical_histogram_pools_unseen_categories() -> None:
+    profile = CategoricalProfile(frequencies={"a": 3, "b": 1})
+    fig = histogram_figure("channel", profile, ["a", "zzz", "zzz"])
+    reference, live = fig["data"]
+    assert reference["y"][:2] == pytest.approx([0.75, 0.25])
+    shares = dict(zip(live["x"], live["y"], strict=True))
+    assert shares["a"] == pytest.approx(1 / 3)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares.get("b") == 0.0
+
+
+def test_drift_ratio_puts_score_and_p_value_tests_on_one_scale() -> None:
+    psi = ScorePoint(at=NOW, score=0.3, p_value=None, threshold=0.2)
+    ks_quiet = ScorePoint(at=NOW, score=0.02, p_value=0.5, threshold=0.01)
+    ks_drift = ScorePoint(at=NOW, score=0.2, p_value=0.001, threshold=0.01)
+    assert psi.ratio == pytest.approx(1.5)
+    assert ks_quiet.ratio == pytest.approx(0.02)
+    assert ks_drift.ratio == pytest.approx(10.0)
+
+
+def test_scores_figure_draws_the_threshold_at_one_and_marks_detections() -> None:
+    points = [(NOW, 0.5), (NOW + timedelta(seconds=5), 2.0)]
+    fig = scores_figure("amount", {"ks": points}, [NOW])
+    names = [trace["name"] for trace in fig["data"]]
+    assert names == ["ks", "threshold", "detection"]
+    assert fig["data"][1]["y"] == [1, 1]
+    assert fig["layout"]["yaxis"]["type"] == "log"
+
+
+def _span(trace: str, span: str, parent: str | None, service: str, name: str, at: int) -> Any:
+    return SpanRecord(trace, span, parent, name, "INTERNAL", service, at, at + 1_000_000)
+
+
+def test_trace_kinds_and_waterfall_offsets() -> None:
+    loop = build_traces(
+        [
+            _span("a" * 32, "1" * 16, None, "mlbus-drift", "drift.detected", 10**9),
+            _span("a" * 32, "2" * 16, "1" * 16, "mlbus-trainer", "training.run", 10**9 + 5 * 10**6),
+            _span("a" * 32, "3" * 16, "2" * 16, "mlbus-registry", "register", 10**9 + 9 * 10**6),
+        ]
+    )[0]
+    probe = build_traces([_span("b" * 32, "4" * 16, None, "mlbus-inference", "x", 0)])[0]
+    health = build_traces(
+        [_span("c" * 32, "5" * 16, None, "mlbus-registry", "grpc.health.v1.Health/Check", 0)]
+    )[0]
+    assert kind_of(loop) == "loop"
+    assert kind_of(probe) == "probe"
+    assert kind_of(health) == "probe"
+    fig = waterfall_figure(loop)
+    bases = {trace["name"]: trace["base"][0] for trace in fig["data"]}
+    assert bases == {"mlbus-drift": 0.0, "mlbus-registry": 9.0, "mlbus-trainer": 5.0}
+
+
+def test_csrf_needs_the_cookie_and_the_same_field() -> None:
+    token = "x" * 43
+    with_cookie = SimpleNamespace(cookies={CSRF_COOKIE: token})
+    assert csrf_ok(with_cookie, token)  # type: ignore[arg-type]
+    assert not csrf_ok(with_cookie, "y" * 43)  # type: ignore[arg-type]
+    assert not csrf_ok(with_cookie, None)  # type: ignore[arg-type]
+    assert not csrf_ok(SimpleNamespace(cookies={}), "")  # type: ignore[arg-type]
+
+
+def test_templates_escape_hostile_text_and_figures(tmp_path: Path) -> None:
+    env = _templates().env
+    page = env.get_template("error.html").render(
+        request=None,
+        nav=(),
+        active="",
+        snap=SimpleNamespace(errors={HOSTILE: HOSTILE}, at=None),
+        message=HOSTILE,
+    )
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;&amp;ü✓" in page
+    macro = env.get_template("_macros.html").module.plot  # type: ignore[attr-defined]
+    embedded = str(macro("p", {"data": [{"name": HOSTILE}], "layout": {}}))
+    payload = embedded.split('data-plot="p">', 1)[1].rsplit("</script>", 1)[0]
+    assert "<" not in payload  # no way out of the <script type="application/json"> element
+    assert json.loads(payload)["data"][0]["name"] == HOSTILE
+
+
+def test_number_and_age_filters() -> None:
+    assert num(None) == "—"
+    assert num(12345) == "12,345"
+    assert num(0.123456) == "0.1235"
+    assert ago(datetime.now(UTC) - timedelta(seconds=30)).endswith("s ago")
+    assert ago(None) == "—"
+
+
+def test_run_state_names_an_http_service_by_url(tmp_path: Path) -> None:
+    state = RunState(
+        supervisor_pid=1,
+        data_dir=tmp_path,
+        services={
+            "console": ServiceState(http_port=18080, log=tmp_path / "c.log"),
+            "registry": ServiceState(grpc_port=8002, log=tmp_path / "r.log"),
+        },
+    )
+    assert state.http_url("console") == "http://127.0.0.1:18080/"
+    assert state.http_url("registry") is None
+    assert state.grpc_address("console") is None
+
+
+def test_span_cache_counts_health_checks_and_rereads_only_on_change(tmp_path: Path) -> None:
+    from mlbus.console._sources import SpanCache
+
+    def line(trace: str, span: str, parent: str | None, service: str, name: str) -> str:
+        record = _span(trace, span, parent, service, name, 10**9)
+        return json.dumps(record.to_json()) + "\n"
+
+    (tmp_path / "registry-1.jsonl").write_text(
+        line("c" * 32, "5" * 16, None, "mlbus-registry", "grpc.health.v1.Health/Check")
+        + line("a" * 32, "2" * 16, "1" * 16, "mlbus-registry", "register")
+    )
+    (tmp_path / "drift-2.jsonl").write_text(
+        line("a" * 32, "1" * 16, None, "mlbus-drift", "drift.detected")
+        + line("a" * 32, "1" * 16, None, "mlbus-drift", "drift.detected")  # written twice
+    )
+    cache = SpanCache(tmp_path)
+    traces = cache.traces()
+    assert [t.trace_id for t in traces] == ["a" * 32]
+    assert len(traces[0].spans) == 2
+    assert cache.health_checks == 1
+    assert cache.kinds["data"] == traces
+    assert cache.traces() is traces  # nothing changed: not rebuilt
+    with (tmp_path / "drift-2.jsonl").open("a") as out:
+        out.write(line("d" * 32, "6" * 16, None, "mlbus-drift", "solo"))
+    assert cache.latest() is traces  # pages read the last refresh, never the files
+    assert len(cache.traces()) == 2
+    assert [t.trace_id for t in cache.kinds["probe"]] == ["d" * 32]
+    assert len(cache.latest()) == 2
