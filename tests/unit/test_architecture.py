@@ -14,7 +14,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
-SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift"}
+SERVICE_NAMES = {
+    "ingestion",
+    "features",
+    "trainer",
+    "registry",
+    "inference",
+    "drift",
+    "outcomes",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -84,6 +84,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
     ServiceSpec("inference", "mlbus.inference", grpc_port=8001, calls_registry=True),
     ServiceSpec("drift", "mlbus.drift", needs_spec=True, calls_registry=True),
+    ServiceSpec("outcomes", "mlbus.outcomes", needs_spec=True, calls_registry=True),
 )
 """Every mlbus service, in start order."""
 

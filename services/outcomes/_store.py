@@ -1,0 +1,254 @@
+"""The outcomes service's state in Redis.
+
+    <p>:outcomes:pending:<model>:<scored event id>    hash  "<version>|<alias>" → "<score>|<at>"
+                                                      (expires pending_ttl_s after the prediction)
+    <p>:outcomes:<group>:state:<topic>:<partition>    hash  "offset" → last applied offset of
+                                                      the labels' partition; "cell|<model>|
+                                                      <version>|<alias>|<bucket>" and "arm|<exp>|
+                                                      <side>" → aggregate JSON (outcomestats);
+                                                      "trace|<exp>" → the evidence's traceparent
+    <p>:outcomes:<group>:experiments                  hash  experiment id → ExperimentRecord JSON
+    <p>:outcomes:<group>:status                       string the status `mlbus experiments status`
+                                                      reads (JSON), written at each evaluation
+
+A partition's aggregates, its offset and the deletion of the pending
+predictions its labels used are written in one MULTI/EXEC, so a replayed label
+is either fully counted once or not at all (the consumer skips offsets at or
+below the saved one). Aggregates add, so the windows and the experiments are the
+sums over every partition's hash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mlbus.config import RedisSettings
+from mlbus.errors import RetryableError
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+
+Status = Literal["running", "decided", "ended"]
+
+
+@dataclass
+class ExperimentRecord:
+    """One champion-vs-challenger comparison, shared by every replica."""
+
+    experiment_id: str
+    model: str
+    alias: str
+    champion_version: int
+    challenger_version: int
+    started_at: float
+    """epoch seconds: predictions made from then on are its evidence."""
+    status: Status = "running"
+    p_value: float = 1.0
+    looks: int = 0
+    tau: float | None = None
+    verdict: str | None = None
+    decided_at: float | None = None
+    decision_event_id: str | None = None
+    acted: bool = False
+    action_outcome: str | None = None
+    ended_reason: str | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+    """The latest look: difference, interval, per-arm values and counts."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ExperimentRecord:
+        return cls(**json.loads(raw))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def experiment_id(model: str, alias: str, challenger: int, champion: int) -> str:
+    return f"{model}:{alias}:v{challenger}-vs-v{champion}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPrediction:
+    version: int
+    alias: str
+    score: float
+    at: float
+
+    @property
+    def field(self) -> str:
+        return f"{self.version}|{self.alias}"
+
+    def encode(self) -> str:
+        return f"{self.score!r}|{self.at:.3f}"
+
+    @classmethod
+    def decode(cls, name: bytes | str, value: bytes | str) -> PendingPrediction:
+        name_s = name.decode() if isinstance(name, bytes) else name
+        value_s = value.decode() if isinstance(value, bytes) else value
+        version, alias = name_s.split("|", 1)
+        score, at = value_s.split("|", 1)
+        return cls(int(version), alias, float(score), float(at))
+
+
+class OutcomesStore:
+    """Reads and writes the layout above; Redis errors become RetryableError."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, group: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.group = group
+        self.ttl_s = ttl_s
+        self.base = f"{prefix}:outcomes:{group}"
+
+    @classmethod
+    def from_settings(cls, redis: RedisSettings, *, group: str, ttl_s: int) -> OutcomesStore:
+        client = aioredis.Redis.from_url(
+            redis.require_url(),
+            socket_timeout=redis.socket_timeout_s,
+            socket_connect_timeout=redis.socket_timeout_s,
+        )
+        return cls(client, prefix=redis.key_prefix, group=group, ttl_s=ttl_s)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # ── keys ─────────────────────────────────────────────────────────────────
+
+    def pending_key(self, model: str, event_id: str) -> str:
+        return f"{self.prefix}:outcomes:pending:{model}:{event_id}"
+
+    def state_key(self, topic: str, partition: int) -> str:
+        return f"{self.base}:state:{topic}:{partition}"
+
+    @property
+    def experiments_key(self) -> str:
+        return f"{self.base}:experiments"
+
+    @property
+    def status_key(self) -> str:
+        return f"{self.base}:status"
+
+    # ── pending predictions ──────────────────────────────────────────────────
+
+    async def keep_pending(
+        self, entries: Mapping[tuple[str, str], Mapping[str, PendingPrediction]]
+    ) -> None:
+        """Write predictions waiting for labels (idempotent: a replay writes the same)."""
+        if not entries:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for (model, event_id), found in entries.items():
+                    key = self.pending_key(model, event_id)
+                    pipe.hset(key, mapping={p.field: p.encode() for p in found.values()})
+                    pipe.expire(key, self.ttl_s)
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable keeping predictions: {exc}") from exc
+
+    async def pending(
+        self, wanted: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[PendingPrediction]]:
+        """The pending predictions of each (model, scored event id)."""
+        keys = list(dict.fromkeys(wanted))
+        if not keys:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for model, event_id in keys:
+                    pipe.hgetall(self.pending_key(model, event_id))
+                values = await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable joining labels: {exc}") from exc
+        return {
+            key: [PendingPrediction.decode(k, v) for k, v in found.items()]
+            for key, found in zip(keys, values, strict=True)
+            if found
+        }
+
+    # ── partition state ──────────────────────────────────────────────────────
+
+    async def load_partition(self, topic: str, partition: int) -> dict[str, str]:
+        try:
+            raw = await self.client.hgetall(self.state_key(topic, partition))
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable loading outcomes state: {exc}") from exc
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def save_partition(
+        self,
+        topic: str,
+        partition: int,
+        fields: Mapping[str, str],
+        dropped: Iterable[str],
+        joined: Iterable[tuple[str, str]],
+    ) -> None:
+        """Aggregates + offset, dropped cells and used predictions: all or nothing."""
+        key = self.state_key(topic, partition)
+        gone = list(dropped)
+        used = [self.pending_key(m, e) for m, e in joined]
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                if fields:
+                    pipe.hset(key, mapping=cast(Any, dict(fields)))
+                if gone:
+                    pipe.hdel(key, *gone)
+                if used:
+                    pipe.delete(*used)
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable saving outcomes state: {exc}") from exc
+
+    async def all_partitions(self) -> list[dict[str, str]]:
+        """Every partition's saved state (for the windows and the experiments)."""
+        try:
+            keys = [k async for k in self.client.scan_iter(match=f"{self.base}:state:*")]
+            out = []
+            for key in keys:
+                raw = await self.client.hgetall(key)
+                out.append({_text(k): _text(v) for k, v in raw.items()})
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable reading outcomes state: {exc}") from exc
+        return out
+
+    # ── experiments and status ───────────────────────────────────────────────
+
+    async def experiments(self) -> dict[str, ExperimentRecord]:
+        try:
+            raw = await self.client.hgetall(self.experiments_key)
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable reading experiments: {exc}") from exc
+        return {_text(k): ExperimentRecord.from_json(v) for k, v in raw.items()}
+
+    async def open_experiment(self, record: ExperimentRecord) -> bool:
+        """Create the record unless it exists (the first replica wins)."""
+        try:
+            return bool(
+                await self.client.hsetnx(
+                    self.experiments_key, record.experiment_id, record.to_json()
+                )
+            )
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable opening an experiment: {exc}") from exc
+
+    async def save_experiment(self, record: ExperimentRecord) -> None:
+        try:
+            await self.client.hset(self.experiments_key, record.experiment_id, record.to_json())
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable saving an experiment: {exc}") from exc
+
+    async def write_status(self, status: Mapping[str, Any]) -> None:
+        try:
+            await self.client.set(self.status_key, json.dumps(status))
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable writing the status: {exc}") from exc
