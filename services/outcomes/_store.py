@@ -7,6 +7,7 @@
                                                       <version>|<alias>|<bucket>" and "arm|<exp>|
                                                       <side>" → aggregate JSON (outcomestats);
                                                       "trace|<exp>" → the evidence's traceparent
+    <p>:outcomes:<group>:partitions                   set   the state keys above (read without SCAN)
     <p>:outcomes:<group>:experiments                  hash  experiment id → ExperimentRecord JSON
     <p>:outcomes:<group>:status                       string the status `mlbus experiments status`
                                                       reads (JSON), written at each evaluation
@@ -131,6 +132,10 @@ class OutcomesStore:
         return f"{self.base}:state:{topic}:{partition}"
 
     @property
+    def partitions_key(self) -> str:
+        return f"{self.base}:partitions"
+
+    @property
     def experiments_key(self) -> str:
         return f"{self.base}:experiments"
 
@@ -201,6 +206,7 @@ class OutcomesStore:
             async with self.client.pipeline(transaction=True) as pipe:
                 if fields:
                     pipe.hset(key, mapping=cast(Any, dict(fields)))
+                    pipe.sadd(self.partitions_key, key)
                 if gone:
                     pipe.hdel(key, *gone)
                 if used:
@@ -212,14 +218,14 @@ class OutcomesStore:
     async def all_partitions(self) -> list[dict[str, str]]:
         """Every partition's saved state (for the windows and the experiments)."""
         try:
-            keys = [k async for k in self.client.scan_iter(match=f"{self.base}:state:*")]
-            out = []
-            for key in keys:
-                raw = await self.client.hgetall(key)
-                out.append({_text(k): _text(v) for k, v in raw.items()})
+            keys = sorted(await self.client.smembers(self.partitions_key))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                values = await pipe.execute()
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unreachable reading outcomes state: {exc}") from exc
-        return out
+        return [{_text(k): _text(v) for k, v in raw.items()} for raw in values]
 
     # ── experiments and status ───────────────────────────────────────────────
 

@@ -1,0 +1,393 @@
+"""The outcomes service on the real embedded broker and a real Redis, with an in-process registry.
+
+Two versions are registered: v1 is the champion, v2 the canary. Predictions of
+both (each entity sticky to one of them, as inference splits a canary) are
+written to `prediction.logged` with the event they scored, then the labels of
+those events to `ingest.validated`, each label with a sampled W3C trace. The
+canary's scores are drawn truly better, truly worse, or from the same
+distribution as the champion's; the service must promote, roll back, or never
+decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from scipy.stats import norm
+from typer.testing import CliRunner
+
+from mlbus.bus import encode_event, ensure_topics, event_headers
+from mlbus.config import KafkaSettings, RedisSettings
+from mlbus.events import (
+    EXPERIMENT_ACTED,
+    EXPERIMENT_DECIDED,
+    INGEST_VALIDATED,
+    MODEL_PUBLISHED,
+    MODEL_REGISTERED,
+    OUTCOMES_MEASURED,
+    PREDICTION_LOGGED,
+    Event,
+    ExperimentActed,
+    ExperimentDecided,
+    IngestValidated,
+    PredictionLogged,
+)
+from mlbus.outcomes import OutcomesService, OutcomesSettings
+from mlbus.registry import RegistryServer, RegistrySettings
+from mlbus.registry_client import RegistryClient
+from mlbus.spec import load_spec
+from tests.unit.test_registry_onnx import tiny_model
+
+pytestmark = pytest.mark.integration
+
+PER_ARM = 2500
+CHAMPION_AUC = 0.72
+
+
+def write_spec(path: Path, model: str) -> Path:
+    doc = {
+        "project": "outcomestest",
+        "sources": {
+            "tx": {
+                "topic": f"{model}.tx.v1",
+                "entity": "card_id",
+                "event_time": "ts",
+                "event_id": "tx_id",
+                "contract": {
+                    "version": 1,
+                    "fields": {
+                        "tx_id": {"type": "string"},
+                        "card_id": {"type": "string"},
+                        "amount": {"type": "float"},
+                        "ts": {"type": "timestamp"},
+                    },
+                },
+            },
+            "labels": {
+                "topic": f"{model}.labels.v1",
+                "kind": "labels",
+                "entity": "card_id",
+                "event_time": "ts",
+                "event_id": "label_id",
+                "labels": {"source": "tx", "event_id_field": "tx_id", "label_field": "is_fraud"},
+                "contract": {
+                    "version": 1,
+                    "fields": {
+                        "label_id": {"type": "string"},
+                        "tx_id": {"type": "string"},
+                        "card_id": {"type": "string"},
+                        "is_fraud": {"type": "bool"},
+                        "ts": {"type": "timestamp"},
+                    },
+                },
+            },
+        },
+        "features": {
+            "v": {
+                "entity": "card_id",
+                "source": "tx",
+                "version": 1,
+                "ttl_s": "1d",
+                "fields": ["amount"],
+            }
+        },
+        "model": {
+            "name": model,
+            "task": "classification",
+            "label": {"source": "labels", "field": "is_fraud"},
+            "features": ["v"],
+            "metric": "auc",
+            "gates": {"min_improvement": 0.0, "minimums": {"auc": 0.6}},
+        },
+        "outcomes": {
+            "windows": ["1h"],
+            "experiments": {
+                "alpha": 0.05,
+                "min_samples": 300,
+                "min_class_count": 30,
+                "on_better": "promote",
+                "on_worse": "rollback",
+            },
+        },
+    }
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+
+
+@dataclass
+class Stack:
+    model: str
+    registry: RegistryClient
+    settings: OutcomesSettings
+    service: OutcomesService
+    kafka: KafkaSettings
+
+
+@pytest.fixture
+async def registry_server(kafka: KafkaSettings, tmp_path: Path) -> AsyncIterator[RegistryServer]:
+    await ensure_topics(kafka, [MODEL_PUBLISHED, MODEL_REGISTERED])
+    settings = RegistrySettings(data_dir=tmp_path / "registry", kafka=kafka, grpc_port=0, spec=None)
+    async with RegistryServer(settings, host="127.0.0.1") as running:
+        yield running
+
+
+@pytest.fixture
+async def stack(
+    kafka: KafkaSettings,
+    redis_url: str,
+    registry_server: RegistryServer,
+    tmp_path: Path,
+    unique: str,
+) -> AsyncIterator[Stack]:
+    model = f"outcomes_{unique}"
+    write_spec(tmp_path / "mlbus.yaml", model)
+    address = f"127.0.0.1:{registry_server.port}"
+    async with RegistryClient(address) as client:
+        await client.register(model, tiny_model(1.0), alias="champion", reason="first")
+        await client.register(model, tiny_model(2.0), alias="canary", reason="retrained")
+        await ensure_topics(
+            kafka,
+            [PREDICTION_LOGGED, INGEST_VALIDATED, OUTCOMES_MEASURED]
+            + [EXPERIMENT_DECIDED, EXPERIMENT_ACTED],
+        )
+        settings = OutcomesSettings(
+            data_dir=tmp_path,
+            kafka=kafka,
+            redis=RedisSettings(url=redis_url, key_prefix=f"test-{unique}"),
+            spec=tmp_path / "mlbus.yaml",
+            registry_address=address,
+            group_id=f"outcomes-{unique}",
+            evaluate_interval_s=0.3,
+            report_interval_s=0.3,
+            bucket_s=60,
+        )
+        service = OutcomesService(settings, load_spec(settings.spec or ""))
+        task = asyncio.create_task(service.run())
+        try:
+            await service.wait_started(60)
+            yield Stack(model, client, settings, service, kafka)
+        finally:
+            service.stop()
+            await asyncio.wait_for(task, 30)
+
+
+def scores(rng: np.random.Generator, auc: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binormal scores with this AUC, prevalence 30%: (P(positive), label)."""
+    actual = rng.random(n) < 0.3
+    x = rng.normal(0.0, 1.0, n) + math.sqrt(2.0) * norm.ppf(auc) * actual
+    return 1.0 / (1.0 + np.exp(-x)), actual
+
+
+async def feed(stack: Stack, canary_auc: float, seed: int) -> set[str]:
+    """Predictions of both arms, then their labels; returns the labels' trace ids."""
+    rng = np.random.default_rng(seed)
+    producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), linger_ms=5)
+    await producer.start()
+    traces: set[str] = set()
+    try:
+        start = datetime.now(UTC) - timedelta(minutes=5)
+        labels: list[tuple[str, bool, str]] = []
+        futures = []
+        for version, alias, auc in ((1, "champion", CHAMPION_AUC), (2, "canary", canary_auc)):
+            probability, actual = scores(rng, auc, PER_ARM)
+            for i in range(PER_ARM):
+                tx_id = f"{alias}-{i}"
+                entity = f"card_{alias}_{i % 200}"
+                event = PredictionLogged(
+                    occurred_at=start + timedelta(milliseconds=i),
+                    model=stack.model,
+                    version=version,
+                    alias=alias,
+                    entity_id=entity,
+                    features={"v.amount": 1.0},
+                    outputs={"probabilities": [1.0 - probability[i], float(probability[i])]},
+                    latency_ms=1.0,
+                    scored_event_id=tx_id,
+                )
+                futures.append(await _send(producer, event, entity.encode()))
+                labels.append((tx_id, bool(actual[i]), entity))
+        await asyncio.gather(*futures)
+        # Labels come long after their predictions in life; here, wait until every
+        # prediction waits in Redis (a label read first would find nothing to join).
+        store = stack.service.processor.store if stack.service.processor else None
+        assert store is not None
+        wanted = [(stack.model, tx_id) for tx_id, _, _ in labels]
+
+        async def all_waiting() -> bool:
+            return len(await store.pending(wanted)) == len(wanted)
+
+        await wait_for(all_waiting)
+        futures = []
+        order = rng.permutation(len(labels))
+        for index in order:
+            tx_id, is_fraud, entity = labels[index]
+            trace_id = f"{rng.integers(1, 2**63):032x}"
+            traces.add(trace_id)
+            label = IngestValidated(
+                source="labels",
+                contract_version=1,
+                entity_id=entity,
+                event_time=datetime.now(UTC),
+                payload={"label_id": f"l-{tx_id}", "tx_id": tx_id, "is_fraud": is_fraud},
+                source_topic=f"{stack.model}.labels.v1",
+                source_partition=0,
+                source_offset=int(index),
+            )
+            traceparent = f"00-{trace_id}-{rng.integers(1, 2**63):016x}-01"
+            futures.append(await _send(producer, label, entity.encode(), traceparent))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return traces
+
+
+async def _send(
+    producer: AIOKafkaProducer, event: Event, key: bytes, traceparent: str | None = None
+) -> Any:
+    headers = [(k, v) for k, v in event_headers(event, "/test") if k != "traceparent"]
+    if traceparent is not None:
+        headers.append(("traceparent", traceparent.encode()))
+    return await producer.send(event.topic, encode_event(event), key=key, headers=headers)
+
+
+async def events_of(
+    kafka: KafkaSettings, topic: str, model: str, parse: Callable[[bytes], Any]
+) -> list[tuple[Any, str | None]]:
+    """Every event of `model` on `topic` so far, with its traceparent's trace id."""
+    reader = AIOKafkaConsumer(
+        topic, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    found = []
+    try:
+        batches = await reader.getmany(timeout_ms=2000)
+        while batches:
+            for records in batches.values():
+                for record in records:
+                    event = parse(record.value or b"")
+                    if event.model != model:
+                        continue
+                    parent = dict(record.headers or []).get("traceparent")
+                    found.append((event, parent.decode().split("-")[1] if parent else None))
+            batches = await reader.getmany(timeout_ms=500)
+    finally:
+        await reader.stop()
+    return found
+
+
+async def wait_for(check: Callable[[], Any], timeout_s: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.3)
+
+
+async def test_a_truly_better_canary_is_promoted(stack: Stack) -> None:
+    traces = await feed(stack, CHAMPION_AUC + 0.12, seed=1)
+
+    async def promoted() -> bool:
+        return (await stack.registry.resolve_alias(stack.model, "champion")).version == 2
+
+    await wait_for(promoted)
+    decided = await wait_for(
+        lambda: events_of(
+            stack.kafka, EXPERIMENT_DECIDED, stack.model, ExperimentDecided.model_validate_json
+        )
+    )
+    acted = await wait_for(
+        lambda: events_of(
+            stack.kafka, EXPERIMENT_ACTED, stack.model, ExperimentActed.model_validate_json
+        )
+    )
+    (decision, decision_trace), *_ = decided
+    (action, action_trace), *_ = acted
+    assert decision.verdict == "better"
+    assert decision.challenger_version == 2
+    assert decision.champion_version == 1
+    assert decision.p_value <= 0.05
+    assert decision.ci_low > 0
+    assert decision.champion_samples >= 300
+    assert decision.challenger_samples >= 300
+    assert action.action == "promote"
+    assert action.outcome == "done"
+    assert action.decision_event_id == decision.event_id
+    # The verdict and the action are in the trace of a label that was evidence.
+    assert decision_trace in traces
+    assert action_trace == decision_trace
+    # The registry's own record says why.
+    lineage = await stack.registry.lineage(stack.model, 2)
+    reasons = [c.reason for c in lineage.alias_history if c.alias == "champion"]
+    assert any("better" in r and decision.experiment_id in r for r in reasons)
+
+
+async def test_a_worse_canary_is_rolled_back(stack: Stack) -> None:
+    await feed(stack, CHAMPION_AUC - 0.12, seed=2)
+
+    async def rolled_back() -> bool:
+        return (await stack.registry.resolve_alias(stack.model, "canary")).version == 1
+
+    await wait_for(rolled_back)
+    assert (await stack.registry.resolve_alias(stack.model, "champion")).version == 1
+    decided = await events_of(
+        stack.kafka, EXPERIMENT_DECIDED, stack.model, ExperimentDecided.model_validate_json
+    )
+    acted = await wait_for(
+        lambda: events_of(
+            stack.kafka, EXPERIMENT_ACTED, stack.model, ExperimentActed.model_validate_json
+        )
+    )
+    assert [d.verdict for d, _ in decided] == ["worse"]
+    assert decided[0][0].ci_high < 0
+    assert [(a.action, a.outcome) for a, _ in acted] == [("rollback", "done")]
+
+
+async def test_an_equal_canary_is_never_declared_different(stack: Stack) -> None:
+    await feed(stack, CHAMPION_AUC, seed=3)
+
+    async def all_counted() -> dict[str, Any] | None:
+        assert stack.service.evaluator is not None
+        status = await stack.service.evaluator.evaluate()
+        experiments = status["experiments"]
+        if not experiments:
+            return None
+        last = experiments[0]["last"]
+        done = (
+            last.get("champion", {}).get("n") == PER_ARM
+            and last.get("challenger", {}).get("n") == PER_ARM
+            and experiments[0]["looks"] >= 20
+        )
+        return status if done else None
+
+    status = await wait_for(all_counted)
+    (experiment,) = status["experiments"]
+    assert experiment["verdict"] == "not yet"
+    assert experiment["status"] == "running"
+    assert experiment["p_value"] > 0.05
+    # Outcomes per alias over the window, with intervals.
+    rows = {(r["version"], r["alias"]): r for r in status["windows"]}
+    for key in ((1, "champion"), (2, "canary")):
+        auc = rows[key]["metrics"]["auc"]
+        assert rows[key]["labelled"] == PER_ARM
+        assert auc["ci_low"] < auc["value"] < auc["ci_high"]
+        assert abs(auc["value"] - CHAMPION_AUC) < 0.05
+    decided = await events_of(
+        stack.kafka, EXPERIMENT_DECIDED, stack.model, ExperimentDecided.model_validate_json
+    )
+    assert decided == []
+    assert (await stack.registry.resolve_alias(stack.model, "champion")).version == 1
+    assert (await stack.registry.resolve_alias(stack.model, "canary")).version == 2
