@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from scipy.stats import norm
 from typer.testing import CliRunner
 
 from mlbus.bus import encode_event, ensure_topics, event_headers
+from mlbus.cli import _experiments
 from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.events import (
     EXPERIMENT_ACTED,
@@ -158,8 +160,13 @@ async def stack(
         await client.register(model, tiny_model(2.0), alias="canary", reason="retrained")
         await ensure_topics(
             kafka,
-            [PREDICTION_LOGGED, INGEST_VALIDATED, OUTCOMES_MEASURED]
-            + [EXPERIMENT_DECIDED, EXPERIMENT_ACTED],
+            [
+                PREDICTION_LOGGED,
+                INGEST_VALIDATED,
+                OUTCOMES_MEASURED,
+                EXPERIMENT_DECIDED,
+                EXPERIMENT_ACTED,
+            ],
         )
         settings = OutcomesSettings(
             data_dir=tmp_path,
@@ -356,7 +363,9 @@ async def test_a_worse_canary_is_rolled_back(stack: Stack) -> None:
     assert [(a.action, a.outcome) for a, _ in acted] == [("rollback", "done")]
 
 
-async def test_an_equal_canary_is_never_declared_different(stack: Stack) -> None:
+async def test_an_equal_canary_is_never_declared_different(
+    stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     await feed(stack, CHAMPION_AUC, seed=3)
 
     async def all_counted() -> dict[str, Any] | None:
@@ -391,3 +400,28 @@ async def test_an_equal_canary_is_never_declared_different(stack: Stack) -> None
     assert decided == []
     assert (await stack.registry.resolve_alias(stack.model, "champion")).version == 1
     assert (await stack.registry.resolve_alias(stack.model, "canary")).version == 2
+
+    # `mlbus experiments status` shows the same, as JSON and as tables.
+    monkeypatch.setenv("MLBUS_DATA_DIR", str(tmp_path / "cli"))
+    monkeypatch.setenv("MLBUS_REDIS_URL", redis_url)
+    monkeypatch.setenv("MLBUS_REDIS_KEY_PREFIX", stack.settings.redis.key_prefix)
+    monkeypatch.setenv("MLBUS_OUTCOMES_GROUP_ID", stack.settings.group_id)
+    monkeypatch.delenv("MLBUS_SPEC", raising=False)
+    app = typer.Typer()
+    _experiments.register(app)
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["experiments", "status", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["model"] == stack.model
+    assert [e["verdict"] for e in doc["experiments"]] == ["not yet"]
+    table = await asyncio.to_thread(
+        CliRunner().invoke, app, ["experiments", "status"], terminal_width=200
+    )
+    assert table.exit_code == 0, table.output
+    assert "not yet" in table.output
+    assert "canary" in table.output
+    other = await asyncio.to_thread(
+        CliRunner().invoke, app, ["experiments", "status", "--group", "nobody"]
+    )
+    assert other.exit_code == 0
+    assert "no outcomes yet" in other.output
