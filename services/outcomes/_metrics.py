@@ -4,7 +4,7 @@
                                              (value|ci_low|ci_high): AUC, accuracy, log-loss,
                                              positive rate (classification), MAE, RMSE
     mlbus.outcomes.labelled          gauge   model, version, alias, window: outcomes counted
-    mlbus.outcomes.labels            counter model, outcome (joined|unmatched|unreadable)
+    mlbus.outcomes.labels            counter model, outcome (joined|repeated|unmatched|unreadable)
     mlbus.outcomes.predictions       counter model, outcome (kept|no_event_id|no_score)
     mlbus.outcomes.experiment_p      gauge   model, alias, champion, challenger: always-valid p
     mlbus.outcomes.verdicts          counter model, alias, verdict (better|worse)

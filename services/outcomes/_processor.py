@@ -10,9 +10,11 @@ experiment it is evidence for (the challenger's version and alias, or the
 champion's version, made since the experiment started).
 
 Defined behaviours (each counted in `mlbus.outcomes.labels`):
-- a label for an event no waiting prediction scored (unknown, expired, or
-  already labelled: the first label of an event wins and its predictions are
-  then forgotten) → `unmatched`;
+- the first label of an event is used; its predictions are then replaced by a
+  marker (kept as long as they would have waited), so a later label of the
+  same event → `repeated`, and a replayed prediction does not bring them back;
+- a label for an event no waiting prediction scored (unknown, or its
+  predictions waited longer than the TTL) → `unmatched`;
 - a label whose value cannot be read for the task → `unreadable`;
 - a record at or below its partition's saved offset (a replay) → skipped.
 """
@@ -162,6 +164,11 @@ class OutcomesProcessor:
     """model → (time, version) of the latest champion prediction seen."""
     _pending: dict[tuple[str, str], dict[str, PendingPrediction]] = field(default_factory=dict)
     _challengers: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    _labelled: set[tuple[str, str]] = field(default_factory=set)
+    """Events labelled since the last flush (Redis learns of them at the flush)."""
+    _checked: set[tuple[str, int]] = field(default_factory=set)
+    """Partitions whose saved offset was compared since the last flush."""
+    _experiments_read: bool = False
 
     def __post_init__(self) -> None:
         model = self.spec.model
@@ -199,13 +206,25 @@ class OutcomesProcessor:
                     labels.append((received, label))
         if not labels:
             return
-        await self._refresh_experiments()
+        if not self._experiments_read:
+            await self._refresh_experiments()
+            self._experiments_read = True
         wanted = [(self.model, event_id) for _, (event_id, _) in labels]
         found = await self.store.pending(wanted)
-        for (model, event_id), entries in self._buffered(wanted).items():
-            found.setdefault((model, event_id), []).extend(entries)
+        for key in self._labelled.intersection(wanted):
+            found[key] = []  # labelled earlier in this fetch: a repeat
+        for key, entries in self._buffered(wanted).items():
+            if key in found and not found[key]:
+                continue  # already labelled: a replayed prediction does not count again
+            merged = {p.field: p for p in found.get(key, [])}
+            merged.update((p.field, p) for p in entries)
+            found[key] = list(merged.values())
+        states = {
+            where: await self._partition(*where)
+            for where in dict.fromkeys((r.topic, r.partition) for r, _ in labels)
+        }
         for received, (event_id, value) in labels:
-            state = await self._partition(received.topic, received.partition)
+            state = states[(received.topic, received.partition)]
             if received.offset <= state.offset:
                 continue  # applied before a crash: counted once already
             state.offset = received.offset
@@ -256,6 +275,15 @@ class OutcomesProcessor:
 
     async def _partition(self, topic: str, partition: int) -> PartitionOutcomes:
         state = self.partitions.get((topic, partition))
+        # Moved to another replica and back since? Its saved state is then ahead.
+        if (
+            state is not None
+            and (topic, partition) not in self._checked
+            and not state.changed
+            and await self.store.saved_offset(topic, partition) > state.offset
+        ):
+            state = None
+        self._checked.add((topic, partition))
         if state is None:
             saved = await self.store.load_partition(topic, partition)
             state = PartitionOutcomes.from_saved(topic, partition, saved)
@@ -270,9 +298,12 @@ class OutcomesProcessor:
         value: Scalar,
         found: dict[tuple[str, str], list[PendingPrediction]],
     ) -> None:
-        entries = found.pop((self.model, event_id), None)
-        if not entries:
+        entries = found.get((self.model, event_id))
+        if entries is None:
             metrics.labels.add(1, {"model": self.model, "outcome": "unmatched"})
+            return
+        if not entries:
+            metrics.labels.add(1, {"model": self.model, "outcome": "repeated"})
             return
         actual = label_value(value, self.task)
         if actual is None:
@@ -296,6 +327,8 @@ class OutcomesProcessor:
                         state.traces[name] = traceparent
                         state.dirty.add(name)
         state.joined.append((self.model, event_id))
+        found[(self.model, event_id)] = []  # a second label in this batch is a repeat
+        self._labelled.add((self.model, event_id))
         self._pending.pop((self.model, event_id), None)
 
     def _add(
@@ -330,6 +363,7 @@ class OutcomesProcessor:
                 self._pending.setdefault(key, {}).update(entries)
             raise
         oldest = int((self.clock() - self.retention_s) // self.bucket_s)
+        fenced: list[tuple[str, int]] = []
         for state in self.partitions.values():
             if not state.changed:
                 continue
@@ -341,18 +375,30 @@ class OutcomesProcessor:
             for name in dropped:
                 del state.aggregates[name]
                 state.dirty.discard(name)
-            fields = {"offset": str(state.offset)}
+            fields: dict[str, str] = {}
             for name in state.dirty:
                 if name in state.aggregates:
                     fields[name] = json.dumps(state.aggregates[name].to_json())
                 elif name in state.traces:
                     fields[name] = state.traces[name]
-            await self.store.save_partition(
-                state.topic, state.partition, fields, dropped, state.joined
+            saved = await self.store.save_partition(
+                state.topic, state.partition, state.offset, fields, dropped, state.joined
             )
+            if not saved:
+                log.warning(
+                    "outcomes of %s:%d not saved: another replica owns the partition now",
+                    state.topic,
+                    state.partition,
+                )
+                fenced.append((state.topic, state.partition))
             state.dirty.clear()
             state.joined = []
             state.changed = False
+        for where in fenced:
+            del self.partitions[where]
+        self._labelled.clear()
+        self._checked.clear()
+        self._experiments_read = False
         await self._open_experiments()
 
     async def _open_experiments(self) -> None:

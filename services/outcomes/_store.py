@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -101,6 +101,47 @@ class PendingPrediction:
         return cls(int(version), alias, float(score), float(at))
 
 
+LABELLED = "_labelled"
+"""The field left in a scored event's hash once a label used its predictions."""
+
+# KEYS[1] the partition's state, KEYS[2] the set of states, KEYS[3..] used predictions.
+# ARGV[1] the new offset, ARGV[2] ttl, ARGV[3] n fields, then n (field, value) pairs, then
+# fields to drop. Refused (0) when the stored offset is ahead: another replica owns the
+# partition. Used predictions are replaced by a marker that lives as long as they would
+# have, so a later label of the same event is told apart from one of an unknown event.
+_SAVE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'offset') or '-1')
+if stored > tonumber(ARGV[1]) then return 0 end
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do redis.call('HSET', KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i]) end
+for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+redis.call('SADD', KEYS[2], KEYS[1])
+for i = 3, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], '_labelled', '1')
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: scored events' hashes. ARGV[1] ttl, then per key: n, then n (field, value) pairs.
+# A hash already labelled is left alone (a replayed prediction does not bring it back).
+_KEEP = """
+local ttl = tonumber(ARGV[1])
+local pos = 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  if redis.call('HEXISTS', key, '_labelled') == 0 then
+    for i = 0, n - 1 do redis.call('HSET', key, ARGV[pos + 2 * i], ARGV[pos + 2 * i + 1]) end
+    redis.call('EXPIRE', key, ttl)
+  end
+  pos = pos + 2 * n
+end
+return #KEYS
+"""
+
+
 class OutcomesStore:
     """Reads and writes the layout above; Redis errors become RetryableError."""
 
@@ -110,6 +151,8 @@ class OutcomesStore:
         self.group = group
         self.ttl_s = ttl_s
         self.base = f"{prefix}:outcomes:{group}"
+        self._save = client.register_script(_SAVE)
+        self._keep = client.register_script(_KEEP)
 
     @classmethod
     def from_settings(cls, redis: RedisSettings, *, group: str, ttl_s: int) -> OutcomesStore:
@@ -151,20 +194,25 @@ class OutcomesStore:
         """Write predictions waiting for labels (idempotent: a replay writes the same)."""
         if not entries:
             return
+        items = list(entries.items())
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for (model, event_id), found in entries.items():
-                    key = self.pending_key(model, event_id)
-                    pipe.hset(key, mapping={p.field: p.encode() for p in found.values()})
-                    pipe.expire(key, self.ttl_s)
-                await pipe.execute()
+            for start in range(0, len(items), 500):
+                keys: list[str] = []
+                args: list[str | int] = [self.ttl_s]
+                for (model, event_id), found in items[start : start + 500]:
+                    keys.append(self.pending_key(model, event_id))
+                    args.append(len(found))
+                    for p in found.values():
+                        args += [p.field, p.encode()]
+                await self._keep(keys=keys, args=args)
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unreachable keeping predictions: {exc}") from exc
 
     async def pending(
         self, wanted: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], list[PendingPrediction]]:
-        """The pending predictions of each (model, scored event id)."""
+        """The pending predictions of each (model, scored event id); an empty list for an
+        event already labelled, nothing for an unknown (or expired) one."""
         keys = list(dict.fromkeys(wanted))
         if not keys:
             return {}
@@ -176,7 +224,7 @@ class OutcomesStore:
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unreachable joining labels: {exc}") from exc
         return {
-            key: [PendingPrediction.decode(k, v) for k, v in found.items()]
+            key: [PendingPrediction.decode(k, v) for k, v in found.items() if _text(k) != LABELLED]
             for key, found in zip(keys, values, strict=True)
             if found
         }
@@ -194,26 +242,33 @@ class OutcomesStore:
         self,
         topic: str,
         partition: int,
+        offset: int,
         fields: Mapping[str, str],
         dropped: Iterable[str],
         joined: Iterable[tuple[str, str]],
-    ) -> None:
-        """Aggregates + offset, dropped cells and used predictions: all or nothing."""
+    ) -> bool:
+        """Aggregates + offset, dropped cells and used predictions: all or nothing.
+
+        False (nothing written) when the stored offset is ahead of `offset`: the
+        partition moved to another replica, whose state wins.
+        """
         key = self.state_key(topic, partition)
-        gone = list(dropped)
-        used = [self.pending_key(m, e) for m, e in joined]
+        pairs: list[str] = []
+        for name, value in {**fields, "offset": str(offset)}.items():
+            pairs += [name, value]
+        keys = [key, self.partitions_key, *(self.pending_key(m, e) for m, e in joined)]
+        args: list[str | int] = [offset, self.ttl_s, len(pairs) // 2, *pairs, *dropped]
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                if fields:
-                    pipe.hset(key, mapping=cast(Any, dict(fields)))
-                    pipe.sadd(self.partitions_key, key)
-                if gone:
-                    pipe.hdel(key, *gone)
-                if used:
-                    pipe.delete(*used)
-                await pipe.execute()
+            return bool(await self._save(keys=keys, args=args))
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unreachable saving outcomes state: {exc}") from exc
+
+    async def saved_offset(self, topic: str, partition: int) -> int:
+        try:
+            raw = await self.client.hget(self.state_key(topic, partition), "offset")
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable reading an offset: {exc}") from exc
+        return -1 if raw is None else int(raw)
 
     async def all_partitions(self) -> list[dict[str, str]]:
         """Every partition's saved state (for the windows and the experiments)."""
