@@ -5,7 +5,7 @@ shared library `mlbus.outcomestats`, the design in docs/adr/0024.
 """
 
 from ._evaluator import Evaluator, Totals, action_id, decision_id
-from ._processor import OutcomesProcessor, label_value, prediction_score
+from ._processor import OutcomesProcessor, label_value
 from ._service import OutcomesService, run
 from ._settings import OutcomesSettings
 from ._store import ExperimentRecord, OutcomesStore, PendingPrediction, experiment_id
@@ -23,6 +23,5 @@ __all__ = [
     "decision_id",
     "experiment_id",
     "label_value",
-    "prediction_score",
     "run",
 ]

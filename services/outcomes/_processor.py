@@ -38,7 +38,7 @@ from mlbus.events import (
     PredictionLogged,
     Scalar,
 )
-from mlbus.outcomestats import Outcomes, empty_outcomes, outcomes_from_json
+from mlbus.outcomestats import Outcomes, empty_outcomes, outcomes_from_json, prediction_score
 from mlbus.spec import ProjectSpec
 
 from . import _metrics as metrics
@@ -48,22 +48,6 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER_ALIASES = ("canary", "shadow")
-
-
-def prediction_score(outputs: Mapping[str, Sequence[float]]) -> float | None:
-    """P(positive) of a classifier (`probabilities`' last column) or a regressor's value."""
-    probabilities = outputs.get("probabilities")
-    if probabilities:
-        value = float(probabilities[-1])
-    else:
-        chosen = outputs.get("prediction")
-        if not chosen:
-            single = [v for name, v in outputs.items() if len(v) == 1 and name != "label"]
-            chosen = single[0] if len(single) == 1 else None
-        if not chosen:
-            return None
-        value = float(chosen[0])
-    return value if math.isfinite(value) else None
 
 
 def label_value(label: Scalar, task: str) -> bool | float | None:

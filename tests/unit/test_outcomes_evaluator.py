@@ -12,9 +12,8 @@ import pytest
 from scipy.stats import norm
 
 from mlbus.errors import PermanentError
-from mlbus.outcomes import Evaluator, ExperimentRecord, experiment_id
-from mlbus.outcomes._processor import label_value, prediction_score
-from mlbus.outcomestats import ClassificationOutcomes
+from mlbus.outcomes import Evaluator, ExperimentRecord, experiment_id, label_value
+from mlbus.outcomestats import ClassificationOutcomes, prediction_score
 from mlbus.spec import ProjectSpec, load_spec
 from tests.integration.test_outcomes import write_spec
 

@@ -19,6 +19,7 @@ from mlbus.outcomestats._aggregate import (
     empty_outcomes,
     merge,
     outcomes_from_json,
+    prediction_score,
     score_bin,
     wilson,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "merge",
     "msprt",
     "outcomes_from_json",
+    "prediction_score",
     "score_bin",
     "wilson",
 ]

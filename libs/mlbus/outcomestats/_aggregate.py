@@ -19,6 +19,7 @@ normal intervals (delta method for the RMSE).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +52,28 @@ class Estimate:
             "ci_high": self.ci_high,
             "n": self.n,
         }
+
+
+def prediction_score(outputs: Mapping[str, Sequence[float]]) -> float | None:
+    """The score a prediction's outcome is measured on: P(positive) or the regression value.
+
+    Classifiers from the trainer output `probabilities` [N, 2] (the positive class is
+    the last column); regressors `prediction` [N, 1]. Another model's single-valued
+    output is taken as its score. (The drift service has the same rule in its own
+    module; it can import this one.)
+    """
+    probabilities = outputs.get("probabilities")
+    if probabilities:
+        value = float(probabilities[-1])
+    else:
+        chosen = outputs.get("prediction")
+        if not chosen:
+            single = [v for name, v in outputs.items() if len(v) == 1 and name != "label"]
+            chosen = single[0] if len(single) == 1 else None
+        if not chosen:
+            return None
+        value = float(chosen[0])
+    return value if math.isfinite(value) else None
 
 
 def score_bin(score: float) -> int:
