@@ -30,6 +30,7 @@ DEAD_LETTERED = "mlbus.bus.deadlettered.v1"
 OUTCOMES_MEASURED = "mlbus.outcomes.measured.v1"
 EXPERIMENT_DECIDED = "mlbus.experiment.decided.v1"
 EXPERIMENT_ACTED = "mlbus.experiment.acted.v1"
+LABELING_REQUESTED = "mlbus.labeling.requested.v1"
 
 
 def new_event_id() -> str:
@@ -380,6 +381,23 @@ class ExperimentActed(Event):
     alias_change_event_id: str | None = None
 
 
+class LabelingRequested(Event):
+    """A prediction worth a person's time: label the event it scored."""
+
+    event_type: ClassVar[str] = LABELING_REQUESTED
+    topic: ClassVar[str] = LABELING_REQUESTED
+
+    model: str
+    version: int
+    scored_event_id: str
+    entity_id: str | None
+    reason: Literal["band", "disagreement", "sample"]
+    priority: float
+    scores: dict[str, float] = Field(description="alias → score of each version that scored it")
+    features: dict[str, Scalar]
+    predicted_at: AwareDatetime
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -396,6 +414,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OutcomesMeasured,
         ExperimentDecided,
         ExperimentActed,
+        LabelingRequested,
     )
 }
 """CloudEvents type → event class; the bus decodes with this, never by importing names."""

@@ -37,6 +37,7 @@ from mlbus.events import (
     MetricEstimate,
     OutcomesMeasured,
 )
+from mlbus.labeling import LabelQueue
 from mlbus.outcomestats import (
     Estimate,
     Outcomes,
@@ -49,7 +50,7 @@ from mlbus.spec import ProjectSpec
 from mlbus.telemetry import extract_kafka_context, tracer
 
 from . import _metrics as metrics
-from ._store import ExperimentRecord, OutcomesStore
+from ._store import REDIS_DOWN, ExperimentRecord, OutcomesStore
 
 log = logging.getLogger(__name__)
 _tracer = tracer("mlbus.outcomes")
@@ -145,6 +146,7 @@ class Evaluator:
     clock: Callable[[], float] = time.time
     publisher: Publisher | None = None
     champions: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    queue: LabelQueue | None = None
     _reported_at: float = 0.0
 
     async def evaluate(self) -> dict[str, Any]:
@@ -159,13 +161,22 @@ class Evaluator:
             elif record.status == "decided" and not record.acted:
                 await self._act(record, totals)
             experiments.append(record)
-        status = {
+        status: dict[str, Any] = {
             "model": self.spec.model.name,
             "task": self.spec.model.task,
             "evaluated_at": datetime.fromtimestamp(now, UTC).isoformat(),
             "windows": windows,
             "experiments": [_record_json(r) for r in experiments],
         }
+        rules = self.spec.outcomes.labeling
+        if rules is not None and self.queue is not None:
+            try:
+                await self.queue.expire(now, rules.expire_s)
+                status["labeling"] = await self.queue.counts()
+            except REDIS_DOWN as exc:
+                raise RetryableError(
+                    f"Redis unreachable reading the labeling queue: {exc}"
+                ) from exc
         await self.store.write_status(status)
         if self.publisher is not None and now - self._reported_at >= self.report_interval_s:
             self._reported_at = now

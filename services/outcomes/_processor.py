@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlbus.bus import Received, header
-from mlbus.errors import InvalidInput
+from mlbus.bus import Publisher, Received, header
+from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import (
     INGEST_VALIDATED,
     PREDICTION_LOGGED,
@@ -38,11 +38,18 @@ from mlbus.events import (
     PredictionLogged,
     Scalar,
 )
+from mlbus.labeling import LabelQueue, labeling_request, new_request
 from mlbus.outcomestats import Outcomes, empty_outcomes, outcomes_from_json, prediction_score
 from mlbus.spec import ProjectSpec
 
 from . import _metrics as metrics
-from ._store import ExperimentRecord, OutcomesStore, PendingPrediction, experiment_id
+from ._store import (
+    REDIS_DOWN,
+    ExperimentRecord,
+    OutcomesStore,
+    PendingPrediction,
+    experiment_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +160,11 @@ class OutcomesProcessor:
     _checked: set[tuple[str, int]] = field(default_factory=set)
     """Partitions whose saved offset was compared since the last flush."""
     _experiments_read: bool = False
+    queue: LabelQueue | None = None
+    """The labeling queue (when the spec has `outcomes.labeling`)."""
+    publisher: Publisher | None = None
+    _candidates: dict[str, dict[str, PredictionLogged]] = field(default_factory=dict)
+    _answered: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         model = self.spec.model
@@ -234,6 +246,8 @@ class OutcomesProcessor:
         pending = PendingPrediction(event.version, alias, score, at)
         self._pending.setdefault((event.model, event.scored_event_id), {})[pending.field] = pending
         metrics.predictions.add(1, {"model": event.model, "outcome": "kept"})
+        if self.spec.outcomes.labeling is not None and alias in (CHAMPION, "shadow"):
+            self._candidates.setdefault(event.scored_event_id, {})[alias] = event
         if alias == CHAMPION:
             latest = self.champions.get(event.model)
             if latest is None or at >= latest[0]:
@@ -311,6 +325,7 @@ class OutcomesProcessor:
                         state.traces[name] = traceparent
                         state.dirty.add(name)
         state.joined.append((self.model, event_id))
+        self._answered.append(event_id)
         found[(self.model, event_id)] = []  # a second label in this batch is a repeat
         self._labelled.add((self.model, event_id))
         self._pending.pop((self.model, event_id), None)
@@ -383,7 +398,63 @@ class OutcomesProcessor:
         self._labelled.clear()
         self._checked.clear()
         self._experiments_read = False
+        await self._labeling()
         await self._open_experiments()
+
+    async def _labeling(self) -> None:
+        """Queue the predictions the spec asks labels for; answered requests leave the queue.
+
+        Disagreement is seen when the champion's and the shadow's predictions of one
+        event arrive within one commit (the shadow scores a copy of the same request,
+        so they usually do).
+        """
+        rules = self.spec.outcomes.labeling
+        candidates, self._candidates = self._candidates, {}
+        answered, self._answered = self._answered, []
+        if rules is None or self.queue is None:
+            return
+        requests = []
+        for event_id, by_alias in candidates.items():
+            champion = by_alias.get(CHAMPION)
+            if champion is None:
+                continue
+            score = prediction_score(champion.outputs)
+            shadow_event = by_alias.get("shadow")
+            shadow = None if shadow_event is None else prediction_score(shadow_event.outputs)
+            if score is None:
+                continue
+            chosen = labeling_request(
+                rules,
+                event_id=event_id,
+                threshold=self.threshold,
+                champion=score,
+                shadow=shadow,
+            )
+            if chosen is None:
+                continue
+            scores = {CHAMPION: score} if shadow is None else {CHAMPION: score, "shadow": shadow}
+            requests.append(
+                new_request(
+                    model=self.model,
+                    version=champion.version,
+                    scored_event_id=event_id,
+                    entity_id=champion.entity_id,
+                    reason=chosen[0],
+                    priority=chosen[1],
+                    scores=scores,
+                    features=champion.features,
+                    predicted_at=champion.occurred_at,
+                )
+            )
+        try:
+            queued = set(await self.queue.offer(requests, rules.max_open))
+            await self.queue.answered(answered)
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable updating the labeling queue: {exc}") from exc
+        if self.publisher is not None:
+            for request in requests:
+                if request.scored_event_id in queued:
+                    await self.publisher.publish(request, key=request.entity_id)
 
     async def _open_experiments(self) -> None:
         """A challenger seen serving (canary) or scoring (shadow) beside a known champion."""

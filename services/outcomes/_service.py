@@ -11,7 +11,13 @@ from typing import Any
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError, RetryableError
-from mlbus.events import EXPERIMENT_ACTED, EXPERIMENT_DECIDED, OUTCOMES_MEASURED
+from mlbus.events import (
+    EXPERIMENT_ACTED,
+    EXPERIMENT_DECIDED,
+    LABELING_REQUESTED,
+    OUTCOMES_MEASURED,
+)
+from mlbus.labeling import LabelQueue
 from mlbus.registry_client import RegistryClient
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
@@ -49,6 +55,10 @@ class OutcomesService(StreamService):
             settings.redis, group=settings.group_id, ttl_s=settings.pending_ttl_s
         )
         processor = OutcomesProcessor(self.spec, store, bucket_s=settings.bucket_s)
+        if self.spec.outcomes.labeling is not None:
+            processor.queue = LabelQueue(
+                store.client, prefix=settings.redis.key_prefix, model=self.spec.model.name
+            )
         evaluator = Evaluator(
             self.spec,
             store,
@@ -56,15 +66,22 @@ class OutcomesService(StreamService):
             bucket_s=settings.bucket_s,
             report_interval_s=settings.report_interval_s,
             champions=processor.champions,
+            queue=processor.queue,
         )
         self.processor, self.evaluator = processor, evaluator
         try:
             await ensure_topics(
                 settings.kafka,
-                [*processor.topics, OUTCOMES_MEASURED, EXPERIMENT_DECIDED, EXPERIMENT_ACTED],
+                [
+                    *processor.topics,
+                    OUTCOMES_MEASURED,
+                    EXPERIMENT_DECIDED,
+                    EXPERIMENT_ACTED,
+                    LABELING_REQUESTED,
+                ],
             )
             async with Publisher(settings.kafka, source="outcomes") as publisher:
-                evaluator.publisher = publisher
+                evaluator.publisher = processor.publisher = publisher
                 consumer: Consumer[Any] = Consumer(
                     settings.kafka,
                     topics=processor.topics,

@@ -242,7 +242,8 @@ async def feed(stack: Stack, canary_auc: float, seed: int) -> set[str]:
         for index in order:
             tx_id, is_fraud, entity = labels[index]
             trace_id = f"{rng.integers(1, 2**63):032x}"
-            traces.add(trace_id)
+            if index % 10 == 0:
+                traces.add(trace_id)
             label = IngestValidated(
                 source="labels",
                 contract_version=1,
@@ -253,7 +254,11 @@ async def feed(stack: Stack, canary_auc: float, seed: int) -> set[str]:
                 source_partition=0,
                 source_offset=int(index),
             )
-            traceparent = f"00-{trace_id}-{rng.integers(1, 2**63):016x}-01"
+            # Every tenth label carries a sampled trace (a traced record is handled on its
+            # own, with a span: all of them would only slow the test down).
+            traceparent = (
+                f"00-{trace_id}-{rng.integers(1, 2**63):016x}-01" if index % 10 == 0 else None
+            )
             futures.append(await _send(producer, label, entity.encode(), traceparent))
         await asyncio.gather(*futures)
     finally:
@@ -566,3 +571,145 @@ async def test_each_scored_event_counts_once_for_repeats_unknown_events_and_repl
     finally:
         again.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_labeling_round_trip_request_submit_ingest_answer(
+    stack: Stack, redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    """Predictions worth a label are queued (bounded, de-duplicated, by priority) and
+    announced; a submitted label passes ingestion's contract and answers its request."""
+    from mlbus.cli._labels import submit_label
+    from mlbus.events import LABELING_REQUESTED, LabelingRequested
+    from mlbus.ingestion import IngestionService, IngestionSettings
+    from mlbus.labeling import LabelQueue
+
+    path = write_spec(tmp_path / "labeling.yaml", stack.model)
+    doc = json.loads(path.read_text())
+    doc["outcomes"]["labeling"] = {
+        "band": 0.1,
+        "disagreement": 0.3,
+        "sample_rate": 0.0,
+        "max_open": 5,
+        "expire_s": "1d",
+    }
+    path.write_text(json.dumps(doc))
+    spec = load_spec(path)
+    labels_topic = spec.sources["labels"].topic
+    await ensure_topics(stack.kafka, [spec.sources["tx"].topic, labels_topic, LABELING_REQUESTED])
+    prefix = f"lab-{unique}"
+    redis = RedisSettings(url=redis_url, key_prefix=prefix)
+    settings = stack.settings.model_copy(
+        update={"spec": path, "group_id": f"labeling-{unique}", "redis": redis}
+    )
+    outcomes = OutcomesService(settings, spec)
+    ingestion = IngestionService(
+        IngestionSettings(
+            spec=path,
+            data_dir=tmp_path / "ingestion",
+            kafka=stack.kafka,
+            redis=redis,
+            group_id=f"ingest-{unique}",
+        )
+    )
+    tasks = [asyncio.create_task(outcomes.run()), asyncio.create_task(ingestion.run())]
+    try:
+        await outcomes.wait_started(60)
+        await ingestion.wait_ready(60)
+        # 6 champion scores near the threshold (band), 1 event champion and shadow disagree
+        # on, 3 confident ones: 7 candidates for 5 places.
+        champion = [0.45, 0.47, 0.49, 0.51, 0.53, 0.55, 0.9, 0.95, 0.96, 0.97]
+        producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), linger_ms=5)
+        await producer.start()
+        now = datetime.now(UTC)
+        ids = [f"lab-{unique}-{i}" for i in range(len(champion))]
+
+        async def predictions() -> None:
+            futures = []
+            for i, score in enumerate(champion):
+                scored = [(1, "champion", False, score)]
+                if i == 6:
+                    scored.append((2, "shadow", True, 0.2))
+                for version, alias, shadow, p in scored:
+                    event = PredictionLogged(
+                        occurred_at=now,
+                        model=stack.model,
+                        version=version,
+                        alias=alias,
+                        entity_id=f"card_{i}",
+                        features={"v.amount": float(i)},
+                        outputs={"probabilities": [1.0 - p, p]},
+                        latency_ms=1.0,
+                        shadow=shadow,
+                        scored_event_id=ids[i],
+                    )
+                    futures.append(await _send(producer, event, f"card_{i}".encode()))
+            await asyncio.gather(*futures)
+
+        try:
+            await predictions()
+        finally:
+            await producer.stop()
+        assert outcomes.processor is not None
+        queue = LabelQueue(outcomes.processor.store.client, prefix=prefix, model=stack.model)
+
+        async def queued() -> dict[str, Any] | None:
+            counts = await queue.counts()
+            return counts if counts["requested"] == 7 else None
+
+        counts = await wait_for(queued)
+        assert (counts["open"], counts["dropped"], counts["answered"]) == (5, 2, 0)
+        waiting = await queue.top(10)
+        assert [w["scored_event_id"] for w in waiting][:1] == [ids[6]]  # disagreement first
+        assert waiting[0]["reason"] == "disagreement"
+        assert waiting[0]["scores"] == {"champion": 0.9, "shadow": 0.2}
+        # the two farthest from the threshold were dropped; the confident ones never asked
+        assert {w["scored_event_id"] for w in waiting} == {ids[6], ids[1], ids[2], ids[3], ids[4]}
+        announced = await wait_for(
+            lambda: events_of(
+                stack.kafka, LABELING_REQUESTED, stack.model, LabelingRequested.model_validate_json
+            )
+        )
+        assert sorted(e.scored_event_id for e, _ in announced) == sorted(
+            w["scored_event_id"] for w in waiting
+        )
+
+        # A person answers the disagreement; the label goes through ingestion.
+        topic, raw = await submit_label(
+            stack.kafka,
+            redis,
+            spec,
+            scored_event_id=ids[6],
+            value="true",
+            entity_id=None,
+            extra={},
+        )
+        assert topic == labels_topic
+        assert json.loads(raw)["card_id"] == "card_6"
+
+        async def answered() -> dict[str, Any] | None:
+            found = await queue.counts()
+            return found if found["answered"] == 1 else None
+
+        counts = await wait_for(answered)
+        assert counts["open"] == 4
+        assert counts["answer_rate"] == 1.0
+        assert ids[6] not in {w["scored_event_id"] for w in await queue.top(10)}
+        # The same predictions again (a replay): nothing waiting is asked twice.
+        producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), linger_ms=5)
+        await producer.start()
+        try:
+            await predictions()
+        finally:
+            await producer.stop()
+        await asyncio.sleep(3)
+        again = await queue.counts()
+        assert (again["open"], again["requested"], again["dropped"]) == (4, 7, 2)
+        # Requests nobody answers expire: four of five asked were never answered.
+        assert await queue.expire(time.time() + 2 * 86_400, 86_400) == 4
+        final = await queue.counts()
+        assert (final["expired"], final["open"]) == (4, 0)
+        assert final["answer_rate"] == pytest.approx(1 / 5)
+    finally:
+        outcomes.stop()
+        ingestion.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)

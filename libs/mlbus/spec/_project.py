@@ -252,11 +252,30 @@ class ExperimentSpec(SpecModel):
     on_worse: Literal["rollback", "report"] = "report"
 
 
+class LabelingSpec(SpecModel):
+    """Which predictions ask a person for a label (`mlbus.labeling.requested.v1`).
+
+    `band`: a champion score within this distance of `model.threshold`
+    (classification); `disagreement`: champion and shadow scores of one event at
+    least this far apart; `sample_rate`: a share of events chosen by a hash of their
+    id (an unbiased sample for evaluation). At most `max_open` requests wait (the
+    lowest priority goes first); one waits at most `expire_s`.
+    """
+
+    band: float | None = Field(default=0.1, gt=0.0, le=0.5)
+    disagreement: float | None = Field(default=0.3, gt=0.0)
+    sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_open: int = Field(default=10_000, ge=1)
+    expire_s: PositiveSeconds = 7 * 86_400
+
+
 class OutcomesSpec(SpecModel):
-    """Labelled outcomes per (model, version, alias): sliding `windows`, and experiments."""
+    """Labelled outcomes per (model, version, alias): sliding `windows`, experiments, and
+    the labeling queue (off unless `labeling` is given)."""
 
     windows: tuple[PositiveSeconds, ...] = Field(default=(3600, 86_400), min_length=1)
     experiments: ExperimentSpec = Field(default_factory=ExperimentSpec)
+    labeling: LabelingSpec | None = None
 
 
 class ProjectSpec(SpecModel):
