@@ -457,11 +457,20 @@ class OutcomesProcessor:
                     await self.publisher.publish(request, key=request.entity_id)
 
     async def _open_experiments(self) -> None:
-        """A challenger seen serving (canary) or scoring (shadow) beside a known champion."""
+        """A challenger seen serving (canary) or scoring (shadow) beside a known champion.
+
+        It starts at its earliest prediction seen: a challenger seen before any champion
+        prediction waits for one, and an earlier prediction read later (another
+        partition lagging) moves the start back while the experiment runs.
+        """
         challengers, self._challengers = self._challengers, {}
+        known: dict[str, ExperimentRecord] | None = None
         for (model, alias, version), at in challengers.items():
             champion = self.champions.get(model)
-            if champion is None or champion[1] == version:
+            if champion is None:
+                self._challengers[(model, alias, version)] = at  # until a champion is seen
+                continue
+            if champion[1] == version:
                 continue
             record = ExperimentRecord(
                 experiment_id(model, alias, version, champion[1]),
@@ -481,6 +490,13 @@ class OutcomesProcessor:
                     champion[1],
                 )
                 self.experiments[record.experiment_id] = record
+                continue
+            known = known if known is not None else await self.store.experiments()
+            existing = known.get(record.experiment_id)
+            if existing is not None and existing.status == "running" and at < existing.started_at:
+                existing.started_at = at
+                await self.store.save_experiment(existing)
+                self.experiments[existing.experiment_id] = existing
 
 
 def _side(record: ExperimentRecord, entry: PendingPrediction) -> str | None:

@@ -177,8 +177,8 @@ async def stack(
             spec=tmp_path / "mlbus.yaml",
             registry_address=address,
             group_id=f"outcomes-{unique}",
-            evaluate_interval_s=0.3,
-            report_interval_s=0.3,
+            evaluate_interval_s=0.5,
+            report_interval_s=5.0,
             bucket_s=60,
         )
         service = OutcomesService(settings, load_spec(settings.spec or ""))
@@ -211,7 +211,7 @@ async def feed(stack: Stack, canary_auc: float, seed: int) -> set[str]:
         for version, alias, auc in ((1, "champion", CHAMPION_AUC), (2, "canary", canary_auc)):
             probability, actual = scores(rng, auc, PER_ARM)
             for i in range(PER_ARM):
-                tx_id = f"{alias}-{i}"
+                tx_id = f"{stack.model}-{alias}-{i}"  # unique, as real event ids are
                 entity = f"card_{alias}_{i % 200}"
                 event = PredictionLogged(
                     occurred_at=start + timedelta(milliseconds=i),
@@ -309,7 +309,7 @@ async def wait_for(check: Callable[[], Any], timeout_s: float = 240.0) -> Any:
             return found
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
 
 
 async def test_a_truly_better_canary_is_promoted(stack: Stack) -> None:
@@ -521,7 +521,7 @@ async def test_each_scored_event_counts_once_for_repeats_unknown_events_and_repl
     a repeated label, a label of an unknown event and an unreadable one change nothing;
     after a restart that replays both topics from the start, nothing counts twice."""
     rng = np.random.default_rng(4)
-    first = [f"tx-{i}" for i in range(300)]
+    first = [f"{stack.model}-tx-{i}" for i in range(300)]
     actual = await _shadowed(stack, first, rng)
     await _waiting(stack, stack.service, first)
     labels: list[tuple[str, Any]] = list(zip(first, actual, strict=True))
@@ -563,7 +563,7 @@ async def test_each_scored_event_counts_once_for_repeats_unknown_events_and_repl
     task = asyncio.create_task(again.run())
     try:
         await again.wait_started(60)
-        second = [f"tx-late-{i}" for i in range(20)]
+        second = [f"{stack.model}-tx-late-{i}" for i in range(20)]
         late = await _shadowed(stack, second, rng)
         await _waiting(stack, again, second)
         await _labels(stack, list(zip(second, late, strict=True)))
