@@ -90,7 +90,7 @@ class PendingPrediction:
         return f"{self.version}|{self.alias}"
 
     def encode(self) -> str:
-        return f"{self.score!r}|{self.at:.3f}"
+        return f"{self.score!r}|{self.at!r}"  # exact: compared with an experiment's start
 
     @classmethod
     def decode(cls, name: bytes | str, value: bytes | str) -> PendingPrediction:
