@@ -669,9 +669,12 @@ async def test_labeling_round_trip_request_submit_ingest_answer(
                 stack.kafka, LABELING_REQUESTED, stack.model, LabelingRequested.model_validate_json
             )
         )
-        assert sorted(e.scored_event_id for e, _ in announced) == sorted(
-            w["scored_event_id"] for w in waiting
-        )
+        # Every waiting request was announced; one announced before the queue filled up may
+        # have been dropped since by a more urgent one (the two farthest from the threshold).
+        told = {e.scored_event_id for e, _ in announced}
+        assert {w["scored_event_id"] for w in waiting} <= told
+        assert told - {w["scored_event_id"] for w in waiting} <= {ids[0], ids[5]}
+        assert len(announced) == len(told)  # each event announced once
 
         # A person answers the disagreement; the label goes through ingestion.
         topic, raw = await submit_label(
