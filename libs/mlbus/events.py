@@ -27,6 +27,10 @@ MODEL_PUBLISHED = "mlbus.model.published.v1"
 PREDICTION_LOGGED = "mlbus.prediction.logged.v1"
 DRIFT_DETECTED = "mlbus.drift.detected.v1"
 DEAD_LETTERED = "mlbus.bus.deadlettered.v1"
+OUTCOMES_MEASURED = "mlbus.outcomes.measured.v1"
+EXPERIMENT_DECIDED = "mlbus.experiment.decided.v1"
+EXPERIMENT_ACTED = "mlbus.experiment.acted.v1"
+LABELING_REQUESTED = "mlbus.labeling.requested.v1"
 
 
 def new_event_id() -> str:
@@ -304,6 +308,96 @@ class DriftDetected(Event):
     correction: Literal["none", "bonferroni", "benjamini-hochberg"] = "bonferroni"
 
 
+# ── outcomes and experiments ─────────────────────────────────────────────────
+
+
+class MetricEstimate(Contract):
+    """A metric of labelled outcomes with its 95% interval (NaN-free: None when unknown)."""
+
+    name: str
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = Field(ge=0)
+
+
+class OutcomesMeasured(Event):
+    """Labelled outcomes of one (model, version, alias) over a sliding window of prediction time."""
+
+    event_type: ClassVar[str] = OUTCOMES_MEASURED
+    topic: ClassVar[str] = OUTCOMES_MEASURED
+
+    model: str
+    version: int
+    alias: str
+    window_s: float = Field(gt=0)
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    labelled: int = Field(ge=0)
+    metrics: tuple[MetricEstimate, ...]
+
+
+class ExperimentDecided(Event):
+    """A sequential test reached a verdict: the challenger is better or worse than the champion."""
+
+    event_type: ClassVar[str] = EXPERIMENT_DECIDED
+    topic: ClassVar[str] = EXPERIMENT_DECIDED
+
+    experiment_id: str
+    model: str
+    alias: str = Field(description="the challenger's alias: canary or shadow")
+    champion_version: int
+    challenger_version: int
+    verdict: Literal["better", "worse"]
+    metric: str
+    champion_value: float
+    challenger_value: float
+    difference: float = Field(description="challenger − champion, positive = better")
+    ci_low: float
+    ci_high: float
+    p_value: float = Field(ge=0, le=1, description="always-valid (mSPRT)")
+    alpha: float
+    test: str = "msprt-normal-mixture"
+    champion_samples: int = Field(ge=0)
+    challenger_samples: int = Field(ge=0)
+    started_at: AwareDatetime
+    looks: int = Field(ge=1)
+
+
+class ExperimentActed(Event):
+    """What was done about a verdict: promoted, rolled back, only reported, or refused."""
+
+    event_type: ClassVar[str] = EXPERIMENT_ACTED
+    topic: ClassVar[str] = EXPERIMENT_ACTED
+
+    experiment_id: str
+    decision_event_id: str
+    model: str
+    alias: str
+    version: int = Field(description="the challenger's version")
+    action: Literal["promote", "rollback", "report"]
+    outcome: Literal["done", "refused", "failed"]
+    reason: str
+    alias_change_event_id: str | None = None
+
+
+class LabelingRequested(Event):
+    """A prediction worth a person's time: label the event it scored."""
+
+    event_type: ClassVar[str] = LABELING_REQUESTED
+    topic: ClassVar[str] = LABELING_REQUESTED
+
+    model: str
+    version: int
+    scored_event_id: str
+    entity_id: str | None
+    reason: Literal["band", "disagreement", "sample"]
+    priority: float
+    scores: dict[str, float] = Field(description="alias → score of each version that scored it")
+    features: dict[str, Scalar]
+    predicted_at: AwareDatetime
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -317,6 +411,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelPublished,
         PredictionLogged,
         DriftDetected,
+        OutcomesMeasured,
+        ExperimentDecided,
+        ExperimentActed,
+        LabelingRequested,
     )
 }
 """CloudEvents type → event class; the bus decodes with this, never by importing names."""

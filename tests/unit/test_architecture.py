@@ -14,7 +14,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
-SERVICE_NAMES = {"ingestion", "features", "trainer", "registry", "inference", "drift", "console"}
+SERVICE_NAMES = {
+    "ingestion",
+    "features",
+    "trainer",
+    "registry",
+    "inference",
+    "drift",
+    "outcomes",
+    "console",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

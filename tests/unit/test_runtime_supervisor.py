@@ -144,7 +144,7 @@ def test_services_that_call_the_registry_are_told_where_it_listens(
 
     settings = MlbusSettings(data_dir=tmp_path)
     callers = [s for s in SERVICES if s.calls_registry]
-    assert {s.name for s in callers} == {"trainer", "inference", "drift", "console"}
+    assert {s.name for s in callers} == {"trainer", "inference", "drift", "outcomes", "console"}
     for spec in SERVICES:
         env = spec.environment(settings, None, None, registry_address="127.0.0.1:18002")
         variable = f"MLBUS_{spec.name.upper()}_REGISTRY_ADDRESS"
@@ -168,6 +168,7 @@ def test_catalogue_names_every_service_and_their_grpc_ports() -> None:
         "registry",
         "inference",
         "drift",
+        "outcomes",
         "console",
     ]
     ports = {s.name: s.grpc_port for s in SERVICES if s.serves_grpc}

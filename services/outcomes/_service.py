@@ -1,0 +1,135 @@
+"""The outcomes service's process: consume predictions and labels, look, decide, act."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.config import load_settings
+from mlbus.errors import ConfigError, RetryableError
+from mlbus.events import (
+    EXPERIMENT_ACTED,
+    EXPERIMENT_DECIDED,
+    LABELING_REQUESTED,
+    OUTCOMES_MEASURED,
+)
+from mlbus.labeling import LabelQueue
+from mlbus.registry_client import RegistryClient
+from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
+from mlbus.spec import ProjectSpec, load_spec
+
+from ._evaluator import Evaluator
+from ._processor import OutcomesProcessor
+from ._settings import OutcomesSettings
+from ._store import OutcomesStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutcomesService(StreamService):
+    """The running parts; `run()` until `stop()` (idempotent)."""
+
+    settings: OutcomesSettings
+    spec: ProjectSpec
+    processor: OutcomesProcessor | None = None
+    evaluator: Evaluator | None = None
+    consumer: Consumer[Any] | None = None
+
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        return () if self.consumer is None else (self.consumer,)
+
+    async def run(self) -> None:
+        settings = self.settings
+        token = settings.registry_token
+        registry = RegistryClient(
+            settings.registry_address,
+            token=None if token is None else token.get_secret_value(),
+            timeout_s=settings.registry_timeout_s,
+        )
+        store = OutcomesStore.from_settings(
+            settings.redis, group=settings.group_id, ttl_s=settings.pending_ttl_s
+        )
+        processor = OutcomesProcessor(self.spec, store, bucket_s=settings.bucket_s)
+        if self.spec.outcomes.labeling is not None:
+            processor.queue = LabelQueue(
+                store.client, prefix=settings.redis.key_prefix, model=self.spec.model.name
+            )
+        evaluator = Evaluator(
+            self.spec,
+            store,
+            registry,
+            bucket_s=settings.bucket_s,
+            report_interval_s=settings.report_interval_s,
+            champions=processor.champions,
+            queue=processor.queue,
+        )
+        self.processor, self.evaluator = processor, evaluator
+        try:
+            await ensure_topics(
+                settings.kafka,
+                [
+                    *processor.topics,
+                    OUTCOMES_MEASURED,
+                    EXPERIMENT_DECIDED,
+                    EXPERIMENT_ACTED,
+                    LABELING_REQUESTED,
+                ],
+            )
+            async with Publisher(settings.kafka, source="outcomes") as publisher:
+                evaluator.publisher = processor.publisher = publisher
+                consumer: Consumer[Any] = Consumer(
+                    settings.kafka,
+                    topics=processor.topics,
+                    group_id=settings.group_id,
+                    handler=processor.handle,
+                    decoder=processor.decoder(),
+                    publisher=publisher,
+                    max_batch=settings.max_batch,
+                    before_commit=processor.flush,
+                    batch_handler=processor.handle_batch,
+                )
+                self.consumer = consumer
+                if self._stop.is_set():
+                    return
+                self._started.set()
+                async with asyncio.TaskGroup() as tasks:
+                    consume = self.consume(
+                        consumer, stopped_unsaved="outcomes service stopped with state unsaved"
+                    )
+                    tasks.create_task(consume, name="consume")
+                    tasks.create_task(self._looks(evaluator), name="looks")
+                    await self._stop.wait()
+                    consumer.stop()
+        finally:
+            await registry.close()
+            await store.aclose()
+
+    async def _looks(self, evaluator: Evaluator) -> None:
+        """Windows and experiments every `evaluate_interval_s`, and once more when stopping."""
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.evaluate_interval_s)
+            except TimeoutError:
+                pass
+            if self._stop.is_set():
+                return
+            try:
+                await evaluator.evaluate()
+            except RetryableError as exc:
+                log.warning("could not look at outcomes and experiments: %s", exc)
+
+
+async def _main(settings: OutcomesSettings) -> None:
+    if settings.spec is None:
+        raise ConfigError("the outcomes service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
+    await run_until_stopped(OutcomesService(settings, load_spec(settings.spec)))
+
+
+def run(settings: OutcomesSettings | None = None) -> None:
+    """Start the outcomes service and block until SIGTERM/SIGINT."""
+    run_process("outcomes", settings or load_settings(OutcomesSettings), _main)

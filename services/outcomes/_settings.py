@@ -1,0 +1,37 @@
+"""Settings of the outcomes service (`MLBUS_OUTCOMES_*`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mlbus.config import ServiceSettings
+
+
+class OutcomesSettings(ServiceSettings):
+    """How the outcomes service consumes, keeps its state, looks at experiments and acts.
+
+    MLBUS_OUTCOMES_GROUP_ID              consumer group (mlbus-outcomes); also names its Redis state
+    MLBUS_OUTCOMES_REGISTRY_ADDRESS      host:port of the registry's gRPC API (127.0.0.1:8002)
+    MLBUS_OUTCOMES_REGISTRY_TOKEN        bearer token for promotions and rollbacks
+    MLBUS_OUTCOMES_REGISTRY_TIMEOUT_S    per registry call (10)
+    MLBUS_OUTCOMES_PENDING_TTL_S         how long a prediction waits for its label (7 days)
+    MLBUS_OUTCOMES_BUCKET_S              time resolution of the sliding windows (300)
+    MLBUS_OUTCOMES_EVALUATE_INTERVAL_S   how often windows and experiments are looked at (5)
+    MLBUS_OUTCOMES_REPORT_INTERVAL_S     how often `outcomes.measured` events are published (60)
+    MLBUS_OUTCOMES_MAX_BATCH             records per fetch (1000)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLBUS_OUTCOMES_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    group_id: str = Field(default="mlbus-outcomes", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    registry_address: str = "127.0.0.1:8002"
+    registry_token: SecretStr | None = None
+    registry_timeout_s: float = Field(default=10.0, gt=0)
+    pending_ttl_s: int = Field(default=7 * 86_400, ge=1)
+    bucket_s: int = Field(default=300, ge=1)
+    evaluate_interval_s: float = Field(default=5.0, gt=0)
+    report_interval_s: float = Field(default=60.0, gt=0)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
