@@ -4,7 +4,7 @@ See README.md for what it consumes and produces; the statistics live in the
 shared library `mlbus.driftstats`, the state design in docs/adr/0017.
 """
 
-from ._processor import DriftProcessor, detection_id, prediction_score
+from ._processor import DriftProcessor, detection_id
 from ._service import DriftService, run
 from ._settings import DriftSettings
 
@@ -13,6 +13,5 @@ __all__ = [
     "DriftService",
     "DriftSettings",
     "detection_id",
-    "prediction_score",
     "run",
 ]

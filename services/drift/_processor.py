@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
 import uuid
@@ -51,6 +50,7 @@ from mlbus.events import (
     Scalar,
     TrainingRequested,
 )
+from mlbus.outcomestats import prediction_score  # the profile's prediction column
 from mlbus.spec import LabelLink, ProjectSpec
 from mlbus.telemetry import extract_kafka_context, inject_kafka_headers, tracer
 
@@ -79,27 +79,6 @@ def detection_id(model: str, version: int, source: str, origin: str, window_inde
 
 def request_id(detection: str) -> str:
     return str(uuid.uuid5(_IDS, f"training:{detection}"))
-
-
-def prediction_score(outputs: Mapping[str, Sequence[float]]) -> float | None:
-    """The score the profile's `prediction` column holds: P(positive) or the regression value.
-
-    Classifiers from the trainer output `probabilities` [N, 2] (the positive class is
-    the last column); regressors `prediction` [N, 1]. Another model's single-valued
-    output is taken as its score.
-    """
-    probabilities = outputs.get("probabilities")
-    if probabilities:
-        value = float(probabilities[-1])
-    else:
-        chosen = outputs.get("prediction")
-        if not chosen:
-            single = [v for name, v in outputs.items() if len(v) == 1 and name != "label"]
-            chosen = single[0] if len(single) == 1 else None
-        if not chosen:
-            return None
-        value = float(chosen[0])
-    return value if math.isfinite(value) else None
 
 
 class DriftRecordDecoder:

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mlbus.bus import Received
-from mlbus.drift import DriftProcessor, _processor, detection_id, prediction_score
+from mlbus.drift import DriftProcessor, _processor, detection_id
 from mlbus.drift._labels import Pending, label_error
 from mlbus.drift._processor import DriftRecordDecoder
 from mlbus.drift._store import (
@@ -33,6 +33,7 @@ from mlbus.driftstats import PolicyState, RetrainPolicy
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import IngestValidated, PredictionLogged
 from mlbus.model_metadata import positive_class_of
+from mlbus.outcomestats import prediction_score
 from mlbus.profiles import ReferenceProfile
 from mlbus.spec import DriftSpec, parse_spec
 

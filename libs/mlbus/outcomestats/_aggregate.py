@@ -59,8 +59,7 @@ def prediction_score(outputs: Mapping[str, Sequence[float]]) -> float | None:
 
     Classifiers from the trainer output `probabilities` [N, 2] (the positive class is
     the last column); regressors `prediction` [N, 1]. Another model's single-valued
-    output is taken as its score. (The drift service has the same rule in its own
-    module; it can import this one.)
+    output is taken as its score. The drift service profiles and watches the same score.
     """
     probabilities = outputs.get("probabilities")
     if probabilities:
