@@ -14,6 +14,8 @@
                                            is asked once, even when its prediction is
                                            replayed after an answer or a drop; kept 2×expire_s
 
+- `read_queue(...)`, `submit_label(...)`: what `mlbus labels`, the console and a
+  gRPC call share to read the queue and send an answer.
 - `label_record(...)`: the JSON a submitted answer becomes, on the spec's label
   source topic, checked against that source's contract first, so ingestion
   accepts it like any producer's label and the trainer and drift use it with
@@ -27,13 +29,16 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis.asyncio as aioredis
 
 from mlbus.errors import InvalidInput
 from mlbus.events import LabelingRequested, Scalar
 from mlbus.spec import LabelingSpec, ProjectSpec
+
+if TYPE_CHECKING:
+    from mlbus.config import KafkaSettings, RedisSettings
 
 Reason = Literal["band", "disagreement", "sample"]
 
@@ -276,3 +281,55 @@ def new_request(
         features=dict(features),
         predicted_at=predicted_at,
     )
+
+
+async def read_queue(redis: RedisSettings, model: str, limit: int) -> dict[str, Any]:
+    """The queue's counts and its `limit` most urgent open requests."""
+    client = aioredis.Redis.from_url(
+        redis.require_url(),
+        socket_timeout=redis.socket_timeout_s,
+        socket_connect_timeout=redis.socket_timeout_s,
+    )
+    try:
+        queue = LabelQueue(client, prefix=redis.key_prefix, model=model)
+        return {"model": model, "counts": await queue.counts(), "open": await queue.top(limit)}
+    finally:
+        await client.aclose()
+
+
+async def submit_label(
+    kafka: KafkaSettings,
+    redis: RedisSettings | None,
+    spec: ProjectSpec,
+    *,
+    scored_event_id: str,
+    value: str,
+    entity_id: str | None,
+    extra: dict[str, Any],
+) -> tuple[str, bytes]:
+    """Produce the label; the entity comes from the queued request when not given."""
+    from aiokafka import AIOKafkaProducer
+
+    if entity_id is None and redis is not None:
+        client = aioredis.Redis.from_url(redis.require_url())
+        try:
+            item = await LabelQueue(client, prefix=redis.key_prefix, model=spec.model.name).item(
+                scored_event_id
+            )
+        finally:
+            await client.aclose()
+        entity_id = None if item is None else item.get("entity_id")
+    if entity_id is None:
+        raise InvalidInput(
+            f"no labeling request waits for {scored_event_id!r}: name its entity with --entity"
+        )
+    topic, key, raw = label_record(
+        spec, scored_event_id=scored_event_id, value=value, entity_id=entity_id, extra=extra
+    )
+    producer = AIOKafkaProducer(**kafka.client_kwargs())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, raw, key=key)
+    finally:
+        await producer.stop()
+    return topic, raw

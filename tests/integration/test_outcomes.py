@@ -578,10 +578,9 @@ async def test_labeling_round_trip_request_submit_ingest_answer(
 ) -> None:
     """Predictions worth a label are queued (bounded, de-duplicated, by priority) and
     announced; a submitted label passes ingestion's contract and answers its request."""
-    from mlbus.cli._labels import submit_label
     from mlbus.events import LABELING_REQUESTED, LabelingRequested
     from mlbus.ingestion import IngestionService, IngestionSettings
-    from mlbus.labeling import LabelQueue
+    from mlbus.labeling import LabelQueue, submit_label
 
     path = write_spec(tmp_path / "labeling.yaml", stack.model)
     doc = json.loads(path.read_text())

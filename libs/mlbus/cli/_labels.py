@@ -10,77 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from mlbus.cli._common import connect, console, fail
-
-if TYPE_CHECKING:
-    from mlbus.config import KafkaSettings, RedisSettings
-    from mlbus.spec import ProjectSpec
-
-
-async def read_queue(redis: RedisSettings, model: str, limit: int) -> dict[str, Any]:
-    import redis.asyncio as aioredis
-
-    from mlbus.labeling import LabelQueue
-
-    client = aioredis.Redis.from_url(
-        redis.require_url(),
-        socket_timeout=redis.socket_timeout_s,
-        socket_connect_timeout=redis.socket_timeout_s,
-    )
-    try:
-        queue = LabelQueue(client, prefix=redis.key_prefix, model=model)
-        return {"model": model, "counts": await queue.counts(), "open": await queue.top(limit)}
-    finally:
-        await client.aclose()
-
-
-async def submit_label(
-    kafka: KafkaSettings,
-    redis: RedisSettings | None,
-    spec: ProjectSpec,
-    *,
-    scored_event_id: str,
-    value: str,
-    entity_id: str | None,
-    extra: dict[str, Any],
-) -> tuple[str, bytes]:
-    """Produce the label; the entity comes from the queued request when not given."""
-    from aiokafka import AIOKafkaProducer
-
-    from mlbus.errors import InvalidInput
-    from mlbus.labeling import label_record
-
-    if entity_id is None and redis is not None:
-        import redis.asyncio as aioredis
-
-        from mlbus.labeling import LabelQueue
-
-        client = aioredis.Redis.from_url(redis.require_url())
-        try:
-            item = await LabelQueue(client, prefix=redis.key_prefix, model=spec.model.name).item(
-                scored_event_id
-            )
-        finally:
-            await client.aclose()
-        entity_id = None if item is None else item.get("entity_id")
-    if entity_id is None:
-        raise InvalidInput(
-            f"no labeling request waits for {scored_event_id!r}: name its entity with --entity"
-        )
-    topic, key, raw = label_record(
-        spec, scored_event_id=scored_event_id, value=value, entity_id=entity_id, extra=extra
-    )
-    producer = AIOKafkaProducer(**kafka.client_kwargs())
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, raw, key=key)
-    finally:
-        await producer.stop()
-    return topic, raw
 
 
 def _fields(pairs: list[str]) -> dict[str, Any]:
@@ -114,6 +48,8 @@ def register(app: typer.Typer) -> None:
         settings = connect().settings
         if settings.spec is None:
             fail("no spec: pass --spec to `mlbus up`, or set MLBUS_SPEC", code=2)
+        from mlbus.labeling import read_queue
+
         try:
             model = load_spec(settings.spec).model.name
             found = asyncio.run(read_queue(settings.redis, model, limit))
@@ -164,6 +100,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Send a label to the spec's labels source topic, checked against its contract."""
         from mlbus.errors import ConfigError, InvalidInput
+        from mlbus.labeling import submit_label
         from mlbus.spec import load_spec
 
         settings = connect().settings
