@@ -1,8 +1,8 @@
 """The console in a real browser, over a real demo run left up (`run_demo(..., keep=True)`).
 
-One shortened `mlbus demo` (real broker, Redis and every service as processes,
-the console among them) trains v1, serves, drifts, detects and retrains v2; the
-stack stays up, and headless Chromium opens every page, clicks through to a
+The closed-loop demo run (`demo` in conftest.py: real broker, Redis and every
+service as processes, the console among them) trains v1, serves, drifts, detects
+and retrains v2; its stack stays up, and headless Chromium opens every page, clicks through to a
 model, a detection and a trace, promotes with the token, and checks that
 hostile data (script tags, quotes, unicode) is shown as text. Each page's
 screenshot is saved under artifacts/console/. A page fails the test when it
@@ -17,15 +17,14 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mlbus.config import MlbusSettings
-from mlbus.demo import DemoConfig, DemoRun, DemoSizes, LoopOptions
-from mlbus.runtime import check_run
+from mlbus.demo import DemoRun
+from mlbus.runtime import check_run, pid_alive
 from tests.e2e._browser import (
     chromium,
     require_chromium,
@@ -33,40 +32,17 @@ from tests.e2e._browser import (
     severe_console_errors,
     wait_for,
 )
-from tests.e2e._demo_run import run_for_tests
+from tests.e2e.conftest import REGISTRY_TOKEN as TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
-TOKEN = "console-test-token-5b1f"
-# What the closed-loop test runs (it detects and retrains within it), ending sooner.
-CONFIG = DemoConfig(
-    sizes=DemoSizes(payments=36_000, bootstrap=12_000, drift_age=timedelta(hours=120)),
-    seed=7,
-    retrain_min_labels=16_000,
-    retrain_lookback=None,
-    loop=LoopOptions(manual_retrain_after=None, after_retrain=500),
-)
 HOSTILE = '<script>window.__xss=1</script>"\'><img src=x onerror="window.__xss=2">ü✓—'
 HOSTILE_ENTITY = "card_<b>x</b>\"'<script>window.__xss=3</script>"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    require_chromium()
-    with pytest.MonkeyPatch.context() as patch:
-        # The registry refuses changes without the token; the trainer registers with it.
-        patch.setenv("MLBUS_REGISTRY_TOKEN", TOKEN)
-        patch.setenv("MLBUS_TRAINER_REGISTRY_TOKEN", TOKEN)
-        run = run_for_tests(tmp_path_factory.mktemp("console-demo"), CONFIG, keep=True)
-    try:
-        yield run
-    finally:
-        if run.stack is not None:
-            run.stack.stop()
-
-
-@pytest.fixture(scope="module")
 def url(demo: DemoRun) -> str:
+    require_chromium()
     assert demo.error is None, demo.error
     assert demo.stack is not None, "the demo did not leave the stack up (keep=True)"
     assert demo.console_url is not None, "the demo did not start the console"
@@ -268,7 +244,8 @@ def test_promotion_needs_the_token_and_csrf_and_hostile_text_stays_text(
     _open(browser, url + "/models/fraud_detector")
     submit("promote", "v1", TOKEN, HOSTILE)
     history = browser.find_element("css selector", "#history")
-    assert HOSTILE in history.text
+    refused = browser.find_elements("id", "message")
+    assert HOSTILE in history.text, refused[0].text if refused else "no message"
     assert browser.execute_script("return window.__xss") is None
     assert TOKEN not in browser.page_source, "the token was rendered back"
     versions = browser.find_element("css selector", "#versions").text
@@ -377,3 +354,13 @@ def _write_hostile_span(folder: Path) -> None:
     with (folder / "hostile-1.jsonl").open("w") as out:
         for span in spans:
             out.write(json.dumps(span) + "\n")
+
+
+def test_stopping_the_kept_stack_leaves_no_process(demo: DemoRun) -> None:
+    """Last in the module: `keep=True` hands the stack over; its stop ends every child."""
+    assert demo.stack is not None, demo.error
+    demo.stack.stop()
+    pids = sorted(set(demo.child_pids) | set(demo.stack.child_pids()))
+    assert pids, "the stack reported no processes"
+    alive = [pid for pid in pids if pid_alive(pid)]
+    assert alive == [], f"left behind: {alive}"
