@@ -14,14 +14,10 @@ from typing import TYPE_CHECKING
 from mlbus._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from ._layout import FeatureLayout, FeaturesUnavailable
     from ._model import LoadedModel, ModelRefused, OrtThreads, load_model
     from ._policy import MissingFeatures, resolve_features
-    from ._predict import (
-        PREDICT_SERVICE_NAME,
-        FeatureLayout,
-        FeaturesUnavailable,
-        PredictionServicer,
-    )
+    from ._predict import PREDICT_SERVICE_NAME, PredictionServicer
     from ._predlog import PredictionLog, PredictionRecord
     from ._reload import (
         ArtifactFetcher,
@@ -33,6 +29,7 @@ if TYPE_CHECKING:
     from ._repository import CANARY, SHADOW, ModelRepository
     from ._routing import ShadowRunner, canary_point, goes_to_canary
     from ._run import run
+    from ._scoring import DeadlineExceeded, Route, Scorer
     from ._server import InferenceServer, serve
     from ._servicer import (
         ENTITY_PARAMETER,
@@ -51,8 +48,8 @@ _MODULE_OF = {
     "OrtThreads": "_model",
     "load_model": "_model",
     "PREDICT_SERVICE_NAME": "_predict",
-    "FeatureLayout": "_predict",
-    "FeaturesUnavailable": "_predict",
+    "FeatureLayout": "_layout",
+    "FeaturesUnavailable": "_layout",
     "MissingFeatures": "_policy",
     "PredictionServicer": "_predict",
     "resolve_features": "_policy",
@@ -70,6 +67,9 @@ _MODULE_OF = {
     "canary_point": "_routing",
     "goes_to_canary": "_routing",
     "run": "_run",
+    "DeadlineExceeded": "_scoring",
+    "Route": "_scoring",
+    "Scorer": "_scoring",
     "InferenceServer": "_server",
     "serve": "_server",
     "ENTITY_PARAMETER": "_servicer",
@@ -92,6 +92,7 @@ __all__ = [
     "VERSION_PARAMETER",
     "WORKER_PARAMETER",
     "ArtifactFetcher",
+    "DeadlineExceeded",
     "FeatureLayout",
     "FeaturesUnavailable",
     "InferenceServer",
@@ -109,6 +110,8 @@ __all__ = [
     "Publication",
     "RegistryOrFileFetcher",
     "ReloadStats",
+    "Route",
+    "Scorer",
     "ShadowRunner",
     "WorkerPool",
     "canary_point",

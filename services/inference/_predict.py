@@ -10,21 +10,10 @@ The scored moment is the request's `event_time` (the scored event's time), or
 now: every window aggregate is evaluated there over the entity's events
 strictly before it — the value the offline row of that event holds (ADR 0020).
 
-Features are read in `spec.model_features()` order. How they reach the ONNX
-model (`FeatureLayout`, computed once per loaded version):
-
-- *matrix, encoded*: a model from the trainer has one 2-D FP32/FP64 input and
-  an `InputEncoding` from its metadata (`mlbus.encoding`,
-  `mlbus.feature_names.x`): columns in the model's ref order (a subset or
-  reordering of the spec's features), categorical values as the trainer's
-  ordinal codes (unknown, non-string or null → NaN; bool → "false"/"true"),
-  numbers as is (null → NaN). A model ref the spec lacks, or a ref whose
-  kind (categorical / numeric) differs from the spec's, is FAILED_PRECONDITION.
-- *matrix*: one 2-D FP32/FP64 input without metadata, one column per feature
-  in spec order. Every feature must then be numeric (int, float; bool as 0/1);
-  a string or enum feature is FAILED_PRECONDITION naming it.
-- *columns*: every model input is named after a feature (`view.feature` or
-  its name), shape [N] or [N, 1]; string features go in BYTES inputs.
+Features are read in `spec.model_features()` order; how they reach the ONNX
+model is the version's `FeatureLayout` (`_layout`); which version answers, the
+run, the log and the shadow are the scoring core's (`_scoring.Scorer`), shared
+with ModelInfer.
 
 Redis unreachable → UNAVAILABLE (the store's `RetryableError`); the read is
 bounded by `serving.timeout_ms`.
@@ -35,19 +24,16 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 import numpy as np
-from opentelemetry import trace
 
 from mlbus.api.inference.v1 import predict_pb2 as pb
 from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
-from mlbus.errors import InvalidInput, NotFound, PermanentError, RetryableError
+from mlbus.errors import InvalidInput, NotFound, RetryableError
 from mlbus.events import Scalar
 
 # Only for types: the online store (redis: ~6 MB) loads where Predict is set up,
@@ -56,14 +42,11 @@ if TYPE_CHECKING:
     from mlbus.featurestore import FeatureVector, OnlineStore, ViewAggregator
     from mlbus.spec import FeatureDef, ProjectSpec
 
-from mlbus.signatures import OIP_TO_NUMPY
-
-from ._model import InputEncoding, LoadedModel, encode_category
+from ._layout import FeatureLayout, FeaturesUnavailable
+from ._model import LoadedModel
 from ._policy import EntityFeatures, MissingFeatures, resolve_features
-from ._predlog import PredictionLog, PredictionRecord, ServedFeatures
-from ._repository import CANARY, ModelRepository
-from ._routing import ShadowRunner, goes_to_canary
-from ._servicer import run_model
+from ._predlog import PredictionRecord, ServedFeatures
+from ._scoring import Scorer, current_trace_id
 
 PREDICT_SERVICE_NAME = "mlbus.inference.v1.PredictionService"
 
@@ -79,205 +62,21 @@ __all__ = [
 ]
 
 
-class FeaturesUnavailable(PermanentError):
-    """Predict cannot run here (no spec, no Redis) or the model cannot take the spec's features."""
-
-
-# ── rows → model inputs ──────────────────────────────────────────────────────
-
-
-_FLOATS = ("FP32", "FP64")
-_TEXT = ("string", "enum")
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    """How one model version takes the spec's features (see the module docstring)."""
-
-    kind: Literal["matrix", "columns"]
-    # matrix: (input name, numpy dtype); columns: (input name, feature index, dtype, rank)
-    matrix: tuple[str, np.dtype[np.generic]] | None
-    columns: tuple[tuple[str, int, np.dtype[np.generic], int], ...]
-    feature_names: tuple[str, ...] | None
-    positions: tuple[int, ...] | None = None
-    """matrix: the spec index of each column (None: all features in spec order)."""
-    codes: tuple[tuple[int, Mapping[str, float]], ...] = ()
-    """matrix: (column, category → code) of each categorical column."""
-
-    @classmethod
-    def of(cls, model: LoadedModel, features: Sequence[FeatureDef]) -> FeatureLayout:
-        """The layout, or `FeaturesUnavailable` saying why the model cannot take these features."""
-        inputs = model.signature.inputs
-        what = f"{model.name} v{model.version}"
-        if model.encoding is not None:
-            return cls._encoded(model.encoding, model, features)
-        index = {f.ref: i for i, f in enumerate(features)}
-        for i, f in enumerate(features):
-            index.setdefault(f.name, i)
-        if all(t.name in index for t in inputs):
-            columns = []
-            for t in inputs:
-                feature = features[index[t.name]]
-                if len(t.shape) not in (1, 2) or (len(t.shape) == 2 and t.shape[1] not in (-1, 1)):
-                    raise FeaturesUnavailable(
-                        f"{what}: input {t.name!r} has shape {list(t.shape)}; a feature input "
-                        "must be [N] or [N, 1]"
-                    )
-                if (t.datatype == "BYTES") != (feature.dtype in _TEXT):
-                    raise FeaturesUnavailable(
-                        f"{what}: input {t.name!r} is {t.datatype} but feature {feature.ref!r} "
-                        f"is {feature.dtype}"
-                    )
-                columns.append((t.name, index[t.name], OIP_TO_NUMPY[t.datatype], len(t.shape)))
-            return cls("columns", None, tuple(columns), None)
-        if len(inputs) == 1 and inputs[0].datatype in _FLOATS and len(inputs[0].shape) == 2:
-            (t,) = inputs
-            if t.shape[1] not in (-1, len(features)):
-                raise FeaturesUnavailable(
-                    f"{what}: input {t.name!r} has {t.shape[1]} columns, the spec's model has "
-                    f"{len(features)} features ({', '.join(f.ref for f in features)})"
-                )
-            text = [f.ref for f in features if f.dtype in _TEXT]
-            if text:
-                raise FeaturesUnavailable(
-                    f"{what} takes one numeric input {t.name!r} ({t.datatype}) without "
-                    f"mlbus.encoding metadata, but feature(s) {', '.join(text)} are categorical "
-                    "strings; publish a model trained by mlbus (it records the encoding), one "
-                    "with one input per feature (named after it), or leave them out of "
-                    "model.features"
-                )
-            refs = tuple(f.ref for f in features)
-            return cls("matrix", (t.name, OIP_TO_NUMPY[t.datatype]), (), refs)
-        raise FeaturesUnavailable(
-            f"{what}: cannot map the spec's features to its inputs "
-            f"{[t.name for t in inputs]}: expected one 2-D FP32/FP64 input of "
-            f"{len(features)} columns, or one input per feature named after it"
-        )
-
-    @classmethod
-    def _encoded(
-        cls, encoding: InputEncoding, model: LoadedModel, features: Sequence[FeatureDef]
-    ) -> FeatureLayout:
-        what = f"{model.name} v{model.version}"
-        index = {f.ref: i for i, f in enumerate(features)}
-        unknown = [ref for ref in encoding.refs if ref not in index]
-        if unknown:
-            raise FeaturesUnavailable(
-                f"{what} was trained on feature(s) {', '.join(unknown)} that the spec's model "
-                f"does not list ({', '.join(index)}); serve it with the spec it was trained on"
-            )
-        problems = []
-        for ref in encoding.refs:
-            feature = features[index[ref]]
-            coded = ref in encoding.codes
-            if coded != (feature.kind == "categorical"):
-                how = "categorical codes" if coded else "numbers"
-                problems.append(f"{ref} (the model takes {how}, the spec says {feature.dtype})")
-        if problems:
-            raise FeaturesUnavailable(
-                f"{what} encodes features differently from the spec: {'; '.join(problems)}"
-            )
-        dtype = OIP_TO_NUMPY[model.inputs[encoding.input].datatype]
-        positions = tuple(index[ref] for ref in encoding.refs)
-        codes = tuple(
-            (j, encoding.codes[ref]) for j, ref in enumerate(encoding.refs) if ref in encoding.codes
-        )
-        return cls(
-            "matrix",
-            (encoding.input, dtype),
-            (),
-            encoding.refs,
-            None if positions == tuple(range(len(features))) else positions,
-            codes,
-        )
-
-    def build(
-        self, rows: Sequence[EntityFeatures], features: Sequence[FeatureDef]
-    ) -> dict[str, np.ndarray]:
-        if self.matrix is not None:
-            name, dtype = self.matrix
-            table = (
-                [r.values for r in rows]
-                if self.positions is None and not self.codes
-                else self.encode(rows)
-            )
-            try:
-                array = np.array(table, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise InvalidInput(_non_numeric(rows, features, self._coded())) from None
-            return {name: array.astype(dtype, copy=False)}
-        out: dict[str, np.ndarray] = {}
-        for name, i, dtype, rank in self.columns:
-            column = [r.values[i] for r in rows]
-            try:
-                if dtype == np.object_:
-                    array = np.array([str(v) for v in column], dtype=np.object_)
-                else:
-                    array = np.array(column, dtype=np.float64).astype(dtype)
-            except (TypeError, ValueError):
-                raise InvalidInput(
-                    f"feature {features[i].ref!r}: expected numbers, got {column[:3]!r}"
-                ) from None
-            out[name] = array if rank == 1 else array.reshape(-1, 1)
-        return out
-
-    def _coded(self) -> set[str]:
-        names = self.feature_names or ()
-        return {names[j] for j, _ in self.codes}
-
-    def encode(self, rows: Sequence[EntityFeatures]) -> list[list[object]]:
-        """The matrix rows before the float conversion: model column order, categories coded."""
-        positions = self.positions or range(len(rows[0].values) if rows else 0)
-        codes = self.codes
-        table: list[list[object]] = []
-        for r in rows:
-            values = r.values
-            row: list[object] = [values[i] for i in positions]
-            for j, categories in codes:
-                row[j] = encode_category(categories, row[j])
-            table.append(row)
-        return table
-
-
-def _non_numeric(
-    rows: Sequence[EntityFeatures], features: Sequence[FeatureDef], coded: set[str]
-) -> str:
-    for row in rows:
-        for feature, value in zip(features, row.values, strict=True):
-            if isinstance(value, str) and feature.ref not in coded:
-                return (
-                    f"feature {feature.ref!r} of {row.entity_id!r} is {value!r}; "
-                    "the model takes numbers"
-                )
-    return "a feature value is not a number"
-
-
 # ── the service ──────────────────────────────────────────────────────────────
 
 
 class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
-        repository: ModelRepository,
+        scorer: Scorer,
         *,
         spec: ProjectSpec | None,
         store: OnlineStore | None,
-        alias: str = "champion",
-        prediction_log: PredictionLog | None = None,
-        shadow: ShadowRunner | None = None,
-        canary_weight: float | None = None,
-        executor: Executor | None = None,
-        inline_max_elements: int = 4096,
         max_entities: int = 1000,
     ) -> None:
-        self._repository = repository
+        self._scorer = scorer
         self._spec = spec
         self._store = store
-        self._alias = alias
-        self._log = prediction_log
-        self._shadow = shadow
-        self._executor = executor
-        self._inline_max = inline_max_elements
         self._max_entities = max_entities
         self._layouts: weakref.WeakKeyDictionary[LoadedModel, FeatureLayout] = (
             weakref.WeakKeyDictionary()
@@ -308,11 +107,6 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                         self._current_fields.setdefault(f"{view}.{source_field}", source_field)
                         self._current_fields.setdefault(source_field, source_field)
             self._serving = spec.serving
-            self.canary_weight = (
-                spec.serving.canary_weight if canary_weight is None else canary_weight
-            )
-        else:
-            self.canary_weight = canary_weight or 0.0
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
@@ -344,7 +138,9 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                 f"event_ids has {len(event_ids)} ids for {len(ids)} entity_ids: give one "
                 "event id per entity id, in the same order, or none"
             )
-        main = self._repository.get(name)
+        scorer = self._scorer
+        routes = scorer.routes(name, ids)  # looked up once: a swap never mixes versions
+        main = routes[0].model
         fields, current = self._fields(request)
         at_ms = (
             request.event_time.ToMilliseconds()
@@ -354,21 +150,12 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         vectors = await self._read(ids, at_ms, current, context)
         rows = resolve_features(vectors, self._refs, self._serving, fields, self._aggregates)
 
-        canary = self._repository.canary(name)
-        routes: list[tuple[LoadedModel, str, list[int]]] = [(main, self._alias, [])]
-        if canary is not None and self.canary_weight > 0:
-            routes.append((canary, CANARY, []))
-            for i, entity_id in enumerate(ids):
-                routes[goes_to_canary(name, entity_id, self.canary_weight)][2].append(i)
-        else:
-            routes[0][2].extend(range(len(ids)))
-
         response = pb.PredictResponse(model_name=name, model_version=str(main.version))
         predictions = [pb.EntityPrediction(entity_id=entity_id) for entity_id in ids]
-        span = trace.get_current_span().get_span_context()
-        trace_id = format(span.trace_id, "032x") if span.is_valid else None
+        trace_id = current_trace_id()
         main_inputs: dict[str, np.ndarray] | None = None
-        for model, alias, indices in routes:
+        for route in routes:
+            model, indices = route.model, route.rows
             if not indices:
                 continue
             layout = self._layout(model)
@@ -376,16 +163,14 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
             inputs = layout.build(batch, self._features)
             if model is main and len(indices) == len(ids):
                 main_inputs = inputs
-            outputs = await run_model(
-                model, inputs, None, context, self._executor, self._inline_max
-            )
+            outputs = await scorer.run(model, inputs, None, context)
             for row, i in enumerate(indices):
-                _fill(predictions[i], outputs, row, rows[i], model, alias)
-            if self._log is not None:
-                self._log.offer(
+                _fill(predictions[i], outputs, row, rows[i], model, route.alias)
+            if scorer.logs:
+                scorer.log(
                     PredictionRecord(
                         model,
-                        alias,
+                        route.alias,
                         inputs,
                         outputs,
                         (time.perf_counter() - started) * 1000,
@@ -395,17 +180,17 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                         event_ids=(
                             tuple(event_ids[i] for i in indices) if event_ids is not None else None
                         ),
-                        served=ServedFeatures(self._refs, [rows[i] for i in indices], at_ms),
+                        served=ServedFeatures(self._refs, batch, at_ms),
                     )
                 )
         response.predictions.extend(predictions)
-        shadow = self._repository.shadow(name) if self._shadow is not None else None
-        if shadow is not None and self._shadow is not None:
+        shadow = scorer.shadow_of(name)
+        if shadow is not None:
             try:
                 layout = self._layout(shadow)
                 same = main_inputs is not None and layout == self._layout(main)
                 copy = main_inputs if same and main_inputs else layout.build(rows, self._features)
-                self._shadow.submit(
+                scorer.shadow(
                     shadow,
                     copy,
                     entity_ids=tuple(ids),
@@ -415,7 +200,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                     served=ServedFeatures(self._refs, rows, at_ms),
                 )
             except Exception:  # the shadow must never change the response
-                self._shadow.failed += 1
+                scorer.shadow_failed()
         return response
 
     def _layout(self, model: LoadedModel) -> FeatureLayout:

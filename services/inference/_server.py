@@ -56,6 +56,7 @@ from ._reflection import add_health_and_lazy_reflection
 from ._reload import ArtifactFetcher, ModelReloader, RegistryOrFileFetcher
 from ._repository import ModelRepository
 from ._routing import ShadowRunner
+from ._scoring import Scorer
 from ._servicer import SERVICE_NAME, InferenceServicer, protects
 from ._settings import InferenceSettings
 from ._tls import server_credentials
@@ -141,28 +142,26 @@ class InferenceServer:
         spec_weights = (
             {self.spec.serving.model: self.spec.serving.canary_weight} if self.spec else {}
         )
-        self.servicer = InferenceServicer(
+        # One scoring core (route, run, log, shadow) behind both protocol surfaces.
+        self.scorer = Scorer(
             self.repository,
-            required_models=settings.models,
             alias=settings.alias,
             prediction_log=self.prediction_log,
+            shadow=self.shadow,
             executor=self._executor,
             inline_max_elements=settings.inline_max_elements,
-            shadow=self.shadow,
             canary_weights={} if settings.canary_weight is not None else spec_weights,
             default_canary_weight=settings.canary_weight or 0.0,
+        )
+        self.servicer = InferenceServicer(
+            self.scorer,
+            required_models=settings.models,
             worker_pid=os.getpid() if worker is not None else None,
         )
         self.predictor = PredictionServicer(
-            self.repository,
+            self.scorer,
             spec=self.spec,
             store=self.store,
-            alias=settings.alias,
-            prediction_log=self.prediction_log,
-            shadow=self.shadow,
-            canary_weight=settings.canary_weight,
-            executor=self._executor,
-            inline_max_elements=settings.inline_max_elements,
             max_entities=settings.max_predict_entities,
         )
         self._health = health_aio.HealthServicer()

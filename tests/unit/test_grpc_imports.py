@@ -78,7 +78,7 @@ def test_each_error_answers_with_its_grpc_status() -> None:
         RetryableError,
         Unauthenticated,
     )
-    from mlbus.inference._servicer import DeadlineExceeded
+    from mlbus.inference import DeadlineExceeded
     from mlbus.registry._artifacts import ArtifactCorrupted
 
     expected = {
