@@ -18,6 +18,7 @@ from mlbus.spec import ProjectSpec, load_spec
 
 from ._labels import PendingPredictions
 from ._processor import DriftProcessor
+from ._retraining import Retraining
 from ._settings import DriftSettings
 from ._store import DriftStore
 from ._versions import RegistryReader, VersionCatalog
@@ -61,15 +62,20 @@ class DriftService(StreamService):
             self.spec,
             retry_s=settings.profile_retry_s,
         )
+        retraining = Retraining(
+            self.spec,
+            store,
+            retrain_lookback_s=settings.retrain_lookback_s,
+            retrain_min_labels=settings.retrain_min_labels,
+            retrain_max_wait_s=settings.retrain_max_wait_s,
+        )
         processor = DriftProcessor(
             self.spec,
             catalog,
             store,
             pending,
+            retraining,
             monitor_shadow=settings.monitor_shadow,
-            retrain_lookback_s=settings.retrain_lookback_s,
-            retrain_min_labels=settings.retrain_min_labels,
-            retrain_max_wait_s=settings.retrain_max_wait_s,
             stopping=self._stop,
             status_interval_s=settings.status_interval_s,
         )
@@ -79,7 +85,7 @@ class DriftService(StreamService):
                 settings.kafka, [*processor.topics, DRIFT_DETECTED, TRAINING_REQUESTED]
             )
             async with Publisher(settings.kafka, source="drift") as publisher:
-                processor.publisher = publisher
+                retraining.publisher = publisher
                 consumer: Consumer[Any] = Consumer(
                     settings.kafka,
                     topics=processor.topics,
@@ -122,7 +128,7 @@ class DriftService(StreamService):
             try:
                 await processor.write_statuses(force=self._stop.is_set())
                 # The armed retraining's maximum wait passes without records too.
-                await processor.advance_armed()
+                await processor.retraining.advance_armed()
             except RetryableError as exc:
                 log.warning("could not write drift status or check the armed retraining: %s", exc)
             if self._stop.is_set():

@@ -2,7 +2,7 @@
 
 Each contender is a `DriftProcessor` with its own `DriftStore` (its own connection
 pool), doing what a replica does at each commit: add the labels it joined since
-its last commit and `advance_armed()`. Its publisher appends the request's
+its last commit and `Retraining.advance_armed()`. Its publisher appends the request's
 `cause_event_id` to a Redis list, so wins are counted across processes.
 
 Run as: python -m tests.integration._armed_contender REDIS_URL PREFIX TASKS
@@ -21,9 +21,9 @@ from typing import Any
 
 import redis.asyncio
 
-from mlbus.drift import DriftProcessor
+from mlbus.drift import Retraining
 from mlbus.drift._store import DriftStore
-from tests.unit.test_drift_service import FakeCatalog, FakePending, spec
+from tests.unit.test_drift_service import spec
 
 MODEL = "m"  # the unit spec's model
 # Every round fires: no cooldown between rounds, and more than a test's rounds per hour.
@@ -62,14 +62,12 @@ async def contend(redis_url: str, prefix: str, name: str) -> None:
     """One replica: until `done`, feed one label per commit into whatever trigger is armed."""
     client = redis.asyncio.Redis.from_url(redis_url)
     store = DriftStore(client, prefix=prefix, group=f"race-{name}")
-    processor = DriftProcessor(
+    retraining = Retraining(
         spec(**RACE_SPEC),
-        FakeCatalog({}),  # type: ignore[arg-type]
         store,
-        FakePending(),  # type: ignore[arg-type]
         publisher=RecordingPublisher(client, prefix),  # type: ignore[arg-type]
     )
-    assert processor.arming, "the spec must arm retrainings (labels joined, trigger: retrain)"
+    assert retraining.arming, "the spec must arm retrainings (labels joined, trigger: retrain)"
     try:
         await client.incr(ready_key(prefix))
         while True:
@@ -81,8 +79,8 @@ async def contend(redis_url: str, prefix: str, name: str) -> None:
                 continue
             await client.sadd(seen_key(prefix, armed.detection_id), name)
             # A label of a prediction made now (after the detection), as `_label` joins it.
-            processor.joined_labels.append((time.time(), datetime.now(UTC)))
-            await processor.advance_armed()
+            retraining.joined_labels.append((time.time(), datetime.now(UTC)))
+            await retraining.advance_armed()
     finally:
         await client.aclose()
 

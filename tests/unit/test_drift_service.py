@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mlbus.bus import Received
-from mlbus.drift import DriftProcessor, _processor, detection_id
+from mlbus.drift import DriftProcessor, Retraining, _retraining, detection_id
 from mlbus.drift._labels import Pending, label_error
 from mlbus.drift._processor import DriftRecordDecoder
 from mlbus.drift._store import (
@@ -432,18 +432,27 @@ def served_version(project: Any) -> ServedVersion:
     )
 
 
+RETRAINING_OPTIONS = ("retrain_lookback_s", "retrain_min_labels", "retrain_max_wait_s")
+
+
 def processor_for(
     project: Any, store: FakeStore, **kw: Any
 ) -> tuple[DriftProcessor, FakePublisher, FakePending]:
     publisher, pending = FakePublisher(), kw.pop("pending", None) or FakePending()
     catalog = kw.pop("catalog", None) or FakeCatalog({("m", 1): served_version(project)})
+    retraining = Retraining(
+        project,
+        store,  # type: ignore[arg-type]
+        publisher=publisher,  # type: ignore[arg-type]
+        clock=kw.pop("clock", lambda: T0),
+        **{k: kw.pop(k) for k in RETRAINING_OPTIONS if k in kw},
+    )
     processor = DriftProcessor(
         project,
         catalog,
         store,
         pending,
-        publisher=publisher,
-        clock=kw.pop("clock", lambda: T0),
+        retraining,
         **kw,  # type: ignore[arg-type]
     )
     return processor, publisher, pending
@@ -579,7 +588,7 @@ async def test_a_detection_is_published_once_with_its_training_request(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(_processor, "_tracer", provider.get_tracer("mlbus.drift"))
+    monkeypatch.setattr(_retraining, "_tracer", provider.get_tracer("mlbus.drift"))
     # Without labels joined there is no evidence to wait for: the request goes at once.
     project = spec(persistence=1, window_size=50, min_samples=20, performance_drift=False)
     store = FakeStore()
@@ -677,7 +686,7 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(_processor, "_tracer", provider.get_tracer("mlbus.drift"))
+    monkeypatch.setattr(_retraining, "_tracer", provider.get_tracer("mlbus.drift"))
     return exporter
 
 
@@ -750,10 +759,10 @@ async def test_the_maximum_wait_fires_without_enough_labels_and_says_so(
     await processor.handle_batch(labels_for(range(20, 23)))
     await processor.flush()
     now[0] = T0 + timedelta(seconds=599)
-    await processor.advance_armed()  # the periodic check, no records
+    await processor.retraining.advance_armed()  # the periodic check, no records
     assert len(publisher.events) == 1
     now[0] = T0 + timedelta(seconds=600)
-    await processor.advance_armed()
+    await processor.retraining.advance_armed()
     request = publisher.events[-1]
     assert type(request).__name__ == "TrainingRequested"
     # Only labels of the detection window itself (no lookback set): all history.
@@ -814,7 +823,7 @@ async def test_a_replica_that_took_the_firing_and_died_is_replaced_after_its_lea
         joined=[((T0 + timedelta(minutes=1)).timestamp(), LABEL_TIME)],  # after the window
         clock=lambda: T0,
         lease_s=60,
-        retrain=a.retrain,
+        retrain=a.retraining.retrain,
     )
     assert taken is not None
     assert taken[1] is not None
@@ -822,14 +831,14 @@ async def test_a_replica_that_took_the_firing_and_died_is_replaced_after_its_lea
         spec(**ARMING), store, retrain_min_labels=1, clock=lambda: now[0]
     )
     now[0] = T0 + timedelta(seconds=30)
-    await b.advance_armed()
+    await b.retraining.advance_armed()
     assert b_publisher.events == []
     now[0] = T0 + timedelta(seconds=61)
-    await b.advance_armed()
+    await b.retraining.advance_armed()
     (request,) = b_publisher.events  # the decision taken by A, published by B
     assert request.window_start == LABEL_TIME
     assert PolicyState.model_validate(store.policy["retrain"]).last_trigger == T0
-    await b.advance_armed()
+    await b.retraining.advance_armed()
     assert len(b_publisher.events) == 1
 
 
