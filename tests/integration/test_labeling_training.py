@@ -237,6 +237,8 @@ async def test_a_submitted_label_is_used_by_the_next_training_run(
             registry_address=registry_address,
             group_id=f"outcomes-{unique}",
             evaluate_interval_s=0.5,
+            grpc_host="127.0.0.1",
+            grpc_port=0,
         ),
         spec,
     )
