@@ -14,8 +14,10 @@
                                            is asked once, even when its prediction is
                                            replayed after an answer or a drop; kept 2×expire_s
 
-- `read_queue(...)`, `submit_label(...)`: what `mlbus labels`, the console and a
-  gRPC call share to read the queue and send an answer.
+- `read_queue(...)`, `submit_label(...)`: what `mlbus labels` and the console use
+  to read the queue and send an answer; `answer_record(...)`: the answer checked
+  and made a record, shared by `submit_label` and the outcomes service's gRPC
+  `mlbus.labeling.v1.Labeling`, which sends it with its own producer.
 - `label_record(...)`: the JSON a submitted answer becomes, on the spec's label
   source topic, checked against that source's contract first, so ingestion
   accepts it like any producer's label and the trainer and drift use it with
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis.asyncio as aioredis
 
-from mlbus.errors import InvalidInput
+from mlbus.errors import InvalidInput, NotFound
 from mlbus.events import LabelingRequested, Scalar
 from mlbus.spec import LabelingSpec, ProjectSpec
 
@@ -199,17 +201,17 @@ def parse_label(text: str, field_type: str) -> Scalar:
             return True
         if lowered in ("false", "0", "no"):
             return False
-        raise InvalidInput(f"expected true or false for the label, got {text!r}")
+        raise InvalidInput(f"value: expected true or false for the label, got {text!r}")
     if field_type == "int":
         try:
             return int(text)
         except ValueError:
-            raise InvalidInput(f"expected an integer label, got {text!r}") from None
+            raise InvalidInput(f"value: expected an integer label, got {text!r}") from None
     if field_type == "float":
         try:
             return float(text)
         except ValueError:
-            raise InvalidInput(f"expected a number for the label, got {text!r}") from None
+            raise InvalidInput(f"value: expected a number for the label, got {text!r}") from None
     return text
 
 
@@ -234,8 +236,24 @@ def label_record(
     link = source.labels
     if link is None:
         raise InvalidInput(f"source {source_name!r} names no labelled event")
+    if not scored_event_id.strip():
+        raise InvalidInput("scored_event_id is empty: name the event the label is for")
+    if not value.strip():
+        raise InvalidInput("value is empty: give the label")
+    if not entity_id.strip():
+        raise InvalidInput("entity_id is empty: name the entity, or leave it unset")
     field_type = source.contract.fields[spec.model.label.field].type
     at = now or datetime.now(UTC)
+    own = {link.event_id_field, spec.model.label.field, source.entity, source.event_time}
+    if source.event_id is not None:
+        own.add(source.event_id)
+    # An extra field must not quietly replace the event, the value or the entity given.
+    clash = sorted(own & set(extra or {}))
+    if clash:
+        raise InvalidInput(
+            f"fields {clash} are set by the answer itself (scored event id, value, entity, "
+            "time, label id); pass only the labels source's other fields"
+        )
     record: dict[str, Scalar] = {
         link.event_id_field: scored_event_id,
         spec.model.label.field: parse_label(value, field_type),
@@ -297,6 +315,30 @@ async def read_queue(redis: RedisSettings, model: str, limit: int) -> dict[str, 
         await client.aclose()
 
 
+async def answer_record(
+    spec: ProjectSpec,
+    queue: LabelQueue | None,
+    *,
+    scored_event_id: str,
+    value: str,
+    entity_id: str | None,
+    extra: Mapping[str, Scalar] | None = None,
+) -> tuple[str, bytes, bytes]:
+    """(topic, key, value) of a person's answer; the entity comes from the queued request
+    when not given. Raises InvalidInput (naming the field) or NotFound (no entity known)."""
+    if entity_id is None and queue is not None and scored_event_id.strip():
+        item = await queue.item(scored_event_id)
+        entity_id = None if item is None else item.get("entity_id")
+    if entity_id is None:
+        raise NotFound(
+            f"no labeling request waits for scored event {scored_event_id!r} (answered, "
+            "expired, dropped or never asked), so its entity is unknown: name it (entity_id)"
+        )
+    return label_record(
+        spec, scored_event_id=scored_event_id, value=value, entity_id=entity_id, extra=extra
+    )
+
+
 async def submit_label(
     kafka: KafkaSettings,
     redis: RedisSettings | None,
@@ -310,22 +352,24 @@ async def submit_label(
     """Produce the label; the entity comes from the queued request when not given."""
     from aiokafka import AIOKafkaProducer
 
-    if entity_id is None and redis is not None:
-        client = aioredis.Redis.from_url(redis.require_url())
-        try:
-            item = await LabelQueue(client, prefix=redis.key_prefix, model=spec.model.name).item(
-                scored_event_id
-            )
-        finally:
-            await client.aclose()
-        entity_id = None if item is None else item.get("entity_id")
-    if entity_id is None:
-        raise InvalidInput(
-            f"no labeling request waits for {scored_event_id!r}: name its entity with --entity"
+    client = None if redis is None else aioredis.Redis.from_url(redis.require_url())
+    try:
+        queue = (
+            None
+            if client is None or redis is None
+            else LabelQueue(client, prefix=redis.key_prefix, model=spec.model.name)
         )
-    topic, key, raw = label_record(
-        spec, scored_event_id=scored_event_id, value=value, entity_id=entity_id, extra=extra
-    )
+        topic, key, raw = await answer_record(
+            spec,
+            queue,
+            scored_event_id=scored_event_id,
+            value=value,
+            entity_id=entity_id,
+            extra=extra,
+        )
+    finally:
+        if client is not None:
+            await client.aclose()
     producer = AIOKafkaProducer(**kafka.client_kwargs())
     await producer.start()
     try:

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc.aio
+from grpc_health.v1 import health_pb2
+
+from mlbus.api.labeling.v1 import labeling_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError, RetryableError
@@ -19,10 +23,12 @@ from mlbus.events import (
 )
 from mlbus.labeling import LabelQueue
 from mlbus.registry_client import RegistryClient
+from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
 
 from ._evaluator import Evaluator
+from ._grpc import SERVICE_NAME, LabelingServicer, protects
 from ._processor import OutcomesProcessor
 from ._settings import OutcomesSettings
 from ._store import OutcomesStore
@@ -39,6 +45,8 @@ class OutcomesService(StreamService):
     processor: OutcomesProcessor | None = None
     evaluator: Evaluator | None = None
     consumer: Consumer[Any] | None = None
+    grpc_port: int | None = None
+    """Where the labeling API listens, once started."""
 
     def consumers(self) -> Sequence[ServiceConsumer]:
         return () if self.consumer is None else (self.consumer,)
@@ -82,32 +90,65 @@ class OutcomesService(StreamService):
             )
             async with Publisher(settings.kafka, source="outcomes") as publisher:
                 evaluator.publisher = processor.publisher = publisher
-                consumer: Consumer[Any] = Consumer(
-                    settings.kafka,
-                    topics=processor.topics,
-                    group_id=settings.group_id,
-                    handler=processor.handle,
-                    decoder=processor.decoder(),
-                    publisher=publisher,
-                    max_batch=settings.max_batch,
-                    before_commit=processor.flush,
-                    batch_handler=processor.handle_batch,
-                )
-                self.consumer = consumer
-                if self._stop.is_set():
-                    return
-                self._started.set()
-                async with asyncio.TaskGroup() as tasks:
-                    consume = self.consume(
-                        consumer, stopped_unsaved="outcomes service stopped with state unsaved"
-                    )
-                    tasks.create_task(consume, name="consume")
-                    tasks.create_task(self._looks(evaluator), name="looks")
-                    await self._stop.wait()
-                    consumer.stop()
+                server, health = await self._serve(processor.queue, publisher)
+                try:
+                    await self._consume_and_look(processor, evaluator, publisher)
+                finally:
+                    await health.enter_graceful_shutdown()
+                    await server.stop(settings.shutdown_grace_s)
         finally:
             await registry.close()
             await store.aclose()
+
+    async def _serve(
+        self, queue: LabelQueue | None, publisher: Publisher
+    ) -> tuple[grpc.aio.Server, Any]:
+        """The labeling API (`mlbus.labeling.v1.Labeling`), started and serving."""
+        settings = self.settings
+        server = grpc.aio.server(
+            interceptors=server_interceptors(settings.registry_token, protects=protects)
+        )
+        servicer = LabelingServicer(
+            self.spec, queue, publisher, send_timeout_s=settings.kafka.request_timeout_s
+        )
+        pb_grpc.add_LabelingServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        health = add_health_and_reflection(server, (SERVICE_NAME,))
+        self.grpc_port = bind_port(
+            server, settings.grpc_host, settings.grpc_port, "MLBUS_OUTCOMES_GRPC_PORT"
+        )
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("Labeling listening on port %d", self.grpc_port)
+        return server, health
+
+    async def _consume_and_look(
+        self, processor: OutcomesProcessor, evaluator: Evaluator, publisher: Publisher
+    ) -> None:
+        settings = self.settings
+        consumer: Consumer[Any] = Consumer(
+            settings.kafka,
+            topics=processor.topics,
+            group_id=settings.group_id,
+            handler=processor.handle,
+            decoder=processor.decoder(),
+            publisher=publisher,
+            max_batch=settings.max_batch,
+            before_commit=processor.flush,
+            batch_handler=processor.handle_batch,
+        )
+        self.consumer = consumer
+        if self._stop.is_set():
+            return
+        self._started.set()
+        async with asyncio.TaskGroup() as tasks:
+            consume = self.consume(
+                consumer, stopped_unsaved="outcomes service stopped with state unsaved"
+            )
+            tasks.create_task(consume, name="consume")
+            tasks.create_task(self._looks(evaluator), name="looks")
+            await self._stop.wait()
+            consumer.stop()
 
     async def _looks(self, evaluator: Evaluator) -> None:
         """Windows and experiments every `evaluate_interval_s`, and once more when stopping."""

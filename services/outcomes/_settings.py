@@ -20,6 +20,9 @@ class OutcomesSettings(ServiceSettings):
     MLBUS_OUTCOMES_EVALUATE_INTERVAL_S   how often windows and experiments are looked at (5)
     MLBUS_OUTCOMES_REPORT_INTERVAL_S     how often `outcomes.measured` events are published (60)
     MLBUS_OUTCOMES_MAX_BATCH             records per fetch (1000)
+    MLBUS_OUTCOMES_GRPC_HOST / _GRPC_PORT  gRPC `mlbus.labeling.v1.Labeling` (8004; 0 picks a
+                                         free one); SubmitLabel needs the registry token when set
+    MLBUS_OUTCOMES_SHUTDOWN_GRACE_S      in-flight gRPC calls may finish this long (5)
     """
 
     model_config = SettingsConfigDict(
@@ -35,3 +38,6 @@ class OutcomesSettings(ServiceSettings):
     evaluate_interval_s: float = Field(default=5.0, gt=0)
     report_interval_s: float = Field(default=60.0, gt=0)
     max_batch: int = Field(default=1000, ge=1, le=100_000)
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(default=8004, ge=0, le=65535)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)

@@ -180,6 +180,8 @@ async def stack(
             evaluate_interval_s=0.5,
             report_interval_s=5.0,
             bucket_s=60,
+            grpc_host="127.0.0.1",
+            grpc_port=0,  # the labeling API on a free port: tests may run side by side
         )
         service = OutcomesService(settings, load_spec(settings.spec or ""))
         task = asyncio.create_task(service.run())

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from mlbus.errors import InvalidInput
+from mlbus.errors import InvalidInput, NotFound
 from mlbus.example import fraud_spec_path
-from mlbus.labeling import label_record, labeling_request, parse_label
+from mlbus.labeling import answer_record, label_record, labeling_request, parse_label
 from mlbus.spec import LabelingSpec, load_spec
 
 
@@ -67,3 +67,32 @@ def test_a_label_that_breaks_the_contract_names_every_problem() -> None:
         parse_label("maybe", "bool")
     assert parse_label("3", "int") == 3
     assert parse_label("2.5", "float") == 2.5
+
+
+def test_an_answer_may_not_replace_its_own_fields_or_leave_them_empty() -> None:
+    spec = load_spec(fraud_spec_path())
+    scored = str(uuid.uuid4())
+    with pytest.raises(InvalidInput, match=r"\['is_fraud', 'transaction_id'\]"):
+        label_record(
+            spec,
+            scored_event_id=scored,
+            value="true",
+            entity_id="card_000042",
+            extra={"is_fraud": False, "transaction_id": str(uuid.uuid4())},
+        )
+    for empty, named in (
+        ({"scored_event_id": " "}, "scored_event_id"),
+        ({"value": ""}, "value"),
+        ({"entity_id": ""}, "entity_id"),
+    ):
+        given = {"scored_event_id": scored, "value": "true", "entity_id": "card_000042"} | empty
+        with pytest.raises(InvalidInput, match=named):
+            label_record(spec, **given)
+
+
+async def test_without_an_entity_or_a_queued_request_the_answer_is_not_found() -> None:
+    spec = load_spec(fraud_spec_path())
+    with pytest.raises(NotFound, match="entity_id"):
+        await answer_record(
+            spec, None, scored_event_id=str(uuid.uuid4()), value="true", entity_id=None
+        )

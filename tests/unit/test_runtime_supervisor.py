@@ -173,7 +173,7 @@ def test_catalogue_names_every_service_and_their_grpc_ports() -> None:
     ]
     ports = {s.name: s.grpc_port for s in SERVICES if s.serves_grpc}
     assert ports["inference"] == 8001
-    assert set(ports) == {"features", "registry", "inference"}
+    assert set(ports) == {"features", "registry", "inference", "outcomes"}
     assert len(set(ports.values())) == len(ports)
     assert {s.name: s.http_port for s in SERVICES if s.serves_http} == {"console": 8080}
 

@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Send a label to the spec's labels source topic, checked against its contract."""
-        from mlbus.errors import ConfigError, InvalidInput
+        from mlbus.errors import ConfigError, InvalidInput, NotFound
         from mlbus.labeling import submit_label
         from mlbus.spec import load_spec
 
@@ -122,6 +122,8 @@ def register(app: typer.Typer) -> None:
             )
         except (ConfigError, InvalidInput) as exc:
             fail(str(exc), code=2)
+        except NotFound as exc:
+            fail(f"{exc} with --entity", code=2)
         except (OSError, ConnectionError, TimeoutError) as exc:
             fail(f"could not send the label: {exc}")
         console.print(f"label sent to {topic}: {raw.decode()}", highlight=False)

@@ -98,7 +98,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
     ServiceSpec("inference", "mlbus.inference", grpc_port=8001, calls_registry=True),
     ServiceSpec("drift", "mlbus.drift", needs_spec=True, calls_registry=True),
-    ServiceSpec("outcomes", "mlbus.outcomes", needs_spec=True, calls_registry=True),
+    ServiceSpec("outcomes", "mlbus.outcomes", grpc_port=8004, needs_spec=True, calls_registry=True),
     ServiceSpec("console", "mlbus.console", calls_registry=True, http_port=8080),
 )
 """Every mlbus service, in start order."""

@@ -4,6 +4,8 @@ Layout: `<offline root>/_labels/<label source>/date=YYYY-MM-DD/part-*.parquet`
 with columns `entity_id`, `event_id` (the event the label names), `label_time`,
 `label_event_id` (the label event's own id, for de-duplication) and `label`.
 The trainer service appends to it from validated label events; training reads it.
+An event labelled more than once (a person correcting a producer's label, a
+chargeback after a review) trains on its latest label (`latest_per_event`).
 """
 
 from __future__ import annotations
@@ -119,4 +121,23 @@ def read_labels(offline: OfflineStore, files: Sequence[str]) -> pa.Table:
         return con.sql(
             "SELECT * FROM labels QUALIFY row_number() OVER "
             "(PARTITION BY label_event_id ORDER BY label_time) = 1 ORDER BY label_time"
+        ).to_arrow_table()
+
+
+def latest_per_event(labels: pa.Table) -> pa.Table:
+    """One label per labelled event: the latest by label time (ties: the greatest label
+    event id, so every reader picks the same one), in label time order.
+
+    A later label of an event is a correction; training on both would teach the
+    model two answers for one input.
+    """
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("labels", labels)
+        return con.sql(
+            "SELECT * FROM labels QUALIFY row_number() OVER "
+            "(PARTITION BY event_id ORDER BY label_time DESC, label_event_id DESC) = 1 "
+            "ORDER BY label_time, label_event_id"
         ).to_arrow_table()

@@ -34,7 +34,7 @@ from mlbus.model_metadata import (
 )
 from mlbus.profiles import ReferenceProfile
 from mlbus.spec import ProjectSpec
-from mlbus.training._labels import label_files, read_labels
+from mlbus.training._labels import label_files, latest_per_event, read_labels
 from mlbus.training._reference import reference_profile
 
 Stage = Literal["dataset", "train", "convert", "parity", "evaluate", "register"]
@@ -114,6 +114,7 @@ class Dataset:
     files: tuple[str, ...] = ()
     dropped_without_features: int = 0
     entities: tuple[str, ...] | None = None  # each row's entity key, when the frame has it
+    event_ids: tuple[str, ...] | None = None  # each row's labelled event, when the frame has it
 
     def __len__(self) -> int:
         return len(self.y)
@@ -152,6 +153,11 @@ def dataset_from_table(
         if "entity_id" in table.column_names
         else None
     )
+    event_ids = (
+        tuple(str(e) for e in table.column("event_id").to_pylist())
+        if "event_id" in table.column_names
+        else None
+    )
     categories: dict[str, list[str]] = {}
     for feature in features:
         if feature.kind == "numeric":
@@ -180,6 +186,7 @@ def dataset_from_table(
         files=tuple(files),
         dropped_without_features=int(dropped),
         entities=entities,
+        event_ids=event_ids,
     )
 
 
@@ -193,7 +200,8 @@ def load_dataset(
     """The point-in-time training set of the spec's model from the offline store.
 
     Labels come from the label log of `spec.model.label.source` (label time in
-    [start, end)); each view of the model is joined point-in-time through
+    [start, end); an event labelled more than once keeps its latest label there);
+    each view of the model is joined point-in-time through
     `build_training_set`. The fingerprint covers every feature and label file read.
     """
     label_source = spec.model.label.source
@@ -203,6 +211,8 @@ def load_dataset(
         labels = labels.filter(pc.greater_equal(labels.column("label_time"), _ts(start)))
     if end is not None:
         labels = labels.filter(pc.less(labels.column("label_time"), _ts(end)))
+    # after the range: a correction made after `end` was not known at `end`
+    labels = latest_per_event(labels)
     if labels.num_rows == 0:
         raise TrainingFailed(
             "dataset",
@@ -225,7 +235,10 @@ def load_dataset(
         wanted = [f for f in spec.model_features() if f.view == view]
         if joined is None:
             # entity_id: the drift reference measures how alike one entity's values are
-            joined = result.table.select(["entity_id", "as_of", "feature_time", "label"])
+            # event_id: which event each row is (what a training set is checked by)
+            joined = result.table.select(
+                ["entity_id", "event_id", "as_of", "feature_time", "label"]
+            )
             # Every other view is read as of the labelled event's time, found here:
             # a view of another source has no row with that event's id.
             query = pa.table(
