@@ -14,8 +14,8 @@
                                            is asked once, even when its prediction is
                                            replayed after an answer or a drop; kept 2×expire_s
 
-- `read_queue(...)`, `submit_label(...)`: what `mlbus labels`, the console and a
-  gRPC call share to read the queue and send an answer.
+- `read_queue(...)`, `read_request(...)`, `submit_label(...)`: what `mlbus labels`,
+  the console and a gRPC call share to read the queue and send an answer.
 - `label_record(...)`: the JSON a submitted answer becomes, on the spec's label
   source topic, checked against that source's contract first, so ingestion
   accepts it like any producer's label and the trainer and drift use it with
@@ -293,6 +293,21 @@ async def read_queue(redis: RedisSettings, model: str, limit: int) -> dict[str, 
     try:
         queue = LabelQueue(client, prefix=redis.key_prefix, model=model)
         return {"model": model, "counts": await queue.counts(), "open": await queue.top(limit)}
+    finally:
+        await client.aclose()
+
+
+async def read_request(
+    redis: RedisSettings, model: str, scored_event_id: str
+) -> dict[str, Any] | None:
+    """One open request (None once it was answered, expired or dropped, or never asked)."""
+    client = aioredis.Redis.from_url(
+        redis.require_url(),
+        socket_timeout=redis.socket_timeout_s,
+        socket_connect_timeout=redis.socket_timeout_s,
+    )
+    try:
+        return await LabelQueue(client, prefix=redis.key_prefix, model=model).item(scored_event_id)
     finally:
         await client.aclose()
 
