@@ -57,6 +57,8 @@ def discover_pages(client: httpx.Client) -> dict[str, str]:
         pages["detection"] = detection
     entity = _first(r'href="/features\?entity=([^"]+)"', client.get("/features").text)
     pages["features"] = f"/features?entity={entity}" if entity else "/features"
+    pages["experiments"] = "/experiments"
+    pages["labeling"] = "/labeling"
     pages["traces"] = "/traces"
     trace = _first(r'id="loop-traces".*?href="(/traces/[0-9a-f]+)"', client.get("/traces").text)
     if trace:

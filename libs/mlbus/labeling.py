@@ -14,10 +14,10 @@
                                            is asked once, even when its prediction is
                                            replayed after an answer or a drop; kept 2×expire_s
 
-- `read_queue(...)`, `submit_label(...)`: what `mlbus labels` and the console use
-  to read the queue and send an answer; `answer_record(...)`: the answer checked
-  and made a record, shared by `submit_label` and the outcomes service's gRPC
-  `mlbus.labeling.v1.Labeling`, which sends it with its own producer.
+- `read_queue(...)`, `read_request(...)`, `submit_label(...)`: what `mlbus labels`
+  and the console use to read the queue and send an answer; `answer_record(...)`:
+  the answer checked and made a record, shared by `submit_label` and the outcomes
+  service's gRPC `mlbus.labeling.v1.Labeling`, which sends it with its own producer.
 - `label_record(...)`: the JSON a submitted answer becomes, on the spec's label
   source topic, checked against that source's contract first, so ingestion
   accepts it like any producer's label and the trainer and drift use it with
@@ -337,6 +337,21 @@ async def answer_record(
     return label_record(
         spec, scored_event_id=scored_event_id, value=value, entity_id=entity_id, extra=extra
     )
+
+
+async def read_request(
+    redis: RedisSettings, model: str, scored_event_id: str
+) -> dict[str, Any] | None:
+    """One open request (None once it was answered, expired or dropped, or never asked)."""
+    client = aioredis.Redis.from_url(
+        redis.require_url(),
+        socket_timeout=redis.socket_timeout_s,
+        socket_connect_timeout=redis.socket_timeout_s,
+    )
+    try:
+        return await LabelQueue(client, prefix=redis.key_prefix, model=model).item(scored_event_id)
+    finally:
+        await client.aclose()
 
 
 async def submit_label(

@@ -472,3 +472,18 @@ class RegistryClient:
     ) -> AliasChange:
         request = pb.RollbackRequest(model=model, alias=alias, reason=reason, actor=actor)
         return change_from_proto(await self._call("Rollback", request))
+
+    async def check_token(self) -> None:
+        """Raise Unauthenticated unless the registry accepts this client's token for changes.
+
+        For a change made elsewhere on the registry's authority (the console's
+        labels). The registry has no call that only checks a token, and a new one
+        would change the proto; so this sends a registration without an artifact,
+        which the registry refuses after the token check and before any effect
+        (InvalidInput: the token passed). A registry without a token accepts any.
+        """
+        try:
+            await self._call("Register", pb.RegisterRequest())
+        except InvalidInput:
+            return
+        raise PermanentError("the registry accepted a registration without an artifact")

@@ -1,8 +1,10 @@
-"""The console: the web page over the loop (models, lineage, drift, features, traces).
+"""The console: the web page over the loop (models, lineage, drift, features, traces,
+experiments, the labeling queue).
 
 It reads only through the shared contracts — the registry over gRPC, Redis
-through `mlbus.featurestore` and `mlbus.driftstatus`, Kafka topics, span files —
-and imports no other service. See README.md and docs/adr/0025.
+through `mlbus.featurestore`, `mlbus.driftstatus`, `mlbus.outcomesstatus` and
+`mlbus.labeling`, Kafka topics, span files — and imports no other service. See
+README.md and docs/adr/0025.
 """
 
 from ._app import build_app, run

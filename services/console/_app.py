@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlbus.config import load_settings
 from mlbus.runtime import discover
 
-from . import _pages_loop, _pages_models
+from . import _pages_loop, _pages_models, _pages_outcomes
 from ._collector import Collector
 from ._security import csrf_token
 from ._settings import ConsoleSettings
@@ -75,6 +76,7 @@ def _templates() -> Jinja2Templates:
     env.filters["ago"] = ago
     env.filters["duration"] = duration
     env.filters["num"] = num
+    env.filters["signed"] = signed
     env.filters["when"] = when
     return templates
 
@@ -105,6 +107,13 @@ def num(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.{digits}g}"
+
+
+def signed(value: Any, digits: int = 4) -> str:
+    """A difference with its sign: +0.0213."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return "—"
+    return f"{value:+.{digits}f}"
 
 
 def when(moment: datetime | None) -> str:
@@ -145,6 +154,7 @@ def build_app(settings: ConsoleSettings, *, collect: bool = True) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         *_pages_loop.routes(),
         *_pages_models.routes(),
+        *_pages_outcomes.routes(),
     ]
     middleware = [Middleware(ServerTiming), Middleware(GZipMiddleware, minimum_size=2048)]
     return Starlette(

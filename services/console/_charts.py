@@ -206,3 +206,79 @@ def waterfall_figure(trace: Trace) -> Figure:
         },
     )
     return {"data": data, "layout": layout}
+
+
+def outcomes_figure(
+    metric: str, series: Sequence[tuple[str, Sequence[tuple[str, Mapping[str, Any]]]]]
+) -> Figure:
+    """One metric per (version, alias) and window: the value with its 95% interval.
+
+    `series`: (label, [(window label, estimate)]), an estimate being the outcomes
+    service's `{"value", "ci_low", "ci_high", "n"}` (None where it has no value yet).
+    """
+    data = []
+    for i, (label, points) in enumerate(series):
+        shown = [(w, e) for w, e in points if e.get("value") is not None]
+        values = [float(e["value"]) for _, e in shown]
+        high = [_above(e) for _, e in shown]
+        low = [_below(e) for _, e in shown]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": label,
+                "x": [w for w, _ in shown],
+                "y": values,
+                "error_y": {"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+                "customdata": [e.get("n") for _, e in shown],
+                "hovertemplate": f"{label}: %{{y:.4f}} (n=%{{customdata:,}})<extra></extra>",
+                "marker": {"size": 9, "color": PALETTE[i % len(PALETTE)]},
+            }
+        )
+    layout = _layout(
+        f"{metric.replace('_', ' ')} (95% interval) per window",
+        scattermode="group",
+        xaxis={"type": "category"},
+    )
+    return {"data": data, "layout": layout}
+
+
+def _above(estimate: Mapping[str, Any]) -> float:
+    high = estimate.get("ci_high")
+    return 0.0 if high is None else max(0.0, float(high) - float(estimate["value"]))
+
+
+def _below(estimate: Mapping[str, Any]) -> float:
+    low = estimate.get("ci_low")
+    return 0.0 if low is None else max(0.0, float(estimate["value"]) - float(low))
+
+
+def difference_figure(metric: str, difference: float, ci_low: float, ci_high: float) -> Figure:
+    """An experiment's difference (challenger − champion, positive = better) with its
+    always-valid interval, against no difference at 0."""
+    data = [
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "difference",
+            "x": [difference],
+            "y": [metric.replace("_", " ")],
+            "error_x": {
+                "type": "data",
+                "symmetric": False,
+                "array": [max(0.0, ci_high - difference)],
+                "arrayminus": [max(0.0, difference - ci_low)],
+            },
+            "marker": {"size": 11, "color": PALETTE[0]},
+        }
+    ]
+    span = max(abs(ci_low), abs(ci_high), abs(difference), 1e-6) * 1.15
+    layout = _layout(
+        "difference, always-valid interval (positive: the challenger is better)",
+        height=170,
+        showlegend=False,
+        xaxis={"range": [-span, span], "zeroline": True, "zerolinewidth": 2},
+        yaxis={"type": "category"},
+        margin={"l": 70, "r": 20, "t": 40, "b": 30},
+    )
+    return {"data": data, "layout": layout}

@@ -3,8 +3,9 @@
 Pages that must answer fast (and the live updates) read the latest `Snapshot`
 instead of asking every component on each request: component health, event
 rates from the topics' end offsets, the tails of the control topics, a sample
-of recently served predictions (the live side of the drift histograms) and the
-drift service's test scores over time, sampled at each refresh.
+of recently served predictions (the live side of the drift histograms), the
+drift service's test scores over time, sampled at each refresh, and the
+outcomes service's status (outcomes per alias, experiments).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mlbus.events import (
     ALL_TOPICS,
     DriftDetected,
     Event,
+    ExperimentActed,
+    ExperimentDecided,
     ModelPublished,
     PredictionLogged,
     TrainingCompleted,
@@ -78,6 +81,10 @@ class Snapshot:
     published: list[ModelPublished] = field(default_factory=list)
     predictions: list[PredictionLogged] = field(default_factory=list)
     drift: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, Any] | None = None
+    """The outcomes service's status (`mlbus.outcomesstatus`); None before its first look."""
+    decided: list[ExperimentDecided] = field(default_factory=list)
+    acted: list[ExperimentActed] = field(default_factory=list)
     scores: dict[tuple[str, int, str, str], deque[ScorePoint]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -121,6 +128,8 @@ class Collector:
         """One round of reads; a failing source is named in `errors`, the others still count."""
         snap = self.snapshot
         errors: dict[str, str] = {}
+        # Read beside the others (gather's typed overloads stop at six awaitables).
+        outcomes_read = asyncio.create_task(self.sources.outcomes_status())
         results = await asyncio.gather(
             self.sources.health(),
             self.sources.models(),
@@ -143,6 +152,10 @@ class Collector:
         if not isinstance(drift, BaseException):
             snap.drift = drift
             self._record_scores(drift)
+        try:
+            snap.outcomes = await outcomes_read
+        except Exception as exc:  # as gather's return_exceptions: named, the others still count
+            errors["outcomes status"] = _describe(exc)
         snap.errors = errors
         snap.at = datetime.now(UTC)
         snap.version += 1
@@ -178,6 +191,10 @@ class Collector:
         snap.failed = _only(TrainingFailed, await self.topics.tail(TrainingFailed.topic, count))
         snap.detections = _only(DriftDetected, await self.topics.tail(DriftDetected.topic, count))
         snap.published = _only(ModelPublished, await self.topics.tail(ModelPublished.topic, count))
+        snap.decided = _only(
+            ExperimentDecided, await self.topics.tail(ExperimentDecided.topic, count)
+        )
+        snap.acted = _only(ExperimentActed, await self.topics.tail(ExperimentActed.topic, count))
         partitions = max(1, self.sources.settings.kafka.topic_partitions)
         sample = max(1, self.sources.settings.live_sample // partitions)
         snap.predictions = _only(

@@ -29,8 +29,6 @@ def routes() -> list[Route]:
         Route("/features", features),
         Route("/traces", traces),
         Route("/traces/{trace_id}", trace),
-        Route("/experiments", unavailable),
-        Route("/labeling", unavailable),
     ]
 
 
@@ -228,8 +226,3 @@ async def trace(request: Request) -> Response:
     rows = [(depth, node.span) for depth, node in chosen.walk()]
     context = {"t": chosen, "fig": waterfall_figure(chosen), "rows": rows}
     return page(request, "trace.html", context, active="traces")
-
-
-async def unavailable(request: Request) -> Response:
-    what = "Experiments" if request.url.path.startswith("/experiments") else "Labeling queue"
-    return page(request, "unavailable.html", {"what": what}, active=request.url.path.strip("/"))

@@ -18,11 +18,14 @@ class ConsoleSettings(ServiceSettings):
     MLBUS_CONSOLE_REGISTRY_TIMEOUT_S per registry call (5)
     MLBUS_CONSOLE_DRIFT_GROUP        the drift service's consumer group, which names its state
                                      in Redis (mlbus-drift)
+    MLBUS_CONSOLE_OUTCOMES_GROUP     the outcomes service's consumer group, which names its
+                                     status in Redis (mlbus-outcomes)
     MLBUS_CONSOLE_REFRESH_S          how often health, event rates and topic tails are read (5)
     MLBUS_CONSOLE_LIVE_SAMPLE        served predictions read for the live histograms (2000)
 
-    The console keeps no secret: a promotion or a rollback carries the registry
-    bearer token the person types into the form, to the registry and nowhere else.
+    The console keeps no secret: a promotion, a rollback or a label carries the
+    registry bearer token the person types into the form, to the registry and
+    nowhere else.
     """
 
     model_config = SettingsConfigDict(
@@ -34,6 +37,9 @@ class ConsoleSettings(ServiceSettings):
     registry_address: str | None = None
     registry_timeout_s: float = Field(default=5.0, gt=0)
     drift_group: str = Field(default="mlbus-drift", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    outcomes_group: str = Field(
+        default="mlbus-outcomes", min_length=1, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     refresh_s: float = Field(default=5.0, gt=0)
     live_sample: int = Field(default=2000, ge=10, le=100_000)
     topic_tail: int = Field(default=50, ge=1, le=10_000)

@@ -2,8 +2,10 @@
 
 - the registry over gRPC (`mlbus.registry_client`), read-only unless a person's
   token comes with a promotion or a rollback;
-- Redis through `mlbus.featurestore` (online values, consistency counters) and
-  `mlbus.driftstatus` (the drift service's published state);
+- Redis through `mlbus.featurestore` (online values, consistency counters),
+  `mlbus.driftstatus` (the drift service's published state),
+  `mlbus.outcomesstatus` (the outcomes service's) and `mlbus.labeling` (the
+  labeling queue, and a person's label sent on to the labels source topic);
 - span files through `mlbus.telemetry.spans`;
 - the run state of `mlbus up` (`mlbus.runtime`) for component health.
 
@@ -18,9 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from mlbus.config import MlbusSettings
 from mlbus.driftstatus import read_drift_state
+from mlbus.errors import InvalidInput, RetryableError
 from mlbus.featurestore import OnlineFeatures, OnlineStore, ViewConsistency, read_consistency
+from mlbus.labeling import read_queue, read_request, submit_label
+from mlbus.outcomesstatus import read_outcomes_status
 from mlbus.registry_client import (
     AliasChange,
     Lineage,
@@ -37,6 +45,9 @@ from ._settings import ConsoleSettings
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+SEND_TIMEOUT_S = 10.0
+"""A label's trip to Kafka: a producer's start, the send and its acknowledgement."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,61 @@ class ConsoleSources:
                 return await client.rollback(model, alias, reason=reason, actor=actor)
             return await client.set_alias(model, alias, version, reason=reason, actor=actor)
 
+    async def check_token(self, token: str) -> None:
+        """Raise Unauthenticated unless the registry accepts `token` for changes (a label is
+        a change made on the registry's authority; the console keeps no token of its own)."""
+        async with RegistryClient(
+            self.registry_address, token=token, timeout_s=self.settings.registry_timeout_s
+        ) as client:
+            await client.check_token()
+
     # ── Redis ────────────────────────────────────────────────────────────────
+
+    async def outcomes_status(self) -> dict[str, Any] | None:
+        return await read_outcomes_status(self.settings.redis, self.settings.outcomes_group)
+
+    async def labeling_queue(self, limit: int) -> dict[str, Any]:
+        """The queue's counts and its `limit` most urgent open requests (`mlbus.labeling`)."""
+        spec = self._spec_for("the labeling queue")
+        try:
+            return await read_queue(self.settings.redis, spec.model.name, limit)
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable reading the labeling queue: {exc}") from exc
+
+    async def send_label(self, scored_event_id: str, value: str) -> str:
+        """A person's label for a queued request, checked against the labels source's contract
+        (InvalidInput names the problem) and sent to its topic; returns the topic."""
+        spec = self._spec_for("labels")
+        try:
+            item = await read_request(self.settings.redis, spec.model.name, scored_event_id)
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unreachable reading the labeling queue: {exc}") from exc
+        if item is None or not item.get("entity_id"):
+            raise InvalidInput(
+                f"no labeling request waits for {scored_event_id!r}: it was answered, expired "
+                "or dropped since the page was drawn"
+            )
+        from aiokafka.errors import KafkaError
+
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                topic, _ = await submit_label(
+                    self.settings.kafka,
+                    None,
+                    spec,
+                    scored_event_id=scored_event_id,
+                    value=value,
+                    entity_id=str(item["entity_id"]),
+                    extra={},
+                )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise RetryableError(f"the label could not be sent to Kafka: {exc}") from exc
+        return topic
+
+    def _spec_for(self, what: str) -> ProjectSpec:
+        if self.spec is None:
+            raise InvalidInput(f"the console runs without a spec (MLBUS_SPEC): no {what}")
+        return self.spec
 
     async def drift_state(self, detections: int = 20) -> dict[str, Any]:
         return await read_drift_state(

@@ -10,7 +10,8 @@
     <p>:outcomes:<group>:partitions                   set   the state keys above (read without SCAN)
     <p>:outcomes:<group>:experiments                  hash  experiment id → ExperimentRecord JSON
     <p>:outcomes:<group>:status                       string the status `mlbus experiments status`
-                                                      reads (JSON), written at each evaluation
+                                                      and the console read (JSON), written at each
+                                                      evaluation (key named in mlbus.outcomesstatus)
 
 A partition's aggregates, its offset and the deletion of the pending
 predictions its labels used are written in one MULTI/EXEC, so a replayed label
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mlbus import outcomesstatus
 from mlbus.config import RedisSettings
 from mlbus.errors import RetryableError
 
@@ -184,7 +186,7 @@ class OutcomesStore:
 
     @property
     def status_key(self) -> str:
-        return f"{self.base}:status"
+        return outcomesstatus.status_key(self.prefix, self.group)
 
     # ── pending predictions ──────────────────────────────────────────────────
 

@@ -1,12 +1,13 @@
 """The console in a real browser, over a real demo run left up (`run_demo(..., keep=True)`).
 
 The closed-loop demo run (`demo` in conftest.py: real broker, Redis and every
-service as processes, the console among them) trains v1, serves, drifts, detects
-and retrains v2; its stack stays up, and headless Chromium opens every page, clicks through to a
-model, a detection and a trace, promotes with the token, and checks that
-hostile data (script tags, quotes, unicode) is shown as text. Each page's
-screenshot is saved under artifacts/console/. A page fails the test when it
-errors, logs a JavaScript error, or renders without its data.
+service as processes, the console among them) trains v1, serves, drifts,
+detects and retrains v2; its stack stays up, and headless Chromium opens every
+page, clicks through to a model, a detection and a trace, promotes with the
+token, sends a label from the labeling queue, and checks that hostile data
+(script tags, quotes, unicode) is shown as text. Each page's screenshot is
+saved under artifacts/console/. A page fails the test when it errors, logs a
+JavaScript error, or renders without its data.
 """
 
 from __future__ import annotations
@@ -207,13 +208,109 @@ def test_traces_page_lists_the_loop(browser: Any, url: str) -> None:
     assert severe_console_errors(browser) == []
 
 
-@pytest.mark.parametrize("page", ["experiments", "labeling"])
-def test_pages_of_the_outcomes_service_say_they_are_not_available(
-    browser: Any, url: str, page: str
+def test_experiments_page_shows_outcomes_per_version_with_intervals(browser: Any, url: str) -> None:
+    _open(browser, url + "/experiments")
+    # The demo's labels joined to what each champion served: rows with counts and intervals.
+    rows = wait_for(lambda: _outcome_rows(browser), 60, "labelled outcomes on the experiments page")
+    assert any(row["alias"] == "champion" and row["labelled"] > 0 for row in rows), rows
+    # Every labelled row has an accuracy interval; AUC one needs both classes (~2% fraud).
+    assert all("[" in row["accuracy"] for row in rows if row["labelled"] > 0), rows
+    assert any("[" in row["auc"] for row in rows), rows
+    assert "champion now" in browser.find_element("css selector", "#outcomes").text
+    wait_for(lambda: _drawn(browser, 4), 30, "a chart per metric (AUC … positive rate)")
+    # The demo runs no canary or shadow: the page says so; an experiment would show a verdict.
+    experiments = browser.find_elements("css selector", "section.experiment")
+    if experiments:
+        verdicts = {e.get_attribute("data-verdict") for e in experiments}
+        assert verdicts <= {"better", "worse", "not yet", "running", "ended"}, verdicts
+    else:
+        assert "No experiment has run" in browser.find_element("id", "no-experiments").text
+    screenshot(browser, "11-experiments")
+    assert severe_console_errors(browser) == []
+
+
+def _outcome_rows(driver: Any) -> list[dict[str, Any]]:
+    """The rows of the outcomes table that carry a window (one per version, alias, window)."""
+    found: list[dict[str, Any]] = []
+    alias = ""
+    for row in driver.find_elements("css selector", "#outcomes tr"):
+        cells = [c.text.strip() for c in row.find_elements("css selector", "td")]
+        if len(cells) < 6:
+            continue
+        alias = cells[1] or alias
+        labelled = int(cells[3].replace(",", ""))
+        found.append({"alias": alias, "labelled": labelled, "auc": cells[4], "accuracy": cells[5]})
+    return found
+
+
+def _counts(driver: Any) -> dict[str, str]:
+    return {
+        card.get_attribute("data-count"): card.find_element("css selector", ".value").text
+        for card in driver.find_elements("css selector", "#counts .card")
+    }
+
+
+def _count(driver: Any, name: str) -> int:
+    return int(_counts(driver)[name].replace(",", ""))
+
+
+def test_labeling_page_shows_the_queue_the_demo_filled(browser: Any, url: str) -> None:
+    _open(browser, url + "/labeling")
+    assert _count(browser, "requested") > 0, "the demo queued no labeling request"
+    assert _count(browser, "answered") > 0, "no request was answered by the demo's chargebacks"
+    assert _count(browser, "open") > 0, "no request waits (every label arrived?)"
+    rows = browser.find_elements("css selector", "#requests tr.request")
+    assert rows
+    priorities = [float(r.find_element("css selector", "td").text) for r in rows]
+    assert priorities == sorted(priorities, reverse=True), priorities
+    first = rows[0].text
+    assert "champion" in first  # its score
+    assert "amount" in first  # its features
+    assert rows[0].find_elements("css selector", "form input[name=token]")
+    screenshot(browser, "11-labeling")
+    assert severe_console_errors(browser) == []
+
+
+def test_a_label_sent_from_the_browser_with_the_token_leaves_the_queue(
+    browser: Any, url: str, demo: DemoRun
 ) -> None:
-    _open(browser, f"{url}/{page}")
-    assert "issue 21" in browser.find_element("css selector", "#unavailable").text
-    screenshot(browser, f"11-{page}")
+    _open(browser, url + "/labeling")
+    answered = _count(browser, "answered")
+    event_id = browser.find_element("css selector", "#requests tr.request").get_attribute(
+        "data-event"
+    )
+    row = f'#requests tr.request[data-event="{event_id}"]'
+
+    def send(label: str, token: str) -> None:
+        form = browser.find_element("css selector", f"{row} form")
+        form.find_element("css selector", "input[name=label]").send_keys(label)
+        form.find_element("css selector", "input[name=token]").send_keys(token)
+        form.find_element("css selector", "button").click()
+        wait_for(lambda: browser.find_element("css selector", "h1").text, 20, "the answer")
+
+    send("maybe", TOKEN)
+    assert "expected true or false" in browser.find_element("id", "message").text
+    send("true", "wrong-token")
+    assert "token is wrong" in browser.find_element("id", "message").text
+    assert browser.find_elements("css selector", row), "a refused label left the queue"
+    send("true", TOKEN)
+    assert event_id in browser.find_element("id", "sent").text
+    screenshot(browser, "11-labeling-sent")
+
+    def answered_and_gone() -> bool:  # ingestion, then the outcomes service, take seconds
+        browser.get(url + "/labeling")
+        return not browser.find_elements("css selector", row) and (
+            _count(browser, "answered") > answered
+        )
+
+    wait_for(answered_and_gone, 60, "the labelled request to leave the queue as answered")
+    assert TOKEN not in browser.page_source
+    screenshot(browser, "11-labeling-after-a-label")
+    logs = demo.stack.logs if demo.stack is not None else Path()
+    assert TOKEN not in (logs / "console.log").read_text(), "the token reached the log"
+    # The two refusals answered 400 and 401, which the browser logs; nothing else may be.
+    refused = "/labeling/labels - Failed to load resource"
+    assert [e for e in severe_console_errors(browser) if refused not in e] == []
 
 
 def test_promotion_needs_the_token_and_csrf_and_hostile_text_stays_text(
@@ -279,6 +376,13 @@ def test_hostile_feature_values_entity_ids_and_span_names_are_shown_as_text(
         return HOSTILE in browser.find_element("css selector", "#other-traces").text
 
     wait_for(hostile_trace_listed, 30, "the hostile trace on the traces page")
+    # A labeling request with a hostile event id, entity and feature value: shown as text.
+    asyncio.run(_write_hostile_labeling_request(state.redis.url, state.redis.key_prefix))
+    browser.get(f"{url}/labeling")
+    first = browser.find_element("css selector", "#requests tr.request")
+    assert first.get_attribute("data-event") == HOSTILE
+    assert HOSTILE_ENTITY in first.text
+    assert HOSTILE in first.find_element("css selector", "td.features").text
     # A model name the registry refuses, and a path no page has: both echoed, as text.
     for path in (f"/models/{HOSTILE.replace('/', '')}", f"/no/such/{HOSTILE}"):
         browser.get(url + urllib.request.quote(path, safe="/"))
@@ -318,6 +422,33 @@ async def _write_hostile_online_values(redis_url: str, prefix: str) -> None:
             },
         )
         await client.expire(key, 600)
+    finally:
+        await client.aclose()
+
+
+async def _write_hostile_labeling_request(redis_url: str, prefix: str) -> None:
+    """A request as the outcomes service queues it (`mlbus.labeling`), hostile, first in line."""
+    from datetime import UTC, datetime
+
+    import redis.asyncio as aioredis
+
+    from mlbus.labeling import LabelQueue, new_request
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        request = new_request(
+            model="fraud_detector",
+            version=1,
+            scored_event_id=HOSTILE,
+            entity_id=HOSTILE_ENTITY,
+            reason="band",
+            priority=9.0,
+            scores={"champion": 0.5},
+            features={"card_activity.merchant_category": HOSTILE, "card_activity.amount": 1.0},
+            predicted_at=datetime.now(UTC),
+        )
+        queue = LabelQueue(client, prefix=prefix, model="fraud_detector")
+        assert await queue.offer([request], 1000) == [HOSTILE]
     finally:
         await client.aclose()
 

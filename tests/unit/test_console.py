@@ -163,3 +163,114 @@ def test_span_cache_counts_health_checks_and_rereads_only_on_change(tmp_path: Pa
     assert len(cache.traces()) == 2
     assert [t.trace_id for t in cache.kinds["probe"]] == ["d" * 32]
     assert len(cache.latest()) == 2
+
+
+def test_window_labels_read_like_the_spec() -> None:
+    from mlbus.console._pages_outcomes import window_label
+
+    assert [window_label(s) for s in (3600, 86_400, 5400, 90, 604_800)] == [
+        "1 h",
+        "1 d",
+        "90 min",
+        "90 s",
+        "7 d",
+    ]
+
+
+def test_feature_names_lose_their_view_only_when_they_stay_distinct() -> None:
+    from mlbus.console._pages_outcomes import short_names
+
+    assert short_names(["v.amount", "v.count"]) == {"v.amount": "amount", "v.count": "count"}
+    both = ["a.amount", "b.amount"]
+    assert short_names(both) == {"a.amount": "a.amount", "b.amount": "b.amount"}
+
+
+def test_outcomes_figure_draws_each_interval_around_its_value() -> None:
+    from mlbus.console._charts import outcomes_figure
+
+    fig = outcomes_figure(
+        "auc",
+        [
+            ("v2 champion", [("1 h", {"value": 0.8, "ci_low": 0.7, "ci_high": 0.85, "n": 900})]),
+            ("v3 canary", [("1 h", {"value": None, "ci_low": None, "ci_high": None, "n": 0})]),
+        ],
+    )
+    champion, canary = fig["data"]
+    assert champion["y"] == [0.8]
+    assert champion["error_y"]["array"] == [pytest.approx(0.05)]
+    assert champion["error_y"]["arrayminus"] == [pytest.approx(0.1)]
+    assert champion["customdata"] == [900]
+    assert canary["x"] == []  # no value yet: nothing drawn, no invented point
+    assert fig["layout"]["scattermode"] == "group"
+
+
+async def _evaluated(tmp_path: Path, challenger_auc: float, *, experiment: bool) -> dict[str, Any]:
+    """A status written by the outcomes service's own evaluator (in memory)."""
+    from tests.unit.test_outcomes_evaluator import arm, setup
+
+    evaluator, store, _ = setup(tmp_path, challenger_auc)
+    bucket = int(datetime.now(UTC).timestamp() // evaluator.bucket_s)
+    store.partitions[0][f"cell|m|1|champion|{bucket}"] = arm(0.8, 2000, 3)
+    if not experiment:
+        store.records.clear()
+    status: dict[str, Any] = await evaluator.evaluate()
+    return status
+
+
+def _render_experiments(context: dict[str, Any]) -> str:
+    from mlbus.console._pages_outcomes import window_label
+
+    full = {
+        "request": None,
+        "nav": (),
+        "active": "experiments",
+        "snap": SimpleNamespace(errors={}, at=None),
+        "model": "m",
+        "alpha": 0.05,
+        "decided": [],
+        "acted": [],
+        "window_label": window_label,
+        **context,
+    }
+    return _templates().env.get_template("experiments.html").render(full)
+
+
+async def test_without_an_experiment_the_page_says_so_and_shows_the_champions_outcomes(
+    tmp_path: Path,
+) -> None:
+    from mlbus.console._pages_outcomes import experiments_context
+
+    status = await _evaluated(tmp_path, 0.72, experiment=False)
+    assert status["experiments"] == []
+    context = experiments_context(status, champion_now=1, min_samples=500)
+    page = _render_experiments(context)
+    assert 'id="no-experiments"' in page
+    outcomes = page.split('id="outcomes"', 1)[1].split("</table>", 1)[0]
+    assert "champion now" in outcomes
+    assert "2,000" in outcomes  # the champion's labelled outcomes in the window
+    assert [len(f["data"]) for f in context["figures"]] == [1, 1, 1, 1]  # auc … positive rate
+    assert context["figures"][0]["data"][0]["name"] == "v1 champion"
+
+
+async def test_an_experiment_shows_its_verdict_evidence_and_escapes_what_it_names(
+    tmp_path: Path,
+) -> None:
+    from mlbus.console._pages_outcomes import experiments_context
+
+    status = await _evaluated(tmp_path, 0.84, experiment=True)
+    (record,) = status["experiments"]
+    assert record["verdict"] == "better"
+    record["experiment_id"] = HOSTILE
+    record["action_outcome"] = HOSTILE
+    context = experiments_context(status, champion_now=1, min_samples=500)
+    (shown,) = context["experiments"]
+    last = record["last"]
+    assert shown["figure"]["data"][0]["x"] == [last["difference"]]
+    assert shown["figure"]["data"][0]["error_x"]["array"] == [
+        pytest.approx(last["ci_high"] - last["difference"])
+    ]
+    page = _render_experiments(context)
+    assert 'data-verdict="better"' in page
+    assert f"{last['difference']:+.4f}" in page
+    assert "<script>alert(1)</script>" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # id, data attribute, action

@@ -1,9 +1,7 @@
 """`mlbus experiments status`: outcomes per alias and the experiments' verdicts.
 
-Reads the status the outcomes service writes to Redis at each look
-(`<prefix>:outcomes:<group>:status`, layout in services/outcomes/_store.py and
-docs/adr/0024). The service is not imported (the shared library never imports
-a service); the key is read here.
+Reads the status the outcomes service writes to Redis at each look, through
+`mlbus.outcomesstatus` (the reader the console shares).
 """
 
 from __future__ import annotations
@@ -12,35 +10,12 @@ import asyncio
 import json
 import math
 import os
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from mlbus.cli._common import connect, console, fail
-
-if TYPE_CHECKING:
-    from mlbus.config import RedisSettings
-
-DEFAULT_GROUP = "mlbus-outcomes"
-
-
-async def read_outcomes_status(redis: RedisSettings, group: str) -> dict[str, Any] | None:
-    """The outcomes service's latest status, or None before its first look."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(
-        redis.require_url(),
-        socket_timeout=redis.socket_timeout_s,
-        socket_connect_timeout=redis.socket_timeout_s,
-    )
-    try:
-        raw = await client.get(f"{redis.key_prefix}:outcomes:{group}:status")
-    finally:
-        await client.aclose()
-    if raw is None:
-        return None
-    status: dict[str, Any] = json.loads(raw)
-    return status
+from mlbus.outcomesstatus import DEFAULT_GROUP, read_outcomes_status
 
 
 def _number(value: Any, digits: int = 3) -> str:
