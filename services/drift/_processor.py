@@ -37,7 +37,7 @@ import numpy as np
 
 from mlbus.bus import Received, header
 from mlbus.driftstats import DriftMonitor, FeatureKind, MonitorState, WindowVerdict
-from mlbus.errors import InvalidInput, RetryableError
+from mlbus.errors import InvalidInput
 from mlbus.events import (
     INGEST_VALIDATED,
     PREDICTION_LOGGED,
@@ -151,7 +151,6 @@ class DriftProcessor:
     """What detections do at the commit: decided, published, and the retraining they cause."""
     monitor_shadow: bool = False
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    retry_max_s: float = 5.0
     status_interval_s: float = 5.0
     """How often a partition's status is written while records flow (it runs the window
     tests: tens of ms); a detection's at once."""
@@ -422,25 +421,9 @@ class DriftProcessor:
     async def flush(self) -> None:
         """Before offsets commit: decide and publish detections, then save pending and state.
 
-        Redis or the broker down: retried with backoff until it works or the service
-        stops (then raises, and the offsets stay uncommitted).
+        Redis or the broker down: raises RetryableError having changed nothing it cannot
+        do again; the consumer retries the commit-time work with its backoff.
         """
-        attempt = 0
-        while True:
-            try:
-                await self._flush_once()
-                return
-            except RetryableError as exc:
-                attempt += 1
-                delay = min(self.retry_max_s, 0.1 * 2**attempt)
-                log.warning("saving drift state failed (attempt %d), retrying: %s", attempt, exc)
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise
-
-    async def _flush_once(self) -> None:
         while self.outbox:
             await self.retraining.decide_and_publish(self.outbox[0])
             self.outbox.pop(0)

@@ -17,11 +17,11 @@ The consumer calls `handle` per record; it only groups the event under each
 
 All or nothing per batch: a replay after a crash finds the event ids in the
 states and changes nothing, and no offline row is lost when the offset commits
-before the Parquet flush. Redis down → `flush` retries with backoff until it
-lands (the queue is rebuilt from Redis each attempt, so nothing is counted
-twice) or the service stops (then it raises and nothing is committed); while
-Redis is not known to be reachable, `handle` pings it first so the bus's own
-retry holds the partition. See docs/adr/0012-feature-state.md (revised).
+before the Parquet flush. Redis down → `flush` raises and the consumer retries
+it with its backoff until it lands (the queue is rebuilt from Redis each
+attempt, so nothing is counted twice) or the service stops (then nothing is
+committed); while Redis is not known to be reachable, `handle` pings it first
+so the bus's own retry holds the partition. See docs/adr/0012-feature-state.md (revised).
 
 On Redis Cluster (`MLBUS_REDIS_CLUSTER=true`) no transaction can span the
 batch's slots, so step 1 is one `MGET` per slot and step 3 is two ordered
@@ -33,7 +33,6 @@ id): the batch is replay-safe instead of all-or-nothing (ADR 0012, cluster).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,7 +44,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from redis.asyncio.cluster import RedisCluster
 
-from mlbus.bus import Received, RetryPolicy
+from mlbus.bus import Received
 from mlbus.errors import RetryableError
 from mlbus.events import Event, IngestValidated, Scalar
 from mlbus.featurestore import (
@@ -141,8 +140,6 @@ class FeatureProcessor:
         online: OnlineStore,
         *,
         clock: Callable[[], float] = time.time,
-        retry: RetryPolicy | None = None,
-        stopping: asyncio.Event | None = None,
     ) -> None:
         self.views = tuple(views)
         self._by_source: dict[str, list[int]] = {}
@@ -152,8 +149,6 @@ class FeatureProcessor:
         self.client: RedisClient = online.client
         self.keys = online.keys
         self._clock = clock
-        self._retry = retry or RetryPolicy()
-        self._stopping = stopping or asyncio.Event()
         self._tracer = tracer("mlbus.features")
         self._groups: dict[tuple[int, str], list[_Queued]] = {}
         self._traced: list[_Traced] = []
@@ -202,37 +197,19 @@ class FeatureProcessor:
     async def flush(self) -> None:
         """Write every queued event (state, online, spool) in one round trip each way.
 
-        Retries while Redis is unavailable; raises `RetryableError` only when the
-        service stops first (the queue is kept, the consumer commits nothing)."""
+        Redis unavailable: raises `RetryableError` and keeps the queue; the consumer
+        retries the commit-time work with its backoff (a retry applies the batch again
+        from the states in Redis, so nothing is counted twice) and commits nothing
+        until it lands."""
         if not self._groups:
             return
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._write()
-                break
-            except RetryableError as exc:
-                self._redis_ok = False
-                if self._stopping.is_set():
-                    raise
-                delay = self._retry.backoff_s(attempt)
-                self.stats.retries += 1
-                _flush_retries.add(1)
-                log.warning(
-                    "writing %d features events failed, retrying in %.2fs (attempt %d): %s",
-                    self._seq,
-                    delay,
-                    attempt,
-                    exc,
-                )
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise RetryableError(
-                    f"stopped before {self._seq} events were written (replayed on restart): {exc}"
-                ) from exc
+        try:
+            await self._write()
+        except RetryableError:
+            self._redis_ok = False
+            self.stats.retries += 1  # the consumer tries the batch again after its backoff
+            _flush_retries.add(1)
+            raise
         self._redis_ok = True
         # Events no view could apply go to the dead-letter topic before the commit.
         for item, view_name, error in self._failed:

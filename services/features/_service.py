@@ -56,7 +56,7 @@ class FeatureService(StreamService):
         online = self.online or OnlineStore.from_settings(settings.redis)
         self.online = online
         offline = OfflineStore(settings.resolved_offline_url())
-        self.processor = FeatureProcessor(views, online, stopping=self._stop)
+        self.processor = FeatureProcessor(views, online)
         self.flusher = OfflineFlusher(
             views,
             online,

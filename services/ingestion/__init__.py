@@ -8,13 +8,12 @@ horizon, and publishes `mlbus.ingest.validated.v1` (keyed by entity id) or
 """
 
 from ._dedupe import NoDedupe, RedisSeenIds, SeenIds
-from ._pipeline import Backoff, FlushInterrupted, IngestionPipeline, IngestionStats
+from ._pipeline import FlushInterrupted, IngestionPipeline, IngestionStats
 from ._records import rejection_id
 from ._service import IngestionService
 from ._settings import IngestionSettings
 
 __all__ = [
-    "Backoff",
     "FlushInterrupted",
     "IngestionPipeline",
     "IngestionService",

@@ -52,7 +52,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from mlbus.bus import OutgoingRecord, Publisher, Received
+from mlbus.bus import OutgoingRecord, Publisher, Received, RetryPolicy
 from mlbus.bus._codec import encode_event, event_headers
 from mlbus.contracts import Accepted, Outcome, Rejected, SourceContracts
 from mlbus.errors import RetryableError
@@ -82,17 +82,6 @@ class IngestionStats:
 
 class FlushInterrupted(RetryableError):
     """`stop()` came while a dependency was failing: nothing of the batch was committed."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff between attempts at a failing dependency."""
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-
-    def delay_s(self, attempt: int) -> float:
-        return float(min(self.max_s, self.initial_s * 2 ** (attempt - 1)))
 
 
 # What a failing dependency raises: RedisSeenIds wraps Redis errors in RetryableError;
@@ -128,13 +117,13 @@ class IngestionPipeline:
         seen: SeenIds,
         *,
         clock: Callable[[], float] = time.time,
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._contracts = contracts
         self._publisher = publisher
         self._seen = seen
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        self._retry = retry or RetryPolicy()
         self._queue: list[_Queued] = []
         self._flushing = asyncio.Lock()  # a rebalance may call flush while one is retrying
         self._stopping = asyncio.Event()
@@ -319,7 +308,7 @@ class IngestionPipeline:
                     raise FlushInterrupted(
                         f"{what} failed while stopping ({exc}); the batch stays uncommitted"
                     ) from exc
-                delay = self._backoff.delay_s(tries)
+                delay = self._retry.backoff_s(tries)
                 log.warning(
                     "%s failed, %s unavailable (attempt %d; retrying in %.1fs, %d records held "
                     "uncommitted): %s",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from mlbus.bus import Consumer, Publisher, ensure_topics, raw_decoder
+from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics, raw_decoder
 from mlbus.contracts import SourceContracts
 from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import INGEST_REJECTED, INGEST_VALIDATED
@@ -17,7 +17,7 @@ from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
 
 from ._dedupe import NoDedupe, RedisSeenIds, SeenIds
-from ._pipeline import _KAFKA_PERMANENT, Backoff, IngestionPipeline, IngestionStats
+from ._pipeline import _KAFKA_PERMANENT, IngestionPipeline, IngestionStats
 from ._records import CachedPartitioner
 from ._settings import IngestionSettings
 
@@ -49,10 +49,10 @@ class IngestionService:
         settings: IngestionSettings,
         spec: ProjectSpec | None = None,
         *,
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
-        self._backoff = backoff or Backoff()
+        self._retry = retry or RetryPolicy()
         self.spec = spec if spec is not None else spec_of(settings)
         self.contracts = SourceContracts(self.spec)
         self._stop = asyncio.Event()
@@ -104,7 +104,7 @@ class IngestionService:
             async with Publisher(
                 kafka, source="ingestion", partitioner=CachedPartitioner()
             ) as publisher:
-                pipeline = IngestionPipeline(self.contracts, publisher, seen, backoff=self._backoff)
+                pipeline = IngestionPipeline(self.contracts, publisher, seen, retry=self._retry)
                 self._pipeline = pipeline
                 if self._stop.is_set():
                     return
@@ -160,7 +160,7 @@ class IngestionService:
                 failures += 1
                 self.consumer_restarts += 1
                 self._restarts.add(1)
-                delay = self._backoff.delay_s(failures)
+                delay = self._retry.backoff_s(failures)
                 log.warning(
                     "source consumer failed (%s: %s); starting it again from the committed "
                     "offsets in %.1fs (%d uncommitted records will be consumed again)",

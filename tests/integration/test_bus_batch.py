@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,9 +15,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mlbus.bus import Consumer, Publisher, Received, ensure_topics, raw_decoder
+from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics, raw_decoder
 from mlbus.config import KafkaSettings
-from mlbus.errors import InvalidInput
+from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import MessageDeadLettered
 from mlbus.telemetry._sampling import set_data_sample_ratio
 
@@ -295,3 +295,92 @@ async def test_a_commit_interval_commits_less_often_and_everything_on_the_way_ou
     assert fetches_commits <= 1
     assert commits == fetches_commits + 1  # the way out commits what was handled
     assert consumer.stats.committed == {f"{topic}[0]": len(values)}
+
+
+async def test_commit_time_work_is_retried_until_it_lands_and_never_committed_before(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    """`before_commit` failing with a RetryableError (a dependency down) is retried with
+    the policy's backoff; the offsets commit only after it lands, and the records are
+    not handled again (ADR 0026)."""
+    topic = f"commit-retry-{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    values = [b"%d" % i for i in range(5)]
+    handled: list[bytes | None] = []
+    attempts = 0
+    landed = asyncio.Event()
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        handled.append(msg.payload)
+
+    async def before_commit() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise RetryableError(f"injected: the store is down (attempt {attempts})")
+        landed.set()
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+        retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05),
+        before_commit=before_commit,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await consumer.wait_assigned()
+        await produce(kafka, topic, values)
+        await asyncio.wait_for(landed.wait(), 45)
+        await _until(lambda: consumer.stats.committed.get(f"{topic}[0]") == len(values))
+    finally:
+        consumer.stop()
+        await task
+    assert consumer.stats.retries >= 3
+    assert sorted(handled) == sorted(values)  # handled once: the retry is of the commit only
+    assert consumer.stats.committed == {f"{topic}[0]": len(values)}
+
+
+async def test_commit_time_work_failing_when_stopped_commits_nothing(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    """Stopped while the dependency is down: the run ends with the RetryableError and no
+    offset is committed, so a restart consumes the records again."""
+    topic = f"commit-stop-{unique}"
+    await ensure_topics(kafka, [topic], partitions=1)
+    handled = asyncio.Event()
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        handled.set()
+
+    async def before_commit() -> None:
+        raise RetryableError("injected: the store is down")
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+        retry=RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05),
+        before_commit=before_commit,
+    )
+    task = asyncio.create_task(consumer.run())
+    await consumer.wait_assigned()
+    await produce(kafka, topic, [b"x"])
+    await asyncio.wait_for(handled.wait(), 45)
+    await _until(lambda: consumer.stats.retries >= 2)
+    consumer.stop()
+    with pytest.raises(RetryableError):
+        await task
+    assert consumer.stats.committed == {}
+
+
+async def _until(done: Callable[[], bool], timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not done():  # noqa: ASYNC110 - polling the consumer's stats
+            await asyncio.sleep(0.02)

@@ -10,7 +10,6 @@ crash between those two steps, and the whole service through the real broker.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 import uuid
@@ -262,9 +261,7 @@ async def test_a_crash_between_values_and_states_is_replayed_without_double_coun
             return pipe
 
         monkeypatch.setattr(cluster.client, "pipeline", pipeline)
-        stopping = asyncio.Event()
-        stopping.set()  # no retry in this process: it is about to die
-        dying = processor(cluster, spec, stopping=stopping)
+        dying = processor(cluster, spec)  # one try: this process is about to die
         for record in received(batch):
             await dying.handle(record)
         with pytest.raises(RetryableError):

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from mlbus.bus import RetryPolicy
 from mlbus.config import KafkaSettings
 from mlbus.events import INGEST_VALIDATED
-from mlbus.ingestion import Backoff, IngestionService
+from mlbus.ingestion import IngestionService
 from mlbus.runtime import EmbeddedRedis, free_port
 from mlbus.spec import load_spec
 
@@ -66,7 +67,9 @@ async def test_a_redis_outage_is_retried_in_place_and_nothing_is_lost_or_doubled
     port = free_port()
     redis = PersistentRedis(tmp_path / "redis-logs", port=port).start()
     settings = service_settings(spec_path, kafka, redis.url, unique, tmp_path, max_batch=50)
-    service = IngestionService(settings, backoff=Backoff(initial_s=0.05, max_s=0.4))
+    service = IngestionService(
+        settings, retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.4)
+    )
     task = asyncio.create_task(service.run())
     try:
         async with TopicReader(kafka, INGEST_VALIDATED, {tx}) as validated:

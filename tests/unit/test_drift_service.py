@@ -618,14 +618,14 @@ async def test_a_detection_is_published_once_with_its_training_request(
 async def test_state_is_kept_until_redis_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
     project = spec()
     store = FakeStore(down=True)
-    processor, _, _ = processor_for(project, store, retry_max_s=0.01)
+    processor, _, _ = processor_for(project, store)
     await processor.handle_batch(predictions(10))
-    processor.stopping.set()  # stop while Redis is down: the commit must fail loudly
+    # Redis down: the commit-time work fails loudly (the consumer retries it) and keeps
+    # the state to save; once Redis is back, the next attempt saves it.
     with pytest.raises(RetryableError):
         await processor.flush()
     assert processor.partitions[("mlbus.prediction.logged.v1", 0)].dirty
     store.down = False
-    processor.stopping.clear()
     await processor.flush()
     assert store.partitions[("mlbus.prediction.logged.v1", 0)].offset == 9
 

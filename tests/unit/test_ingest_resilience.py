@@ -15,17 +15,17 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from mlbus.bus import OutgoingRecord, Received
+from mlbus.bus import OutgoingRecord, Received, RetryPolicy
 from mlbus.contracts import SourceContracts
 from mlbus.errors import RetryableError
 from mlbus.events import IngestValidated
 from mlbus.example import fraud_spec_path, generate
-from mlbus.ingestion import Backoff, FlushInterrupted, IngestionPipeline
+from mlbus.ingestion import FlushInterrupted, IngestionPipeline
 from mlbus.spec import load_spec
 from mlbus.telemetry._sampling import set_data_sample_ratio
 
 TOPIC = "payments.transactions.v1"
-FAST = Backoff(initial_s=0.001, max_s=0.01)
+FAST = RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.01)
 
 
 class FlakySeen:
@@ -102,7 +102,7 @@ def records(n: int) -> list[Received[bytes | None]]:
 
 def pipeline(seen: FlakySeen, publisher: FlakyPublisher) -> IngestionPipeline:
     contracts = SourceContracts(load_spec(fraud_spec_path()))
-    return IngestionPipeline(contracts, publisher, seen, backoff=FAST)  # type: ignore[arg-type]
+    return IngestionPipeline(contracts, publisher, seen, retry=FAST)  # type: ignore[arg-type]
 
 
 def published_offsets(publisher: FlakyPublisher) -> list[int]:

@@ -12,6 +12,11 @@ At-least-once, in order per partition:
   poison record cannot stall a partition forever.
 The consumer's span continues the producer's trace from the record headers.
 
+Work done at the commit (`before_commit`: a batch's writes, saved state) follows
+the same retry rule: a RetryableError is retried with the same backoff until it
+lands or `stop()` comes (then nothing is committed), so no service writes its own
+retry loop around it.
+
 Optionally (`batch_handler`), untraced data-plane records are handed over a
 fetch at a time instead of one by one; a batch that fails is handled again
 record by record, so the rules above still decide each record's fate
@@ -56,6 +61,9 @@ _dead_lettered = _meter.create_counter(
     "mlbus.consumer.dead_lettered", description="records sent to the dead-letter topic"
 )
 _retries = _meter.create_counter("mlbus.consumer.retries", description="handler retries")
+_commit_retries = _meter.create_counter(
+    "mlbus.consumer.commit_retries", description="retries of the commit-time work (before_commit)"
+)
 _lag = _meter.create_gauge("mlbus.consumer.lag", description="records behind the partition end")
 
 T = TypeVar("T")
@@ -322,7 +330,7 @@ class Consumer(Generic[T]):
         if self._consumer is None or not self._pending:
             return
         if self._before_commit is not None:
-            await self._before_commit()
+            await self._commit_work(self._before_commit)
         if self.group_id is None:
             return
         offsets = {
@@ -336,6 +344,35 @@ class Consumer(Generic[T]):
         for tp, offset in offsets.items():
             self._pending.pop(tp, None)
             self.stats.committed[f"{tp.topic}[{tp.partition}]"] = offset
+
+    async def _commit_work(self, work: Callable[[], Awaitable[None]]) -> None:
+        """`before_commit`, retried like a handler: a RetryableError (Redis or the broker
+        down) is tried again after the policy's backoff until it lands. If `stop()` comes
+        first it raises, and nothing is committed: the records are consumed again after a
+        restart. Other errors raise at once (a bug must not be retried forever)."""
+        attempt = 0
+        while True:
+            try:
+                await work()
+                return
+            except _RETRYABLE as exc:
+                attempt += 1
+                if self._stopping.is_set():
+                    raise
+                delay = self._retry.backoff_s(attempt)
+                self.stats.retries += 1
+                _commit_retries.add(1, {"group": self.group_id or ""})
+                log.warning(
+                    "commit-time work failed (attempt %d), retrying in %.2fs: %s",
+                    attempt,
+                    delay,
+                    exc,
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise
 
     def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
         highwater = consumer.highwater(tp)
