@@ -7,6 +7,10 @@ sends the champion's metrics on its window (`champion_metrics` for
 `champion_version`). When it did not, or the champion moved since, the
 champion's metrics from its own registration are used and the reason says so.
 
+A version that passes takes `champion`, or `canary` when the spec says
+`gates.promote_to: canary` and there is a champion: an experiment on its
+outcomes then decides (ADR 0024). The first version always becomes champion.
+
 Models that are not the spec's model (brought in with `mlbus models register`)
 have no gates: they become champion only when someone says so.
 """
@@ -17,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mlbus.spec import ModelSpec
+
+CHAMPION = "champion"
+CANARY = "canary"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class GateVerdict:
     passed: bool
     reason: str
     compared_with_version: int | None
+    alias: str = CHAMPION
+    """The alias a version that passed takes."""
 
 
 def decide(
@@ -78,12 +87,19 @@ def decide(
         if spec.metric in baseline and spec.metric in candidate
         else _metric(spec, candidate)
     )
-    return GateVerdict(
-        True,
+    reason = (
         f"beats champion v{champion.version}: {shown}, min_improvement "
-        f"{spec.gates.min_improvement} ({where})",
-        champion.version,
+        f"{spec.gates.min_improvement} ({where})"
     )
+    if spec.gates.promote_to == CANARY:
+        return GateVerdict(
+            True,
+            f"{reason}; goes out as canary: an experiment on its outcomes decides "
+            "(gates.promote_to: canary)",
+            champion.version,
+            CANARY,
+        )
+    return GateVerdict(True, reason, champion.version)
 
 
 def _metric(spec: ModelSpec, metrics: Mapping[str, float]) -> str:

@@ -57,7 +57,7 @@ from mlbus.telemetry import extract_kafka_context, meter, traceparent_of, tracer
 
 from . import _store as db
 from ._artifacts import ArtifactStore, sha256_hex
-from ._gates import Champion, GateVerdict, decide
+from ._gates import CHAMPION, Champion, GateVerdict, decide
 from ._onnx import validate_onnx
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ _moves = _meter.create_counter("mlbus.registry.alias_moves", unit="{move}")
 _refused = _meter.create_counter("mlbus.registry.registrations_refused", unit="{registration}")
 _published = _meter.create_counter("mlbus.registry.events_published", unit="{event}")
 
-CHAMPION = "champion"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 GATE_ACTOR = "registry:gates"
@@ -382,7 +381,7 @@ class Registry:
             changes.append(self._move(session, row, new.alias, "set", new.reason, actor, outbox))
         elif verdict.passed:
             changes.append(
-                self._move(session, row, CHAMPION, "gate", verdict.reason, GATE_ACTOR, outbox)
+                self._move(session, row, verdict.alias, "gate", verdict.reason, GATE_ACTOR, outbox)
             )
         info = self._info(session, row)
         return Registration(

@@ -407,6 +407,37 @@ async def test_gates_promote_a_better_model_and_keep_a_worse_one_a_candidate(
     ]
 
 
+async def test_promote_to_canary_puts_a_better_version_beside_the_champion(
+    database_url: str, tmp_path: Path
+) -> None:
+    sink = RecordingSink()
+    store = db.RegistryStore(database_url)
+    await asyncio.to_thread(store.upgrade)
+    spec = model_spec(promote_to="canary")
+    registry = Registry(store, LocalArtifactStore(tmp_path / "artifacts"), sink, spec=spec)
+    await registry.start()
+    try:
+        first = await registry.register(
+            NewVersion(model="fraud", content=tiny_model(1.0), metrics={"auc": 0.80})
+        )
+        better = await registry.register(
+            NewVersion(model="fraud", content=tiny_model(2.0), metrics={"auc": 0.86})
+        )
+        assert [c.alias for c in first.alias_changes] == ["champion"]
+        assert better.promoted
+        assert [c.alias for c in better.alias_changes] == ["canary"]
+        assert (await registry.resolve_alias("fraud", "champion")).version == 1
+        assert (await registry.resolve_alias("fraud", "canary")).version == 2
+        await _drained(registry)
+        assert [(e.alias, e.version, e.actor) for e in sink.published()] == [
+            ("champion", 1, "registry:gates"),
+            ("canary", 2, "registry:gates"),
+        ]
+    finally:
+        await registry.stop()
+        store.dispose()
+
+
 async def test_an_explicit_alias_at_registration_bypasses_the_gates(registry: Registry) -> None:
     await registry.register(NewVersion(model="fraud", content=tiny_model(), metrics={"auc": 0.9}))
     result = await registry.register(

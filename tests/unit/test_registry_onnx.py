@@ -44,7 +44,9 @@ def tiny_model(scale: float = 1.0, features: int = 3) -> bytes:
 
 
 def model_spec(
-    min_improvement: float = 0.01, minimums: dict[str, float] | None = None
+    min_improvement: float = 0.01,
+    minimums: dict[str, float] | None = None,
+    promote_to: str = "champion",
 ) -> ModelSpec:
     return ModelSpec.model_validate(
         {
@@ -53,7 +55,11 @@ def model_spec(
             "label": {"source": "labels", "field": "is_fraud"},
             "features": ["card.amount"],
             "metric": "auc",
-            "gates": {"min_improvement": min_improvement, "minimums": minimums or {}},
+            "gates": {
+                "min_improvement": min_improvement,
+                "minimums": minimums or {},
+                "promote_to": promote_to,
+            },
         }
     )
 
@@ -165,6 +171,39 @@ def test_same_window_metrics_of_a_stale_champion_are_not_used() -> None:
     )
     assert not verdict.passed
     assert "registration metrics" in verdict.reason
+
+
+def test_a_version_that_passes_takes_champion_by_default() -> None:
+    verdict = decide(model_spec(), "fraud", {"auc": 0.90}, Champion(3, {"auc": 0.85}))
+    assert verdict.passed
+    assert verdict.alias == "champion"
+    assert "canary" not in verdict.reason
+
+
+def test_promote_to_canary_sends_a_better_version_out_as_canary() -> None:
+    verdict = decide(
+        model_spec(promote_to="canary"), "fraud", {"auc": 0.90}, Champion(3, {"auc": 0.85})
+    )
+    assert verdict.passed
+    assert verdict.alias == "canary"
+    assert verdict.compared_with_version == 3
+    assert "beats champion v3" in verdict.reason
+    assert "canary" in verdict.reason
+
+
+def test_promote_to_canary_still_makes_the_first_version_champion() -> None:
+    verdict = decide(model_spec(promote_to="canary"), "fraud", {"auc": 0.80}, None)
+    assert verdict.passed
+    assert verdict.alias == "champion"
+    assert "first version" in verdict.reason
+
+
+def test_promote_to_canary_does_not_bypass_the_gates() -> None:
+    verdict = decide(
+        model_spec(promote_to="canary"), "fraud", {"auc": 0.80}, Champion(3, {"auc": 0.85})
+    )
+    assert not verdict.passed
+    assert "below min_improvement" in verdict.reason
 
 
 def test_models_outside_the_spec_have_no_gates() -> None:

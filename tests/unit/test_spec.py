@@ -111,6 +111,18 @@ def test_gates_compare_in_the_metric_direction(spec: ProjectSpec) -> None:
     assert any("at least 0.7" in r for r in model.gate_failures({"auc": 0.65}))
 
 
+def test_promote_to_defaults_to_champion_and_canary_needs_canary_traffic(
+    spec: ProjectSpec, text: str
+) -> None:
+    assert spec.model.gates.promote_to == "champion"
+    canary = edited(text, "  gates:\n", "  gates:\n    promote_to: canary\n")
+    assert parse_spec(canary).model.gates.promote_to == "canary"
+    silent = edited(canary, "  canary_weight: 0.1\n", "  canary_weight: 0.0\n")
+    err = error_for(silent)
+    assert "canary_weight" in str(err)
+    assert "promote_to" in str(err)
+
+
 def test_serving_model_defaults_to_the_model_name(text: str) -> None:
     without = edited(text, "serving:\n  model: fraud_detector\n", "serving:\n")
     assert parse_spec(without).serving.model == "fraud_detector"

@@ -20,8 +20,9 @@ from mlbus.cli._common import console, err_console, settings_or_exit
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.table import Table
 
-    from mlbus.demo import DemoRun, DemoSummary
+    from mlbus.demo import DemoRun, DemoSummary, ExperimentResult
 
 EXIT_PHASE_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -160,6 +161,14 @@ def register(app: typer.Typer) -> None:
                 "control run, which passes only if nothing is detected and nothing retrained.",
             ),
         ] = "both",
+        story: Annotated[
+            str,
+            typer.Option(
+                help="loop: the retrained model replaces the champion at once. experiment: it "
+                "goes out as canary to half of the cards, and the stream goes on until the "
+                "outcomes service's verdict on labelled outcomes promotes or rolls it back.",
+            ),
+        ] = "loop",
         concurrency: Annotated[
             int, typer.Option(min=1, max=256, help="Scoring calls in flight at once.")
         ] = 16,
@@ -202,6 +211,7 @@ def register(app: typer.Typer) -> None:
 
         from mlbus.config import MlbusSettings
         from mlbus.demo import (
+            STORIES,
             DemoConfig,
             DemoRun,
             DemoSizes,
@@ -217,6 +227,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"expected one of {', '.join(DRIFT_KINDS)}", param_hint="--drift-kind"
             )
+        if story not in STORIES:
+            raise typer.BadParameter(f"expected one of {', '.join(STORIES)}", param_hint="--story")
         settings = settings_or_exit(MlbusSettings)
         root = data_dir or Path(tempfile.mkdtemp(prefix="mlbus-demo-"))
         settings = settings.model_copy(update={"data_dir": root.resolve()})
@@ -233,6 +245,7 @@ def register(app: typer.Typer) -> None:
                     after_retrain=after_retrain,
                     manual_retrain_after=fallback_after or None,
                 ),
+                story=story,  # type: ignore[arg-type]
             )
         except GenerationError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -353,6 +366,53 @@ def _detection(summary: DemoSummary) -> str:
     return f"{delay.events:,} drifted payments / {delay.seconds:.1f} s after the drift point"
 
 
+def _experiment_rows(facts: Table, result: ExperimentResult) -> None:
+    """The experiment story's verdict, its evidence, the time to it and the action."""
+    champion = f"v{result.champion_version or '-'}"
+    canary = f"v{result.challenger_version or '-'}"
+    arms = f"{champion} {result.champion_served:,}, canary {canary} {result.challenger_served:,}"
+    if result.verdict == "not yet":
+        facts.add_row(f"experiment {canary} vs {champion}", "NOT YET: no verdict")
+        facts.add_row("  payments answered", arms)
+        if result.note:
+            facts.add_row("  why", result.note)
+        return
+    facts.add_row(
+        f"experiment {canary} vs {champion}",
+        f"{result.verdict.upper()} (always-valid p {_num(result.p_value, 4)} ≤ α "
+        f"{_num(result.alpha, 2)}, {result.looks or 0:,} looks)",
+    )
+    facts.add_row(
+        f"  {result.metric}",
+        f"canary {_num(result.challenger_value)} vs champion {_num(result.champion_value)}: "
+        f"difference {_signed(result.difference)}, interval "
+        f"[{_signed(result.ci_low)}, {_signed(result.ci_high)}]",
+    )
+    outcomes = (result.champion_outcomes or 0) + (result.challenger_outcomes or 0)
+    facts.add_row(
+        "  labelled outcomes",
+        f"canary {result.challenger_outcomes or 0:,}, champion {result.champion_outcomes or 0:,}"
+        f" ({outcomes:,} to the verdict)",
+    )
+    facts.add_row("  payments answered", arms)
+    facts.add_row(
+        "  time to decision",
+        "-"
+        if result.seconds_to_decision is None
+        else f"{result.seconds_to_decision:.1f} s from the canary's publication",
+    )
+    if result.action is None:
+        facts.add_row("  action", result.note or "not seen")
+    else:
+        facts.add_row(
+            "  action", f"{result.action} {result.action_outcome}: {result.action_reason}"
+        )
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
 def print_summary(summary: DemoSummary) -> None:
     from rich.table import Table
 
@@ -457,6 +517,8 @@ def print_summary(summary: DemoSummary) -> None:
                 "open it with",
                 f"MLBUS_DATA_DIR={summary.data_dir} mlbus trace show {trace.trace_id}",
             )
+    if summary.experiment is not None:
+        _experiment_rows(facts, summary.experiment)
     phases = ", ".join(f"{name} {secs:.0f} s" for name, secs in summary.phase_seconds.items())
     facts.add_row("time", f"{summary.total_seconds or 0:.0f} s ({phases})")
     for note in summary.notes:

@@ -253,8 +253,11 @@ def _print(model: str, outcome: object, registration: object) -> None:
         highlight=False,
     )
     if isinstance(registration, Registration):
+        aliases = ", ".join(c.alias for c in registration.alias_changes) or "champion"
         verdict = (
-            "[green]promoted to champion[/]" if registration.promoted else "[yellow]not promoted[/]"
+            f"[green]promoted to {aliases}[/]"
+            if registration.promoted
+            else "[yellow]not promoted[/]"
         )
         console.print(
             f"registered {model} v{registration.version.version}: {verdict} — "

@@ -10,7 +10,7 @@ is computed from what the loop recorded, by pure functions.
 
 from mlbus.demo._loop import LoopOptions, PhaseFailed, PhaseTimeouts, Reporter, SilentReporter
 from mlbus.demo._observe import LoopRecord
-from mlbus.demo._run import DemoConfig, DemoRun, build_summary, run_demo
+from mlbus.demo._run import STORIES, DemoConfig, DemoRun, build_summary, experiment_spec, run_demo
 from mlbus.demo._scenario import DemoSizes, Payment, ScenarioPlan, plan_scenario
 from mlbus.demo._stack import EmbeddedStack, StackError, demo_catalogue
 from mlbus.demo._summary import (
@@ -19,11 +19,13 @@ from mlbus.demo._summary import (
     BEFORE_DRIFT,
     DemoSummary,
     DetectionDelay,
+    ExperimentResult,
     Milestones,
     ReloadWindow,
     Segment,
     ServedRequest,
     TraceLinks,
+    experiment_result,
     roc_auc,
 )
 from mlbus.demo._trace import trace_links
@@ -32,12 +34,14 @@ __all__ = [
     "AFTER_DRIFT",
     "AFTER_RETRAIN",
     "BEFORE_DRIFT",
+    "STORIES",
     "DemoConfig",
     "DemoRun",
     "DemoSizes",
     "DemoSummary",
     "DetectionDelay",
     "EmbeddedStack",
+    "ExperimentResult",
     "LoopOptions",
     "LoopRecord",
     "Milestones",
@@ -54,6 +58,8 @@ __all__ = [
     "TraceLinks",
     "build_summary",
     "demo_catalogue",
+    "experiment_result",
+    "experiment_spec",
     "plan_scenario",
     "roc_auc",
     "run_demo",

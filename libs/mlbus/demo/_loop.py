@@ -68,6 +68,9 @@ class PhaseTimeouts:
     serving_s: float = 60.0
     recovery_s: float = 240.0
     """After the live stream ran out: how long to wait for detection → retrained model serving."""
+    experiment_s: float = 120.0
+    """Experiment story, after the live stream ran out: how long to wait for the verdict
+    (the last labels, the outcomes service's next look) before reporting "not yet"."""
     control_settle_s: float = 15.0
     """Control run (no drift): how long after the last payment a detection still counts
     (the drift service is a few batches behind the scoring)."""
@@ -140,6 +143,9 @@ class LoopContext:
     reporter: Reporter
     alive: Callable[[], list[str]]
     """Names of services the stack gave up on (crashed too often); checked while waiting."""
+    experiment: bool = False
+    """The experiment story: the retrained version goes out as canary and the stream goes
+    on until the outcomes service's verdict is acted on (or the payments run out)."""
     retrain_lookback: timedelta | None = None
     """The fallback request asks for the labels of this last stretch of time, like the
     drift service's requests do (MLBUS_DRIFT_RETRAIN_LOOKBACK_S)."""
@@ -388,7 +394,7 @@ async def _live(
             await _maybe_request_by_hand(ctx, publisher, record, watcher)
             if options.retraining_rate and watcher.retraining():
                 await asyncio.sleep(len(done) / options.retraining_rate)
-            if watcher.enough_after_retrain():
+            if watcher.experiment_done() if ctx.experiment else watcher.enough_after_retrain():
                 break
             if watcher.cannot_close():
                 break  # every retraining ended without a new model and no fallback will come
@@ -414,6 +420,21 @@ async def _live(
     elif record.retrained_version is None or not watcher.new_version_served():
         await _wait_recovery(ctx, observer, scorer, record, watcher)
     _refuse_false_alarm(ctx, record)
+    if ctx.experiment and not watcher.experiment_done():
+        await _wait_verdict(ctx, watcher)
+
+
+async def _wait_verdict(ctx: LoopContext, watcher: LoopWatcher) -> None:
+    """The experiment story after the stream ran out: the last labels still count, so wait
+    a bounded time for the verdict and its action; none is an honest "not yet"."""
+    wait_s = ctx.options.timeouts.experiment_s
+    ctx.reporter.phase(f"live stream sent; up to {wait_s:.0f} s for the experiment's verdict", None)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not watcher.experiment_done():
+        _check_services(ctx, "experiment")
+        await asyncio.sleep(0.5)
+    if watcher.record.acted is None:
+        watcher.record.experiment_waited_s = wait_s
 
 
 async def _control_settle(ctx: LoopContext, watcher: LoopWatcher) -> None:

@@ -20,6 +20,8 @@ from mlbus.config import KafkaSettings
 from mlbus.events import (
     DriftDetected,
     Event,
+    ExperimentActed,
+    ExperimentDecided,
     IngestRejected,
     ModelPublished,
     TrainingCompleted,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 E = TypeVar("E", bound=Event)
 CHAMPION = "champion"
+CANARY = "canary"
 _TRACEPARENT_PARTS = 4
 
 
@@ -74,6 +77,14 @@ class LoopRecord:
     causal_waits: int = 0
     causal_timeouts: int = 0
     consistency: Consistency | None = None
+    decided: ExperimentDecided | None = None
+    """Experiment story: the outcomes service's verdict on champion vs the retrained canary."""
+    acted: ExperimentActed | None = None
+    """Experiment story: what was done about the verdict."""
+    experiment_promoted: ModelPublished | None = None
+    """Experiment story: champion moved to the canary's version after a `better` verdict."""
+    experiment_waited_s: float | None = None
+    """Experiment story: how long the demo waited after the stream without a verdict acted on."""
 
     def milestones(self) -> Milestones:
         return Milestones(
@@ -113,6 +124,8 @@ class BusObserver:
                 TrainingFailed,
                 ModelPublished,
                 IngestRejected,
+                ExperimentDecided,
+                ExperimentActed,
             ],
             group_id=None,
             handler=self._on_event,
@@ -252,13 +265,13 @@ class LoopWatcher:
                         f"the retrained v{completed.version} was not promoted: "
                         f"{completed.promotion_reason}"
                     )
+        # The experiment story's retrained version goes out as canary (gates.promote_to).
+        alias = CANARY if self.ctx.experiment else CHAMPION
         if record.retrained_version is not None and record.published is None:
             published = observer.first(
                 ModelPublished,
                 lambda e: (
-                    e.model == model
-                    and e.alias == CHAMPION
-                    and e.version == record.retrained_version
+                    e.model == model and e.alias == alias and e.version == record.retrained_version
                 ),
             )
             if published is not None:
@@ -266,8 +279,56 @@ class LoopWatcher:
                 seen = observer.seen_of(published)
                 record.publish_trace_id = seen.trace_id if seen is not None else None
                 self.ctx.reporter.news(
-                    f"champion moved to v{published.version}; inference reloads it"
+                    f"{alias} moved to v{published.version}; inference reloads it"
+                    + (
+                        f" and sends it {self.ctx.spec.serving.canary_weight:.0%} of the cards"
+                        if alias == CANARY
+                        else ""
+                    )
                 )
+        if self.ctx.experiment:
+            self._experiment()
+
+    def _experiment(self) -> None:
+        """The verdict on champion vs the retrained canary, its action, and the promotion."""
+        record, observer, model = self.record, self.observer, self.ctx.plan.model
+        challenger = record.retrained_version
+        if challenger is None:
+            return
+        if record.decided is None:
+            record.decided = observer.first(
+                ExperimentDecided,
+                lambda e: (
+                    e.model == model and e.alias == CANARY and e.challenger_version == challenger
+                ),
+            )
+            decided = record.decided
+            if decided is not None:
+                self.ctx.reporter.news(
+                    f"verdict: v{challenger} is {decided.verdict} than v{decided.champion_version} "
+                    f"({decided.metric} {decided.challenger_value:.3f} vs "
+                    f"{decided.champion_value:.3f}, p {decided.p_value:.4f}, "
+                    f"{decided.challenger_samples:,} + {decided.champion_samples:,} outcomes)"
+                )
+        decided = record.decided
+        if decided is not None and record.acted is None:
+            record.acted = observer.first(
+                ExperimentActed, lambda e: e.decision_event_id == decided.event_id
+            )
+            if record.acted is not None:
+                self.ctx.reporter.news(
+                    f"action: {record.acted.action} {record.acted.outcome} — {record.acted.reason}"
+                )
+        if record.acted is not None and record.experiment_promoted is None:
+            record.experiment_promoted = observer.first(
+                ModelPublished,
+                lambda e: e.model == model and e.alias == CHAMPION and e.version == challenger,
+            )
+
+    def experiment_done(self) -> bool:
+        """The verdict was reached and acted on (the experiment story's end)."""
+        self.update()
+        return self.record.acted is not None
 
     def retraining(self) -> bool:
         """A retraining was asked for and its outcome is not known yet, or its model is

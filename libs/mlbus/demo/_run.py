@@ -7,6 +7,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal
+
+import yaml
 
 from mlbus.config import MlbusSettings
 from mlbus.events import DriftDetected
@@ -20,8 +23,10 @@ from ._scenario import DemoSizes, ScenarioPlan, check_first_training, plan_scena
 from ._stack import EmbeddedStack, StackError, demo_catalogue
 from ._summary import (
     DemoSummary,
+    ExperimentResult,
     TraceLinks,
     detection_delay,
+    experiment_result,
     failures_by_status,
     onset_to_new_model_s,
     reload_window,
@@ -42,12 +47,22 @@ SERVICE_ENV = {
 }
 
 
+Story = Literal["loop", "experiment"]
+STORIES: tuple[Story, ...] = ("loop", "experiment")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     sizes: DemoSizes = field(default_factory=DemoSizes)
     seed: int = 7
     spec_path: Path = field(default_factory=fraud_spec_path)
     loop: LoopOptions = field(default_factory=LoopOptions)
+    story: Story = "loop"
+    """`experiment`: the retrained version goes out as canary (`gates.promote_to: canary`)
+    and the outcomes service's experiment promotes or rolls it back (ADR 0024)."""
+    canary_weight: float = 0.5
+    """Experiment story: the share of cards the canary serves. Half: each arm gets as many
+    labelled outcomes as it can, so the verdict comes soonest."""
     start_timeout_s: float = 90.0
     retrain_min_labels: int | None = 16_000
     """MLBUS_DRIFT_RETRAIN_MIN_LABELS: the drift service arms the retraining at detection
@@ -61,6 +76,12 @@ class DemoConfig:
     one). Also the fallback's window (`LoopOptions.manual_retrain_after`)."""
 
     def __post_init__(self) -> None:
+        if self.story not in STORIES:
+            raise GenerationError(
+                f"expected a story among {', '.join(STORIES)}, got {self.story!r}"
+            )
+        if not 0.0 < self.canary_weight < 1.0:
+            raise GenerationError(f"expected a canary weight in (0, 1), got {self.canary_weight}")
         lookback = self.retrain_lookback
         if lookback is not None and not timedelta(0) < lookback < self.sizes.drift_age:
             raise GenerationError(
@@ -109,6 +130,8 @@ def run_demo(
     run = run or DemoRun()
     started = time.monotonic()
     spec_path = config.spec_path.resolve()
+    if config.story == "experiment":
+        spec_path = experiment_spec(spec_path, settings.data.root, config.canary_weight)
     spec = load_spec(spec_path)
     settings = settings.model_copy(update={"spec": spec_path})
     reporter.phase("generating the payments and chargebacks", None)
@@ -159,6 +182,7 @@ def run_demo(
             reporter=reporter,
             alive=stack.failed_services,
             retrain_lookback=config.retrain_lookback,
+            experiment=config.story == "experiment",
         )
         asyncio.run(run_loop(ctx, run.record))
     except BaseException as exc:
@@ -178,8 +202,58 @@ def run_demo(
         publish_links = _other_trace(settings, run.record.publish_trace_id, known)
         run.summary = build_summary(
             spec, plan, run.record, settings, config.seed, links, time.monotonic() - started
-        ).model_copy(update={"retrain_trace": retrain_links, "publish_trace": publish_links})
+        ).model_copy(
+            update={
+                "retrain_trace": retrain_links,
+                "publish_trace": publish_links,
+                "story": config.story,
+                "experiment": _experiment(config, run.record),
+            }
+        )
     return run
+
+
+def experiment_spec(source: Path, folder: Path, canary_weight: float) -> Path:
+    """The example spec for the experiment story, written beside the run's data: a version
+    that passes the gates goes out as canary to `canary_weight` of the cards, and the
+    experiment's verdict acts (better: promote through the gates; worse: roll back)."""
+    data: dict[str, Any] = yaml.safe_load(source.read_text())
+    data["model"].setdefault("gates", {})["promote_to"] = "canary"
+    data.setdefault("serving", {})["canary_weight"] = canary_weight
+    outcomes = data.setdefault("outcomes", {})
+    outcomes["experiments"] = {
+        **outcomes.get("experiments", {}),
+        "on_better": "promote",
+        "on_worse": "rollback",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{source.stem}.experiment.yaml"
+    target.write_text(
+        f"# {source} for `mlbus demo --story experiment`\n" + yaml.safe_dump(data, sort_keys=False)
+    )
+    return target
+
+
+def _experiment(config: DemoConfig, record: LoopRecord) -> ExperimentResult | None:
+    if config.story != "experiment":
+        return None
+    waited = record.experiment_waited_s
+    note = (
+        "no verdict: the retrained model never went out as canary"
+        if record.published is None
+        else f"no verdict acted on within the {len(record.served):,} live payments"
+        + (f" and {waited:.0f} s after them" if waited is not None else "")
+        + " (see `mlbus experiments status`)"
+    )
+    return experiment_result(
+        record.served,
+        champion_version=record.initial_version,
+        challenger_version=record.retrained_version,
+        canary_published_at=record.published.occurred_at if record.published else None,
+        decided=record.decided,
+        acted=record.acted,
+        not_yet_note=note,
+    )
 
 
 def _wait_port(address: str, timeout_s: float, stack: EmbeddedStack) -> None:

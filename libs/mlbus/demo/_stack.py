@@ -57,7 +57,7 @@ def demo_catalogue(
     shared = dict(env)
     if "registry" in ports:
         address = f"127.0.0.1:{ports['registry']}"
-        for name in ("TRAINER", "INFERENCE", "DRIFT", "CONSOLE"):
+        for name in ("TRAINER", "INFERENCE", "DRIFT", "OUTCOMES", "CONSOLE"):
             shared[f"MLBUS_{name}_REGISTRY_ADDRESS"] = address
     return tuple(
         DemoService(

@@ -16,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from mlbus.events import ExperimentActed, ExperimentDecided
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,95 @@ class TraceLinks(BaseModel):
     note: str = ""
 
 
+class ExperimentResult(BaseModel):
+    """The experiment story's end: champion vs the retrained canary, as outcomes judged it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdict: Literal["better", "worse", "not yet"]
+    champion_version: int | None
+    challenger_version: int | None
+    champion_served: int = Field(description="Payments the champion answered since the canary.")
+    challenger_served: int = Field(description="Payments the canary answered.")
+    metric: str | None = None
+    champion_value: float | None = None
+    challenger_value: float | None = None
+    difference: float | None = Field(default=None, description="challenger - champion")
+    ci_low: float | None = Field(
+        default=None, description="Always-valid interval of the difference."
+    )
+    ci_high: float | None = None
+    p_value: float | None = Field(default=None, description="Always-valid (mSPRT).")
+    alpha: float | None = None
+    champion_outcomes: int | None = Field(
+        default=None, description="Labelled outcomes of the champion's arm at the verdict."
+    )
+    challenger_outcomes: int | None = None
+    looks: int | None = None
+    seconds_to_decision: float | None = Field(
+        default=None, description="From the canary's publication to the verdict."
+    )
+    action: str | None = None
+    action_outcome: str | None = None
+    action_reason: str | None = None
+    note: str | None = None
+
+
+def experiment_result(
+    served: Sequence[ServedRequest],
+    *,
+    champion_version: int | None,
+    challenger_version: int | None,
+    canary_published_at: datetime | None,
+    decided: ExperimentDecided | None,
+    acted: ExperimentActed | None,
+    not_yet_note: str | None = None,
+) -> ExperimentResult:
+    """The verdict and its evidence; "not yet" (with what was served) when none came."""
+    since = canary_published_at
+    after = [r for r in served if since is None or r.sent_at >= since]
+    base = ExperimentResult(
+        verdict="not yet",
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        champion_served=sum(1 for r in after if r.version == champion_version),
+        challenger_served=sum(
+            1 for r in after if challenger_version is not None and r.version == challenger_version
+        ),
+    )
+    if decided is None:
+        return base.model_copy(update={"note": not_yet_note})
+    seconds = None
+    if canary_published_at is not None:
+        seconds = round((decided.occurred_at - canary_published_at).total_seconds(), 1)
+    update: dict[str, object] = {
+        "verdict": decided.verdict,
+        "champion_version": decided.champion_version,
+        "challenger_version": decided.challenger_version,
+        "metric": decided.metric,
+        "champion_value": decided.champion_value,
+        "challenger_value": decided.challenger_value,
+        "difference": decided.difference,
+        "ci_low": decided.ci_low,
+        "ci_high": decided.ci_high,
+        "p_value": decided.p_value,
+        "alpha": decided.alpha,
+        "champion_outcomes": decided.champion_samples,
+        "challenger_outcomes": decided.challenger_samples,
+        "looks": decided.looks,
+        "seconds_to_decision": seconds,
+    }
+    if acted is not None:
+        update |= {
+            "action": acted.action,
+            "action_outcome": acted.outcome,
+            "action_reason": acted.reason,
+        }
+    else:
+        update["note"] = "the verdict's action (experiment.acted) was not seen before the end"
+    return base.model_copy(update=update)
+
+
 class DemoSummary(BaseModel):
     """Everything the demo reports; `--summary-json` writes exactly this."""
 
@@ -194,6 +286,10 @@ class DemoSummary(BaseModel):
         default=None,
         description="The trace of the training run whose model was promoted, when it is "
         "another one (a retraining the demo requested by hand).",
+    )
+    story: Literal["loop", "experiment"] = "loop"
+    experiment: ExperimentResult | None = Field(
+        default=None, description="The experiment story's verdict, evidence and action."
     )
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     total_seconds: float | None = None

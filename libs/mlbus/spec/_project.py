@@ -65,11 +65,16 @@ class Gates(SpecModel):
 
     `min_improvement`: gain over the champion on the model's metric, measured on
     the same recent window. `minimums`: a floor per metric, read as "at least"
-    for auc/f1 and "at most" for log_loss/rmse/mae.
+    for auc/f1 and "at most" for log_loss/rmse/mae. `promote_to`: the alias a
+    version that passes takes when the model has a champion — `champion` (it
+    replaces the champion at once) or `canary` (it serves `serving.canary_weight`
+    of the entities until an experiment, `outcomes.experiments`, decides). The
+    first version to pass always becomes champion: there is nothing to compare.
     """
 
     min_improvement: float = 0.0
     minimums: dict[Metric, float] = Field(default_factory=dict)
+    promote_to: Literal["champion", "canary"] = "champion"
 
 
 class ModelSpec(SpecModel):
@@ -534,6 +539,12 @@ class ProjectSpec(SpecModel):
                         f"expected tests for a {kind} feature ({one_of(allowed)}), got {test!r}",
                     )
         serving = self.serving
+        if self.model.gates.promote_to == "canary" and serving.canary_weight == 0:
+            problems.add(
+                ("model", "gates", "promote_to"),
+                "a canary needs traffic to be judged: set serving.canary_weight above 0, "
+                "or promote_to: champion",
+            )
         if serving.model != self.model.name:
             problems.add(
                 ("serving", "model"),
