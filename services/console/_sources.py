@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from mlbus.config import MlbusSettings
 from mlbus.driftstatus import read_drift_state
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.featurestore import OnlineFeatures, OnlineStore, ViewConsistency, read_consistency
 from mlbus.labeling import read_queue, read_request, submit_label
 from mlbus.outcomesstatus import read_outcomes_status
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.registry_client import (
     AliasChange,
     Lineage,
@@ -45,7 +43,6 @@ from ._settings import ConsoleSettings
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SEND_TIMEOUT_S = 10.0
 """A label's trip to Kafka: a producer's start, the send and its acknowledgement."""
 

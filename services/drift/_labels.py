@@ -28,8 +28,7 @@ import redis.asyncio as aioredis
 
 from mlbus.errors import RetryableError
 from mlbus.events import Scalar
-
-from ._store import REDIS_DOWN
+from mlbus.redis_failures import REDIS_DOWN
 
 BUCKETS_PER_TTL = 8
 

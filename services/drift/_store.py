@@ -26,15 +26,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from mlbus.config import RedisSettings
 from mlbus.driftstats import PolicyState, RetrainPolicy
 from mlbus.errors import RetryableError
+from mlbus.redis_failures import REDIS_DOWN
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 CLAIM_TTL_S = 7 * 86_400
 
 # KEYS[1] partition hash; ARGV[1] offset; ARGV[2..] field, value pairs.

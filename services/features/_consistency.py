@@ -26,7 +26,7 @@ from mlbus.bus import Received
 from mlbus.events import Event, PredictionLogged, Scalar
 from mlbus.featurestore import Difference, OfflineRow, OnlineStore, Outcome, compare
 from mlbus.featurestore import stage_consistency as stage
-from mlbus.featurestore._online import REDIS_DOWN
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import ProjectSpec
 from mlbus.telemetry import meter
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mlbus.errors import RetryableError
 from mlbus.featurestore import OfflineStore, OnlineStore, flush_spool
-from mlbus.featurestore._online import REDIS_DOWN
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.telemetry import meter
 
 from ._processor import BoundView

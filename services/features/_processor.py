@@ -54,7 +54,8 @@ from mlbus.featurestore import (
     OnlineStore,
     ViewAggregator,
 )
-from mlbus.featurestore._online import REDIS_DOWN, RedisClient
+from mlbus.featurestore._online import RedisClient
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import FeatureDef, ProjectSpec
 from mlbus.telemetry import meter, tracer
 

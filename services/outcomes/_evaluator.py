@@ -46,11 +46,12 @@ from mlbus.outcomestats import (
     msprt,
     outcomes_from_json,
 )
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import ProjectSpec
 from mlbus.telemetry import extract_kafka_context, tracer
 
 from . import _metrics as metrics
-from ._store import REDIS_DOWN, ExperimentRecord, OutcomesStore
+from ._store import ExperimentRecord, OutcomesStore
 
 log = logging.getLogger(__name__)
 _tracer = tracer("mlbus.outcomes")

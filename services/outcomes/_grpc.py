@@ -22,10 +22,9 @@ from mlbus.bus import Publisher
 from mlbus.errors import InvalidInput, PermanentError, RetryableError
 from mlbus.events import Scalar
 from mlbus.labeling import LabelQueue, answer_record
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import ProjectSpec
 from mlbus.telemetry import inject_kafka_headers
-
-from ._store import REDIS_DOWN
 
 SERVICE_NAME = "mlbus.labeling.v1.Labeling"
 DEFAULT_LIMIT = 20

@@ -40,11 +40,11 @@ from mlbus.events import (
 )
 from mlbus.labeling import LabelQueue, labeling_request, new_request
 from mlbus.outcomestats import Outcomes, empty_outcomes, outcomes_from_json, prediction_score
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import ProjectSpec
 
 from . import _metrics as metrics
 from ._store import (
-    REDIS_DOWN,
     ExperimentRecord,
     OutcomesStore,
     PendingPrediction,

@@ -28,14 +28,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mlbus import outcomesstatus
 from mlbus.config import RedisSettings
 from mlbus.errors import RetryableError
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+from mlbus.redis_failures import REDIS_DOWN
 
 Status = Literal["running", "decided", "ended"]
 

@@ -111,6 +111,30 @@ def test_the_onnx_metadata_keys_have_one_home() -> None:
     assert offenders == {}, f"ONNX metadata keys spelled outside model_metadata: {offenders}"
 
 
+def assigned_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+
+
+def test_what_a_redis_outage_raises_has_one_home() -> None:
+    """Four services once caught four different sets; they share mlbus.redis_failures."""
+    home = ROOT / "libs" / "mlbus" / "redis_failures.py"
+    assert "REDIS_DOWN" in assigned_names(home)  # the checker sees the definition
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in (ROOT / "libs", SERVICES)
+        for path in folder.rglob("*.py")
+        if path != home and "REDIS_DOWN" in assigned_names(path)
+    ]
+    assert offenders == [], f"REDIS_DOWN defined outside mlbus.redis_failures: {offenders}"
+
+
 SHELL = ("mlbus.cli", "mlbus.demo")
 
 

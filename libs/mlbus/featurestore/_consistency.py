@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from mlbus.errors import RetryableError
 from mlbus.events import Scalar
-from mlbus.featurestore._online import REDIS_DOWN, FeatureKeys, OnlineStore
+from mlbus.featurestore._online import FeatureKeys, OnlineStore
+from mlbus.redis_failures import REDIS_DOWN
 
 Outcome = Literal["match", "lag", "mismatch"]
 OUTCOMES: tuple[Outcome, ...] = ("match", "lag", "mismatch")

@@ -42,30 +42,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisClusterException
 
 from mlbus.config import RedisSettings
 from mlbus.errors import ConfigError, InvalidInput, RetryableError
 from mlbus.events import Scalar
 from mlbus.featurestore._windows import Steps, ViewAggregator, value_at
+from mlbus.redis_failures import REDIS_DOWN
 
 TS_FIELD = b"__ts"
 EVENT_ID_FIELD = b"__eid"
 COUNTED_FIELD = b"__n"
-# Transient: the server or a cluster node is unreachable, or slots move in a failover.
-# redis-py's cluster client reports "no node reachable" and "slots not covered" as a
-# bare RedisClusterException; its other uses are bad URLs (turned into ConfigError
-# when the client is built) and cross-slot transactions, which the store never sends.
-REDIS_DOWN = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-    ClusterDownError,
-    RedisClusterException,
-)
-
 RedisClient = aioredis.Redis | RedisCluster
 """A single Redis or a Redis Cluster: every command the store sends works on both."""
 Pipeline = aioredis.client.Pipeline | ClusterPipeline

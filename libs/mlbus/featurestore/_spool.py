@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mlbus.errors import RetryableError
-from mlbus.featurestore._online import REDIS_DOWN, OnlineStore
+from mlbus.featurestore._online import OnlineStore
+from mlbus.redis_failures import REDIS_DOWN
 
 if TYPE_CHECKING:
     from mlbus.featurestore._offline import OfflineStore
