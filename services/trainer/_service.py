@@ -58,6 +58,7 @@ from mlbus.training import (
     JoinJob,
     LabelRow,
     StageTiming,
+    TrainingError,
     TrainingJob,
     TrainingOutcome,
     close_storage,
@@ -73,7 +74,6 @@ from mlbus.training import (
     study_name,
     write_labels,
 )
-from mlbus.training import TrainingFailed as RunFailed
 from mlbus.training._pipeline import Fit
 
 from ._settings import TrainerSettings
@@ -341,7 +341,7 @@ class TrainerService(StreamService):
                             code_version=mlbus.__version__,
                             reason=f"trained on request ({request.reason})",
                         )
-            except RunFailed as exc:
+            except TrainingError as exc:
                 await self._failed(request, run_id, exc.stage, exc.reason, span)
                 return
             except asyncio.CancelledError:
@@ -431,9 +431,11 @@ class TrainerService(StreamService):
                 return await loop.run_in_executor(self.executor, run_job, job)
         except BrokenProcessPool:
             self.executor = worker_pool()  # the worker died (OOM?): next run gets a new one
-            raise RunFailed("train", "the training worker process died (out of memory?)") from None
+            raise TrainingError(
+                "train", "the training worker process died (out of memory?)"
+            ) from None
         except TimeoutError:
-            raise RunFailed(
+            raise TrainingError(
                 "train", f"the run took longer than {self.settings.run_timeout_s:.0f}s"
             ) from None
 

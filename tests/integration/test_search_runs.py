@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from mlbus.cli import app
 from mlbus.training import (
     SearchOptions,
-    TrainingFailed,
+    TrainingError,
     create_study,
     get_run,
     join_search,
@@ -126,7 +126,7 @@ def test_a_cancellation_in_the_storage_stops_the_search_within_one_trial(tmp_pat
 
     thread = threading.Thread(target=cancel)
     thread.start()
-    with pytest.raises(TrainingFailed, match="cancelled: superseded by request x"):
+    with pytest.raises(TrainingError, match="cancelled: superseded by request x"):
         searched(url, "fraud_detector-c1", trials=30, fit=slow)
     thread.join()
     assert len(fits) == 3  # the trial in flight finished; no other started

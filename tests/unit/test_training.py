@@ -15,7 +15,7 @@ from mlbus.training import (
     PARITY_TOLERANCE,
     SUPPORTED_ESTIMATORS,
     Dataset,
-    TrainingFailed,
+    TrainingError,
     dataset_from_table,
     evaluate_onnx,
     onnx_scores,
@@ -146,14 +146,14 @@ def test_labels_without_features_are_dropped_and_counted() -> None:
 
 def test_too_few_rows_fails_with_the_count_and_the_minimum() -> None:
     spec = fraud_spec(min_rows=1000)
-    with pytest.raises(TrainingFailed, match=r"too few rows: 600 .*min_rows=1000") as caught:
+    with pytest.raises(TrainingError, match=r"too few rows: 600 .*min_rows=1000") as caught:
         train(spec, dataset(spec))
     assert caught.value.stage == "dataset"
 
 
 def test_one_class_fails_with_the_class() -> None:
     spec = fraud_spec()
-    with pytest.raises(TrainingFailed, match=r"single class .*is_fraud=false") as caught:
+    with pytest.raises(TrainingError, match=r"single class .*is_fraud=false") as caught:
         train(spec, dataset(spec, label=False))
     assert caught.value.stage == "dataset"
 
@@ -162,14 +162,14 @@ def test_unknown_estimator_is_named() -> None:
     spec = fraud_spec().model_copy()
     model = spec.model.model_copy(update={"estimator": "xgboost"})
     spec = spec.model_copy(update={"model": model})
-    with pytest.raises(TrainingFailed, match="unknown estimator 'xgboost'") as caught:
+    with pytest.raises(TrainingError, match="unknown estimator 'xgboost'") as caught:
         train(spec, dataset(spec))
     assert caught.value.stage == "train"
 
 
 def test_invalid_params_fail_at_train() -> None:
     spec = fraud_spec(params={"no_such_param": 1})
-    with pytest.raises(TrainingFailed, match=r"invalid params|failed to fit"):
+    with pytest.raises(TrainingError, match=r"invalid params|failed to fit"):
         train(spec, dataset(spec))
 
 
@@ -189,7 +189,7 @@ def test_parity_failure_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_pipeline, "to_onnx", converts_a_shifted_model)
     spec = fraud_spec(estimator="logistic_regression")
-    with pytest.raises(TrainingFailed, match=r"ONNX output differs") as caught:
+    with pytest.raises(TrainingError, match=r"ONNX output differs") as caught:
         train(spec, dataset(spec))
     assert caught.value.stage == "parity"
 

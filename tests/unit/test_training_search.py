@@ -13,7 +13,7 @@ import pytest
 
 from mlbus.training import (
     SearchOptions,
-    TrainingFailed,
+    TrainingError,
     search,
     time_split,
     train,
@@ -116,7 +116,7 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(
 
     def to_onnx(model: Any, *args: Any) -> bytes:
         if model.max_leaf_nodes == 15:
-            raise TrainingFailed("convert", "skl2onnx could not convert: made to fail")
+            raise TrainingError("convert", "skl2onnx could not convert: made to fail")
         return real_to_onnx(model, *args)
 
     monkeypatch.setattr(search_module, "to_onnx", to_onnx)
@@ -145,7 +145,7 @@ def test_when_every_trial_fails_the_run_fails_naming_the_first_error() -> None:
             "space": {"max_leaf_nodes": {"type": "categorical", "choices": [0, 1]}},
         }
     )
-    with pytest.raises(TrainingFailed, match=r"every trial of search .* failed; the first: fit"):
+    with pytest.raises(TrainingError, match=r"every trial of search .* failed; the first: fit"):
         run(spec)
 
 
@@ -199,7 +199,7 @@ def test_cancelled_search_stops_within_one_trial() -> None:
 
     thread = threading.Thread(target=canceller)
     thread.start()
-    with pytest.raises(TrainingFailed, match="cancelled"):
+    with pytest.raises(TrainingError, match="cancelled"):
         run(search_spec(trials=20), fit=slow, cancelled=cancel.is_set)
     thread.join()
     assert len(calls) == 3

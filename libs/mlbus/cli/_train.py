@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from mlbus.registry_client import DEFAULT_ADDRESS, Registration, RegistryClient
         from mlbus.training import (
             Champion,
-            TrainingFailed,
+            TrainingError,
             TrainingJob,
             TrainingOutcome,
             fetch_champion,
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
                 if address is not None:
                     progress.update(task, description=f"{spec.model.name}: registering")
                     registration = asyncio.run(register_it(outcome))
-        except TrainingFailed as exc:
+        except TrainingError as exc:
             fail(f"training failed at {exc.stage}: {exc.reason}")
         except MlbusError as exc:
             fail(str(exc))

@@ -1,7 +1,7 @@
 """The training pipeline as a library (no Kafka): what the trainer service and `mlbus train` run.
 
     dataset = load_dataset(spec, OfflineStore(url), start=..., end=...)
-    trained = train(spec, dataset)          # raises TrainingFailed(stage, reason)
+    trained = train(spec, dataset)          # raises TrainingError(stage, reason)
     trained.onnx, trained.all_metrics(), trained.profile, trained.split.evaluation_window()
 
 With `model.search` in the spec, `run_job` first searches the params on the
@@ -21,7 +21,7 @@ from mlbus.training._pipeline import (
     FeatureEncoding,
     TimeSplit,
     TrainedModel,
-    TrainingFailed,
+    TrainingError,
     compute_metrics,
     dataset_from_table,
     evaluate_onnx,
@@ -89,7 +89,7 @@ __all__ = [
     "StageTiming",
     "TimeSplit",
     "TrainedModel",
-    "TrainingFailed",
+    "TrainingError",
     "TrainingJob",
     "TrainingOutcome",
     "TrialRecord",

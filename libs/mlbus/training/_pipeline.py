@@ -4,7 +4,7 @@
     trained = train(spec, dataset)
     trained.onnx, trained.metrics, trained.parity_max_error, trained.profile
 
-Every way it can fail on purpose raises `TrainingFailed` with the stage and a
+Every way it can fail on purpose raises `TrainingError` with the stage and a
 reason a person can act on. Features become one float32 tensor `x` in
 `spec.model_features()` order; categorical values are ordinal codes (see
 `FeatureEncoding`), stored in the ONNX metadata so serving feeds the same codes.
@@ -44,7 +44,7 @@ SUPPORTED_ESTIMATORS = ("hist_gradient_boosting", "logistic_regression", "random
 MIN_TRAIN_ROWS_PER_CLASS = 2
 
 
-class TrainingFailed(PermanentError):
+class TrainingError(PermanentError):
     """A run that cannot succeed on this data or spec; `stage` says where it stopped."""
 
     def __init__(self, stage: Stage, reason: str) -> None:
@@ -52,8 +52,8 @@ class TrainingFailed(PermanentError):
         self.stage: Stage = stage
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[TrainingFailed], tuple[Stage, str]]:
-        return (TrainingFailed, (self.stage, self.reason))  # crosses the worker process
+    def __reduce__(self) -> tuple[type[TrainingError], tuple[Stage, str]]:
+        return (TrainingError, (self.stage, self.reason))  # crosses the worker process
 
 
 # ── dataset ──────────────────────────────────────────────────────────────────
@@ -136,7 +136,7 @@ def dataset_from_table(
     refs = tuple(f.ref for f in features)
     missing = [c for c in ("as_of", "label", *refs) if c not in table.column_names]
     if missing:
-        raise TrainingFailed("dataset", f"training frame lacks columns {missing}")
+        raise TrainingError("dataset", f"training frame lacks columns {missing}")
     dropped = 0
     if "feature_time" in table.column_names:
         known = pc.is_valid(table.column("feature_time"))
@@ -214,7 +214,7 @@ def load_dataset(
     # after the range: a correction made after `end` was not known at `end`
     labels = latest_per_event(labels)
     if labels.num_rows == 0:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             f"no labels from source {label_source!r} in the requested range "
             f"({len(files)} label file(s) under {offline.url}); send label events "
@@ -229,7 +229,7 @@ def load_dataset(
         try:
             result = build_training_set(offline, view, version, query)
         except InvalidInput as exc:
-            raise TrainingFailed("dataset", str(exc)) from None
+            raise TrainingError("dataset", str(exc)) from None
         fingerprints.append(result.fingerprint)
         read.extend(result.files)
         wanted = [f for f in spec.model_features() if f.view == view]
@@ -312,7 +312,7 @@ def time_split(
     """Split rows (sorted by time) into train, holdout and evaluation window by time."""
     n = len(times_ms)
     if n < 2:
-        raise TrainingFailed("dataset", f"need at least 2 rows to split, got {n}")
+        raise TrainingError("dataset", f"need at least 2 rows to split, got {n}")
     if np.any(np.diff(times_ms) < 0):
         raise ValueError("times_ms must be ascending")
     first_holdout = min(max(int(np.floor(n * (1 - holdout_fraction))), 1), n - 1)
@@ -347,7 +347,7 @@ def make_estimator(estimator: str, task: str, params: Mapping[str, Any]) -> Any:
     from sklearn.preprocessing import StandardScaler
 
     if estimator not in SUPPORTED_ESTIMATORS:
-        raise TrainingFailed(
+        raise TrainingError(
             "train",
             f"unknown estimator {estimator!r} in the spec; supported: "
             + ", ".join(SUPPORTED_ESTIMATORS),
@@ -374,7 +374,7 @@ def make_estimator(estimator: str, task: str, params: Mapping[str, Any]) -> Any:
         )
         return Pipeline([imputer, ("scale", StandardScaler()), ("model", linear)])
     except TypeError as exc:
-        raise TrainingFailed("train", f"invalid params for {estimator}: {exc}") from None
+        raise TrainingError("train", f"invalid params for {estimator}: {exc}") from None
 
 
 # ── conversion and parity ────────────────────────────────────────────────────
@@ -412,7 +412,7 @@ def to_onnx(model: Any, n_features: int, task: str, metadata: Mapping[str, str])
                 target_opset={"": 17, "ai.onnx.ml": 3},
             )
     except Exception as exc:
-        raise TrainingFailed(
+        raise TrainingError(
             "convert", f"skl2onnx could not convert {type(model).__name__}: {exc}"
         ) from None
     for key, value in metadata.items():
@@ -432,7 +432,7 @@ def onnx_scores(onnx: bytes, x: np.ndarray, task: str) -> np.ndarray:
     names = [o.name for o in session.get_outputs()]
     wanted = PROBABILITIES if task == "classification" else PREDICTION
     if wanted not in names:
-        raise TrainingFailed("evaluate", f"model has no output {wanted!r} (outputs: {names})")
+        raise TrainingError("evaluate", f"model has no output {wanted!r} (outputs: {names})")
     (out,) = session.run([wanted], {INPUT_NAME: x.astype(np.float32, copy=False)})
     array = np.asarray(out, dtype=np.float64)
     return array[:, 1] if task == "classification" else array.reshape(-1)
@@ -527,13 +527,13 @@ def _positive_class(spec: ProjectSpec, y: np.ndarray) -> tuple[np.ndarray, tuple
     classes = sorted({str(v) for v in y.tolist()})
     if len(classes) < 2:
         shown = classes[0] if classes else "none"
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             f"the training rows have a single class ({spec.model.label.field}={shown}); "
             "a classifier needs both — wait for more labels or widen the range",
         )
     if len(classes) > 2:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             f"expected a binary label, got {len(classes)} classes: {', '.join(classes[:5])}",
         )
@@ -545,7 +545,7 @@ def _positive_class(spec: ProjectSpec, y: np.ndarray) -> tuple[np.ndarray, tuple
 def require_rows(spec: ProjectSpec, dataset: Dataset) -> None:
     """Raise when the dataset has fewer rows than `model.min_rows`."""
     if len(dataset) < spec.model.min_rows:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             f"too few rows: {len(dataset)} labelled rows with features, the spec needs "
             f"min_rows={spec.model.min_rows}"
@@ -587,7 +587,7 @@ def train(
     )
     x_train, y_train = dataset.x[split.train], y[split.train]
     if task == "classification" and len(np.unique(y_train)) < 2:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             "the training part (before the holdout) has a single class; "
             "wait for more labels or lower holdout_fraction",
@@ -597,10 +597,10 @@ def train(
     fit_started = time.perf_counter()
     try:
         model = (fit or _default_fit)(estimator, x_train, y_train)
-    except TrainingFailed:
+    except TrainingError:
         raise
     except (ValueError, TypeError) as exc:
-        raise TrainingFailed("train", f"{model_spec.estimator} failed to fit: {exc}") from None
+        raise TrainingError("train", f"{model_spec.estimator} failed to fit: {exc}") from None
     fit_s = time.perf_counter() - fit_started
     say("convert")
     metadata = training_metadata(
@@ -620,14 +620,14 @@ def train(
     expected = sklearn_scores(model, x_hold, task)
     try:
         got = onnx_scores(onnx, x_hold, task)
-    except TrainingFailed:
+    except TrainingError:
         raise
     except Exception as exc:
-        raise TrainingFailed("parity", f"ONNX Runtime could not run the model: {exc}") from None
+        raise TrainingError("parity", f"ONNX Runtime could not run the model: {exc}") from None
     error = parity_error(got, expected)
     if not error <= PARITY_TOLERANCE:
         worst = int(np.argmax(np.abs(got - expected)))
-        raise TrainingFailed(
+        raise TrainingError(
             "parity",
             f"ONNX output differs from scikit-learn's by {error:.3g} (> {PARITY_TOLERANCE}) "
             f"on holdout row {worst}; the model was not registered",
@@ -678,7 +678,7 @@ def evaluate_onnx(
     encoding = dataset.encoding if written is None else FeatureEncoding.of(written)
     unknown = [r for r in encoding.refs if r not in dataset.raw]
     if unknown:
-        raise TrainingFailed("evaluate", f"the champion reads features this run lacks: {unknown}")
+        raise TrainingError("evaluate", f"the champion reads features this run lacks: {unknown}")
     x = encoding.encode({r: [dataset.raw[r][i] for i in rows] for r in encoding.refs})
     task = spec.model.task
     y = dataset.y[rows]

@@ -24,7 +24,7 @@ from mlbus.training._pipeline import (
     Fit,
     Progress,
     TrainedModel,
-    TrainingFailed,
+    TrainingError,
     evaluate_onnx,
     load_dataset,
     require_rows,
@@ -155,7 +155,7 @@ def run_job(job: TrainingJob, progress: Progress | None = None) -> TrainingOutco
                 job.spec, job.champion.onnx, dataset, trained.split.evaluation
             )
             outcome.champion_version = job.champion.version
-        except TrainingFailed as exc:  # the registry then compares registration metrics
+        except TrainingError as exc:  # the registry then compares registration metrics
             outcome.champion_problem = exc.reason
         except Exception as exc:
             outcome.champion_problem = f"champion could not be scored: {exc}"

@@ -38,7 +38,7 @@ from mlbus.spec import HIGHER_IS_BETTER, ParamSpace, ProjectSpec, SearchSpec
 from mlbus.training._pipeline import (
     Dataset,
     Fit,
-    TrainingFailed,
+    TrainingError,
     _positive_class,
     compute_metrics,
     make_estimator,
@@ -86,7 +86,7 @@ def validation_split(times_ms: np.ndarray, rows: np.ndarray, fraction: float) ->
     """The latest `fraction` of `rows` (by time, ties on one side) validate; the rest fit."""
     rows = np.asarray(rows)
     if len(rows) < 2:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset", f"the search needs at least 2 training rows, got {len(rows)}"
         )
     times = times_ms[rows]
@@ -96,7 +96,7 @@ def validation_split(times_ms: np.ndarray, rows: np.ndarray, fraction: float) ->
     start = int(times[first])
     fit_rows = rows[times < start]
     if len(fit_rows) == 0:
-        raise TrainingFailed(
+        raise TrainingError(
             "dataset",
             "every training row shares the first timestamp of the validation part; "
             "the search cannot split by time",
@@ -291,7 +291,7 @@ def _evaluate(problem: _Problem, params: Mapping[str, Any]) -> tuple[float, dict
     timings: dict[str, float] = {}
     try:
         estimator = make_estimator(model_spec.estimator, task, params)
-    except TrainingFailed as exc:
+    except TrainingError as exc:
         raise _TrialFailed(exc.reason) from None
     started = time.perf_counter()
     try:
@@ -307,7 +307,7 @@ def _evaluate(problem: _Problem, params: Mapping[str, Any]) -> tuple[float, dict
     try:
         onnx = to_onnx(model, problem.x_fit.shape[1], task, {})
         scores = onnx_scores(onnx, problem.x_val, task)
-    except TrainingFailed as exc:
+    except TrainingError as exc:
         raise _TrialFailed(exc.reason, **timings) from None
     except Exception as exc:
         raise _TrialFailed(f"ONNX scoring failed: {type(exc).__name__}: {exc}", **timings) from None
@@ -417,7 +417,7 @@ def _problem(
     if spec.model.task == "classification":
         y, _ = _positive_class(spec, dataset.y)
         if len(np.unique(y[split.validation])) < 2:
-            raise TrainingFailed(
+            raise TrainingError(
                 "dataset",
                 "the search's validation rows (the latest of the training part) have a single "
                 "class; lower search.validation_fraction's demand on time or wait for more labels",
@@ -445,7 +445,7 @@ def search(
 ) -> SearchResult:
     """Search `model.search.space` on `train_rows` of `dataset` (never the holdout).
 
-    Raises `TrainingFailed` when no trial succeeded (naming the first error) or
+    Raises `TrainingError` when no trial succeeded (naming the first error) or
     when the search was cancelled before any trial succeeded.
     """
     started = time.perf_counter()
@@ -564,11 +564,11 @@ def _finish(
     study.set_user_attr("duration_s", duration_s)
     if stopped is not None and stopped.startswith("cancelled"):
         study.set_user_attr("status", CANCELLED)
-        raise TrainingFailed("train", f"search {study.study_name} {stopped}")
+        raise TrainingError("train", f"search {study.study_name} {stopped}")
     if not done:
         study.set_user_attr("status", FAILED)
         first = next((t.error for t in trials if t.error), "no trial ran")
-        raise TrainingFailed(
+        raise TrainingError(
             "train", f"every trial of search {study.study_name} failed; the first: {first}"
         )
     best = study.best_trial
