@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from mlbus.cli import _demo as cli_demo
+from mlbus.cli import app
 from mlbus.config import MlbusSettings
 from mlbus.demo import (
+    EXPERIMENT_SIZES,
     DemoConfig,
+    DemoRun,
     DemoSizes,
     ExperimentResult,
     LoopRecord,
@@ -22,6 +26,7 @@ from mlbus.demo import (
     experiment_result,
     experiment_spec,
     plan_scenario,
+    story_sizes,
 )
 from mlbus.events import ExperimentActed, ExperimentDecided
 from mlbus.example import GenerationError, fraud_spec_path
@@ -116,6 +121,55 @@ def test_the_outcomes_service_is_told_where_the_demos_registry_is() -> None:
     assert env["MLBUS_OUTCOMES_REGISTRY_ADDRESS"] == (f"127.0.0.1:{services['registry'].grpc_port}")
 
 
+def test_the_experiment_story_streams_a_longer_drift_at_the_loop_storys_pace() -> None:
+    loop, experiment = story_sizes("loop"), story_sizes("experiment")
+    assert loop == DemoSizes()
+    assert (loop.payments, loop.days, loop.drift_age) == (40_000, 8, timedelta(hours=120))
+    assert experiment == EXPERIMENT_SIZES
+    # the same payments a day and the same stretch before the drift as the loop story
+    assert experiment.payments / experiment.days == loop.payments / loop.days
+    assert timedelta(days=experiment.days) - experiment.drift_age == (
+        timedelta(days=loop.days) - loop.drift_age
+    )
+    assert experiment.drift_age > loop.drift_age
+    assert experiment.bootstrap == loop.bootstrap
+
+
+def test_the_experiment_storys_canary_can_reach_the_first_look_on_each_arm() -> None:
+    """EXPERIMENT_SIZES' arithmetic on the generated payments: after the ~17,700 drifted
+    payments before the canary goes out (measured), half of the labelled frauds sent
+    clear `min_class_count` with room for the mSPRT (~90-115 frauds per arm)."""
+    spec = load_spec(fraud_spec_path())
+    plan = plan_scenario(spec, EXPERIMENT_SIZES, now=T0, seed=7)
+    canary_from = plan.drift_at + 17_700
+    frauds = sum(1 for p in plan.payments[canary_from:] if p.label is not None and p.is_fraud)
+    assert frauds / 2 >= 1.8 * spec.outcomes.experiments.min_class_count
+
+
+def test_the_cli_runs_the_experiment_story_with_its_sizes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    configs: list[DemoConfig] = []
+
+    def fake_run(
+        settings: MlbusSettings, config: DemoConfig, reporter: object, run: DemoRun, **_: object
+    ) -> DemoRun:
+        configs.append(config)
+        return run
+
+    monkeypatch.setattr("mlbus.demo.run_demo", fake_run)
+    for story, extra in (("experiment", []), ("loop", []), ("experiment", ["--payments", "60000"])):
+        result = CliRunner().invoke(
+            app, ["demo", "--story", story, "--data-dir", str(tmp_path / story), *extra]
+        )
+        assert result.exit_code == 0, result.output
+    experiment, loop, more = configs
+    assert experiment.sizes == EXPERIMENT_SIZES
+    assert experiment.story == "experiment"
+    assert loop.sizes == DemoSizes()
+    assert (more.sizes.payments, more.sizes.days) == (60_000, EXPERIMENT_SIZES.days)
+
+
 # ── the verdict's summary ───────────────────────────────────────────────────
 
 
@@ -154,6 +208,49 @@ def test_no_verdict_is_reported_as_not_yet_with_what_was_served() -> None:
     assert result.seconds_to_decision is None
     assert (result.champion_served, result.challenger_served) == (1, 1)
     assert result.note == "no verdict acted on within 2 live payments"
+
+
+def test_the_frauds_each_arm_answered_are_counted_from_the_labels_sent() -> None:
+    stream = [
+        served(0, 1, 5),  # before the canary: not counted
+        served(1, 1, 20),
+        served(2, 1, 21),
+        served(3, 2, 22),
+        served(4, 2, 23),
+        served(5, 2, 24),
+    ]
+    labels = {0: True, 1: True, 2: False, 3: True, 4: True}  # 5: label not sent yet
+    result = experiment_result(
+        stream,
+        champion_version=1,
+        challenger_version=2,
+        canary_published_at=at(15),
+        decided=None,
+        acted=None,
+        labels=labels,
+    )
+    assert (result.champion_frauds, result.challenger_frauds) == (1, 2)
+    unknown = experiment_result(
+        stream,
+        champion_version=1,
+        challenger_version=None,
+        canary_published_at=at(15),
+        decided=None,
+        acted=None,
+        labels=labels,
+    )
+    assert (unknown.champion_frauds, unknown.challenger_frauds) == (1, None)
+    assert (
+        experiment_result(
+            stream,
+            champion_version=1,
+            challenger_version=2,
+            canary_published_at=at(15),
+            decided=None,
+            acted=None,
+        ).champion_frauds
+        is None
+    )
 
 
 def test_a_verdict_whose_action_was_not_seen_says_so() -> None:
@@ -218,9 +315,11 @@ def test_the_summary_prints_not_yet_and_why(monkeypatch: pytest.MonkeyPatch) -> 
         decided=None,
         acted=None,
         not_yet_note="no verdict acted on within 1 live payments",
+        labels={0: True},
     )
     text = printed(result, monkeypatch)
     assert "NOT YET: no verdict" in text
+    assert "v1 1 (1 labelled frauds), canary v2 0 (0 labelled frauds)" in text
     assert "no verdict acted on within 1 live payments" in text
     assert "BETTER" not in text
 

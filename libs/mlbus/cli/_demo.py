@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -139,12 +140,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generated payments.")] = 7,
         payments: Annotated[
-            int,
+            int | None,
             typer.Option(
                 min=5_000,
-                help="Payments generated over 8 days; the drift starts 120 hours before now.",
+                help="Payments generated. loop: 40,000 over 8 days, the drift starts 120 hours "
+                "before now; experiment: 55,000 over 11 days, the drift 192 hours before now "
+                "(the same payments a day, a longer drifted stretch for both arms' outcomes).",
+                show_default=False,
             ),
-        ] = 40_000,
+        ] = None,
         bootstrap: Annotated[
             int, typer.Option(min=2_000, help="The oldest payments: what the first model learns.")
         ] = 12_000,
@@ -214,11 +218,11 @@ def register(app: typer.Typer) -> None:
             STORIES,
             DemoConfig,
             DemoRun,
-            DemoSizes,
             LoopOptions,
             PhaseFailed,
             StackError,
             run_demo,
+            story_sizes,
         )
         from mlbus.errors import MlbusError
         from mlbus.example import DRIFT_KINDS, GenerationError
@@ -233,11 +237,13 @@ def register(app: typer.Typer) -> None:
         root = data_dir or Path(tempfile.mkdtemp(prefix="mlbus-demo-"))
         settings = settings.model_copy(update={"data_dir": root.resolve()})
         try:
+            sizes = story_sizes(story)  # type: ignore[arg-type]
             config = DemoConfig(
-                sizes=DemoSizes(
-                    payments=payments,
+                sizes=replace(
+                    sizes,
+                    payments=sizes.payments if payments is None else payments,
                     bootstrap=bootstrap,
-                    drift_kind=drift_kind,  # type: ignore[arg-type]
+                    drift_kind=drift_kind,
                 ),
                 seed=seed,
                 loop=LoopOptions(
@@ -366,11 +372,18 @@ def _detection(summary: DemoSummary) -> str:
     return f"{delay.events:,} drifted payments / {delay.seconds:.1f} s after the drift point"
 
 
+def _frauds(count: int | None) -> str:
+    return "" if count is None else f" ({count:,} labelled frauds)"
+
+
 def _experiment_rows(facts: Table, result: ExperimentResult) -> None:
     """The experiment story's verdict, its evidence, the time to it and the action."""
     champion = f"v{result.champion_version or '-'}"
     canary = f"v{result.challenger_version or '-'}"
-    arms = f"{champion} {result.champion_served:,}, canary {canary} {result.challenger_served:,}"
+    arms = (
+        f"{champion} {result.champion_served:,}{_frauds(result.champion_frauds)}, "
+        f"canary {canary} {result.challenger_served:,}{_frauds(result.challenger_frauds)}"
+    )
     if result.verdict == "not yet":
         facts.add_row(f"experiment {canary} vs {champion}", "NOT YET: no verdict")
         facts.add_row("  payments answered", arms)

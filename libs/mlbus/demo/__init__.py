@@ -10,8 +10,22 @@ is computed from what the loop recorded, by pure functions.
 
 from mlbus.demo._loop import LoopOptions, PhaseFailed, PhaseTimeouts, Reporter, SilentReporter
 from mlbus.demo._observe import LoopRecord
-from mlbus.demo._run import STORIES, DemoConfig, DemoRun, build_summary, experiment_spec, run_demo
-from mlbus.demo._scenario import DemoSizes, Payment, ScenarioPlan, plan_scenario
+from mlbus.demo._run import (
+    STORIES,
+    DemoConfig,
+    DemoRun,
+    build_summary,
+    experiment_spec,
+    run_demo,
+    story_sizes,
+)
+from mlbus.demo._scenario import (
+    EXPERIMENT_SIZES,
+    DemoSizes,
+    Payment,
+    ScenarioPlan,
+    plan_scenario,
+)
 from mlbus.demo._stack import EmbeddedStack, StackError, demo_catalogue
 from mlbus.demo._summary import (
     AFTER_DRIFT,
@@ -34,6 +48,7 @@ __all__ = [
     "AFTER_DRIFT",
     "AFTER_RETRAIN",
     "BEFORE_DRIFT",
+    "EXPERIMENT_SIZES",
     "STORIES",
     "DemoConfig",
     "DemoRun",
@@ -63,5 +78,6 @@ __all__ = [
     "plan_scenario",
     "roc_auc",
     "run_demo",
+    "story_sizes",
     "trace_links",
 ]

@@ -19,7 +19,13 @@ from mlbus.spec import ProjectSpec, load_spec
 
 from ._loop import LoopContext, LoopOptions, PhaseFailed, Reporter, run_loop
 from ._observe import LoopRecord
-from ._scenario import DemoSizes, ScenarioPlan, check_first_training, plan_scenario
+from ._scenario import (
+    EXPERIMENT_SIZES,
+    DemoSizes,
+    ScenarioPlan,
+    check_first_training,
+    plan_scenario,
+)
 from ._stack import EmbeddedStack, StackError, demo_catalogue
 from ._summary import (
     DemoSummary,
@@ -49,6 +55,12 @@ SERVICE_ENV = {
 
 Story = Literal["loop", "experiment"]
 STORIES: tuple[Story, ...] = ("loop", "experiment")
+
+
+def story_sizes(story: Story) -> DemoSizes:
+    """The sizes a story runs with unless told otherwise: the experiment story needs a
+    longer drifted stretch for both arms to collect labelled outcomes (`EXPERIMENT_SIZES`)."""
+    return EXPERIMENT_SIZES if story == "experiment" else DemoSizes()
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ def run_demo(
                 "retrain_trace": retrain_links,
                 "publish_trace": publish_links,
                 "story": config.story,
-                "experiment": _experiment(config, run.record),
+                "experiment": _experiment(config, run.record, plan),
             }
         )
     return run
@@ -234,7 +246,9 @@ def experiment_spec(source: Path, folder: Path, canary_weight: float) -> Path:
     return target
 
 
-def _experiment(config: DemoConfig, record: LoopRecord) -> ExperimentResult | None:
+def _experiment(
+    config: DemoConfig, record: LoopRecord, plan: ScenarioPlan
+) -> ExperimentResult | None:
     if config.story != "experiment":
         return None
     waited = record.experiment_waited_s
@@ -253,6 +267,7 @@ def _experiment(config: DemoConfig, record: LoopRecord) -> ExperimentResult | No
         decided=record.decided,
         acted=record.acted,
         not_yet_note=note,
+        labels={p.index: bool(p.is_fraud) for p in plan.live if p.label is not None},
     )
 
 

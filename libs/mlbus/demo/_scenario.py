@@ -56,6 +56,20 @@ class DemoSizes:
             )
 
 
+EXPERIMENT_SIZES = DemoSizes(payments=55_000, days=11, drift_age=timedelta(hours=192))
+"""The experiment story's sizes: the loop story's 5,000 payments a day and 3 days before
+the drift (so the first model, the detection and the retraining see what they see in the
+loop story: the retraining fires after ~16,000 labels of drifted predictions, where its
+gates were tuned), with a drifted stretch of 8 days instead of 5. The canary goes out after
+about 17,700 drifted payments (measured at 40,000 payments, seed 7); the payments of the
+last ~10 hours (~2,300: chargebacks come 30 min + a median 6 h later) have no label yet.
+The remaining ~40,000 - 17,700 - 2,300 = 20,000 labelled payments give each arm of a
+half-half canary ~10,000 labelled outcomes, ~160 frauds at the drifted fraud rate (1.6%):
+beyond `min_class_count` (50) for a first look, and enough for the mSPRT (τ 0.02,
+α 0.05) to reach a verdict on an AUC difference of 0.2 (~115 frauds per arm on
+DeLong's variance) or 0.25 (~90). 40,000 payments left ~36 frauds on the canary's arm."""
+
+
 @dataclass(frozen=True)
 class Payment:
     """One payment as a producer sends it, what the scoring call sends, and its truth."""

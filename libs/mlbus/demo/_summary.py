@@ -135,6 +135,13 @@ class ExperimentResult(BaseModel):
     challenger_version: int | None
     champion_served: int = Field(description="Payments the champion answered since the canary.")
     challenger_served: int = Field(description="Payments the canary answered.")
+    champion_frauds: int | None = Field(
+        default=None,
+        description="Frauds among the payments the champion answered since the canary whose "
+        "label was sent: at most what its arm's outcomes count (`min_class_count` per arm "
+        "before a first look).",
+    )
+    challenger_frauds: int | None = None
     metric: str | None = None
     champion_value: float | None = None
     challenger_value: float | None = None
@@ -168,18 +175,32 @@ def experiment_result(
     decided: ExperimentDecided | None,
     acted: ExperimentActed | None,
     not_yet_note: str | None = None,
+    labels: Mapping[int, bool] | None = None,
 ) -> ExperimentResult:
-    """The verdict and its evidence; "not yet" (with what was served) when none came."""
+    """The verdict and its evidence; "not yet" (with what was served) when none came.
+
+    `labels`: payment index → the label sent for it (payments without one left out); the
+    frauds each arm answered are counted from it."""
     since = canary_published_at
     after = [r for r in served if since is None or r.sent_at >= since]
+    arms = {
+        version: [r for r in after if version is not None and r.version == version]
+        for version in (champion_version, challenger_version)
+    }
+
+    def frauds(version: int | None) -> int | None:
+        if labels is None or version is None:
+            return None
+        return sum(1 for r in arms[version] if labels.get(r.index, False))
+
     base = ExperimentResult(
         verdict="not yet",
         champion_version=champion_version,
         challenger_version=challenger_version,
-        champion_served=sum(1 for r in after if r.version == champion_version),
-        challenger_served=sum(
-            1 for r in after if challenger_version is not None and r.version == challenger_version
-        ),
+        champion_served=len(arms[champion_version]),
+        challenger_served=len(arms[challenger_version]),
+        champion_frauds=frauds(champion_version),
+        challenger_frauds=frauds(challenger_version),
     )
     if decided is None:
         return base.model_copy(update={"note": not_yet_note})
