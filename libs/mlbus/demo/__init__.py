@@ -8,8 +8,16 @@ stack like an application and a producer would; the summary (`DemoSummary`)
 is computed from what the loop recorded, by pure functions.
 """
 
-from mlbus.demo._loop import LoopOptions, PhaseFailed, PhaseTimeouts, Reporter, SilentReporter
-from mlbus.demo._observe import LoopRecord
+from mlbus.demo._loop import (
+    LoopContext,
+    LoopOptions,
+    PhaseFailed,
+    PhaseTimeouts,
+    Reporter,
+    SilentReporter,
+    start_loop,
+)
+from mlbus.demo._observe import BusObserver, LoopRecord
 from mlbus.demo._run import DemoConfig, DemoRun, build_summary, run_demo
 from mlbus.demo._scenario import DemoSizes, Payment, ScenarioPlan, plan_scenario
 from mlbus.demo._stack import EmbeddedStack, StackError, demo_catalogue
@@ -27,17 +35,20 @@ from mlbus.demo._summary import (
     roc_auc,
 )
 from mlbus.demo._trace import trace_links
+from mlbus.demo._traffic import Scorer
 
 __all__ = [
     "AFTER_DRIFT",
     "AFTER_RETRAIN",
     "BEFORE_DRIFT",
+    "BusObserver",
     "DemoConfig",
     "DemoRun",
     "DemoSizes",
     "DemoSummary",
     "DetectionDelay",
     "EmbeddedStack",
+    "LoopContext",
     "LoopOptions",
     "LoopRecord",
     "Milestones",
@@ -47,6 +58,7 @@ __all__ = [
     "ReloadWindow",
     "Reporter",
     "ScenarioPlan",
+    "Scorer",
     "Segment",
     "ServedRequest",
     "SilentReporter",
@@ -57,5 +69,6 @@ __all__ = [
     "plan_scenario",
     "roc_auc",
     "run_demo",
+    "start_loop",
     "trace_links",
 ]
