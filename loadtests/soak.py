@@ -42,6 +42,12 @@ def main() -> int:
     parser.add_argument(
         "--train-every", type=float, default=90.0, help="seconds between training requests"
     )
+    parser.add_argument(
+        "--serving-timeout-ms",
+        type=int,
+        default=None,
+        help="replace the spec's serving.timeout_ms (the online store's budget in Predict)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="default: a new temporary folder"
@@ -57,6 +63,7 @@ def main() -> int:
         train_every_s=args.train_every,
         seed=args.seed,
         data_dir=args.data_dir,
+        serving_timeout_ms=args.serving_timeout_ms,
     )
     report = run_soak(config, status=lambda line: err.print(line))
     text = json.dumps(report, indent=2, default=str)

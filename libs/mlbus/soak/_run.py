@@ -148,6 +148,9 @@ class SoakConfig:
     recovery_timeout_s: float = 120.0
     drain_timeout_s: float = 240.0
     start_timeout_s: float = 90.0
+    serving_timeout_ms: int | None = None
+    """Replaces the spec's `serving.timeout_ms` (the online store's budget in Predict)
+    in a copy of the spec in the data folder; None: the spec's own."""
 
 
 class StatusReporter:
@@ -369,9 +372,9 @@ class Soak:
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        spec_path = config.spec_path.resolve()
-        spec = load_spec(spec_path)
         root = config.data_dir or Path(tempfile.mkdtemp(prefix="mlbus-soak-"))
+        spec_path = self._spec_copy(config.spec_path.resolve(), root)
+        spec = load_spec(spec_path)
         settings = MlbusSettings(data_dir=root.resolve()).model_copy(update={"spec": spec_path})
         self.say(f"data folder {settings.data.root}")
         plan = self._plan(spec)
@@ -403,6 +406,25 @@ class Soak:
             report["data_dir"] = str(settings.data.root)
             self.report = report
         return report
+
+    def _spec_copy(self, spec_path: Path, root: Path) -> Path:
+        """The spec to run: as given, or a copy with the serving budget replaced."""
+        if self.config.serving_timeout_ms is None:
+            return spec_path
+        import yaml
+
+        document = yaml.safe_load(spec_path.read_text())
+        serving = document.setdefault("serving", {})
+        original = serving.get("timeout_ms")
+        serving["timeout_ms"] = self.config.serving_timeout_ms
+        copy = root / "soak-spec.yaml"
+        root.mkdir(parents=True, exist_ok=True)
+        copy.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.notes.append(
+            f"serving.timeout_ms {self.config.serving_timeout_ms} instead of the spec's "
+            f"{original} (a copy of the spec: {copy})"
+        )
+        return copy
 
     def _plan(self, spec: ProjectSpec) -> ScenarioPlan:
         config = self.config
@@ -1159,6 +1181,7 @@ class Soak:
             "failed_by_window": requests.detail["failed_by_window"],
             "failure_examples": requests.detail["failure_examples"],
             "recovery_s": recovery_summary(recoveries),
+            "timeline": self._timeline(windows),
             "faults": [f.as_json() for f in self.faults],
             "training": dict(self.training),
             "versions_served": {str(k): v for k, v in sorted(self.versions_served.items())},
@@ -1166,6 +1189,26 @@ class Soak:
             "notes": sorted(set(self.notes)),
             "invariants": {i.name: i.as_json() for i in invariants},
         }
+
+    def _timeline(self, windows: list[FaultWindow], step_s: float = 10.0) -> list[str]:
+        """Requests sent and failed per `step_s` of the live phase, with the faults then."""
+        buckets: dict[int, Counter[str]] = {}
+        for outcome in self.outcomes:
+            bucket = buckets.setdefault(int(outcome.sent_s // step_s), Counter())
+            bucket["sent"] += 1
+            bucket["failed"] += outcome.status != "OK"
+        lines = []
+        for index in sorted(buckets):
+            start = index * step_s
+            during = sorted(
+                {w.label for w in windows if w.start_s < start + step_s and w.end_s > start}
+            )
+            counts = buckets[index]
+            lines.append(
+                f"{start:5.0f}s sent {counts['sent']:5d} failed {counts['failed']:4d}"
+                + (f" [{', '.join(during)}]" if during else "")
+            )
+        return lines
 
     def _bad_never_served(self) -> Invariant:
         served = sorted(set(self.versions_served) & self.bad_versions)
@@ -1195,6 +1238,16 @@ class Soak:
                 "dropped_counted": dropped,
                 "answered_within_10s_before_an_inference_kill": len(near_kill),
                 "unexplained": max(0, int(unexplained)),
+                "unlogged_examples": [
+                    {
+                        "event_id": e,
+                        "answered_at_s": round(t, 2),
+                        "next_inference_kill_s": min(
+                            (round(k, 2) for k in self.inference_kills if k >= t), default=None
+                        ),
+                    }
+                    for e, t in sorted(unlogged.items(), key=lambda pair: pair[1])[:5]
+                ],
             },
         )
 
