@@ -320,10 +320,12 @@ def scrape(port: int | None) -> dict[str, float]:
 
 
 def metric_sum(metrics: dict[str, float], prefix: str, *needles: str) -> float:
+    """The sum of the samples named `prefix…` whose name and labels hold every needle (a
+    counter's `_created` timestamp is not a count)."""
     return sum(
         value
         for name, value in metrics.items()
-        if name.startswith(prefix) and all(n in name for n in needles)
+        if name.startswith(prefix) and "_created{" not in name and all(n in name for n in needles)
     )
 
 
