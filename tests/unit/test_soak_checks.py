@@ -28,6 +28,7 @@ from mlbus.soak import (
     fault_kinds,
     fault_schedule,
     faults_recovered,
+    healthy_since,
     malformed_records,
     nothing_left,
     recovery_summary,
@@ -135,6 +136,14 @@ def test_an_answer_after_the_deadline_fails_even_if_ok() -> None:
 
 def test_a_request_left_hanging_fails() -> None:
     assert not requests_answered([call(1)], WINDOWS, slack_s=0.5, unfinished=1).passed
+
+
+def test_requests_work_again_only_after_a_run_of_answers() -> None:
+    calls = [call(10, "UNAVAILABLE"), call(10.5), call(11, "DEADLINE_EXCEEDED")]
+    calls += [call(11.5 + 0.5 * i) for i in range(6)]  # 11.5 … 14.0, all answered
+    assert healthy_since(calls, 9.0, complete_s=20.0, span_s=2.0) == 11.5
+    assert healthy_since(calls, 9.0, complete_s=13.0, span_s=2.0) is None  # not seen yet
+    assert healthy_since([call(11), call(13.5)], 9.0, complete_s=20.0, span_s=2.0) is None
 
 
 def test_window_of_names_the_window_or_outside() -> None:

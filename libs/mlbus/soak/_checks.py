@@ -174,6 +174,32 @@ def window_of(sent_s: float, windows: Sequence[FaultWindow]) -> str:
     return OUTSIDE
 
 
+def healthy_since(
+    outcomes: Sequence[RequestOutcome],
+    since_s: float,
+    complete_s: float,
+    span_s: float,
+    minimum: int = 3,
+) -> float | None:
+    """When requests worked again after `since_s`: the send time of the first request of a
+    run of answered ones spanning `span_s` (at least `minimum` requests). Only requests
+    sent up to `complete_s` are looked at (the caller knows they have all returned);
+    None while there is no such run."""
+    sent = sorted((o.sent_s, o.status == OK) for o in outcomes if since_s <= o.sent_s <= complete_s)
+    start: float | None = None
+    count = 0
+    for sent_s, ok in sent:
+        if not ok:
+            start, count = None, 0
+            continue
+        if start is None:
+            start = sent_s
+        count += 1
+        if sent_s - start >= span_s and count >= minimum:
+            return start
+    return None
+
+
 def requests_answered(
     outcomes: Sequence[RequestOutcome],
     windows: Sequence[FaultWindow],
@@ -217,6 +243,15 @@ def requests_answered(
                 for label, counts in by_window.items()
             },
             "failure_examples": examples,
+            "outside_examples": [
+                f"{o.sent_s:.1f}s {o.method} {o.status} after {o.elapsed_s:.2f}s"
+                for o in sorted(failed, key=lambda o: o.sent_s)
+                if window_of(o.sent_s, windows) == OUTSIDE
+            ][:10],
+            "late_examples": [
+                f"{o.sent_s:.1f}s {o.method} {o.status} after {o.elapsed_s:.2f}s"
+                for o in sorted(late, key=lambda o: o.sent_s)
+            ][:10],
         },
     )
 

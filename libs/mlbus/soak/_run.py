@@ -80,6 +80,7 @@ from ._checks import (
     dead_letters,
     exactly_once,
     faults_recovered,
+    healthy_since,
     nothing_left,
     online_values,
     recovery_summary,
@@ -121,6 +122,8 @@ WARMUP_S = 10.0
 """Live traffic before the first fault: the steady state the faults break."""
 GRACE_S = 3.0
 """A fault's window ends this long after its recovery (stragglers of the fault)."""
+HEALTHY_S = 2.0
+"""Requests work again once every request sent for this long was answered."""
 
 
 @dataclass(frozen=True)
@@ -871,7 +874,7 @@ class Soak:
         if name in ("ingestion", "features"):
             checks.append(self._pipeline_flows(killed_at))
         elif name == "inference":
-            checks.append(self._predict_answers())
+            checks.append(self._predict_answers(killed_at))
         elif name == "registry":
             checks.append(self._until(self._registry_answers, self.config.recovery_timeout_s))
         service = self._state().services[name]
@@ -904,7 +907,7 @@ class Soak:
         resumed = self.now_s()
         record.detail["stopped_s"] = seconds
         flows, answers = await asyncio.gather(
-            self._pipeline_flows(resumed), self._predict_answers()
+            self._pipeline_flows(resumed), self._predict_answers(resumed)
         )
         if flows is not None and answers is not None:
             record.recovered_at_s = max(flows, answers)
@@ -949,13 +952,26 @@ class Soak:
         )
         return event_id
 
-    async def _predict_answers(self) -> float | None:
-        async def answers() -> bool:
-            if not self._recent:
-                return False
-            return (await self.scorer.score(self._recent[-1])).ok
+    async def _predict_answers(self, since_s: float) -> float | None:
+        """When requests work again after `since_s`: the start of the first `HEALTHY_S` of
+        the soak's own requests all answered (what clients see, not one lucky probe).
+        Without a request stream (`requests` 0), when one Predict probe is answered."""
+        if self.config.requests <= 0:
 
-        return await self._until(answers, self.config.recovery_timeout_s)
+            async def answers() -> bool:
+                return bool(self._recent) and (await self.scorer.score(self._recent[-1])).ok
+
+            return await self._until(answers, self.config.recovery_timeout_s)
+        settle_s = self.config.deadline_s + self.config.slack_s
+        deadline = time.monotonic() + self.config.recovery_timeout_s + HEALTHY_S + settle_s
+        while time.monotonic() < deadline:
+            # Requests sent up to `complete_s` have all returned (each has a deadline).
+            complete_s = self.now_s() - settle_s
+            found = healthy_since(self.outcomes, since_s, complete_s, HEALTHY_S)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.5)
+        return None
 
     async def _malformed(self, record: FaultRecord) -> None:
         now = datetime.now(UTC)
