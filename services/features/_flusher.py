@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 from mlbus.errors import RetryableError
@@ -44,6 +45,9 @@ class OfflineFlusher:
         self.flush_rows = flush_rows
         self.interval_s = interval_s
         self._last_flush: dict[str, float] = {}
+        # The lock token of this flusher, kept across flushes: a lock a Redis stall left
+        # behind is recognised as ours and taken back (flush_spool's `owner`).
+        self._owner = f"features-flusher-{uuid.uuid4().hex}"
 
     async def flush(self, *, force: bool = True) -> int:
         """Write what waits in every spool (`force`), or only spools that are due. Rows written."""
@@ -63,7 +67,7 @@ class OfflineFlusher:
                 return 0
             flushed = await flush_spool(
                 self.online, self.offline, view.name, view.version, view.features,
-                batch_rows=self.flush_rows,
+                batch_rows=self.flush_rows, owner=self._owner,
             )  # fmt: skip
             if flushed is None:  # another replica is flushing this spool
                 return 0

@@ -49,6 +49,7 @@ from mlbus.events import (
 )
 from mlbus.featurestore import OfflineStore
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
+from mlbus.runtime import die_with_parent
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
@@ -98,8 +99,17 @@ _rows = _meter.create_histogram(
 
 
 def worker_pool() -> ProcessPoolExecutor:
-    """One spawned worker: no fork of the event loop's threads, a crash stays contained."""
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    """One spawned worker: no fork of the event loop's threads, a crash stays contained.
+
+    The worker dies with the trainer: after a `kill -9` of the trainer it used to live
+    on, orphaned, with the multiprocessing resource tracker waiting on it (#25).
+    """
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 @dataclass

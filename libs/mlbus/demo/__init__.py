@@ -8,8 +8,16 @@ stack like an application and a producer would; the summary (`DemoSummary`)
 is computed from what the loop recorded, by pure functions.
 """
 
-from mlbus.demo._loop import LoopOptions, PhaseFailed, PhaseTimeouts, Reporter, SilentReporter
-from mlbus.demo._observe import LoopRecord
+from mlbus.demo._loop import (
+    LoopContext,
+    LoopOptions,
+    PhaseFailed,
+    PhaseTimeouts,
+    Reporter,
+    SilentReporter,
+    start_loop,
+)
+from mlbus.demo._observe import BusObserver, LoopRecord
 from mlbus.demo._run import (
     STORIES,
     DemoConfig,
@@ -43,6 +51,7 @@ from mlbus.demo._summary import (
     roc_auc,
 )
 from mlbus.demo._trace import trace_links
+from mlbus.demo._traffic import Scorer
 
 __all__ = [
     "AFTER_DRIFT",
@@ -50,6 +59,7 @@ __all__ = [
     "BEFORE_DRIFT",
     "EXPERIMENT_SIZES",
     "STORIES",
+    "BusObserver",
     "DemoConfig",
     "DemoRun",
     "DemoSizes",
@@ -57,6 +67,7 @@ __all__ = [
     "DetectionDelay",
     "EmbeddedStack",
     "ExperimentResult",
+    "LoopContext",
     "LoopOptions",
     "LoopRecord",
     "Milestones",
@@ -66,6 +77,7 @@ __all__ = [
     "ReloadWindow",
     "Reporter",
     "ScenarioPlan",
+    "Scorer",
     "Segment",
     "ServedRequest",
     "SilentReporter",
@@ -78,6 +90,7 @@ __all__ = [
     "plan_scenario",
     "roc_auc",
     "run_demo",
+    "start_loop",
     "story_sizes",
     "trace_links",
 ]

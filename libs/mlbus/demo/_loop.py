@@ -160,11 +160,7 @@ async def run_loop(ctx: LoopContext, record: LoopRecord) -> LoopRecord:
         online = OnlineStore.from_url(ctx.redis_url, key_prefix=ctx.key_prefix)
         try:
             await observer.wait_assigned(30.0)
-            await _timed(record, "bootstrap", _bootstrap(ctx, publisher))
-            await _timed(record, "catch up", _catch_up(ctx, observer))
-            await _timed(
-                record, "first model", _first_model(ctx, publisher, observer, scorer, record)
-            )
+            await start_loop(ctx, publisher, observer, scorer, record)
             order = _causal_order(ctx, online)
             await _timed(record, "live", _live(ctx, publisher, observer, scorer, order, record))
         finally:
@@ -177,6 +173,21 @@ async def run_loop(ctx: LoopContext, record: LoopRecord) -> LoopRecord:
             except (TimeoutError, asyncio.CancelledError):
                 watching.cancel()
     return record
+
+
+async def start_loop(
+    ctx: LoopContext,
+    publisher: Publisher,
+    observer: BusObserver,
+    scorer: Scorer,
+    record: LoopRecord,
+) -> None:
+    """The loop's start: bootstrap payments and labels, wait until they are stored, train
+    the first model and wait until inference serves it. Shared with the soak
+    (`mlbus.soak`), which streams its own traffic afterwards."""
+    await _timed(record, "bootstrap", _bootstrap(ctx, publisher))
+    await _timed(record, "catch up", _catch_up(ctx, observer))
+    await _timed(record, "first model", _first_model(ctx, publisher, observer, scorer, record))
 
 
 def _causal_order(ctx: LoopContext, online: OnlineStore) -> CausalOrder:

@@ -8,7 +8,7 @@ Other commands find the running `mlbus up` through its data folder:
 
 from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis, local_redis_url
 from mlbus.runtime._health import Health, StatusReport, check_run, kafka_health, redis_ping
-from mlbus.runtime._process import free_port, port_open
+from mlbus.runtime._process import die_with_parent, free_port, port_open
 from mlbus.runtime._services import SERVICES, ServiceSpec
 from mlbus.runtime._state import (
     AlreadyRunningError,
@@ -39,6 +39,7 @@ __all__ = [
     "StatusReport",
     "Supervisor",
     "check_run",
+    "die_with_parent",
     "discover",
     "free_port",
     "kafka_health",

@@ -42,6 +42,23 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make Linux SIGKILL this process when its parent dies, however the parent dies.
+
+    For processes Python starts itself (a `ProcessPoolExecutor`'s `initializer`), where
+    `with_parent_guard` cannot wrap the command. A worker whose parent is gone has
+    nobody to hand a result to, so it is killed outright, mid-computation. Exits at
+    once if the parent died before the signal was set.
+    """
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def with_parent_guard(argv: Sequence[str]) -> list[str]:
     """`argv`, run so that Linux SIGTERMs it when this process dies, even by SIGKILL."""
     command = list(argv)

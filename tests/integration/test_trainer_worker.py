@@ -1,0 +1,54 @@
+"""The trainer's worker process dies with the trainer, however the trainer dies.
+
+Found by the soak (#25): after `kill -9` of the trainer, its spawned worker (and the
+multiprocessing resource tracker, which waits for the worker) lived on as orphans,
+one pair per kill, past the end of `mlbus up`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlbus.runtime import pid_alive
+
+# A trainer stand-in: the trainer's own pool, one task run (the worker exists), then wait.
+TRAINER = """\
+import os, time
+from mlbus.trainer import worker_pool
+
+if __name__ == "__main__":  # the spawned worker imports this file again
+    pool = worker_pool()
+    print(pool.submit(os.getpid).result(timeout=60), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_worker_dies_when_the_trainer_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        assert trainer.stdout is not None
+        worker = int(trainer.stdout.readline())
+        assert worker != trainer.pid
+        assert pid_alive(worker)
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(10)
+        deadline = time.monotonic() + 20
+        while pid_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(worker), "the trainer's worker outlived the trainer"
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+        if trainer.stdout is not None:
+            trainer.stdout.close()
+        if worker is not None and pid_alive(worker):  # leave no orphan behind, even failing
+            os.kill(worker, signal.SIGKILL)
