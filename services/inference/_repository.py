@@ -14,7 +14,7 @@ response path, logged only); each is one more dict of the same kind.
 
 from __future__ import annotations
 
-from mlbus.errors import NotFound
+from mlbus.errors import ModelNotReady, NotFound
 
 from ._model import LoadedModel
 
@@ -36,11 +36,18 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> LoadedModel:
         """The served model `name`; `version` ("" = the main alias's) must be one served here.
 
-        A version pinned to the canary's or the shadow's gets that one.
+        A version pinned to the canary's or the shadow's gets that one. Before any
+        model is loaded (a restarted process), ModelNotReady: UNAVAILABLE, which
+        clients retry, not NOT_FOUND, which they do not.
         """
         model = self._served.get(name)
         if model is None:
-            known = ", ".join(repr(n) for n in sorted(self._served)) or "none yet"
+            if not self._served:  # starting, or waiting for the first publication: retry
+                raise ModelNotReady(
+                    f"no model is loaded here yet (asked for {name!r}): the server is "
+                    "starting or waiting for the first publication of its alias"
+                )
+            known = ", ".join(repr(n) for n in sorted(self._served))
             raise NotFound(f"model {name!r} is not served here (served: {known})")
         if version and version != str(model.version):
             for beside in (self._canary.get(name), self._shadow.get(name)):

@@ -125,7 +125,7 @@ async def versions_by_worker(
 ) -> dict[int, int]:
     """Ask over fresh connections until every worker has answered with `version`.
 
-    Every failed request is appended to `failures`, but one: NOT_FOUND while
+    Every failed request is appended to `failures`, but one: UNAVAILABLE while
     `first_load`, from a worker that has not loaded any version yet. A reload
     must not fail a single request.
     """
@@ -137,7 +137,7 @@ async def versions_by_worker(
         try:
             pid, answered, y = await answer(port, model)
         except grpc.aio.AioRpcError as exc:
-            if not (first_load and exc.code() == grpc.StatusCode.NOT_FOUND):
+            if not (first_load and exc.code() == grpc.StatusCode.UNAVAILABLE):
                 failures.append(f"waiting for v{version}: {exc.code().name}: {exc.details()}")
         else:
             if y != pytest.approx(float(np.linspace(-1, 1, FEATURES).sum()) + answered):

@@ -15,9 +15,9 @@ from tests.unit.test_inference_model import FEATURES, loaded, version_of
 
 def test_unknown_models_and_versions_are_not_found() -> None:
     repository = ModelRepository()
-    with pytest.raises(NotFound, match="model 'm' is not served here"):
-        repository.get("m")
     repository.swap(loaded(2))
+    with pytest.raises(NotFound, match="model 'other' is not served here \\(served: 'm'\\)"):
+        repository.get("other")
     assert repository.get("m").version == 2
     assert repository.get("m", "2").version == 2
     with pytest.raises(NotFound, match="model 'm' version '1' is not served here"):
@@ -67,3 +67,19 @@ def test_the_served_version_per_alias_is_observed_for_the_dashboard() -> None:
     # The gauge's callback reads every live reloader of the process.
     observed = list(_observe_served_versions(None))  # type: ignore[arg-type]
     assert {(o.attributes["model"], o.value) for o in observed} >= {("m", 3), ("m", 4)}  # type: ignore[index]
+
+
+def test_before_any_model_is_loaded_a_request_is_told_to_retry_not_that_the_model_is_unknown() -> (
+    None
+):
+    """A restarted process answers UNAVAILABLE (clients retry) until its first model loads;
+    once one is served, an unknown name is NOT_FOUND."""
+    import grpc
+
+    from mlbus.errors import ModelNotReady
+
+    repository = ModelRepository()
+    with pytest.raises(ModelNotReady) as starting:
+        repository.get("fraud_detector")
+    assert starting.value.grpc_status == grpc.StatusCode.UNAVAILABLE
+    assert "no model is loaded here yet" in str(starting.value)

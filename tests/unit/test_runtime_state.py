@@ -172,3 +172,21 @@ def test_discover_without_a_running_up_changes_nothing(tmp_path: Path) -> None:
 
     assert found.kafka.bootstrap_servers is None
     assert found.redis.url is None
+
+
+def test_a_free_port_is_outside_the_ephemeral_range_and_free() -> None:
+    """Chosen below the kernel's ephemeral range, so no outgoing connection or bind(0)
+    of another process takes it before the child that was handed it binds it."""
+    import socket
+
+    from mlbus.runtime import free_port
+
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not ranges.exists():
+        pytest.skip("not Linux: no ephemeral range to compare with")
+    low = int(ranges.read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(port < low for port in ports), (ports, low)
+    assert len(ports) > 1  # not one fixed port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # it is free

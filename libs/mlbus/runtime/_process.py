@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -12,10 +13,26 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# Below Linux's ephemeral range (32768-60999 by default; macOS and Windows start higher):
+# the kernel never hands these out for outgoing connections or bind(port 0), so a port
+# chosen here for a child stays free until the child binds it. One the kernel picked
+# (bind to 0) could be given to another process's listener in between: it happened to a
+# test replica's metrics port while a dozen processes were starting beside it.
+_CHOSEN_PORTS = range(20_000, 32_000)
+_pick = random.Random(os.urandom(16))  # not the global random: tests seed that one
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nobody listens on right now, outside the ephemeral range."""
+    for _ in range(100):
+        port = _pick.choice(_CHOSEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: the OS picks
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
