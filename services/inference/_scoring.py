@@ -78,16 +78,16 @@ class Scorer:
     def canary_weight(self, model: str) -> float:
         return self._canary_weights.get(model, self._default_canary_weight)
 
-    def route(self, name: str, entity_id: str | None, version: str = "") -> Route:
-        """One version for every row: the pinned `version`, else the canary when the
-        entity goes there, else the main version. Rows are left empty (all of them)."""
+    def route(self, name: str, entity_id: str | None, version: str = "") -> tuple[LoadedModel, str]:
+        """(version, alias) that answers every row of a request: the pinned `version`, else
+        the canary when the entity goes there, else the main version."""
         main = self.repository.get(name, version)
         if version or entity_id is None:
-            return Route(main, self.alias, ())
+            return main, self.alias
         canary = self.repository.canary(name)
         if canary is not None and goes_to_canary(name, entity_id, self.canary_weight(name)):
-            return Route(canary, CANARY, ())
-        return Route(main, self.alias, ())
+            return canary, CANARY
+        return main, self.alias
 
     def routes(self, name: str, entity_ids: Sequence[str]) -> list[Route]:
         """Each entity to the main version or the canary. The main route is always first,

@@ -125,8 +125,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         pinned = request.model_version
         # The entity routes the request (unless a version is pinned) and labels its log.
         entity_id = _entity_of(request)
-        route = scorer.route(name, entity_id, pinned)
-        model = route.model
+        model, alias = scorer.route(name, entity_id, pinned)
         inputs = decode_inputs(request, model)
         names = _requested_outputs(request, model)
         outputs = await scorer.run(model, inputs, names, context)
@@ -139,7 +138,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             scorer.log(
                 PredictionRecord(
                     model,
-                    route.alias,
+                    alias,
                     inputs,
                     outputs,
                     (time.perf_counter() - started) * 1000,
