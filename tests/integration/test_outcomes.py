@@ -302,15 +302,20 @@ async def events_of(
     return found
 
 
-async def wait_for(check: Callable[[], Any], timeout_s: float = 240.0) -> Any:
-    """Poll `check` until it gives something (generous: the test machine is shared)."""
+async def wait_for(
+    check: Callable[[], Any], timeout_s: float = 240.0, seen: Callable[[], Any] | None = None
+) -> Any:
+    """Poll `check` until it gives something (generous: the test machine is shared).
+
+    `seen` says what was last observed, so a timeout tells why it waited in vain.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         found = await check()
         if found:
             return found
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
+            raise AssertionError(f"timed out waiting; last seen: {seen() if seen else '-'}")
         await asyncio.sleep(1.0)
 
 
@@ -377,10 +382,12 @@ async def test_an_equal_canary_is_never_declared_different(
     stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     await feed(stack, CHAMPION_AUC, seed=3)
+    last_status: list[dict[str, Any]] = [{}]
 
     async def all_counted() -> dict[str, Any] | None:
         assert stack.service.evaluator is not None
         status = await stack.service.evaluator.evaluate()
+        last_status[0] = status
         experiments = status["experiments"]
         if not experiments:
             return None
@@ -392,7 +399,7 @@ async def test_an_equal_canary_is_never_declared_different(
         )
         return status if done else None
 
-    status = await wait_for(all_counted)
+    status = await wait_for(all_counted, seen=lambda: last_status[0].get("experiments"))
     (experiment,) = status["experiments"]
     assert experiment["verdict"] == "not yet"
     assert experiment["status"] == "running"
