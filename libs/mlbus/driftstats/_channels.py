@@ -1,5 +1,6 @@
 """Channels: one feature's (or the prediction's) reference bins and live counts, plus the ADWIN
-that watches a numeric channel's values on the reference CDF (ADR 0016)."""
+that watches a numeric channel's values on the reference CDF (ADR 0016); `channels_for` picks
+a monitor's channels from its profile and spec."""
 
 from __future__ import annotations
 
