@@ -23,13 +23,9 @@ async def read_drift_state(
     redis: RedisSettings, group: str, *, detections: int = 10
 ) -> dict[str, Any]:
     """The drift service's published status: monitors (by model version) and detections."""
-    import redis.asyncio as aioredis
+    from mlbus.redis_client import redis_client
 
-    client = aioredis.Redis.from_url(
-        redis.require_url(),
-        socket_timeout=redis.socket_timeout_s,
-        socket_connect_timeout=redis.socket_timeout_s,
-    )
+    client = redis_client(redis)
     base = f"{redis.key_prefix}:drift:{group}"
     try:
         raw_status = await client.hgetall(f"{base}:status")

@@ -27,13 +27,9 @@ def status_key(prefix: str, group: str) -> str:
 
 async def read_outcomes_status(redis: RedisSettings, group: str) -> dict[str, Any] | None:
     """The outcomes service's latest status, or None before its first look."""
-    import redis.asyncio as aioredis
+    from mlbus.redis_client import redis_client
 
-    client = aioredis.Redis.from_url(
-        redis.require_url(),
-        socket_timeout=redis.socket_timeout_s,
-        socket_connect_timeout=redis.socket_timeout_s,
-    )
+    client = redis_client(redis)
     try:
         raw = await client.get(status_key(redis.key_prefix, group))
     finally:

@@ -31,6 +31,7 @@ from redis.exceptions import WatchError
 from mlbus.config import RedisSettings
 from mlbus.driftstats import PolicyState, RetrainPolicy
 from mlbus.errors import RetryableError
+from mlbus.redis_client import single_redis_client
 from mlbus.redis_failures import REDIS_DOWN
 
 CLAIM_TTL_S = 7 * 86_400
@@ -296,11 +297,7 @@ class DriftStore:
     def from_settings(
         cls, redis: RedisSettings, *, group: str, detections_kept: int = 50
     ) -> DriftStore:
-        client = aioredis.Redis.from_url(
-            redis.require_url(),
-            socket_timeout=redis.socket_timeout_s,
-            socket_connect_timeout=redis.socket_timeout_s,
-        )
+        client = single_redis_client(redis)  # multi-key scripts: not on a cluster yet
         return cls(client, prefix=redis.key_prefix, group=group, detections_kept=detections_kept)
 
     async def aclose(self) -> None:

@@ -54,7 +54,7 @@ from mlbus.featurestore import (
     OnlineStore,
     ViewAggregator,
 )
-from mlbus.featurestore._online import RedisClient
+from mlbus.redis_client import RedisClient
 from mlbus.redis_failures import REDIS_DOWN
 from mlbus.spec import FeatureDef, ProjectSpec
 from mlbus.telemetry import meter, tracer

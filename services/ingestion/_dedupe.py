@@ -16,9 +16,12 @@ of the round trip.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlbus.errors import RetryableError
+
+if TYPE_CHECKING:
+    from mlbus.config import RedisSettings
 
 _SEEN = """
 local found = {}
@@ -71,22 +74,36 @@ class RedisSeenIds:
 
     _CHUNK = 1_000
 
-    def __init__(self, url: str, *, prefix: str, horizon_s: int, timeout_s: float) -> None:
-        from redis.asyncio import Redis
+    def __init__(self, redis: RedisSettings, *, horizon_s: int) -> None:
+        from mlbus.redis_client import redis_client
 
         if horizon_s <= 0:
             raise ValueError("horizon_s must be > 0; use NoDedupe to turn de-duplication off")
         options: dict[str, Any] = {}
         packed = _hiredis_packed_connection()
-        if packed is not None:  # a rediss:// or unix:// URL still picks its own class
+        if packed is not None:  # a rediss:// or unix:// URL, or a cluster, picks its own class
             options["connection_class"] = packed
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **options
-        )
-        self._prefix = f"{prefix}:ingest:seen:"
+        self._redis = redis_client(redis, **options)
+        self._cluster = redis.cluster
+        self._prefix = f"{redis.key_prefix}:ingest:seen:"
         self.horizon_s = horizon_s
         self._remember = self._redis.register_script(_REMEMBER)
         self._seen = self._redis.register_script(_SEEN)
+
+    def _chunks(self, keys: Sequence[SeenKey]) -> list[Sequence[SeenKey]]:
+        """At most _CHUNK keys per script call; on a Redis Cluster, one source's (one slot) each:
+        a script's keys must share a slot there."""
+        groups: list[Sequence[SeenKey]] = [keys]
+        if self._cluster:
+            by_source: dict[str, list[SeenKey]] = {}
+            for item in keys:
+                by_source.setdefault(item[0], []).append(item)
+            groups = list(by_source.values())
+        return [
+            group[start : start + self._CHUNK]
+            for group in groups
+            for start in range(0, len(group), self._CHUNK)
+        ]
 
     def key(self, item: SeenKey) -> str:
         # The {source} hash tag keeps one source's keys in one Redis Cluster slot (MGET, script).
@@ -97,8 +114,7 @@ class RedisSeenIds:
 
         found: set[SeenKey] = set()
         try:
-            for start in range(0, len(keys), self._CHUNK):
-                chunk = keys[start : start + self._CHUNK]
+            for chunk in self._chunks(keys):
                 # Keys stay declared in KEYS (one `{source}` slot), as MGET had them.
                 positions = await self._seen(keys=[self.key(k) for k in chunk])
                 found.update(chunk[int(i) - 1] for i in positions)
@@ -112,10 +128,9 @@ class RedisSeenIds:
         if not keys:
             return
         try:
-            for start in range(0, len(keys), self._CHUNK):
-                chunk = [self.key(k) for k in keys[start : start + self._CHUNK]]
+            for chunk in self._chunks(keys):
                 # One script call, one reply: a pipeline of SETs costs a reply parse per key.
-                await self._remember(keys=chunk, args=[self.horizon_s])
+                await self._remember(keys=[self.key(k) for k in chunk], args=[self.horizon_s])
         except RedisError as exc:
             raise RetryableError(f"de-duplication store unavailable: {exc}") from exc
 

@@ -84,13 +84,7 @@ class IngestionService:
         horizon = self.settings.dedupe_horizon_s
         if horizon == 0:
             return NoDedupe()
-        redis = self.settings.redis
-        return RedisSeenIds(
-            redis.require_url(),
-            prefix=redis.key_prefix,
-            horizon_s=horizon,
-            timeout_s=redis.socket_timeout_s,
-        )
+        return RedisSeenIds(self.settings.redis, horizon_s=horizon)
 
     async def run(self) -> None:
         settings = self.settings

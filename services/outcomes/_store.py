@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from mlbus import outcomesstatus
 from mlbus.config import RedisSettings
 from mlbus.errors import RetryableError
+from mlbus.redis_client import single_redis_client
 from mlbus.redis_failures import REDIS_DOWN
 
 Status = Literal["running", "decided", "ended"]
@@ -155,11 +156,7 @@ class OutcomesStore:
 
     @classmethod
     def from_settings(cls, redis: RedisSettings, *, group: str, ttl_s: int) -> OutcomesStore:
-        client = aioredis.Redis.from_url(
-            redis.require_url(),
-            socket_timeout=redis.socket_timeout_s,
-            socket_connect_timeout=redis.socket_timeout_s,
-        )
+        client = single_redis_client(redis)  # multi-key scripts: not on a cluster yet
         return cls(client, prefix=redis.key_prefix, group=group, ttl_s=ttl_s)
 
     async def aclose(self) -> None:

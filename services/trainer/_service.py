@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,7 +26,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -47,7 +45,6 @@ from mlbus.events import (
     TrainingFailed,
     TrainingRequested,
 )
-from mlbus.featurestore import OfflineStore
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
 from mlbus.runtime import die_with_parent
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
@@ -55,28 +52,23 @@ from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
 from mlbus.training import (
     JOINABLE_ATTR,
-    JoinableSearch,
-    JoinJob,
-    LabelRow,
+    Fit,
     StageTiming,
     TrainingError,
     TrainingJob,
     TrainingOutcome,
     close_storage,
     fetch_champion,
-    joinable_searches,
     open_storage,
     record_version,
     register_outcome,
     request_cancel,
     run_job,
-    run_join,
-    storage_at,
     study_name,
-    write_labels,
 )
-from mlbus.training._pipeline import Fit
 
+from ._joining import SearchJoiner
+from ._labels import LabelLog
 from ._settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -139,22 +131,25 @@ class TrainerService(StreamService):
     """This trainer's name in the studies: their creator, and each trial's worker."""
     runs_started: int = 0
     runs_finished: int = 0
-    searches_joined: int = 0
-    """Other replicas' searches this trainer ran trials for."""
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _publisher: Publisher | None = None
     _consumers: list[Consumer[Event]] = field(default_factory=list)
-    _labels: list[tuple[str, LabelRow]] = field(default_factory=list)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _search_storage: Any = None
     _storage_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _side_tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _keep_joining: Path | None = None
-    """Exists while this trainer works on another replica's search; removed to leave it."""
-    _join_seen: set[str] = field(default_factory=set)
+    _labels: LabelLog = field(init=False)
+    _joiner: SearchJoiner = field(init=False)
 
     def __post_init__(self) -> None:
         self._idle.set()
+        self._labels = LabelLog(self.settings, self.spec)
+        self._joiner = SearchJoiner(self.settings, self.spec, self.replica, self.fit)
+
+    @property
+    def searches_joined(self) -> int:
+        """Other replicas' searches this trainer ran trials for."""
+        return self._joiner.joined
 
     def consumers(self) -> Sequence[ServiceConsumer]:
         return self._consumers
@@ -189,9 +184,9 @@ class TrainerService(StreamService):
                             settings.kafka,
                             types=[IngestValidated],
                             group_id=settings.labels_group_id,
-                            handler=self._on_validated,
+                            handler=self._labels.on_validated,
                             publisher=publisher,
-                            before_commit=self._flush_labels,
+                            before_commit=self._labels.flush,
                         )
                     )
                 if self._stop.is_set():
@@ -205,7 +200,7 @@ class TrainerService(StreamService):
                     if settings.joins_searches():  # ends by itself on stop, its threads done
                         tasks.create_task(self._join_searches(), name="join-searches")
                     await self._stop.wait()
-                    self._leave("the trainer is stopping")
+                    self._joiner.leave("the trainer is stopping")
                     for consumer in self._consumers:
                         consumer.stop()
                     for state in self._states.values():
@@ -271,7 +266,7 @@ class TrainerService(StreamService):
             return self._search_storage
 
     def _start(self, model: str, state: _ModelState, received: Received[Event]) -> None:
-        self._leave(f"request {received.payload.event_id} for this trainer")
+        self._joiner.leave(f"request {received.payload.event_id} for this trainer")
         self.runs_started += 1
         self._idle.clear()
         state.running = asyncio.create_task(self._run_then_follow_up(model, state, received))
@@ -452,16 +447,7 @@ class TrainerService(StreamService):
     # ── joining another replica's search ─────────────────────────────────────
 
     def _busy(self) -> bool:
-        return self._keep_joining is not None or any(
-            s.running is not None for s in self._states.values()
-        )
-
-    def _leave(self, reason: str) -> None:
-        """Stop working on another replica's search before the next trial (idempotent)."""
-        keep, self._keep_joining = self._keep_joining, None
-        if keep is not None:
-            _discard(keep)
-            log.info("leaving the joined search: %s", reason)
+        return self._joiner.joining or any(s.running is not None for s in self._states.values())
 
     async def _join_searches(self) -> None:
         """While idle, every `search_join_poll_s`, join a running search of another replica."""
@@ -470,85 +456,18 @@ class TrainerService(StreamService):
             if self._busy():
                 continue
             try:
-                found, refused = await asyncio.to_thread(self._joinable)
+                found, refused = await asyncio.to_thread(self._joiner.joinable)
             except Exception:
                 log.exception("could not look for searches to join")
                 continue
-            for name, why in refused.items():
-                if name not in self._join_seen:
-                    self._join_seen.add(name)
-                    log.info("not joining search %s: %s", name, why)
-            candidate = next((f for f in found if f.study not in self._join_seen), None)
+            candidate = self._joiner.pick(found, refused)
             if candidate is not None and not self._busy() and not self._stop.is_set():
-                self._join_seen.add(candidate.study)
-                await self._join(candidate)
-
-    def _joinable(self) -> tuple[list[JoinableSearch], dict[str, str]]:
-        """`joinable_searches` on a storage opened and closed in this (pool) thread: a
-        long-lived storage shared by pool threads leaves their sessions' connections open."""
-        with storage_at(self.settings.resolved_search_storage()) as storage:
-            return joinable_searches(
-                storage,
-                model=self.spec.model.name,
-                worker=self.replica,
-                spec_fingerprint=self.spec.fingerprint(),
-            )
-
-    async def _join(self, found: JoinableSearch) -> None:
-        assert self.executor is not None
-        handle, path = tempfile.mkstemp(prefix="mlbus-join-", suffix=".keep")
-        os.close(handle)
-        keep = self._keep_joining = Path(path)
-        job = JoinJob(
-            spec=self.spec,
-            offline_url=self.settings.resolved_offline_url(),
-            study=found.study,
-            storage_url=self.settings.resolved_search_storage(),
-            dataset_fingerprint=found.dataset_fingerprint,
-            worker=self.replica,
-            keep_path=path,
-            start=found.window_start,
-            end=found.window_end,
-            fit=self.fit,
-            n_jobs=self.settings.search_n_jobs,
-            threads_per_trial=self.settings.search_threads_per_trial,
-        )
-        log.info(
-            "joining search %s of %s (%d of %d trials taken)",
-            found.study,
-            found.creator,
-            found.trials,
-            found.budget_trials,
-        )
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            with _tracer.start_as_current_span(
-                "training.join_search", attributes={"mlbus.search_study": found.study}
-            ):
-                outcome = await loop.run_in_executor(self.executor, run_join, job)
-        except BrokenProcessPool:
-            self.executor = worker_pool()
-            log.warning("the worker died while joining search %s", found.study)
-            return
-        except Exception:
-            log.exception("joining search %s failed", found.study)
-            return
-        finally:
-            if self._keep_joining == keep:
-                self._keep_joining = None
-            _discard(keep)  # a tmpfs-sized file: not worth a thread
-        if outcome.refused:
-            log.info("did not join search %s: %s", found.study, outcome.refused)
-            return
-        self.searches_joined += 1
-        log.info(
-            "ran %d trial(s) %s of search %s in %.1fs",
-            len(outcome.evaluated),
-            outcome.evaluated,
-            found.study,
-            time.perf_counter() - started,
-        )
+                assert self.executor is not None
+                try:
+                    await self._joiner.join(candidate, self.executor)
+                except BrokenProcessPool:
+                    self.executor = worker_pool()
+                    log.warning("the worker died while joining search %s", candidate.study)
 
     def _registry(self) -> RegistryClient:
         token = self.settings.registry_token
@@ -615,49 +534,6 @@ class TrainerService(StreamService):
                 log.info("scheduled training of %s requested at %s", request.model, now)
             except Exception:
                 log.exception("could not publish the scheduled training request")
-
-    # ── label log ────────────────────────────────────────────────────────────
-
-    async def _on_validated(self, received: Received[Event]) -> None:
-        event = received.payload
-        if not isinstance(event, IngestValidated):
-            return
-        source = self.spec.sources.get(event.source)
-        if source is None or source.labels is None:
-            return
-        link = source.labels
-        labelled = event.payload.get(link.event_id_field)
-        label = event.payload.get(link.label_field)
-        if labelled is None or label is None:
-            return
-        self._labels.append(
-            (
-                event.source,
-                LabelRow(
-                    entity_id=event.entity_id,
-                    event_id=str(labelled),
-                    label_time_ms=int(event.event_time.timestamp() * 1000),
-                    label_event_id=event.event_id,
-                    label=label,
-                ),
-            )
-        )
-        if len(self._labels) >= self.settings.label_flush_rows:
-            await self._flush_labels()
-
-    async def _flush_labels(self) -> None:
-        """Write buffered labels before their offsets commit (at-least-once; readers de-dup)."""
-        if not self._labels:
-            return
-        rows, self._labels = self._labels, []
-        offline = OfflineStore(self.settings.resolved_offline_url())
-        for name in {source for source, _ in rows}:
-            chunk = [row for source, row in rows if source == name]
-            await asyncio.to_thread(write_labels, offline, name, chunk)
-
-
-def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _record_stage_spans(stages: list[StageTiming]) -> None:

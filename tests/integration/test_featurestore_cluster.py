@@ -326,3 +326,20 @@ async def test_the_feature_service_runs_on_a_cluster(
                 assert row.values[name] == pytest.approx(values[name]), name
     finally:
         await harness.cleanup()
+
+
+async def test_ingestion_dedupe_runs_on_a_cluster(cluster_url: str) -> None:
+    """`cluster` reaches the de-duplication store too: a batch of several sources (slots) is
+    looked up and remembered, one source's keys per script call."""
+    from mlbus.ingestion import RedisSeenIds
+
+    prefix = f"test-dedupe-{uuid.uuid4().hex[:8]}"
+    settings = RedisSettings(url=cluster_url, key_prefix=prefix, cluster=True)
+    seen = RedisSeenIds(settings, horizon_s=60)
+    keys = [(f"source-{i % 7}", f"event-{i}") for i in range(70)]
+    try:
+        assert await seen.seen(keys) == set()
+        await seen.remember(keys[::2])
+        assert await seen.seen(keys) == set(keys[::2])
+    finally:
+        await seen.close()

@@ -139,16 +139,18 @@ def _not_finite(name: str) -> RejectionReason:
     )
 
 
-def _out_of_range(
-    name: str, value: float, low: float | None, high: float | None
-) -> RejectionReason | None:
+def _in_range(
+    name: str, value: float, low: float | None, high: float | None, problems: Problems
+) -> Any:
+    """`value` when within [low, high] (None: unbounded); else BAD, the reason in `problems`."""
     if low is not None and value < low:
         message = f"{name}: expected >= {low:g}, got {shown(value)}"
     elif high is not None and value > high:
         message = f"{name}: expected <= {high:g}, got {shown(value)}"
     else:
-        return None
-    return RejectionReason(code=OUT_OF_RANGE, field=name, message=message)
+        return value
+    problems.append(RejectionReason(code=OUT_OF_RANGE, field=name, message=message))
+    return BAD
 
 
 def _int_range(spec: FieldSpec) -> tuple[int, int]:
@@ -170,11 +172,7 @@ def _int_check(name: str, spec: FieldSpec) -> Check:
         elif cls is not int:
             problems.append(wrong_type(name, "an integer", value))
             return BAD
-        problem = _out_of_range(name, value, low, high)
-        if problem is not None:
-            problems.append(problem)
-            return BAD
-        return value
+        return _in_range(name, value, low, high, problems)
 
     return check
 
@@ -218,11 +216,7 @@ def _float_check(name: str, spec: FieldSpec) -> Check:
         if not math.isfinite(value):
             problems.append(_not_finite(name))
             return BAD
-        problem = _out_of_range(name, value, low, high)
-        if problem is not None:
-            problems.append(problem)
-            return BAD
-        return value
+        return _in_range(name, value, low, high, problems)
 
     return check
 

@@ -1,5 +1,6 @@
 """Channels: one feature's (or the prediction's) reference bins and live counts, plus the ADWIN
-that watches a numeric channel's values on the reference CDF (ADR 0016)."""
+that watches a numeric channel's values on the reference CDF (ADR 0016); `channels_for` picks
+a monitor's channels from its profile and spec."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import math
 from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from numbers import Real
 from typing import Any, Literal, TypeAlias
@@ -14,17 +16,25 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 
 from mlbus.driftstats._models import FeatureKind
+from mlbus.errors import ConfigError
 from mlbus.profiles import (
     OTHER,
     CategoricalProfile,
+    ColumnProfile,
     NumericProfile,
+    ReferenceProfile,
     category_key,
     cdf_positions,
     is_missing,
 )
 from mlbus.seasons import phase_distributions
+from mlbus.spec import DriftSpec
 
 ChannelKind: TypeAlias = Literal["covariate", "prediction"]
+KNOWN_TESTS = ("psi", "ks", "chi2", "jensen_shannon")
+NUMERIC_PREDICTION_TESTS = ("psi", "ks")
+CATEGORICAL_PREDICTION_TESTS = ("chi2",)
+PREDICTION: Literal["prediction"] = "prediction"
 
 MIN_EXPECTED_PER_BIN = 5
 """A reference category expected fewer times than this in a full window is pooled under OTHER,
@@ -35,9 +45,9 @@ DEPENDENT_ADWIN_MARGIN = 2.0
 ABSENT: Any = object()  # a feature not in the observation: no sample at all
 NOT_COUNTED = -1
 INVALID = -2
-_PLAIN_NUMBERS = {float, int, type(None)}
+PLAIN_NUMBERS = {float, int, type(None)}
 _STRINGS = {str}
-_EXACT_INT = 2.0**53
+EXACT_INT = 2.0**53
 """ints beyond this may round to a cut point as floats: bin_of compares them exactly."""
 
 
@@ -227,9 +237,9 @@ class NumericChannel(Channel):
     def bins_of(self, values: list[Any]) -> np.ndarray:
         """`bin_of` for many values: numpy's search when they are all floats and ints."""
         kinds = set(map(type, values))
-        if kinds <= _PLAIN_NUMBERS:
+        if kinds <= PLAIN_NUMBERS:
             numbers = np.asarray(values, dtype=np.float64)  # None: NaN
-            if int not in kinds or not (np.abs(numbers) >= _EXACT_INT).any():
+            if int not in kinds or not (np.abs(numbers) >= EXACT_INT).any():
                 indexes = np.searchsorted(self.edges_array, numbers, side="left")
                 indexes[np.isnan(numbers)] = self.missing
                 return indexes.astype(np.int64, copy=False)
@@ -316,3 +326,71 @@ class CategoricalChannel(Channel):
 def fingerprint(value: object) -> str:
     text = json.dumps(value, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def channels_for(
+    profile: ReferenceProfile,
+    spec: DriftSpec,
+    features: Mapping[str, str],
+    tests: Mapping[str, Sequence[str]],
+) -> tuple[list[Channel], dict[str, str]]:
+    """The channels a monitor watches (the `features` its profile has, then the prediction),
+    and what was skipped and why. An unknown test name is a ConfigError."""
+    channels: list[Channel] = []
+    skipped: dict[str, str] = {}
+    for name, declared in features.items():
+        wanted = tuple(tests.get(name, ()))
+        unknown = [t for t in wanted if t not in KNOWN_TESTS]
+        if unknown:
+            raise ConfigError(
+                f"drift tests for {name!r}: unknown {unknown}, expected some of {KNOWN_TESTS}"
+            )
+        column = profile.features.get(name)
+        if column is None:
+            skipped[name] = "not in the model's reference profile"
+            continue
+        if declared not in ("numeric", "categorical"):
+            skipped[name] = f"kind {declared!r} is not tested for drift"
+            continue
+        if column.kind != declared:
+            skipped[f"{name}:kind"] = (
+                f"declared {declared}, profiled {column.kind}: tested as {column.kind}"
+            )
+        channel = _channel(name, "covariate", wanted, column, spec.window_size, skipped)
+        if channel is not None:
+            channels.append(channel)
+    if spec.prediction_drift:
+        if profile.prediction is None:
+            skipped[PREDICTION] = "the reference profile has no prediction column"
+        else:
+            column = profile.prediction
+            numeric = column.kind == "numeric"
+            wanted = NUMERIC_PREDICTION_TESTS if numeric else CATEGORICAL_PREDICTION_TESTS
+            channel = _channel(PREDICTION, PREDICTION, wanted, column, spec.window_size, skipped)
+            if channel is not None:
+                channels.append(channel)
+    return channels, skipped
+
+
+def _channel(
+    name: str,
+    kind: ChannelKind,
+    wanted: tuple[str, ...],
+    column: ColumnProfile,
+    window_size: int,
+    skipped: dict[str, str],
+) -> Channel | None:
+    if not wanted:
+        skipped[name] = "no tests configured"
+        return None
+    if column.n == 0:
+        skipped[name] = "the reference profile has no values for it"
+        return None
+    if isinstance(column, NumericProfile):
+        return NumericChannel(name, kind, wanted, column)
+    applicable = tuple(t for t in wanted if t != "ks")
+    if len(applicable) < len(wanted):
+        skipped[f"{name}:ks"] = "ks needs ordered values; the feature is categorical"
+    if not applicable:
+        return None
+    return CategoricalChannel(name, kind, applicable, column, window_size)

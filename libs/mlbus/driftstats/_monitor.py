@@ -17,21 +17,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from itertools import chain
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from mlbus.driftstats._adwin import Adwin, AdwinChange
+from mlbus.driftstats._batch import BatchLayout
 from mlbus.driftstats._blocks import BlockAdwins
 from mlbus.driftstats._channels import (
     ABSENT,
     ADAPTIVE_CLOCK,
-    INVALID,
-    CategoricalChannel,
+    PREDICTION,
     Channel,
-    ChannelKind,
     NumericChannel,
+    channels_for,
 )
 from mlbus.driftstats._entities import EntitySketch
 from mlbus.driftstats._evaluation import run_tests
@@ -44,16 +43,11 @@ from mlbus.driftstats._models import (
     TestStatus,
     WindowVerdict,
 )
-from mlbus.errors import ConfigError
 from mlbus.events import DriftTestResult, Scalar
-from mlbus.profiles import ColumnProfile, NumericProfile, ReferenceProfile
+from mlbus.profiles import ReferenceProfile
 from mlbus.seasons import phase_of, phases_of
 from mlbus.spec import DriftSpec
 
-KNOWN_TESTS = ("psi", "ks", "chi2", "jensen_shannon")
-NUMERIC_PREDICTION_TESTS = ("psi", "ks")
-CATEGORICAL_PREDICTION_TESTS = ("chi2",)
-PREDICTION: Literal["prediction"] = "prediction"
 ERROR = "error"
 RECENT_VERDICTS = 5
 SPEC_CLOCK = 32
@@ -97,11 +91,10 @@ class DriftMonitor:
         self.version = version
         self.profile = profile
         self.spec = spec
-        self.skipped: dict[str, str] = {}
         self.seasonality = profile.seasonality
         self._phase_rows = np.zeros(profile.phases, dtype=np.float64)  # the window's rows per phase
         self._entities = EntitySketch()  # the window's distinct entities
-        self._channels = self._build_channels(features, tests)
+        self._channels, self.skipped = channels_for(profile, spec, features, tests)
         self._prediction = next((c for c in self._channels if c.kind == PREDICTION), None)
         self._covariates = [c for c in self._channels if c.kind == "covariate"]
         numeric = [c for c in self._channels if isinstance(c, NumericChannel)]
@@ -119,7 +112,7 @@ class DriftMonitor:
                 [c.adaptive_kappa for c in numeric],
                 clock=ADAPTIVE_CLOCK,
             )
-        self._layout = _BatchLayout(self._channels, self._adaptive, profile.phases)
+        self._layout = BatchLayout(self._channels, self._adaptive, profile.phases)
         self._adwin = Adwin(spec.adwin_delta, clock=SPEC_CLOCK) if spec.performance_drift else None
         self._invalid_outcomes = 0
         self._window_index = 0
@@ -131,64 +124,6 @@ class DriftMonitor:
         self._drifted_in_row = 0
         self._recent: tuple[WindowVerdict, ...] = ()
         self._detections: tuple[WindowVerdict, ...] = ()
-
-    def _build_channels(
-        self, features: Mapping[str, str], tests: Mapping[str, Sequence[str]]
-    ) -> list[Channel]:
-        channels: list[Channel] = []
-        for name, declared in features.items():
-            wanted = tuple(tests.get(name, ()))
-            unknown = [t for t in wanted if t not in KNOWN_TESTS]
-            if unknown:
-                raise ConfigError(
-                    f"drift tests for {name!r}: unknown {unknown}, expected some of {KNOWN_TESTS}"
-                )
-            column = self.profile.features.get(name)
-            if column is None:
-                self.skipped[name] = "not in the model's reference profile"
-                continue
-            if declared not in ("numeric", "categorical"):
-                self.skipped[name] = f"kind {declared!r} is not tested for drift"
-                continue
-            if column.kind != declared:
-                self.skipped[f"{name}:kind"] = (
-                    f"declared {declared}, profiled {column.kind}: tested as {column.kind}"
-                )
-            channel = self._channel(name, "covariate", wanted, column)
-            if channel is not None:
-                channels.append(channel)
-        if self.spec.prediction_drift:
-            if self.profile.prediction is None:
-                self.skipped[PREDICTION] = "the reference profile has no prediction column"
-            else:
-                column = self.profile.prediction
-                wanted = (
-                    NUMERIC_PREDICTION_TESTS
-                    if column.kind == "numeric"
-                    else CATEGORICAL_PREDICTION_TESTS
-                )
-                channel = self._channel(PREDICTION, PREDICTION, wanted, column)
-                if channel is not None:
-                    channels.append(channel)
-        return channels
-
-    def _channel(
-        self, name: str, kind: ChannelKind, wanted: tuple[str, ...], column: ColumnProfile
-    ) -> Channel | None:
-        if not wanted:
-            self.skipped[name] = "no tests configured"
-            return None
-        if column.n == 0:
-            self.skipped[name] = "the reference profile has no values for it"
-            return None
-        if isinstance(column, NumericProfile):
-            return NumericChannel(name, kind, wanted, column)
-        applicable = tuple(t for t in wanted if t != "ks")
-        if len(applicable) < len(wanted):
-            self.skipped[f"{name}:ks"] = "ks needs ordered values; the feature is categorical"
-        if not applicable:
-            return None
-        return CategoricalChannel(name, kind, applicable, column, self.spec.window_size)
 
     # ── observing ────────────────────────────────────────────────────────────
 
@@ -610,115 +545,6 @@ class DriftMonitor:
         monitor._recent = state.recent
         monitor._detections = state.detections
         return monitor
-
-
-class _BatchLayout:
-    """All channels of a monitor side by side, so a batch is binned, counted and placed on
-    the reference CDFs with a few numpy operations instead of a few per channel.
-
-    Numeric features whose values are all floats or ints (or None) are binned together
-    (the count of cut points below each value, as bisect_left); any other batch, the
-    categorical channels and a prediction with gaps go through each channel's `bins_of`.
-    """
-
-    def __init__(
-        self, channels: list[Channel], adaptive: list[NumericChannel], phases: int
-    ) -> None:
-        self.channels = channels
-        sizes = [len(c.counts) for c in channels]
-        self.offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
-        self.total_bins = int(sum(sizes))
-        self.numeric = [
-            i
-            for i, c in enumerate(channels)
-            if isinstance(c, NumericChannel) and c.kind == "covariate"
-        ]
-        self.names = [channels[i].name for i in self.numeric]
-        numeric = [c for c in channels if isinstance(c, NumericChannel) and c.kind == "covariate"]
-        width = max((len(c.edges) for c in numeric), default=0)
-        self.edges = np.full((len(numeric), max(width, 1)), np.inf)
-        for row, channel in enumerate(numeric):
-            self.edges[row, : len(channel.edges)] = channel.edges
-        self.missing = np.asarray([c.missing for c in numeric], dtype=np.int64)
-        # the adaptive channels' CDF positions, phases × channels × bins, NaN past the last
-        self.adaptive = [channels.index(c) for c in adaptive]
-        bins = max((c.missing for c in adaptive), default=0)
-        self.pits = np.full((max(phases, 1), len(adaptive), bins + 1), np.nan)
-        for column, channel in enumerate(adaptive):
-            self.pits[:, column, : channel.missing] = channel.pits  # one row: every phase
-        self.adaptive_missing = np.asarray([c.missing for c in adaptive], dtype=np.int64)
-        self.nowhere = bins  # the NaN column: missing, absent or invalid values
-
-    def bins(
-        self,
-        columns: Mapping[str, Sequence[Any]],
-        scores: Sequence[float | None] | None,
-        n: int,
-    ) -> np.ndarray:
-        """Rows × channels bin indexes (NOT_COUNTED, INVALID as bin_of says)."""
-        indexes = np.empty((n, len(self.channels)), dtype=np.int64)
-        done = set()
-        if self.names and n:
-            together = self._numeric_bins(columns)
-            if together is not None:
-                indexes[:, self.numeric] = together
-                done.update(self.numeric)
-        for i, channel in enumerate(self.channels):
-            if i in done:
-                continue
-            if channel.kind == PREDICTION:
-                values: Sequence[Any] = (
-                    [ABSENT] * n if scores is None else [ABSENT if p is None else p for p in scores]
-                )
-            else:
-                values = columns.get(channel.name) or [ABSENT] * n
-            indexes[:, i] = channel.bins_of(list(values))
-        return indexes
-
-    def _numeric_bins(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray | None:
-        picked = [columns.get(name) for name in self.names]
-        if any(values is None for values in picked):  # absent from every row
-            return None
-        kinds = set(map(type, chain.from_iterable(picked)))  # type: ignore[arg-type]
-        if not kinds <= _PLAIN:  # ABSENT (a key missing from some row), strings, …
-            return None
-        numbers = np.asarray(picked, dtype=np.float64).T  # None: NaN
-        if int in kinds and bool((np.abs(numbers) >= _EXACT_INT).any()):
-            return None  # bin_of compares such ints exactly
-        below = (self.edges[None, :, :] < numbers[:, :, None]).sum(axis=2)
-        return np.where(np.isnan(numbers), self.missing[None, :], below)
-
-    def count(self, indexes: np.ndarray) -> None:
-        """Add rows × channels bin indexes to the channels' counts and invalid counts."""
-        if not len(indexes):
-            return
-        counted = indexes >= 0
-        where = (indexes + self.offsets[None, :])[counted]
-        added = np.bincount(where, minlength=self.total_bins).tolist()
-        invalid = (indexes == INVALID).sum(axis=0).tolist()
-        for channel, offset, wrong in zip(
-            self.channels, self.offsets.tolist(), invalid, strict=True
-        ):
-            size = len(channel.counts)
-            channel.counts = [
-                a + b for a, b in zip(channel.counts, added[offset : offset + size], strict=True)
-            ]
-            channel.invalid += wrong
-
-    def positions(self, indexes: np.ndarray, phases: np.ndarray) -> np.ndarray:
-        """Rows × adaptive channels: each value's position on its phase's reference CDF (NaN
-        where there is no value)."""
-        columns = indexes[:, self.adaptive]
-        present = (columns >= 0) & (columns < self.adaptive_missing[None, :])
-        safe = np.where(present, columns, self.nowhere)
-        picked: np.ndarray = self.pits[
-            phases[:, None], np.arange(len(self.adaptive))[None, :], safe
-        ]
-        return picked
-
-
-_PLAIN = {float, int, type(None)}
-_EXACT_INT = 2.0**53
 
 
 def _aware(at: datetime) -> datetime:

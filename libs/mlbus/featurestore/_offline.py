@@ -197,14 +197,23 @@ class OfflineStore:
             if not isinstance(self.fs, pafs.S3FileSystem):  # no folders (nor markers) in S3
                 self.fs.create_dir(folder, recursive=True)
             table = rows_to_table(day_rows, version, schema)
-            if self.local:  # write then rename: readers never see half a file
-                tmp = f"{folder}/.{name}.tmp"
-                pq.write_table(table, tmp, filesystem=self.fs)
-                self.fs.move(tmp, f"{folder}/{name}")
-            else:
-                pq.write_table(table, f"{folder}/{name}", filesystem=self.fs)
-            written.append(f"{folder}/{name}")
+            written.append(self.write_table(table, folder, name))
         return written
+
+    def write_table(self, table: pa.Table, folder: str, name: str) -> str:
+        """Write `table` as Parquet file `folder/name` (the folder exists); its path.
+
+        Locally it is written under a hidden name and renamed: readers never see
+        half a file (an object store shows an object only once it is whole).
+        """
+        path = f"{folder}/{name}"
+        if self.local:
+            tmp = f"{folder}/.{name}.tmp"
+            pq.write_table(table, tmp, filesystem=self.fs)
+            self.fs.move(tmp, path)
+        else:
+            pq.write_table(table, path, filesystem=self.fs)
+        return path
 
     def files(
         self,

@@ -42,19 +42,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import RedisClusterException
 
 from mlbus.config import RedisSettings
-from mlbus.errors import ConfigError, InvalidInput, RetryableError
+from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import Scalar
 from mlbus.featurestore._windows import Steps, ViewAggregator, value_at
+from mlbus.redis_client import RedisClient, redis_client_at
 from mlbus.redis_failures import REDIS_DOWN
 
 TS_FIELD = b"__ts"
 EVENT_ID_FIELD = b"__eid"
 COUNTED_FIELD = b"__n"
-RedisClient = aioredis.Redis | RedisCluster
-"""A single Redis or a Redis Cluster: every command the store sends works on both."""
 Pipeline = aioredis.client.Pipeline | ClusterPipeline
 
 
@@ -208,6 +206,7 @@ class OnlineStore:
     """Async reads (and the service's writes) of online feature values. `async with` closes it."""
 
     def __init__(self, client: RedisClient, *, key_prefix: str = "mlbus") -> None:
+        """`client`: a single Redis or a Redis Cluster; every command sent works on both."""
         self.client = client
         self.keys = FeatureKeys(key_prefix)
         self._name_cache: dict[bytes, str] = {}
@@ -233,24 +232,13 @@ class OnlineStore:
         cls, url: str, *, key_prefix: str = "mlbus", timeout_s: float = 2.0, cluster: bool = False
     ) -> OnlineStore:
         """`cluster`: `url` names any node of a Redis Cluster; the others are discovered."""
-        client: RedisClient
-        if cluster:
-            try:
-                client = RedisCluster.from_url(
-                    url,
-                    socket_timeout=timeout_s,
-                    socket_connect_timeout=timeout_s,
-                    decode_responses=False,
-                )
-            except (RedisClusterException, ValueError) as exc:  # e.g. a db other than 0
-                raise ConfigError(f"invalid Redis Cluster URL {url!r}: {exc}") from exc
-        else:
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                decode_responses=False,
-            )
+        client = redis_client_at(
+            url,
+            cluster=cluster,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=False,
+        )
         return cls(client, key_prefix=key_prefix)
 
     async def aclose(self) -> None:

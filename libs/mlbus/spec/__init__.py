@@ -26,6 +26,7 @@ from mlbus.spec._contract import (
     UnknownFields,
     parse_timestamp,
 )
+from mlbus.spec._drift import Correction, DriftSpec, DriftTest, DriftTests
 from mlbus.spec._durations import (
     PositiveSeconds,
     Seconds,
@@ -41,27 +42,20 @@ from mlbus.spec._features import (
     FeatureView,
 )
 from mlbus.spec._loader import SpecError, SpecIssue, load_spec, parse_spec
-from mlbus.spec._project import (
+from mlbus.spec._model import (
     HIGHER_IS_BETTER,
-    Correction,
-    DriftSpec,
-    DriftTest,
-    DriftTests,
     Estimator,
-    ExperimentSpec,
-    FeatureValue,
     Gates,
-    LabelingSpec,
     LabelRef,
     Metric,
     ModelSpec,
-    OutcomesSpec,
-    ProjectSpec,
-    ServingSpec,
     Task,
     metric_gain,
 )
+from mlbus.spec._outcomes import ExperimentSpec, LabelingSpec, OutcomesSpec
+from mlbus.spec._project import ProjectSpec
 from mlbus.spec._search import ParamSpace, SearchSpec
+from mlbus.spec._serving import FeatureValue, ServingSpec
 
 __all__ = [
     "CATEGORICAL_TYPES",

@@ -12,20 +12,18 @@ Labels are read from the label log (`write_labels` / `label_files`), features
 from the offline store through `build_training_set` (point-in-time, fingerprinted).
 """
 
+from mlbus.training._dataset import Dataset, FeatureEncoding, dataset_from_table, load_dataset
+from mlbus.training._errors import TrainingError
 from mlbus.training._labels import LabelRow, label_files, read_labels, write_labels
 from mlbus.training._pipeline import (
     INPUT_NAME,
     PARITY_TOLERANCE,
     SUPPORTED_ESTIMATORS,
-    Dataset,
-    FeatureEncoding,
+    Fit,
     TimeSplit,
     TrainedModel,
-    TrainingError,
     compute_metrics,
-    dataset_from_table,
     evaluate_onnx,
-    load_dataset,
     make_estimator,
     onnx_scores,
     sklearn_scores,
@@ -79,6 +77,7 @@ __all__ = [
     "Champion",
     "Dataset",
     "FeatureEncoding",
+    "Fit",
     "JoinJob",
     "JoinOutcome",
     "JoinableSearch",

@@ -87,12 +87,7 @@ def write_labels(offline: OfflineStore, source: str, rows: Sequence[LabelRow]) -
         )
         if offline.local:
             offline.fs.create_dir(folder, recursive=True)
-            tmp = f"{folder}/.{name}.tmp"
-            pq.write_table(table, tmp, filesystem=offline.fs)
-            offline.fs.move(tmp, f"{folder}/{name}")
-        else:
-            pq.write_table(table, f"{folder}/{name}", filesystem=offline.fs)
-        written.append(f"{folder}/{name}")
+        written.append(offline.write_table(table, folder, name))
     return written
 
 
@@ -109,19 +104,11 @@ def label_files(offline: OfflineStore, source: str) -> list[str]:
 
 def read_labels(offline: OfflineStore, files: Sequence[str]) -> pa.Table:
     """Every label in `files`, de-duplicated by the label event's id (replays)."""
-    import duckdb
-
     tables = [pq.read_table(f, filesystem=offline.fs) for f in files]
     if not tables:
         return label_schema(pa.bool_()).empty_table()
     table = pa.concat_tables(tables, promote_options="permissive")
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("labels", table)
-        return con.sql(
-            "SELECT * FROM labels QUALIFY row_number() OVER "
-            "(PARTITION BY label_event_id ORDER BY label_time) = 1 ORDER BY label_time"
-        ).to_arrow_table()
+    return _first_per(table, "label_event_id", by="label_time", order="label_time")
 
 
 def latest_per_event(labels: pa.Table) -> pa.Table:
@@ -131,13 +118,22 @@ def latest_per_event(labels: pa.Table) -> pa.Table:
     A later label of an event is a correction; training on both would teach the
     model two answers for one input.
     """
+    return _first_per(
+        labels,
+        "event_id",
+        by="label_time DESC, label_event_id DESC",
+        order="label_time, label_event_id",
+    )
+
+
+def _first_per(labels: pa.Table, key: str, *, by: str, order: str) -> pa.Table:
+    """The first row of each `key` when sorted `by`, the rows sorted by `order` (DuckDB SQL)."""
     import duckdb
 
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         con.register("labels", labels)
         return con.sql(
-            "SELECT * FROM labels QUALIFY row_number() OVER "
-            "(PARTITION BY event_id ORDER BY label_time DESC, label_event_id DESC) = 1 "
-            "ORDER BY label_time, label_event_id"
+            f"SELECT * FROM labels QUALIFY row_number() OVER "
+            f"(PARTITION BY {key} ORDER BY {by}) = 1 ORDER BY {order}"
         ).to_arrow_table()

@@ -20,13 +20,13 @@ from mlbus.errors import NotFound
 from mlbus.featurestore import OfflineStore
 from mlbus.registry_client import Registration, RegistryClient
 from mlbus.spec import ProjectSpec
+from mlbus.training._dataset import load_dataset
+from mlbus.training._errors import TrainingError
 from mlbus.training._pipeline import (
     Fit,
     Progress,
     TrainedModel,
-    TrainingError,
     evaluate_onnx,
-    load_dataset,
     require_rows,
     time_split,
     train,

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mlbus.spec import HIGHER_IS_BETTER, ParamSpace, ProjectSpec, SearchSpec
+from mlbus.training._dataset import Dataset
+from mlbus.training._errors import TrainingError
 from mlbus.training._pipeline import (
-    Dataset,
     Fit,
-    TrainingError,
     _positive_class,
     compute_metrics,
     make_estimator,
