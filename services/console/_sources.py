@@ -71,8 +71,9 @@ def kind_of(trace: Trace) -> str:
 class SpanCache:
     """Traces from the span files, re-read only when a file grew or changed.
 
-    Health checks (a root span each, every few seconds per service) are counted,
-    not kept: they would be most of the traces and none of the loop.
+    Health checks as root spans (processes before probes went untraced wrote one
+    every few seconds per service) are counted, not kept: they would be most of
+    the traces and none of the loop.
     """
 
     def __init__(self, folder: Path) -> None:

@@ -236,3 +236,16 @@ async def test_untraced_caller_gets_a_root_server_span(
     (server,) = telemetry.spans()["SERVER:mlbus.test.Echo/Echo"]
     assert server.parent_span_id is None
     assert "CLIENT:mlbus.test.Echo/Echo" not in telemetry.spans()
+
+
+async def test_an_untraced_probe_gets_no_span(telemetry: Services, server_address: str) -> None:
+    """A health check outside any trace (a kubelet, `mlbus up`) starts no trace of its own."""
+    async with grpc.aio.insecure_channel(server_address) as plain:
+        stub: Any = health_pb2_grpc.HealthStub(plain)
+        for _ in range(3):
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        await plain.unary_unary("/mlbus.test.Echo/Echo")(b"x", timeout=5)
+    spans = telemetry.spans()
+    assert "SERVER:grpc.health.v1.Health/Check" not in spans
+    assert len(spans["SERVER:mlbus.test.Echo/Echo"]) == 1  # other methods still are

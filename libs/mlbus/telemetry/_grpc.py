@@ -139,6 +139,9 @@ class TracingServerInterceptor(HandlerWrapping):
     Methods `data_plane` says yes to (e.g. ModelInfer) are sampled like bus records
     (docs/adr/0004): a call whose caller sampled its trace is traced; otherwise
     only `data_sample_ratio` of them start a trace and the rest get no span at all.
+    Probes (health checks, reflection) are traced only inside a caller's sampled
+    trace: a kubelet or `mlbus up` asking every few seconds would otherwise start
+    thousands of one-span traces a day that say nothing.
     """
 
     def __init__(
@@ -154,7 +157,10 @@ class TracingServerInterceptor(HandlerWrapping):
         span_name, service, name = _rpc_names(method)
         attributes = _attributes(service, name)
         sampled_only = self._data_plane is not None and self._data_plane(method)
-        parent_of = _sampled_parent if sampled_only else _parent
+        if method.startswith(PROBE_METHODS):
+            parent_of = _caller_sampled_parent
+        else:
+            parent_of = _sampled_parent if sampled_only else _parent
         tracer = self._tracer
 
         def start(parent: Context) -> Any:
@@ -210,8 +216,22 @@ class TracingServerInterceptor(HandlerWrapping):
         return wrap
 
 
+PROBE_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Method prefixes of probes: traced only as part of a caller's sampled trace."""
+
+
 def _parent(metadata: Iterable[Metadatum] | None) -> Context:
     return extract_grpc_context(metadata)
+
+
+def _caller_sampled_parent(metadata: Iterable[Metadatum] | None) -> Context | None:
+    """The caller's context when its trace is sampled; None: this call gets no span."""
+    metadata = metadata or ()
+    if not any(key == "traceparent" for key, _ in metadata):
+        return None
+    parent = extract_grpc_context(metadata)
+    sampled = trace.get_current_span(parent).get_span_context().trace_flags.sampled
+    return parent if sampled else None
 
 
 def _sampled_parent(metadata: Iterable[Metadatum] | None) -> Context | None:
