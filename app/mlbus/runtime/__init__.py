@@ -7,7 +7,7 @@ its data folder, `discover`, health checks) is the shared library's
 
 from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis, local_redis_url
 from mlbus.runtime._lock import AlreadyRunningError, RunLock
-from mlbus.runtime._process import die_with_parent, free_port, port_open
+from mlbus.runtime._process import free_port, port_open
 from mlbus.runtime._services import SERVICES, ServiceSpec
 from mlbus.runtime._supervisor import RestartPolicy, StartupError, Supervisor
 
@@ -21,7 +21,6 @@ __all__ = [
     "ServiceSpec",
     "StartupError",
     "Supervisor",
-    "die_with_parent",
     "free_port",
     "local_redis_url",
     "port_open",
