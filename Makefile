@@ -41,15 +41,15 @@ unit: $(STAMP) ## Unit tests only (no broker, no Redis)
 	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check libs services tests loadtests tools
-	$(BIN)/ruff format --check libs services tests loadtests tools
+	$(BIN)/ruff check libs services app tests loadtests tools
+	$(BIN)/ruff format --check libs services app tests loadtests tools
 
-typecheck: $(STAMP) ## mypy --strict on libs/ and services/
-	$(BIN)/mypy libs $(if $(wildcard services/*/__init__.py),services)
+typecheck: $(STAMP) ## mypy --strict on libs/, services/ and app/
+	$(BIN)/mypy libs app $(if $(wildcard services/*/__init__.py),services)
 
 format: $(STAMP) ## Apply ruff fixes and formatting
-	$(BIN)/ruff check --fix libs services tests loadtests tools
-	$(BIN)/ruff format libs services tests loadtests tools
+	$(BIN)/ruff check --fix libs services app tests loadtests tools
+	$(BIN)/ruff format libs services app tests loadtests tools
 
 proto: $(STAMP) ## Regenerate the committed gRPC stubs from proto/
 	$(BIN)/python tools/gen_proto.py

@@ -1,9 +1,14 @@
 """Package layout only; everything else is in pyproject.toml.
 
-One distribution, two source roots: the shared library in `libs/mlbus` and one
-folder per service in `services/<name>`, installed as `mlbus.<name>`. A new
-service folder (with an `__init__.py`) is picked up here without editing
-anything; re-run `make install` after adding one.
+One distribution, three source roots, all imported under `mlbus`:
+- `libs/mlbus`: the shared library, what services share and nothing more;
+- `services/<name>`: one folder per service, installed as `mlbus.<name>`;
+- `app/mlbus/<name>`: the shell around them (the CLI, `mlbus up`'s runtime, the
+  demo, the example generator, the soak), installed as `mlbus.<name>`. It keeps
+  the `mlbus/` level so that mypy resolves `mlbus.<name>` there (`mypy_path`).
+
+A new folder (with an `__init__.py`) under `services/` or `app/mlbus/` is picked
+up here without editing anything; re-run `make install` after adding one.
 """
 
 from pathlib import Path
@@ -13,11 +18,12 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 packages = find_packages("libs", include=["mlbus", "mlbus.*"])
 package_dir = {"mlbus": "libs/mlbus"}
-for service in sorted((ROOT / "services").iterdir()):
-    if (service / "__init__.py").is_file():
-        name = f"mlbus.{service.name}"
-        package_dir[name] = f"services/{service.name}"
-        packages.append(name)
-        packages += [f"{name}.{sub}" for sub in find_packages(f"services/{service.name}")]
+for root in ("services", "app/mlbus"):
+    for folder in sorted((ROOT / root).iterdir()):
+        if (folder / "__init__.py").is_file():
+            name = f"mlbus.{folder.name}"
+            package_dir[name] = f"{root}/{folder.name}"
+            packages.append(name)
+            packages += [f"{name}.{sub}" for sub in find_packages(f"{root}/{folder.name}")]
 
 setup(packages=packages, package_dir=package_dir)

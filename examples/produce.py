@@ -28,7 +28,7 @@ def bootstrap_servers(explicit: str | None) -> str:
     if explicit:
         return explicit
     from mlbus.config import MlbusSettings, load_settings
-    from mlbus.runtime import discover
+    from mlbus.runstate import discover
 
     found = discover(load_settings(MlbusSettings)).kafka.bootstrap_servers
     if not found:

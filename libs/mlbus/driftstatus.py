@@ -1,11 +1,12 @@
 """The drift service's published status, read from Redis (`mlbus drift status`, the console).
 
-The drift service writes it at each of its commits (key layout in
+The drift service writes it at each of its commits (its other keys in
 services/drift/_store.py and docs/adr/0017): per monitor (model, version, topic
 partition) each test's latest score against its threshold and the samples in
-the open window, and the recent detections with what was decided about them.
-The service is not imported (the shared library never imports a service); the
-keys are read here, once, for every reader.
+the open window, the recent detections with what was decided about them, and
+the armed retrainings. These keys are named here, once, for the writer and
+every reader; the service is not imported (the shared library never imports a
+service).
 """
 
 from __future__ import annotations
@@ -19,6 +20,21 @@ if TYPE_CHECKING:
 DEFAULT_GROUP = "mlbus-drift"
 
 
+def status_key(prefix: str, group: str) -> str:
+    """Hash of `group`: `<model>:<version>:<topic>:<partition>` → that monitor's status JSON."""
+    return f"{prefix}:drift:{group}:status"
+
+
+def detections_key(prefix: str, group: str) -> str:
+    """List of `group`, newest first: the recent detections and what was decided."""
+    return f"{prefix}:drift:{group}:detections"
+
+
+def armed_key(prefix: str, model: str) -> str:
+    """The armed retraining of `model` (JSON), shared by every group's replicas of it."""
+    return f"{prefix}:drift:armed:{model}"
+
+
 async def read_drift_state(
     redis: RedisSettings, group: str, *, detections: int = 10
 ) -> dict[str, Any]:
@@ -26,12 +42,14 @@ async def read_drift_state(
     from mlbus.redis_client import redis_client
 
     client = redis_client(redis)
-    base = f"{redis.key_prefix}:drift:{group}"
+    prefix = redis.key_prefix
     try:
-        raw_status = await client.hgetall(f"{base}:status")
-        raw_detections = await client.lrange(f"{base}:detections", 0, max(0, detections - 1))
+        raw_status = await client.hgetall(status_key(prefix, group))
+        raw_detections = await client.lrange(
+            detections_key(prefix, group), 0, max(0, detections - 1)
+        )
         # Armed retrainings are per model (shared by every group's replicas of that model).
-        armed_keys = [k async for k in client.scan_iter(match=f"{redis.key_prefix}:drift:armed:*")]
+        armed_keys = [k async for k in client.scan_iter(match=armed_key(prefix, "*"))]
         raw_armed = [v for v in [await client.get(k) for k in armed_keys] if v is not None]
     finally:
         await client.aclose()

@@ -30,7 +30,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlbus.config import load_settings
-from mlbus.runtime import discover
+from mlbus.runstate import discover
 
 from . import _pages_loop, _pages_models, _pages_outcomes
 from ._collector import Collector

@@ -32,7 +32,7 @@ from mlbus.events import (
     TrainingRequested,
 )
 from mlbus.registry_client import ModelSummary
-from mlbus.runtime import StatusReport
+from mlbus.runstate import StatusReport
 
 from ._sources import ConsoleSources
 from ._topics import TopicReader

@@ -7,7 +7,7 @@
   `mlbus.outcomesstatus` (the outcomes service's) and `mlbus.labeling` (the
   labeling queue, and a person's label sent on to the labels source topic);
 - span files through `mlbus.telemetry.spans`;
-- the run state of `mlbus up` (`mlbus.runtime`) for component health.
+- the run state of `mlbus up` (`mlbus.runstate`) for component health.
 
 Kafka topics are read by `_topics.TopicReader`. No service is imported.
 """
@@ -34,7 +34,7 @@ from mlbus.registry_client import (
     ModelVersionInfo,
     RegistryClient,
 )
-from mlbus.runtime import StatusReport, check_run, live_state
+from mlbus.runstate import StatusReport, check_run, live_state
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, read_span_file, span_files
 

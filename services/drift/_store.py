@@ -12,6 +12,10 @@ Keys (`<p>` is `MLBUS_REDIS_KEY_PREFIX`, `<g>` the consumer group):
     <p>:drift:armed:<model>                      the armed retraining trigger (ArmedTrigger JSON):
                                                  waits for labels of the drift, then fires once
 
+The status, detections and armed keys are what `mlbus drift status` and the
+console read: they are named once, in `mlbus.driftstatus`, for this writer and
+those readers.
+
 A partition's monitors and its offset are written together by one script, and
 only forward: a writer whose offset is behind the stored one (a replica that
 lost the partition) changes nothing. See docs/adr/0017-drift-service-state.md.
@@ -28,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from mlbus import driftstatus
 from mlbus.config import RedisSettings
 from mlbus.driftstats import PolicyState, RetrainPolicy
 from mlbus.errors import RetryableError
@@ -284,7 +289,7 @@ class DriftStore:
         client: aioredis.Redis,
         *,
         prefix: str = "mlbus",
-        group: str = "mlbus-drift",
+        group: str = driftstatus.DEFAULT_GROUP,
         detections_kept: int = 50,
     ) -> None:
         self.client = client
@@ -310,11 +315,11 @@ class DriftStore:
 
     @property
     def status_key(self) -> str:
-        return f"{self.prefix}:drift:{self.group}:status"
+        return driftstatus.status_key(self.prefix, self.group)
 
     @property
     def detections_key(self) -> str:
-        return f"{self.prefix}:drift:{self.group}:detections"
+        return driftstatus.detections_key(self.prefix, self.group)
 
     def policy_key(self, model: str) -> str:
         return f"{self.prefix}:drift:policy:{model}"
@@ -323,7 +328,7 @@ class DriftStore:
         return f"{self.prefix}:drift:claim:{detection_id}"
 
     def armed_key(self, model: str) -> str:
-        return f"{self.prefix}:drift:armed:{model}"
+        return driftstatus.armed_key(self.prefix, model)
 
     # ── partitions ───────────────────────────────────────────────────────────
 

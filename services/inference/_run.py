@@ -18,7 +18,7 @@ from ._settings import InferenceSettings
 
 def run(settings: InferenceSettings | None = None) -> None:
     """Entry point of `python -m mlbus.inference`."""
-    from mlbus.runtime import discover  # the runtime (mlbus up's machinery): not in workers
+    from mlbus.runstate import discover  # here only: workers are handed their settings
 
     settings = discover(settings or load_settings(InferenceSettings))
     if settings.workers > 1:

@@ -28,7 +28,7 @@ from mlbus.config import KafkaSettings, load_settings
 from mlbus.events import Event
 from mlbus.registry_client import SERVICE_NAME
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.runtime import discover
+from mlbus.runstate import discover
 from mlbus.spec import ModelSpec, load_spec
 from mlbus.telemetry import setup_telemetry
 

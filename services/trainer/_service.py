@@ -45,8 +45,8 @@ from mlbus.events import (
     TrainingFailed,
     TrainingRequested,
 )
+from mlbus.parent_death import die_with_parent
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
-from mlbus.runtime import die_with_parent
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter

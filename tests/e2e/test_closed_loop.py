@@ -28,7 +28,7 @@ from mlbus.demo import (
     DemoRun,
 )
 from mlbus.events import DriftDetected, TrainingRequested
-from mlbus.runtime import pid_alive, read_state
+from mlbus.runstate import pid_alive, read_state
 from tests.e2e._demo_run import assert_served_what_it_trained_on
 from tests.e2e.auc_margin import chance_margin, difference_margin
 

@@ -25,7 +25,7 @@ import pytest
 
 from mlbus.config import MlbusSettings
 from mlbus.demo import DemoRun
-from mlbus.runtime import check_run, pid_alive
+from mlbus.runstate import check_run, pid_alive
 from tests.e2e._browser import (
     chromium,
     require_chromium,

@@ -23,7 +23,7 @@ import redis
 from mlbus.config import DataDir
 from mlbus.example import fraud_spec_path
 from mlbus.featurestore import FeatureKeys, encode_value
-from mlbus.runtime import RunState, read_state
+from mlbus.runstate import RunState, read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

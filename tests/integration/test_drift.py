@@ -31,12 +31,12 @@ from typer.testing import CliRunner
 
 from mlbus.bus import encode_event, ensure_topics, event_headers
 from mlbus.cli import _drift
-from mlbus.cli._drift import read_drift_state
 from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.drift import DriftService, DriftSettings
 from mlbus.drift._labels import Pending, PendingPredictions
 from mlbus.drift._store import ArmedTrigger, DriftStore, PartitionSnapshot
 from mlbus.driftstats import DriftMonitor
+from mlbus.driftstatus import read_drift_state
 from mlbus.events import (
     DRIFT_DETECTED,
     INGEST_VALIDATED,

@@ -27,8 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mlbus.config import DataDir
 from mlbus.events import INGEST_VALIDATED
 from mlbus.example import fraud_spec_path, generate
-from mlbus.runtime import RunState, read_state
-from mlbus.runtime._state import INSTANCE_PREFIX_PATTERN
+from mlbus.runstate import INSTANCE_PREFIX_PATTERN, RunState, read_state
 from mlbus.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlbus.runtime import pid_alive
+from mlbus.runstate import pid_alive
 
 # A trainer stand-in: the trainer's own pool, one task run (the worker exists), then wait.
 TRAINER = """\

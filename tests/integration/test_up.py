@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from mlbus.config import DataDir
 from mlbus.events import ALL_TOPICS
-from mlbus.runtime import RunState, pid_alive, read_state
+from mlbus.runstate import RunState, pid_alive, read_state
 from mlbus.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -16,7 +16,7 @@ from mlbus.console._collector import ScorePoint
 from mlbus.console._security import CSRF_COOKIE, csrf_ok
 from mlbus.console._sources import kind_of
 from mlbus.profiles import CategoricalProfile, NumericProfile
-from mlbus.runtime import RunState, ServiceState
+from mlbus.runstate import RunState, ServiceState
 from mlbus.telemetry.spans import SpanRecord, build_traces
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)

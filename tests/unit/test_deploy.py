@@ -111,7 +111,7 @@ def defined_metrics() -> set[str]:
     )
     families = re.compile(r"\b(Counter|Histogram|Gauge)MetricFamily\(\s*\"([a-z0-9_]+)\"", re.S)
     names: set[str] = set()
-    for folder in (ROOT / "libs" / "mlbus", ROOT / "services"):
+    for folder in (ROOT / "libs" / "mlbus", ROOT / "services", ROOT / "app" / "mlbus"):
         for path in folder.rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             for found, name in instruments.findall(text) + families.findall(text):

@@ -2,12 +2,12 @@
 
 Each module kept out is resident memory in every worker (issue #7: ≤ 100 MB per
 worker). Without a spec: yaml and the spec models (~1 MB) load only with
-MLBUS_SPEC, the runtime only in the supervisor, protobuf's `descriptor_pb2`
-(~4.4 MB) only when a client first calls server reflection, the registry client
-and its protos (~0.6 MB) only with MLBUS_INFERENCE_REGISTRY_ADDRESS. With a spec
-and Redis (Predict): the online store, but not the offline one's pyarrow and
-DuckDB (~32 MB). Checked in a fresh interpreter, since this test process has
-imported everything already.
+MLBUS_SPEC, the run state (`discover`) only where the process starts (the shell's
+runtime never), protobuf's `descriptor_pb2` (~4.4 MB) only when a client first
+calls server reflection, the registry client and its protos (~0.6 MB) only with
+MLBUS_INFERENCE_REGISTRY_ADDRESS. With a spec and Redis (Predict): the online
+store, but not the offline one's pyarrow and DuckDB (~32 MB). Checked in a fresh
+interpreter, since this test process has imported everything already.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ print(",".join(m for m in kept_out if m in sys.modules))
 WITHOUT_SPEC = (
     "yaml",
     "mlbus.spec",
+    "mlbus.runstate",
     "mlbus.runtime",
     "google.protobuf.descriptor_pb2",
     "mlbus.registry_client",
 )
-WITH_PREDICT = ("pyarrow", "duckdb", "mlbus.runtime", "mlbus.registry_client")
+WITH_PREDICT = ("pyarrow", "duckdb", "mlbus.runstate", "mlbus.runtime", "mlbus.registry_client")
 
 
 def loaded_of(tmp_path: Path, spec: str, redis_url: str, kept_out: tuple[str, ...]) -> list[str]:

@@ -11,16 +11,19 @@ from pathlib import Path
 import pytest
 
 from mlbus.config import DataDir, MlbusSettings
-from mlbus.runtime import AlreadyRunningError, discover, live_state, pid_alive, read_state
-from mlbus.runtime._state import (
+from mlbus.runstate import (
     BrokerState,
     RedisState,
-    RunLock,
     RunState,
     ServiceState,
+    discover,
+    live_state,
+    pid_alive,
+    read_state,
     remove_state,
     write_state,
 )
+from mlbus.runtime import AlreadyRunningError, RunLock
 
 DEAD_PID = 2**31 - 1  # above any pid_max: never a live process
 

@@ -1,9 +1,10 @@
 """The state of a running `mlbus up`, shared with other commands through the data folder.
 
 `mlbus up` holds an exclusive `flock` on `<data>/run/up.lock` for as long as it
-runs and rewrites `<data>/run/state.json` atomically (temporary file + rename)
-whenever something changes: addresses, pids, restarts. Any other process reads
-that file to find the broker, Redis and the services (`discover`, `mlbus status`).
+runs (`RunLock`, in the shell's `mlbus.runtime`) and rewrites
+`<data>/run/state.json` atomically (temporary file + rename) whenever something
+changes: addresses, pids, restarts. Any other process reads that file to find
+the broker, Redis and the services (`discover`, `mlbus status`).
 
 A state file left behind by a crashed `mlbus up` is recognised by its
 supervisor pid no longer being alive, and is replaced by the next `mlbus up`.
@@ -12,14 +13,13 @@ supervisor pid no longer being alive, and is replaced by the next `mlbus up`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -114,10 +114,6 @@ class RunState(BaseModel):
         return pids
 
 
-class AlreadyRunningError(MlbusError):
-    """Another `mlbus up` holds the data folder."""
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists and is not a zombie."""
     if pid <= 0:
@@ -167,63 +163,6 @@ def live_state(data: DataDir) -> RunState | None:
 def remove_state(data: DataDir) -> None:
     with contextlib.suppress(FileNotFoundError):
         data.run_state.unlink()
-
-
-def lock_path(data: DataDir) -> Path:
-    return data.run / "up.lock"
-
-
-class RunLock:
-    """The exclusive right to run `mlbus up` in one data folder, held until `release`.
-
-    The lock is an `flock`, so the kernel drops it when the holder dies, however
-    it dies. The holder's pid is written into the lock file for the error message.
-    The descriptor is not inherited by children, so a surviving child never
-    keeps the folder locked.
-    """
-
-    def __init__(self, data: DataDir) -> None:
-        self._data = data
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> None:
-        self._data.ensure(self._data.run)
-        path = lock_path(self._data)
-        handle = path.open("a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise AlreadyRunningError(
-                f"mlbus up is already running in {self._data.root} (pid {holder}); "
-                "stop it first, or use another --data-dir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        stale = read_state(self._data)
-        if stale is not None:  # we hold the lock, so whoever wrote it is gone
-            log.warning(
-                "replacing the state left by a crashed mlbus up (pid %d)", stale.supervisor_pid
-            )
-            remove_state(self._data)
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
 
 
 INSTANCE_PREFIX_PATTERN = re.compile(r"^mlbus:[0-9a-f]{8}$")

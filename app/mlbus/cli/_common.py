@@ -17,7 +17,7 @@ from mlbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from mlbus.config import MlbusSettings
-    from mlbus.runtime import RunState
+    from mlbus.runstate import RunState
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,7 +91,7 @@ def connect(
     was chosen, and from where, on stderr.
     """
     from mlbus.config import MlbusSettings
-    from mlbus.runtime import discover, live_state
+    from mlbus.runstate import discover, live_state
 
     settings = settings_or_exit(MlbusSettings)
     update: dict[str, object] = {}

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel
 
 from mlbus.config import KafkaSettings, MlbusSettings
-from mlbus.runtime._state import RunState, pid_alive
+from mlbus.runstate._state import RunState, pid_alive
 
 DEFAULT_TIMEOUT_S = 3.0
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mlbus.config import MlbusSettings
 from mlbus.errors import MlbusError
-from mlbus.runtime import SERVICES, RunState, ServiceSpec, Supervisor, free_port
+from mlbus.runstate import RunState
+from mlbus.runtime import SERVICES, ServiceSpec, Supervisor, free_port
 
 START_TIMEOUT_S = 60.0
 

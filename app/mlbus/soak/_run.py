@@ -64,7 +64,8 @@ from mlbus.events import (
 from mlbus.example import fraud_spec_path
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.registry_client import RegistryClient
-from mlbus.runtime import RunState, pid_alive, port_open, read_state
+from mlbus.runstate import RunState, pid_alive, read_state
+from mlbus.runtime import port_open
 from mlbus.spec import ProjectSpec, load_spec
 
 from ._checks import (

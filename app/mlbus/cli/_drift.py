@@ -1,11 +1,10 @@
 """`mlbus drift status`: what the drift service currently sees, per served model version.
 
-Reads the state the drift service keeps in Redis (written at each of its
-commits; key layout in services/drift/_store.py and docs/adr/0017): per
-monitor (model, version, topic partition) each test's latest score against
-its threshold and the samples in the open window, and the recent detections
-with what was decided about them. The service is not imported (the shared
-library never imports a service); the keys are read here.
+Reads the state the drift service publishes in Redis at each of its commits
+(docs/adr/0017) through `mlbus.driftstatus`, where its keys are named for the
+service and every reader: per monitor (model, version, topic partition) each
+test's latest score against its threshold and the samples in the open window,
+and the recent detections with what was decided about them.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ from typing import Annotated, Any
 import typer
 
 from mlbus.cli._common import connect, console, fail
-from mlbus.driftstatus import DEFAULT_GROUP, read_drift_state, summarise
+from mlbus.driftstatus import DEFAULT_GROUP, read_drift_state
 
-__all__ = ["DEFAULT_GROUP", "read_drift_state", "register", "summarise"]
+__all__ = ["register"]
 
 
 def _number(value: Any, digits: int = 4) -> str:

@@ -12,7 +12,7 @@ from mlbus.cli._common import console, err_console, fail, settings_or_exit
 
 if TYPE_CHECKING:
     from mlbus.config import MlbusSettings
-    from mlbus.runtime import RunState, StatusReport
+    from mlbus.runstate import RunState, StatusReport
 
 EXIT_NOT_RUNNING = 3
 
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         import asyncio
         import logging
 
-        from mlbus.runtime import check_run, pid_alive, read_state
+        from mlbus.runstate import check_run, pid_alive, read_state
 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures go in the report
         settings = _settings(data_dir, None)

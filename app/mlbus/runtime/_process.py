@@ -1,4 +1,7 @@
-"""Child processes that die with their parent, and free loopback ports."""
+"""Child processes that die with their parent, and free loopback ports.
+
+A service's own worker processes use `mlbus.parent_death` instead (libs).
+"""
 
 from __future__ import annotations
 
@@ -57,23 +60,6 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(1)  # the parent died before the death signal was set
 os.execv(sys.argv[2], sys.argv[2:])
 """
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make Linux SIGKILL this process when its parent dies, however the parent dies.
-
-    For processes Python starts itself (a `ProcessPoolExecutor`'s `initializer`), where
-    `with_parent_guard` cannot wrap the command. A worker whose parent is gone has
-    nobody to hand a result to, so it is killed outright, mid-computation. Exits at
-    once if the parent died before the signal was set.
-    """
-    import ctypes
-    import signal
-
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def with_parent_guard(argv: Sequence[str]) -> list[str]:

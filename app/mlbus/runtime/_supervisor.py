@@ -35,22 +35,23 @@ from types import FrameType
 
 from mlbus.config import KafkaSettings, MlbusSettings
 from mlbus.errors import MlbusError
-from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis
-from mlbus.runtime._health import kafka_health, redis_ping
-from mlbus.runtime._process import free_port, port_open, spawn, tail
-from mlbus.runtime._services import SERVICES, ServiceSpec, split_installed
-from mlbus.runtime._state import (
+from mlbus.runstate import (
     BrokerState,
     RedisState,
-    RunLock,
     RunState,
     ServiceState,
     ServiceStatus,
     instance_prefix,
+    kafka_health,
+    redis_ping,
     remove_state,
     with_key_prefix,
     write_state,
 )
+from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis
+from mlbus.runtime._lock import RunLock
+from mlbus.runtime._process import free_port, port_open, spawn, tail
+from mlbus.runtime._services import SERVICES, ServiceSpec, split_installed
 
 log = logging.getLogger(__name__)
 
