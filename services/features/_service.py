@@ -11,7 +11,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
+from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import ConfigError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
@@ -82,22 +82,6 @@ class FeatureService(StreamService):
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:
-
-                async def dead_letter(origin: Received[Event], view: str, error: Exception) -> None:
-                    record = dead_letter_event(
-                        group=settings.group_id,
-                        topic=origin.topic,
-                        partition=origin.partition,
-                        offset=origin.offset,
-                        key=origin.key,
-                        value=encode_event(origin.payload),
-                        headers=origin.headers,
-                        error=RuntimeError(f"view {view}: {type(error).__name__}: {error}"),
-                        attempts=1,
-                    )
-                    await publisher.publish(record, key=origin.key)
-
-                self.processor.dead_letter = dead_letter
                 consumer = Consumer.of_events(
                     settings.kafka,
                     types=[IngestValidated],
@@ -105,7 +89,9 @@ class FeatureService(StreamService):
                     handler=self.processor.handle,
                     publisher=publisher,
                     topics=self.topics,
-                    before_commit=self.processor.flush,  # one Redis write per fetched batch
+                    # One Redis write per fetched batch; what a view cannot apply comes
+                    # back from it and the bus dead-letters it before the commit.
+                    before_commit=self.processor.flush,
                 )
                 self.consumer = consumer  # type: ignore[assignment]
                 predictions = self.predictions = self._consistency(publisher)
