@@ -10,11 +10,10 @@ from typing import Any
 
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError, RetryableError
+from mlbus.errors import RetryableError
 from mlbus.events import DRIFT_DETECTED, TRAINING_REQUESTED
-from mlbus.registry_client import RegistryClient
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 
 from ._labels import PendingPredictions
 from ._processor import DriftProcessor
@@ -42,12 +41,7 @@ class DriftService(StreamService):
 
     async def run(self) -> None:
         settings = self.settings
-        token = settings.registry_token
-        registry = RegistryClient(
-            settings.registry_address,
-            token=None if token is None else token.get_secret_value(),
-            timeout_s=settings.registry_timeout_s,
-        )
+        registry = settings.registry_client()
         store = DriftStore.from_settings(
             settings.redis, group=settings.group_id, detections_kept=settings.detections_kept
         )
@@ -101,19 +95,13 @@ class DriftService(StreamService):
                     spans_in_batch=True,  # it publishes nothing per record
                 )
                 self.consumer = consumer
-                if self._stop.is_set():
-                    return
-                self._started.set()
-                async with asyncio.TaskGroup() as tasks:
-                    # Stopped while Redis or the broker was down: the offsets were not
-                    # committed, so the records are applied again (from the saved state).
-                    consume = self.consume(
-                        consumer, stopped_unsaved="drift service stopped with state unsaved"
-                    )
-                    tasks.create_task(consume, name="consume")
-                    tasks.create_task(self._statuses(processor), name="statuses")
-                    await self._stop.wait()
-                    consumer.stop()
+                # Stopped while Redis or the broker was down: the offsets were not
+                # committed, so the records are applied again (from the saved state).
+                await self.consume_until_stopped(
+                    [consumer],
+                    stopped_unsaved="drift service stopped with state unsaved",
+                    beside={"statuses": lambda: self._statuses(processor)},
+                )
         finally:
             await registry.close()
             await store.aclose()
@@ -135,12 +123,6 @@ class DriftService(StreamService):
                 return
 
 
-async def _main(settings: DriftSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the drift service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    await run_until_stopped(DriftService(settings, load_spec(settings.spec)))
-
-
 def run(settings: DriftSettings | None = None) -> None:
     """Start the drift service and block until SIGTERM/SIGINT."""
-    run_process("drift", settings or load_settings(DriftSettings), _main)
+    run_stream_service("drift", settings or load_settings(DriftSettings), DriftService)

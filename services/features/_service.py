@@ -13,12 +13,11 @@ from grpc_health.v1 import health_pb2
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 
 from ._consistency import ConsistencyMonitor
 from ._flusher import OfflineFlusher
@@ -95,33 +94,18 @@ class FeatureService(StreamService):
                 )
                 self.consumer = consumer  # type: ignore[assignment]
                 predictions = self.predictions = self._consistency(publisher)
-                if self._stop.is_set():
-                    return
-                self._started.set()
-                # The flusher's last, forced flush waits for the consumer's last batch
+                flusher = self.flusher
+                # The flusher's last, forced flush waits for the consumers' last batch
                 # write, so rows of that batch reach Parquet before the service exits.
-                consumed = asyncio.Event()
-
-                async def consume() -> None:
-                    try:
-                        # Stopped while Redis was down: the batch's offsets were not committed.
-                        await self.consume(
-                            consumer,
-                            stopped_unsaved="feature service stopped with events unwritten",
-                        )
-                    finally:
-                        consumed.set()
-
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(consume(), name="consume")
-                    tasks.create_task(self.flusher.run(consumed), name="offline-flush")
-                    if predictions is not None:
-                        tasks.create_task(predictions.run(), name="consistency-consume")
-                        tasks.create_task(self._flush_consistency(), name="consistency-flush")
-                    await self._stop.wait()
-                    consumer.stop()
-                    if predictions is not None:
-                        predictions.stop()
+                beside = {"offline-flush": lambda: flusher.run(self._consumed)}
+                if predictions is not None:
+                    beside["consistency-flush"] = self._flush_consistency
+                # Stopped while Redis was down: the batch's offsets were not committed.
+                await self.consume_until_stopped(
+                    [consumer] if predictions is None else [consumer, predictions],
+                    stopped_unsaved="feature service stopped with events unwritten",
+                    beside=beside,
+                )
                 if self.monitor is not None:
                     await self.monitor.flush()
         finally:
@@ -159,14 +143,6 @@ class FeatureService(StreamService):
                 await self.monitor.flush()
 
 
-async def _main(settings: FeaturesSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the feature service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    spec = load_spec(settings.spec)
-    async with OnlineStore.from_settings(settings.redis) as online:
-        await run_until_stopped(FeatureService(settings, spec, online=online))
-
-
 def run(settings: FeaturesSettings | None = None) -> None:
     """Start the feature service and block until SIGTERM/SIGINT."""
-    run_process("features", settings or load_settings(FeaturesSettings), _main)
+    run_stream_service("features", settings or load_settings(FeaturesSettings), FeatureService)
