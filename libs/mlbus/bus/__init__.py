@@ -14,21 +14,29 @@ for the one backoff loop, `_deadletter.py` for the dead-letter record, and
 """
 
 from mlbus.bus._admin import ensure_topics
-from mlbus.bus._codec import EventDecoder, encode_event, event_headers, header
+from mlbus.bus._codec import (
+    EventDecoder,
+    PredictionsAndLabelsDecoder,
+    encode_event,
+    event_headers,
+    header,
+)
 from mlbus.bus._consumer import CommitWork, Consumer
 from mlbus.bus._deadletter import DeadLetter, dead_letter_event
 from mlbus.bus._handling import ConsumerStats
 from mlbus.bus._publisher import OutgoingRecord, Publisher
 from mlbus.bus._received import Received, raw_decoder
-from mlbus.bus._retry import RetryPolicy, until_done
+from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 
 __all__ = [
+    "RETRYABLE",
     "CommitWork",
     "Consumer",
     "ConsumerStats",
     "DeadLetter",
     "EventDecoder",
     "OutgoingRecord",
+    "PredictionsAndLabelsDecoder",
     "Publisher",
     "Received",
     "RetryPolicy",
