@@ -21,7 +21,7 @@ from mlbus.bus._codec import (
     event_headers,
     header,
 )
-from mlbus.bus._consumer import CommitWork, Consumer
+from mlbus.bus._consumer import BatchProcessor, CommitWork, Consumer
 from mlbus.bus._deadletter import DeadLetter, dead_letter_event
 from mlbus.bus._handling import ConsumerStats
 from mlbus.bus._publisher import OutgoingRecord, Publisher
@@ -30,6 +30,7 @@ from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 
 __all__ = [
     "RETRYABLE",
+    "BatchProcessor",
     "CommitWork",
     "Consumer",
     "ConsumerStats",

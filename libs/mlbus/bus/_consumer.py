@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
@@ -41,10 +41,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from mlbus.bus._codec import EventDecoder
-from mlbus.bus._deadletter import DeadLetter, DeadLetterWriter, payload_bytes
+from mlbus.bus._deadletter import DeadLetter, DeadLetterWriter
 from mlbus.bus._handling import ConsumerStats, Decoder, RecordHandler
 from mlbus.bus._publisher import Publisher
-from mlbus.bus._received import Received
+from mlbus.bus._received import Received, received
 from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 from mlbus.config import KafkaSettings
 from mlbus.errors import RetryableError
@@ -71,6 +71,24 @@ CommitWork = Callable[[], Awaitable[Sequence[DeadLetter[T]] | None]]
 _NO_PARENT = Context()  # what extract_kafka_context gives for headers without a trace
 _InRun = tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...], Context | None]
 """A record of a batch run, its headers, and its trace parent if it gets a span."""
+
+
+class BatchProcessor(Protocol[T]):
+    """A stream service's processor in the shape the bus runs (`Consumer.of_processor`):
+    records of its topics one at a time (`handle`) or a fetch at a time
+    (`handle_batch`, all or nothing), their effects at the commit (`flush`,
+    retried; what it returns is dead-lettered)."""
+
+    @property
+    def topics(self) -> Sequence[str]: ...
+
+    def decoder(self) -> Decoder[T]: ...
+
+    async def handle(self, received: Received[T]) -> None: ...
+
+    async def handle_batch(self, batch: list[Received[T]]) -> None: ...
+
+    async def flush(self) -> Sequence[DeadLetter[T]] | None: ...
 
 
 class Consumer(Generic[T]):
@@ -140,11 +158,7 @@ class Consumer(Generic[T]):
         self._options = consumer_options
         self._stopping = asyncio.Event()
         self._dead_letters = DeadLetterWriter(
-            publisher,
-            topic=dead_letter_topic,
-            group=group_id,
-            policy=self._retry,
-            stopping=self._stopping,
+            publisher, dead_letter_topic, group_id, self._retry, self._stopping
         )
         self._assigned = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -155,12 +169,7 @@ class Consumer(Generic[T]):
         self._batch_lock = asyncio.Lock()
         self.stats = ConsumerStats()
         self._records = RecordHandler(
-            handler,
-            decoder,
-            policy=self._retry,
-            stopping=self._stopping,
-            dead_letters=self._dead_letters,
-            stats=self.stats,
+            handler, decoder, self._retry, self._stopping, self._dead_letters, self.stats
         )
 
     @classmethod
@@ -184,6 +193,30 @@ class Consumer(Generic[T]):
             handler=handler,
             decoder=EventDecoder(types),
             publisher=publisher,
+            **options,
+        )
+
+    @classmethod
+    def of_processor(
+        cls,
+        kafka: KafkaSettings,
+        processor: BatchProcessor[T],
+        *,
+        group_id: str | None,
+        publisher: Publisher,
+        **options: Any,
+    ) -> Consumer[T]:
+        """A consumer of `processor`'s topics that hands it their records and runs its
+        `flush` at every commit."""
+        return cls(
+            kafka,
+            topics=processor.topics,
+            group_id=group_id,
+            handler=processor.handle,
+            batch_handler=processor.handle_batch,
+            decoder=processor.decoder(),
+            publisher=publisher,
+            before_commit=processor.flush,
             **options,
         )
 
@@ -339,17 +372,7 @@ class Consumer(Generic[T]):
 
     async def _dead_letter_unapplied(self, letter: DeadLetter[T]) -> bool:
         """A record the commit-time work could not apply, to the dead-letter topic."""
-        origin = letter.received
-        landed = await self._dead_letters.write(
-            topic=origin.topic,
-            partition=origin.partition,
-            offset=origin.offset,
-            key=origin.key,
-            value=payload_bytes(origin.payload),
-            headers=origin.headers,
-            error=letter.error,
-            attempts=1,
-        )
+        landed = await self._dead_letters.write(letter.received, letter.error, attempts=1)
         if landed:
             self.stats.dead_lettered += 1
         return landed
@@ -467,18 +490,7 @@ class Consumer(Generic[T]):
         ]
         try:
             await batch_handler(
-                [
-                    Received(
-                        decode(record.value, headers),
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        headers,
-                        record.timestamp,
-                    )
-                    for record, headers, _ in run
-                ]
+                [received(decode(r.value, headers), r, headers) for r, headers, _ in run]
             )
         except Exception as exc:  # one bad record (or an outage): the per-record rules decide
             for span in spans:  # each record is tried again below, in a span of its own

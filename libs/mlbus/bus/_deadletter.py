@@ -1,9 +1,10 @@
 """The dead-letter topic: what a consumer could not apply, with its bytes, origin and reason.
 
 One record format (`MessageDeadLettered`) and one writer for both ways a record
-fails: its handler raised (the original bytes), or the work done at the commit
-could not apply it (`DeadLetter`, returned by `before_commit`; the decoded
-payload encoded again, since the bytes are not kept past the handler).
+fails: its handler raised (the original bytes, as the payload of raw bytes), or
+the work done at the commit could not apply it (`DeadLetter`, returned by
+`before_commit`; the decoded payload encoded again, since the bytes are not kept
+past the handler).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import metrics
 
-from mlbus.bus._codec import encode_event, header
+from mlbus.bus._codec import encode_event
 from mlbus.bus._publisher import Publisher
 from mlbus.bus._received import Received
 from mlbus.bus._retry import RetryPolicy, until_done
@@ -41,26 +41,17 @@ class DeadLetter(Generic[T]):
 
 
 def dead_letter_event(
-    *,
-    group: str | None,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes]],
-    error: BaseException,
-    attempts: int,
+    origin: Received[Any], *, group: str | None, error: BaseException, attempts: int
 ) -> MessageDeadLettered:
     """The dead-letter record for one consumed record: its bytes, origin and why it failed."""
     return MessageDeadLettered(
         consumer_group=group,
-        source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
-        key_b64=_b64(key),
-        value_b64=_b64(value),
-        headers={k: v.decode("utf-8", "replace") for k, v in headers if v},
+        source_topic=origin.topic,
+        source_partition=origin.partition,
+        source_offset=origin.offset,
+        key_b64=_b64(origin.key),
+        value_b64=_b64(payload_bytes(origin.payload)),
+        headers={k: v.decode("utf-8", "replace") for k, v in origin.headers if v},
         error_type=type(error).__name__,
         reason=str(error) or type(error).__name__,
         attempts=attempts,
@@ -77,73 +68,42 @@ def payload_bytes(payload: object) -> bytes | None:
     return None
 
 
+@dataclass
 class DeadLetterWriter:
     """Writes dead-letter records of one consumer, each retried until it lands."""
 
-    def __init__(
-        self,
-        publisher: Publisher,
-        *,
-        topic: str,
-        group: str | None,
-        policy: RetryPolicy,
-        stopping: asyncio.Event,
-    ) -> None:
-        self._publisher = publisher
-        self._topic = topic
-        self._group = group
-        self._policy = policy
-        self._stopping = stopping
-        self.written = 0
+    publisher: Publisher
+    topic: str
+    group: str | None
+    policy: RetryPolicy
+    stopping: asyncio.Event
 
-    async def write(
-        self,
-        *,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-        error: BaseException,
-        attempts: int,
-    ) -> bool:
+    async def write(self, origin: Received[Any], error: BaseException, attempts: int) -> bool:
         """Publish the record and its reason; False if `stop()` came before it landed
         (the offset must not be committed then)."""
-        dead = dead_letter_event(
-            group=self._group,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            value=value,
-            headers=headers,
-            error=error,
-            attempts=attempts,
-        )
+        dead = dead_letter_event(origin, group=self.group, error=error, attempts=attempts)
 
         async def publish() -> None:
-            await self._publisher.publish(dead, key=key, topic=self._topic)
+            await self.publisher.publish(dead, key=origin.key, topic=self.topic)
 
         # Any failure is the broker's (the record is built): keep the offset until it lands.
         failed = await until_done(
             publish,
-            policy=self._policy,
-            stopping=self._stopping,
+            policy=self.policy,
+            stopping=self.stopping,
             retry_on=(Exception,),
             what="dead-letter publish",
         )
         if failed is not None:
             return False
-        self.written += 1
-        _dead_lettered.add(1, {"topic": topic, "error_type": dead.error_type})
+        _dead_lettered.add(1, {"topic": origin.topic, "error_type": dead.error_type})
         log.error(
             "dead-lettered %s[%d]@%d: %s",
-            topic,
-            partition,
-            offset,
+            origin.topic,
+            origin.partition,
+            origin.offset,
             dead.reason,
-            extra={"event_id": header(headers, "ce_id")},
+            extra={"event_id": origin.event_id},
         )
         return True
 

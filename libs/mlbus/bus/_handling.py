@@ -19,7 +19,7 @@ from opentelemetry import metrics
 from opentelemetry.trace import Span, Status, StatusCode
 
 from mlbus.bus._deadletter import DeadLetterWriter
-from mlbus.bus._received import Received
+from mlbus.bus._received import Received, received
 from mlbus.bus._retry import RETRYABLE, RetryPolicy
 from mlbus.errors import PermanentError
 
@@ -51,25 +51,16 @@ _STOPPED = object()
 _Outcome = _Failed | object
 
 
+@dataclass
 class RecordHandler(Generic[T]):
     """Decodes a record and runs the handler on it until its fate is settled."""
 
-    def __init__(
-        self,
-        handler: Callable[[Received[T]], Awaitable[None]],
-        decoder: Decoder[T],
-        *,
-        policy: RetryPolicy,
-        stopping: asyncio.Event,
-        dead_letters: DeadLetterWriter,
-        stats: ConsumerStats,
-    ) -> None:
-        self._handler = handler
-        self._decoder = decoder
-        self._retry = policy
-        self._stopping = stopping
-        self._dead_letters = dead_letters
-        self.stats = stats
+    handler: Callable[[Received[T]], Awaitable[None]]
+    decoder: Decoder[T]
+    policy: RetryPolicy
+    stopping: asyncio.Event
+    dead_letters: DeadLetterWriter
+    stats: ConsumerStats
 
     async def settle(
         self,
@@ -99,18 +90,8 @@ class RecordHandler(Generic[T]):
         while True:
             attempt += 1
             try:
-                payload = self._decoder(record.value, headers)
-                await self._handler(
-                    Received(
-                        payload,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        headers,
-                        record.timestamp,
-                    )
-                )
+                payload = self.decoder(record.value, headers)
+                await self.handler(received(payload, record, headers))
                 return _DONE
             except PermanentError as exc:
                 return _Failed(exc, attempt)
@@ -121,7 +102,7 @@ class RecordHandler(Generic[T]):
                 log.exception(
                     "handler failed on %s[%d]@%d", record.topic, record.partition, record.offset
                 )
-                if attempt >= self._retry.unexpected_attempts:
+                if attempt >= self.policy.unexpected_attempts:
                     return _Failed(exc, attempt)
                 if not await self._backoff(record, exc, attempt, span):
                     return _STOPPED
@@ -134,7 +115,7 @@ class RecordHandler(Generic[T]):
         span: Span | None,
     ) -> bool:
         """Sleep before the next attempt; False if asked to stop meanwhile."""
-        delay = self._retry.backoff_s(attempt)
+        delay = self.policy.backoff_s(attempt)
         self.stats.retries += 1
         _retries.add(1, {"topic": record.topic})
         if span is not None:
@@ -149,7 +130,7 @@ class RecordHandler(Generic[T]):
             exc,
         )
         try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
+            await asyncio.wait_for(self.stopping.wait(), delay)
         except TimeoutError:
             return True
         return False
@@ -157,17 +138,10 @@ class RecordHandler(Generic[T]):
     async def dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: BaseException, attempts: int
     ) -> bool:
-        """Write the record and its reason to the dead-letter topic; retried until it lands."""
-        landed = await self._dead_letters.write(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=record.headers or (),
-            error=error,
-            attempts=attempts,
-        )
+        """Write the record's own bytes and the reason to the dead-letter topic; retried
+        until it lands."""
+        origin = received(record.value, record, tuple(record.headers or ()))
+        landed = await self.dead_letters.write(origin, error, attempts)
         if landed:
             self.stats.dead_lettered += 1
         return landed

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from aiokafka.structs import ConsumerRecord
+
 from mlbus.bus._codec import header
 
 T = TypeVar("T")
@@ -26,6 +28,21 @@ class Received(Generic[T]):
     @property
     def event_id(self) -> str | None:
         return header(self.headers, "ce_id")
+
+
+def received(
+    payload: T, record: ConsumerRecord[bytes, bytes], headers: tuple[tuple[str, bytes], ...]
+) -> Received[T]:
+    """`record` as a handler sees it, with its decoded `payload`."""
+    return Received(
+        payload,
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        headers,
+        record.timestamp,
+    )
 
 
 def raw_decoder(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> bytes | None:
