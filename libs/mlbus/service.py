@@ -49,9 +49,11 @@ class StreamService:
     """Set once every consumer has returned: work that must follow the last batch
     (the feature service's last offline flush) waits for it."""
 
+    _consuming: Sequence[ServiceConsumer] = field(default_factory=tuple, kw_only=True, repr=False)
+
     def consumers(self) -> Sequence[ServiceConsumer]:
-        """The consumers made so far (none before `run()` has made them)."""
-        return ()
+        """The consumers running (none before `run()` hands them to `consume_until_stopped`)."""
+        return self._consuming
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -96,6 +98,7 @@ class StreamService:
         """
         if self._stop.is_set():
             return
+        self._consuming = tuple(consumers)
         self._started.set()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._consume_all(consumers, stopped_unsaved), name="consume")

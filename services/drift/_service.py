@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
 from mlbus.errors import RetryableError
 from mlbus.events import DRIFT_DETECTED, TRAINING_REQUESTED
-from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
 from ._labels import PendingPredictions
@@ -35,9 +34,6 @@ class DriftService(StreamService):
     spec: ProjectSpec
     processor: DriftProcessor | None = None
     consumer: Consumer[Any] | None = None
-
-    def consumers(self) -> Sequence[ServiceConsumer]:
-        return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
         settings = self.settings
@@ -80,18 +76,15 @@ class DriftService(StreamService):
             )
             async with Publisher(settings.kafka, source="drift") as publisher:
                 retraining.publisher = publisher
-                consumer: Consumer[Any] = Consumer(
+                # At the commit: detections, pending labels, state + offset.
+                consumer = Consumer.of_processor(
                     settings.kafka,
-                    topics=processor.topics,
+                    processor,
                     group_id=settings.group_id,
-                    handler=processor.handle,
-                    decoder=processor.decoder(),
                     publisher=publisher,
                     max_batch=settings.max_batch,
                     # saving the monitors' state is the commit's cost: not after every fetch
                     commit_interval_s=settings.commit_interval_s,
-                    before_commit=processor.flush,  # detections, pending labels, state + offset
-                    batch_handler=processor.handle_batch,
                     spans_in_batch=True,  # it publishes nothing per record
                 )
                 self.consumer = consumer

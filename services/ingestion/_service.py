@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -15,7 +15,7 @@ from mlbus.config import load_settings
 from mlbus.contracts import SourceContracts
 from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import INGEST_REJECTED, INGEST_VALIDATED
-from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
 
@@ -147,9 +147,6 @@ class IngestionService(StreamService):
     def consumer_restarts(self) -> int:
         """Source consumers started again after a broker failure."""
         return 0 if self._consumer is None else self._consumer.restarts
-
-    def consumers(self) -> Sequence[ServiceConsumer]:
-        return () if self._consumer is None else (self._consumer,)
 
     def _seen_ids(self) -> SeenIds:
         horizon = self.settings.dedupe_horizon_s

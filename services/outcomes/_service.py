@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ from mlbus.events import (
 )
 from mlbus.labeling import LabelQueue
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
 from ._evaluator import Evaluator
@@ -46,9 +45,6 @@ class OutcomesService(StreamService):
     consumer: Consumer[Any] | None = None
     grpc_port: int | None = None
     """Where the labeling API listens, once started."""
-
-    def consumers(self) -> Sequence[ServiceConsumer]:
-        return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
         settings = self.settings
@@ -120,16 +116,12 @@ class OutcomesService(StreamService):
         self, processor: OutcomesProcessor, evaluator: Evaluator, publisher: Publisher
     ) -> None:
         settings = self.settings
-        consumer: Consumer[Any] = Consumer(
+        consumer = Consumer.of_processor(
             settings.kafka,
-            topics=processor.topics,
+            processor,
             group_id=settings.group_id,
-            handler=processor.handle,
-            decoder=processor.decoder(),
             publisher=publisher,
             max_batch=settings.max_batch,
-            before_commit=processor.flush,
-            batch_handler=processor.handle_batch,
         )
         self.consumer = consumer
         await self.consume_until_stopped(
