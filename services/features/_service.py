@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc.aio
@@ -15,7 +16,7 @@ from mlbus.config import load_settings
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.service import StreamService, run_stream_service
+from mlbus.service import ServiceConsumer, StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
 from ._consistency import ConsistencyMonitor
@@ -43,6 +44,11 @@ class FeatureService(StreamService):
     """The monitor's broadcast consumer of logged predictions (None: consistency off)."""
     serve_grpc: bool = True
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
+
+    def consumers(self) -> Sequence[ServiceConsumer]:
+        # Started means the feature consumer owns its partitions; the monitor's broadcast
+        # consumer may wait for a prediction topic nothing has written yet.
+        return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
         settings = self.settings
