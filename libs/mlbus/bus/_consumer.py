@@ -151,6 +151,9 @@ class Consumer(Generic[T]):
         # Handlers that only queue their effects (e.g. batched sends) finish them here:
         # awaited before every commit, so offsets never run ahead of effects.
         self._before_commit = before_commit
+        # What before_commit could not apply, kept until each is dead-lettered: a stop
+        # in between must not let a later commit (the one on the way out) pass them by.
+        self._unapplied: list[DeadLetter[T]] = []
         self._batch_handler = batch_handler
         self._spans_in_batch = spans_in_batch
         self._commit_interval_s = commit_interval_s
@@ -364,11 +367,13 @@ class Consumer(Generic[T]):
         )
         if failed is not None:
             raise failed
-        for letter in unapplied or ():
-            if not await self._dead_letter_unapplied(letter):
+        self._unapplied.extend(unapplied or ())
+        while self._unapplied:
+            if not await self._dead_letter_unapplied(self._unapplied[0]):
                 raise RetryableError(
                     "stopped before a dead-letter record landed; nothing committed"
                 )
+            self._unapplied.pop(0)
 
     async def _dead_letter_unapplied(self, letter: DeadLetter[T]) -> bool:
         """A record the commit-time work could not apply, to the dead-letter topic."""
