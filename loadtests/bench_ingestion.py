@@ -164,7 +164,7 @@ async def ingestion(
     task = asyncio.create_task(service.run())
     timing = Timing()
     try:
-        await service.wait_ready()
+        await service.wait_started()
         timing.start()
         while service.stats.accepted + service.stats.rejected < count:
             if task.done():

@@ -25,7 +25,7 @@ from typing import Any, Literal, Self
 import grpc
 import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
 from mlbus.api.registry.v1 import registry_pb2 as pb
 from mlbus.api.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -487,3 +487,20 @@ class RegistryClient:
         except InvalidInput:
             return
         raise PermanentError("the registry accepted a registration without an artifact")
+
+
+class RegistryAccess(BaseModel):
+    """How a stream service reaches the registry: mixed into its settings, so the
+    variables keep its prefix (`MLBUS_<SERVICE>_REGISTRY_ADDRESS`, `_TOKEN`, `_TIMEOUT_S`)."""
+
+    registry_address: str = DEFAULT_ADDRESS
+    registry_token: SecretStr | None = None
+    registry_timeout_s: float = Field(default=10.0, gt=0)
+
+    def registry_client(self) -> RegistryClient:
+        token = self.registry_token
+        return RegistryClient(
+            self.registry_address,
+            token=None if token is None else token.get_secret_value(),
+            timeout_s=self.registry_timeout_s,
+        )

@@ -1,10 +1,12 @@
-"""The lifecycle the stream services share: `run()` until `stop()`, and their process.
+"""The one shape of a stream service: `run()` until `stop()`, and its process.
 
-A service subclasses `StreamService`, writes `run()` (which sets `_started` once
-its consumers exist and returns after `_stop` is set) and names its consumers in
-`consumers()`. Its process is `run_process(name, settings, main)`, with `main`
-ending in `run_until_stopped(service)`; `python -m mlbus.<name>` reaches it
-through `mlbus.config.run_service`.
+A service subclasses `StreamService` and writes `run()`: it builds its parts and
+its consumers, then hands them to `consume_until_stopped` (which sets `_started`,
+runs the consumers and the tasks beside them, and returns after `stop()`); it
+names its consumers in `consumers()`. Its process is
+`run_stream_service(name, settings, ServiceClass)`: the spec the settings name,
+telemetry, and the service until SIGTERM or SIGINT. `python -m mlbus.<name>`
+reaches it through `mlbus.config.run_service`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from mlbus.config import ServiceSettings
-from mlbus.errors import RetryableError
+from mlbus.errors import ConfigError, RetryableError
+from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -42,10 +45,15 @@ class StreamService:
 
     _stop: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True, repr=False)
     _started: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True, repr=False)
+    _consumed: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True, repr=False)
+    """Set once every consumer has returned: work that must follow the last batch
+    (the feature service's last offline flush) waits for it."""
+
+    _consuming: Sequence[ServiceConsumer] = field(default_factory=tuple, kw_only=True, repr=False)
 
     def consumers(self) -> Sequence[ServiceConsumer]:
-        """The consumers made so far (none before `run()` has made them)."""
-        return ()
+        """The consumers running (none before `run()` hands them to `consume_until_stopped`)."""
+        return self._consuming
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -74,6 +82,41 @@ class StreamService:
             if not self._stop.is_set():
                 raise
             log.warning("%s: %s", stopped_unsaved, exc)
+
+    async def consume_until_stopped(
+        self,
+        consumers: Sequence[ServiceConsumer],
+        *,
+        stopped_unsaved: str,
+        beside: Mapping[str, Callable[[], Coroutine[Any, Any, None]]] | None = None,
+    ) -> None:
+        """Run `consumers` (`consume`) and the tasks `beside` them (by name) until `stop()`.
+
+        Marks the service started first (unless `stop()` came while it was being built).
+        On `stop()` the consumers finish the batch in hand and commit; the tasks beside
+        them see `_stop` and return by themselves.
+        """
+        if self._stop.is_set():
+            return
+        self._consuming = tuple(consumers)
+        self._started.set()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._consume_all(consumers, stopped_unsaved), name="consume")
+            for name, task in (beside or {}).items():
+                tasks.create_task(task(), name=name)
+            await self._stop.wait()
+            for consumer in consumers:
+                consumer.stop()
+
+    async def _consume_all(
+        self, consumers: Sequence[ServiceConsumer], stopped_unsaved: str
+    ) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for consumer in consumers:
+                    tasks.create_task(self.consume(consumer, stopped_unsaved=stopped_unsaved))
+        finally:
+            self._consumed.set()
 
 
 async def run_until_stopped(service: StreamService) -> None:
@@ -107,6 +150,21 @@ def tune_gc_for_streams() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+def run_stream_service(
+    name: str, settings: S, build: Callable[[S, ProjectSpec], StreamService]
+) -> None:
+    """A stream service's process, the same for every one: the spec the settings name
+    (a ConfigError without one), telemetry, and `build(settings, spec).run()` until
+    SIGTERM or SIGINT."""
+
+    async def main(settings: S) -> None:
+        if settings.spec is None:
+            raise ConfigError(f"the {name} service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
+        await run_until_stopped(build(settings, load_spec(settings.spec)))
+
+    run_process(name, settings, main)
 
 
 def run_process(name: str, settings: S, main: Callable[[S], Coroutine[Any, Any, None]]) -> None:

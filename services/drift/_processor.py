@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbus.bus import Received, header
+from mlbus.bus import PredictionsAndLabelsDecoder, Received
 from mlbus.driftstats import DriftMonitor, FeatureKind, MonitorState, WindowVerdict
 from mlbus.errors import InvalidInput
 from mlbus.events import (
@@ -55,41 +54,6 @@ from ._store import DriftStore, MonitorKey, PartitionSnapshot
 from ._versions import ServedVersion, VersionCatalog
 
 log = logging.getLogger(__name__)
-
-
-class DriftRecordDecoder:
-    """Decodes what the drift consumer reads; other sources' validated events become None.
-
-    `ingest.validated` carries every source's events; only the labels source matters
-    here, so the rest is recognised from the bytes without building an event.
-    """
-
-    def __init__(self, label_source: str | None) -> None:
-        self._label = (
-            None
-            if label_source is None
-            else re.compile(rb'"source"\s*:\s*"' + re.escape(label_source.encode()) + rb'"')
-        )
-
-    def __call__(
-        self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
-    ) -> PredictionLogged | IngestValidated | None:
-        if value is None:
-            raise InvalidInput("record has no value (tombstone)")
-        ce_type = header(headers, "ce_type")
-        try:
-            if ce_type == PREDICTION_LOGGED:
-                return PredictionLogged.model_validate_json(value)
-            if ce_type == INGEST_VALIDATED:
-                if self._label is None or not self._label.search(value):
-                    return None
-                return IngestValidated.model_validate_json(value)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise InvalidInput(f"{ce_type} failed its schema: {exc}") from None
-        raise InvalidInput(
-            f"unexpected event type {ce_type!r}; the drift service reads "
-            f"{PREDICTION_LOGGED} and {INGEST_VALIDATED}"
-        )
 
 
 @dataclass
@@ -177,8 +141,8 @@ class DriftProcessor:
             return (PREDICTION_LOGGED,)
         return (PREDICTION_LOGGED, INGEST_VALIDATED)
 
-    def decoder(self) -> DriftRecordDecoder:
-        return DriftRecordDecoder(self.label_source)
+    def decoder(self) -> PredictionsAndLabelsDecoder:
+        return PredictionsAndLabelsDecoder(self.label_source, reader="drift service")
 
     # ── records ──────────────────────────────────────────────────────────────
 

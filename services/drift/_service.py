@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError, RetryableError
+from mlbus.errors import RetryableError
 from mlbus.events import DRIFT_DETECTED, TRAINING_REQUESTED
-from mlbus.registry_client import RegistryClient
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 
 from ._labels import PendingPredictions
 from ._processor import DriftProcessor
@@ -37,17 +35,9 @@ class DriftService(StreamService):
     processor: DriftProcessor | None = None
     consumer: Consumer[Any] | None = None
 
-    def consumers(self) -> Sequence[ServiceConsumer]:
-        return () if self.consumer is None else (self.consumer,)
-
     async def run(self) -> None:
         settings = self.settings
-        token = settings.registry_token
-        registry = RegistryClient(
-            settings.registry_address,
-            token=None if token is None else token.get_secret_value(),
-            timeout_s=settings.registry_timeout_s,
-        )
+        registry = settings.registry_client()
         store = DriftStore.from_settings(
             settings.redis, group=settings.group_id, detections_kept=settings.detections_kept
         )
@@ -86,34 +76,25 @@ class DriftService(StreamService):
             )
             async with Publisher(settings.kafka, source="drift") as publisher:
                 retraining.publisher = publisher
-                consumer: Consumer[Any] = Consumer(
+                # At the commit: detections, pending labels, state + offset.
+                consumer = Consumer.of_processor(
                     settings.kafka,
-                    topics=processor.topics,
+                    processor,
                     group_id=settings.group_id,
-                    handler=processor.handle,
-                    decoder=processor.decoder(),
                     publisher=publisher,
                     max_batch=settings.max_batch,
                     # saving the monitors' state is the commit's cost: not after every fetch
                     commit_interval_s=settings.commit_interval_s,
-                    before_commit=processor.flush,  # detections, pending labels, state + offset
-                    batch_handler=processor.handle_batch,
                     spans_in_batch=True,  # it publishes nothing per record
                 )
                 self.consumer = consumer
-                if self._stop.is_set():
-                    return
-                self._started.set()
-                async with asyncio.TaskGroup() as tasks:
-                    # Stopped while Redis or the broker was down: the offsets were not
-                    # committed, so the records are applied again (from the saved state).
-                    consume = self.consume(
-                        consumer, stopped_unsaved="drift service stopped with state unsaved"
-                    )
-                    tasks.create_task(consume, name="consume")
-                    tasks.create_task(self._statuses(processor), name="statuses")
-                    await self._stop.wait()
-                    consumer.stop()
+                # Stopped while Redis or the broker was down: the offsets were not
+                # committed, so the records are applied again (from the saved state).
+                await self.consume_until_stopped(
+                    [consumer],
+                    stopped_unsaved="drift service stopped with state unsaved",
+                    beside={"statuses": lambda: self._statuses(processor)},
+                )
         finally:
             await registry.close()
             await store.aclose()
@@ -135,12 +116,6 @@ class DriftService(StreamService):
                 return
 
 
-async def _main(settings: DriftSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the drift service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    await run_until_stopped(DriftService(settings, load_spec(settings.spec)))
-
-
 def run(settings: DriftSettings | None = None) -> None:
     """Start the drift service and block until SIGTERM/SIGINT."""
-    run_process("drift", settings or load_settings(DriftSettings), _main)
+    run_stream_service("drift", settings or load_settings(DriftSettings), DriftService)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mlbus.config import ServiceSettings
+from mlbus.registry_client import RegistryAccess
 
 
-class DriftSettings(ServiceSettings):
+class DriftSettings(ServiceSettings, RegistryAccess):
     """How the drift service consumes, keeps its state and reaches the registry.
 
     MLBUS_DRIFT_GROUP_ID              consumer group (mlbus-drift); also names the state in Redis
@@ -41,9 +42,6 @@ class DriftSettings(ServiceSettings):
     )
 
     group_id: str = Field(default="mlbus-drift", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    registry_address: str = "127.0.0.1:8002"
-    registry_token: SecretStr | None = None
-    registry_timeout_s: float = Field(default=10.0, gt=0)
     profile_retry_s: float = Field(default=300.0, gt=0)
     pending_ttl_s: int = Field(default=7 * 86_400, ge=1)
     pending_max: int = Field(default=1_000_000, ge=1)

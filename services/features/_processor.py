@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -44,7 +44,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from redis.asyncio.cluster import RedisCluster
 
-from mlbus.bus import Received
+from mlbus.bus import DeadLetter, Received
 from mlbus.errors import RetryableError
 from mlbus.events import Event, IngestValidated, Scalar
 from mlbus.featurestore import (
@@ -126,8 +126,6 @@ class ProcessorStats:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
-DeadLetter = Callable[[Received[Event], str, Exception], Awaitable[None]]
-"""Called after a successful write for each event a view could not apply (view name, error)."""
 RowsWritten = Callable[[Mapping[str, Sequence[OfflineRow]]], None]
 """Called after a successful write with the offline rows it stored, by view."""
 
@@ -156,7 +154,6 @@ class FeatureProcessor:
         self._seq = 0
         self._redis_ok = False
         self._failed: list[tuple[_Queued, str, Exception]] = []
-        self.dead_letter: DeadLetter | None = None
         self.rows_written: RowsWritten | None = None
         self._written: dict[str, list[OfflineRow]] = {}
         self.stats = ProcessorStats()
@@ -195,15 +192,16 @@ class FeatureProcessor:
         if trace.get_current_span().is_recording():  # continue the validated event's trace
             self._traced.append(_Traced(otel_context.get_current(), event.event_id, entity))
 
-    async def flush(self) -> None:
+    async def flush(self) -> list[DeadLetter[Event]]:
         """Write every queued event (state, online, spool) in one round trip each way.
 
-        Redis unavailable: raises `RetryableError` and keeps the queue; the consumer
-        retries the commit-time work with its backoff (a retry applies the batch again
-        from the states in Redis, so nothing is counted twice) and commits nothing
-        until it lands."""
+        Returns the events a view could not apply: the consumer dead-letters them
+        before the commit. Redis unavailable: raises `RetryableError` and keeps the
+        queue; the consumer retries the commit-time work with its backoff (a retry
+        applies the batch again from the states in Redis, so nothing is counted
+        twice) and commits nothing until it lands."""
         if not self._groups:
-            return
+            return []
         try:
             await self._write()
         except RetryableError:
@@ -212,10 +210,10 @@ class FeatureProcessor:
             _flush_retries.add(1)
             raise
         self._redis_ok = True
-        # Events no view could apply go to the dead-letter topic before the commit.
-        for item, view_name, error in self._failed:
-            if self.dead_letter is not None:
-                await self.dead_letter(item.origin, view_name, error)
+        unapplied = [
+            DeadLetter(item.origin, RuntimeError(f"view {view}: {type(error).__name__}: {error}"))
+            for item, view, error in self._failed
+        ]
         self._failed = []
         if self.rows_written is not None and self._written:
             self.rows_written(self._written)
@@ -224,6 +222,7 @@ class FeatureProcessor:
         self._traced = []
         self._seq = 0
         self.stats.flushes += 1
+        return unapplied
 
     async def _ping(self) -> None:
         try:

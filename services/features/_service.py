@@ -11,14 +11,13 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
+from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 
 from ._consistency import ConsistencyMonitor
 from ._flusher import OfflineFlusher
@@ -47,6 +46,8 @@ class FeatureService(StreamService):
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
 
     def consumers(self) -> Sequence[ServiceConsumer]:
+        # Started means the feature consumer owns its partitions; the monitor's broadcast
+        # consumer may wait for a prediction topic nothing has written yet.
         return () if self.consumer is None else (self.consumer,)
 
     async def run(self) -> None:
@@ -82,22 +83,6 @@ class FeatureService(StreamService):
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:
-
-                async def dead_letter(origin: Received[Event], view: str, error: Exception) -> None:
-                    record = dead_letter_event(
-                        group=settings.group_id,
-                        topic=origin.topic,
-                        partition=origin.partition,
-                        offset=origin.offset,
-                        key=origin.key,
-                        value=encode_event(origin.payload),
-                        headers=origin.headers,
-                        error=RuntimeError(f"view {view}: {type(error).__name__}: {error}"),
-                        attempts=1,
-                    )
-                    await publisher.publish(record, key=origin.key)
-
-                self.processor.dead_letter = dead_letter
                 consumer = Consumer.of_events(
                     settings.kafka,
                     types=[IngestValidated],
@@ -105,37 +90,24 @@ class FeatureService(StreamService):
                     handler=self.processor.handle,
                     publisher=publisher,
                     topics=self.topics,
-                    before_commit=self.processor.flush,  # one Redis write per fetched batch
+                    # One Redis write per fetched batch; what a view cannot apply comes
+                    # back from it and the bus dead-letters it before the commit.
+                    before_commit=self.processor.flush,
                 )
                 self.consumer = consumer  # type: ignore[assignment]
                 predictions = self.predictions = self._consistency(publisher)
-                if self._stop.is_set():
-                    return
-                self._started.set()
-                # The flusher's last, forced flush waits for the consumer's last batch
+                flusher = self.flusher
+                # The flusher's last, forced flush waits for the consumers' last batch
                 # write, so rows of that batch reach Parquet before the service exits.
-                consumed = asyncio.Event()
-
-                async def consume() -> None:
-                    try:
-                        # Stopped while Redis was down: the batch's offsets were not committed.
-                        await self.consume(
-                            consumer,
-                            stopped_unsaved="feature service stopped with events unwritten",
-                        )
-                    finally:
-                        consumed.set()
-
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(consume(), name="consume")
-                    tasks.create_task(self.flusher.run(consumed), name="offline-flush")
-                    if predictions is not None:
-                        tasks.create_task(predictions.run(), name="consistency-consume")
-                        tasks.create_task(self._flush_consistency(), name="consistency-flush")
-                    await self._stop.wait()
-                    consumer.stop()
-                    if predictions is not None:
-                        predictions.stop()
+                beside = {"offline-flush": lambda: flusher.run(self._consumed)}
+                if predictions is not None:
+                    beside["consistency-flush"] = self._flush_consistency
+                # Stopped while Redis was down: the batch's offsets were not committed.
+                await self.consume_until_stopped(
+                    [consumer] if predictions is None else [consumer, predictions],
+                    stopped_unsaved="feature service stopped with events unwritten",
+                    beside=beside,
+                )
                 if self.monitor is not None:
                     await self.monitor.flush()
         finally:
@@ -173,14 +145,6 @@ class FeatureService(StreamService):
                 await self.monitor.flush()
 
 
-async def _main(settings: FeaturesSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the feature service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    spec = load_spec(settings.spec)
-    async with OnlineStore.from_settings(settings.redis) as online:
-        await run_until_stopped(FeatureService(settings, spec, online=online))
-
-
 def run(settings: FeaturesSettings | None = None) -> None:
     """Start the feature service and block until SIGTERM/SIGINT."""
-    run_process("features", settings or load_settings(FeaturesSettings), _main)
+    run_stream_service("features", settings or load_settings(FeaturesSettings), FeatureService)

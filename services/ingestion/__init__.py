@@ -10,7 +10,7 @@ horizon, and publishes `mlbus.ingest.validated.v1` (keyed by entity id) or
 from ._dedupe import NoDedupe, RedisSeenIds, SeenIds
 from ._pipeline import FlushInterrupted, IngestionPipeline, IngestionStats
 from ._records import rejection_id
-from ._service import IngestionService
+from ._service import IngestionService, run
 from ._settings import IngestionSettings
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "RedisSeenIds",
     "SeenIds",
     "rejection_id",
+    "run",
 ]

@@ -14,13 +14,15 @@ durable, in this order:
 3. remember the new ids in the store;
 4. return, and the consumer commits the offsets.
 
-A dependency that fails (Redis, the broker) does not end the flush: each step
-is retried in place with capped exponential backoff, a warning and
-`mlbus.ingest.dependency_retries{dependency}`, and the steps already done are
-not repeated (a retried step 2 may send again records the broker had acked
-before it failed: at-least-once, same `event_id`s). The consumer waits, keeps
-its place, and catches up when the dependency is back. Only `stop()` ends a
-failing flush, with `FlushInterrupted` and nothing committed.
+A dependency that fails (Redis, the broker) ends the attempt with
+`FlushInterrupted` (a RetryableError), counted in `IngestionStats.retries` and
+`mlbus.ingest.dependency_retries{dependency}`; the consumer retries its
+commit-time work under its RetryPolicy (ADR 0026) and the next attempt
+resumes at the step that failed: the steps already done are not repeated (a
+retried step 2 may send again records the broker had acked before it failed:
+at-least-once, same `event_id`s). The consumer waits, keeps its place, and
+catches up when the dependency is back. Only `stop()` ends a failing flush,
+and then nothing is committed.
 
 Whether a record is traced is decided once, by the consumer: a producer's
 sampled `traceparent` is always continued, and other records are sampled at
@@ -45,14 +47,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from mlbus.bus import OutgoingRecord, Publisher, Received, RetryPolicy
+from mlbus.bus import OutgoingRecord, Publisher, Received
 from mlbus.bus._codec import encode_event, event_headers
 from mlbus.contracts import Accepted, Outcome, Rejected, SourceContracts
 from mlbus.errors import RetryableError
@@ -77,11 +79,20 @@ class IngestionStats:
     flushes: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
-    """Failed attempts at a dependency, by dependency (`redis`, `kafka`), retried in place."""
+    """Failed attempts at a dependency, by dependency (`redis`, `kafka`); the consumer
+    retries the flush, which resumes at the step that failed."""
+
+
+Dependency = Literal["redis", "kafka"]
 
 
 class FlushInterrupted(RetryableError):
-    """`stop()` came while a dependency was failing: nothing of the batch was committed."""
+    """A dependency failed during a flush: the steps done are kept, nothing is committed,
+    and the consumer's retry of the flush resumes at the step that failed."""
+
+    def __init__(self, dependency: Dependency, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 # What a failing dependency raises: RedisSeenIds wraps Redis errors in RetryableError;
@@ -107,6 +118,20 @@ def _has_span(context: Context) -> bool:
     return bool(trace.get_current_span(context).get_span_context().is_valid)
 
 
+@dataclass
+class _Flush:
+    """What a flush of the queue has done so far; kept across the consumer's retries."""
+
+    occurred_at: datetime | None = None
+    """When the first attempt began: the time of every event of the batch."""
+    encoded: list[OutgoingRecord | None] | None = None
+    """Step 1's untraced records, encoded while the lookup travelled (None: not yet)."""
+    already: set[SeenKey] | None = None
+    """Step 1's answer: the accepted ids the store already holds (None: not asked yet)."""
+    published: bool = False
+    """Step 2 is done: every record was delivered."""
+
+
 class IngestionPipeline:
     """The per-record handler and the per-batch flush of the ingestion service."""
 
@@ -117,16 +142,16 @@ class IngestionPipeline:
         seen: SeenIds,
         *,
         clock: Callable[[], float] = time.time,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self._contracts = contracts
         self._publisher = publisher
         self._seen = seen
         self._clock = clock
-        self._retry = retry or RetryPolicy()
         self._queue: list[_Queued] = []
+        # Nothing is queued between a failed attempt and the next (the consumer retries
+        # its commit before it fetches again), so the steps done stay the queue's.
+        self._done = _Flush()
         self._flushing = asyncio.Lock()  # a rebalance may call flush while one is retrying
-        self._stopping = asyncio.Event()
         self.stats = IngestionStats()
         m = meter("mlbus.ingestion")
         self._accepted = m.create_counter(
@@ -144,17 +169,13 @@ class IngestionPipeline:
         )
         self._retries = m.create_counter(
             "mlbus.ingest.dependency_retries",
-            description="failed attempts at Redis or the broker, retried in place",
+            description="failed attempts at Redis or the broker (the consumer retries the flush)",
         )
-
-    def stop(self) -> None:
-        """End a flush that is waiting for a dependency (it raises `FlushInterrupted`)."""
-        self._stopping.set()
 
     def discard(self) -> int:
         """Forget what is queued (the consumer restarts from the committed offsets and
         will deliver those records again). Returns how many were dropped."""
-        dropped, self._queue = self.queued, []
+        dropped, self._queue, self._done = self.queued, [], _Flush()
         return dropped
 
     async def handle(self, record: Received[bytes | None]) -> None:
@@ -193,36 +214,44 @@ class IngestionPipeline:
     async def flush(self) -> None:
         """Publish what was queued, await delivery, remember accepted ids.
 
-        Retries a failing dependency in place until it answers; raises only on
-        `stop()` (`FlushInterrupted`) or a permanent broker refusal, keeping the
-        queue: the consumer does not commit, and the records are replayed.
+        A failing dependency raises `FlushInterrupted` (the consumer retries the
+        flush, which resumes at that step); a permanent broker refusal raises as
+        it is. Either way the queue is kept: nothing is committed until it lands.
         """
         async with self._flushing:
             queue = self._queue
             if not queue:
                 return
-            await self._flush(queue)
-            self._queue = []
+            await self._flush(queue, self._done)
+            self._queue, self._done = [], _Flush()
 
-    async def _flush(self, queue: list[_Queued]) -> None:
+    async def _flush(self, queue: list[_Queued], done: _Flush) -> None:
         wanted: list[SeenKey] = [
             (outcome.source, outcome.event_id)
             for item in queue
             for outcome in item.outcomes
             if isinstance(outcome, Accepted)
         ]
-        lookup = asyncio.ensure_future(
-            self._until_done("redis", "de-duplication lookup", lambda: self._seen.seen(wanted))
-        )
-        try:
-            await asyncio.sleep(0)  # let the lookup put its request on the wire first
-            occurred_at = datetime.now(UTC)
-            # Publisher.record traces every event sent from inside a sampled span.
-            in_sampled_span = bool(trace.get_current_span().get_span_context().trace_flags.sampled)
-            encoded = [] if in_sampled_span else self._encode_untraced(queue, occurred_at)
-            already = await lookup
-        finally:
-            lookup.cancel()  # only if encoding failed; a no-op on a finished task
+        if done.occurred_at is None:
+            done.occurred_at = datetime.now(UTC)
+        occurred_at = done.occurred_at
+        # Publisher.record traces every event sent from inside a sampled span.
+        in_sampled_span = bool(trace.get_current_span().get_span_context().trace_flags.sampled)
+        if done.already is None:
+            lookup = asyncio.ensure_future(
+                self._step("redis", "de-duplication lookup", lambda: self._seen.seen(wanted))
+            )
+            try:
+                await asyncio.sleep(0)  # let the lookup put its request on the wire first
+                if done.encoded is None:
+                    done.encoded = (
+                        [] if in_sampled_span else self._encode_untraced(queue, occurred_at)
+                    )
+                done.already = await lookup
+            finally:
+                lookup.cancel()  # only if encoding failed; a no-op on a finished task
+        already = done.already
+        encoded = done.encoded or []
         fresh: dict[SeenKey, None] = {}  # ordered: remembered in queue order
         accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
@@ -256,9 +285,11 @@ class IngestionPipeline:
                         in_sampled_span,
                     )
                 records.append(ready)
-        await self._until_done("kafka", "publishing", lambda: self._publish(records))
+        if not done.published:
+            await self._step("kafka", "publishing", lambda: self._publish(records))
+            done.published = True
         if fresh:
-            await self._until_done(
+            await self._step(
                 "redis", "remembering accepted ids", lambda: self._seen.remember(list(fresh))
             )
         self._count(accepted, duplicates, rejections)
@@ -289,46 +320,24 @@ class IngestionPipeline:
         # gather, not one await after another: every failure is retrieved, none left dangling.
         await asyncio.gather(*futures)
 
-    async def _until_done(
-        self, dependency: str, what: str, attempt: Callable[[], Awaitable[T]]
+    async def _step(
+        self, dependency: Dependency, what: str, attempt: Callable[[], Awaitable[T]]
     ) -> T:
-        """`attempt()` until it succeeds; a failing dependency is retried after a backoff."""
+        """One step of the flush; a failing dependency ends the attempt (counted), to be
+        retried by the consumer, and the steps done before it are kept."""
         failures = _REDIS_FAILURES if dependency == "redis" else _KAFKA_FAILURES
-        tries = 0
-        while True:
-            try:
-                result = await attempt()
-            except _KAFKA_PERMANENT:
-                raise
-            except failures as exc:
-                tries += 1
-                self.stats.retries[dependency] = self.stats.retries.get(dependency, 0) + 1
-                self._retries.add(1, {"dependency": dependency})
-                if self._stopping.is_set():
-                    raise FlushInterrupted(
-                        f"{what} failed while stopping ({exc}); the batch stays uncommitted"
-                    ) from exc
-                delay = self._retry.backoff_s(tries)
-                log.warning(
-                    "%s failed, %s unavailable (attempt %d; retrying in %.1fs, %d records held "
-                    "uncommitted): %s",
-                    what,
-                    dependency,
-                    tries,
-                    delay,
-                    len(self._queue),
-                    exc or type(exc).__name__,
-                )
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise FlushInterrupted(
-                    f"stopped while {what} was failing; the batch stays uncommitted"
-                ) from exc
-            if tries:
-                log.warning("%s succeeded again after %d failed attempts", what, tries)
-            return result
+        try:
+            return await attempt()
+        except _KAFKA_PERMANENT:
+            raise
+        except failures as exc:
+            self.stats.retries[dependency] = self.stats.retries.get(dependency, 0) + 1
+            self._retries.add(1, {"dependency": dependency})
+            raise FlushInterrupted(
+                dependency,
+                f"{what} failed, {dependency} unavailable ({self.queued} records held "
+                f"uncommitted): {exc or type(exc).__name__}",
+            ) from exc
 
     def _outgoing(
         self,

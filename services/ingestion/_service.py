@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
 from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics, raw_decoder
+from mlbus.config import load_settings
 from mlbus.contracts import SourceContracts
 from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import INGEST_REJECTED, INGEST_VALIDATED
+from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec, load_spec
 from mlbus.telemetry import meter
 
@@ -34,12 +37,88 @@ def spec_of(settings: IngestionSettings) -> ProjectSpec:
     return load_spec(Path(settings.spec))
 
 
-class IngestionService:
+class RestartingConsumer:
+    """The source consumer, started again when the broker fails it (a commit or a fetch
+    it could not answer): from the committed offsets, after the policy's backoff. The
+    uncommitted records come back, and the de-duplication horizon recognises those
+    already published. Work that fails is retried by the consumer itself; this only
+    replaces a consumer the broker ended."""
+
+    def __init__(
+        self,
+        make: Callable[[], Consumer[bytes | None]],
+        *,
+        discard: Callable[[], int],
+        retry: RetryPolicy,
+    ) -> None:
+        self._make = make
+        self._discard = discard  # what the ended consumer had queued and not committed
+        self._retry = retry
+        self._stop = asyncio.Event()
+        self._made = asyncio.Event()
+        self._current: Consumer[bytes | None] | None = None
+        self.restarts = 0
+        self._restarts = meter("mlbus.ingestion").create_counter(
+            "mlbus.ingest.consumer_restarts",
+            description="source consumers started again after a broker failure",
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._current is not None:
+            self._current.stop()
+
+    async def wait_assigned(self, timeout_s: float = 60.0) -> None:
+        """Until the consumer running now owns partitions of the source topics."""
+        async with asyncio.timeout(timeout_s):
+            await self._made.wait()
+            assert self._current is not None
+            await self._current.wait_assigned(timeout_s)
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            consumer = self._current = self._make()
+            self._made.set()
+            try:
+                await consumer.run()
+                return
+            except _KAFKA_PERMANENT:
+                raise  # the same record would fail again after every restart
+            except _CONSUMER_FAILURES as exc:
+                dropped = self._discard()
+                if self._stop.is_set():
+                    log.info(
+                        "stopped while a dependency was failing (%s); %d records stay "
+                        "uncommitted and are consumed again on restart",
+                        exc,
+                        dropped,
+                    )
+                    return
+                failures += 1
+                self.restarts += 1
+                self._restarts.add(1)
+                delay = self._retry.backoff_s(failures)
+                log.warning(
+                    "source consumer failed (%s: %s); starting it again from the committed "
+                    "offsets in %.1fs (%d uncommitted records will be consumed again)",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    dropped,
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    continue
+
+
+class IngestionService(StreamService):
     """Runs until `stop()`; `stop()` is idempotent and lets the batch in hand finish.
 
     service = IngestionService(settings)
     task = asyncio.create_task(service.run())
-    await service.wait_ready()
+    await service.wait_started()
     ...
     service.stop(); await task
     """
@@ -51,34 +130,23 @@ class IngestionService:
         *,
         retry: RetryPolicy | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
+        # The consumer's: for its handler, its commit-time flush and its restarts.
         self._retry = retry or RetryPolicy()
         self.spec = spec if spec is not None else spec_of(settings)
         self.contracts = SourceContracts(self.spec)
-        self._stop = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._consumer: Consumer[bytes | None] | None = None
+        self._consumer: RestartingConsumer | None = None
         self._pipeline: IngestionPipeline | None = None
-        self.consumer_restarts = 0
-        self._restarts = meter("mlbus.ingestion").create_counter(
-            "mlbus.ingest.consumer_restarts",
-            description="source consumers started again after a broker failure",
-        )
 
     @property
     def stats(self) -> IngestionStats:
         return self._pipeline.stats if self._pipeline is not None else IngestionStats()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._pipeline is not None:
-            self._pipeline.stop()  # a flush waiting for a dependency gives up
-        if self._consumer is not None:
-            self._consumer.stop()
-
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Until the consumer owns partitions of the source topics."""
-        await asyncio.wait_for(self._ready.wait(), timeout_s)
+    @property
+    def consumer_restarts(self) -> int:
+        """Source consumers started again after a broker failure."""
+        return 0 if self._consumer is None else self._consumer.restarts
 
     def _seen_ids(self) -> SeenIds:
         horizon = self.settings.dedupe_horizon_s
@@ -98,10 +166,28 @@ class IngestionService:
             async with Publisher(
                 kafka, source="ingestion", partitioner=CachedPartitioner()
             ) as publisher:
-                pipeline = IngestionPipeline(self.contracts, publisher, seen, retry=self._retry)
+                pipeline = IngestionPipeline(self.contracts, publisher, seen)
                 self._pipeline = pipeline
-                if self._stop.is_set():
-                    return
+
+                def source_consumer() -> Consumer[bytes | None]:
+                    return Consumer(
+                        kafka,
+                        topics=topics,
+                        group_id=settings.group_id,
+                        handler=pipeline.handle,
+                        batch_handler=pipeline.handle_batch,
+                        decoder=raw_decoder,
+                        publisher=publisher,
+                        retry=self._retry,
+                        max_batch=settings.max_batch,
+                        # A failing dependency ends a flush attempt; the consumer retries
+                        # it, and it resumes at the step that failed.
+                        before_commit=pipeline.flush,
+                    )
+
+                self._consumer = RestartingConsumer(
+                    source_consumer, discard=pipeline.discard, retry=self._retry
+                )
                 log.info(
                     "ingesting %s (group %s, de-duplication horizon %ds)",
                     ", ".join(topics),
@@ -114,11 +200,13 @@ class IngestionService:
                 # way out, so an embedding process (tests) can collect it all again.
                 gc.freeze()
                 try:
-                    await self._consume_until_stopped(pipeline, publisher)
+                    await self.consume_until_stopped(
+                        [self._consumer],
+                        stopped_unsaved="ingestion stopped with a batch unpublished",
+                    )
                 finally:
                     gc.unfreeze()
         finally:
-            self._consumer = None
             await seen.close()
         stats = self.stats
         log.info(
@@ -128,68 +216,7 @@ class IngestionService:
             stats.duplicates,
         )
 
-    async def _consume_until_stopped(
-        self, pipeline: IngestionPipeline, publisher: Publisher
-    ) -> None:
-        """Run the source consumer; if the broker fails it, start another from the
-        committed offsets (the uncommitted records come back, and the de-duplication
-        horizon recognises those already published) after a backoff."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                await self._consume(pipeline, publisher)
-                return
-            except _KAFKA_PERMANENT:
-                raise  # the same record would fail again after every restart
-            except _CONSUMER_FAILURES as exc:
-                dropped = pipeline.discard()
-                if self._stop.is_set():
-                    log.info(
-                        "stopped while a dependency was failing (%s); %d records stay "
-                        "uncommitted and are consumed again on restart",
-                        exc,
-                        dropped,
-                    )
-                    return
-                failures += 1
-                self.consumer_restarts += 1
-                self._restarts.add(1)
-                delay = self._retry.backoff_s(failures)
-                log.warning(
-                    "source consumer failed (%s: %s); starting it again from the committed "
-                    "offsets in %.1fs (%d uncommitted records will be consumed again)",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    dropped,
-                )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    continue
 
-    async def _consume(self, pipeline: IngestionPipeline, publisher: Publisher) -> None:
-        settings = self.settings
-        consumer: Consumer[bytes | None] = Consumer(
-            settings.kafka,
-            topics=self.contracts.topics,
-            group_id=settings.group_id,
-            handler=pipeline.handle,
-            batch_handler=pipeline.handle_batch,
-            decoder=raw_decoder,
-            publisher=publisher,
-            max_batch=settings.max_batch,
-            before_commit=pipeline.flush,
-        )
-        self._consumer = consumer
-        if self._stop.is_set():
-            return
-        running = asyncio.create_task(consumer.run())
-        assigned = asyncio.create_task(consumer.wait_assigned(timeout_s=3600))
-        try:
-            await asyncio.wait({running, assigned}, return_when=asyncio.FIRST_COMPLETED)
-            if assigned.done() and not assigned.cancelled() and not assigned.exception():
-                self._ready.set()
-        finally:
-            assigned.cancel()
-            await running
+def run(settings: IngestionSettings | None = None) -> None:
+    """Start the ingestion service and block until SIGTERM/SIGINT."""
+    run_stream_service("ingestion", settings or load_settings(IngestionSettings), IngestionService)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlbus.bus import Publisher, Received, header
+from mlbus.bus import PredictionsAndLabelsDecoder, Publisher, Received, header
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import (
     INGEST_VALIDATED,
@@ -72,33 +71,6 @@ def label_value(label: Scalar, task: str) -> bool | float | None:
     if isinstance(label, bool):
         return label
     return str(label).strip().lower() in ("true", "1", "yes")
-
-
-class OutcomesDecoder:
-    """Predictions, and validated events of the labels source; other sources become None."""
-
-    def __init__(self, label_source: str) -> None:
-        self._label = re.compile(rb'"source"\s*:\s*"' + re.escape(label_source.encode()) + rb'"')
-
-    def __call__(
-        self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
-    ) -> PredictionLogged | IngestValidated | None:
-        if value is None:
-            raise InvalidInput("record has no value (tombstone)")
-        ce_type = header(headers, "ce_type")
-        try:
-            if ce_type == PREDICTION_LOGGED:
-                return PredictionLogged.model_validate_json(value)
-            if ce_type == INGEST_VALIDATED:
-                if not self._label.search(value):
-                    return None
-                return IngestValidated.model_validate_json(value)
-        except ValueError as exc:
-            raise InvalidInput(f"{ce_type} failed its schema: {exc}") from None
-        raise InvalidInput(
-            f"unexpected event type {ce_type!r}; the outcomes service reads "
-            f"{PREDICTION_LOGGED} and {INGEST_VALIDATED}"
-        )
 
 
 @dataclass
@@ -183,8 +155,8 @@ class OutcomesProcessor:
     def topics(self) -> list[str]:
         return [PREDICTION_LOGGED, INGEST_VALIDATED]
 
-    def decoder(self) -> OutcomesDecoder:
-        return OutcomesDecoder(self.label_source)
+    def decoder(self) -> PredictionsAndLabelsDecoder:
+        return PredictionsAndLabelsDecoder(self.label_source, reader="outcomes service")
 
     async def handle(self, received: Received[Any]) -> None:
         await self.handle_batch([received])

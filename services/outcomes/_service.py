@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ from grpc_health.v1 import health_pb2
 from mlbus.api.labeling.v1 import labeling_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError, RetryableError
+from mlbus.errors import RetryableError
 from mlbus.events import (
     EXPERIMENT_ACTED,
     EXPERIMENT_DECIDED,
@@ -22,10 +21,9 @@ from mlbus.events import (
     OUTCOMES_MEASURED,
 )
 from mlbus.labeling import LabelQueue
-from mlbus.registry_client import RegistryClient
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 
 from ._evaluator import Evaluator
 from ._grpc import SERVICE_NAME, LabelingServicer, protects
@@ -48,17 +46,9 @@ class OutcomesService(StreamService):
     grpc_port: int | None = None
     """Where the labeling API listens, once started."""
 
-    def consumers(self) -> Sequence[ServiceConsumer]:
-        return () if self.consumer is None else (self.consumer,)
-
     async def run(self) -> None:
         settings = self.settings
-        token = settings.registry_token
-        registry = RegistryClient(
-            settings.registry_address,
-            token=None if token is None else token.get_secret_value(),
-            timeout_s=settings.registry_timeout_s,
-        )
+        registry = settings.registry_client()
         store = OutcomesStore.from_settings(
             settings.redis, group=settings.group_id, ttl_s=settings.pending_ttl_s
         )
@@ -126,29 +116,19 @@ class OutcomesService(StreamService):
         self, processor: OutcomesProcessor, evaluator: Evaluator, publisher: Publisher
     ) -> None:
         settings = self.settings
-        consumer: Consumer[Any] = Consumer(
+        consumer = Consumer.of_processor(
             settings.kafka,
-            topics=processor.topics,
+            processor,
             group_id=settings.group_id,
-            handler=processor.handle,
-            decoder=processor.decoder(),
             publisher=publisher,
             max_batch=settings.max_batch,
-            before_commit=processor.flush,
-            batch_handler=processor.handle_batch,
         )
         self.consumer = consumer
-        if self._stop.is_set():
-            return
-        self._started.set()
-        async with asyncio.TaskGroup() as tasks:
-            consume = self.consume(
-                consumer, stopped_unsaved="outcomes service stopped with state unsaved"
-            )
-            tasks.create_task(consume, name="consume")
-            tasks.create_task(self._looks(evaluator), name="looks")
-            await self._stop.wait()
-            consumer.stop()
+        await self.consume_until_stopped(
+            [consumer],
+            stopped_unsaved="outcomes service stopped with state unsaved",
+            beside={"looks": lambda: self._looks(evaluator)},
+        )
 
     async def _looks(self, evaluator: Evaluator) -> None:
         """Windows and experiments every `evaluate_interval_s`, and once more when stopping."""
@@ -165,12 +145,6 @@ class OutcomesService(StreamService):
                 log.warning("could not look at outcomes and experiments: %s", exc)
 
 
-async def _main(settings: OutcomesSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the outcomes service needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    await run_until_stopped(OutcomesService(settings, load_spec(settings.spec)))
-
-
 def run(settings: OutcomesSettings | None = None) -> None:
     """Start the outcomes service and block until SIGTERM/SIGINT."""
-    run_process("outcomes", settings or load_settings(OutcomesSettings), _main)
+    run_stream_service("outcomes", settings or load_settings(OutcomesSettings), OutcomesService)

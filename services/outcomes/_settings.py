@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mlbus.config import ServiceSettings
+from mlbus.registry_client import RegistryAccess
 
 
-class OutcomesSettings(ServiceSettings):
+class OutcomesSettings(ServiceSettings, RegistryAccess):
     """How the outcomes service consumes, keeps its state, looks at experiments and acts.
 
     MLBUS_OUTCOMES_GROUP_ID              consumer group (mlbus-outcomes); also names its Redis state
@@ -30,9 +31,6 @@ class OutcomesSettings(ServiceSettings):
     )
 
     group_id: str = Field(default="mlbus-outcomes", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    registry_address: str = "127.0.0.1:8002"
-    registry_token: SecretStr | None = None
-    registry_timeout_s: float = Field(default=10.0, gt=0)
     pending_ttl_s: int = Field(default=7 * 86_400, ge=1)
     bucket_s: int = Field(default=300, ge=1)
     evaluate_interval_s: float = Field(default=5.0, gt=0)

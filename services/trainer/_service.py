@@ -33,7 +33,7 @@ from opentelemetry import trace
 import mlbus
 from mlbus.bus import Consumer, Publisher, Received, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError, MlbusError
+from mlbus.errors import MlbusError
 from mlbus.events import (
     INGEST_VALIDATED,
     TRAINING_COMPLETED,
@@ -47,8 +47,8 @@ from mlbus.events import (
 )
 from mlbus.parent_death import die_with_parent
 from mlbus.registry_client import ModelVersionInfo, RegistryClient
-from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
-from mlbus.spec import ProjectSpec, load_spec
+from mlbus.service import ServiceConsumer, StreamService, run_stream_service
+from mlbus.spec import ProjectSpec
 from mlbus.telemetry import meter
 from mlbus.training import (
     JOINABLE_ATTR,
@@ -551,12 +551,6 @@ def _promotion_reason(promoted: bool, version: ModelVersionInfo, outcome: Traini
     return reason
 
 
-async def _main(settings: TrainerSettings) -> None:
-    if settings.spec is None:
-        raise ConfigError("the trainer needs a spec: set MLBUS_SPEC=path/to/mlbus.yaml")
-    await run_until_stopped(TrainerService(settings, load_spec(settings.spec)))
-
-
 def run(settings: TrainerSettings | None = None) -> None:
     """Start the trainer and block until SIGTERM/SIGINT."""
-    run_process("trainer", settings or load_settings(TrainerSettings), _main)
+    run_stream_service("trainer", settings or load_settings(TrainerSettings), TrainerService)

@@ -15,7 +15,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics, raw_decoder
+from mlbus.bus import (
+    Consumer,
+    DeadLetter,
+    Publisher,
+    Received,
+    RetryPolicy,
+    ensure_topics,
+    raw_decoder,
+)
 from mlbus.config import KafkaSettings
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import MessageDeadLettered
@@ -378,6 +386,53 @@ async def test_commit_time_work_failing_when_stopped_commits_nothing(
     with pytest.raises(RetryableError):
         await task
     assert consumer.stats.committed == {}
+
+
+async def test_what_the_commit_time_work_cannot_apply_is_dead_lettered_before_the_commit(
+    kafka: KafkaSettings, publisher: Publisher, unique: str
+) -> None:
+    """`before_commit` returns the records it could not apply: the bus writes each to the
+    dead-letter topic in the handler path's format (bytes, origin, reason), then commits
+    (ADR 0026)."""
+    topic, dead = f"commit-dead-{unique}", f"commit-dead.dlq-{unique}"
+    await ensure_topics(kafka, [topic, dead], partitions=1)
+    values = [b"%d" % i for i in range(5)]
+    queued: list[Received[bytes | None]] = []
+
+    async def handle(msg: Received[bytes | None]) -> None:
+        queued.append(msg)
+
+    async def before_commit() -> list[DeadLetter[bytes | None]]:
+        unapplied = [DeadLetter(m, ValueError("cannot apply 3")) for m in queued if m.offset == 3]
+        queued.clear()
+        return unapplied
+
+    consumer: Consumer[bytes | None] = Consumer(
+        kafka,
+        topics=[topic],
+        group_id=f"g-{unique}",
+        handler=handle,
+        decoder=raw_decoder,
+        publisher=publisher,
+        dead_letter_topic=dead,
+        before_commit=before_commit,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await consumer.wait_assigned()
+        await produce(kafka, topic, values)
+        await _until(lambda: consumer.stats.committed.get(f"{topic}[0]") == len(values))
+    finally:
+        consumer.stop()
+        await task
+    assert consumer.stats.dead_lettered == 1
+    [record] = await read_topic(kafka, dead, 1)
+    letter = MessageDeadLettered.model_validate_json(record.value)
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (topic, 0, 3)
+    assert (letter.error_type, letter.reason) == ("ValueError", "cannot apply 3")
+    assert letter.attempts == 1
+    assert letter.consumer_group == f"g-{unique}"
+    assert letter.value_b64 == "Mw=="  # b"3", the record's own bytes
 
 
 async def _until(done: Callable[[], bool], timeout_s: float = 30) -> None:

@@ -221,7 +221,7 @@ async def test_every_input_ends_in_exactly_one_place(
             )
             # Stopped, the service can publish nothing more: read what it published to the
             # end, so anything published twice shows up.
-            await service.wait_ready()
+            await service.wait_started()
             service.stop()
             await task
             await validated.read_to_end()

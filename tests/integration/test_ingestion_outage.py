@@ -73,7 +73,7 @@ async def test_a_redis_outage_is_retried_in_place_and_nothing_is_lost_or_doubled
     task = asyncio.create_task(service.run())
     try:
         async with TopicReader(kafka, INGEST_VALIDATED, {tx}) as validated:
-            await service.wait_ready()
+            await service.wait_started()
             await produce(producer, tx, [encode(e) for e in before], keys(before))
             await wait_for(lambda: len(validated.records) >= len(before), [validated], task=task)
 

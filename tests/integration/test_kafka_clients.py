@@ -63,7 +63,7 @@ async def source_topic(
     service = IngestionService(service_settings(spec_path, kafka, redis_url, unique, tmp_path))
     task = asyncio.create_task(service.run())
     try:
-        await service.wait_ready()
+        await service.wait_started()
         yield tx, events
     finally:
         service.stop()

@@ -98,7 +98,7 @@ async def labeling(
     tasks = [asyncio.create_task(outcomes.run()), asyncio.create_task(ingestion.run())]
     try:
         await outcomes.wait_started(60)
-        await ingestion.wait_ready(60)
+        await ingestion.wait_started(60)
         assert outcomes.grpc_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{outcomes.grpc_port}") as channel:
             yield Labeling(pb_grpc.LabelingStub(channel), channel, spec, kafka, outcomes)

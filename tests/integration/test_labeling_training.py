@@ -245,7 +245,7 @@ async def test_a_submitted_label_is_used_by_the_next_training_run(
     services = [ingestion, features, trainer, outcomes]
     tasks = [asyncio.create_task(s.run()) for s in services]
     try:
-        await ingestion.wait_ready(60)
+        await ingestion.wait_started(60)
         await features.wait_started(60)
         await trainer.wait_started()
         await outcomes.wait_started(60)

@@ -622,7 +622,7 @@ async def test_labeling_round_trip_request_submit_ingest_answer(
     tasks = [asyncio.create_task(outcomes.run()), asyncio.create_task(ingestion.run())]
     try:
         await outcomes.wait_started(60)
-        await ingestion.wait_ready(60)
+        await ingestion.wait_started(60)
         # 6 champion scores near the threshold (band), 1 event champion and shadow disagree
         # on, 3 confident ones: 7 candidates for 5 places.
         champion = [0.45, 0.47, 0.49, 0.51, 0.53, 0.55, 0.9, 0.95, 0.96, 0.97]

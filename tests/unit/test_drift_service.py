@@ -15,10 +15,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mlbus.bus import Received
+from mlbus.bus import PredictionsAndLabelsDecoder, Received
 from mlbus.drift import DriftProcessor, Retraining, _retraining, detection_id
 from mlbus.drift._labels import Pending, label_error
-from mlbus.drift._processor import DriftRecordDecoder
 from mlbus.drift._store import (
     ArmedTrigger,
     Claim,
@@ -275,7 +274,7 @@ def validated(source: str, payload: dict[str, Any], event_time: datetime = T0) -
 
 
 def test_the_decoder_builds_only_label_events_of_the_validated_stream() -> None:
-    decode = DriftRecordDecoder("labels")
+    decode = PredictionsAndLabelsDecoder("labels", reader="drift service")
     other = validated("tx", {"amount": 1.0}).model_dump_json().encode()
     label = validated("labels", {"tx_id": "a", "is_fraud": True}).model_dump_json().encode()
     assert decode(other, _headers(IngestValidated.event_type)) is None

@@ -1,7 +1,10 @@
-"""A flush waits out a failing dependency in place: retried, never repeated, never skipped.
+"""A flush waits out a failing dependency: retried, never repeated, never skipped.
 
-Fakes stand in for Redis and the broker here (the real outage, with a Redis that
-is stopped and started again, is tests/integration/test_ingestion_outage.py).
+The flush runs as the consumer runs it at the commit, under the bus's retry
+(`mlbus.bus.until_done`, ADR 0026): a failing dependency ends an attempt, and the
+next attempt resumes at the step that failed. Fakes stand in for Redis and the
+broker here (the real outage, with a Redis that is stopped and started again,
+is tests/integration/test_ingestion_outage.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from mlbus.bus import OutgoingRecord, Received, RetryPolicy
+from mlbus.bus import RETRYABLE, OutgoingRecord, Received, RetryPolicy, until_done
 from mlbus.contracts import SourceContracts
 from mlbus.errors import RetryableError
 from mlbus.events import IngestValidated
@@ -102,7 +105,21 @@ def records(n: int) -> list[Received[bytes | None]]:
 
 def pipeline(seen: FlakySeen, publisher: FlakyPublisher) -> IngestionPipeline:
     contracts = SourceContracts(load_spec(fraud_spec_path()))
-    return IngestionPipeline(contracts, publisher, seen, retry=FAST)  # type: ignore[arg-type]
+    return IngestionPipeline(contracts, publisher, seen)  # type: ignore[arg-type]
+
+
+async def commit(ingest: IngestionPipeline, stopping: asyncio.Event | None = None) -> None:
+    """`ingest.flush` as the consumer runs it before a commit: retried under the policy
+    until it lands; the error it gave up on, raised, if `stopping` came first."""
+    error = await until_done(
+        ingest.flush,
+        policy=FAST,
+        stopping=stopping or asyncio.Event(),
+        retry_on=RETRYABLE,
+        what="commit-time work",
+    )
+    if error is not None:
+        raise error
 
 
 def published_offsets(publisher: FlakyPublisher) -> list[int]:
@@ -116,7 +133,7 @@ async def test_a_failing_store_is_retried_and_every_event_is_published_once() ->
     seen, publisher = FlakySeen(seen_failures=2, remember_failures=2), FlakyPublisher([])
     ingest = pipeline(seen, publisher)
     await ingest.handle_batch(records(40))
-    await ingest.flush()
+    await commit(ingest)
     assert published_offsets(publisher) == list(range(40))
     assert publisher.log == ["send"]  # remembering failed after delivery: not sent again
     assert seen.calls == ["seen"] * 3 + ["remember"] * 3
@@ -136,7 +153,7 @@ async def test_a_failing_broker_is_retried_and_ids_are_remembered_only_after_del
     seen.remember = remember  # type: ignore[method-assign]
     ingest = pipeline(seen, publisher)
     await ingest.handle_batch(records(25))
-    await ingest.flush()
+    await commit(ingest)
     assert order == ["send", "send", "send", "remember"]
     assert seen.calls.count("seen") == 1  # the lookup is not repeated
     assert published_offsets(publisher) == list(range(25))
@@ -147,10 +164,11 @@ async def test_stop_ends_a_flush_waiting_for_a_dependency_with_nothing_done() ->
     seen, publisher = FlakySeen(seen_failures=10**6), FlakyPublisher([])
     ingest = pipeline(seen, publisher)
     await ingest.handle_batch(records(10))
-    flushing = asyncio.create_task(ingest.flush())
+    stopping = asyncio.Event()
+    flushing = asyncio.create_task(commit(ingest, stopping))
     await asyncio.wait_for(seen.asked_three_times.wait(), 10)
-    assert not flushing.done()  # waiting in place
-    ingest.stop()
+    assert not flushing.done()  # waiting, its place kept
+    stopping.set()  # the consumer's stop()
     with pytest.raises(FlushInterrupted):
         await flushing
     assert ingest.queued == 10  # kept: not committed, consumed again after a restart
@@ -165,7 +183,7 @@ async def test_a_record_the_broker_can_never_take_is_not_retried() -> None:
     ingest = pipeline(seen, publisher)
     await ingest.handle_batch(records(5))
     with pytest.raises(MessageSizeTooLargeError):
-        await ingest.flush()
+        await commit(ingest)
     assert ingest.stats.retries == {}
     assert ingest.queued == 5
 
@@ -176,6 +194,6 @@ async def test_duplicates_found_after_a_retried_lookup_are_dropped() -> None:
     seen.ids = {("transactions", json.loads(r.payload or b"")["transaction_id"]) for r in batch[:4]}
     ingest = pipeline(seen, publisher)
     await ingest.handle_batch(batch)
-    await ingest.flush()
+    await commit(ingest)
     assert published_offsets(publisher) == list(range(4, 12))
     assert (ingest.stats.accepted, ingest.stats.duplicates) == (8, 4)

@@ -8,26 +8,36 @@
     await consumer.run()   # until consumer.stop()
 
 See `_consumer.py` for the delivery guarantees (at-least-once, commit after
-effect, retry vs dead-letter) and `_codec.py` for the wire format.
+effect), `_handling.py` for a record's fate (retry vs dead-letter), `_retry.py`
+for the one backoff loop, `_deadletter.py` for the dead-letter record, and
+`_codec.py` for the wire format.
 """
 
 from mlbus.bus._admin import ensure_topics
-from mlbus.bus._codec import EventDecoder, encode_event, event_headers, header
-from mlbus.bus._consumer import (
-    Consumer,
-    ConsumerStats,
-    Received,
-    RetryPolicy,
-    dead_letter_event,
-    raw_decoder,
+from mlbus.bus._codec import (
+    EventDecoder,
+    PredictionsAndLabelsDecoder,
+    encode_event,
+    event_headers,
+    header,
 )
+from mlbus.bus._consumer import BatchProcessor, CommitWork, Consumer
+from mlbus.bus._deadletter import DeadLetter, dead_letter_event
+from mlbus.bus._handling import ConsumerStats
 from mlbus.bus._publisher import OutgoingRecord, Publisher
+from mlbus.bus._received import Received, raw_decoder
+from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 
 __all__ = [
+    "RETRYABLE",
+    "BatchProcessor",
+    "CommitWork",
     "Consumer",
     "ConsumerStats",
+    "DeadLetter",
     "EventDecoder",
     "OutgoingRecord",
+    "PredictionsAndLabelsDecoder",
     "Publisher",
     "Received",
     "RetryPolicy",
@@ -37,4 +47,5 @@ __all__ = [
     "event_headers",
     "header",
     "raw_decoder",
+    "until_done",
 ]

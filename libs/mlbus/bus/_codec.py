@@ -8,12 +8,20 @@ any language can read the value without knowing CloudEvents.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
 from mlbus.errors import InvalidInput
-from mlbus.events import EVENT_TYPES, Event
+from mlbus.events import (
+    EVENT_TYPES,
+    INGEST_VALIDATED,
+    PREDICTION_LOGGED,
+    Event,
+    IngestValidated,
+    PredictionLogged,
+)
 
 CE_SPECVERSION = "1.0"
 CONTENT_TYPE = b"application/json"
@@ -101,3 +109,41 @@ def _short(exc: ValidationError, limit: int = 5) -> str:
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class PredictionsAndLabelsDecoder:
+    """What the drift and outcomes services read: logged predictions, and the validated
+    events of the label source; other sources' validated events become None.
+
+    `ingest.validated` carries every source's events; only the label source matters
+    to them, so the rest is recognised from the bytes without building an event.
+    `reader` names the service in the error of an unexpected event type.
+    """
+
+    def __init__(self, label_source: str | None, *, reader: str) -> None:
+        self._label = (
+            None
+            if label_source is None
+            else re.compile(rb'"source"\s*:\s*"' + re.escape(label_source.encode()) + rb'"')
+        )
+        self._reader = reader
+
+    def __call__(
+        self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
+    ) -> PredictionLogged | IngestValidated | None:
+        if value is None:
+            raise InvalidInput("record has no value (tombstone)")
+        ce_type = header(headers, "ce_type")
+        try:
+            if ce_type == PREDICTION_LOGGED:
+                return PredictionLogged.model_validate_json(value)
+            if ce_type == INGEST_VALIDATED:
+                if self._label is None or not self._label.search(value):
+                    return None
+                return IngestValidated.model_validate_json(value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise InvalidInput(f"{ce_type} failed its schema: {exc}") from None
+        raise InvalidInput(
+            f"unexpected event type {ce_type!r}; the {self._reader} reads "
+            f"{PREDICTION_LOGGED} and {INGEST_VALIDATED}"
+        )

@@ -15,7 +15,8 @@ The consumer's span continues the producer's trace from the record headers.
 Work done at the commit (`before_commit`: a batch's writes, saved state) follows
 the same retry rule: a RetryableError is retried with the same backoff until it
 lands or `stop()` comes (then nothing is committed), so no service writes its own
-retry loop around it.
+retry loop around it. What it could not apply it returns (`DeadLetter`s), and
+they go to the dead-letter topic, in the handler path's format, before the commit.
 
 Optionally (`batch_handler`), untraced data-plane records are handed over a
 fetch at a time instead of one by one; a batch that fails is handled again
@@ -27,11 +28,9 @@ stay in the batch too, each with a span around the batch call.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
@@ -41,11 +40,15 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from mlbus.bus._codec import EventDecoder, header
+from mlbus.bus._codec import EventDecoder
+from mlbus.bus._deadletter import DeadLetter, DeadLetterWriter
+from mlbus.bus._handling import ConsumerStats, Decoder, RecordHandler
 from mlbus.bus._publisher import Publisher
+from mlbus.bus._received import Received, received
+from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 from mlbus.config import KafkaSettings
-from mlbus.errors import PermanentError, RetryableError
-from mlbus.events import DEAD_LETTERED, Event, MessageDeadLettered
+from mlbus.errors import RetryableError
+from mlbus.events import DEAD_LETTERED, Event
 from mlbus.telemetry import extract_kafka_context
 from mlbus.telemetry._sampling import (
     PLANE_ATTRIBUTE,
@@ -57,72 +60,35 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("mlbus.bus")
 _meter = metrics.get_meter("mlbus.bus")
 _processed = _meter.create_counter("mlbus.consumer.processed", description="records handled")
-_dead_lettered = _meter.create_counter(
-    "mlbus.consumer.dead_lettered", description="records sent to the dead-letter topic"
-)
-_retries = _meter.create_counter("mlbus.consumer.retries", description="handler retries")
 _commit_retries = _meter.create_counter(
     "mlbus.consumer.commit_retries", description="retries of the commit-time work (before_commit)"
 )
 _lag = _meter.create_gauge("mlbus.consumer.lag", description="records behind the partition end")
 
 T = TypeVar("T")
-Decoder = Callable[[bytes | None, Sequence[tuple[str, bytes]]], T]
-_RETRYABLE = (RetryableError, TimeoutError, ConnectionError)
+CommitWork = Callable[[], Awaitable[Sequence[DeadLetter[T]] | None]]
+"""`before_commit`: what must land before the offsets commit; returns what it could not apply."""
 _NO_PARENT = Context()  # what extract_kafka_context gives for headers without a trace
 _InRun = tuple[ConsumerRecord[bytes, bytes], tuple[tuple[str, bytes], ...], Context | None]
 """A record of a batch run, its headers, and its trace parent if it gets a span."""
 
 
-@dataclass(frozen=True, slots=True)
-class Received(Generic[T]):
-    """One consumed record: its decoded payload and where it came from."""
-
-    payload: T
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp_ms: int
+class BatchProcessor(Protocol[T]):
+    """A stream service's processor in the shape the bus runs (`Consumer.of_processor`):
+    records of its topics one at a time (`handle`) or a fetch at a time
+    (`handle_batch`, all or nothing), their effects at the commit (`flush`,
+    retried; what it returns is dead-lettered)."""
 
     @property
-    def event_id(self) -> str | None:
-        return header(self.headers, "ce_id")
+    def topics(self) -> Sequence[str]: ...
 
+    def decoder(self) -> Decoder[T]: ...
 
-def raw_decoder(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> bytes | None:
-    """For consumers that validate bytes themselves (ingestion)."""
-    return value
+    async def handle(self, received: Received[T]) -> None: ...
 
+    async def handle_batch(self, batch: list[Received[T]]) -> None: ...
 
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: BaseException
-    attempts: int
-
-
-_DONE = object()
-_STOPPED = object()
-_Outcome = _Failed | object
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 5.0
-    unexpected_attempts: int = 3
-
-    def backoff_s(self, attempt: int) -> float:
-        return float(min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
-
-
-@dataclass
-class ConsumerStats:
-    processed: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    committed: dict[str, int] = field(default_factory=dict)
+    async def flush(self) -> Sequence[DeadLetter[T]] | None: ...
 
 
 class Consumer(Generic[T]):
@@ -166,7 +132,7 @@ class Consumer(Generic[T]):
         auto_offset_reset: str | None = None,
         max_batch: int = 500,
         plane: Literal["data", "control"] = "data",
-        before_commit: Callable[[], Awaitable[None]] | None = None,
+        before_commit: CommitWork[T] | None = None,
         batch_handler: Callable[[list[Received[T]]], Awaitable[None]] | None = None,
         spans_in_batch: bool = False,
         commit_interval_s: float = 0.0,
@@ -177,10 +143,7 @@ class Consumer(Generic[T]):
         self._kafka = kafka
         self.topics = tuple(topics)
         self.group_id = group_id
-        self._handler = handler
         self._decoder = decoder
-        self._publisher = publisher
-        self._dead_letter_topic = dead_letter_topic
         self._retry = retry or RetryPolicy()
         self._reset = auto_offset_reset or ("earliest" if group_id else "latest")
         self._max_batch = max_batch
@@ -188,12 +151,18 @@ class Consumer(Generic[T]):
         # Handlers that only queue their effects (e.g. batched sends) finish them here:
         # awaited before every commit, so offsets never run ahead of effects.
         self._before_commit = before_commit
+        # What before_commit could not apply, kept until each is dead-lettered: a stop
+        # in between must not let a later commit (the one on the way out) pass them by.
+        self._unapplied: list[DeadLetter[T]] = []
         self._batch_handler = batch_handler
         self._spans_in_batch = spans_in_batch
         self._commit_interval_s = commit_interval_s
         self._committed_at = 0.0  # loop time of the last commit
         self._options = consumer_options
         self._stopping = asyncio.Event()
+        self._dead_letters = DeadLetterWriter(
+            publisher, dead_letter_topic, group_id, self._retry, self._stopping
+        )
         self._assigned = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[TopicPartition, int] = {}
@@ -202,6 +171,9 @@ class Consumer(Generic[T]):
         # commits in the middle of a batch the handler is still queueing.
         self._batch_lock = asyncio.Lock()
         self.stats = ConsumerStats()
+        self._records = RecordHandler(
+            handler, decoder, self._retry, self._stopping, self._dead_letters, self.stats
+        )
 
     @classmethod
     def of_events(
@@ -224,6 +196,30 @@ class Consumer(Generic[T]):
             handler=handler,
             decoder=EventDecoder(types),
             publisher=publisher,
+            **options,
+        )
+
+    @classmethod
+    def of_processor(
+        cls,
+        kafka: KafkaSettings,
+        processor: BatchProcessor[T],
+        *,
+        group_id: str | None,
+        publisher: Publisher,
+        **options: Any,
+    ) -> Consumer[T]:
+        """A consumer of `processor`'s topics that hands it their records and runs its
+        `flush` at every commit."""
+        return cls(
+            kafka,
+            topics=processor.topics,
+            group_id=group_id,
+            handler=processor.handle,
+            batch_handler=processor.handle_batch,
+            decoder=processor.decoder(),
+            publisher=publisher,
+            before_commit=processor.flush,
             **options,
         )
 
@@ -345,34 +341,46 @@ class Consumer(Generic[T]):
             self._pending.pop(tp, None)
             self.stats.committed[f"{tp.topic}[{tp.partition}]"] = offset
 
-    async def _commit_work(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _commit_work(self, work: CommitWork[T]) -> None:
         """`before_commit`, retried like a handler: a RetryableError (Redis or the broker
         down) is tried again after the policy's backoff until it lands. If `stop()` comes
         first it raises, and nothing is committed: the records are consumed again after a
-        restart. Other errors raise at once (a bug must not be retried forever)."""
-        attempt = 0
-        while True:
-            try:
-                await work()
-                return
-            except _RETRYABLE as exc:
-                attempt += 1
-                if self._stopping.is_set():
-                    raise
-                delay = self._retry.backoff_s(attempt)
-                self.stats.retries += 1
-                _commit_retries.add(1, {"group": self.group_id or ""})
-                log.warning(
-                    "commit-time work failed (attempt %d), retrying in %.2fs: %s",
-                    attempt,
-                    delay,
-                    exc,
+        restart. Other errors raise at once (a bug must not be retried forever).
+        What the work could not apply is dead-lettered before the commit."""
+        unapplied: Sequence[DeadLetter[T]] | None = None
+
+        async def attempt() -> None:
+            nonlocal unapplied
+            unapplied = await work()
+
+        def count_retry() -> None:
+            self.stats.retries += 1
+            _commit_retries.add(1, {"group": self.group_id or ""})
+
+        failed = await until_done(
+            attempt,
+            policy=self._retry,
+            stopping=self._stopping,
+            retry_on=RETRYABLE,
+            what="commit-time work",
+            on_retry=count_retry,
+        )
+        if failed is not None:
+            raise failed
+        self._unapplied.extend(unapplied or ())
+        while self._unapplied:
+            if not await self._dead_letter_unapplied(self._unapplied[0]):
+                raise RetryableError(
+                    "stopped before a dead-letter record landed; nothing committed"
                 )
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise
+            self._unapplied.pop(0)
+
+    async def _dead_letter_unapplied(self, letter: DeadLetter[T]) -> bool:
+        """A record the commit-time work could not apply, to the dead-letter topic."""
+        landed = await self._dead_letters.write(letter.received, letter.error, attempts=1)
+        if landed:
+            self.stats.dead_lettered += 1
+        return landed
 
     def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
         highwater = consumer.highwater(tp)
@@ -391,7 +399,7 @@ class Consumer(Generic[T]):
             trace.get_current_span(parent).get_span_context().trace_flags.sampled
         )
         if self._plane == "data" and not presampled:
-            return await self._settle(record, headers, None)  # untraced data-plane record
+            return await self._records.settle(record, headers, None)  # untraced data-plane record
         return await self._traced(record, headers, parent, presampled)
 
     async def _traced(
@@ -401,13 +409,13 @@ class Consumer(Generic[T]):
         parent: Context,
         presampled: bool,
     ) -> bool:
-        """`_settle` inside the record's consumer span."""
+        """`RecordHandler.settle` inside the record's consumer span."""
         span = self._start_span(record, parent, presampled)
         # Attach by hand (cheaper than a context manager per record) so the handler's
         # own spans and log lines belong to this trace.
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
-            return await self._settle(record, headers, span)
+            return await self._records.settle(record, headers, span)
         finally:
             otel_context.detach(token)
             span.end()
@@ -487,18 +495,7 @@ class Consumer(Generic[T]):
         ]
         try:
             await batch_handler(
-                [
-                    Received(
-                        decode(record.value, headers),
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        headers,
-                        record.timestamp,
-                    )
-                    for record, headers, _ in run
-                ]
+                [received(decode(r.value, headers), r, headers) for r, headers, _ in run]
             )
         except Exception as exc:  # one bad record (or an outage): the per-record rules decide
             for span in spans:  # each record is tried again below, in a span of its own
@@ -516,7 +513,7 @@ class Consumer(Generic[T]):
             )
             for record, headers, parent in run:
                 settled = (
-                    await self._settle(record, headers, None)
+                    await self._records.settle(record, headers, None)
                     if parent is None
                     else await self._traced(record, headers, parent, True)
                 )
@@ -529,160 +526,6 @@ class Consumer(Generic[T]):
         self.stats.processed += len(run)
         self._pending[tp] = run[-1][0].offset + 1
         return True
-
-    async def _settle(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        headers: tuple[tuple[str, bytes], ...],
-        span: Span | None,
-    ) -> bool:
-        """Run the handler with retries; dead-letter what cannot succeed."""
-        outcome = await self._handle_with_retries(record, headers, span)
-        if outcome is _DONE:
-            self.stats.processed += 1
-            return True
-        if outcome is _STOPPED:
-            return False
-        assert isinstance(outcome, _Failed)
-        if span is not None:
-            span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
-        return await self._dead_letter(record, outcome.error, outcome.attempts)
-
-    async def _handle_with_retries(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        headers: tuple[tuple[str, bytes], ...],
-        span: Span | None,
-    ) -> _Outcome:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                payload = self._decoder(record.value, headers)
-                await self._handler(
-                    Received(
-                        payload,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        headers,
-                        record.timestamp,
-                    )
-                )
-                return _DONE
-            except PermanentError as exc:
-                return _Failed(exc, attempt)
-            except _RETRYABLE as exc:
-                if not await self._backoff(record, exc, attempt, span):
-                    return _STOPPED
-            except Exception as exc:  # a bug: a few tries, then the dead-letter topic
-                log.exception(
-                    "handler failed on %s[%d]@%d", record.topic, record.partition, record.offset
-                )
-                if attempt >= self._retry.unexpected_attempts:
-                    return _Failed(exc, attempt)
-                if not await self._backoff(record, exc, attempt, span):
-                    return _STOPPED
-
-    async def _backoff(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        exc: BaseException,
-        attempt: int,
-        span: Span | None,
-    ) -> bool:
-        """Sleep before the next attempt; False if asked to stop meanwhile."""
-        delay = self._retry.backoff_s(attempt)
-        self.stats.retries += 1
-        _retries.add(1, {"topic": record.topic})
-        if span is not None:
-            span.add_event("retry", {"attempt": attempt, "error": repr(exc), "backoff_s": delay})
-        log.warning(
-            "retrying %s[%d]@%d in %.2fs (attempt %d): %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            delay,
-            attempt,
-            exc,
-        )
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            return True
-        return False
-
-    async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: BaseException, attempts: int
-    ) -> bool:
-        """Write the record and its reason to the dead-letter topic; retried until it lands."""
-        dead = dead_letter_event(
-            group=self.group_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=record.headers or (),
-            error=error,
-            attempts=attempts,
-        )
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._publisher.publish(dead, key=record.key, topic=self._dead_letter_topic)
-                break
-            except Exception as exc:  # the broker is down: keep the offset until it lands
-                log.warning("dead-letter publish failed (attempt %d): %s", attempt, exc)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), self._retry.backoff_s(attempt))
-                    return False
-                except TimeoutError:
-                    continue
-        self.stats.dead_lettered += 1
-        _dead_lettered.add(1, {"topic": record.topic, "error_type": dead.error_type})
-        log.error(
-            "dead-lettered %s[%d]@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            dead.reason,
-            extra={"event_id": header(record.headers, "ce_id")},
-        )
-        return True
-
-
-def dead_letter_event(
-    *,
-    group: str | None,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes]],
-    error: BaseException,
-    attempts: int,
-) -> MessageDeadLettered:
-    """The dead-letter record for one consumed record: its bytes, origin and why it failed."""
-    return MessageDeadLettered(
-        consumer_group=group,
-        source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
-        key_b64=_b64(key),
-        value_b64=_b64(value),
-        headers={k: v.decode("utf-8", "replace") for k, v in headers if v},
-        error_type=type(error).__name__,
-        reason=str(error) or type(error).__name__,
-        attempts=attempts,
-    )
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
