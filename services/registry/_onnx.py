@@ -69,7 +69,14 @@ def _tensor(value: Any) -> TensorSpec:
     tensor = value.type.tensor_type
     datatype = _ONNX_TO_OIP.get(tensor.elem_type)
     if datatype is None:
-        name = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        # An element type this onnx does not know has no name (Name() raises ValueError,
+        # which answered INTERNAL: found by the soak's fuzzing).
+        known = tensor.elem_type in onnx.TensorProto.DataType.values()
+        name = (
+            onnx.TensorProto.DataType.Name(tensor.elem_type)
+            if known
+            else f"unknown ({tensor.elem_type})"
+        )
         raise InvalidInput(f"ONNX tensor {value.name!r} has unsupported element type {name}")
     shape = tuple(
         dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1

@@ -315,3 +315,14 @@ def test_version_and_change_survive_the_proto_round_trip() -> None:
         event_id="e1",
     )
     assert change_from_proto(change_to_proto(change)) == change
+
+
+def test_an_element_type_onnx_does_not_know_is_invalid_input_not_a_crash() -> None:
+    # Found by the soak's fuzzing: DataType.Name(33) raised ValueError → INTERNAL.
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_model())
+    model.graph.input[0].type.tensor_type.elem_type = 33
+    model.graph.output[0].type.tensor_type.elem_type = 33
+    with pytest.raises(InvalidInput, match=r"unsupported element type unknown \(33\)"):
+        validate_onnx(model.SerializeToString())
