@@ -32,6 +32,7 @@ from mlbus.soak._checks import (
     requests_answered,
     window_of,
 )
+from mlbus.soak._config import SoakConfig
 from mlbus.soak._faults import (
     FaultRecord,
     corrupt,
@@ -40,7 +41,7 @@ from mlbus.soak._faults import (
     malformed_records,
     wrong_signature_model,
 )
-from mlbus.soak._run import SoakConfig, run_soak
+from mlbus.soak._run import run_soak
 
 __all__ = [
     "OUTSIDE",
