@@ -236,6 +236,16 @@ def test_locations_outside_the_store_are_refused(tmp_path: Path, location: str) 
         store.read_unverified(location)
 
 
+@pytest.mark.parametrize("location", ["x" * 2000, "a/" + "y" * 300 + ".onnx", "b/" * 600])
+def test_locations_no_file_system_holds_are_invalid_input_not_an_os_error(
+    tmp_path: Path, location: str
+) -> None:
+    # Found by the soak's gRPC fuzz: ENAMETOOLONG from is_file() answered INTERNAL.
+    store = LocalArtifactStore(tmp_path / "store")
+    with pytest.raises(InvalidInput, match="longer than a store path can be"):
+        store.read_unverified(location)
+
+
 def test_a_symlink_leading_out_of_the_store_is_refused(tmp_path: Path) -> None:
     (tmp_path / "secret.onnx").write_bytes(b"secret")
     root = tmp_path / "store"
