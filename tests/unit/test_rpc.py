@@ -237,17 +237,19 @@ async def test_undecodable_request_bytes_are_invalid_argument_naming_the_type(
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+            async def garbage(method: str) -> None:
+                if method == "Watch":
+                    async for _ in channel.unary_stream(f"/{SERVICE}/Watch")(
+                        b"\xff\xff", timeout=5
+                    ):
+                        pass
+                else:
+                    await channel.unary_unary(f"/{SERVICE}/Check")(b"\xff\xff", timeout=5)
+
             for method in ("Check", "Watch"):
-                callable_ = (channel.unary_unary if method == "Check" else channel.unary_stream)(
-                    f"/{SERVICE}/{method}"
-                )
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    answer = callable_(b"\xff\xff\xff", timeout=5)
-                    if method == "Watch":
-                        async for _ in answer:
-                            pass
-                    else:
-                        await answer
+                    await garbage(method)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
                 assert "not a valid grpc.health.v1.HealthCheckRequest" in (
                     caught.value.details() or ""
