@@ -28,6 +28,11 @@ class SoakConfig:
     minutes: float = 10.0
     """Live traffic lasts this long (with faults: at least one round of every kind)."""
     faults: bool = False
+    hostile: bool = False
+    """Hostile bursts at every gRPC server (`_surfaces`); with `faults` they are one of the
+    fault kinds anyway, without it the only one."""
+    hostile_burst_s: float = 8.0
+    """How long each hostile burst fuzzes."""
     rate: float = 500.0
     """Events per second sent to the source topics: payments and their labels."""
     requests: float = 300.0

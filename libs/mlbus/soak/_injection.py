@@ -23,6 +23,7 @@ from ._checks import (
 from ._clients import as_json_bytes, metric_sum, port_answers, scrape
 from ._config import ACTOR, CANDIDATE, CHAMPION, HEALTHY_S, WARMUP_S
 from ._faults import (
+    HOSTILE,
     STALLS,
     FaultRecord,
     corrupt,
@@ -32,21 +33,23 @@ from ._faults import (
     malformed_records,
     wrong_signature_model,
 )
-from ._state import SoakState
+from ._surfaces import HostileSurfaces
 
 log = logging.getLogger(__name__)
 
 
-class FaultInjection(SoakState):
+class FaultInjection(HostileSurfaces):
     """The fault schedule and each fault's recovery check."""
 
     async def _inject_faults(self, end_s: float) -> None:
         state = read_state(self.settings.data)
         assert state is not None
-        kinds = fault_kinds(list(state.services))
+        kinds = fault_kinds(list(state.services)) if self.config.faults else [HOSTILE]
         self.kinds = kinds
         schedule = fault_schedule(kinds, self.config.seed)
         await asyncio.sleep(WARMUP_S)
+        if HOSTILE in kinds:  # each server's memory once warm: the start of its RSS growth
+            self._sample_servers()
         for injected, kind in enumerate(schedule, start=1):
             if self._round_done.is_set() and self.now_s() > end_s - 20:
                 return
@@ -78,6 +81,8 @@ class FaultInjection(SoakState):
             await self._promote_corrupt(record)
         elif kind == "promote:wrong-signature":
             await self._promote_wrong_signature(record)
+        elif kind == HOSTILE:
+            await self._hostile(record)
         else:
             raise ValueError(f"unknown fault {kind!r}")
 

@@ -47,15 +47,17 @@ from ._read import (
     scored_event_ids,
     stored_ids,
 )
-from ._state import SoakState
+from ._surfaces import HostileSurfaces
 
 log = logging.getLogger(__name__)
 
 
-class Reporting(SoakState):
+class Reporting(HostileSurfaces):
     """Drain, checks and the report."""
 
     async def _drain(self) -> None:
+        if self.hostile_bursts:  # the end of each server's run, for its RSS growth
+            self._sample_servers()
         self.say("drain: last labels, in-flight requests and deliveries")
         for _, payment in list(self._pending_labels):
             self._send_label(payment)
@@ -124,8 +126,12 @@ class Reporting(SoakState):
         recoveries: dict[str, list[float | None]] = {}
         for fault in self.faults:
             recoveries.setdefault(fault.kind, []).append(fault.recovery_s)
-        if config.faults:
+        if config.faults or config.hostile:
             invariants.append(faults_recovered(recoveries, len(getattr(self, "kinds", []))))
+        hostile: dict[str, Any] = {}
+        if self.hostile_bursts:
+            survived, hostile = self._hostile_checked()
+            invariants.append(survived)
         lost = int(payments_once.detail["lost"]) + int(labels_once.detail["lost"])  # type: ignore[call-overload]
         duplicated = int(payments_once.detail["duplicated"]) + int(  # type: ignore[call-overload]
             labels_once.detail["duplicated"]  # type: ignore[call-overload]
@@ -135,6 +141,7 @@ class Reporting(SoakState):
             "soak": {
                 "minutes": config.minutes,
                 "faults": config.faults,
+                "hostile": config.hostile,
                 "rate": config.rate,
                 "requests": config.requests,
                 "deadline_s": config.deadline_s,
@@ -171,6 +178,7 @@ class Reporting(SoakState):
             "versions_served": {str(k): v for k, v in sorted(self.versions_served.items())},
             "reload_s": [round(s, 2) for s in self.reload_s],
             "notes": sorted(set(self.notes)),
+            **({"hostile": hostile} if hostile else {}),
             "invariants": {i.name: i.as_json() for i in invariants},
         }
 

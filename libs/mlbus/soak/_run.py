@@ -219,7 +219,8 @@ class Soak(Traffic, FaultInjection, Reporting):
         end_s = self._live_started_s + config.minutes * 60
         self.say(
             f"live: {config.rate:.0f} events/s, {config.requests:.0f} requests/s for "
-            f"{config.minutes:g} min" + (" with faults" if config.faults else "")
+            f"{config.minutes:g} min"
+            + (" with faults" if config.faults else " with hostile input" if config.hostile else "")
         )
         tasks = [
             asyncio.create_task(self._produce(), name="soak-produce"),
@@ -229,7 +230,7 @@ class Soak(Traffic, FaultInjection, Reporting):
             asyncio.create_task(self._report_status(), name="soak-status"),
         ]
         faults = None
-        if config.faults:
+        if config.faults or config.hostile:
             faults = asyncio.create_task(self._inject_faults(end_s), name="soak-faults")
         else:
             self._round_done.set()

@@ -35,6 +35,7 @@ from ._config import SoakConfig
 from ._faults import (
     FaultRecord,
 )
+from ._hostile import FuzzResult
 
 
 class SoakState:
@@ -90,6 +91,10 @@ class SoakState:
         self._live_started_s = 0.0
         self._live_ended_s = 0.0
         self._rng = random.Random(config.seed)
+        self.hostile_bursts: list[FuzzResult] = []
+        self.hostile_crashed: list[str] = []
+        self.rss_samples: dict[int, tuple[str, list[int]]] = {}
+        """Server pid → (service, its resident bytes at each sample, in order)."""
 
     def now_s(self) -> float:
         return time.monotonic() - self._t0
