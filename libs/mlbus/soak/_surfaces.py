@@ -25,6 +25,7 @@ from mlbus.runtime import RunState, pid_alive
 from ._checks import Invariant, ServerMemory, hostile_survived
 from ._faults import FaultRecord
 from ._hostile import (
+    FuzzResult,
     SlowClients,
     Target,
     answers,
@@ -122,8 +123,8 @@ class HostileSurfaces(SoakState):
 
     def _hostile_checked(self) -> tuple[Invariant, dict[str, Any]]:
         """The invariant over every burst, and the report's `hostile` section."""
-        total = self.hostile_bursts[0]
-        for result in self.hostile_bursts[1:]:
+        total = FuzzResult()
+        for result in self.hostile_bursts:
             total.merge(result)
         memory = [
             ServerMemory(name, pid, sizes[0], sizes[-1], rss_growth_bound(sizes[0]))
