@@ -1,4 +1,5 @@
-"""Hostile bytes into the real inference and registry gRPC servers (`mlbus.soak._hostile`).
+"""Hostile bytes into the real gRPC servers: inference, registry, features, outcomes'
+Labeling (`mlbus.soak._hostile`).
 
 A seeded fuzz of every method (random, structured and mutated requests) while
 slow clients hold streams unread and connections half-open; then a message
@@ -17,6 +18,7 @@ import grpc.aio
 import numpy as np
 import pytest
 
+from mlbus.api.features.v1 import features_pb2 as fpb
 from mlbus.api.inference.v1 import predict_pb2 as ppb
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2 as ipb
 from mlbus.api.inference.v2 import grpc_predict_v2_pb2_grpc as ipb_grpc
@@ -25,10 +27,12 @@ from mlbus.api.registry.v1 import registry_pb2_grpc as rpb_grpc
 from mlbus.bus import ensure_topics
 from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.events import MODEL_PUBLISHED, MODEL_REGISTERED
+from mlbus.features import FeatureService
 from mlbus.inference import InferenceServer
 from mlbus.registry import RegistryServer, RegistrySettings
 from mlbus.soak._hostile import (
     ALLOWED,
+    FuzzResult,
     SlowClients,
     Target,
     answers,
@@ -37,8 +41,10 @@ from mlbus.soak._hostile import (
     server_methods,
 )
 from mlbus.soak._hostile_onnx import good_model, hostile_models
+from tests.integration.test_features import VIEW, Harness, harness, spec  # noqa: F401
 from tests.integration.test_inference import infer_request, output_of, serving
 from tests.integration.test_inference_predict import pub, spec_for
+from tests.integration.test_labeling_grpc import AUTH, Labeling, labeling  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -180,3 +186,50 @@ async def test_predict_with_an_out_of_range_event_time_is_invalid_argument(
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event_time is not a valid timestamp" in (caught.value.details() or "")
+
+
+def assert_survived(result: FuzzResult, server: str) -> None:
+    report = result.as_json()
+    assert result.unexpected_count == 0, report["unexpected_examples"]
+    assert result.total() > 50, report
+    assert result.oversized == {server: "RESOURCE_EXHAUSTED"}
+    assert result.answering == {server: True}
+
+
+async def test_the_feature_service_survives_hostile_bytes(harness: Harness) -> None:  # noqa: F811
+    results: list[FuzzResult] = []
+
+    async def attack(service: FeatureService) -> None:
+        if results or service.grpc_port is None:
+            return
+        seed = fpb.GetOnlineFeaturesRequest(entities=["card_000001"], features=[f"{VIEW}.amount"])
+        target = Target(
+            "features",
+            f"127.0.0.1:{service.grpc_port}",
+            server_methods("features", {"GetOnlineFeatures": [seed]}),
+            names=("card_000001", f"{VIEW}.amount", f"{VIEW}.count_24h", VIEW),
+        )
+        result = await fuzz([target], seed=25, duration_s=4.0, deadline_s=10.0)
+        result.oversized["features"] = await oversize(target, 5 << 20)  # limit: 4 MB
+        result.answering["features"] = await answers(target.address)
+        results.append(result)
+
+    await harness.run_until(lambda _: bool(results), while_running=attack, timeout_s=90)
+    assert_survived(results[0], "features")
+
+
+async def test_labeling_survives_hostile_bytes_with_and_without_the_token(
+    labeling: Labeling,  # noqa: F811
+) -> None:
+    address = f"127.0.0.1:{labeling.service.grpc_port}"
+    methods = server_methods("outcomes")
+    names = (labeling.spec.model.name, "tx-1", "card-1", "true", "false")
+    targets = [
+        Target("outcomes", address, methods, names=names),
+        Target("outcomes-token", address, methods, names=names, metadata=AUTH),
+    ]
+    result = await fuzz(targets, seed=25, duration_s=4.0, deadline_s=10.0)
+    result.oversized["outcomes"] = await oversize(targets[0], 5 << 20)  # limit: 4 MB
+    result.answering["outcomes"] = await answers(address)
+    assert_survived(result, "outcomes")
+    assert result.statuses()["UNAUTHENTICATED"] > 0  # SubmitLabel without the token
