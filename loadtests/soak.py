@@ -6,7 +6,9 @@ in a fresh data folder, trains the first model, then sends payments and labels a
 deadlines, asking for a training run every `--train-every` seconds. With `--faults`,
 on a seeded schedule: kill -9 of every service in turn, SIGSTOP/SIGCONT of the broker
 (10 s) and Redis (5 s), malformed events on every source topic, a promotion of a
-corrupt artifact and of one with a wrong signature; each with its recovery time.
+corrupt artifact and of one with a wrong signature, and a hostile burst at every gRPC
+server (random, mutated and oversized requests, slow clients; `--hostile` runs only
+that kind); each with its recovery time.
 At the end every invariant is checked (see `mlbus.soak`) and the report is printed
 as JSON (and written to `--json`). Exit code 1 when an invariant fails.
 
@@ -33,6 +35,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--faults", action="store_true")
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="hostile gRPC bursts only (with --faults they are one of the kinds anyway)",
+    )
+    parser.add_argument(
+        "--hostile-burst", type=float, default=8.0, help="seconds each hostile burst fuzzes"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the report here too")
     parser.add_argument("--rate", type=float, default=500.0, help="payments + labels per second")
     parser.add_argument(
@@ -57,6 +67,8 @@ def main() -> int:
     config = SoakConfig(
         minutes=args.minutes,
         faults=args.faults,
+        hostile=args.hostile,
+        hostile_burst_s=args.hostile_burst,
         rate=args.rate,
         requests=args.requests,
         deadline_s=args.deadline,

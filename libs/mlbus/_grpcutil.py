@@ -1,8 +1,9 @@
 """gRPC plumbing shared by the server interceptors (errors, metrics, tracing, auth).
 
-Each of them only wraps a method's behaviour, the same way on every call, so
-each is a `HandlerWrapping`: its `wrapper_for(method)` is applied once per
-method and the wrapped handler is reused. `InterceptorChain` runs several as
+Each of them only wraps a method's behaviour (and may replace its request
+deserializer), the same way on every call, so each is a `HandlerWrapping`:
+its `wrapper_for(method)` is applied once per method and the wrapped handler
+is reused. `InterceptorChain` runs several as
 one interceptor: one grpc.aio interceptor hop per call instead of one each,
 and their wrappers composed once per method.
 """
@@ -10,19 +11,36 @@ and their wrappers composed once per method.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
 
 Behavior = Callable[..., Any]
 Wrapper = Callable[[Behavior], Behavior]
+Deserializer = Callable[[bytes], Any]
+DeserializerFor = Callable[[str, Deserializer | None, bool], Deserializer | None]
+"""(method, deserializer, whether the method takes one request) → the deserializer to use."""
 
 
-def rewrap_handler(handler: Any, wrap: Wrapper) -> Any:
-    """The same method handler with its behaviour wrapped, whatever its call shape."""
+def _same_deserializer(
+    method: str, deserializer: Deserializer | None, unary_request: bool
+) -> Deserializer | None:
+    return deserializer
+
+
+def takes_one_request(handler: Any) -> bool:
+    return handler.unary_unary is not None or handler.unary_stream is not None
+
+
+def rewrap_handler(
+    handler: Any, wrap: Wrapper, deserializer: Deserializer | Literal["same"] | None = "same"
+) -> Any:
+    """The same method handler with its behaviour wrapped (and its deserializer replaced)."""
     common = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": (
+            handler.request_deserializer if deserializer == "same" else deserializer
+        ),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
@@ -46,15 +64,23 @@ class WrappedHandlers:
     methods are kept, so the cache is bounded by the methods the server serves.
     """
 
-    def __init__(self, wrapper_for: Callable[[str], Wrapper]) -> None:
+    def __init__(
+        self,
+        wrapper_for: Callable[[str], Wrapper],
+        deserializer_for: DeserializerFor = _same_deserializer,
+    ) -> None:
         self._wrapper_for = wrapper_for
+        self._deserializer_for = deserializer_for
         self._by_method: dict[str, tuple[Any, Any]] = {}
 
     def get(self, method: str, handler: Any) -> Any:
         cached = self._by_method.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = rewrap_handler(handler, self._wrapper_for(method))
+        deserializer = self._deserializer_for(
+            method, handler.request_deserializer, takes_one_request(handler)
+        )
+        wrapped = rewrap_handler(handler, self._wrapper_for(method), deserializer)
         self._by_method[method] = (handler, wrapped)
         return wrapped
 
@@ -68,10 +94,16 @@ class HandlerWrapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """
 
     def __init__(self) -> None:
-        self._handlers = WrappedHandlers(self.wrapper_for)
+        self._handlers = WrappedHandlers(self.wrapper_for, self.deserializer_for)
 
     def wrapper_for(self, method: str) -> Wrapper:
         raise NotImplementedError
+
+    def deserializer_for(
+        self, method: str, deserializer: Deserializer | None, unary_request: bool
+    ) -> Deserializer | None:
+        """The request deserializer this interceptor wants for `method` (default: unchanged)."""
+        return deserializer
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
@@ -104,3 +136,10 @@ class InterceptorChain(HandlerWrapping):
             return behavior
 
         return wrap
+
+    def deserializer_for(
+        self, method: str, deserializer: Deserializer | None, unary_request: bool
+    ) -> Deserializer | None:
+        for link in reversed(self._links):  # innermost first, as the behaviours
+            deserializer = link.deserializer_for(method, deserializer, unary_request)
+        return deserializer

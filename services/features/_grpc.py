@@ -12,6 +12,7 @@ from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput
 from mlbus.events import Scalar
 from mlbus.featurestore import OnlineStore, ViewAggregator
+from mlbus.rpc import timestamp_ms
 from mlbus.spec import ProjectSpec
 
 MAX_ENTITIES = 10_000
@@ -72,7 +73,7 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         if len(request.entities) > MAX_ENTITIES:
             raise InvalidInput(f"expected at most {MAX_ENTITIES} entities per call")
         refs = expand_refs(self.spec, request.features or list(self.spec.features))
-        at_ms = request.event_time.ToMilliseconds() if request.HasField("event_time") else None
+        at_ms = timestamp_ms(request, "event_time")
         vectors = await self.store.get_features(
             list(request.entities), refs, self.versions, at_ms=at_ms, views=self.views
         )

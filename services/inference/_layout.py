@@ -159,7 +159,8 @@ class FeatureLayout:
                 array = np.array(table, dtype=np.float64)
             except (TypeError, ValueError):
                 raise InvalidInput(_non_numeric(rows, features, self._coded())) from None
-            return {name: array.astype(dtype, copy=False)}
+            names = self.feature_names or tuple(f.ref for f in features)
+            return {name: _narrow(array, dtype, names)}
         out: dict[str, np.ndarray] = {}
         for name, i, dtype, rank in self.columns:
             column = [r.values[i] for r in rows]
@@ -167,7 +168,8 @@ class FeatureLayout:
                 if dtype == np.object_:
                     array = np.array([str(v) for v in column], dtype=np.object_)
                 else:
-                    array = np.array(column, dtype=np.float64).astype(dtype)
+                    wide = np.array(column, dtype=np.float64)
+                    array = _narrow(wide, dtype, (features[i].ref,))
             except (TypeError, ValueError):
                 raise InvalidInput(
                     f"feature {features[i].ref!r}: expected numbers, got {column[:3]!r}"
@@ -191,6 +193,28 @@ class FeatureLayout:
                 row[j] = encode_category(categories, row[j])
             table.append(row)
         return table
+
+
+def _narrow(array: np.ndarray, dtype: np.dtype[np.generic], names: Sequence[str]) -> np.ndarray:
+    """Float64 feature values as the model's `dtype`; `InvalidInput` naming the feature of a
+    value that dtype cannot hold (1e308 as FP32 was inf, and a RuntimeWarning: found by
+    the soak's fuzzing). NaN stays NaN in a float input: it means missing."""
+    if dtype == np.float64:
+        return array
+    if dtype.kind == "f":
+        limit = float(np.finfo(dtype).max)  # type: ignore[type-var, arg-type]
+        bad = np.isfinite(array) & (np.abs(array) > limit)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)  # type: ignore[type-var, arg-type]
+        bad = ~np.isfinite(array) | (array < info.min) | (array > info.max)
+    else:  # bool: any number is true or false
+        return array.astype(dtype)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        name = names[int(where[-1]) if array.ndim > 1 else 0]
+        value = float(array[tuple(where)])
+        raise InvalidInput(f"feature {name!r}: {value!r} does not fit the model's {dtype} input")
+    return array.astype(dtype, copy=False)
 
 
 def _non_numeric(

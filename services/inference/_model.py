@@ -1,7 +1,9 @@
 """One loaded model version: an ONNX Runtime session, its signature, and the checks before serving.
 
 A version is served only after `load_model` succeeded: the bytes hash to the
-sha256 the registry published, ONNX Runtime parses them, the signature the
+sha256 the registry published, they pass the registry's artifact policy
+(`mlbus.onnx_policy`: no external data, no custom-op domains, no tensor
+above the limit), ONNX Runtime parses them, the signature the
 session reports equals the one published with the version and is compatible
 with the version being replaced, the trainer's input metadata (if any) is
 well-formed, and a warm-up run passed. Every failure is a `ModelRefused` whose
@@ -25,12 +27,12 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from mlbus.errors import PermanentError
+from mlbus.errors import InvalidInput, PermanentError
 from mlbus.events import ModelSignature, TensorSpec
 from mlbus.model_metadata import ENCODING, FEATURE_NAMES, Encoding
 from mlbus.signatures import OIP_TO_NUMPY, UnsupportedTensor, session_signature
 
-RefusalStage = Literal["fetch", "sha256", "parse", "signature", "metadata", "warmup"]
+RefusalStage = Literal["fetch", "sha256", "policy", "parse", "signature", "metadata", "warmup"]
 _FLOATS = ("FP32", "FP64")
 
 
@@ -229,6 +231,27 @@ def signature_problems(
     return problems
 
 
+def _check_policy(name: str, version: int, data: bytes, max_tensor_bytes: int | None) -> None:
+    """The registry's artifact policy again, before ONNX Runtime reads a byte of it.
+
+    Imported here, on the first load: onnx costs ~10 MB resident, and only a
+    process that loads models needs it.
+    """
+    from mlbus.onnx_policy import ArtifactPolicy, check_model, parse_model
+
+    policy = ArtifactPolicy(setting="MLBUS_INFERENCE_MAX_TENSOR_MB")
+    if max_tensor_bytes is not None:
+        policy = ArtifactPolicy(max_tensor_bytes, policy.setting)
+    try:
+        model = parse_model(data)
+    except InvalidInput as exc:  # unparseable bytes are a parse refusal, as ONNX Runtime's are
+        raise ModelRefused("parse", f"{name} v{version}: {exc}") from None
+    try:
+        check_model(model, policy)
+    except InvalidInput as exc:
+        raise ModelRefused("policy", f"{name} v{version}: {exc}") from None
+
+
 def load_model(
     name: str,
     version: int,
@@ -238,6 +261,7 @@ def load_model(
     published_signature: ModelSignature | None = None,
     served: LoadedModel | None = None,
     threads: OrtThreads | None = None,
+    max_tensor_bytes: int | None = None,
 ) -> LoadedModel:
     """Verify, load and warm up one version; raise `ModelRefused` naming the failed step.
 
@@ -250,6 +274,7 @@ def load_model(
             f"{name} v{version}: the artifact hashes to {actual}, "
             f"the registry published {expected_sha256}",
         )
+    _check_policy(name, version, data, max_tensor_bytes)
     try:
         session = ort.InferenceSession(
             data,

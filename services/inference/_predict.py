@@ -35,6 +35,7 @@ from mlbus.api.inference.v1 import predict_pb2 as pb
 from mlbus.api.inference.v1 import predict_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput, NotFound, RetryableError
 from mlbus.events import Scalar
+from mlbus.rpc import timestamp_ms
 
 # Only for types: the online store (redis: ~6 MB) loads where Predict is set up,
 # the spec (yaml, its models: ~1 MB) with MLBUS_SPEC.
@@ -142,11 +143,9 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         routes = scorer.routes(name, ids)  # looked up once: a swap never mixes versions
         main = routes[0].model
         fields, current = self._fields(request)
-        at_ms = (
-            request.event_time.ToMilliseconds()
-            if request.HasField("event_time")
-            else int(time.time() * 1000)
-        )
+        at_ms = timestamp_ms(request, "event_time")
+        if at_ms is None:
+            at_ms = int(time.time() * 1000)
         vectors = await self._read(ids, at_ms, current, context)
         rows = resolve_features(vectors, self._refs, self._serving, fields, self._aggregates)
 

@@ -142,8 +142,10 @@ class ModelReloader:
         alias: str = "champion",
         models: Iterable[str] = (),
         threads: OrtThreads | None = None,
+        max_tensor_bytes: int | None = None,
     ) -> None:
         self.repository = repository
+        self._max_tensor_bytes = max_tensor_bytes
         self.alias = alias
         self.models = frozenset(models)
         self._fetcher = fetcher
@@ -232,6 +234,7 @@ class ModelReloader:
             published_signature=publication.signature,
             served=served,
             threads=self._threads,
+            max_tensor_bytes=self._max_tensor_bytes,
         )
 
     def _refused(self, publication: Publication, refusal: ModelRefused) -> None:

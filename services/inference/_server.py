@@ -118,6 +118,7 @@ class InferenceServer:
             alias=settings.alias,
             models=settings.models,
             threads=OrtThreads(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
+            max_tensor_bytes=settings.max_tensor_mb << 20,
         )
         self.reloader.on_swap = self._on_swap
         self._kafka = settings.kafka if settings.kafka.bootstrap_servers else None

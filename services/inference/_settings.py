@@ -31,6 +31,8 @@ class InferenceSettings(ServiceSettings):
     MLBUS_INFERENCE_SHADOW              score a `shadow` version on a copy of traffic
                                         (unset: the spec's serving.shadow, else true)
     MLBUS_INFERENCE_MAX_PREDICT_ENTITIES  entity ids per Predict call (1000)
+    MLBUS_INFERENCE_MAX_TENSOR_MB       largest declared size of a model's tensors, one or all
+                                        (256; mlbus.onnx_policy, as the registry checks it)
     MLBUS_INFERENCE_WORKERS             server processes sharing the port (SO_REUSEPORT); 1
     MLBUS_INFERENCE_TLS_CERT_FILE / _TLS_KEY_FILE   PEM certificate chain and key: serve TLS
     MLBUS_INFERENCE_TLS_CLIENT_CA_FILE  PEM CA bundle: also require client certificates (mTLS)
@@ -61,6 +63,12 @@ class InferenceSettings(ServiceSettings):
     log_queue_size: int = Field(default=10_000, ge=1)
     reload_retry_s: float = Field(default=2.0, gt=0)
     max_message_mb: int = Field(default=64, ge=1, le=1024)
+    max_tensor_mb: int = Field(
+        default=256,  # mlbus.onnx_policy.DEFAULT_MAX_TENSOR_MB, without importing onnx
+        ge=1,
+        le=16384,
+        description="Largest declared size of a model's tensors, each and in total.",
+    )
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     canary_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     shadow: bool | None = None

@@ -38,6 +38,8 @@ from mlbus.errors import (
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_MAX_LOCATION = 1024  # S3's longest key; a local path this long fits PATH_MAX
+_MAX_NAME = 255  # NAME_MAX of ext4, xfs, btrfs
 
 
 class ArtifactCorrupted(PermanentError):
@@ -86,6 +88,13 @@ def _relative_location(location: str) -> PurePosixPath:
     ):
         raise InvalidInput(
             f"artifact location {location!r} is not a relative path inside the store"
+        )
+    # Longer names no file system holds: the OSError (ENAMETOOLONG) answered INTERNAL
+    # (found by the soak's gRPC fuzz).
+    if len(location) > _MAX_LOCATION or any(len(part) > _MAX_NAME for part in relative.parts):
+        raise InvalidInput(
+            f"artifact location {location[:80]!r}… is longer than a store path can be "
+            f"({_MAX_LOCATION} characters, {_MAX_NAME} per name)"
         )
     return relative
 

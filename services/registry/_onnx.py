@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import onnx
-from google.protobuf.message import DecodeError
 
 from mlbus.errors import InvalidInput
 from mlbus.events import ModelSignature, TensorDatatype, TensorSpec
+from mlbus.onnx_policy import ArtifactPolicy, check_model, parse_model
 
 _ONNX_TO_OIP: dict[int, TensorDatatype] = {
     onnx.TensorProto.BOOL: "BOOL",
@@ -27,14 +27,14 @@ _ONNX_TO_OIP: dict[int, TensorDatatype] = {
 }
 
 
-def validate_onnx(data: bytes) -> ModelSignature:
-    """Parse and check `data` as an ONNX model; return its signature or raise InvalidInput."""
-    if not data:
-        raise InvalidInput("the artifact is empty, expected an ONNX model")
-    try:
-        model = onnx.load_model_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise InvalidInput(f"the artifact is not an ONNX model (cannot parse it: {exc})") from None
+def validate_onnx(data: bytes, policy: ArtifactPolicy | None = None) -> ModelSignature:
+    """Parse and check `data` as an ONNX model; return its signature or raise InvalidInput.
+
+    `mlbus.onnx_policy` runs first: no external data, no custom-op domains, no
+    tensor above the limit (`UnsafeModel`, INVALID_ARGUMENT naming the problem).
+    """
+    model = parse_model(data)
+    check_model(model, policy)
     if not model.graph.output:
         raise InvalidInput("the artifact is not an ONNX model (its graph has no outputs)")
     try:
@@ -69,7 +69,14 @@ def _tensor(value: Any) -> TensorSpec:
     tensor = value.type.tensor_type
     datatype = _ONNX_TO_OIP.get(tensor.elem_type)
     if datatype is None:
-        name = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        # An element type this onnx does not know has no name (Name() raises ValueError,
+        # which answered INTERNAL: found by the soak's fuzzing).
+        known = tensor.elem_type in onnx.TensorProto.DataType.values()
+        name = (
+            onnx.TensorProto.DataType.Name(tensor.elem_type)
+            if known
+            else f"unknown ({tensor.elem_type})"
+        )
         raise InvalidInput(f"ONNX tensor {value.name!r} has unsupported element type {name}")
     shape = tuple(
         dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1

@@ -26,6 +26,7 @@ from mlbus.api.registry.v1 import registry_pb2_grpc
 from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings, load_settings
 from mlbus.events import Event
+from mlbus.onnx_policy import ArtifactPolicy
 from mlbus.registry_client import SERVICE_NAME
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.runstate import discover
@@ -117,6 +118,7 @@ class RegistryServer:
             self._sink,
             spec=spec,
             max_artifact_bytes=settings.max_artifact_mb << 20,
+            policy=ArtifactPolicy(max_tensor_bytes=settings.max_tensor_mb << 20),
             outbox_retry_s=settings.outbox_retry_s,
         )
         await self.registry.start()

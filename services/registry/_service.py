@@ -42,6 +42,7 @@ from mlbus.events import (
     ModelSignature,
     new_event_id,
 )
+from mlbus.onnx_policy import ArtifactPolicy
 from mlbus.profiles import ReferenceProfile
 from mlbus.registry_client import (
     AliasChange,
@@ -122,6 +123,7 @@ class Registry:
         *,
         spec: ModelSpec | None = None,
         max_artifact_bytes: int = 64 << 20,
+        policy: ArtifactPolicy | None = None,
         outbox_retry_s: float = 2.0,
         publish_wait_s: float = 10.0,
     ) -> None:
@@ -129,6 +131,7 @@ class Registry:
         self.artifacts = artifacts
         self.spec = spec
         self.max_artifact_bytes = max_artifact_bytes
+        self.policy = policy or ArtifactPolicy()
         self._sink = sink
         self._retry_s = outbox_retry_s
         self._publish_wait_s = publish_wait_s
@@ -269,7 +272,7 @@ class Registry:
                     _check_alias(new.alias)
                     _require_reason(new.reason, f"setting {new.alias!r} at registration")
                 data = await self._artifact_bytes(new)
-                signature = await asyncio.to_thread(validate_onnx, data)
+                signature = await asyncio.to_thread(validate_onnx, data, self.policy)
                 stored = await asyncio.to_thread(self.artifacts.put, data)
             except (InvalidInput, NotFound) as exc:
                 _refused.add(1)

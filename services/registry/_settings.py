@@ -21,6 +21,8 @@ class RegistrySettings(ServiceSettings):
     MLBUS_REGISTRY_GRPC_PORT        gRPC port (8002; 0 picks a free one)
     MLBUS_REGISTRY_TOKEN            bearer token required by mutating calls, if set
     MLBUS_REGISTRY_MAX_ARTIFACT_MB  largest ONNX file accepted
+    MLBUS_REGISTRY_MAX_TENSOR_MB    largest declared size of a model's tensors, one or all
+                                    (mlbus.onnx_policy; a sparse tensor declares its dense size)
     """
 
     model_config = SettingsConfigDict(
@@ -43,6 +45,12 @@ class RegistrySettings(ServiceSettings):
     grpc_port: int = Field(default=8002, ge=0, le=65535)
     token: SecretStr | None = None
     max_artifact_mb: int = Field(default=64, ge=1, le=1024)
+    max_tensor_mb: int = Field(
+        default=256,  # mlbus.onnx_policy.DEFAULT_MAX_TENSOR_MB, without importing onnx
+        ge=1,
+        le=16384,
+        description="Largest declared size of the model's tensors, each and in total.",
+    )
     outbox_retry_s: float = Field(
         default=2.0,
         gt=0,

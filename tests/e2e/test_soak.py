@@ -102,3 +102,20 @@ def test_new_versions_served_during_the_run_and_refused_ones_never(
     refused = report["invariants"]["a refused model never answers"]
     assert len(refused["bad_versions"]) >= 2  # the corrupt and the wrong-signature one
     assert refused["served_anyway"] == []
+
+
+def test_hostile_bytes_reach_every_grpc_server_and_none_crashes_or_leaks(
+    soak: tuple[dict[str, Any], int],
+) -> None:
+    report, _ = soak
+    hostile = report["hostile"]
+    assert hostile["calls"] > 100
+    assert hostile["unexpected"] == 0, hostile["unexpected_examples"]
+    servers = {"inference", "registry", "features", "outcomes"}
+    assert hostile["oversized"] == dict.fromkeys(servers, "RESOURCE_EXHAUSTED")
+    survived = report["invariants"][
+        "hostile input answered with a clear status, no server crashed or leaked"
+    ]
+    assert survived["crashed"] == []
+    assert {m["service"] for m in survived["rss"]} <= servers
+    assert survived["rss"]

@@ -22,6 +22,7 @@ from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings
 from mlbus.events import ModelSignature, TensorSpec
 from mlbus.inference import VERSION_PARAMETER, InferenceServer, Publication
+from mlbus.soak._hostile_onnx import ESCAPING_PATH, custom_domain_model, external_data_model
 from tests.integration.test_inference import (
     infer_request,
     output_of,
@@ -123,6 +124,9 @@ async def test_bad_versions_are_refused_and_the_served_one_keeps_answering(
             "sha256",
             Publication(model, 3, sha_mismatch.artifact_uri, sha(b"other"), None, "champion"),
         ),
+        # Straight to inference, past the registry: the same policy refuses it (ADR 0027).
+        ("policy", publication(tmp_path, model, 5, external_data_model(ESCAPING_PATH))),
+        ("policy", publication(tmp_path, model, 6, custom_domain_model())),
         (
             "signature",
             Publication(model, 4, narrow.artifact_uri, narrow.sha256, SIGNATURE_10, "champion"),

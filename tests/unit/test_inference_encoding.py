@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from mlbus.errors import InvalidInput
 from mlbus.example import fraud_spec_path
 from mlbus.featurestore import FeatureVector
 from mlbus.inference import (
@@ -279,3 +280,21 @@ def test_feature_names_alone_name_the_columns() -> None:
     rows = [EntityFeatures("e", (5.0, 2), {}, ())]
     assert layout.build(rows, features)["x"].tolist() == [[2.0, 5.0]]
     assert read_encoding({}, model.signature) is None
+
+
+def test_a_value_the_models_fp32_input_cannot_hold_is_invalid_input_naming_the_feature(
+    trained: Trained,
+) -> None:
+    # Found by the soak's fuzzing: 1e308 became inf with a RuntimeWarning (INTERNAL in tests).
+    features = trained.spec.model_features()
+    layout = FeatureLayout.of(served(trained.onnx), features)
+    rows = [EntityFeatures("card-1", ("online", 1e308), {}, ())]
+    with pytest.raises(InvalidInput, match=r"feature 'card_activity.amount': 1e\+308 does not fit"):
+        layout.build(rows, features)
+    fine = [
+        EntityFeatures("card-1", ("online", 3e38), {}, ()),
+        EntityFeatures("c", ("pos", None), {}, ()),
+    ]
+    x = layout.build(fine, features)["x"]
+    assert x[0, 1] == np.float32(3e38)
+    assert np.isnan(x[1, 1])  # missing stays NaN

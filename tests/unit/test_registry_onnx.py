@@ -236,6 +236,16 @@ def test_locations_outside_the_store_are_refused(tmp_path: Path, location: str) 
         store.read_unverified(location)
 
 
+@pytest.mark.parametrize("location", ["x" * 2000, "a/" + "y" * 300 + ".onnx", "b/" * 600])
+def test_locations_no_file_system_holds_are_invalid_input_not_an_os_error(
+    tmp_path: Path, location: str
+) -> None:
+    # Found by the soak's gRPC fuzz: ENAMETOOLONG from is_file() answered INTERNAL.
+    store = LocalArtifactStore(tmp_path / "store")
+    with pytest.raises(InvalidInput, match="longer than a store path can be"):
+        store.read_unverified(location)
+
+
 def test_a_symlink_leading_out_of_the_store_is_refused(tmp_path: Path) -> None:
     (tmp_path / "secret.onnx").write_bytes(b"secret")
     root = tmp_path / "store"
@@ -315,3 +325,14 @@ def test_version_and_change_survive_the_proto_round_trip() -> None:
         event_id="e1",
     )
     assert change_from_proto(change_to_proto(change)) == change
+
+
+def test_an_element_type_onnx_does_not_know_is_invalid_input_not_a_crash() -> None:
+    # Found by the soak's fuzzing: DataType.Name(33) raised ValueError → INTERNAL.
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_model())
+    model.graph.input[0].type.tensor_type.elem_type = 33
+    model.graph.output[0].type.tensor_type.elem_type = 33
+    with pytest.raises(InvalidInput, match=r"unsupported element type unknown \(33\)"):
+        validate_onnx(model.SerializeToString())

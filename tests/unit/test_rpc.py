@@ -201,3 +201,75 @@ async def test_data_plane_methods_are_traced_by_sampling_others_every_call() -> 
         _sampling.set_data_sample_ratio(saved)
         await server.stop(grace=None)
         provider.shutdown()
+
+
+async def test_undecodable_request_bytes_are_invalid_argument_naming_the_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # grpc alone answers UNKNOWN and logs a traceback per call (found by the soak's fuzzing).
+    from grpc_health.v1 import health_pb2
+
+    reached: list[object] = []
+
+    async def check(request: object, context: object) -> health_pb2.HealthCheckResponse:
+        reached.append(request)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def watch(request: object, context: object) -> AsyncIterator[object]:
+        reached.append(request)
+        yield health_pb2.HealthCheckResponse()
+
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+    }
+    server = grpc.aio.server(interceptors=server_interceptors())
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+            async def garbage(method: str) -> None:
+                if method == "Watch":
+                    async for _ in channel.unary_stream(f"/{SERVICE}/Watch")(
+                        b"\xff\xff", timeout=5
+                    ):
+                        pass
+                else:
+                    await channel.unary_unary(f"/{SERVICE}/Check")(b"\xff\xff", timeout=5)
+
+            for method in ("Check", "Watch"):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await garbage(method)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+                assert "not a valid grpc.health.v1.HealthCheckRequest" in (
+                    caught.value.details() or ""
+                )
+            assert await channel.unary_unary(f"/{SERVICE}/Check")(b"", timeout=5)
+    finally:
+        await server.stop(grace=None)
+    assert len(reached) == 1  # only the good call reached the handler
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_timestamps_out_of_protobufs_range_are_invalid_input_naming_the_field() -> None:
+    from mlbus.api.inference.v1 import predict_pb2
+    from mlbus.rpc import timestamp_ms
+
+    request = predict_pb2.PredictRequest()
+    assert timestamp_ms(request, "event_time") is None
+    request.event_time.seconds, request.event_time.nanos = 1_700_000_000, 5_000_000
+    assert timestamp_ms(request, "event_time") == 1_700_000_000_005
+    for seconds, nanos in ((1, -1), ((1 << 63) - 1, 0), (-(1 << 62), 0), (1, 1_000_000_000)):
+        request.event_time.seconds, request.event_time.nanos = seconds, nanos
+        with pytest.raises(InvalidInput, match="event_time is not a valid timestamp"):
+            timestamp_ms(request, "event_time")

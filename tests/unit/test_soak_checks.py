@@ -18,6 +18,7 @@ from mlbus.soak import (
     FaultWindow,
     Letter,
     RequestOutcome,
+    ServerMemory,
     StoredRow,
     TimedEvent,
     alias_history,
@@ -29,6 +30,7 @@ from mlbus.soak import (
     fault_schedule,
     faults_recovered,
     healthy_since,
+    hostile_survived,
     malformed_records,
     nothing_left,
     recovery_summary,
@@ -278,3 +280,17 @@ def test_leftovers_fail_the_check() -> None:
     assert nothing_left([], []).passed
     assert not nothing_left(["pid 42"], []).passed
     assert not nothing_left([], [8001]).passed
+
+
+def test_hostile_survived_needs_calls_clear_statuses_no_crash_and_bounded_growth() -> None:
+    mb = 1 << 20
+    fine = ServerMemory("registry", 10, 100 * mb, 120 * mb, 75 * mb)
+    assert hostile_survived(500, 0, [], [fine]).passed
+    assert not hostile_survived(0, 0, [], [fine]).passed  # nothing was sent
+    assert not hostile_survived(500, 3, [], [fine]).passed  # INTERNAL / UNKNOWN / HUNG
+    assert not hostile_survived(500, 0, ["inference pid 11"], [fine]).passed
+    leak = ServerMemory("inference", 11, 100 * mb, 200 * mb, 75 * mb)
+    broken = hostile_survived(500, 0, [], [fine, leak])
+    assert not broken.passed
+    assert broken.detail["leaking"] == ["inference"]
+    assert broken.as_json()["rss"][1]["growth_mb"] == 100.0  # type: ignore[index]

@@ -17,6 +17,7 @@ from mlbus.soak._checks import (
     Letter,
     Mismatch,
     RequestOutcome,
+    ServerMemory,
     StoredRow,
     TimedEvent,
     alias_history,
@@ -26,12 +27,14 @@ from mlbus.soak._checks import (
     exactly_once,
     faults_recovered,
     healthy_since,
+    hostile_survived,
     nothing_left,
     online_values,
     recovery_summary,
     requests_answered,
     window_of,
 )
+from mlbus.soak._config import SoakConfig
 from mlbus.soak._faults import (
     FaultRecord,
     corrupt,
@@ -40,7 +43,7 @@ from mlbus.soak._faults import (
     malformed_records,
     wrong_signature_model,
 )
-from mlbus.soak._run import SoakConfig, run_soak
+from mlbus.soak._run import run_soak
 
 __all__ = [
     "OUTSIDE",
@@ -51,6 +54,7 @@ __all__ = [
     "Letter",
     "Mismatch",
     "RequestOutcome",
+    "ServerMemory",
     "SoakConfig",
     "StoredRow",
     "TimedEvent",
@@ -64,6 +68,7 @@ __all__ = [
     "fault_schedule",
     "faults_recovered",
     "healthy_since",
+    "hostile_survived",
     "malformed_records",
     "nothing_left",
     "online_values",

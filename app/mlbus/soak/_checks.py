@@ -441,3 +441,51 @@ def nothing_left(processes: Sequence[str], ports: Sequence[int]) -> Invariant:
         passed=not processes and not ports,
         detail={"processes": list(processes), "ports": list(ports)},
     )
+
+
+# ── hostile input ────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class ServerMemory:
+    """A server process's resident memory before its first and after its last hostile burst."""
+
+    service: str
+    pid: int
+    start_bytes: int
+    end_bytes: int
+    bound_bytes: int
+    """How much it may grow (`mlbus.soak._hostile.rss_growth_bound`)."""
+
+    @property
+    def growth_bytes(self) -> int:
+        return self.end_bytes - self.start_bytes
+
+    def as_json(self) -> dict[str, object]:
+        mb = 1 << 20
+        return {
+            "service": self.service,
+            "pid": self.pid,
+            "start_mb": round(self.start_bytes / mb, 1),
+            "end_mb": round(self.end_bytes / mb, 1),
+            "growth_mb": round(self.growth_bytes / mb, 1),
+            "bound_mb": round(self.bound_bytes / mb, 1),
+        }
+
+
+def hostile_survived(
+    calls: int, unexpected: int, crashed: Sequence[str], memory: Sequence[ServerMemory]
+) -> Invariant:
+    """Every hostile call ended with an allowed status, no server died of it, none leaked."""
+    leaking = [m for m in memory if m.growth_bytes > m.bound_bytes]
+    return Invariant(
+        "hostile input answered with a clear status, no server crashed or leaked",
+        passed=calls > 0 and unexpected == 0 and not crashed and not leaking and bool(memory),
+        detail={
+            "calls": calls,
+            "unexpected_statuses": unexpected,
+            "crashed": list(crashed),
+            "rss": [m.as_json() for m in memory],
+            "leaking": [m.service for m in leaking],
+        },
+    )

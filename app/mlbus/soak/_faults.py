@@ -2,7 +2,7 @@
 
 The schedule is seeded: the same seed injects the same faults in the same
 order. Each kind appears once per round; rounds repeat, reshuffled, while the
-soak runs. What a fault *does* and how its recovery is judged is in `_run`;
+soak runs. What a fault *does* and how its recovery is judged is in `_injection`;
 here are the pieces that need no running stack (so they are unit-tested).
 """
 
@@ -25,7 +25,9 @@ kill is included when it runs)."""
 STALLS = {"broker": 10.0, "redis": 5.0}
 """Component → seconds it is stopped (SIGSTOP … SIGCONT): a stall, not a loss."""
 
-OTHER_FAULTS = ("malformed", "promote:corrupt", "promote:wrong-signature")
+HOSTILE = "hostile:grpc"
+"""A burst of hostile bytes, oversized messages and slow clients at every gRPC server."""
+OTHER_FAULTS = ("malformed", "promote:corrupt", "promote:wrong-signature", HOSTILE)
 
 
 def fault_kinds(services: Sequence[str]) -> list[str]:
