@@ -11,7 +11,7 @@ See `_consumer.py` for the delivery guarantees (at-least-once, commit after
 effect, retry vs dead-letter) and `_codec.py` for the wire format.
 """
 
-from mlbus.bus._admin import ensure_topics
+from mlbus.bus._admin import ensure_topics, topic_retention_ms
 from mlbus.bus._codec import EventDecoder, encode_event, event_headers, header
 from mlbus.bus._consumer import (
     Consumer,
@@ -37,4 +37,5 @@ __all__ = [
     "event_headers",
     "header",
     "raw_decoder",
+    "topic_retention_ms",
 ]
