@@ -11,11 +11,20 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, Received, dead_letter_event, encode_event, ensure_topics
+from mlbus.bus import (
+    Consumer,
+    Publisher,
+    Received,
+    RetryPolicy,
+    dead_letter_event,
+    encode_event,
+    ensure_topics,
+)
 from mlbus.config import load_settings
-from mlbus.errors import ConfigError
+from mlbus.errors import ConfigError, RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.service import ServiceConsumer, StreamService, run_process, run_until_stopped
 from mlbus.spec import ProjectSpec, load_spec
@@ -23,10 +32,12 @@ from mlbus.spec import ProjectSpec, load_spec
 from ._consistency import ConsistencyMonitor
 from ._flusher import OfflineFlusher
 from ._grpc import FeatureServicer
-from ._processor import FeatureProcessor, bind_views
+from ._processor import BoundView, FeatureProcessor, FeatureStateLost, bind_views
+from ._rebuild import ensure_state
 from ._settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
+_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, *REDIS_DOWN)
 
 
 @dataclass
@@ -45,6 +56,12 @@ class FeatureService(StreamService):
     """The monitor's broadcast consumer of logged predictions (None: consistency off)."""
     serve_grpc: bool = True
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
+    state_losses: int = 0
+    """Times a batch found the state lost in Redis while running (each one rebuilt it)."""
+    rebuilt_records: int = 0
+    """Records replayed to rebuild the state (at start or after a loss)."""
+    state_check_retries: int = 0
+    """Times the state could not be checked (Redis down) and was tried again."""
 
     def consumers(self) -> Sequence[ServiceConsumer]:
         return () if self.consumer is None else (self.consumer,)
@@ -56,7 +73,7 @@ class FeatureService(StreamService):
         online = self.online or OnlineStore.from_settings(settings.redis)
         self.online = online
         offline = OfflineStore(settings.resolved_offline_url())
-        self.processor = FeatureProcessor(views, online)
+        self.processor = FeatureProcessor(views, online, detect_loss=True)
         self.flusher = OfflineFlusher(
             views,
             online,
@@ -64,7 +81,11 @@ class FeatureService(StreamService):
             flush_rows=settings.offline_flush_rows,
             interval_s=settings.offline_flush_interval_s,
         )
-        await ensure_topics(settings.kafka, list(self.topics))
+        # The validated topic must reach back far enough to rebuild the state (ADR 0012).
+        horizon_s = self.spec.replay_horizon_s()
+        await ensure_topics(
+            settings.kafka, list(self.topics), retention_s=dict.fromkeys(self.topics, horizon_s)
+        )
         server: grpc.aio.Server | None = None
         if self.serve_grpc:
             server = grpc.aio.server(interceptors=server_interceptors())
@@ -98,31 +119,16 @@ class FeatureService(StreamService):
                     await publisher.publish(record, key=origin.key)
 
                 self.processor.dead_letter = dead_letter
-                consumer = Consumer.of_events(
-                    settings.kafka,
-                    types=[IngestValidated],
-                    group_id=settings.group_id,
-                    handler=self.processor.handle,
-                    publisher=publisher,
-                    topics=self.topics,
-                    before_commit=self.processor.flush,  # one Redis write per fetched batch
-                )
-                self.consumer = consumer  # type: ignore[assignment]
                 predictions = self.predictions = self._consistency(publisher)
                 if self._stop.is_set():
                     return
-                self._started.set()
                 # The flusher's last, forced flush waits for the consumer's last batch
                 # write, so rows of that batch reach Parquet before the service exits.
                 consumed = asyncio.Event()
 
                 async def consume() -> None:
                     try:
-                        # Stopped while Redis was down: the batch's offsets were not committed.
-                        await self.consume(
-                            consumer,
-                            stopped_unsaved="feature service stopped with events unwritten",
-                        )
+                        await self._consume_with_state(views, online, publisher)
                     finally:
                         consumed.set()
 
@@ -133,7 +139,8 @@ class FeatureService(StreamService):
                         tasks.create_task(predictions.run(), name="consistency-consume")
                         tasks.create_task(self._flush_consistency(), name="consistency-flush")
                     await self._stop.wait()
-                    consumer.stop()
+                    if self.consumer is not None:
+                        self.consumer.stop()
                     if predictions is not None:
                         predictions.stop()
                 if self.monitor is not None:
@@ -144,6 +151,71 @@ class FeatureService(StreamService):
                 await server.stop(settings.shutdown_grace_s)
             if owns_online:
                 await online.aclose()
+
+    async def _consume_with_state(
+        self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
+    ) -> None:
+        """The group consumer, on a complete state: rebuilt first if Redis lost it, and
+        again whenever a batch finds it lost (ADR 0012, Redis loss)."""
+        settings = self.settings
+        assert self.processor is not None
+        while True:
+            rebuild = asyncio.create_task(
+                self._ensure_state(views, online, publisher), name="ensure-state"
+            )
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait((rebuild, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not rebuild.done():  # stopped first: a rebuild resumes at the next start
+                rebuild.cancel()
+                await asyncio.gather(rebuild, return_exceptions=True)
+                return
+            self.rebuilt_records += rebuild.result()
+            consumer = Consumer.of_events(
+                settings.kafka,
+                types=[IngestValidated],
+                group_id=settings.group_id,
+                handler=self.processor.handle,
+                publisher=publisher,
+                topics=self.topics,
+                before_commit=self.processor.flush,  # one Redis write per fetched batch
+            )
+            self.consumer = consumer  # type: ignore[assignment]
+            self._started.set()
+            if self._stop.is_set():
+                return
+            try:
+                # Stopped while Redis was down: the batch's offsets were not committed.
+                await self.consume(
+                    consumer, stopped_unsaved="feature service stopped with events unwritten"
+                )
+                return
+            except FeatureStateLost as exc:  # nothing of the batch was written or committed
+                log.warning("%s; the consumer restarts after the rebuild", exc)
+                self.processor.discard()
+                self.state_losses += 1
+
+    async def _ensure_state(
+        self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
+    ) -> int:
+        """`ensure_state`, tried again with the bus's backoff while Redis is down."""
+        retry = RetryPolicy()
+        attempt = 0
+        while True:
+            try:
+                return await ensure_state(
+                    kafka=self.settings.kafka,
+                    group_id=self.settings.group_id,
+                    topics=self.topics,
+                    views=views,
+                    online=online,
+                    publisher=publisher,
+                )
+            except _STATE_UNCHECKED as exc:
+                attempt += 1
+                self.state_check_retries += 1
+                log.warning("feature state not checked yet (attempt %d): %s", attempt, exc)
+                await asyncio.sleep(retry.backoff_s(attempt))
 
     def _consistency(self, publisher: Publisher) -> Consumer[Event] | None:
         """The consistency monitor's broadcast consumer of logged predictions (ADR 0020)."""
