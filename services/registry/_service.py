@@ -260,7 +260,12 @@ class Registry:
     # ── mutations ────────────────────────────────────────────────────────────
 
     async def register(self, new: NewVersion) -> Registration:
-        """Validate, store and record a new version; let the gates (or `alias`) promote it."""
+        """Validate, store and record a new version; let the gates (or `alias`) promote it.
+
+        Idempotent per training run: a version registered with the same `run_id` and
+        the same artifact is answered again (a retry after a lost answer or an outage)
+        — no second version, no second event; the same run with another artifact is
+        refused."""
         with _tracer.start_as_current_span("registry.register") as span:
             span.set_attribute("mlbus.model", new.model)
             try:
@@ -281,6 +286,14 @@ class Registry:
                 ),
             )
             span.set_attribute("mlbus.model.version", registration.version.version)
+        if not committed.outbox_ids:  # the run registered it before: nothing new
+            log.info(
+                "run %s already registered %s v%d: answered again",
+                new.run_id,
+                new.model,
+                registration.version.version,
+            )
+            return registration
         _registered.add(1)
         log.info(
             "registered %s v%d (sha256 %s…): %s",
@@ -324,6 +337,10 @@ class Registry:
     ) -> tuple[Registration, _Committed]:
         model = db.lock_model(session, new.model, create=True)
         assert model is not None
+        if new.run_id is not None:  # under the model's lock: one version per run
+            earlier = db.version_of_run(session, new.model, new.run_id)
+            if earlier is not None:
+                return self._registered_before(session, earlier, sha256), _Committed([])
         model.latest_version += 1
         now = datetime.now(UTC)
         actor = new.actor or "anonymous"
@@ -387,6 +404,18 @@ class Registry:
         return Registration(
             version=info, promoted=bool(changes), alias_changes=tuple(changes)
         ), _Committed(outbox)
+
+    def _registered_before(self, session: Session, row: db.VersionRow, sha256: str) -> Registration:
+        """The answer to a repeated registration of `row`'s run: the version as it is now.
+        Its alias moves were announced the first time, so none are repeated;
+        `promoted` says whether that registration promoted it."""
+        if row.sha256 != sha256:
+            raise InvalidInput(
+                f"run {row.run_id} already registered {row.model} v{row.version} with "
+                f"another artifact (sha256 {row.sha256[:12]}…, this one {sha256[:12]}…)"
+            )
+        promoted = row.gate_passed if row.gate_evaluated else True  # else: an explicit alias
+        return Registration(version=self._info(session, row), promoted=promoted)
 
     def _gate(self, session: Session, new: NewVersion) -> GateVerdict:
         current = db.find_alias(session, new.model, CHAMPION)
