@@ -512,6 +512,6 @@ async def test_events_committed_without_a_sink_are_published_by_the_next_registr
 
 async def _drained(registry: Registry) -> RecordingSink:
     await registry.publish_pending()
-    sink = registry._sink
+    sink = registry.outbox.sink
     assert isinstance(sink, RecordingSink)
     return sink

@@ -39,6 +39,7 @@ WITHOUT_SPEC = (
     "mlbus.runtime",
     "google.protobuf.descriptor_pb2",
     "mlbus.registry_client",
+    "mlbus.registry_proto",
 )
 WITH_PREDICT = ("pyarrow", "duckdb", "mlbus.runtime", "mlbus.registry_client")
 
