@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio.lock import Lock
@@ -51,9 +51,6 @@ _rebuilds = meter("mlbus.features").create_counter(
 
 LOCK_LEASE_S = 60.0
 """How long the rebuild lock outlives a rebuilder that died; renewed after every batch."""
-
-Progress = Callable[[int, int], None]
-"""Called with (records replayed, records to replay) as the rebuild goes."""
 
 
 async def committed_offsets(
@@ -91,28 +88,26 @@ async def ensure_state(
     views: Sequence[BoundView],
     online: OnlineStore,
     publisher: Publisher,
-    progress: Progress | None = None,
-    force: bool = False,
 ) -> int:
     """Make the online store's state complete before the group consumer writes to it.
 
     Marker present: nothing to do. Missing, and the group has committed offsets: the
     state was lost, so it is rebuilt from the earliest offset. Missing on a group that
-    never committed: a new deployment, the marker is written. `force` rebuilds anyway.
-    Returns the records replayed."""
+    never committed: a new deployment, the marker is written. Returns the records
+    replayed. Replaying onto a state that is still there counts nothing twice, so
+    `mlbus features rebuild` (which deletes the marker) only fills in what is missing."""
     marker = online.keys.state_marker()
-    if not force and await _marker_present(online, marker):
+    if await _marker_present(online, marker):
         return 0
     done = await committed_offsets(kafka, group_id, topics)
-    if not force and not done:
+    if not done:
         await _set_marker(online, marker)
         return 0
     lock = online.client.lock(online.keys.state_rebuild_lock(), timeout=LOCK_LEASE_S)
     await lock.acquire()  # blocks while another replica rebuilds
     try:
-        if not force and await _marker_present(online, marker):
+        if await _marker_present(online, marker):
             return 0  # rebuilt by the replica that held the lock
-        await online.client.delete(marker)  # a forced rebuild: batches stop meanwhile
         log.warning(
             "feature state missing in Redis while group %s has committed offsets: "
             "rebuilding it from the earliest offset of %s",
@@ -120,7 +115,7 @@ async def ensure_state(
             ", ".join(topics),
         )
         started = time.monotonic()
-        replayed = await _replay(kafka, topics, done, views, online, publisher, lock, progress)
+        replayed = await _replay(kafka, topics, done, views, online, publisher, lock)
         await _set_marker(online, marker)
     finally:
         try:
@@ -155,7 +150,6 @@ async def _replay(
     online: OnlineStore,
     publisher: Publisher,
     lock: Lock,
-    progress: Progress | None,
 ) -> int:
     """Every record of `topics` from the earliest offset up to the group's committed
     offsets (`done`), applied through a processor of its own (no dead letters: they
@@ -165,6 +159,7 @@ async def _replay(
     if total == 0:
         return 0
     processor = FeatureProcessor(views, online)
+    shown = online.keys.state_rebuild_progress()  # for `mlbus features rebuild`
     pending = {tp for tp, (start, end) in ends.items() if end > start}
     replayed = 0
 
@@ -183,8 +178,10 @@ async def _replay(
     async def flush() -> None:
         await processor.flush()
         await lock.reacquire()  # still the rebuilder: renew the lease
-        if progress is not None:
-            progress(replayed, total)
+        pipe = online.client.pipeline(transaction=False)
+        pipe.hset(shown, mapping={"replayed": replayed, "total": total})
+        pipe.expire(shown, int(LOCK_LEASE_S))
+        await pipe.execute()
 
     consumer = Consumer.of_events(
         kafka,

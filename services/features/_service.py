@@ -184,16 +184,45 @@ class FeatureService(StreamService):
             self._started.set()
             if self._stop.is_set():
                 return
+            lost = asyncio.Event()
+            watcher = asyncio.create_task(
+                self._watch_state(online, consumer, lost), name="state-watch"
+            )
             try:
                 # Stopped while Redis was down: the batch's offsets were not committed.
                 await self.consume(
                     consumer, stopped_unsaved="feature service stopped with events unwritten"
                 )
-                return
             except FeatureStateLost as exc:  # nothing of the batch was written or committed
                 log.warning("%s; the consumer restarts after the rebuild", exc)
                 self.processor.discard()
                 self.state_losses += 1
+                continue
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            if self._stop.is_set() or not lost.is_set():
+                return
+            log.warning("the feature state marker is gone; the consumer restarts after the rebuild")
+            self.state_losses += 1
+
+    async def _watch_state(
+        self, online: OnlineStore, consumer: Consumer[Event], lost: asyncio.Event
+    ) -> None:
+        """Every `state_check_s`, the marker: gone (Redis restarted empty, or `mlbus
+        features rebuild` asked for a replay) → stop the consumer, so the state is
+        rebuilt even while no event comes to find it."""
+        marker = online.keys.state_marker()
+        while True:
+            await asyncio.sleep(self.settings.state_check_s)
+            try:
+                present = await online.client.exists(marker)
+            except REDIS_DOWN:
+                continue  # the batches wait for Redis meanwhile; looked at again next time
+            if not present:
+                lost.set()
+                consumer.stop()
+                return
 
     async def _ensure_state(
         self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher

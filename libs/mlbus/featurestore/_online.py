@@ -162,6 +162,10 @@ class FeatureKeys:
     def state_rebuild_lock(self) -> str:
         return f"{self.prefix}:fs-rebuild-lock"
 
+    def state_rebuild_progress(self) -> str:
+        """A hash (`replayed`, `total`) while a rebuild runs (`mlbus features rebuild`)."""
+        return f"{self.prefix}:fs-rebuild-progress"
+
     def consistency(self, view: str, version: int) -> str:
         """Served-vs-offline counters (`mlbus.featurestore._consistency`)."""
         return f"{self.prefix}:consistency:{view}:{version}"
