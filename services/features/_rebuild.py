@@ -12,12 +12,13 @@ committed offsets means the state was lost:
 - at start, `ensure_state` checks it before the group consumer runs;
 - while running, every batch reads it with the states (`FeatureProcessor`,
   `detect_loss=True`) and raises `FeatureStateLost` instead of writing on an
-  empty store; the service stops its consumer (nothing is committed) and calls
+  empty store, and the service looks at it every `state_check_s` when no batch
+  comes; either way it stops its consumer (nothing is committed) and calls
   `ensure_state` again.
 
 The rebuild replays the validated topic from its earliest offset up to the
-end it had when the rebuild began, through a `FeatureProcessor` of its own,
-then writes the marker. The group's offsets are not touched: the group
+group's committed offsets, through a `FeatureProcessor` of its own, then
+writes the marker. The group's offsets are not touched: the group
 consumer resumes where it committed, and the events replayed twice are
 skipped as duplicates (the state keeps every id it could still count).
 Replicas rebuild under one Redis lock; the one that waited finds the marker
@@ -176,12 +177,17 @@ async def _replay(
                 consumer.stop()
 
     async def flush() -> None:
-        await processor.flush()
-        await lock.reacquire()  # still the rebuilder: renew the lease
-        pipe = online.client.pipeline(transaction=False)
-        pipe.hset(shown, mapping={"replayed": replayed, "total": total})
-        pipe.expire(shown, int(LOCK_LEASE_S))
-        await pipe.execute()
+        await processor.flush()  # Redis down: RetryableError, and the bus retries it
+        try:
+            # Still the rebuilder: renew the lease. Lost (an outage longer than the
+            # lease): LockError, and `ensure_state` starts over under the lock.
+            await lock.reacquire()
+            pipe = online.client.pipeline(transaction=False)
+            pipe.hset(shown, mapping={"replayed": replayed, "total": total})
+            pipe.expire(shown, int(LOCK_LEASE_S))
+            await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise RetryableError(f"Redis unavailable during the rebuild: {exc}") from exc
 
     consumer = Consumer.of_events(
         kafka,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
+from redis.exceptions import LockError
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
 from mlbus.bus import (
@@ -37,7 +38,8 @@ from ._rebuild import ensure_state
 from ._settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
-_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, *REDIS_DOWN)
+# Redis down, or the rebuild lock lost in a long outage: look at the state again.
+_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, LockError, *REDIS_DOWN)
 
 
 @dataclass
