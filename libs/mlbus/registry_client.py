@@ -9,8 +9,8 @@ Answers are frozen pydantic models (`ModelVersionInfo`, `AliasChange`, …);
 gRPC failures come back as `mlbus.errors` types: NOT_FOUND → `NotFound`,
 INVALID_ARGUMENT → `InvalidInput`, UNAUTHENTICATED → `Unauthenticated`,
 UNAVAILABLE / DEADLINE_EXCEEDED → `RetryableError`, others → `PermanentError`.
-The same models are the registry service's domain answers, and the proto
-conversions live here, once.
+The answers are the registry's domain types (`mlbus.registry_types`, re-exported
+here); the proto conversions live in `mlbus.registry_proto`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import grpc
 import grpc.aio
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
 from mlbus.api.registry.v1 import registry_pb2 as pb
@@ -37,229 +35,34 @@ from mlbus.errors import (
     RetryableError,
     Unauthenticated,
 )
-from mlbus.events import ModelSignature, TensorSpec
 from mlbus.profiles import ReferenceProfile
+from mlbus.registry_proto import change_from_proto, summary_from_proto, version_from_proto
+from mlbus.registry_types import (
+    AliasChange,
+    AliasChangeKind,
+    GateDecision,
+    Lineage,
+    ModelSummary,
+    ModelVersionInfo,
+    Registration,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:8002"
 DEFAULT_MAX_MESSAGE_MB = 64
-CHUNK_BYTES = 1 << 20
-MUTATING_METHODS = frozenset({"Register", "SetAlias", "Rollback"})
-"""RegistryService methods that need the bearer token when the registry has one."""
-SERVICE_NAME = "mlbus.registry.v1.RegistryService"
 
-AliasChangeKind = Literal["set", "gate", "rollback"]
-
-
-class _Answer(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class GateDecision(_Answer):
-    """What the promotion gates said when a version was registered."""
-
-    evaluated: bool = Field(description="False when an explicit alias bypassed the gates.")
-    passed: bool
-    reason: str
-    compared_with_version: int | None = None
-
-
-class ModelVersionInfo(_Answer):
-    """One registered version: artifact, signature, lineage, metrics, reference profile."""
-
-    model: str
-    version: int
-    artifact_uri: str
-    sha256: str
-    size_bytes: int
-    signature: ModelSignature
-    metrics: dict[str, float] = Field(default_factory=dict)
-    params: dict[str, JsonValue] = Field(default_factory=dict)
-    dataset_fingerprint: str | None = None
-    feature_views: dict[str, int] = Field(default_factory=dict)
-    run_id: str | None = None
-    code_version: str | None = None
-    created_at: datetime
-    created_by: str
-    description: str = ""
-    aliases: tuple[str, ...] = ()
-    reference_profile: ReferenceProfile | None = None
-    gate: GateDecision
-    evaluation_window: str | None = None
-
-
-class AliasChange(_Answer):
-    """One move of an alias, as recorded in the history and published as an event."""
-
-    model: str
-    alias: str
-    version: int
-    previous_version: int | None
-    reason: str
-    actor: str
-    kind: AliasChangeKind
-    at: datetime
-    event_id: str
-
-
-class ModelSummary(_Answer):
-    model: str
-    latest_version: int
-    aliases: dict[str, int]
-    created_at: datetime
-
-
-class Lineage(_Answer):
-    version: ModelVersionInfo
-    alias_history: tuple[AliasChange, ...]
-
-
-class Registration(_Answer):
-    version: ModelVersionInfo
-    promoted: bool
-    alias_changes: tuple[AliasChange, ...] = ()
-
-
-# ── proto conversions (used by the client and by the registry service) ──────
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
-
-
-def _datetime(stamp: Timestamp) -> datetime:
-    value: datetime = stamp.ToDatetime(tzinfo=UTC)
-    return value
-
-
-def _opt(message: Any, field: str) -> Any:
-    return getattr(message, field) if message.HasField(field) else None
-
-
-def _tensor_to_proto(spec: TensorSpec) -> pb.TensorSpec:
-    return pb.TensorSpec(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
-
-
-def _tensor_from_proto(message: pb.TensorSpec) -> TensorSpec:
-    return TensorSpec.model_validate(
-        {"name": message.name, "datatype": message.datatype, "shape": tuple(message.shape)}
-    )
-
-
-def version_to_proto(info: ModelVersionInfo) -> pb.ModelVersion:
-    message = pb.ModelVersion(
-        model=info.model,
-        version=info.version,
-        artifact_uri=info.artifact_uri,
-        sha256=info.sha256,
-        size_bytes=info.size_bytes,
-        inputs=[_tensor_to_proto(t) for t in info.signature.inputs],
-        outputs=[_tensor_to_proto(t) for t in info.signature.outputs],
-        metrics=info.metrics,
-        params_json=json.dumps(info.params, sort_keys=True),
-        feature_views=info.feature_views,
-        created_at=_timestamp(info.created_at),
-        created_by=info.created_by,
-        description=info.description,
-        aliases=list(info.aliases),
-        gate=pb.GateDecision(
-            evaluated=info.gate.evaluated,
-            passed=info.gate.passed,
-            reason=info.gate.reason,
-            compared_with_version=info.gate.compared_with_version,
-        ),
-    )
-    for field in ("dataset_fingerprint", "run_id", "code_version", "evaluation_window"):
-        value = getattr(info, field)
-        if value is not None:
-            setattr(message, field, value)
-    if info.reference_profile is not None:
-        message.reference_profile_json = info.reference_profile.model_dump_json()
-    return message
-
-
-def version_from_proto(message: pb.ModelVersion) -> ModelVersionInfo:
-    profile = _opt(message, "reference_profile_json")
-    return ModelVersionInfo(
-        model=message.model,
-        version=message.version,
-        artifact_uri=message.artifact_uri,
-        sha256=message.sha256,
-        size_bytes=message.size_bytes,
-        signature=ModelSignature(
-            inputs=tuple(_tensor_from_proto(t) for t in message.inputs),
-            outputs=tuple(_tensor_from_proto(t) for t in message.outputs),
-        ),
-        metrics=dict(message.metrics),
-        params=json.loads(message.params_json) if message.params_json else {},
-        dataset_fingerprint=_opt(message, "dataset_fingerprint"),
-        feature_views=dict(message.feature_views),
-        run_id=_opt(message, "run_id"),
-        code_version=_opt(message, "code_version"),
-        created_at=_datetime(message.created_at),
-        created_by=message.created_by,
-        description=message.description,
-        aliases=tuple(message.aliases),
-        reference_profile=None
-        if profile is None
-        else ReferenceProfile.model_validate_json(profile),
-        gate=GateDecision(
-            evaluated=message.gate.evaluated,
-            passed=message.gate.passed,
-            reason=message.gate.reason,
-            compared_with_version=_opt(message.gate, "compared_with_version"),
-        ),
-        evaluation_window=_opt(message, "evaluation_window"),
-    )
-
-
-def change_to_proto(change: AliasChange) -> pb.AliasChange:
-    return pb.AliasChange(
-        model=change.model,
-        alias=change.alias,
-        version=change.version,
-        previous_version=change.previous_version,
-        reason=change.reason,
-        actor=change.actor,
-        kind=change.kind,
-        at=_timestamp(change.at),
-        event_id=change.event_id,
-    )
-
-
-def change_from_proto(message: pb.AliasChange) -> AliasChange:
-    return AliasChange.model_validate(
-        {
-            "model": message.model,
-            "alias": message.alias,
-            "version": message.version,
-            "previous_version": _opt(message, "previous_version"),
-            "reason": message.reason,
-            "actor": message.actor,
-            "kind": message.kind,
-            "at": _datetime(message.at),
-            "event_id": message.event_id,
-        }
-    )
-
-
-def summary_to_proto(summary: ModelSummary) -> pb.ModelSummary:
-    return pb.ModelSummary(
-        model=summary.model,
-        latest_version=summary.latest_version,
-        aliases=summary.aliases,
-        created_at=_timestamp(summary.created_at),
-    )
-
-
-def summary_from_proto(message: pb.ModelSummary) -> ModelSummary:
-    return ModelSummary(
-        model=message.model,
-        latest_version=message.latest_version,
-        aliases=dict(message.aliases),
-        created_at=_datetime(message.created_at),
-    )
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_MAX_MESSAGE_MB",
+    "AliasChange",
+    "AliasChangeKind",
+    "GateDecision",
+    "Lineage",
+    "ModelSummary",
+    "ModelVersionInfo",
+    "Registration",
+    "RegistryClient",
+    "error_from_rpc",
+]
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError, address: str) -> MlbusError:

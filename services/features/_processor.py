@@ -126,6 +126,12 @@ class ProcessorStats:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+class FeatureStateLost(Exception):
+    """The online store's state marker is gone: Redis lost the window state. Not a
+    RetryableError: the batch must not be written before the state is rebuilt
+    (`_rebuild.ensure_state`)."""
+
+
 RowsWritten = Callable[[Mapping[str, Sequence[OfflineRow]]], None]
 """Called after a successful write with the offline rows it stored, by view."""
 
@@ -139,8 +145,11 @@ class FeatureProcessor:
         online: OnlineStore,
         *,
         clock: Callable[[], float] = time.time,
+        detect_loss: bool = False,
     ) -> None:
         self.views = tuple(views)
+        # Read the state marker with every batch's states; missing: raise, write nothing.
+        self._marker = online.keys.state_marker() if detect_loss else None
         self._by_source: dict[str, list[int]] = {}
         for index, view in enumerate(self.views):
             self._by_source.setdefault(view.source, []).append(index)
@@ -224,6 +233,14 @@ class FeatureProcessor:
         self.stats.flushes += 1
         return unapplied
 
+    def discard(self) -> None:
+        """Forget the queued batch (not committed: the consumer reads it again)."""
+        self._groups = {}
+        self._traced = []
+        self._failed = []
+        self._written = {}
+        self._seq = 0
+
     async def _ping(self) -> None:
         try:
             await self.client.ping()
@@ -262,15 +279,20 @@ class FeatureProcessor:
         views = self.views
         keys = self.keys
         state_keys = [keys.state(views[i].name, views[i].version, e) for (i, e), _ in groups]
+        read_keys = state_keys if self._marker is None else [*state_keys, self._marker]
         client = self.client
         cluster = isinstance(client, RedisCluster)
         try:
             if isinstance(client, RedisCluster):  # MGET must stay in one slot: one per slot
-                stored: list[bytes | None] = await client.mget_nonatomic(state_keys)
+                stored: list[bytes | None] = await client.mget_nonatomic(read_keys)
             else:
-                stored = await client.mget(state_keys)  # type: ignore[assignment]
+                stored = await client.mget(read_keys)  # type: ignore[assignment]
         except REDIS_DOWN as exc:
             raise RetryableError(f"Redis unavailable reading feature state: {exc}") from exc
+        if self._marker is not None and stored.pop() is None:
+            raise FeatureStateLost(
+                f"Redis lost the feature state ({self._marker} is missing): rebuild it first"
+            )
         processed_ms = int(self._clock() * 1000)
         # One MULTI/EXEC on a single Redis. On a cluster the states go in a second
         # pipeline, sent only after the values and rows landed (see the module doc).

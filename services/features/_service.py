@@ -9,12 +9,15 @@ from dataclasses import dataclass
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
+from redis.exceptions import LockError
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, ensure_topics
+from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics
 from mlbus.config import load_settings
+from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
+from mlbus.redis_failures import REDIS_DOWN
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.service import ServiceConsumer, StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
@@ -22,10 +25,13 @@ from mlbus.spec import ProjectSpec
 from ._consistency import ConsistencyMonitor
 from ._flusher import OfflineFlusher
 from ._grpc import FeatureServicer
-from ._processor import FeatureProcessor, bind_views
+from ._processor import BoundView, FeatureProcessor, FeatureStateLost, bind_views
+from ._rebuild import ensure_state
 from ._settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
+# Redis down, or the rebuild lock lost in a long outage: look at the state again.
+_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, LockError, *REDIS_DOWN)
 
 
 @dataclass
@@ -44,11 +50,20 @@ class FeatureService(StreamService):
     """The monitor's broadcast consumer of logged predictions (None: consistency off)."""
     serve_grpc: bool = True
     topics: tuple[str, ...] = (INGEST_VALIDATED,)
+    state_losses: int = 0
+    """Times a batch found the state lost in Redis while running (each one rebuilt it)."""
+    rebuilt_records: int = 0
+    """Records replayed to rebuild the state (at start or after a loss)."""
+    state_check_retries: int = 0
+    """Times the state could not be checked (Redis down) and was tried again."""
+
+    feed: _StateGuardedFeed | None = None
+    """The group consumer behind the state guard (one consumer to the service's shape)."""
 
     def consumers(self) -> Sequence[ServiceConsumer]:
-        # Started means the feature consumer owns its partitions; the monitor's broadcast
-        # consumer may wait for a prediction topic nothing has written yet.
-        return () if self.consumer is None else (self.consumer,)
+        # Started means the feature consumer owns its partitions (after any rebuild); the
+        # monitor's broadcast consumer may wait for a prediction topic nothing has written.
+        return () if self.feed is None else (self.feed,)
 
     async def run(self) -> None:
         settings = self.settings
@@ -57,7 +72,7 @@ class FeatureService(StreamService):
         online = self.online or OnlineStore.from_settings(settings.redis)
         self.online = online
         offline = OfflineStore(settings.resolved_offline_url())
-        self.processor = FeatureProcessor(views, online)
+        self.processor = FeatureProcessor(views, online, detect_loss=True)
         self.flusher = OfflineFlusher(
             views,
             online,
@@ -65,7 +80,11 @@ class FeatureService(StreamService):
             flush_rows=settings.offline_flush_rows,
             interval_s=settings.offline_flush_interval_s,
         )
-        await ensure_topics(settings.kafka, list(self.topics))
+        # The validated topic must reach back far enough to rebuild the state (ADR 0012).
+        horizon_s = self.spec.replay_horizon_s()
+        await ensure_topics(
+            settings.kafka, list(self.topics), retention_s=dict.fromkeys(self.topics, horizon_s)
+        )
         server: grpc.aio.Server | None = None
         if self.serve_grpc:
             server = grpc.aio.server(interceptors=server_interceptors())
@@ -83,18 +102,7 @@ class FeatureService(StreamService):
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:
-                consumer = Consumer.of_events(
-                    settings.kafka,
-                    types=[IngestValidated],
-                    group_id=settings.group_id,
-                    handler=self.processor.handle,
-                    publisher=publisher,
-                    topics=self.topics,
-                    # One Redis write per fetched batch; what a view cannot apply comes
-                    # back from it and the bus dead-letters it before the commit.
-                    before_commit=self.processor.flush,
-                )
-                self.consumer = consumer  # type: ignore[assignment]
+                feed = self.feed = _StateGuardedFeed(self, views, online, publisher)
                 predictions = self.predictions = self._consistency(publisher)
                 flusher = self.flusher
                 # The flusher's last, forced flush waits for the consumers' last batch
@@ -104,7 +112,7 @@ class FeatureService(StreamService):
                     beside["consistency-flush"] = self._flush_consistency
                 # Stopped while Redis was down: the batch's offsets were not committed.
                 await self.consume_until_stopped(
-                    [consumer] if predictions is None else [consumer, predictions],
+                    [feed] if predictions is None else [feed, predictions],
                     stopped_unsaved="feature service stopped with events unwritten",
                     beside=beside,
                 )
@@ -116,6 +124,101 @@ class FeatureService(StreamService):
                 await server.stop(settings.shutdown_grace_s)
             if owns_online:
                 await online.aclose()
+
+    async def _consume_with_state(
+        self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
+    ) -> None:
+        """The group consumer, on a complete state: rebuilt first if Redis lost it, and
+        again whenever a batch finds it lost (ADR 0012, Redis loss)."""
+        settings = self.settings
+        assert self.processor is not None
+        while True:
+            rebuild = asyncio.create_task(
+                self._ensure_state(views, online, publisher), name="ensure-state"
+            )
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait((rebuild, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not rebuild.done():  # stopped first: a rebuild resumes at the next start
+                rebuild.cancel()
+                await asyncio.gather(rebuild, return_exceptions=True)
+                return
+            self.rebuilt_records += rebuild.result()
+            consumer = Consumer.of_events(
+                settings.kafka,
+                types=[IngestValidated],
+                group_id=settings.group_id,
+                handler=self.processor.handle,
+                publisher=publisher,
+                topics=self.topics,
+                before_commit=self.processor.flush,  # one Redis write per fetched batch
+            )
+            self.consumer = consumer  # type: ignore[assignment]
+            if self.feed is not None:
+                self.feed.made.set()
+            if self._stop.is_set():
+                return
+            lost = asyncio.Event()
+            watcher = asyncio.create_task(
+                self._watch_state(online, consumer, lost), name="state-watch"
+            )
+            try:
+                # Stopped while Redis was down: the batch's offsets were not committed.
+                await self.consume(
+                    consumer, stopped_unsaved="feature service stopped with events unwritten"
+                )
+            except FeatureStateLost as exc:  # nothing of the batch was written or committed
+                log.warning("%s; the consumer restarts after the rebuild", exc)
+                self.processor.discard()
+                self.state_losses += 1
+                continue
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            if self._stop.is_set() or not lost.is_set():
+                return
+            log.warning("the feature state marker is gone; the consumer restarts after the rebuild")
+            self.state_losses += 1
+
+    async def _watch_state(
+        self, online: OnlineStore, consumer: Consumer[Event], lost: asyncio.Event
+    ) -> None:
+        """Every `state_check_s`, the marker: gone (Redis restarted empty, or `mlbus
+        features rebuild` asked for a replay) → stop the consumer, so the state is
+        rebuilt even while no event comes to find it."""
+        marker = online.keys.state_marker()
+        while True:
+            await asyncio.sleep(self.settings.state_check_s)
+            try:
+                present = await online.client.exists(marker)
+            except REDIS_DOWN:
+                continue  # the batches wait for Redis meanwhile; looked at again next time
+            if not present:
+                lost.set()
+                consumer.stop()
+                return
+
+    async def _ensure_state(
+        self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
+    ) -> int:
+        """`ensure_state`, tried again with the bus's backoff while Redis is down."""
+        retry = RetryPolicy()
+        attempt = 0
+        while True:
+            try:
+                return await ensure_state(
+                    kafka=self.settings.kafka,
+                    group_id=self.settings.group_id,
+                    topics=self.topics,
+                    views=views,
+                    online=online,
+                    publisher=publisher,
+                )
+            except _STATE_UNCHECKED as exc:
+                attempt += 1
+                self.state_check_retries += 1
+                log.warning("feature state not checked yet (attempt %d): %s", attempt, exc)
+                await asyncio.sleep(retry.backoff_s(attempt))
 
     def _consistency(self, publisher: Publisher) -> Consumer[Event] | None:
         """The consistency monitor's broadcast consumer of logged predictions (ADR 0020)."""
@@ -143,6 +246,35 @@ class FeatureService(StreamService):
                 await asyncio.wait_for(self._stop.wait(), self.settings.consistency_flush_s)
             except TimeoutError:
                 await self.monitor.flush()
+
+
+class _StateGuardedFeed:
+    """The feature group's consumers as one `ServiceConsumer`: each runs on a complete
+    state, and a new one starts after every rebuild (`FeatureService._consume_with_state`)."""
+
+    def __init__(
+        self,
+        service: FeatureService,
+        views: Sequence[BoundView],
+        online: OnlineStore,
+        publisher: Publisher,
+    ) -> None:
+        self.service, self.views, self.online, self.publisher = service, views, online, publisher
+        self.made = asyncio.Event()  # the first consumer exists (the state is complete)
+
+    def stop(self) -> None:
+        if self.service.consumer is not None:
+            self.service.consumer.stop()
+
+    async def wait_assigned(self, timeout_s: float = 60.0) -> None:
+        """Until the state is complete and the consumer owns its partitions."""
+        async with asyncio.timeout(timeout_s):
+            await self.made.wait()
+            assert self.service.consumer is not None
+            await self.service.consumer.wait_assigned(timeout_s)
+
+    async def run(self) -> None:
+        await self.service._consume_with_state(self.views, self.online, self.publisher)
 
 
 def run(settings: FeaturesSettings | None = None) -> None:

@@ -22,6 +22,9 @@ class FeaturesSettings(ServiceSettings):
     MLBUS_FEATURES_OFFLINE_FLUSH_ROWS     write a Parquet file once this many rows wait
     MLBUS_FEATURES_OFFLINE_FLUSH_INTERVAL_S   … or once the oldest waited this long
     MLBUS_FEATURES_GRPC_HOST / _GRPC_PORT     gRPC FeatureService (8003; 0 picks a free one)
+    MLBUS_FEATURES_STATE_CHECK_S          how often the service looks for the state marker, so a
+                                          Redis that lost the state is rebuilt without waiting
+                                          for an event (5; ADR 0012, Redis loss)
     MLBUS_FEATURES_CONSISTENCY            compare served vectors with offline rows (true)
     MLBUS_FEATURES_CONSISTENCY_WAIT_S     how long a served vector waits for its row (300)
     MLBUS_FEATURES_CONSISTENCY_FLUSH_S    how often the counts go to Redis (5)
@@ -46,6 +49,7 @@ class FeaturesSettings(ServiceSettings):
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(default=8003, ge=0, le=65535)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    state_check_s: float = Field(default=5.0, gt=0)
     consistency: bool = True
     consistency_wait_s: float = Field(default=300.0, gt=0)
     consistency_flush_s: float = Field(default=5.0, gt=0)

@@ -158,7 +158,12 @@ class IngestionService(StreamService):
         settings = self.settings
         kafka = settings.kafka
         topics = self.contracts.topics
-        await ensure_topics(kafka, [*topics, INGEST_VALIDATED, INGEST_REJECTED])
+        await ensure_topics(
+            kafka,
+            [*topics, INGEST_VALIDATED, INGEST_REJECTED],
+            # long enough to rebuild the feature state from it (ADR 0012, Redis loss)
+            retention_s={INGEST_VALIDATED: self.spec.replay_horizon_s()},
+        )
         seen = self._seen_ids()
         try:
             if isinstance(seen, RedisSeenIds):

@@ -2,20 +2,24 @@
 """The gRPC face of the registry: `mlbus.registry.v1.RegistryService`, thin over `Registry`.
 
 Handlers translate messages to domain calls and back (the conversions live in
-`mlbus.registry_client`, shared with the client) and raise `mlbus.errors`;
+`mlbus.registry_proto`, shared with the client) and raise `mlbus.errors`;
 `mlbus.rpc.server_interceptors` turns those into status codes and guards the
 mutating methods with the bearer token.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
+
+from pydantic import ValidationError
 
 from mlbus.api.registry.v1 import registry_pb2 as pb
 from mlbus.api.registry.v1 import registry_pb2_grpc as pb_grpc
 from mlbus.errors import InvalidInput
-from mlbus.registry_client import (
+from mlbus.profiles import ReferenceProfile
+from mlbus.registry_proto import (
     CHUNK_BYTES,
     MUTATING_METHODS,
     SERVICE_NAME,
@@ -24,7 +28,7 @@ from mlbus.registry_client import (
     version_to_proto,
 )
 
-from ._service import NewVersion, Registry, parse_params, parse_reference_profile
+from ._service import NewVersion, Registry
 
 
 def protects(method: str) -> bool:
@@ -41,6 +45,27 @@ def _required(value: str, what: str) -> str:
     if not value:
         raise InvalidInput(f"{what} is required")
     return value
+
+
+def parse_reference_profile(text: str | None) -> ReferenceProfile | None:
+    if not text:
+        return None
+    try:
+        return ReferenceProfile.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidInput(f"reference profile is not a valid ReferenceProfile: {exc}") from None
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"params are not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be a JSON object")
+    return params
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):  # type: ignore[misc]

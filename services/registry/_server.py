@@ -27,7 +27,7 @@ from mlbus.bus import Publisher
 from mlbus.config import KafkaSettings, load_settings
 from mlbus.events import Event
 from mlbus.onnx_policy import ArtifactPolicy
-from mlbus.registry_client import SERVICE_NAME
+from mlbus.registry_proto import SERVICE_NAME
 from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
 from mlbus.runstate import discover
 from mlbus.spec import ModelSpec, load_spec
@@ -35,7 +35,8 @@ from mlbus.telemetry import setup_telemetry
 
 from ._artifacts import open_artifact_store
 from ._grpc import RegistryServicer, protects
-from ._service import EventSink, Registry
+from ._outbox import EventSink
+from ._service import Registry
 from ._settings import RegistrySettings
 from ._store import RegistryStore
 

@@ -1,17 +1,9 @@
 """The registry's domain operations: register, move aliases, roll back, read.
 
 Every mutation is one database transaction that also writes the events it
-causes into the outbox table (`registry_outbox`). After the commit the
-operation wakes the outbox publisher and waits (briefly) until its events are
-on Kafka. If the broker is down, or the process dies between commit and
-publish, the events stay in the outbox and are published, in order, when the
-publisher next succeeds — on this run or the next start. Nothing that changed
-what serves goes unannounced (docs/adr/0011-registry-outbox.md).
-
-Delivery is at-least-once: a crash after publishing but before marking the
-row published repeats the event with the same `event_id`; consumers tolerate
-replays. All events of one model share its name as key, hence one partition,
-hence their order.
+causes into the outbox (`_outbox.enqueue`); after the commit it hands their
+rows to the `Outbox`, which publishes them and survives a broker outage or a
+crash in between (`_outbox.py`, docs/adr/0011-registry-outbox.md).
 
 Blocking work (database, hashing, ONNX checks, file I/O) runs in threads; the
 event loop only waits.
@@ -20,23 +12,17 @@ event loop only waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from opentelemetry import trace
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from mlbus.errors import InvalidInput, NotFound, PermanentError
 from mlbus.events import (
-    EVENT_TYPES,
-    Event,
     ModelPublished,
     ModelRegistered,
     ModelSignature,
@@ -44,7 +30,7 @@ from mlbus.events import (
 )
 from mlbus.onnx_policy import ArtifactPolicy
 from mlbus.profiles import ReferenceProfile
-from mlbus.registry_client import (
+from mlbus.registry_types import (
     AliasChange,
     AliasChangeKind,
     GateDecision,
@@ -54,12 +40,13 @@ from mlbus.registry_client import (
     Registration,
 )
 from mlbus.spec import ModelSpec
-from mlbus.telemetry import extract_kafka_context, meter, traceparent_of, tracer
+from mlbus.telemetry import meter, tracer
 
 from . import _store as db
 from ._artifacts import ArtifactStore, sha256_hex
 from ._gates import CHAMPION, Champion, GateVerdict, decide
 from ._onnx import validate_onnx
+from ._outbox import EventSink, Outbox, enqueue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,17 +55,10 @@ _meter = meter(__name__)
 _registered = _meter.create_counter("mlbus.registry.versions_registered", unit="{version}")
 _moves = _meter.create_counter("mlbus.registry.alias_moves", unit="{move}")
 _refused = _meter.create_counter("mlbus.registry.registrations_refused", unit="{registration}")
-_published = _meter.create_counter("mlbus.registry.events_published", unit="{event}")
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 GATE_ACTOR = "registry:gates"
-
-
-class EventSink(Protocol):
-    """Where committed events go (a started `mlbus.bus.Publisher`)."""
-
-    async def publish(self, event: Event, key: str | bytes | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -132,138 +112,31 @@ class Registry:
         self.spec = spec
         self.max_artifact_bytes = max_artifact_bytes
         self.policy = policy or ArtifactPolicy()
-        self._sink = sink
-        self._retry_s = outbox_retry_s
-        self._publish_wait_s = publish_wait_s
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._published: set[int] = set()
-        self._drain_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self.outbox = Outbox(store, sink, retry_s=outbox_retry_s, publish_wait_s=publish_wait_s)
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
     async def start(self) -> None:
         """Start the outbox publisher (it first publishes what a previous run left)."""
-        if self._sink is not None and self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._publish_loop(), name="registry-outbox")
+        await self.outbox.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Publish what is pending (within `grace_s`), then stop. Idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=grace_s)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _publish_loop(self) -> None:
-        while True:
-            try:
-                await self.publish_pending()
-                delay: float | None = None
-            except Exception as exc:
-                log.warning(
-                    "could not publish registry events (%s: %s); they stay in the outbox, "
-                    "retrying in %.1f s",
-                    type(exc).__name__,
-                    exc,
-                    self._retry_s,
-                )
-                delay = self._retry_s
-            if self._stopping:
-                return
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+        await self.outbox.stop(grace_s)
 
     async def publish_pending(self) -> int:
         """Publish every outbox event not yet published, oldest first; return how many."""
-        if self._sink is None:
-            return 0
-        count = 0
-        async with self._drain_lock:
-            while True:
-                rows = await asyncio.to_thread(self._pending)
-                if not rows:
-                    return count
-                for row_id, event_type, key, payload, traceparent in rows:
-                    event = EVENT_TYPES[event_type].model_validate_json(payload)
-                    # Published in the trace of the change it reports (drift → training →
-                    # registration → alias move → reload is one trace), even after a restart.
-                    parent = (
-                        extract_kafka_context([("traceparent", traceparent.encode())])
-                        if traceparent
-                        else None
-                    )
-                    try:
-                        with _tracer.start_as_current_span(
-                            "registry.outbox.publish",
-                            context=parent,
-                            kind=trace.SpanKind.PRODUCER,
-                            attributes={"mlbus.event_type": event_type, "mlbus.model": key},
-                        ):
-                            await self._sink.publish(event, key=key)
-                    except Exception as exc:
-                        await asyncio.to_thread(self._mark_failed, row_id, repr(exc))
-                        raise
-                    await asyncio.to_thread(self._mark_published, row_id)
-                    _published.add(1, {"event_type": event_type})
-                    count += 1
-                    async with self._progress:
-                        self._published.add(row_id)
-                        self._progress.notify_all()
-
-    def _pending(self) -> list[tuple[int, str, str, str, str | None]]:
-        with self.store.transaction() as session:
-            return [
-                (r.id, r.event_type, r.key, r.payload, r.traceparent)
-                for r in db.pending_events(session)
-            ]
-
-    def _mark_published(self, row_id: int) -> None:
-        with self.store.transaction() as session:
-            row = session.get(db.OutboxRow, row_id)
-            if row is not None:
-                row.published_at = datetime.now(UTC)
-                row.attempts += 1
-
-    def _mark_failed(self, row_id: int, error: str) -> None:
-        with self.store.transaction() as session:
-            row = session.get(db.OutboxRow, row_id)
-            if row is not None:
-                row.attempts += 1
-                row.last_error = error[:2000]
-
-    async def _announce(self, committed: _Committed) -> None:
-        """Wake the publisher and wait, bounded, until this change's events are out."""
-        if self._sink is None or not committed.outbox_ids or self._task is None:
-            return
-        self._wake.set()
-        mine = set(committed.outbox_ids)
-        try:
-            async with asyncio.timeout(self._publish_wait_s), self._progress:
-                await self._progress.wait_for(lambda: mine <= self._published)
-                self._published -= mine
-        except TimeoutError:
-            log.warning(
-                "registry change committed but its events are not published yet; "
-                "they stay in the outbox and will be published when Kafka answers"
-            )
+        return await self.outbox.publish_pending()
 
     # ── mutations ────────────────────────────────────────────────────────────
 
     async def register(self, new: NewVersion) -> Registration:
-        """Validate, store and record a new version; let the gates (or `alias`) promote it."""
+        """Validate, store and record a new version; let the gates (or `alias`) promote it.
+
+        Idempotent per training run: a version registered with the same `run_id` and
+        the same artifact is answered again (a retry after a lost answer or an outage)
+        — no second version, no second event; the same run with another artifact is
+        refused."""
         with _tracer.start_as_current_span("registry.register") as span:
             span.set_attribute("mlbus.model", new.model)
             try:
@@ -284,6 +157,14 @@ class Registry:
                 ),
             )
             span.set_attribute("mlbus.model.version", registration.version.version)
+        if not committed.outbox_ids:  # the run registered it before: nothing new
+            log.info(
+                "run %s already registered %s v%d: answered again",
+                new.run_id,
+                new.model,
+                registration.version.version,
+            )
+            return registration
         _registered.add(1)
         log.info(
             "registered %s v%d (sha256 %s…): %s",
@@ -292,7 +173,7 @@ class Registry:
             stored.sha256[:12],
             registration.version.gate.reason,
         )
-        await self._announce(committed)
+        await self.outbox.announce(committed.outbox_ids)
         return registration
 
     async def _artifact_bytes(self, new: NewVersion) -> bytes:
@@ -327,6 +208,10 @@ class Registry:
     ) -> tuple[Registration, _Committed]:
         model = db.lock_model(session, new.model, create=True)
         assert model is not None
+        if new.run_id is not None:  # under the model's lock: one version per run
+            earlier = db.version_of_run(session, new.model, new.run_id)
+            if earlier is not None:
+                return self._registered_before(session, earlier, sha256), _Committed([])
         model.latest_version += 1
         now = datetime.now(UTC)
         actor = new.actor or "anonymous"
@@ -364,7 +249,7 @@ class Registry:
         session.flush()
 
         outbox = [
-            self._enqueue(
+            enqueue(
                 session,
                 ModelRegistered(
                     model=new.model,
@@ -390,6 +275,18 @@ class Registry:
         return Registration(
             version=info, promoted=bool(changes), alias_changes=tuple(changes)
         ), _Committed(outbox)
+
+    def _registered_before(self, session: Session, row: db.VersionRow, sha256: str) -> Registration:
+        """The answer to a repeated registration of `row`'s run: the version as it is now.
+        Its alias moves were announced the first time, so none are repeated;
+        `promoted` says whether that registration promoted it."""
+        if row.sha256 != sha256:
+            raise InvalidInput(
+                f"run {row.run_id} already registered {row.model} v{row.version} with "
+                f"another artifact (sha256 {row.sha256[:12]}…, this one {sha256[:12]}…)"
+            )
+        promoted = row.gate_passed if row.gate_evaluated else True  # else: an explicit alias
+        return Registration(version=self._info(session, row), promoted=promoted)
 
     def _gate(self, session: Session, new: NewVersion) -> GateVerdict:
         current = db.find_alias(session, new.model, CHAMPION)
@@ -426,7 +323,7 @@ class Registry:
 
         change, committed = await self._in_transaction(work)
         log.info("%s:%s → v%d (%s)", model, alias, version, reason)
-        await self._announce(committed)
+        await self.outbox.announce(committed.outbox_ids)
         return change
 
     async def rollback(
@@ -463,7 +360,7 @@ class Registry:
 
         change, committed = await self._in_transaction(work)
         log.info("%s:%s rolled back to v%d (%s)", model, alias, change.version, reason)
-        await self._announce(committed)
+        await self.outbox.announce(committed.outbox_ids)
         return change
 
     def _move(
@@ -512,23 +409,9 @@ class Registry:
             event_id=event.event_id,
         )
         session.add(history)
-        outbox.append(self._enqueue(session, event))
+        outbox.append(enqueue(session, event))
         _moves.add(1, {"alias": alias, "kind": kind})
         return _change(history)
-
-    def _enqueue(self, session: Session, event: ModelRegistered | ModelPublished) -> int:
-        row = db.OutboxRow(
-            event_id=event.event_id,
-            event_type=event.event_type,
-            key=event.model,
-            payload=event.model_dump_json(),
-            created_at=datetime.now(UTC),
-            attempts=0,
-            traceparent=_current_traceparent(),
-        )
-        session.add(row)
-        session.flush()
-        return row.id
 
     # ── reads ────────────────────────────────────────────────────────────────
 
@@ -680,27 +563,6 @@ def _change(row: db.AliasHistoryRow) -> AliasChange:
     )
 
 
-def parse_reference_profile(text: str | None) -> ReferenceProfile | None:
-    if not text:
-        return None
-    try:
-        return ReferenceProfile.model_validate_json(text)
-    except ValidationError as exc:
-        raise InvalidInput(f"reference profile is not a valid ReferenceProfile: {exc}") from None
-
-
-def parse_params(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"params are not JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise InvalidInput("params must be a JSON object")
-    return params
-
-
 def _check_model_name(name: str) -> None:
     if not MODEL_NAME.match(name):
         raise InvalidInput(
@@ -719,8 +581,3 @@ def _check_alias(alias: str) -> None:
 def _require_reason(reason: str, doing: str) -> None:
     if not reason.strip():
         raise InvalidInput(f"a reason is required when {doing}")
-
-
-def _current_traceparent() -> str | None:
-    span_context = trace.get_current_span().get_span_context()
-    return traceparent_of(span_context) if span_context.is_valid else None

@@ -263,6 +263,16 @@ def find_version(session: Session, name: str, version: int) -> VersionRow | None
     ).one_or_none()
 
 
+def version_of_run(session: Session, name: str, run_id: str) -> VersionRow | None:
+    """The version a training run registered (the first, were there several)."""
+    return session.scalars(
+        select(VersionRow)
+        .where(VersionRow.model == name, VersionRow.run_id == run_id)
+        .order_by(VersionRow.version)
+        .limit(1)
+    ).one_or_none()
+
+
 def latest_version(session: Session, name: str) -> VersionRow | None:
     return session.scalars(
         select(VersionRow)

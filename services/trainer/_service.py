@@ -21,19 +21,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 
 import mlbus
-from mlbus.bus import Consumer, Publisher, Received, ensure_topics
+from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics
 from mlbus.config import load_settings
-from mlbus.errors import MlbusError
+from mlbus.errors import MlbusError, RetryableError
 from mlbus.events import (
     INGEST_VALIDATED,
     TRAINING_COMPLETED,
@@ -72,6 +72,9 @@ from ._labels import LabelLog
 from ._settings import TrainerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_REGISTRY_DOWN = (RetryableError, TimeoutError, ConnectionError)
+"""What an unreachable registry raises through the client (UNAVAILABLE, deadlines)."""
 _tracer = trace.get_tracer("mlbus.trainer")
 _meter = meter("mlbus.trainer")
 _runs = _meter.create_counter(
@@ -131,6 +134,8 @@ class TrainerService(StreamService):
     """This trainer's name in the studies: their creator, and each trial's worker."""
     runs_started: int = 0
     runs_finished: int = 0
+    registry_retries: int = 0
+    """Registry calls tried again because the registry was unreachable."""
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _publisher: Publisher | None = None
     _consumers: list[Consumer[Event]] = field(default_factory=list)
@@ -308,7 +313,10 @@ class TrainerService(StreamService):
             try:
                 async with self._registry() as client:
                     with _tracer.start_as_current_span("training.champion"):
-                        champion = await fetch_champion(client, spec.model.name)
+                        champion = await self._with_registry(
+                            "reading the champion",
+                            lambda: fetch_champion(client, spec.model.name),
+                        )
                     searching = spec.model.search is not None
                     job = TrainingJob(
                         spec,
@@ -338,13 +346,17 @@ class TrainerService(StreamService):
                     span.set_attribute("mlbus.rows", outcome.trained.rows)
                     stage = "register"
                     with _tracer.start_as_current_span("training.register"):
-                        registration = await register_outcome(
-                            client,
-                            spec,
-                            outcome,
-                            run_id=run_id,
-                            code_version=mlbus.__version__,
-                            reason=f"trained on request ({request.reason})",
+                        # Safe to repeat: the registry answers a run's version again.
+                        registration = await self._with_registry(
+                            "registering",
+                            lambda: register_outcome(
+                                client,
+                                spec,
+                                outcome,
+                                run_id=run_id,
+                                code_version=mlbus.__version__,
+                                reason=f"trained on request ({request.reason})",
+                            ),
                         )
             except TrainingError as exc:
                 await self._failed(request, run_id, exc.stage, exc.reason, span)
@@ -468,6 +480,35 @@ class TrainerService(StreamService):
                 except BrokenProcessPool:
                     self.executor = worker_pool()
                     log.warning("the worker died while joining search %s", candidate.study)
+
+    async def _with_registry(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, tried again with the bus's backoff while the registry is unreachable
+        (UNAVAILABLE, a deadline), for `registry_retry_s` or until the service stops;
+        then its error stands and the run fails."""
+        retry = RetryPolicy()
+        give_up_at = time.monotonic() + self.settings.registry_retry_s
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except _REGISTRY_DOWN as exc:
+                attempt += 1
+                delay = retry.backoff_s(attempt)
+                if self._stop.is_set() or time.monotonic() + delay > give_up_at:
+                    raise
+                self.registry_retries += 1
+                log.warning(
+                    "registry unreachable while %s (attempt %d), retrying in %.1f s: %s",
+                    doing,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise exc  # the service stops: the run fails with the registry's error
 
     def _registry(self) -> RegistryClient:
         token = self.settings.registry_token

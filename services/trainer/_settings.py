@@ -17,6 +17,8 @@ class TrainerSettings(ServiceSettings):
     MLBUS_TRAINER_LABEL_FLUSH_ROWS      write a label Parquet file at most this many rows
     MLBUS_TRAINER_REGISTRY_ADDRESS      host:port of the registry's gRPC API (127.0.0.1:8002)
     MLBUS_TRAINER_REGISTRY_TOKEN        bearer token for Register (unset: none)
+    MLBUS_TRAINER_REGISTRY_RETRY_S      how long a run waits for an unreachable registry, trying
+                                        again with backoff, before it fails (600)
     MLBUS_TRAINER_OFFLINE_URL           offline store (folder or s3://); default offline/ in the
                                         data folder, the feature service's default
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
@@ -45,6 +47,7 @@ class TrainerSettings(ServiceSettings):
     registry_address: str = "127.0.0.1:8002"
     registry_token: SecretStr | None = None
     registry_timeout_s: float = Field(default=30.0, gt=0)
+    registry_retry_s: float = Field(default=600.0, ge=0)
     offline_url: str | None = Field(
         default=None, description="Parquet root (folder or s3:// URL); unset: the data folder."
     )

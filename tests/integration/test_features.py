@@ -290,22 +290,24 @@ async def test_redis_down_at_first_is_retried_and_nothing_is_lost(
     events = validated_events(spec, 120, seed=17)
     await harness.publish(events)
     redis = EmbeddedRedis(tmp_path / "redis-logs", port=free_port())
-    # nothing listens on redis.url until the consumer has retried
-
-    def start_redis_after_retries(service: FeatureService) -> None:
-        if (
-            service.consumer is not None
-            and service.consumer.stats.retries > 0
-            and not redis.alive()
-        ):
-            redis.start()
-
+    # nothing listens on redis.url until the service has retried: first the check of the
+    # state (ADR 0012, Redis loss), before its consumer starts
+    settings = harness.settings()
+    settings.redis.url = redis.url
+    service = FeatureService(settings, spec, topics=(harness.topic,))
+    task = asyncio.create_task(service.run())
     try:
-        service = await harness.run_until(
-            processed(len(events)), redis_url=redis.url, while_running=start_redis_after_retries
-        )
+        async with asyncio.timeout(45):
+            while service.state_check_retries == 0:
+                assert not task.done()
+                await asyncio.sleep(0.05)
+            redis.start()
+            while service.consumer is None or service.consumer.stats.processed < len(events):
+                assert not task.done()
+                await asyncio.sleep(0.05)
+        service.stop()
+        await task
         assert service.consumer is not None
-        assert service.consumer.stats.retries > 0
         assert service.consumer.stats.dead_lettered == 0
         expected = Reference(spec, events)
         at_ms = expected.latest_ms + 1
@@ -315,6 +317,8 @@ async def test_redis_down_at_first_is_retried_and_nothing_is_lost(
             expected.at(r.entity_id, at_ms)["count_24h"] for r in online
         ]
     finally:
+        service.stop()
+        await asyncio.gather(task, return_exceptions=True)
         redis.stop()
 
 

@@ -221,6 +221,34 @@ async def test_concurrent_registrations_get_distinct_consecutive_versions(
     assert sorted(r.version.version for r in fresh) == [1, 2]  # racing to create the model
 
 
+async def test_a_repeated_registration_of_a_run_answers_its_version_again(
+    registry: Registry, sink: RecordingSink
+) -> None:
+    def of_run(run_id: str, scale: float = 1.0) -> NewVersion:
+        return NewVersion(
+            model="fraud", content=tiny_model(scale), metrics={"auc": 0.8}, run_id=run_id
+        )
+
+    first = await registry.register(of_run("run-1"))
+    # the trainer retries after a lost answer, or concurrently: still one version
+    again = await asyncio.gather(*(registry.register(of_run("run-1")) for _ in range(3)))
+    assert first.promoted
+    assert {r.version.version for r in again} == {1}
+    assert all(r.promoted and r.alias_changes == () for r in again)
+    assert [r.version for r in again] == [first.version] * 3
+    assert counts(registry)["registry_model_versions"] == 1
+    await _drained(registry)
+    assert [type(e) for _, e in sink.events] == [ModelRegistered, ModelPublished]
+
+    with pytest.raises(InvalidInput, match="already registered fraud v1 with another artifact"):
+        await registry.register(of_run("run-1", scale=2.0))
+    second = await registry.register(of_run("run-2", scale=2.0))  # another run: a version
+    assert second.version.version == 2
+    unnamed = [await registry.register(NewVersion(model="fraud", content=tiny_model()))]
+    unnamed.append(await registry.register(NewVersion(model="fraud", content=tiny_model())))
+    assert [r.version.version for r in unnamed] == [3, 4]  # no run id: each call is new
+
+
 # ── aliases ─────────────────────────────────────────────────────────────────
 
 
@@ -484,6 +512,6 @@ async def test_events_committed_without_a_sink_are_published_by_the_next_registr
 
 async def _drained(registry: Registry) -> RecordingSink:
     await registry.publish_pending()
-    sink = registry._sink
+    sink = registry.outbox.sink
     assert isinstance(sink, RecordingSink)
     return sink

@@ -40,6 +40,7 @@ WITHOUT_SPEC = (
     "mlbus.runtime",
     "google.protobuf.descriptor_pb2",
     "mlbus.registry_client",
+    "mlbus.registry_proto",
 )
 WITH_PREDICT = ("pyarrow", "duckdb", "mlbus.runstate", "mlbus.runtime", "mlbus.registry_client")
 

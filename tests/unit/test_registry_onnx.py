@@ -20,15 +20,13 @@ from mlbus.registry._artifacts import (
 from mlbus.registry._gates import Champion, decide
 from mlbus.registry._grpc import protects
 from mlbus.registry._onnx import validate_onnx
-from mlbus.registry_client import (
-    AliasChange,
-    GateDecision,
-    ModelVersionInfo,
+from mlbus.registry_proto import (
     change_from_proto,
     change_to_proto,
     version_from_proto,
     version_to_proto,
 )
+from mlbus.registry_types import AliasChange, GateDecision, ModelVersionInfo
 from mlbus.spec import ModelSpec
 
 

@@ -104,6 +104,15 @@ def test_durations_are_parsed_into_seconds(spec: ProjectSpec) -> None:
     assert spec.model.evaluation_window_s == 86400
 
 
+def test_the_replay_horizon_covers_the_longest_ttl_and_window_plus_a_day(
+    text: str, spec: ProjectSpec
+) -> None:
+    # card_activity: ttl 7d, count_7d; an entity's values live 7 d past its last event
+    assert spec.replay_horizon_s() == (7 + 7 + 1) * 86400
+    shorter = parse_spec(edited(text, "windows: [7d]", "windows: [2d]"), filename="mlbus.yaml")
+    assert shorter.replay_horizon_s() == (7 + 2 + 1) * 86400
+
+
 def test_gates_compare_in_the_metric_direction(spec: ProjectSpec) -> None:
     model = spec.model
     assert model.gate_failures({"auc": 0.9}, {"auc": 0.8}) == []

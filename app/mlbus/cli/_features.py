@@ -1,5 +1,6 @@
-"""`mlbus features get|dataset|consistency`: online values of an entity, point-in-time
-training sets, and how often serving fed the model its offline values (`_consistency`).
+"""`mlbus features get|dataset|consistency|rebuild`: online values of an entity,
+point-in-time training sets, how often serving fed the model its offline values
+(`_consistency`), and a replay of the online state (`_rebuild`).
 
 `get` reads Redis through `mlbus.featurestore.OnlineStore` (what inference
 uses); `dataset` reads the offline Parquet rows and, given labels, joins them
@@ -20,6 +21,7 @@ import typer
 
 from mlbus.cli._common import DataDirOption, VerboseOption, connect, console, fail
 from mlbus.cli._consistency import register_consistency
+from mlbus.cli._rebuild import register_rebuild
 
 if TYPE_CHECKING:
     from mlbus.config import MlbusSettings
@@ -57,6 +59,7 @@ def register(app: typer.Typer) -> None:
     features = typer.Typer(help="Online feature values and training sets.", no_args_is_help=True)
     app.add_typer(features, name="features")
     register_consistency(features, _spec)
+    register_rebuild(features)
 
     @features.command("get")
     def get(

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -223,6 +223,7 @@ class Supervisor:
         self._broker_tracker = RestartTracker(self.policy)
         self._redis_tracker = RestartTracker(self.policy)
         self._topics: list[str] = []
+        self._retention_s: dict[str, int] = {}
         self._stop_requested = False
         self._starting = True
 
@@ -315,14 +316,16 @@ class Supervisor:
         write_state(self.data, self.state)
 
     def _create_topics(self) -> None:
-        from mlbus.events import ALL_TOPICS
+        from mlbus.events import ALL_TOPICS, INGEST_VALIDATED
 
         topics = set(ALL_TOPICS)
         if self.settings.spec is not None:
             topics.update(spec_source_topics(self.settings.spec))
+            # long enough to rebuild the feature state from it (ADR 0012, Redis loss)
+            self._retention_s = {INGEST_VALIDATED: spec_replay_horizon_s(self.settings.spec)}
         self._topics = sorted(topics)
         try:
-            asyncio.run(create_topics(self._kafka(), self._topics))
+            asyncio.run(create_topics(self._kafka(), self._topics, self._retention_s))
         except (TimeoutError, OSError, MlbusError) as exc:
             raise StartupError(f"could not create the mlbus topics: {exc}") from None
         except Exception as exc:  # aiokafka's own errors share no base class worth naming
@@ -424,7 +427,7 @@ class Supervisor:
             try:
                 child.start()
                 if which == "broker":
-                    asyncio.run(create_topics(self._kafka(), self._topics))
+                    asyncio.run(create_topics(self._kafka(), self._topics, self._retention_s))
             except Exception as exc:  # try again under the same policy
                 log.warning("restarting the embedded %s failed: %s", which, exc)
                 tracker.started(now)
@@ -522,12 +525,17 @@ class Supervisor:
         )
 
 
-async def create_topics(kafka: KafkaSettings, topics: Iterable[str], timeout_s: float = 30) -> None:
-    """Every topic in `topics`, created if missing, within `timeout_s`."""
+async def create_topics(
+    kafka: KafkaSettings,
+    topics: Iterable[str],
+    retention_s: Mapping[str, int] | None = None,
+    timeout_s: float = 30,
+) -> None:
+    """Every topic in `topics`, created if missing (with `retention_s`), within `timeout_s`."""
     from mlbus.bus import ensure_topics
 
     async with asyncio.timeout(timeout_s):
-        await ensure_topics(kafka, topics)
+        await ensure_topics(kafka, topics, retention_s=retention_s)
 
 
 def spec_source_topics(path: Path) -> list[str]:
@@ -540,6 +548,18 @@ def spec_source_topics(path: Path) -> list[str]:
         log.warning("the spec loader (mlbus.spec) is not installed: source topics not created")
         return []
     return sorted(load_spec(path).topics())
+
+
+def spec_replay_horizon_s(path: Path) -> int:
+    """How long the validated topic keeps events for this spec (`replay_horizon_s`);
+    0 (the broker's default) without the spec loader."""
+    try:
+        from mlbus.spec import load_spec
+    except ModuleNotFoundError as exc:
+        if exc.name != "mlbus.spec":
+            raise
+        return 0
+    return load_spec(path).replay_horizon_s()
 
 
 def _pick_port(preferred: int | None, taken: set[int]) -> int:

@@ -13,7 +13,7 @@ for the one backoff loop, `_deadletter.py` for the dead-letter record, and
 `_codec.py` for the wire format.
 """
 
-from mlbus.bus._admin import ensure_topics
+from mlbus.bus._admin import ensure_topics, topic_retention_ms
 from mlbus.bus._codec import (
     EventDecoder,
     PredictionsAndLabelsDecoder,
@@ -48,4 +48,5 @@ __all__ = [
     "header",
     "raw_decoder",
     "until_done",
+    "topic_retention_ms",
 ]

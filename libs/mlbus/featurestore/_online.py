@@ -152,6 +152,18 @@ class FeatureKeys:
     def spool_lock(self, view: str, version: int) -> str:
         return f"{self.prefix}:fspool-lock:{view}:{version}"
 
+    def state_marker(self) -> str:
+        """Present while the window state here is complete (written after a rebuild or on
+        a new deployment, never by a batch): missing means Redis lost it (ADR 0012)."""
+        return f"{self.prefix}:fs-marker"
+
+    def state_rebuild_lock(self) -> str:
+        return f"{self.prefix}:fs-rebuild-lock"
+
+    def state_rebuild_progress(self) -> str:
+        """A hash (`replayed`, `total`) while a rebuild runs (`mlbus features rebuild`)."""
+        return f"{self.prefix}:fs-rebuild-progress"
+
     def consistency(self, view: str, version: int) -> str:
         """Served-vs-offline counters (`mlbus.featurestore._consistency`)."""
         return f"{self.prefix}:consistency:{view}:{version}"

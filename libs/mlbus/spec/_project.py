@@ -26,6 +26,10 @@ from mlbus.spec._serving import FeatureValue, ServingSpec
 PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
+REPLAY_MARGIN_S = 86_400
+"""Added to the validated topic's retention beyond the longest TTL + window."""
+
+
 class ProjectSpec(SpecModel):
     """One use case: everything the services need to know, cross-checked."""
 
@@ -78,6 +82,18 @@ class ProjectSpec(SpecModel):
         """Every feature of `view`, resolved (raises KeyError for an unknown view)."""
         fv = self.features[view]
         return fv.features(view, self.sources[fv.source])
+
+    def replay_horizon_s(self) -> int:
+        """How far back the validated topic must keep events so that the feature state
+        can be rebuilt from it after Redis lost it (ADR 0012, Redis loss): an entity's
+        values live `ttl_s` past its last event, and its longest window then still
+        counts events from one window before that. Plus `REPLAY_MARGIN_S` (late
+        events, the widest bucket). 0: no feature views."""
+        horizons = [
+            view.ttl_s + max((f.window_s or 0 for f in self.view_features(name)), default=0)
+            for name, view in self.features.items()
+        ]
+        return max(horizons) + REPLAY_MARGIN_S if horizons else 0
 
     def all_features(self) -> tuple[FeatureDef, ...]:
         return tuple(f for view in self.features for f in self.view_features(view))
