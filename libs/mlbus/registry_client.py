@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import grpc
 import grpc.aio
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
+from pydantic import BaseModel, Field, JsonValue, SecretStr
 
 from mlbus.api.registry.v1 import registry_pb2 as pb
 from mlbus.api.registry.v1 import registry_pb2_grpc as pb_grpc

@@ -47,6 +47,6 @@ __all__ = [
     "event_headers",
     "header",
     "raw_decoder",
-    "until_done",
     "topic_retention_ms",
+    "until_done",
 ]
