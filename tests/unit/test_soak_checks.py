@@ -151,6 +151,17 @@ def test_requests_work_again_only_after_a_run_of_answers() -> None:
 def test_window_of_names_the_window_or_outside() -> None:
     assert window_of(15.0, WINDOWS) == "kill:inference"
     assert window_of(25.0, WINDOWS) == OUTSIDE
+    assert window_of(9.95, WINDOWS, ended_s=10.05) == "kill:inference"  # in flight at the kill
+    assert window_of(9.0, WINDOWS, ended_s=9.5) == OUTSIDE
+
+
+def test_a_call_in_flight_when_the_fault_began_fails_inside_it() -> None:
+    reset = call(9.95, "UNAVAILABLE", elapsed_s=0.05)  # sent just before the kill, reset by it
+    found = requests_answered([reset, call(1)], WINDOWS, slack_s=0.5)
+    assert found.passed
+    assert found.detail["failed_by_window"] == {"kill:inference": {"sent": 1, "UNAVAILABLE": 1}}
+    ended_before = call(9.0, "UNAVAILABLE", elapsed_s=0.5)
+    assert not requests_answered([ended_before], WINDOWS, slack_s=0.5).passed
 
 
 # ── alias history ────────────────────────────────────────────────────────────

@@ -166,12 +166,20 @@ class FaultWindow:
     end_s: float
 
 
-def window_of(sent_s: float, windows: Sequence[FaultWindow]) -> str:
-    """The label of the fault window `sent_s` falls into (the first), else `OUTSIDE`."""
+def window_of(sent_s: float, windows: Sequence[FaultWindow], ended_s: float | None = None) -> str:
+    """The label of the first fault window that [`sent_s`, `ended_s`] overlaps, else
+    `OUTSIDE`. A call still in flight when a fault began belongs to it: a kill resets
+    the connections of the calls it finds (seen: two Predicts sent 50 ms before a kill
+    of inference, reset by it, were counted as failures outside every fault)."""
+    ended_s = sent_s if ended_s is None else ended_s
     for window in windows:
-        if window.start_s <= sent_s <= window.end_s:
+        if window.start_s <= ended_s and sent_s <= window.end_s:
             return window.label
     return OUTSIDE
+
+
+def _window(outcome: RequestOutcome, windows: Sequence[FaultWindow]) -> str:
+    return window_of(outcome.sent_s, windows, outcome.sent_s + outcome.elapsed_s)
 
 
 def healthy_since(
@@ -215,8 +223,8 @@ def requests_answered(
     by_status: Counter[str] = Counter(o.status for o in failed)
     by_window: dict[str, Counter[str]] = {}
     for outcome in failed:
-        by_window.setdefault(window_of(outcome.sent_s, windows), Counter())[outcome.status] += 1
-    sent_by_window: Counter[str] = Counter(window_of(o.sent_s, windows) for o in outcomes)
+        by_window.setdefault(_window(outcome, windows), Counter())[outcome.status] += 1
+    sent_by_window: Counter[str] = Counter(_window(o, windows) for o in outcomes)
     outside = sum(by_window.get(OUTSIDE, Counter()).values())
     by_method: Counter[str] = Counter(o.method for o in outcomes)
     examples: dict[str, list[str]] = {}
@@ -246,7 +254,7 @@ def requests_answered(
             "outside_examples": [
                 f"{o.sent_s:.1f}s {o.method} {o.status} after {o.elapsed_s:.2f}s"
                 for o in sorted(failed, key=lambda o: o.sent_s)
-                if window_of(o.sent_s, windows) == OUTSIDE
+                if _window(o, windows) == OUTSIDE
             ][:10],
             "late_examples": [
                 f"{o.sent_s:.1f}s {o.method} {o.status} after {o.elapsed_s:.2f}s"
