@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
-from grpc_health.v1 import health_pb2
 
 from mlbus.api.labeling.v1 import labeling_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
@@ -21,7 +20,13 @@ from mlbus.events import (
     OUTCOMES_MEASURED,
 )
 from mlbus.labeling import LabelQueue
-from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
+from mlbus.rpc import (
+    add_health_and_reflection,
+    bind_port,
+    mark_serving,
+    server_interceptors,
+    stop_serving,
+)
 from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
@@ -84,8 +89,7 @@ class OutcomesService(StreamService):
                 try:
                     await self._consume_and_look(processor, evaluator, publisher)
                 finally:
-                    await health.enter_graceful_shutdown()
-                    await server.stop(settings.shutdown_grace_s)
+                    await stop_serving(server, health, settings.shutdown_grace_s)
         finally:
             await registry.close()
             await store.aclose()
@@ -107,8 +111,7 @@ class OutcomesService(StreamService):
             server, settings.grpc_host, settings.grpc_port, "MLBUS_OUTCOMES_GRPC_PORT"
         )
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await mark_serving(health, (SERVICE_NAME,))
         log.info("Labeling listening on port %d", self.grpc_port)
         return server, health
 
