@@ -11,8 +11,8 @@ log one per call: found by the soak's fuzzing).
 
     server = grpc.aio.server(interceptors=server_interceptors(token=settings.auth_token))
 
-And how a server starts and stops: `mark_serving` / `stop_serving` (what health checks
-report, then the server), `ServerLifecycle` (`async with` for a class with
+And how a server starts and stops: `start_serving` / `stop_serving` (what health checks
+report, then the server; `mark_serving` alone), `ServerLifecycle` (`async with` for a class with
 `start()` / `stop(grace_s)`) and `stop_on_signals` (what a serving process waits for).
 """
 
@@ -256,6 +256,18 @@ async def mark_serving(health: Any, services: Sequence[str]) -> None:
 
     for name in ("", *services):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def start_serving(
+    server: grpc.aio.Server, services: Sequence[str], *, host: str, port: int, variable: str
+) -> tuple[int, Any]:
+    """Health and reflection for `services`, `server` bound (`bind_port`), started and
+    reported SERVING. Returns the bound port and the health servicer (for `stop_serving`)."""
+    health = add_health_and_reflection(server, services)
+    bound = bind_port(server, host, port, variable)
+    await server.start()
+    await mark_serving(health, services)
+    return bound, health
 
 
 async def stop_serving(server: grpc.aio.Server, health: Any, grace_s: float) -> None:

@@ -17,13 +17,7 @@ from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.redis_failures import REDIS_DOWN
-from mlbus.rpc import (
-    add_health_and_reflection,
-    bind_port,
-    mark_serving,
-    server_interceptors,
-    stop_serving,
-)
+from mlbus.rpc import server_interceptors, start_serving, stop_serving
 from mlbus.service import ServiceConsumer, StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
@@ -97,12 +91,13 @@ class FeatureService(StreamService):
                 self.spec, online, {view.name: view.aggregator for view in views}
             )
             pb_grpc.add_FeatureServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-            health = add_health_and_reflection(server, ("mlbus.features.v1.FeatureService",))
-            self.grpc_port = bind_port(
-                server, settings.grpc_host, settings.grpc_port, "MLBUS_FEATURES_GRPC_PORT"
+            self.grpc_port, health = await start_serving(
+                server,
+                ("mlbus.features.v1.FeatureService",),
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                variable="MLBUS_FEATURES_GRPC_PORT",
             )
-            await server.start()
-            await mark_serving(health, ("mlbus.features.v1.FeatureService",))
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:

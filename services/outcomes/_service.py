@@ -20,13 +20,7 @@ from mlbus.events import (
     OUTCOMES_MEASURED,
 )
 from mlbus.labeling import LabelQueue
-from mlbus.rpc import (
-    add_health_and_reflection,
-    bind_port,
-    mark_serving,
-    server_interceptors,
-    stop_serving,
-)
+from mlbus.rpc import server_interceptors, start_serving, stop_serving
 from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
@@ -106,12 +100,13 @@ class OutcomesService(StreamService):
             self.spec, queue, publisher, send_timeout_s=settings.kafka.request_timeout_s
         )
         pb_grpc.add_LabelingServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        health = add_health_and_reflection(server, (SERVICE_NAME,))
-        self.grpc_port = bind_port(
-            server, settings.grpc_host, settings.grpc_port, "MLBUS_OUTCOMES_GRPC_PORT"
+        self.grpc_port, health = await start_serving(
+            server,
+            (SERVICE_NAME,),
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            variable="MLBUS_OUTCOMES_GRPC_PORT",
         )
-        await server.start()
-        await mark_serving(health, (SERVICE_NAME,))
         log.info("Labeling listening on port %d", self.grpc_port)
         return server, health
 
