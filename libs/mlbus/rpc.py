@@ -25,7 +25,6 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -297,13 +296,8 @@ class ServerLifecycle:
             await self.stop(0)
             raise
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()  # with the grace period: in-flight calls finish, also on an error
 
 
 def stop_on_signals(
