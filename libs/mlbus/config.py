@@ -23,13 +23,28 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlbus.errors import ConfigError
+
+DEFAULT_MAX_TENSOR_MB = 256
+"""The largest declared tensor size a model may have (each and in total), in MiB.
+Well above the registry's 64 MB file limit, so no dense model the file limit lets in hits it."""
+
+MaxTensorMB = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=16384,
+        description="Largest declared size of a model's tensors, each and in total.",
+    ),
+]
+"""The limit the registry checks at registration and inference at loading: one
+setting type, so the two cannot disagree on what a model may declare."""
 
 DEFAULT_DATA_DIR = Path(".mlbus")
 

@@ -34,11 +34,10 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
+from mlbus.config import DEFAULT_MAX_TENSOR_MB
 from mlbus.errors import InvalidInput
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-DEFAULT_MAX_TENSOR_MB = 256
-"""Well above the registry's 64 MB file limit, so no dense model the file limit lets in hits it."""
 
 # Bytes per element; BYTES/STRING tensors count their stored strings instead.
 _WIDTH: dict[int, int] = {

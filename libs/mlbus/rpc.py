@@ -10,16 +10,22 @@ type, without a traceback in the log (grpc itself would answer UNKNOWN and
 log one per call: found by the soak's fuzzing).
 
     server = grpc.aio.server(interceptors=server_interceptors(token=settings.auth_token))
+
+And how a server starts and stops: `start_serving` / `stop_serving` (what health checks
+report, then the server; `mark_serving` alone), `ServerLifecycle` (`async with` for a class with
+`start()` / `stop(grace_s)`) and `stop_on_signals` (what a serving process waits for).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import grpc.aio
@@ -241,3 +247,65 @@ def bind_port(server: grpc.aio.Server, host: str, port: int, variable: str) -> i
             "or 0 to pick one"
         )
     return bound
+
+
+async def mark_serving(health: Any, services: Sequence[str]) -> None:
+    """Report the process (`""`) and each of `services` SERVING (once the server started)."""
+    from grpc_health.v1 import health_pb2
+
+    for name in ("", *services):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def start_serving(
+    server: grpc.aio.Server, services: Sequence[str], *, host: str, port: int, variable: str
+) -> tuple[int, Any]:
+    """Health and reflection for `services`, `server` bound (`bind_port`), started and
+    reported SERVING. Returns the bound port and the health servicer (for `stop_serving`)."""
+    health = add_health_and_reflection(server, services)
+    bound = bind_port(server, host, port, variable)
+    await server.start()
+    await mark_serving(health, services)
+    return bound, health
+
+
+async def stop_serving(server: grpc.aio.Server, health: Any, grace_s: float) -> None:
+    """NOT_SERVING first, so balancers stop sending; then refuse new calls and give
+    the calls in flight `grace_s` to finish."""
+    await health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+
+
+class ServerLifecycle:
+    """`async with` for a server with `start()` and an idempotent `stop(grace_s)`.
+
+    A `start()` that fails half-way is followed by `stop(0)`: what it had
+    started is stopped at once, without waiting for calls that never came.
+    """
+
+    async def start(self) -> Self:
+        raise NotImplementedError
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()  # with the grace period: in-flight calls finish, also on an error
+
+
+def stop_on_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> asyncio.Event:
+    """An event the running loop sets on any of `signals`: what a serving process waits for."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    return stop

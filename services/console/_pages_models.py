@@ -14,7 +14,7 @@ from starlette.routing import Route
 from mlbus.errors import InvalidInput, MlbusError, Unauthenticated
 
 from ._charts import metrics_figure
-from ._security import CSRF_FIELD, csrf_ok
+from ._security import CSRF_REFUSED, checked_form
 from ._web import failure, page, snapshot, sources
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,9 @@ async def compare(request: Request) -> Response:
 async def move_alias(request: Request) -> Response:
     """Promote a version to an alias, or roll an alias back; needs CSRF and the token."""
     name = request.path_params["model"]
-    form = await request.form()
-    if not csrf_ok(request, form.get(CSRF_FIELD)):
-        return await model(
-            request,
-            message="refused: the form's CSRF token did not match (reload the page and try again)",
-            status=403,
-        )
+    form = await checked_form(request)
+    if form is None:
+        return await model(request, message=CSRF_REFUSED, status=403)
     token = str(form.get("token") or "")
     alias = str(form.get("alias") or "champion").strip()
     action = str(form.get("action") or "")

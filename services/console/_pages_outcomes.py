@@ -18,7 +18,7 @@ from mlbus.errors import InvalidInput, MlbusError, Unauthenticated
 from mlbus.events import LabelingRequested
 
 from ._charts import difference_figure, outcomes_figure
-from ._security import CSRF_FIELD, csrf_ok
+from ._security import CSRF_REFUSED, checked_form
 from ._web import failure, page, snapshot, sources
 
 log = logging.getLogger(__name__)
@@ -206,13 +206,9 @@ async def labeling(request: Request, *, message: str = "", status: int = 200) ->
 
 async def send_label(request: Request) -> Response:
     """A person's label for an open request; needs CSRF and the registry's token."""
-    form = await request.form()
-    if not csrf_ok(request, form.get(CSRF_FIELD)):
-        return await labeling(
-            request,
-            message="refused: the form's CSRF token did not match (reload the page and try again)",
-            status=403,
-        )
+    form = await checked_form(request)
+    if form is None:
+        return await labeling(request, message=CSRF_REFUSED, status=403)
     token = str(form.get("token") or "")
     event_id = str(form.get("scored_event_id") or "").strip()[:ID_MAX]
     value = str(form.get("label") or "").strip()[:VALUE_MAX]

@@ -16,11 +16,14 @@ from __future__ import annotations
 import hmac
 import secrets
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 CSRF_COOKIE = "mlbus_csrf"
 CSRF_FIELD = "csrf_token"
+CSRF_REFUSED = "refused: the form's CSRF token did not match (reload the page and try again)"
+"""What a page says (403) when `checked_form` refused the form."""
 
 
 def csrf_token(request: Request) -> str:
@@ -46,3 +49,9 @@ def csrf_ok(request: Request, submitted: object) -> bool:
         and len(cookie) == 43
         and hmac.compare_digest(cookie.encode(), submitted.encode())
     )
+
+
+async def checked_form(request: Request) -> FormData | None:
+    """The posted form, or None when its CSRF field does not match the cookie (refuse it)."""
+    form = await request.form()
+    return form if csrf_ok(request, form.get(CSRF_FIELD)) else None

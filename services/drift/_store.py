@@ -24,12 +24,13 @@ lost the partition) changes nothing. See docs/adr/0017-drift-service-state.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from mlbus import driftstatus
@@ -40,6 +41,8 @@ from mlbus.redis_client import single_redis_client
 from mlbus.redis_failures import REDIS_DOWN
 
 CLAIM_TTL_S = 7 * 86_400
+
+T = TypeVar("T")
 
 # KEYS[1] partition hash; ARGV[1] offset; ARGV[2..] field, value pairs.
 # Returns 1 when written, 0 when the stored offset is ahead (another replica owns it now).
@@ -402,33 +405,24 @@ class DriftStore:
     ) -> Claim:
         """Decide a detection once: a replay (same id) gets the first decision back."""
         claim_key, policy_key = self.claim_key(detection_id), self.policy_key(model)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(claim_key, policy_key)
-                        existing = await pipe.get(claim_key)
-                        if existing is not None:
-                            await pipe.reset()  # type: ignore[no-untyped-call]
-                            return Claim.from_json(existing)
-                        raw_policy = await pipe.get(policy_key)
-                        policy_doc = json.loads(raw_policy) if raw_policy else {}
-                        claim, updated = decide_claim(
-                            policy_doc=policy_doc,
-                            now=now,
-                            cooldown_s=cooldown_s,
-                            retrain=retrain,
-                            arm=arm,
-                        )
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.set(claim_key, claim.to_json(), ex=CLAIM_TTL_S)
-                        pipe.set(policy_key, json.dumps(updated))
-                        await pipe.execute()
-                        return claim
-                    except WatchError:
-                        continue  # another replica decided meanwhile: decide again
-        except REDIS_DOWN as exc:
-            raise RetryableError(f"Redis unreachable deciding a detection: {exc}") from exc
+
+        async def decide(pipe: Pipeline) -> Claim:
+            existing = await pipe.get(claim_key)
+            if existing is not None:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                return Claim.from_json(existing)
+            raw_policy = await pipe.get(policy_key)
+            policy_doc = json.loads(raw_policy) if raw_policy else {}
+            claim, updated = decide_claim(
+                policy_doc=policy_doc, now=now, cooldown_s=cooldown_s, retrain=retrain, arm=arm
+            )
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(claim_key, claim.to_json(), ex=CLAIM_TTL_S)
+            pipe.set(policy_key, json.dumps(updated))
+            await pipe.execute()
+            return claim
+
+        return await self._watched((claim_key, policy_key), decide, "deciding a detection")
 
     async def arm(self, trigger: ArmedTrigger) -> ArmedTrigger:
         """Arm `trigger` unless its model has one armed already (kept: it started earlier)."""
@@ -466,59 +460,70 @@ class DriftStore:
         made it retry (the RetrainPolicy would see the clock go backwards and refuse).
         """
         armed_key, policy_key = self.armed_key(model), self.policy_key(model)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(armed_key, policy_key)
-                        raw = await pipe.get(armed_key)
-                        if raw is None:
-                            await pipe.reset()  # type: ignore[no-untyped-call]
-                            return None
-                        raw_policy = await pipe.get(policy_key)
-                        policy_doc = json.loads(raw_policy) if raw_policy else {}
-                        stored = ArmedTrigger.from_json(raw)
-                        labels, first_label_time = stored.evidence(joined)
-                        armed, updated, decision = advance_trigger(
-                            stored,
-                            policy_doc,
-                            labels=labels,
-                            first_label_time=first_label_time,
-                            now=clock(),
-                            lease_s=lease_s,
-                            retrain=retrain,
-                        )
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.set(armed_key, armed.to_json())
-                        if updated is not policy_doc:
-                            pipe.set(policy_key, json.dumps(updated))
-                        await pipe.execute()
-                        return armed, decision
-                    except WatchError:
-                        continue  # another replica added evidence meanwhile: add again
-        except REDIS_DOWN as exc:
-            raise RetryableError(f"Redis unreachable advancing the armed trigger: {exc}") from exc
+
+        async def add_evidence(pipe: Pipeline) -> tuple[ArmedTrigger, FireDecision | None] | None:
+            raw = await pipe.get(armed_key)
+            if raw is None:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                return None
+            raw_policy = await pipe.get(policy_key)
+            policy_doc = json.loads(raw_policy) if raw_policy else {}
+            stored = ArmedTrigger.from_json(raw)
+            labels, first_label_time = stored.evidence(joined)
+            armed, updated, decision = advance_trigger(
+                stored,
+                policy_doc,
+                labels=labels,
+                first_label_time=first_label_time,
+                now=clock(),
+                lease_s=lease_s,
+                retrain=retrain,
+            )
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(armed_key, armed.to_json())
+            if updated is not policy_doc:
+                pipe.set(policy_key, json.dumps(updated))
+            await pipe.execute()
+            return armed, decision
+
+        return await self._watched(
+            (armed_key, policy_key), add_evidence, "advancing the armed trigger"
+        )
 
     async def disarm(self, model: str, detection_id: str) -> None:
         """Drop the model's armed trigger once fired (only if it is still this detection's)."""
         key = self.armed_key(model)
+
+        async def drop(pipe: Pipeline) -> None:
+            raw = await pipe.get(key)
+            if raw is None or ArmedTrigger.from_json(raw).detection_id != detection_id:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                return
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.delete(key)
+            await pipe.execute()
+
+        await self._watched((key,), drop, "disarming a retraining")
+
+    async def _watched(
+        self, keys: Sequence[str], attempt: Callable[[Pipeline], Awaitable[T]], doing: str
+    ) -> T:
+        """`attempt` on a pipeline that WATCHes `keys`: it reads, then writes in MULTI/EXEC.
+
+        When another replica changed a key in between (a claim decided, evidence
+        added), EXEC fails with WatchError and the attempt runs again on what is
+        stored now. Redis down is a RetryableError naming what was being done.
+        """
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None or ArmedTrigger.from_json(raw).detection_id != detection_id:
-                            await pipe.reset()  # type: ignore[no-untyped-call]
-                            return
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.delete(key)
-                        await pipe.execute()
-                        return
+                        await pipe.watch(*keys)
+                        return await attempt(pipe)
                     except WatchError:
                         continue
         except REDIS_DOWN as exc:
-            raise RetryableError(f"Redis unreachable disarming a retraining: {exc}") from exc
+            raise RetryableError(f"Redis unreachable {doing}: {exc}") from exc
 
     async def mark_published(self, detection_id: str, claim: Claim) -> None:
         published = Claim(claim.alarm, claim.trigger, claim.reason, published=True)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc.aio
-from grpc_health.v1 import health_pb2
 from redis.exceptions import LockError
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
@@ -18,7 +17,7 @@ from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
 from mlbus.featurestore import OfflineStore, OnlineStore
 from mlbus.redis_failures import REDIS_DOWN
-from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
+from mlbus.rpc import server_interceptors, start_serving, stop_serving
 from mlbus.service import ServiceConsumer, StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
@@ -92,13 +91,13 @@ class FeatureService(StreamService):
                 self.spec, online, {view.name: view.aggregator for view in views}
             )
             pb_grpc.add_FeatureServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-            health = add_health_and_reflection(server, ("mlbus.features.v1.FeatureService",))
-            self.grpc_port = bind_port(
-                server, settings.grpc_host, settings.grpc_port, "MLBUS_FEATURES_GRPC_PORT"
+            self.grpc_port, health = await start_serving(
+                server,
+                ("mlbus.features.v1.FeatureService",),
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                variable="MLBUS_FEATURES_GRPC_PORT",
             )
-            await server.start()
-            for name in ("", "mlbus.features.v1.FeatureService"):
-                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info("FeatureService listening on port %d", self.grpc_port)
         try:
             async with Publisher(settings.kafka, source="features") as publisher:
@@ -120,8 +119,7 @@ class FeatureService(StreamService):
                     await self.monitor.flush()
         finally:
             if server is not None:
-                await health.enter_graceful_shutdown()
-                await server.stop(settings.shutdown_grace_s)
+                await stop_serving(server, health, settings.shutdown_grace_s)
             if owns_online:
                 await online.aclose()
 

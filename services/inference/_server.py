@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import grpc
@@ -40,7 +39,13 @@ from mlbus.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
 from mlbus.errors import ConfigError
 from mlbus.events import MODEL_PUBLISHED, PREDICTION_LOGGED, ModelPublished
-from mlbus.rpc import bind_port, server_interceptors
+from mlbus.rpc import (
+    ServerLifecycle,
+    bind_port,
+    server_interceptors,
+    stop_on_signals,
+    stop_serving,
+)
 from mlbus.telemetry import setup_telemetry
 
 if TYPE_CHECKING:
@@ -70,7 +75,7 @@ ASSIGN_TIMEOUT_S = 30.0
 """How long the bootstrap waits for the publication consumer before asking the registry anyway."""
 
 
-class InferenceServer:
+class InferenceServer(ServerLifecycle):
     """Everything the inference service runs. `async with`, or `start()` / `stop()`."""
 
     def __init__(
@@ -240,8 +245,7 @@ class InferenceServer:
         self._stopping.set()
         server, self._server = self._server, None
         if server is not None:
-            await self._health.enter_graceful_shutdown()
-            await server.stop(grace)
+            await stop_serving(server, self._health, grace)
         if self.shadow is not None:
             await self.shadow.drain(grace)
         if self.prediction_log is not None:
@@ -260,21 +264,6 @@ class InferenceServer:
             await store.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def __aenter__(self) -> Self:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.stop(0)
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     # ── background work ──────────────────────────────────────────────────────
 
     def _spawn(self, work: object, name: str) -> None:
@@ -283,13 +272,8 @@ class InferenceServer:
 
     async def _connect_publisher(self) -> Publisher:
         assert self._kafka is not None
-        publisher = Publisher(self._kafka, source="inference")
-        try:
-            await publisher.start()
-        except BaseException:
-            await publisher.stop()
-            raise
-        return publisher
+        # A failed start() closes what it opened itself: nothing to stop here.
+        return await Publisher(self._kafka, source="inference").start()
 
     async def _follow_publications(self) -> None:
         """A broadcast consumer of `ModelPublished`, restarted after broker failures."""
@@ -415,12 +399,10 @@ async def serve(
     settings: InferenceSettings, *, worker: int | None = None, supervisor_pid: int | None = None
 ) -> None:
     """Run the inference service until SIGTERM or SIGINT (a worker: SIGTERM, or orphaned)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     # A worker leaves SIGINT to its supervisor, which relays it as SIGTERM.
-    signals = (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals(
+        (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT)
+    )
     async with InferenceServer(settings, worker=worker):
         if supervisor_pid is None:
             await stop.wait()

@@ -8,7 +8,7 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from mlbus.config import ServiceSettings
+from mlbus.config import DEFAULT_MAX_TENSOR_MB, MaxTensorMB, ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
@@ -63,12 +63,7 @@ class InferenceSettings(ServiceSettings):
     log_queue_size: int = Field(default=10_000, ge=1)
     reload_retry_s: float = Field(default=2.0, gt=0)
     max_message_mb: int = Field(default=64, ge=1, le=1024)
-    max_tensor_mb: int = Field(
-        default=256,  # mlbus.onnx_policy.DEFAULT_MAX_TENSOR_MB, without importing onnx
-        ge=1,
-        le=16384,
-        description="Largest declared size of a model's tensors, each and in total.",
-    )
+    max_tensor_mb: MaxTensorMB = DEFAULT_MAX_TENSOR_MB
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     canary_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     shadow: bool | None = None

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
-from grpc_health.v1 import health_pb2
 
 from mlbus.api.labeling.v1 import labeling_pb2_grpc as pb_grpc
 from mlbus.bus import Consumer, Publisher, ensure_topics
@@ -21,7 +20,7 @@ from mlbus.events import (
     OUTCOMES_MEASURED,
 )
 from mlbus.labeling import LabelQueue
-from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
+from mlbus.rpc import server_interceptors, start_serving, stop_serving
 from mlbus.service import StreamService, run_stream_service
 from mlbus.spec import ProjectSpec
 
@@ -84,8 +83,7 @@ class OutcomesService(StreamService):
                 try:
                     await self._consume_and_look(processor, evaluator, publisher)
                 finally:
-                    await health.enter_graceful_shutdown()
-                    await server.stop(settings.shutdown_grace_s)
+                    await stop_serving(server, health, settings.shutdown_grace_s)
         finally:
             await registry.close()
             await store.aclose()
@@ -102,13 +100,13 @@ class OutcomesService(StreamService):
             self.spec, queue, publisher, send_timeout_s=settings.kafka.request_timeout_s
         )
         pb_grpc.add_LabelingServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        health = add_health_and_reflection(server, (SERVICE_NAME,))
-        self.grpc_port = bind_port(
-            server, settings.grpc_host, settings.grpc_port, "MLBUS_OUTCOMES_GRPC_PORT"
+        self.grpc_port, health = await start_serving(
+            server,
+            (SERVICE_NAME,),
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            variable="MLBUS_OUTCOMES_GRPC_PORT",
         )
-        await server.start()
-        for name in ("", SERVICE_NAME):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("Labeling listening on port %d", self.grpc_port)
         return server, health
 

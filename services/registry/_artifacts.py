@@ -76,6 +76,17 @@ def content_location(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256}.onnx"
 
 
+def _verified(location: str, data: bytes, sha256: str) -> bytes:
+    """`data`, read from `location`, unless it does not hash to the recorded `sha256`."""
+    actual = sha256_hex(data)
+    if actual != sha256:
+        raise ArtifactCorrupted(
+            f"artifact {location} is corrupted: its sha256 is {actual}, "
+            f"the registry recorded {sha256}"
+        )
+    return data
+
+
 def _relative_location(location: str) -> PurePosixPath:
     """`location` as a relative path, refused unless it cannot climb out of a root."""
     relative = PurePosixPath(location)
@@ -126,14 +137,7 @@ class LocalArtifactStore:
 
     def read(self, location: str, sha256: str) -> bytes:
         """The artifact's bytes, or `ArtifactCorrupted` if they do not hash to `sha256`."""
-        data = self.read_unverified(location)
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise ArtifactCorrupted(
-                f"artifact {location} is corrupted: its sha256 is {actual}, "
-                f"the registry recorded {sha256}"
-            )
-        return data
+        return _verified(location, self.read_unverified(location), sha256)
 
     def read_unverified(self, location: str) -> bytes:
         path = self._path(location)
@@ -207,14 +211,7 @@ class S3ArtifactStore:
 
     def read(self, location: str, sha256: str) -> bytes:
         """The artifact's bytes, or `ArtifactCorrupted` if they do not hash to `sha256`."""
-        data = self.read_unverified(location)
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise ArtifactCorrupted(
-                f"artifact {location} is corrupted: its sha256 is {actual}, "
-                f"the registry recorded {sha256}"
-            )
-        return data
+        return _verified(location, self.read_unverified(location), sha256)
 
     def read_unverified(self, location: str) -> bytes:
         key = self._key(location)

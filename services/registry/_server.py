@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from mlbus.api.registry.v1 import registry_pb2_grpc
@@ -28,7 +25,15 @@ from mlbus.config import KafkaSettings, load_settings
 from mlbus.events import Event
 from mlbus.onnx_policy import ArtifactPolicy
 from mlbus.registry_proto import SERVICE_NAME
-from mlbus.rpc import add_health_and_reflection, bind_port, server_interceptors
+from mlbus.rpc import (
+    ServerLifecycle,
+    add_health_and_reflection,
+    bind_port,
+    mark_serving,
+    server_interceptors,
+    stop_on_signals,
+    stop_serving,
+)
 from mlbus.runstate import discover
 from mlbus.spec import ModelSpec, load_spec
 from mlbus.telemetry import setup_telemetry
@@ -56,13 +61,8 @@ class LazyPublisher:
 
     async def publish(self, event: Event, key: str | bytes | None = None) -> Any:
         if self._publisher is None:
-            publisher = Publisher(self._kafka, source="registry")
-            try:
-                await publisher.start()
-            except BaseException:
-                await publisher.stop()
-                raise
-            self._publisher = publisher
+            # A failed start() closes what it opened itself: nothing to stop here.
+            self._publisher = await Publisher(self._kafka, source="registry").start()
         try:
             return await self._publisher.publish(event, key=key)
         except Exception:
@@ -82,7 +82,7 @@ def _model_spec(settings: RegistrySettings) -> ModelSpec | None:
     return load_spec(settings.spec).model
 
 
-class RegistryServer:
+class RegistryServer(ServerLifecycle):
     """Everything the registry runs, started and stopped together."""
 
     def __init__(
@@ -139,8 +139,7 @@ class RegistryServer:
         self.port = bind_port(server, self._host, settings.grpc_port, "MLBUS_REGISTRY_GRPC_PORT")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await mark_serving(self._health, (SERVICE_NAME,))
         log.info(
             "registry serving on %s:%d (%s database, artifacts in %s)",
             self._host,
@@ -155,8 +154,7 @@ class RegistryServer:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         server, self._server = self._server, None
         if server is not None:
-            await self._health.enter_graceful_shutdown()
-            await server.stop(grace)
+            await stop_serving(server, self._health, grace)
         registry, self.registry = self.registry, None
         if registry is not None:
             await registry.stop(grace)
@@ -166,28 +164,10 @@ class RegistryServer:
         if store is not None:
             store.dispose()
 
-    async def __aenter__(self) -> Self:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.stop(0)
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 async def serve(settings: RegistrySettings) -> None:
     """Run the registry until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with RegistryServer(settings):
         await stop.wait()
         log.info("registry stopping")

@@ -311,20 +311,14 @@ class Registry:
         _check_alias(alias)
         _require_reason(reason, f"moving {alias!r}")
 
-        def work(session: Session) -> tuple[AliasChange, _Committed]:
-            self._locked_model(session, model)
+        def target(session: Session) -> db.VersionRow:
             row = self._version_row(session, model, version)
             current = db.find_alias(session, model, alias)
             if current is not None and current.version == version:
                 raise PermanentError(f"{model}:{alias} already points to v{version}")
-            outbox: list[int] = []
-            change = self._move(session, row, alias, "set", reason, actor or "anonymous", outbox)
-            return change, _Committed(outbox)
+            return row
 
-        change, committed = await self._in_transaction(work)
-        log.info("%s:%s → v%d (%s)", model, alias, version, reason)
-        await self.outbox.announce(committed.outbox_ids)
-        return change
+        return await self._move_alias(model, alias, "set", target, reason=reason, actor=actor)
 
     async def rollback(
         self, model: str, alias: str, *, reason: str, actor: str = ""
@@ -333,8 +327,7 @@ class Registry:
         _check_alias(alias)
         _require_reason(reason, f"rolling back {alias!r}")
 
-        def work(session: Session) -> tuple[AliasChange, _Committed]:
-            self._locked_model(session, model)
+        def target(session: Session) -> db.VersionRow:
             current = db.find_alias(session, model, alias)
             if current is None:
                 raise NotFound(f"{model} has no alias {alias!r}")
@@ -351,15 +344,33 @@ class Registry:
                     f"{model}:{alias} has no earlier version to roll back to "
                     f"(it points to v{current.version} since it was first set)"
                 )
-            row = self._version_row(session, model, arrival.previous_version)
+            return self._version_row(session, model, arrival.previous_version)
+
+        return await self._move_alias(model, alias, "rollback", target, reason=reason, actor=actor)
+
+    async def _move_alias(
+        self,
+        model: str,
+        alias: str,
+        kind: AliasChangeKind,
+        target: Callable[[Session], db.VersionRow],
+        *,
+        reason: str,
+        actor: str,
+    ) -> AliasChange:
+        """With the model locked, point `alias` at the version `target` picks; once
+        committed, hand the move's event to the outbox."""
+
+        def work(session: Session) -> tuple[AliasChange, _Committed]:
+            self._locked_model(session, model)
+            row = target(session)
             outbox: list[int] = []
-            change = self._move(
-                session, row, alias, "rollback", reason, actor or "anonymous", outbox
-            )
+            change = self._move(session, row, alias, kind, reason, actor or "anonymous", outbox)
             return change, _Committed(outbox)
 
         change, committed = await self._in_transaction(work)
-        log.info("%s:%s rolled back to v%d (%s)", model, alias, change.version, reason)
+        moved = "rolled back to" if kind == "rollback" else "→"
+        log.info("%s:%s %s v%d (%s)", model, alias, moved, change.version, reason)
         await self.outbox.announce(committed.outbox_ids)
         return change
 

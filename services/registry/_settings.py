@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mlbus.config import ServiceSettings, with_s3_endpoint
+from mlbus.config import DEFAULT_MAX_TENSOR_MB, MaxTensorMB, ServiceSettings, with_s3_endpoint
 
 
 class RegistrySettings(ServiceSettings):
@@ -45,12 +45,7 @@ class RegistrySettings(ServiceSettings):
     grpc_port: int = Field(default=8002, ge=0, le=65535)
     token: SecretStr | None = None
     max_artifact_mb: int = Field(default=64, ge=1, le=1024)
-    max_tensor_mb: int = Field(
-        default=256,  # mlbus.onnx_policy.DEFAULT_MAX_TENSOR_MB, without importing onnx
-        ge=1,
-        le=16384,
-        description="Largest declared size of the model's tensors, each and in total.",
-    )
+    max_tensor_mb: MaxTensorMB = DEFAULT_MAX_TENSOR_MB
     outbox_retry_s: float = Field(
         default=2.0,
         gt=0,
