@@ -131,12 +131,18 @@ async def test_every_method_survives_hostile_bytes_and_slow_clients(
     assert registry.port is not None
     assert server.port is not None
     name = f"fuzz-{unique}"
+    # The fuzz may change `name` (a mutated Register can be a valid model, a Rollback a
+    # valid rollback); `kept` is a model it never names, read back at the end.
+    kept = f"kept-{unique}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{registry.port}") as channel:
         stub = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
-        await stub.Register(
-            rpb.RegisterRequest(model=name, content=good_model(), alias="champion", reason="r"),
-            timeout=30,
-        )
+        for registered in (name, kept):
+            await stub.Register(
+                rpb.RegisterRequest(
+                    model=registered, content=good_model(), alias="champion", reason="r"
+                ),
+                timeout=30,
+            )
     targets = [registry_target(registry.port, name), inference_target(server.port, model)]
 
     async with SlowClients(targets, streams=3, sockets=5) as slow:
@@ -167,9 +173,19 @@ async def test_every_method_survives_hostile_bytes_and_slow_clients(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{registry.port}") as channel:
         stub = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         champion = await stub.ResolveAlias(
-            rpb.ResolveAliasRequest(model=name, alias="champion"), timeout=10
+            rpb.ResolveAliasRequest(model=kept, alias="champion"), timeout=10
         )
         assert champion.sha256 == hashlib.sha256(good_model()).hexdigest()
+        # Whatever the fuzz made of `name`, its champion is a version whose stored bytes
+        # are the ones its sha256 names.
+        fuzzed = await stub.ResolveAlias(
+            rpb.ResolveAliasRequest(model=name, alias="champion"), timeout=10
+        )
+        chunks = stub.DownloadArtifact(
+            rpb.DownloadArtifactRequest(model=name, version=fuzzed.version), timeout=10
+        )
+        data = b"".join([chunk.data async for chunk in chunks])
+        assert hashlib.sha256(data).hexdigest() == fuzzed.sha256
 
 
 async def test_predict_with_an_out_of_range_event_time_is_invalid_argument(
