@@ -11,7 +11,7 @@ import grpc.aio
 from redis.exceptions import LockError
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics
+from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics, until_done
 from mlbus.config import load_settings
 from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
@@ -30,7 +30,7 @@ from ._settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
 # Redis down, or the rebuild lock lost in a long outage: look at the state again.
-_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, LockError, *REDIS_DOWN)
+_STATE_UNCHECKED: tuple[type[Exception], ...] = (RetryableError, LockError, *REDIS_DOWN)
 
 
 @dataclass
@@ -141,7 +141,10 @@ class FeatureService(StreamService):
                 rebuild.cancel()
                 await asyncio.gather(rebuild, return_exceptions=True)
                 return
-            self.rebuilt_records += rebuild.result()
+            rebuilt = rebuild.result()
+            if rebuilt is None:  # stopped while Redis was down
+                return
+            self.rebuilt_records += rebuilt
             consumer = Consumer.of_events(
                 settings.kafka,
                 types=[IngestValidated],
@@ -198,13 +201,14 @@ class FeatureService(StreamService):
 
     async def _ensure_state(
         self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
-    ) -> int:
-        """`ensure_state`, tried again with the bus's backoff while Redis is down."""
-        retry = RetryPolicy()
-        attempt = 0
-        while True:
-            try:
-                return await ensure_state(
+    ) -> int | None:
+        """`ensure_state` (the records it replayed), tried again with the bus's backoff
+        (`until_done`) while Redis is down; None if the service stopped first."""
+        rebuilt: list[int] = []
+
+        async def once() -> None:
+            rebuilt.append(
+                await ensure_state(
                     kafka=self.settings.kafka,
                     group_id=self.settings.group_id,
                     topics=self.topics,
@@ -212,11 +216,20 @@ class FeatureService(StreamService):
                     online=online,
                     publisher=publisher,
                 )
-            except _STATE_UNCHECKED as exc:
-                attempt += 1
-                self.state_check_retries += 1
-                log.warning("feature state not checked yet (attempt %d): %s", attempt, exc)
-                await asyncio.sleep(retry.backoff_s(attempt))
+            )
+
+        def count() -> None:
+            self.state_check_retries += 1
+
+        await until_done(
+            once,
+            policy=RetryPolicy(),
+            stopping=self._stop,
+            retry_on=_STATE_UNCHECKED,
+            what="checking the feature state",
+            on_retry=count,
+        )
+        return rebuilt[0] if rebuilt else None
 
     def _consistency(self, publisher: Publisher) -> Consumer[Event] | None:
         """The consistency monitor's broadcast consumer of logged predictions (ADR 0020)."""
