@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import WatchError
 
 from mlbus import driftstatus
@@ -284,22 +285,20 @@ def _from_iso(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+@dataclass(eq=False)
 class DriftStore:
-    """The drift service's Redis access (`mlbus drift status` reads the same keys)."""
+    """The drift service's Redis access (`mlbus drift status` reads the same keys): a
+    client, the key space it writes in (`prefix`, `group`) and how many detections it keeps."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        prefix: str = "mlbus",
-        group: str = driftstatus.DEFAULT_GROUP,
-        detections_kept: int = 50,
-    ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.group = group
-        self.detections_kept = detections_kept
-        self._save = client.register_script(_SAVE_PARTITION)
+    client: aioredis.Redis
+    _: KW_ONLY
+    prefix: str = "mlbus"
+    group: str = driftstatus.DEFAULT_GROUP
+    detections_kept: int = 50
+    _save: AsyncScript = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._save = self.client.register_script(_SAVE_PARTITION)
 
     @classmethod
     def from_settings(

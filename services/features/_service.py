@@ -11,7 +11,14 @@ import grpc.aio
 from redis.exceptions import LockError
 
 from mlbus.api.features.v1 import features_pb2_grpc as pb_grpc
-from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics
+from mlbus.bus import (
+    Consumer,
+    Publisher,
+    RemadeConsumer,
+    RetryPolicy,
+    ensure_topics,
+    until_done,
+)
 from mlbus.config import load_settings
 from mlbus.errors import RetryableError
 from mlbus.events import INGEST_VALIDATED, Event, IngestValidated, PredictionLogged
@@ -30,7 +37,7 @@ from ._settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
 # Redis down, or the rebuild lock lost in a long outage: look at the state again.
-_STATE_UNCHECKED: tuple[type[BaseException], ...] = (RetryableError, LockError, *REDIS_DOWN)
+_STATE_UNCHECKED: tuple[type[Exception], ...] = (RetryableError, LockError, *REDIS_DOWN)
 
 
 @dataclass
@@ -123,60 +130,62 @@ class FeatureService(StreamService):
             if owns_online:
                 await online.aclose()
 
-    async def _consume_with_state(
+    async def _consumer_on_state(
         self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
-    ) -> None:
-        """The group consumer, on a complete state: rebuilt first if Redis lost it, and
-        again whenever a batch finds it lost (ADR 0012, Redis loss)."""
+    ) -> Consumer[Event] | None:
+        """The next group consumer, on a complete state: rebuilt first if Redis lost it
+        (ADR 0012, Redis loss). None if the service stopped first."""
         settings = self.settings
         assert self.processor is not None
-        while True:
-            rebuild = asyncio.create_task(
-                self._ensure_state(views, online, publisher), name="ensure-state"
-            )
-            stopped = asyncio.create_task(self._stop.wait())
-            await asyncio.wait((rebuild, stopped), return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not rebuild.done():  # stopped first: a rebuild resumes at the next start
-                rebuild.cancel()
-                await asyncio.gather(rebuild, return_exceptions=True)
-                return
-            self.rebuilt_records += rebuild.result()
-            consumer = Consumer.of_events(
-                settings.kafka,
-                types=[IngestValidated],
-                group_id=settings.group_id,
-                handler=self.processor.handle,
-                publisher=publisher,
-                topics=self.topics,
-                before_commit=self.processor.flush,  # one Redis write per fetched batch
-            )
-            self.consumer = consumer  # type: ignore[assignment]
-            if self.feed is not None:
-                self.feed.made.set()
-            if self._stop.is_set():
-                return
-            lost = asyncio.Event()
-            watcher = asyncio.create_task(
-                self._watch_state(online, consumer, lost), name="state-watch"
-            )
-            try:
-                # Stopped while Redis was down: the batch's offsets were not committed.
-                await self.consume(
-                    consumer, stopped_unsaved="feature service stopped with events unwritten"
-                )
-            except FeatureStateLost as exc:  # nothing of the batch was written or committed
-                log.warning("%s; the consumer restarts after the rebuild", exc)
-                self.processor.discard()
-                self.state_losses += 1
-                continue
-            finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-            if self._stop.is_set() or not lost.is_set():
-                return
-            log.warning("the feature state marker is gone; the consumer restarts after the rebuild")
+        rebuild = asyncio.create_task(
+            self._ensure_state(views, online, publisher), name="ensure-state"
+        )
+        stopped = asyncio.create_task(self._stop.wait())
+        await asyncio.wait((rebuild, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not rebuild.done():  # stopped first: a rebuild resumes at the next start
+            rebuild.cancel()
+            await asyncio.gather(rebuild, return_exceptions=True)
+            return None
+        rebuilt = rebuild.result()
+        if rebuilt is None:  # stopped while Redis was down
+            return None
+        self.rebuilt_records += rebuilt
+        consumer = Consumer.of_events(
+            settings.kafka,
+            types=[IngestValidated],
+            group_id=settings.group_id,
+            handler=self.processor.handle,
+            publisher=publisher,
+            topics=self.topics,
+            before_commit=self.processor.flush,  # one Redis write per fetched batch
+        )
+        self.consumer = consumer  # type: ignore[assignment]
+        return consumer
+
+    async def _consume_until_state_lost(
+        self, consumer: Consumer[Event], online: OnlineStore
+    ) -> bool:
+        """Run `consumer`; True when a batch found the state lost, or the watcher found its
+        marker gone (the state is rebuilt and another consumer made)."""
+        assert self.processor is not None
+        lost = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_state(online, consumer, lost), name="state-watch")
+        try:
+            await consumer.run()
+        except FeatureStateLost as exc:  # nothing of the batch was written or committed
+            log.warning("%s; the consumer restarts after the rebuild", exc)
+            self.processor.discard()
             self.state_losses += 1
+            return True
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if self._stop.is_set() or not lost.is_set():
+            return False
+        log.warning("the feature state marker is gone; the consumer restarts after the rebuild")
+        self.state_losses += 1
+        return True
 
     async def _watch_state(
         self, online: OnlineStore, consumer: Consumer[Event], lost: asyncio.Event
@@ -198,13 +207,14 @@ class FeatureService(StreamService):
 
     async def _ensure_state(
         self, views: Sequence[BoundView], online: OnlineStore, publisher: Publisher
-    ) -> int:
-        """`ensure_state`, tried again with the bus's backoff while Redis is down."""
-        retry = RetryPolicy()
-        attempt = 0
-        while True:
-            try:
-                return await ensure_state(
+    ) -> int | None:
+        """`ensure_state` (the records it replayed), tried again with the bus's backoff
+        (`until_done`) while Redis is down; None if the service stopped first."""
+        rebuilt: list[int] = []
+
+        async def once() -> None:
+            rebuilt.append(
+                await ensure_state(
                     kafka=self.settings.kafka,
                     group_id=self.settings.group_id,
                     topics=self.topics,
@@ -212,11 +222,20 @@ class FeatureService(StreamService):
                     online=online,
                     publisher=publisher,
                 )
-            except _STATE_UNCHECKED as exc:
-                attempt += 1
-                self.state_check_retries += 1
-                log.warning("feature state not checked yet (attempt %d): %s", attempt, exc)
-                await asyncio.sleep(retry.backoff_s(attempt))
+            )
+
+        def count() -> None:
+            self.state_check_retries += 1
+
+        await until_done(
+            once,
+            policy=RetryPolicy(),
+            stopping=self._stop,
+            retry_on=_STATE_UNCHECKED,
+            what="checking the feature state",
+            on_retry=count,
+        )
+        return rebuilt[0] if rebuilt else None
 
     def _consistency(self, publisher: Publisher) -> Consumer[Event] | None:
         """The consistency monitor's broadcast consumer of logged predictions (ADR 0020)."""
@@ -246,9 +265,9 @@ class FeatureService(StreamService):
                 await self.monitor.flush()
 
 
-class _StateGuardedFeed:
+class _StateGuardedFeed(RemadeConsumer[Event]):
     """The feature group's consumers as one `ServiceConsumer`: each runs on a complete
-    state, and a new one starts after every rebuild (`FeatureService._consume_with_state`)."""
+    state, and a new one is made after every rebuild."""
 
     def __init__(
         self,
@@ -257,22 +276,14 @@ class _StateGuardedFeed:
         online: OnlineStore,
         publisher: Publisher,
     ) -> None:
+        super().__init__()
         self.service, self.views, self.online, self.publisher = service, views, online, publisher
-        self.made = asyncio.Event()  # the first consumer exists (the state is complete)
 
-    def stop(self) -> None:
-        if self.service.consumer is not None:
-            self.service.consumer.stop()
+    async def make(self) -> Consumer[Event] | None:
+        return await self.service._consumer_on_state(self.views, self.online, self.publisher)
 
-    async def wait_assigned(self, timeout_s: float = 60.0) -> None:
-        """Until the state is complete and the consumer owns its partitions."""
-        async with asyncio.timeout(timeout_s):
-            await self.made.wait()
-            assert self.service.consumer is not None
-            await self.service.consumer.wait_assigned(timeout_s)
-
-    async def run(self) -> None:
-        await self.service._consume_with_state(self.views, self.online, self.publisher)
+    async def run_one(self, consumer: Consumer[Event]) -> bool:
+        return await self.service._consume_until_state_lost(consumer, self.online)
 
 
 def run(settings: FeaturesSettings | None = None) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from mlbus.bus import Consumer, Publisher, RetryPolicy, ensure_topics, raw_decoder
+from mlbus.bus import (
+    Consumer,
+    Publisher,
+    RemadeConsumer,
+    RetryPolicy,
+    ensure_topics,
+    raw_decoder,
+)
 from mlbus.config import load_settings
 from mlbus.contracts import SourceContracts
 from mlbus.errors import ConfigError, RetryableError
@@ -37,7 +44,7 @@ def spec_of(settings: IngestionSettings) -> ProjectSpec:
     return load_spec(Path(settings.spec))
 
 
-class RestartingConsumer:
+class RestartingConsumer(RemadeConsumer[bytes | None]):
     """The source consumer, started again when the broker fails it (a commit or a fetch
     it could not answer): from the committed offsets, after the policy's backoff. The
     uncommitted records come back, and the de-duplication horizon recognises those
@@ -51,66 +58,53 @@ class RestartingConsumer:
         discard: Callable[[], int],
         retry: RetryPolicy,
     ) -> None:
+        super().__init__()
         self._make = make
         self._discard = discard  # what the ended consumer had queued and not committed
         self._retry = retry
-        self._stop = asyncio.Event()
-        self._made = asyncio.Event()
-        self._current: Consumer[bytes | None] | None = None
+        self._failures = 0
         self.restarts = 0
         self._restarts = meter("mlbus.ingestion").create_counter(
             "mlbus.ingest.consumer_restarts",
             description="source consumers started again after a broker failure",
         )
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._current is not None:
-            self._current.stop()
+    async def make(self) -> Consumer[bytes | None]:
+        return self._make()
 
-    async def wait_assigned(self, timeout_s: float = 60.0) -> None:
-        """Until the consumer running now owns partitions of the source topics."""
-        async with asyncio.timeout(timeout_s):
-            await self._made.wait()
-            assert self._current is not None
-            await self._current.wait_assigned(timeout_s)
-
-    async def run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            consumer = self._current = self._make()
-            self._made.set()
-            try:
-                await consumer.run()
-                return
-            except _KAFKA_PERMANENT:
-                raise  # the same record would fail again after every restart
-            except _CONSUMER_FAILURES as exc:
-                dropped = self._discard()
-                if self._stop.is_set():
-                    log.info(
-                        "stopped while a dependency was failing (%s); %d records stay "
-                        "uncommitted and are consumed again on restart",
-                        exc,
-                        dropped,
-                    )
-                    return
-                failures += 1
-                self.restarts += 1
-                self._restarts.add(1)
-                delay = self._retry.backoff_s(failures)
-                log.warning(
-                    "source consumer failed (%s: %s); starting it again from the committed "
-                    "offsets in %.1fs (%d uncommitted records will be consumed again)",
-                    type(exc).__name__,
+    async def run_one(self, consumer: Consumer[bytes | None]) -> bool:
+        try:
+            await consumer.run()
+            return False
+        except _KAFKA_PERMANENT:
+            raise  # the same record would fail again after every restart
+        except _CONSUMER_FAILURES as exc:
+            dropped = self._discard()
+            if self.stopping.is_set():
+                log.info(
+                    "stopped while a dependency was failing (%s); %d records stay "
+                    "uncommitted and are consumed again on restart",
                     exc,
-                    delay,
                     dropped,
                 )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    continue
+                return False
+            self._failures += 1
+            self.restarts += 1
+            self._restarts.add(1)
+            delay = self._retry.backoff_s(self._failures)
+            log.warning(
+                "source consumer failed (%s: %s); starting it again from the committed "
+                "offsets in %.1fs (%d uncommitted records will be consumed again)",
+                type(exc).__name__,
+                exc,
+                delay,
+                dropped,
+            )
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            except TimeoutError:
+                return True
+            return False
 
 
 class IngestionService(StreamService):

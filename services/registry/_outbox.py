@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,21 +43,24 @@ class EventSink(Protocol):
     async def publish(self, event: Event, key: str | bytes | None = None) -> Any: ...
 
 
+@dataclass(frozen=True)
+class OutboxTiming:
+    """How long the publisher pauses after a failure (`retry_s`), and how long an operation
+    waits for its events to be on Kafka before answering anyway (`publish_wait_s`)."""
+
+    retry_s: float = 2.0
+    publish_wait_s: float = 10.0
+
+
 class Outbox:
     """Publishes the outbox's rows to `sink`, oldest first, in the background."""
 
     def __init__(
-        self,
-        store: db.RegistryStore,
-        sink: EventSink | None,
-        *,
-        retry_s: float = 2.0,
-        publish_wait_s: float = 10.0,
+        self, store: db.RegistryStore, sink: EventSink | None, timing: OutboxTiming = OutboxTiming()
     ) -> None:
         self.store = store
         self._sink = sink
-        self._retry_s = retry_s
-        self._publish_wait_s = publish_wait_s
+        self._timing = timing
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._published: set[int] = set()
@@ -99,9 +103,9 @@ class Outbox:
                     "retrying in %.1f s",
                     type(exc).__name__,
                     exc,
-                    self._retry_s,
+                    self._timing.retry_s,
                 )
-                delay = self._retry_s
+                delay = self._timing.retry_s
             if self._stopping:
                 return
             try:
@@ -175,7 +179,7 @@ class Outbox:
         self._wake.set()
         mine = set(outbox_ids)
         try:
-            async with asyncio.timeout(self._publish_wait_s), self._progress:
+            async with asyncio.timeout(self._timing.publish_wait_s), self._progress:
                 await self._progress.wait_for(lambda: mine <= self._published)
                 self._published -= mine
         except TimeoutError:

@@ -40,7 +40,7 @@ from mlbus.telemetry import setup_telemetry
 
 from ._artifacts import open_artifact_store
 from ._grpc import RegistryServicer, protects
-from ._outbox import EventSink
+from ._outbox import EventSink, OutboxTiming
 from ._service import Registry
 from ._settings import RegistrySettings
 from ._store import RegistryStore
@@ -120,7 +120,7 @@ class RegistryServer(ServerLifecycle):
             spec=spec,
             max_artifact_bytes=settings.max_artifact_mb << 20,
             policy=ArtifactPolicy(max_tensor_bytes=settings.max_tensor_mb << 20),
-            outbox_retry_s=settings.outbox_retry_s,
+            outbox_timing=OutboxTiming(retry_s=settings.outbox_retry_s),
         )
         await self.registry.start()
 

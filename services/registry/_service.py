@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -46,7 +46,7 @@ from . import _store as db
 from ._artifacts import ArtifactStore, sha256_hex
 from ._gates import CHAMPION, Champion, GateVerdict, decide
 from ._onnx import validate_onnx
-from ._outbox import EventSink, Outbox, enqueue
+from ._outbox import EventSink, Outbox, OutboxTiming, enqueue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,27 +92,23 @@ class _Committed:
     outbox_ids: list[int]
 
 
+@dataclass(eq=False)
 class Registry:
-    """The registry: one store, one artifact store, one outbox publisher."""
+    """The registry: one store, one artifact store, one outbox publisher (built from the
+    `sink` its events go to and the `outbox_timing`), the gates' spec and the artifact limits."""
 
-    def __init__(
-        self,
-        store: db.RegistryStore,
-        artifacts: ArtifactStore,
-        sink: EventSink | None,
-        *,
-        spec: ModelSpec | None = None,
-        max_artifact_bytes: int = 64 << 20,
-        policy: ArtifactPolicy | None = None,
-        outbox_retry_s: float = 2.0,
-        publish_wait_s: float = 10.0,
-    ) -> None:
-        self.store = store
-        self.artifacts = artifacts
-        self.spec = spec
-        self.max_artifact_bytes = max_artifact_bytes
-        self.policy = policy or ArtifactPolicy()
-        self.outbox = Outbox(store, sink, retry_s=outbox_retry_s, publish_wait_s=publish_wait_s)
+    store: db.RegistryStore
+    artifacts: ArtifactStore
+    sink: InitVar[EventSink | None]
+    _: KW_ONLY
+    spec: ModelSpec | None = None
+    max_artifact_bytes: int = 64 << 20
+    policy: ArtifactPolicy = field(default_factory=ArtifactPolicy)
+    outbox_timing: InitVar[OutboxTiming | None] = None
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self, sink: EventSink | None, outbox_timing: OutboxTiming | None) -> None:
+        self.outbox = Outbox(self.store, sink, outbox_timing or OutboxTiming())
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 

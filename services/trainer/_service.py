@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 import mlbus
-from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics
+from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics, until_done
 from mlbus.config import load_settings
 from mlbus.errors import MlbusError, RetryableError
 from mlbus.events import (
@@ -482,33 +482,29 @@ class TrainerService(StreamService):
                     log.warning("the worker died while joining search %s", candidate.study)
 
     async def _with_registry(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, tried again with the bus's backoff while the registry is unreachable
-        (UNAVAILABLE, a deadline), for `registry_retry_s` or until the service stops;
-        then its error stands and the run fails."""
-        retry = RetryPolicy()
-        give_up_at = time.monotonic() + self.settings.registry_retry_s
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except _REGISTRY_DOWN as exc:
-                attempt += 1
-                delay = retry.backoff_s(attempt)
-                if self._stop.is_set() or time.monotonic() + delay > give_up_at:
-                    raise
-                self.registry_retries += 1
-                log.warning(
-                    "registry unreachable while %s (attempt %d), retrying in %.1f s: %s",
-                    doing,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise exc  # the service stops: the run fails with the registry's error
+        """`call`, tried again with the bus's backoff (`until_done`) while the registry is
+        unreachable (UNAVAILABLE, a deadline), for `registry_retry_s` or until the service
+        stops; then its error stands and the run fails."""
+        answer: list[T] = []
+
+        async def once() -> None:
+            answer.append(await call())
+
+        def count() -> None:
+            self.registry_retries += 1
+
+        error = await until_done(
+            once,
+            policy=RetryPolicy(),
+            stopping=self._stop,
+            retry_on=_REGISTRY_DOWN,
+            what=f"{doing} at the registry",
+            on_retry=count,
+            give_up_after_s=self.settings.registry_retry_s,
+        )
+        if error is not None:
+            raise error  # out of time, or the service stops: the run fails with it
+        return answer[0]
 
     def _registry(self) -> RegistryClient:
         token = self.settings.registry_token

@@ -10,7 +10,7 @@
 See `_consumer.py` for the delivery guarantees (at-least-once, commit after
 effect), `_handling.py` for a record's fate (retry vs dead-letter), `_retry.py`
 for the one backoff loop, `_deadletter.py` for the dead-letter record, and
-`_codec.py` for the wire format.
+`_codec.py` for the wire format, `_remade.py` for a consumer a service makes again.
 """
 
 from mlbus.bus._admin import ensure_topics, topic_retention_ms
@@ -26,6 +26,7 @@ from mlbus.bus._deadletter import DeadLetter, dead_letter_event
 from mlbus.bus._handling import ConsumerStats
 from mlbus.bus._publisher import OutgoingRecord, Publisher
 from mlbus.bus._received import Received, raw_decoder
+from mlbus.bus._remade import RemadeConsumer
 from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PredictionsAndLabelsDecoder",
     "Publisher",
     "Received",
+    "RemadeConsumer",
     "RetryPolicy",
     "dead_letter_event",
     "encode_event",

@@ -2,13 +2,15 @@
 
 The handler path (`Consumer`), the work done at the commit (`before_commit`) and
 the dead-letter publish all wait out a failing dependency the same way: capped
-exponential backoff, until the work lands or `stop()` comes.
+exponential backoff, until the work lands or `stop()` comes (or, for a caller that
+sets one, a deadline passes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -38,11 +40,14 @@ async def until_done(
     retry_on: tuple[type[Exception], ...],
     what: str,
     on_retry: Callable[[], None] | None = None,
+    give_up_after_s: float | None = None,
 ) -> Exception | None:
     """`work()` until it returns: an error in `retry_on` is tried again after the
     policy's backoff. None once it landed; the last error if `stopping` was set
-    first (the caller decides what stopping means). Other errors raise at once:
+    first, or if the next try would start more than `give_up_after_s` after this
+    call began (the caller decides what either means). Other errors raise at once:
     a bug must not be retried forever."""
+    give_up_at = None if give_up_after_s is None else time.monotonic() + give_up_after_s
     attempt = 0
     while True:
         try:
@@ -52,6 +57,15 @@ async def until_done(
             if stopping.is_set():
                 return exc
             delay = policy.backoff_s(attempt)
+            if give_up_at is not None and time.monotonic() + delay > give_up_at:
+                log.warning(
+                    "%s failed (attempt %d), giving up after %.1fs: %s",
+                    what,
+                    attempt,
+                    give_up_after_s,
+                    exc,
+                )
+                return exc
             if on_retry is not None:
                 on_retry()
             log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, exc)
