@@ -93,18 +93,25 @@ _rows = _meter.create_histogram(
 )
 
 
-def worker_pool() -> ProcessPoolExecutor:
+def worker_pool(nice: int = 0) -> ProcessPoolExecutor:
     """One spawned worker: no fork of the event loop's threads, a crash stays contained.
 
     The worker dies with the trainer: after a `kill -9` of the trainer it used to live
-    on, orphaned, with the multiprocessing resource tracker waiting on it (#25).
+    on, orphaned, with the multiprocessing resource tracker waiting on it (#25). It
+    runs `nice` steps below the trainer (`MLBUS_TRAINER_WORKER_NICE`).
     """
     return ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=die_with_parent,
-        initargs=(os.getpid(),),
+        initializer=_start_worker,
+        initargs=(os.getpid(), nice),
     )
+
+
+def _start_worker(parent_pid: int, nice: int) -> None:
+    die_with_parent(parent_pid)
+    if nice:
+        os.nice(nice)
 
 
 @dataclass
@@ -166,7 +173,7 @@ class TrainerService(StreamService):
     async def run(self) -> None:
         settings = self.settings
         owns_executor = self.executor is None
-        self.executor = self.executor or worker_pool()
+        self.executor = self.executor or worker_pool(self.settings.worker_nice)
         topics = [TRAINING_REQUESTED, TRAINING_COMPLETED, TRAINING_FAILED]
         if settings.record_labels:
             topics.append(INGEST_VALIDATED)
@@ -447,7 +454,8 @@ class TrainerService(StreamService):
             async with asyncio.timeout(self.settings.run_timeout_s):
                 return await loop.run_in_executor(self.executor, run_job, job)
         except BrokenProcessPool:
-            self.executor = worker_pool()  # the worker died (OOM?): next run gets a new one
+            # The worker died (out of memory?): the next run gets a new one.
+            self.executor = worker_pool(self.settings.worker_nice)
             raise TrainingError(
                 "train", "the training worker process died (out of memory?)"
             ) from None
@@ -478,7 +486,7 @@ class TrainerService(StreamService):
                 try:
                     await self._joiner.join(candidate, self.executor)
                 except BrokenProcessPool:
-                    self.executor = worker_pool()
+                    self.executor = worker_pool(self.settings.worker_nice)
                     log.warning("the worker died while joining search %s", candidate.study)
 
     async def _with_registry(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -23,6 +23,10 @@ class TrainerSettings(ServiceSettings):
                                         data folder, the feature service's default
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
     MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
+    MLBUS_TRAINER_WORKER_NICE           how many steps the training worker process runs below
+                                        the trainer's CPU priority (10; 0: the same), so a
+                                        host shared with serving keeps answering during a
+                                        fit (measured in the soak, #25)
     MLBUS_TRAINER_SEARCH_STORAGE        where `model.search` records runs and trials (Optuna
                                         RDB storage): a SQLAlchemy URL; the registry's
                                         PostgreSQL shares studies between replicas (tables in
@@ -53,6 +57,7 @@ class TrainerSettings(ServiceSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
     run_timeout_s: float = Field(default=3600.0, gt=0)
+    worker_nice: int = Field(default=10, ge=0, le=19)
     search_storage: str | None = Field(
         default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
     )

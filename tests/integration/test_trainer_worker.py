@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from mlbus.runstate import pid_alive
+from mlbus.trainer import worker_pool
 
 # A trainer stand-in: the trainer's own pool, one task run (the worker exists), then wait.
 TRAINER = """\
@@ -52,3 +53,19 @@ def test_the_worker_dies_when_the_trainer_is_killed(tmp_path: Path) -> None:
             trainer.stdout.close()
         if worker is not None and pid_alive(worker):  # leave no orphan behind, even failing
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_worker_runs_below_the_trainers_cpu_priority() -> None:
+    """A fit yields the CPU to serving on a shared host (the soak measured timeouts
+    while a training worker ran at the services' priority)."""
+    mine = os.nice(0)
+    pool = worker_pool(nice=3)
+    try:
+        assert pool.submit(os.nice, 0).result(timeout=60) == min(mine + 3, 19)
+    finally:
+        pool.shutdown()
+    same = worker_pool(nice=0)
+    try:
+        assert same.submit(os.nice, 0).result(timeout=60) == mine
+    finally:
+        same.shutdown()
