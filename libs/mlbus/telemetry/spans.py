@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,14 +103,14 @@ class SpanRecord:
                 parent_span_id=(
                     _hex_id(data["parent_span_id"], 16) if data.get("parent_span_id") else None
                 ),
-                name=str(data["name"]),
-                kind=str(data.get("kind", "INTERNAL")),
-                service=str(data.get("service", "unknown")),
+                name=_shared(data["name"]),
+                kind=_shared(data.get("kind", "INTERNAL")),
+                service=_shared(data.get("service", "unknown")),
                 start_ns=int(data["start_ns"]),
                 end_ns=int(data["end_ns"]),
-                status=str(status.get("code", "UNSET")),
+                status=_shared(status.get("code", "UNSET")),
                 status_message=status.get("message"),
-                attributes=dict(data.get("attributes") or {}),
+                attributes={_shared(k): v for k, v in (data.get("attributes") or {}).items()},
                 events=tuple(
                     SpanEvent(
                         name=str(e["name"]),
@@ -122,10 +123,16 @@ class SpanRecord:
                     (_hex_id(link["trace_id"], 32), _hex_id(link["span_id"], 16))
                     for link in data.get("links") or ()
                 ),
-                scope=data.get("scope"),
+                scope=_shared(data["scope"]) if data.get("scope") is not None else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a span record: {exc!r}") from None
+
+
+def _shared(value: object) -> str:
+    """One string object for a text every span repeats (names, services, attribute keys):
+    a reader that keeps many spans (the console) holds each once, not once per span."""
+    return sys.intern(str(value))
 
 
 def _hex_id(value: object, length: int) -> str:
