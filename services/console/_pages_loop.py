@@ -15,6 +15,7 @@ from mlbus.profiles import ReferenceProfile
 from mlbus.telemetry.spans import Trace, find_trace
 
 from ._charts import histogram_figure, rates_figure, scores_figure, waterfall_figure
+from ._sources import SpanView
 from ._web import failure, fragment, not_found, page, snapshot, sources
 
 TRACES_LISTED = 60
@@ -204,17 +205,23 @@ def _all_traces(request: Request) -> list[Trace]:
     return sources(request).spans.latest()
 
 
-async def traces(request: Request) -> Response:
-    spans = sources(request).spans
-    found = await asyncio.to_thread(spans.latest)
-    kinds = spans.kinds
-    context = {
+def traces_context(view: SpanView) -> dict[str, Any]:
+    """The traces page's figures; with `dropped`, the traces kept are only the newest."""
+    kinds = view.kinds
+    return {
         "loops": kinds["loop"][:TRACES_LISTED],
         "others": kinds["data"][:TRACES_LISTED],
-        "hidden": len(kinds["probe"]) + spans.health_checks,
-        "total": len(found) + spans.health_checks,
+        "hidden": len(kinds["probe"]) + view.health_checks,
+        "total": len(view.traces) + view.health_checks,
+        "kept": len(view.traces),
+        "dropped": view.dropped_traces,
+        "max_spans": view.max_spans,
     }
-    return page(request, "traces.html", context, active="traces")
+
+
+async def traces(request: Request) -> Response:
+    view = await asyncio.to_thread(sources(request).spans.view)
+    return page(request, "traces.html", traces_context(view), active="traces")
 
 
 async def trace(request: Request) -> Response:

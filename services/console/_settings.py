@@ -22,6 +22,10 @@ class ConsoleSettings(ServiceSettings):
                                      status in Redis (mlbus-outcomes)
     MLBUS_CONSOLE_REFRESH_S          how often health, event rates and topic tails are read (5)
     MLBUS_CONSOLE_LIVE_SAMPLE        served predictions read for the live histograms (2000)
+    MLBUS_CONSOLE_TOPIC_TAIL         newest records read per partition of each control topic (50)
+    MLBUS_CONSOLE_MAX_SPANS          spans kept in memory for the traces pages (50000, ~67 MB);
+                                     past it the oldest whole traces are dropped, and the
+                                     traces page says how many
 
     The console keeps no secret: a promotion, a rollback or a label carries the
     registry bearer token the person types into the form, to the registry and
@@ -43,3 +47,4 @@ class ConsoleSettings(ServiceSettings):
     refresh_s: float = Field(default=5.0, gt=0)
     live_sample: int = Field(default=2000, ge=10, le=100_000)
     topic_tail: int = Field(default=50, ge=1, le=10_000)
+    max_spans: int = Field(default=50_000, ge=100)

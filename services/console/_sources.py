@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from mlbus.registry_client import (
 )
 from mlbus.runstate import StatusReport, check_run, live_state
 from mlbus.spec import ProjectSpec, load_spec
-from mlbus.telemetry.spans import SpanRecord, Trace, build_traces, read_span_file, span_files
+from mlbus.telemetry.spans import SpanFileTail, SpanRecord, Trace, assemble_trace, span_files
 
 from ._settings import ConsoleSettings
 
@@ -68,59 +70,184 @@ def kind_of(trace: Trace) -> str:
     return "data"
 
 
+DEFAULT_MAX_SPANS = 50_000
+"""Spans the console keeps (`MLBUS_CONSOLE_MAX_SPANS`). Measured on the soak's span files,
+a kept span costs ~1.3 kB with its share of the assembled trace, so ~67 MB; at the soak's
+~70 spans/s (3 MB/min) that is the last twelve minutes or so."""
+READ_CHUNK_BYTES = 4 << 20
+"""Read per step of a file that grew a lot (a console started on a day of spans); the cap
+is applied after each step, so memory holds the cap and one step, not the whole file."""
+EVICTED_REMEMBERED = 10_000
+"""Ids of dropped traces remembered, so a late span of one (a parent flushed after its
+children) is dropped too instead of starting a trace without its beginning."""
+
+
+@dataclass(frozen=True)
+class SpanView:
+    """What one read of the span files left: the traces kept, newest first, and what was not."""
+
+    traces: list[Trace]
+    kinds: dict[str, list[Trace]]
+    health_checks: int
+    """Health checks as root spans: counted, not kept."""
+    dropped_traces: int
+    """Traces dropped, oldest first, to keep at most `max_spans` spans."""
+    max_spans: int
+
+
+class _KeptTrace:
+    __slots__ = ("kind", "spans", "start_ns", "trace")
+
+    def __init__(self) -> None:
+        self.spans: dict[str, SpanRecord] = {}
+        self.start_ns = sys.maxsize
+        self.trace: Trace | None = None
+        """Assembled at the end of the read that changed it (None until then)."""
+        self.kind = "probe"
+
+
 class SpanCache:
-    """Traces from the span files, re-read only when a file grew or changed.
+    """Traces from the span files, each file read only where it grew since the last read.
+
+    Every file has a `SpanFileTail`; a read parses the lines appended since the last,
+    and only the traces that received spans are assembled again. At most `max_spans`
+    spans are kept: past that, whole traces go, the oldest (by start) first, and a
+    late span of a trace already dropped is dropped too, so a kept trace never misses
+    its beginning. A file that went away, or was replaced or truncated, starts the
+    cache over from byte 0 of every file (what a console started now would hold).
 
     Health checks as root spans (processes before probes went untraced wrote one
     every few seconds per service) are counted, not kept: they would be most of
     the traces and none of the loop.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_spans: int = DEFAULT_MAX_SPANS) -> None:
         self.folder = folder
-        self._files: dict[Path, tuple[int, int, list[SpanRecord], int]] = {}
-        self._traces: list[Trace] = []
-        self._key: tuple[tuple[str, int, int], ...] = ()
-        self.kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
-        self.health_checks = 0
+        self.max_spans = max_spans
+        self._lock = threading.Lock()
+        self._tails: dict[Path, SpanFileTail] = {}
+        self._kept: dict[str, _KeptTrace] = {}
+        self._kept_spans = 0
+        self._evicted: dict[str, None] = {}
+        self._health_checks = 0
+        self._dropped_traces = 0
+        self._forgotten_bytes = 0
+        self._changed = True
+        self._view: SpanView | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the span files since the cache was made (the work it did)."""
+        return self._forgotten_bytes + sum(tail.bytes_read for tail in self._tails.values())
+
+    @property
+    def kinds(self) -> dict[str, list[Trace]]:
+        return self.view().kinds
+
+    @property
+    def health_checks(self) -> int:
+        return self.view().health_checks
+
+    @property
+    def dropped_traces(self) -> int:
+        return self.view().dropped_traces
+
+    def view(self) -> SpanView:
+        """The last read (by the collector's refresh); read now if never read."""
+        view = self._view
+        if view is None:
+            with self._lock:
+                view = self._view or self._read()
+        return view
 
     def latest(self) -> list[Trace]:
         """The traces as last read (by the collector's refresh); read now if never read."""
-        return self._traces if self._key else self.traces()
+        return self.view().traces
 
     def traces(self) -> list[Trace]:
-        """Every trace in the folder, newest first (files re-read when they changed)."""
-        files = span_files(self.folder) if self.folder.is_dir() else []
-        key: list[tuple[str, int, int]] = []
+        """The kept traces, newest first, after reading what the files gained."""
+        with self._lock:
+            return self._read().traces
+
+    def _read(self) -> SpanView:
+        files = span_files(self.folder)
+        if not set(self._tails) <= set(files):  # a file went away: its spans go with it
+            self._start_over()
         for path in files:
-            try:
-                stat = path.stat()
-            except OSError:
+            tail = self._tails.setdefault(path, SpanFileTail(path))
+            while True:
+                records = tail.read(READ_CHUNK_BYTES)
+                if tail.restarted:  # replaced or truncated: what was read from it is void
+                    self._start_over()
+                    return self._read()  # once: a new tail never restarts
+                self._keep(records)
+                self._evict()
+                if tail.at_end:
+                    break
+        if self._changed or self._view is None:
+            self._view = self._assemble()
+            self._changed = False
+        return self._view
+
+    def _start_over(self) -> None:
+        self._forgotten_bytes = self.bytes_read
+        self._tails.clear()
+        self._kept.clear()
+        self._evicted.clear()
+        self._kept_spans = self._health_checks = self._dropped_traces = 0
+        self._changed = True
+
+    def _keep(self, records: list[SpanRecord]) -> None:
+        for record in records:
+            if _health_check(record):
+                self._health_checks += 1
+                self._changed = True
                 continue
-            key.append((str(path), stat.st_size, stat.st_mtime_ns))
-        if tuple(key) == self._key:
-            return self._traces
-        unique: dict[tuple[str, str], SpanRecord] = {}
-        health_checks = 0
-        for name, size, mtime in key:
-            path = Path(name)
-            cached = self._files.get(path)
-            if cached is None or cached[:2] != (size, mtime):
-                records = read_span_file(path)
-                kept = [r for r in records if not _health_check(r)]
-                cached = (size, mtime, kept, len(records) - len(kept))
-                self._files[path] = cached
-            health_checks += cached[3]
-            for record in cached[2]:  # a span written twice counts once (as read_spans)
-                unique.setdefault((record.trace_id, record.span_id), record)
-        traces = build_traces(unique.values())
-        self._traces = sorted(traces, key=lambda t: t.start_ns, reverse=True)
+            if record.trace_id in self._evicted:
+                continue
+            kept = self._kept.get(record.trace_id)
+            if kept is None:
+                kept = self._kept[record.trace_id] = _KeptTrace()
+            if record.span_id in kept.spans:  # a span written twice counts once (as read_spans)
+                continue
+            kept.spans[record.span_id] = record
+            kept.start_ns = min(kept.start_ns, record.start_ns)
+            kept.trace = None
+            self._kept_spans += 1
+            self._changed = True
+
+    def _evict(self) -> None:
+        if self._kept_spans <= self.max_spans:
+            return
+        for trace_id in sorted(self._kept, key=lambda t: self._kept[t].start_ns):
+            gone = self._kept.pop(trace_id)
+            self._kept_spans -= len(gone.spans)
+            self._dropped_traces += 1
+            self._evicted[trace_id] = None
+            if self._kept_spans <= self.max_spans:
+                break
+        while len(self._evicted) > EVICTED_REMEMBERED:
+            del self._evicted[next(iter(self._evicted))]
+        self._changed = True
+
+    def _assemble(self) -> SpanView:
         kinds: dict[str, list[Trace]] = {"loop": [], "data": [], "probe": []}
-        for found in self._traces:
-            kinds[kind_of(found)].append(found)
-        self.kinds, self.health_checks = kinds, health_checks
-        self._key = tuple(key)
-        return self._traces
+        traces: list[Trace] = []
+        for trace_id, kept in sorted(
+            self._kept.items(), key=lambda item: item[1].start_ns, reverse=True
+        ):
+            if kept.trace is None:  # received spans in this read
+                kept.trace = assemble_trace(trace_id, kept.spans.values())
+                kept.kind = kind_of(kept.trace)
+            traces.append(kept.trace)
+            kinds[kept.kind].append(kept.trace)
+        return SpanView(
+            traces=traces,
+            kinds=kinds,
+            health_checks=self._health_checks,
+            dropped_traces=self._dropped_traces,
+            max_spans=self.max_spans,
+        )
 
 
 def _health_check(record: SpanRecord) -> bool:
@@ -135,7 +262,7 @@ class ConsoleSources:
         self.registry_address = settings.registry_address or _registry_address(settings)
         self.registry = RegistryClient(self.registry_address, timeout_s=settings.registry_timeout_s)
         self.store = OnlineStore.from_settings(settings.redis)
-        self.spans = SpanCache(settings.data.spans)
+        self.spans = SpanCache(settings.data.spans, settings.max_spans)
         state = live_state(settings.data)
         spec_path = settings.spec or (state.spec if state is not None else None)
         self.spec: ProjectSpec | None = load_spec(spec_path) if spec_path else None

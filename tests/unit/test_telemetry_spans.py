@@ -6,10 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlbus.config import DataDir
 from mlbus.errors import InvalidInput, NotFound
-from mlbus.telemetry.spans import SpanRecord, build_traces, find_trace, read_spans
+from mlbus.telemetry.spans import (
+    SpanFileTail,
+    SpanRecord,
+    build_traces,
+    find_trace,
+    read_span_file,
+    read_spans,
+)
 
 T1 = "1" * 8 + "a" * 24
 T2 = "2" * 8 + "b" * 24
@@ -131,3 +140,82 @@ def test_find_trace_by_id_or_unique_prefix() -> None:
         find_trace(traces, "zzzzzzzzzz")
     with pytest.raises(NotFound, match="no trace"):
         find_trace(traces, "f" * 32)
+
+
+def test_tail_reads_only_what_was_appended_and_waits_for_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "svc-1.jsonl"
+    first, second = span(T1, "a", None, "root", 0), span(T1, "b", "a", "child", 1)
+    write(path, first)
+    tail = SpanFileTail(path)
+    assert tail.read() == [first]
+    assert tail.read() == []  # nothing new
+    torn = json.dumps(second.to_json()) + "\n"
+    with path.open("a") as out:
+        out.write(torn[:30])
+    assert tail.read() == []  # the writer is mid-line: the line waits
+    assert tail.offset == len(json.dumps(first.to_json())) + 1
+    with path.open("a") as out:
+        out.write(torn[30:])
+    assert tail.read() == [second]
+    assert not tail.restarted
+    assert tail.bytes_read == path.stat().st_size + 30
+
+
+def test_tail_starts_over_on_a_truncated_or_replaced_file(tmp_path: Path) -> None:
+    path = tmp_path / "svc-1.jsonl"
+    a, b, c = (span(t, "a", None, "root", 0) for t in (T1, T2, T3))
+    write(path, a, b)
+    tail = SpanFileTail(path)
+    assert tail.read() == [a, b]
+    write(path, c)  # shorter than what was read
+    assert tail.read() == [c]
+    assert tail.restarted
+    write(path, b, a, c)  # rewritten in place, longer than before: its first bytes differ
+    assert tail.read() == [b, a, c]
+    assert tail.restarted
+    assert tail.read() == []
+    assert not tail.restarted
+
+
+def test_tail_reads_in_steps_of_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "svc-1.jsonl"
+    records = [span(T1, f"{n:016x}", None, f"s{n}", n) for n in range(10)]
+    write(path, *records)
+    tail, got, steps = SpanFileTail(path), [], 0
+    while True:
+        got += tail.read(max_bytes=100)  # shorter than one line: a whole line per step
+        steps += 1
+        if tail.at_end:
+            break
+    assert got == records
+    assert steps == len(records)
+
+
+def test_read_span_file_leaves_out_a_last_line_without_its_newline(tmp_path: Path) -> None:
+    path = tmp_path / "svc-1.jsonl"
+    root, unfinished = span(T1, "a", None, "root", 0), span(T2, "b", None, "other", 1)
+    write(path, root, tail=json.dumps(unfinished.to_json()))
+    assert read_span_file(path) == [root]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12), count=st.integers(1, 6)
+)
+def test_tail_reads_every_span_once_however_the_writes_fall(
+    tmp_path: Path, cuts: list[int], count: int
+) -> None:
+    path = tmp_path / "svc-1.jsonl"  # emptied for each example, read by a new tail
+    records = [span(T1, f"{n:016x}", None, f"s{n}", n) for n in range(count)]
+    data = "".join(json.dumps(r.to_json()) + "\n" for r in records).encode()
+    points = sorted({min(c, len(data)) for c in cuts} | {len(data)})
+    path.write_bytes(b"")
+    tail, got, done = SpanFileTail(path), [], 0
+    for point in points:
+        with path.open("ab") as out:
+            out.write(data[done:point])
+        done = point
+        got += tail.read()
+    assert got == records

@@ -7,23 +7,31 @@ at once, so a consumer span whose parent lives in the producer's file still
 lands under it. It is pure standard library: `mlbus trace` stays fast.
 
 A file being written by a live process may end in a half-written line; any
-line that is not a complete span is skipped, never fatal.
+line that is not a complete span is skipped, never fatal. A reader that
+follows the files as they grow (the console) keeps a `SpanFileTail` per file
+and parses only the lines appended since its last read; `read_span_file` is
+the same reader started at byte 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlbus.config import DataDir
 from mlbus.errors import InvalidInput, NotFound
 
 SPAN_FILE_SUFFIX = ".jsonl"
 MIN_TRACE_ID_PREFIX = 8
+HEAD_BYTES = 64
+"""A file's first bytes, kept to tell a rewritten file from the one read before:
+the first line starts with its span's trace id, which no other file repeats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +103,14 @@ class SpanRecord:
                 parent_span_id=(
                     _hex_id(data["parent_span_id"], 16) if data.get("parent_span_id") else None
                 ),
-                name=str(data["name"]),
-                kind=str(data.get("kind", "INTERNAL")),
-                service=str(data.get("service", "unknown")),
+                name=_shared(data["name"]),
+                kind=_shared(data.get("kind", "INTERNAL")),
+                service=_shared(data.get("service", "unknown")),
                 start_ns=int(data["start_ns"]),
                 end_ns=int(data["end_ns"]),
-                status=str(status.get("code", "UNSET")),
+                status=_shared(status.get("code", "UNSET")),
                 status_message=status.get("message"),
-                attributes=dict(data.get("attributes") or {}),
+                attributes={_shared(k): v for k, v in (data.get("attributes") or {}).items()},
                 events=tuple(
                     SpanEvent(
                         name=str(e["name"]),
@@ -115,10 +123,16 @@ class SpanRecord:
                     (_hex_id(link["trace_id"], 32), _hex_id(link["span_id"], 16))
                     for link in data.get("links") or ()
                 ),
-                scope=data.get("scope"),
+                scope=_shared(data["scope"]) if data.get("scope") is not None else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a span record: {exc!r}") from None
+
+
+def _shared(value: object) -> str:
+    """One string object for a text every span repeats (names, services, attribute keys):
+    a reader that keeps many spans (the console) holds each once, not once per span."""
+    return sys.intern(str(value))
 
 
 def _hex_id(value: object, length: int) -> str:
@@ -184,23 +198,98 @@ def span_files(spans_dir: Path | DataDir) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == SPAN_FILE_SUFFIX and p.is_file())
 
 
-def read_span_file(path: Path) -> list[SpanRecord]:
-    """Every complete span in one file; torn or foreign lines are skipped."""
+class SpanFileTail:
+    """One span file read as it grows: each `read` parses only the complete lines
+    appended since the one before.
+
+    `offset` is the byte just past the last complete line read (a torn last line,
+    a writer mid-line, waits for the next read). The file's identity (device,
+    inode and first bytes) is remembered too: when the path now names another
+    file, or one shorter than `offset`, `read` starts again from byte 0 and sets
+    `restarted`, so whatever was read from it before should be forgotten.
+    `bytes_read` counts every byte read from the file, so the work is observable.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.bytes_read = 0
+        self.restarted = False
+        self.at_end = True
+        """False when the last `read` stopped at `max_bytes` with more already written."""
+        self._identity: tuple[int, int] | None = None
+        self._head = b""
+        self._seen_size = 0
+
+    def read(self, max_bytes: int | None = None) -> list[SpanRecord]:
+        """The complete spans after `offset`, from about `max_bytes` of the file at most
+        (always at least one whole line; `None`: to the end as it is now)."""
+        self.restarted = False
+        self.at_end = True
+        try:
+            stat = self.path.stat()
+            if self._unchanged(stat):
+                return []
+            with self.path.open("rb") as handle:
+                return self._read_from(handle, os.fstat(handle.fileno()), max_bytes)
+        except OSError:  # removed or unreadable between listing and reading
+            return []
+
+    def _unchanged(self, stat: os.stat_result) -> bool:
+        return (stat.st_dev, stat.st_ino) == self._identity and stat.st_size == self._seen_size
+
+    def _read_from(
+        self, handle: BinaryIO, stat: os.stat_result, max_bytes: int | None
+    ) -> list[SpanRecord]:
+        identity = (stat.st_dev, stat.st_ino)
+        if self.offset and (
+            identity != self._identity
+            or stat.st_size < self.offset
+            or os.pread(handle.fileno(), len(self._head), 0) != self._head
+        ):
+            self.offset, self._head, self.restarted = 0, b"", True
+        start = self.offset
+        handle.seek(start)
+        remaining = stat.st_size - start
+        window = remaining if max_bytes is None else min(max(max_bytes, 1), remaining)
+        data = handle.read(window)
+        end = data.rfind(b"\n")
+        while end < 0 and len(data) < remaining:  # one line longer than the window
+            more = handle.read(min(window, remaining - len(data)))
+            if not more:
+                break
+            data += more
+            end = data.rfind(b"\n")
+        self.bytes_read += len(data)
+        if len(self._head) < HEAD_BYTES:  # the head so far covers the file up to `start`
+            self._head = (self._head[:start] + data)[:HEAD_BYTES]
+        self.at_end = start + len(data) >= stat.st_size
+        self._identity = identity
+        self._seen_size = stat.st_size if self.at_end else -1
+        if end < 0:  # nothing complete yet: a torn line waits for the next read
+            return []
+        self.offset = start + end + 1
+        return _parse_lines(data[: end + 1])
+
+
+def _parse_lines(data: bytes) -> list[SpanRecord]:
     records: list[SpanRecord] = []
-    try:
-        raw = path.read_bytes()
-    except OSError:  # removed or unreadable between listing and reading
-        return records
-    for line in raw.splitlines():
+    for line in data.splitlines():
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-            if isinstance(data, dict):
-                records.append(SpanRecord.from_json(data))
+            parsed = json.loads(line)
+            if isinstance(parsed, dict):
+                records.append(SpanRecord.from_json(parsed))
         except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
             continue
     return records
+
+
+def read_span_file(path: Path) -> list[SpanRecord]:
+    """Every complete span in one file; torn or foreign lines are skipped, and so is a
+    last line without its newline (still being written)."""
+    return SpanFileTail(path).read()
 
 
 def read_spans(spans_dir: Path | DataDir) -> list[SpanRecord]:
@@ -224,16 +313,17 @@ def build_traces(spans: Iterable[SpanRecord]) -> list[Trace]:
     by_trace: dict[str, list[SpanRecord]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
-    traces = [_assemble(trace_id, members) for trace_id, members in by_trace.items()]
+    traces = [assemble_trace(trace_id, members) for trace_id, members in by_trace.items()]
     traces.sort(key=lambda t: t.start_ns, reverse=True)
     return traces
 
 
-def _assemble(trace_id: str, members: list[SpanRecord]) -> Trace:
-    members.sort(key=lambda s: (s.start_ns, s.span_id))
-    nodes = {s.span_id: SpanNode(s) for s in members}
+def assemble_trace(trace_id: str, members: Iterable[SpanRecord]) -> Trace:
+    """One trace from its spans (all of `trace_id`, each once), linked to their parents."""
+    ordered = sorted(members, key=lambda s: (s.start_ns, s.span_id))
+    nodes = {s.span_id: SpanNode(s) for s in ordered}
     roots: list[SpanNode] = []
-    for span in members:
+    for span in ordered:
         parent = nodes.get(span.parent_span_id) if span.parent_span_id else None
         if parent is None or span.parent_span_id == span.span_id:
             roots.append(nodes[span.span_id])
@@ -242,7 +332,7 @@ def _assemble(trace_id: str, members: list[SpanRecord]) -> Trace:
     # Corrupt parent links can form a cycle that no root reaches: promote
     # the earliest unreached span of each cycle so every span is shown.
     reached = {id(node) for root in roots for node in _descendants(root)}
-    for span in members:
+    for span in ordered:
         node = nodes[span.span_id]
         if id(node) not in reached and span.parent_span_id:
             parent = nodes[span.parent_span_id]
@@ -250,7 +340,7 @@ def _assemble(trace_id: str, members: list[SpanRecord]) -> Trace:
             roots.append(node)
             reached.update(id(n) for n in _descendants(node))
     roots.sort(key=lambda n: (n.span.start_ns, n.span.span_id))
-    return Trace(trace_id=trace_id, spans=tuple(members), roots=tuple(roots))
+    return Trace(trace_id=trace_id, spans=tuple(ordered), roots=tuple(roots))
 
 
 def _descendants(root: SpanNode) -> Iterable[SpanNode]:
