@@ -48,15 +48,21 @@ async def read_drift_state(
         raw_detections = await client.lrange(
             detections_key(prefix, group), 0, max(0, detections - 1)
         )
-        # Armed retrainings are per model (shared by every group's replicas of that model).
-        armed_keys = [k async for k in client.scan_iter(match=armed_key(prefix, "*"))]
-        raw_armed = [v for v in [await client.get(k) for k in armed_keys] if v is not None]
+        monitors = sorted(
+            (json.loads(v) for v in raw_status.values()),
+            key=lambda s: (s["model"], s["version"], s["source"]),
+        )
+        recent = [json.loads(v) for v in raw_detections]
+        # Armed retrainings are per model (shared by every group's replicas of that model),
+        # armed by a detection of one of this group's monitors: read for the models named
+        # here, never by a SCAN, which walks every key of a busy Redis (the console reads
+        # this every few seconds; the soak measured a fifth of a core in it, #25).
+        named = sorted({m["model"] for m in monitors} | {d["model"] for d in recent})
+        raw_armed = [
+            v for v in [await client.get(armed_key(prefix, m)) for m in named] if v is not None
+        ]
     finally:
         await client.aclose()
-    monitors = sorted(
-        (json.loads(v) for v in raw_status.values()),
-        key=lambda s: (s["model"], s["version"], s["source"]),
-    )
     models: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for monitor in monitors:
         models.setdefault((monitor["model"], monitor["version"]), []).append(monitor)
@@ -66,7 +72,7 @@ async def read_drift_state(
             {"model": model, "version": version, "summary": summarise(found), "monitors": found}
             for (model, version), found in models.items()
         ],
-        "detections": [json.loads(v) for v in raw_detections],
+        "detections": recent,
         "armed": sorted((json.loads(v) for v in raw_armed), key=lambda a: str(a.get("model"))),
     }
 
