@@ -119,3 +119,17 @@ def test_hostile_bytes_reach_every_grpc_server_and_none_crashes_or_leaks(
     assert survived["crashed"] == []
     assert {m["service"] for m in survived["rss"]} <= servers
     assert survived["rss"]
+
+
+def test_the_cpu_of_every_component_is_reported(soak: tuple[dict[str, Any], int]) -> None:
+    """Where the host's CPU went during the live phase: the figure that says whether
+    failures came from a fault or from a saturated host."""
+    report, _ = soak
+    cpu = report["cpu"]
+    used = cpu["cores_used"]
+    # A service the last fault killed may be between two pids at the end: not all named.
+    assert {"broker", "redis", "soak (load generator)"} <= set(used)
+    assert len(set(used) & {s.name for s in SERVICES}) >= len(SERVICES) - 1
+    assert used["soak (load generator)"] > 0
+    assert used["broker"] > 0
+    assert 0 < cpu["host_busy"] <= 1

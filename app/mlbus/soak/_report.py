@@ -178,6 +178,7 @@ class Reporting(HostileSurfaces):
             "training": dict(self.training),
             "versions_served": {str(k): v for k, v in sorted(self.versions_served.items())},
             "reload_s": [round(s, 2) for s in self.reload_s],
+            "cpu": self.cpu,
             "notes": sorted(set(self.notes)),
             **({"hostile": hostile} if hostile else {}),
             "invariants": {i.name: i.as_json() for i in invariants},

@@ -216,6 +216,7 @@ class Soak(Traffic, FaultInjection, Reporting):
     async def _live(self) -> None:
         config = self.config
         self._live_started_s = self.now_s()
+        self.cpu_meter.start()
         end_s = self._live_started_s + config.minutes * 60
         self.say(
             f"live: {config.rate:.0f} events/s, {config.requests:.0f} requests/s for "
@@ -245,6 +246,7 @@ class Soak(Traffic, FaultInjection, Reporting):
                 await asyncio.sleep(0.5)
         finally:
             self._live_ended_s = self.now_s()
+            self.cpu = self.cpu_meter.stop(self._components())
             self._stop.set()
             if faults is not None:
                 await asyncio.gather(faults, return_exceptions=True)

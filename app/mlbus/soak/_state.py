@@ -4,6 +4,7 @@ helpers they all use."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import Counter, deque
@@ -32,6 +33,7 @@ from ._checks import (
 )
 from ._clients import Delivery, InferClient, Sent, StatusReporter, as_json_bytes, epoch_ms, parse_ms
 from ._config import SoakConfig
+from ._cpu import CpuMeter
 from ._faults import (
     FaultRecord,
 )
@@ -95,6 +97,9 @@ class SoakState:
         self.hostile_crashed: list[str] = []
         self.rss_samples: dict[int, tuple[str, list[int]]] = {}
         """Server pid → (service, its resident bytes at each sample, in order)."""
+        self.cpu_meter = CpuMeter()
+        self.cpu: dict[str, Any] = {}
+        """CPU per component over the live phase (`CpuMeter.stop`)."""
 
     def now_s(self) -> float:
         return time.monotonic() - self._t0
@@ -153,6 +158,13 @@ class SoakState:
 
     def _remember_pids(self, pids: Iterable[int]) -> None:
         self.pids.update(pids)
+
+    def _components(self) -> dict[int, str]:
+        """pid → component of the stack as it runs now, and this process (the load)."""
+        state = read_state(self.settings.data)
+        named = {pid: name for name, pid in (state.pids() if state else {}).items()}
+        named[os.getpid()] = "soak (load generator)"
+        return named
 
     def _accept_payment(
         self,
