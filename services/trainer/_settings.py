@@ -24,9 +24,11 @@ class TrainerSettings(ServiceSettings):
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
     MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
     MLBUS_TRAINER_WORKER_NICE           how many steps the training worker process runs below
-                                        the trainer's CPU priority (10; 0: the same), so a
-                                        host shared with serving keeps answering during a
-                                        fit (measured in the soak, #25)
+                                        the trainer's CPU priority (0: the same). A higher
+                                        value lets serving on a shared host go first during
+                                        a fit, but on a saturated host the fit then starves:
+                                        at 10 beside one busy process, the demo's first fit
+                                        (5 s idle) had not ended after 240 s
     MLBUS_TRAINER_SEARCH_STORAGE        where `model.search` records runs and trials (Optuna
                                         RDB storage): a SQLAlchemy URL; the registry's
                                         PostgreSQL shares studies between replicas (tables in
@@ -57,7 +59,7 @@ class TrainerSettings(ServiceSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
     run_timeout_s: float = Field(default=3600.0, gt=0)
-    worker_nice: int = Field(default=10, ge=0, le=19)
+    worker_nice: int = Field(default=0, ge=0, le=19)
     search_storage: str | None = Field(
         default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
     )
