@@ -98,6 +98,11 @@ def experiments_context(
         }
         for version, alias in order
     ]
+    if champion_now is not None and (champion_now, "champion") not in arms:
+        # A champion just promoted has answered nothing labelled yet: say which it is anyway.
+        table.insert(
+            0, {"version": champion_now, "alias": "champion", "champion_now": True, "windows": []}
+        )
     found = []
     for record in sorted(
         status.get("experiments", []), key=lambda r: str(r.get("started_at")), reverse=True

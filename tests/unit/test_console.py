@@ -252,6 +252,26 @@ async def test_without_an_experiment_the_page_says_so_and_shows_the_champions_ou
     assert context["figures"][0]["data"][0]["name"] == "v1 champion"
 
 
+async def test_a_champion_without_labelled_outcomes_is_still_named_champion_now(
+    tmp_path: Path,
+) -> None:
+    """Just after a promotion the new champion has answered nothing labelled: the table
+    still says which version serves, above the older champion's rows."""
+    from mlbus.console._pages_outcomes import experiments_context
+
+    status = await _evaluated(tmp_path, 0.72, experiment=False)
+    context = experiments_context(status, champion_now=2, min_samples=500)
+    first = context["arms"][0]
+    assert (first["version"], first["champion_now"], first["windows"]) == (2, True, [])
+    outcomes = _render_experiments(context).split('id="outcomes"', 1)[1].split("</table>")[0]
+    newest, older = outcomes.split('class="no-outcomes"', 1)[1].split("</tr>", 1)
+    for shown in ("v2", "champion now", "no labelled outcomes yet"):
+        assert shown in newest
+    assert "2,000" in older  # v1's rows, no longer the champion
+    assert "champion now" not in older
+    assert [len(f["data"]) for f in context["figures"]] == [1, 1, 1, 1]  # v1's series only
+
+
 async def test_an_experiment_shows_its_verdict_evidence_and_escapes_what_it_names(
     tmp_path: Path,
 ) -> None:
