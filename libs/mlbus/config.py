@@ -35,6 +35,10 @@ DEFAULT_MAX_TENSOR_MB = 256
 """The largest declared tensor size a model may have (each and in total), in MiB.
 Well above the registry's 64 MB file limit, so no dense model the file limit lets in hits it."""
 
+Latency = Literal["fresh", "background"]
+"""Where a consumer's records go: on the freshness path (what the next prediction reads, a
+model reload) or off it (monitors, training): `KafkaSettings.fetch_wait_ms`."""
+
 MaxTensorMB = Annotated[
     int,
     Field(
@@ -147,7 +151,20 @@ class KafkaSettings(BaseSettings):
         default=100,
         ge=0,
         le=10_000,
-        description="How long a fetch may wait for data; bounds end-to-end latency when idle.",
+        description=(
+            "How long a fetch on the freshness path (ingestion, features, model reloads) may "
+            "wait for data; on the embedded broker it bounds end-to-end latency."
+        ),
+    )
+    background_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        le=10_000,
+        description=(
+            "The same for consumers off the freshness path (drift, outcomes, the trainer, the "
+            "consistency monitor): every idle consumer fetches once per wait, and each fetch "
+            "costs the broker CPU."
+        ),
     )
     topic_partitions: int = Field(default=3, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1, le=10)
@@ -157,6 +174,10 @@ class KafkaSettings(BaseSettings):
         description="Consumer-group session; the embedded broker completes a join in about half.",
     )
     request_timeout_s: float = Field(default=30.0, gt=0)
+
+    def fetch_wait_ms(self, latency: Latency) -> int:
+        """How long a consumer's fetch waits for data, by where its records go."""
+        return self.fetch_max_wait_ms if latency == "fresh" else self.background_fetch_max_wait_ms
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -86,6 +86,7 @@ class DriftService(StreamService):
                     # saving the monitors' state is the commit's cost: not after every fetch
                     commit_interval_s=settings.commit_interval_s,
                     spans_in_batch=True,  # it publishes nothing per record
+                    latency="background",
                 )
                 self.consumer = consumer
                 # Stopped while Redis or the broker was down: the offsets were not

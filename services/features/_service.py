@@ -253,6 +253,7 @@ class FeatureService(StreamService):
             group_id=None,  # every replica sees every prediction; it compares its own rows
             handler=self.monitor.handle,
             publisher=publisher,
+            latency="background",  # it waits for the rows it compares anyway
         )
 
     async def _flush_consistency(self) -> None:

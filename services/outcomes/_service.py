@@ -120,6 +120,7 @@ class OutcomesService(StreamService):
             group_id=settings.group_id,
             publisher=publisher,
             max_batch=settings.max_batch,
+            latency="background",
         )
         self.consumer = consumer
         await self.consume_until_stopped(

@@ -188,6 +188,7 @@ class TrainerService(StreamService):
                         group_id=settings.group_id,
                         handler=self._on_request,
                         publisher=publisher,
+                        latency="background",
                     )
                 ]
                 if settings.record_labels:
@@ -199,6 +200,7 @@ class TrainerService(StreamService):
                             handler=self._labels.on_validated,
                             publisher=publisher,
                             before_commit=self._labels.flush,
+                            latency="background",
                         )
                     )
                 if self._stop.is_set():

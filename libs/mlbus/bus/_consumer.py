@@ -46,7 +46,7 @@ from mlbus.bus._handling import ConsumerStats, Decoder, RecordHandler
 from mlbus.bus._publisher import Publisher
 from mlbus.bus._received import Received, received
 from mlbus.bus._retry import RETRYABLE, RetryPolicy, until_done
-from mlbus.config import KafkaSettings
+from mlbus.config import KafkaSettings, Latency
 from mlbus.errors import RetryableError
 from mlbus.events import DEAD_LETTERED, Event
 from mlbus.telemetry import extract_kafka_context
@@ -116,6 +116,10 @@ class Consumer(Generic[T]):
     services whose commit-time work (saving state) costs more than a fetch's
     records. A crash replays at most that long's records, which at-least-once
     handlers tolerate anyway.
+
+    `latency="background"`, for consumers whose records nobody serves from at once
+    (monitors, training), fetches with the longer `background_fetch_max_wait_ms`:
+    fewer idle fetches, less broker CPU (#25).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class Consumer(Generic[T]):
         auto_offset_reset: str | None = None,
         max_batch: int = 500,
         plane: Literal["data", "control"] = "data",
+        latency: Latency = "fresh",
         before_commit: CommitWork[T] | None = None,
         batch_handler: Callable[[list[Received[T]]], Awaitable[None]] | None = None,
         spans_in_batch: bool = False,
@@ -148,6 +153,7 @@ class Consumer(Generic[T]):
         self._reset = auto_offset_reset or ("earliest" if group_id else "latest")
         self._max_batch = max_batch
         self._plane = plane
+        self._latency = latency
         # Handlers that only queue their effects (e.g. batched sends) finish them here:
         # awaited before every commit, so offsets never run ahead of effects.
         self._before_commit = before_commit
@@ -248,7 +254,7 @@ class Consumer(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset=self._reset,
             session_timeout_ms=session_ms,
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
+            fetch_max_wait_ms=self._kafka.fetch_wait_ms(self._latency),
             heartbeat_interval_ms=max(100, session_ms // 3),
             max_poll_interval_ms=max(300_000, session_ms * 2),
             **self._options,
