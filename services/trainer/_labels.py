@@ -2,7 +2,8 @@
 
 A label source's validated events name the event they label; each becomes a
 `LabelRow` buffered here and written with `write_labels` before the consumer
-commits their offsets (at-least-once; readers de-duplicate by label event id).
+commits their offsets (at-least-once; readers de-duplicate by label event id), at
+most every `MLBUS_TRAINER_LABEL_FLUSH_INTERVAL_S`, and before each training run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class LabelLog:
     settings: TrainerSettings
     spec: ProjectSpec
     _rows: list[tuple[str, LabelRow]] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def on_validated(self, received: Received[Event]) -> None:
         event = received.payload
@@ -55,11 +57,22 @@ class LabelLog:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write buffered labels before their offsets commit (at-least-once; readers de-dup)."""
-        if not self._rows:
-            return
-        rows, self._rows = self._rows, []
-        offline = OfflineStore(self.settings.resolved_offline_url())
-        for name in {source for source, _ in rows}:
-            chunk = [row for source, row in rows if source == name]
-            await asyncio.to_thread(write_labels, offline, name, chunk)
+        """Write buffered labels before their offsets commit (at-least-once; readers de-dup).
+
+        Called by the consumer's commit and before a training run; the lock makes a commit
+        wait for a write in progress, so it never commits offsets of unwritten labels.
+        """
+        async with self._lock:
+            if not self._rows:
+                return
+            rows, self._rows = self._rows, []
+            try:
+                offline = OfflineStore(self.settings.resolved_offline_url())
+                for name in {source for source, _ in rows}:
+                    chunk = [row for source, row in rows if source == name]
+                    await asyncio.to_thread(write_labels, offline, name, chunk)
+            except BaseException:
+                # Not all written: keep them for the commit's retry (a source written
+                # twice is de-duplicated by readers), never commit past them.
+                self._rows[:0] = rows
+                raise

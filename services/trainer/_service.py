@@ -31,9 +31,17 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 import mlbus
-from mlbus.bus import Consumer, Publisher, Received, RetryPolicy, ensure_topics, until_done
+from mlbus.bus import (
+    RETRYABLE,
+    Consumer,
+    Publisher,
+    Received,
+    RetryPolicy,
+    ensure_topics,
+    until_done,
+)
 from mlbus.config import load_settings
-from mlbus.errors import MlbusError, RetryableError
+from mlbus.errors import MlbusError
 from mlbus.events import (
     INGEST_VALIDATED,
     TRAINING_COMPLETED,
@@ -73,8 +81,6 @@ from ._settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_REGISTRY_DOWN = (RetryableError, TimeoutError, ConnectionError)
-"""What an unreachable registry raises through the client (UNAVAILABLE, deadlines)."""
 _tracer = trace.get_tracer("mlbus.trainer")
 _meter = meter("mlbus.trainer")
 _runs = _meter.create_counter(
@@ -93,25 +99,34 @@ _rows = _meter.create_histogram(
 )
 
 
-def worker_pool(nice: int = 0) -> ProcessPoolExecutor:
+def worker_pool(nice: int = 0, threads: int | None = 1) -> ProcessPoolExecutor:
     """One spawned worker: no fork of the event loop's threads, a crash stays contained.
 
     The worker dies with the trainer: after a `kill -9` of the trainer it used to live
     on, orphaned, with the multiprocessing resource tracker waiting on it (#25). It
-    runs `nice` steps below the trainer (`MLBUS_TRAINER_WORKER_NICE`).
+    runs `nice` steps below the trainer (`MLBUS_TRAINER_WORKER_NICE`) and its fits use
+    at most `threads` OpenMP/BLAS threads (`MLBUS_TRAINER_WORKER_THREADS`; None: the
+    libraries' default, one per core).
     """
     return ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(os.getpid(), nice),
+        initargs=(os.getpid(), nice, threads),
     )
 
 
-def _start_worker(parent_pid: int, nice: int) -> None:
+def _start_worker(parent_pid: int, nice: int, threads: int | None) -> None:
     die_with_parent(parent_pid)
     if nice:
         os.nice(nice)
+    if threads is not None:
+        # threadpoolctl limits only libraries already loaded: load scikit-learn's
+        # OpenMP runtime (HistGradientBoosting) and numpy's BLAS first.
+        import sklearn.ensemble  # noqa: F401
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)  # for the life of the process
 
 
 @dataclass
@@ -173,7 +188,7 @@ class TrainerService(StreamService):
     async def run(self) -> None:
         settings = self.settings
         owns_executor = self.executor is None
-        self.executor = self.executor or worker_pool(self.settings.worker_nice)
+        self.executor = self.executor or self._new_worker()
         topics = [TRAINING_REQUESTED, TRAINING_COMPLETED, TRAINING_FAILED]
         if settings.record_labels:
             topics.append(INGEST_VALIDATED)
@@ -200,6 +215,8 @@ class TrainerService(StreamService):
                             handler=self._labels.on_validated,
                             publisher=publisher,
                             before_commit=self._labels.flush,
+                            # A file per fetch made thousands of files a run must read.
+                            commit_interval_s=settings.label_flush_interval_s,
                             latency="background",
                         )
                     )
@@ -348,6 +365,8 @@ class TrainerService(StreamService):
                         state.study = study_name(spec.model.name, run_id)
                         span.set_attribute("mlbus.search_study", state.study)
                         await self._open_study(job, request)
+                    # Labels received since the last commit: the run reads them too.
+                    await self._labels.flush()
                     with _tracer.start_as_current_span("training.pipeline"):
                         outcome = await self._run_job(job)
                         _record_stage_spans(outcome.stages)
@@ -449,6 +468,9 @@ class TrainerService(StreamService):
         except Exception:  # lineage on the version side is already in the registry
             log.exception("could not record version %d on search %s", version, study)
 
+    def _new_worker(self) -> ProcessPoolExecutor:
+        return worker_pool(self.settings.worker_nice, self.settings.worker_threads)
+
     async def _run_job(self, job: TrainingJob) -> TrainingOutcome:
         assert self.executor is not None
         loop = asyncio.get_running_loop()
@@ -457,7 +479,7 @@ class TrainerService(StreamService):
                 return await loop.run_in_executor(self.executor, run_job, job)
         except BrokenProcessPool:
             # The worker died (out of memory?): the next run gets a new one.
-            self.executor = worker_pool(self.settings.worker_nice)
+            self.executor = self._new_worker()
             raise TrainingError(
                 "train", "the training worker process died (out of memory?)"
             ) from None
@@ -488,7 +510,7 @@ class TrainerService(StreamService):
                 try:
                     await self._joiner.join(candidate, self.executor)
                 except BrokenProcessPool:
-                    self.executor = worker_pool(self.settings.worker_nice)
+                    self.executor = self._new_worker()
                     log.warning("the worker died while joining search %s", candidate.study)
 
     async def _with_registry(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -507,7 +529,7 @@ class TrainerService(StreamService):
             once,
             policy=RetryPolicy(),
             stopping=self._stop,
-            retry_on=_REGISTRY_DOWN,
+            retry_on=RETRYABLE,  # an unreachable registry: UNAVAILABLE, deadlines
             what=f"{doing} at the registry",
             on_retry=count,
             give_up_after_s=self.settings.registry_retry_s,

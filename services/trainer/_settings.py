@@ -15,6 +15,9 @@ class TrainerSettings(ServiceSettings):
     MLBUS_TRAINER_LABELS_GROUP_ID       consumer group recording label events (mlbus-trainer-labels)
     MLBUS_TRAINER_RECORD_LABELS         record validated label events into the label log (true)
     MLBUS_TRAINER_LABEL_FLUSH_ROWS      write a label Parquet file at most this many rows
+    MLBUS_TRAINER_LABEL_FLUSH_INTERVAL_S  write buffered labels and commit their offsets at
+                                        most this often (5; 0: after every fetch), and
+                                        before each run; a crash replays at most that long
     MLBUS_TRAINER_REGISTRY_ADDRESS      host:port of the registry's gRPC API (127.0.0.1:8002)
     MLBUS_TRAINER_REGISTRY_TOKEN        bearer token for Register (unset: none)
     MLBUS_TRAINER_REGISTRY_RETRY_S      how long a run waits for an unreachable registry, trying
@@ -24,11 +27,17 @@ class TrainerSettings(ServiceSettings):
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
     MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
     MLBUS_TRAINER_WORKER_NICE           how many steps the training worker process runs below
-                                        the trainer's CPU priority (0: the same). A higher
-                                        value lets serving on a shared host go first during
-                                        a fit, but on a saturated host the fit then starves:
-                                        at 10 beside one busy process, the demo's first fit
-                                        (5 s idle) had not ended after 240 s
+                                        the trainer's CPU priority (5; 0: the same). At 5 a
+                                        fit weighs a third of a busy service (CFS weights
+                                        335 / 1024): serving goes first on a shared host and
+                                        the fit still advances on a saturated one. At 10,
+                                        beside one busy process, the demo's first fit (5 s
+                                        idle) had not ended after 240 s (ADR 0028)
+    MLBUS_TRAINER_WORKER_THREADS        OpenMP/BLAS threads of the training worker's fits (1).
+                                        With one per core (the libraries' default) a fit
+                                        takes every core from the services beside it, and
+                                        its idle threads spin; raise it on a host or pod
+                                        that trains only (ADR 0028)
     MLBUS_TRAINER_SEARCH_STORAGE        where `model.search` records runs and trials (Optuna
                                         RDB storage): a SQLAlchemy URL; the registry's
                                         PostgreSQL shares studies between replicas (tables in
@@ -50,6 +59,7 @@ class TrainerSettings(ServiceSettings):
     labels_group_id: str = "mlbus-trainer-labels"
     record_labels: bool = True
     label_flush_rows: int = Field(default=50_000, ge=1)
+    label_flush_interval_s: float = Field(default=5.0, ge=0, le=300)
     registry_address: str = "127.0.0.1:8002"
     registry_token: SecretStr | None = None
     registry_timeout_s: float = Field(default=30.0, gt=0)
@@ -59,7 +69,8 @@ class TrainerSettings(ServiceSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
     run_timeout_s: float = Field(default=3600.0, gt=0)
-    worker_nice: int = Field(default=0, ge=0, le=19)
+    worker_nice: int = Field(default=5, ge=0, le=19)
+    worker_threads: int = Field(default=1, ge=1, le=256)
     search_storage: str | None = Field(
         default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
     )

@@ -69,3 +69,24 @@ def test_the_worker_runs_below_the_trainers_cpu_priority() -> None:
         assert same.submit(os.nice, 0).result(timeout=60) == mine
     finally:
         same.shutdown()
+
+
+def _fit_threads() -> dict[str, int]:
+    """The worker's OpenMP and BLAS thread counts, as a fit would use them."""
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime, as a fit does)
+    from threadpoolctl import threadpool_info
+
+    return {info["user_api"]: info["num_threads"] for info in threadpool_info()}
+
+
+def test_the_workers_fits_use_the_configured_threads() -> None:
+    """With one thread per core (the libraries' default) a fit took every core of the
+    soak's host and inference missed deadlines in bursts (#25); the worker's fits use
+    `MLBUS_TRAINER_WORKER_THREADS` threads, 1 unless set."""
+    for threads, expected in ((None, 1), (2, 2)):
+        pool = worker_pool() if threads is None else worker_pool(threads=threads)
+        try:
+            found = pool.submit(_fit_threads).result(timeout=60)
+        finally:
+            pool.shutdown()
+        assert found == {"openmp": expected, "blas": expected}, found
