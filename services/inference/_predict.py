@@ -16,7 +16,8 @@ run, the log and the shadow are the scoring core's (`_scoring.Scorer`), shared
 with ModelInfer.
 
 Redis unreachable → UNAVAILABLE (the store's `RetryableError`); the read is
-bounded by `serving.timeout_ms`.
+bounded by `serving.timeout_ms`, or by the caller's deadline when that comes first
+(then DEADLINE_EXCEEDED: the store was not slow, the call was late).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ._layout import FeatureLayout, FeaturesUnavailable
 from ._model import LoadedModel
 from ._policy import EntityFeatures, MissingFeatures, resolve_features
 from ._predlog import PredictionRecord, ServedFeatures
-from ._scoring import Scorer, current_trace_id
+from ._scoring import DeadlineExceeded, Scorer, current_trace_id
 
 PREDICT_SERVICE_NAME = "mlbus.inference.v1.PredictionService"
 
@@ -218,6 +219,10 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         assert self._store is not None
         timeout_s = self._serving.timeout_ms / 1000
         remaining = context.time_remaining()
+        # The caller's deadline, when it comes first, is what a late read missed.
+        by_deadline = remaining is not None and remaining < timeout_s
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before the online store was read")
         if remaining is not None:
             timeout_s = min(timeout_s, remaining)
         try:
@@ -232,6 +237,11 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                     current=current,
                 )
         except TimeoutError:
+            if by_deadline:
+                raise DeadlineExceeded(
+                    "the deadline passed while reading the online store "
+                    f"({timeout_s * 1000:.0f} ms were left)"
+                ) from None
             raise RetryableError(
                 f"the online store did not answer within {timeout_s * 1000:.0f} ms "
                 "(serving.timeout_ms)"

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import yaml
 
+from mlbus.errors import RetryableError
 from mlbus.example import fraud_spec_path
 from mlbus.featurestore import FeatureVector
 from mlbus.inference import (
     FeatureLayout,
     FeaturesUnavailable,
     MissingFeatures,
+    PredictionServicer,
     load_model,
     resolve_features,
 )
@@ -170,3 +174,56 @@ def test_one_input_per_feature_is_fed_column_by_column() -> None:
     inputs = layout.build(resolve_features(vectors, NUMERIC, spec.serving), features)
     assert list(inputs) == ["amount"]
     assert inputs["amount"].shape == (1, 1)
+
+
+class _SlowStore:
+    """An online store that answers after `delay_s` (never within these tests)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.reads = 0
+
+    async def get_features(self, *args: object, **kwargs: object) -> list[FeatureVector]:
+        self.reads += 1
+        await asyncio.sleep(self.delay_s)
+        return []
+
+
+class _Call:
+    """The servicer context as `_read` uses it: the call's remaining deadline."""
+
+    def __init__(self, remaining_s: float | None) -> None:
+        self.remaining_s = remaining_s
+
+    def time_remaining(self) -> float | None:
+        return self.remaining_s
+
+
+def _servicer(store: _SlowStore) -> Any:
+    return PredictionServicer(
+        cast(Any, None), spec=numeric_spec(timeout_ms=50), store=cast(Any, store)
+    )
+
+
+async def test_a_read_cut_short_by_the_callers_deadline_is_deadline_exceeded() -> None:
+    """A late call is not a slow store: the status an SRE reads must say which it was
+    (the soak saw 'the online store did not answer within 1 ms (serving.timeout_ms)')."""
+    store = _SlowStore(delay_s=5.0)
+    servicer = _servicer(store)
+    read = servicer._read
+
+    with pytest.raises(RetryableError) as slow:  # the budget came first: the store was slow
+        await read(["e1"], 0, {}, _Call(remaining_s=10.0))
+    assert slow.value.grpc_status.name == "UNAVAILABLE"
+    assert "did not answer within 50 ms (serving.timeout_ms)" in str(slow.value)
+
+    with pytest.raises(RetryableError) as late:  # the deadline came first
+        await read(["e1"], 0, {}, _Call(remaining_s=0.02))
+    assert late.value.grpc_status.name == "DEADLINE_EXCEEDED"
+    assert "deadline passed while reading the online store (20 ms were left)" in str(late.value)
+
+    reads = store.reads
+    with pytest.raises(RetryableError) as expired:  # nothing left: the store is not asked
+        await read(["e1"], 0, {}, _Call(remaining_s=0.0))
+    assert expired.value.grpc_status.name == "DEADLINE_EXCEEDED"
+    assert store.reads == reads

@@ -222,6 +222,8 @@ class Reporting(HostileSurfaces):
         }
         dropped = sum(self.dropped_by_pid.values())
         unexplained = len(unlogged) - len(near_kill) - dropped
+        # the unexplained first: they are what a failed check is about
+        examples = sorted(unlogged.items(), key=lambda pair: (pair[0] in near_kill, pair[1]))[:5]
         return Invariant(
             "every answered prediction logged, or its drop counted",
             passed=unexplained <= 0,
@@ -240,7 +242,7 @@ class Reporting(HostileSurfaces):
                             (round(k, 2) for k in self.inference_kills if k >= t), default=None
                         ),
                     }
-                    for e, t in sorted(unlogged.items(), key=lambda pair: pair[1])[:5]
+                    for e, t in examples
                 ],
             },
         )
