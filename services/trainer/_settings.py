@@ -27,12 +27,11 @@ class TrainerSettings(ServiceSettings):
     MLBUS_TRAINER_S3_ENDPOINT_URL       S3-compatible server for an s3:// offline store
     MLBUS_TRAINER_RUN_TIMEOUT_S         a run taking longer fails (3600)
     MLBUS_TRAINER_WORKER_NICE           how many steps the training worker process runs below
-                                        the trainer's CPU priority (5; 0: the same). At 5 a
-                                        fit weighs a third of a busy service (CFS weights
-                                        335 / 1024): serving goes first on a shared host and
-                                        the fit still advances on a saturated one. At 10,
-                                        beside one busy process, the demo's first fit (5 s
-                                        idle) had not ended after 240 s (ADR 0028)
+                                        the trainer's CPU priority (0: the same). Soaks at
+                                        5 failed no fewer requests than at 0 and their fits
+                                        took twice as long; at 10, beside one busy process,
+                                        the demo's first fit (5 s idle) had not ended after
+                                        240 s (ADR 0028)
     MLBUS_TRAINER_WORKER_THREADS        OpenMP/BLAS threads of the training worker's fits (1).
                                         With one per core (the libraries' default) a fit
                                         takes every core from the services beside it, and
@@ -69,7 +68,7 @@ class TrainerSettings(ServiceSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
     run_timeout_s: float = Field(default=3600.0, gt=0)
-    worker_nice: int = Field(default=5, ge=0, le=19)
+    worker_nice: int = Field(default=0, ge=0, le=19)
     worker_threads: int = Field(default=1, ge=1, le=256)
     search_storage: str | None = Field(
         default=None, description="Optuna RDB storage URL; unset: search.sqlite in the data folder."
