@@ -29,7 +29,7 @@ from mlbus.example import fraud_spec_path
 from mlbus.features import FeaturesSettings
 from mlbus.features._processor import FeatureProcessor, bind_views
 from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
-from mlbus.runtime import free_port
+from mlbus.runtime import free_ports
 from mlbus.runtime._embedded import LOOPBACK, redis_binary
 from mlbus.runtime._process import spawn, terminate, wait_for_port
 from mlbus.spec import ProjectSpec, load_spec
@@ -64,8 +64,8 @@ def node_argv(port: int, bus_port: int, work: Path) -> list[str]:
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 3-master Redis Cluster on free loopback ports; the URL names its first node."""
     root = tmp_path_factory.mktemp("redis-cluster")
-    ports = [free_port() for _ in range(NODES)]
-    bus_ports = [free_port() for _ in range(NODES)]
+    picked = free_ports(2 * NODES)  # distinct: two nodes given one port fail to start
+    ports, bus_ports = picked[:NODES], picked[NODES:]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port, bus_port in zip(ports, bus_ports, strict=True):

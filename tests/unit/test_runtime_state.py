@@ -193,3 +193,31 @@ def test_a_free_port_is_outside_the_ephemeral_range_and_free() -> None:
     assert len(ports) > 1  # not one fixed port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports.pop()))  # it is free
+
+
+class _RepeatingPicker:
+    """Stands in for free_port's random picker: the same port twice, then others."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self._ports = iter(ports)
+
+    def choice(self, _: object) -> int:
+        return next(self._ports)
+
+
+def test_ports_picked_together_are_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port picked is not bound until its server starts, so a second pick can return
+    it again: CI lost a Redis Cluster node to that, and `mlbus demo` picks one port per
+    server the same way."""
+    from mlbus.demo._stack import demo_catalogue
+    from mlbus.runtime import SERVICES, _process, free_ports
+
+    first = _process.free_port()  # a port free right now; the picker repeats it
+    others = [p for p in range(first + 1, first + 200) if p < 32_000][:20]
+    monkeypatch.setattr(_process, "_pick", _RepeatingPicker([first, first, *others]))
+    assert len(set(free_ports(3))) == 3
+
+    monkeypatch.setattr(_process, "_pick", _RepeatingPicker([first, first, *others]))
+    servers = [s for s in demo_catalogue({}, SERVICES) if s.grpc_port or s.http_port]
+    taken = [port for s in servers for port in (s.grpc_port, s.http_port) if port]
+    assert len(taken) == len(set(taken)), taken

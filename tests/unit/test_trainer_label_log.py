@@ -12,7 +12,6 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -71,7 +70,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> _Writes:
 
 
 def _log(tmp_path: Path) -> label_log.LabelLog:
-    settings: Any = TrainerSettings(offline_url=str(tmp_path / "offline"))
+    settings = TrainerSettings(offline_url=str(tmp_path / "offline"))
     return label_log.LabelLog(settings, load_spec(fraud_spec_path()))
 
 

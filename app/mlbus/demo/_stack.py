@@ -21,7 +21,7 @@ from pathlib import Path
 from mlbus.config import MlbusSettings
 from mlbus.errors import MlbusError
 from mlbus.runstate import RunState
-from mlbus.runtime import SERVICES, ServiceSpec, Supervisor, free_port
+from mlbus.runtime import SERVICES, ServiceSpec, Supervisor, free_ports
 
 START_TIMEOUT_S = 60.0
 
@@ -53,8 +53,11 @@ def demo_catalogue(
     env: Mapping[str, str], catalogue: Sequence[ServiceSpec] = SERVICES
 ) -> tuple[DemoService, ...]:
     """The catalogue with free gRPC ports and the registry's address handed to every service."""
-    ports = {spec.name: free_port() for spec in catalogue if spec.serves_grpc}
-    http_ports = {spec.name: free_port() for spec in catalogue if spec.serves_http}
+    grpc_names = [spec.name for spec in catalogue if spec.serves_grpc]
+    http_names = [spec.name for spec in catalogue if spec.serves_http]
+    picked = free_ports(len(grpc_names) + len(http_names))  # one port per server, distinct
+    ports = dict(zip(grpc_names, picked[: len(grpc_names)], strict=True))
+    http_ports = dict(zip(http_names, picked[len(grpc_names) :], strict=True))
     shared = dict(env)
     if "registry" in ports:
         address = f"127.0.0.1:{ports['registry']}"

@@ -7,7 +7,7 @@ its data folder, `discover`, health checks) is the shared library's
 
 from mlbus.runtime._embedded import EmbeddedBroker, EmbeddedRedis, local_redis_url
 from mlbus.runtime._lock import AlreadyRunningError, RunLock
-from mlbus.runtime._process import free_port, port_open
+from mlbus.runtime._process import free_port, free_ports, port_open
 from mlbus.runtime._services import SERVICES, ServiceSpec
 from mlbus.runtime._supervisor import RestartPolicy, StartupError, Supervisor
 
@@ -22,6 +22,7 @@ __all__ = [
     "StartupError",
     "Supervisor",
     "free_port",
+    "free_ports",
     "local_redis_url",
     "port_open",
 ]

@@ -40,6 +40,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports. Ports picked one by one with `free_port` are not bound
+    until their servers start, so the same one can come back twice (a CI run lost a
+    Redis Cluster node to that: two nodes were given one port)."""
+    chosen: list[int] = []
+    for _ in range(100 * count):
+        if len(chosen) == count:
+            break
+        port = free_port(host)
+        if port not in chosen:
+            chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError(f"could not find {count} distinct free ports on {host}")
+    return chosen
+
+
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
