@@ -34,9 +34,9 @@ class TrainerSettings(ServiceSettings):
                                         240 s (ADR 0028)
     MLBUS_TRAINER_WORKER_THREADS        OpenMP/BLAS threads of the training worker's fits (1).
                                         With one per core (the libraries' default) a fit
-                                        takes every core from the services beside it, and
-                                        its idle threads spin; raise it on a host or pod
-                                        that trains only (ADR 0028)
+                                        takes every core from the services beside it;
+                                        raise it on a host or pod that trains only
+                                        (ADR 0028)
     MLBUS_TRAINER_SEARCH_STORAGE        where `model.search` records runs and trials (Optuna
                                         RDB storage): a SQLAlchemy URL; the registry's
                                         PostgreSQL shares studies between replicas (tables in
