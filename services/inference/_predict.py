@@ -219,12 +219,11 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         assert self._store is not None
         timeout_s = self._serving.timeout_ms / 1000
         remaining = context.time_remaining()
-        # The caller's deadline, when it comes first, is what a late read missed.
-        by_deadline = remaining is not None and remaining < timeout_s
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("the deadline passed before the online store was read")
-        if remaining is not None:
-            timeout_s = min(timeout_s, remaining)
+        by_deadline = False  # the caller's deadline came first: a late read missed that
+        if remaining is not None and remaining < timeout_s:
+            if remaining <= 0:
+                raise DeadlineExceeded("the deadline passed before the online store was read")
+            timeout_s, by_deadline = remaining, True
         try:
             # asyncio.timeout, not wait_for: no extra task and loop round trip per call
             async with asyncio.timeout(timeout_s):

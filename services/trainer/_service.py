@@ -99,14 +99,14 @@ _rows = _meter.create_histogram(
 )
 
 
-def worker_pool(nice: int = 0, threads: int | None = 1) -> ProcessPoolExecutor:
+def worker_pool(nice: int = 0, threads: int = 1) -> ProcessPoolExecutor:
     """One spawned worker: no fork of the event loop's threads, a crash stays contained.
 
     The worker dies with the trainer: after a `kill -9` of the trainer it used to live
     on, orphaned, with the multiprocessing resource tracker waiting on it (#25). It
     runs `nice` steps below the trainer (`MLBUS_TRAINER_WORKER_NICE`) and its fits use
-    at most `threads` OpenMP/BLAS threads (`MLBUS_TRAINER_WORKER_THREADS`; None: the
-    libraries' default, one per core).
+    at most `threads` OpenMP/BLAS threads (`MLBUS_TRAINER_WORKER_THREADS`), not the
+    libraries' default of one per core.
     """
     return ProcessPoolExecutor(
         max_workers=1,
@@ -116,17 +116,16 @@ def worker_pool(nice: int = 0, threads: int | None = 1) -> ProcessPoolExecutor:
     )
 
 
-def _start_worker(parent_pid: int, nice: int, threads: int | None) -> None:
+def _start_worker(parent_pid: int, nice: int, threads: int) -> None:
     die_with_parent(parent_pid)
     if nice:
         os.nice(nice)
-    if threads is not None:
-        # threadpoolctl limits only libraries already loaded: load scikit-learn's
-        # OpenMP runtime (HistGradientBoosting) and numpy's BLAS first.
-        import sklearn.ensemble  # noqa: F401
-        from threadpoolctl import threadpool_limits
+    # threadpoolctl limits only libraries already loaded: load scikit-learn's OpenMP
+    # runtime (HistGradientBoosting) and numpy's BLAS first.
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=threads)  # for the life of the process
+    threadpool_limits(limits=threads)  # for the life of the process
 
 
 @dataclass
