@@ -218,6 +218,13 @@ async def test_served_values_equal_the_offline_rows_or_are_counted_as_lag(
 
         # 5. The service stops; the stream is delivered again (a replay after a crash
         # re-reads what was not committed), and the loop goes on with a new instance.
+        # The monitor keeps its pairs in memory and a new one reads only new predictions,
+        # so the first instance must have compared all it was sent before it stops.
+        scored = len(app.scored) - 1  # every scored payment but the too-late one
+        await wait_for(
+            lambda: service.monitor is not None and service.monitor.compared >= scored,
+            timeout_s=30,
+        )
         compared += await stop(service, task)
         service, task = await start()
         await app.produce(stream[-20:], counts=False)  # duplicates: counted once only
