@@ -142,6 +142,16 @@ class KafkaSettings(BaseSettings):
     )
     acks: Literal["0", "1", "all"] = "all"
     linger_ms: int = Field(default=5, ge=0, le=1000)
+    background_linger_ms: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description=(
+            "The producer linger for records nobody reads at once (the prediction log): "
+            "fewer, larger batches; on the embedded broker every fetch costs CPU in "
+            "proportion to its partition's stored batches."
+        ),
+    )
     max_batch_bytes: int = Field(
         default=262_144,
         ge=1024,
@@ -178,6 +188,16 @@ class KafkaSettings(BaseSettings):
     def fetch_wait_ms(self, latency: Latency) -> int:
         """How long a consumer's fetch waits for data, by where its records go."""
         return self.fetch_max_wait_ms if latency == "fresh" else self.background_fetch_max_wait_ms
+
+    def linger(self, latency: Latency) -> int:
+        """How long a producer waits to fill a batch, by who reads its records."""
+        return self.linger_ms if latency == "fresh" else self.background_linger_ms
+
+    def fetch_pace_s(self, latency: Latency) -> float:
+        """The least time between two polls of a consumer that is not behind: none on the
+        freshness path; one background fetch wait off it, so a steady stream costs a
+        background consumer one fetch per wait, not one per few records (ADR 0003)."""
+        return 0.0 if latency == "fresh" else self.background_fetch_max_wait_ms / 1000
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -28,6 +28,7 @@ stay in the batch too, each with a span around the batch call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -275,7 +276,10 @@ class Consumer(Generic[T]):
                 self._consumer = None
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        pace_s = self._kafka.fetch_pace_s(self._latency)
         while not self._stopping.is_set():
+            asked_at = loop.time()
             batch = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
             if not self._assigned.is_set() and consumer.assignment():
                 await self._resolve_start(consumer)
@@ -284,6 +288,16 @@ class Consumer(Generic[T]):
                     return  # stopping while retrying: leave the record uncommitted
                 if self._commit_due():
                     await self._commit()
+            behind = sum(map(len, batch.values())) >= self._max_batch
+            if pace_s and not behind and not self._stopping.is_set():
+                await self._rest(asked_at + pace_s - loop.time())
+
+    async def _rest(self, seconds: float) -> None:
+        """Wait before the next poll (a stop cuts it short). aiokafka fetches a partition
+        again only once its fetched records are taken, so this paces the fetches too."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _commit_due(self) -> bool:
         now = asyncio.get_running_loop().time()
