@@ -273,7 +273,8 @@ class InferenceServer(ServerLifecycle):
     async def _connect_publisher(self) -> Publisher:
         assert self._kafka is not None
         # A failed start() closes what it opened itself: nothing to stop here.
-        return await Publisher(self._kafka, source="inference").start()
+        # Nobody reads the log at once: fewer, larger batches (ADR 0003).
+        return await Publisher(self._kafka, source="inference", latency="background").start()
 
     async def _follow_publications(self) -> None:
         """A broadcast consumer of `ModelPublished`, restarted after broker failures."""

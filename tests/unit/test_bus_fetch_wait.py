@@ -1,4 +1,5 @@
-"""A consumer's fetch wait follows where its records go (ADR 0003 addendum, #25).
+"""A consumer's fetch wait, and a producer's linger, follow where the records go
+(ADR 0003 addenda, #25).
 
 Every idle consumer fetches once per wait and the embedded broker spends CPU on each
 fetch, so consumers off the freshness path wait longer. The client is a recording
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from mlbus.bus import Consumer, Received, raw_decoder
+from mlbus.bus import Consumer, Publisher, Received, raw_decoder
 from mlbus.bus import _consumer as consumer_module
+from mlbus.bus import _publisher as publisher_module
 from mlbus.config import KafkaSettings, Latency
 
 
@@ -75,3 +77,31 @@ def test_the_background_wait_is_its_own_setting(monkeypatch: pytest.MonkeyPatch)
     kafka = KafkaSettings()
     assert kafka.fetch_wait_ms("background") == 900
     assert kafka.fetch_wait_ms("fresh") == 100  # the freshness path keeps its default
+
+
+class RecordingProducer:
+    """Stands in for AIOKafkaProducer: keeps its keywords, refuses to start."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        RecordingProducer.made.append(kwargs)
+
+    async def start(self) -> None:
+        raise Refused
+
+    async def stop(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("latency", "linger_ms"), [("fresh", 5), ("background", 120)])
+async def test_a_producer_lingers_by_who_reads_its_records(
+    latency: Latency, linger_ms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    RecordingProducer.made = []
+    monkeypatch.setattr(publisher_module, "AIOKafkaProducer", RecordingProducer)
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", linger_ms=5, background_linger_ms=120)
+    with pytest.raises(Refused):
+        await Publisher(kafka, source="tests", latency=latency).start()
+    (kwargs,) = RecordingProducer.made
+    assert kwargs["linger_ms"] == linger_ms

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from mlbus.bus._codec import Headers, encode_event, event_headers
-from mlbus.config import KafkaSettings
+from mlbus.config import KafkaSettings, Latency
 from mlbus.events import Event
 from mlbus.telemetry import inject_kafka_headers
 from mlbus.telemetry._sampling import (
@@ -54,10 +54,20 @@ class Publisher:
     `publish` returns once the broker acknowledged; `send` returns once the
     record is queued and hands back the delivery future (for throughput, or to
     keep a response path free of broker latency). Use as `async with`.
+    `latency="background"`, for records nobody reads at once, lingers
+    `background_linger_ms` to fill larger batches.
     """
 
-    def __init__(self, kafka: KafkaSettings, source: str, **producer_options: Any) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        source: str,
+        *,
+        latency: Latency = "fresh",
+        **producer_options: Any,
+    ) -> None:
         self._kafka = kafka
+        self._latency = latency
         self.source = source if source.startswith("/") else f"/mlbus/{source}"
         self._options = producer_options
         # send_batch partitions as the producer would: the same partitioner object.
@@ -72,7 +82,7 @@ class Publisher:
                     **self._kafka.client_kwargs(),
                     acks="all" if self._kafka.acks == "all" else int(self._kafka.acks),
                     enable_idempotence=self._kafka.enable_idempotence,
-                    linger_ms=self._kafka.linger_ms,
+                    linger_ms=self._kafka.linger(self._latency),
                     max_batch_size=self._kafka.max_batch_bytes,
                     **self._options,
                 )
