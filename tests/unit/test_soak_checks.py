@@ -25,6 +25,7 @@ from mlbus.soak import (
     brute_force,
     compare_values,
     dead_letters,
+    died_with_inference,
     exactly_once,
     fault_kinds,
     fault_schedule,
@@ -305,3 +306,12 @@ def test_hostile_survived_needs_calls_clear_statuses_no_crash_and_bounded_growth
     assert not broken.passed
     assert broken.detail["leaking"] == ["inference"]
     assert broken.as_json()["rss"][1]["growth_mb"] == 100.0  # type: ignore[index]
+
+
+def test_a_prediction_log_dies_with_inference_only_if_the_call_met_the_kill() -> None:
+    kills = [100.0]
+    assert died_with_inference(95.0, 95.1, kills)  # answered 4.9 s before the kill
+    assert died_with_inference(99.9, 100.02, kills)  # in flight at the kill: sent before it
+    assert not died_with_inference(85.0, 85.1, kills)  # answered 14.9 s before: time to log
+    assert not died_with_inference(100.5, 100.6, kills)  # sent after: a restarted process
+    assert not died_with_inference(95.0, 95.1, [])

@@ -157,6 +157,16 @@ class RequestOutcome:
     """What the server said with a failure (the gRPC details)."""
 
 
+def died_with_inference(
+    sent_s: float, answered_s: float, kills: Sequence[float], within_s: float = 10.0
+) -> bool:
+    """Whether a Predict's log may have died in a killed inference's buffer: the request
+    was sent before a kill, and answered no more than `within_s` before it. An answer that
+    came *after* the kill was sent before it too: SIGKILL stops the process at once, and a
+    restarted one answers seconds later, never in the same call."""
+    return any(sent_s <= kill and kill - answered_s <= within_s for kill in kills)
+
+
 @dataclass(frozen=True)
 class FaultWindow:
     """[start_s, end_s] of a fault, through its recovery and a grace period."""

@@ -69,8 +69,9 @@ class SoakState:
         self.reporter = StatusReporter(status, self.now_s)
         self.sent = Sent()
         self.outcomes: list[RequestOutcome] = []
-        self.answered: dict[str, float] = {}
-        """Predict: scored event id → when its (last) answer came, seconds since the start."""
+        self.answered: dict[str, tuple[float, float]] = {}
+        """Predict: scored event id → when its (last) request was sent and its answer came,
+        seconds since the start."""
         self.versions_served: Counter[int] = Counter()
         self.bad_versions: set[int] = set()
         self.faults: list[FaultRecord] = []

@@ -107,7 +107,7 @@ class Traffic(SoakState):
         )
         if answer.ok and answer.version is not None:
             self.versions_served[answer.version] += 1
-            self.answered[payment.event_id] = self.now_s()
+            self.answered[payment.event_id] = (sent_s, self.now_s())
 
     async def _one_infer(self) -> None:
         sent_s = self.now_s()
