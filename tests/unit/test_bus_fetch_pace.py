@@ -32,6 +32,7 @@ class ScriptedClient:
     then nothing (and stops the consumer once the script is done)."""
 
     script: list[int] = []
+    waiting = 0  # records the high watermark says are on the broker past the script
     owner: Consumer[bytes | None] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
@@ -51,7 +52,7 @@ class ScriptedClient:
         return self._offset
 
     def highwater(self, tp: TopicPartition) -> int:
-        return self._offset
+        return self._offset + ScriptedClient.waiting
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
@@ -96,10 +97,11 @@ def _consumer(latency: Latency, monkeypatch: pytest.MonkeyPatch) -> Consumer[byt
 
 
 async def _rests(
-    latency: Latency, script: list[int], monkeypatch: pytest.MonkeyPatch
+    latency: Latency, script: list[int], monkeypatch: pytest.MonkeyPatch, waiting: int = 0
 ) -> list[float]:
     """The rests the consumer asks for after each poll of `script`, in order."""
     ScriptedClient.script = script
+    ScriptedClient.waiting = waiting
     consumer = _consumer(latency, monkeypatch)
     rests: list[float] = []
 
@@ -127,6 +129,13 @@ async def test_a_consumer_that_is_behind_polls_again_at_once(
     assert len(rests) == 1
 
 
+async def test_a_consumer_whose_fetches_bring_back_less_than_waits_polls_again_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Short batches, but the high watermark says more records wait: a backlog all the same.
+    assert await _rests("background", [1, 2, 1], monkeypatch, waiting=100) == []
+
+
 async def test_the_freshness_path_polls_again_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -135,6 +144,7 @@ async def test_the_freshness_path_polls_again_at_once(
 
 async def test_a_stop_cuts_a_rest_short(monkeypatch: pytest.MonkeyPatch) -> None:
     ScriptedClient.script = [1, 1, 1]
+    ScriptedClient.waiting = 0
     consumer = _consumer("background", monkeypatch)
     monkeypatch.setattr(
         consumer._kafka, "background_fetch_max_wait_ms", 10_000

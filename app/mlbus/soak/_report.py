@@ -214,8 +214,8 @@ class Reporting(HostileSurfaces):
         )
 
     async def _prediction_log(self) -> Invariant:
-        """Every answered Predict was logged, or inference counted its drop, or it was
-        answered just before inference was killed (its buffer died with it, uncounted)."""
+        """Every answered Predict was logged, or inference counted its drop, or it met an
+        inference kill (`died_with_inference`: its buffer died with it, uncounted)."""
         logged = await scored_event_ids(self.kafka, PREDICTION_LOGGED)
         unlogged = {e: times for e, times in self.answered.items() if e not in logged}
         near_kill = {

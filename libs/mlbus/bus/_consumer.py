@@ -288,9 +288,24 @@ class Consumer(Generic[T]):
                     return  # stopping while retrying: leave the record uncommitted
                 if self._commit_due():
                     await self._commit()
-            behind = sum(map(len, batch.values())) >= self._max_batch
-            if pace_s and not behind and not self._stopping.is_set():
+            if pace_s and not self._stopping.is_set() and not self._behind(consumer, batch):
                 await self._rest(asked_at + pace_s - loop.time())
+
+    def _behind(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> bool:
+        """Whether more records wait than this poll returned: it was full, or a partition's
+        high watermark (as of its last fetch) is past its last record. A backlog is read
+        without rests, however few records a fetch brings back."""
+        if sum(map(len, batch.values())) >= self._max_batch:
+            return True
+        for tp, records in batch.items():
+            highwater = consumer.highwater(tp)
+            if records and highwater is not None and records[-1].offset + 1 < highwater:
+                return True
+        return False
 
     async def _rest(self, seconds: float) -> None:
         """Wait before the next poll (a stop cuts it short). aiokafka fetches a partition
