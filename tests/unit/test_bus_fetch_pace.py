@@ -118,7 +118,8 @@ async def test_a_background_consumer_that_keeps_up_polls_once_per_background_wai
 ) -> None:
     rests = await _rests("background", [1, 2, 0], monkeypatch)
     assert len(rests) == 3
-    assert all(0.6 < seconds <= 0.7 for seconds in rests)  # the wait less the poll's time
+    # The wait less the poll's time (no bound from below: a loaded machine slows a poll).
+    assert all(0 < seconds <= 0.7 for seconds in rests)
 
 
 async def test_a_consumer_that_is_behind_polls_again_at_once(
