@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from _harness import Benchmark, console
 from mlbus.runtime import EmbeddedBroker
+from mlbus.soak._cpu import parse_stat
 
 SIZES = (1_000, 5_000, 20_000, 40_000)
 BATCHED = (40_000, 100)  # records, records per batch
@@ -42,8 +42,7 @@ VALUE = b"x" * 100
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return parse_stat(Path(f"/proc/{pid}/stat").read_text())[1]
 
 
 async def fill(producer: AIOKafkaProducer, topic: str, records: int, per_batch: int) -> None:
@@ -78,6 +77,17 @@ async def fetch_newest(bootstrap: str, topic: str, pid: int, seconds: float) -> 
         await consumer.stop()
 
 
+async def measure(
+    bench: Benchmark, broker: EmbeddedBroker, topic: str, variant: str, seconds: float
+) -> None:
+    """Fetch the newest record of `topic` for `seconds`; record it as `variant`."""
+    assert broker.pid is not None
+    ms, rate = await fetch_newest(broker.bootstrap_servers, topic, broker.pid, seconds)
+    bench.record(variant, "broker CPU per fetch", ms, "ms", higher_is_better=False)
+    bench.record(variant, "fetches", rate, "1/s", higher_is_better=True)
+    console.print(f"{variant}: {ms:.3f} ms of broker CPU per fetch, {rate:,.0f}/s")
+
+
 async def run(seconds: float) -> Benchmark:
     bench = Benchmark(
         "bench_broker_fetch",
@@ -86,37 +96,24 @@ async def run(seconds: float) -> Benchmark:
         sizes=list(SIZES),
         batched=list(BATCHED),
     )
+    records, per_batch = BATCHED
+    variants = [f"{size:,} batches of 1" for size in SIZES]
+    batched = f"{records // per_batch:,} batches of {per_batch}"
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "logs") as broker:
-        assert broker.pid is not None
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
         await producer.start()
         try:
             stored = 0
-            for size in SIZES:
+            for size, variant in zip(SIZES, variants, strict=True):
                 await fill(producer, "one-record-batches", size - stored, 1)
                 stored = size
-                ms, rate = await fetch_newest(
-                    broker.bootstrap_servers, "one-record-batches", broker.pid, seconds
-                )
-                variant = f"{size:,} batches of 1"
-                bench.record(variant, "broker CPU per fetch", ms, "ms", higher_is_better=False)
-                bench.record(variant, "fetches", rate, "1/s", higher_is_better=True)
-                console.print(f"{variant}: {ms:.3f} ms of broker CPU per fetch, {rate:,.0f}/s")
-            records, per_batch = BATCHED
+                await measure(bench, broker, "one-record-batches", variant, seconds)
             await fill(producer, "hundred-record-batches", records, per_batch)
-            ms, rate = await fetch_newest(
-                broker.bootstrap_servers, "hundred-record-batches", broker.pid, seconds
-            )
-            variant = f"{records // per_batch:,} batches of {per_batch}"
-            bench.record(variant, "broker CPU per fetch", ms, "ms", higher_is_better=False)
-            bench.record(variant, "fetches", rate, "1/s", higher_is_better=True)
-            console.print(f"{variant}: {ms:.3f} ms of broker CPU per fetch, {rate:,.0f}/s")
+            await measure(bench, broker, "hundred-record-batches", batched, seconds)
         finally:
             await producer.stop()
-    baseline = f"{SIZES[0]:,} batches of 1"
-    for variant in [f"{size:,} batches of 1" for size in SIZES[1:]] + [
-        f"{BATCHED[0] // BATCHED[1]:,} batches of {BATCHED[1]}"
-    ]:
+    baseline = variants[0]
+    for variant in [*variants[1:], batched]:
         ratio = bench.ratio(variant, baseline, "broker CPU per fetch")
         bench.notes.append(f"{variant} / {baseline}: broker CPU per fetch {ratio:.2f}x")
     return bench

@@ -23,7 +23,8 @@ class Refused(Exception):
 
 
 class RecordingClient:
-    """Stands in for AIOKafkaConsumer: keeps its keywords, refuses to start."""
+    """Stands in for AIOKafkaConsumer or AIOKafkaProducer: keeps its keywords, refuses
+    to start."""
 
     made: list[dict[str, Any]] = []
 
@@ -32,6 +33,9 @@ class RecordingClient:
 
     async def start(self) -> None:
         raise Refused
+
+    async def stop(self) -> None:
+        return None
 
 
 async def _fetch_wait_of(latency: Latency, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -79,29 +83,14 @@ def test_the_background_wait_is_its_own_setting(monkeypatch: pytest.MonkeyPatch)
     assert kafka.fetch_wait_ms("fresh") == 100  # the freshness path keeps its default
 
 
-class RecordingProducer:
-    """Stands in for AIOKafkaProducer: keeps its keywords, refuses to start."""
-
-    made: list[dict[str, Any]] = []
-
-    def __init__(self, **kwargs: Any) -> None:
-        RecordingProducer.made.append(kwargs)
-
-    async def start(self) -> None:
-        raise Refused
-
-    async def stop(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize(("latency", "linger_ms"), [("fresh", 5), ("background", 120)])
 async def test_a_producer_lingers_by_who_reads_its_records(
     latency: Latency, linger_ms: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    RecordingProducer.made = []
-    monkeypatch.setattr(publisher_module, "AIOKafkaProducer", RecordingProducer)
+    RecordingClient.made = []
+    monkeypatch.setattr(publisher_module, "AIOKafkaProducer", RecordingClient)
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", linger_ms=5, background_linger_ms=120)
     with pytest.raises(Refused):
         await Publisher(kafka, source="tests", latency=latency).start()
-    (kwargs,) = RecordingProducer.made
+    (kwargs,) = RecordingClient.made
     assert kwargs["linger_ms"] == linger_ms
