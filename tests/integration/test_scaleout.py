@@ -54,7 +54,7 @@ from mlbus.config import KafkaSettings
 from mlbus.events import ALL_TOPICS, INGEST_REJECTED, INGEST_VALIDATED
 from mlbus.example import fraud_spec_path
 from mlbus.featurestore import OfflineRow, OfflineStore, OnlineStore
-from mlbus.runtime import free_port
+from mlbus.runtime import free_ports
 from mlbus.runtime._process import spawn, terminate
 from mlbus.spec import load_spec
 from tests.integration._topics import read_to_end
@@ -110,8 +110,11 @@ class Replica:
         )
 
 
-def start_replica(name: str, module: str, group: str, env: dict[str, str], logs: Path) -> Replica:
-    port = free_port()
+def start_replica(
+    name: str, module: str, group: str, env: dict[str, str], logs: Path, port: int
+) -> Replica:
+    """`port`: its metrics port, picked with the other replicas' (`free_ports`): a port
+    picked alone is not bound until the replica starts, so a second pick can return it."""
     replica_env = {
         **env,
         "MLBUS_KAFKA_CLIENT_ID": name,  # member ids start with it: who is in the group
@@ -400,11 +403,12 @@ async def test_two_replicas_share_the_work_and_a_kill_loses_and_double_counts_no
     await ensure_topics(kafka, [INGEST_VALIDATED])
     await start_group_at_end(kafka, groups["mlbus.features"], INGEST_VALIDATED)
     started_at = time.monotonic()
+    ports = iter(free_ports(2 * len(groups)))
     for module, group in groups.items():
         short = module.removeprefix("mlbus.")
         for side in ("a", "b"):
             stack.replicas.append(
-                start_replica(f"{short}-{side}", module, group, stack.env, stack.logs)
+                start_replica(f"{short}-{side}", module, group, stack.env, stack.logs, next(ports))
             )
     ingestion_a, ingestion_b, features_a, features_b = stack.replicas
     try:
