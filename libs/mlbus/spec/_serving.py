@@ -19,11 +19,12 @@ class ServingSpec(SpecModel):
     score with the shadow model, log only. A raw field (not in the request, no
     online value or one older than `max_feature_age_s`) is *missing*:
     `missing_features: default` fills it from `defaults` (keyed by `view.feature`),
-    `fail` refuses the request. `timeout_ms` bounds each online-store read in
-    Predict; a read that misses it is tried once more when the caller's deadline
-    leaves room for a whole second try (ADR 0029). A window aggregate is never missing: an entity
+    `fail` refuses the request. A window aggregate is never missing: an entity
     with no events in the window has the aggregate of nothing (0 for counts and
     sums, null for means, min, max, last), exactly as training sees it (ADR 0020).
+    `timeout_ms` bounds each online-store read in Predict; a read that misses it
+    is tried once more when the caller's deadline leaves room for a whole second
+    try (ADR 0029).
     """
 
     model: str
