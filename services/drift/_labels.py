@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
@@ -76,8 +76,10 @@ return #ARGV
 """
 
 
-class Pending(NamedTuple):  # one per prediction: a tuple is the cheapest immutable record
+class Pending(NamedTuple):
     """A prediction waiting for its label: which version made it, its score, and when.
+
+    Kept as `version|score|at` (`PendingPredictions.keep` writes it, `decode` reads it).
 
     `at` (epoch seconds of the prediction) tells whether the label is evidence of a
     drift detected since (the armed retraining counts those); entries written before
@@ -87,10 +89,6 @@ class Pending(NamedTuple):  # one per prediction: a tuple is the cheapest immuta
     version: int
     score: float
     at: float | None = None
-
-    def encode(self) -> str:
-        text = f"{self.version}|{self.score!r}"
-        return text if self.at is None else f"{text}|{self.at:.3f}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Pending:
@@ -141,7 +139,7 @@ class PendingPredictions:
         self._add = client.register_script(_ADD)
         self._lookup = client.register_script(_LOOKUP)
         self._forget = client.register_script(_FORGET)
-        self._buffer: dict[str, dict[str, Pending]] = {}
+        self._buffer: dict[str, dict[str, str]] = {}  # model → event id → encoded
         self._joined: dict[str, list[str]] = {}
         self.not_kept = 0
 
@@ -155,8 +153,14 @@ class PendingPredictions:
         ]
         return keys, (newest + 1) * self.bucket_s + self.ttl_s
 
-    def add(self, model: str, event_id: str, pending: Pending) -> None:
-        self._buffer.setdefault(model, {})[event_id] = pending
+    def keep(self, model: str, version: int, kept: Iterable[tuple[str, float, float]]) -> None:
+        """Keep predictions of one version for the join: (event id, score, epoch seconds
+        logged), encoded at once (one per prediction: no record built) and written at
+        `flush`."""
+        prefix = f"{version}|"
+        self._buffer.setdefault(model, {}).update(
+            (event_id, f"{prefix}{score!r}|{at:.3f}") for event_id, score, at in kept
+        )
 
     async def lookup(self, model: str, event_ids: Sequence[str]) -> dict[str, Pending]:
         """The pending predictions among `event_ids` (buffered ones first, then Redis)."""
@@ -165,7 +169,7 @@ class PendingPredictions:
         missing = []
         for event_id in event_ids:
             if event_id in buffered:
-                found[event_id] = buffered[event_id]
+                found[event_id] = Pending.decode(buffered[event_id])
             else:
                 missing.append(event_id)
         if missing:
@@ -190,9 +194,7 @@ class PendingPredictions:
         try:
             for model, entries in buffer.items():
                 keys, expire_at = self._buckets(model)
-                flat: list[str] = []
-                for event_id, pending in entries.items():
-                    flat += (event_id, pending.encode())
+                flat = [text for entry in entries.items() for text in entry]
                 args: list[str | int] = [expire_at, self.max_entries, json.dumps(flat)]
                 dropped += int(await self._add(keys=keys, args=args))
         except REDIS_DOWN as exc:

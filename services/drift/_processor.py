@@ -41,14 +41,13 @@ from mlbus.events import (
     INGEST_VALIDATED,
     PREDICTION_LOGGED,
     IngestValidated,
-    PredictionLogged,
-    Scalar,
 )
 from mlbus.outcomestats import prediction_score  # the profile's prediction column
 from mlbus.spec import LabelLink, ProjectSpec
 
 from . import _metrics as metrics
 from ._labels import Pending, PendingPredictions, label_error
+from ._predictions import DriftPrediction
 from ._retraining import Detection, Retraining, detection_id
 from ._store import DriftStore, MonitorKey, PartitionSnapshot
 from ._versions import ServedVersion, VersionCatalog
@@ -90,17 +89,15 @@ class PartitionMonitors:
 
 @dataclass
 class _Run:
-    """Predictions of one batch for one monitor, counted together by `observe_many`."""
+    """Predictions of one batch for one monitor, counted together by `observe_columns`."""
 
     state: PartitionMonitors
     monitor: DriftMonitor
     served: ServedVersion
-    rows: list[Mapping[str, Scalar]] = field(default_factory=list)
-    """The logged features as they came (decoded per column at `_apply`)."""
-    scores: list[float | None] = field(default_factory=list)
-    stamps: list[float] = field(default_factory=list)
+    events: list[DriftPrediction] = field(default_factory=list)
+    """As they came: laid out per column at `_apply` (one comprehension per column is
+    cheaper than a few appends per record)."""
     offsets: list[int] = field(default_factory=list)
-    entities: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -141,8 +138,10 @@ class DriftProcessor:
             return (PREDICTION_LOGGED,)
         return (PREDICTION_LOGGED, INGEST_VALIDATED)
 
-    def decoder(self) -> PredictionsAndLabelsDecoder:
-        return PredictionsAndLabelsDecoder(self.label_source, reader="drift service")
+    def decoder(self) -> PredictionsAndLabelsDecoder[DriftPrediction]:
+        return PredictionsAndLabelsDecoder(
+            self.label_source, reader="drift service", predictions=DriftPrediction
+        )
 
     # ── records ──────────────────────────────────────────────────────────────
 
@@ -152,7 +151,7 @@ class DriftProcessor:
     async def handle_batch(self, batch: list[Received[Any]]) -> None:
         """Apply records in order; safe to call again with records already applied.
 
-        Predictions are gathered per monitor and counted with `observe_many` at the
+        Predictions are gathered per monitor and counted with `observe_columns` at the
         end (one call per monitor per batch); a partition's offset moves only once
         its records are applied, so an exception halfway leaves nothing half-counted.
         """
@@ -160,50 +159,89 @@ class DriftProcessor:
             return
         counts: Counter[tuple[str, str, str]] = Counter()
         found = await self._pending_for_labels(batch)
-        runs: dict[tuple[str, int, str, int], _Run] = {}
+        runs: dict[tuple[str, int, int], _Run] = {}
         queued: dict[tuple[str, int], int] = {}  # partition → last offset gathered, not applied
         states: dict[tuple[str, int], PartitionMonitors] = {}
-        for received in batch:
+        for received in batch:  # per record as little as it takes: most are predictions
             key = (received.topic, received.partition)
             state = states.get(key) or await self._partition(*key, received.offset)
             states[key] = state
-            if received.offset <= max(state.offset, queued.get(key, -1)):
+            offset = received.offset
+            if offset <= max(state.offset, queued.get(key, -1)):
                 counts[(received.topic, "skipped", "replayed")] += 1
                 self.replayed += 1
                 continue
             payload = received.payload
-            if isinstance(payload, PredictionLogged):
-                outcome = await self._gather(state, payload, received.offset, runs)
-                queued[key] = received.offset
+            if isinstance(payload, DriftPrediction):
+                queued[key] = offset
+                if payload.model != self.model:
+                    counts[(received.topic, "skipped", "other model")] += 1
+                elif payload.shadow and not self.monitor_shadow:
+                    counts[(received.topic, "skipped", "shadow")] += 1
+                else:
+                    run = runs.get((*key, payload.version)) or await self._run(
+                        state, payload.version, runs
+                    )
+                    if run is None:
+                        counts[(received.topic, "skipped", "no profile")] += 1
+                    else:
+                        run.events.append(payload)
+                        run.offsets.append(offset)
             elif isinstance(payload, IngestValidated):
-                self._apply(runs, queued)  # labels are applied at once, so keep the order
+                self._apply(runs, queued, counts)  # labels are applied at once: keep the order
                 outcome = await self._label(state, payload, found)
-                state.offset = received.offset
+                counts[(received.topic, *outcome)] += 1
+                state.offset = offset
                 state.dirty = state.status_stale = True
             else:
-                outcome = ("skipped", "not a label")
-                queued[key] = received.offset
-            counts[(received.topic, *outcome)] += 1
-        self._apply(runs, queued)
+                counts[(received.topic, "skipped", "not a label")] += 1
+                queued[key] = offset
+        self._apply(runs, queued, counts)
         for (topic, result, reason), n in counts.items():
             metrics.records.add(n, {"topic": topic, "outcome": result, "reason": reason})
 
     def _apply(
-        self, runs: dict[tuple[str, int, str, int], _Run], queued: dict[tuple[str, int], int]
+        self,
+        runs: dict[tuple[str, int, int], _Run],
+        queued: dict[tuple[str, int], int],
+        counts: Counter[tuple[str, str, str]],
     ) -> None:
-        """Count the gathered predictions into their monitors, then move the offsets."""
+        """Count the gathered predictions into their monitors, keep them for the label
+        join, then move the offsets."""
         for run in runs.values():
+            events = run.events
+            scores = [prediction_score(event.outputs) for event in events]
+            logged = [event.occurred_at.timestamp() for event in events]
+            # the scored moment decides the phase of the cycle (a replay scores old events)
+            stamps = np.array(
+                [
+                    at if event.features_at is None else event.features_at.timestamp()
+                    for event, at in zip(events, logged, strict=True)
+                ],
+                dtype=np.float64,
+            )
             verdicts = run.monitor.observe_columns(
-                run.served.decoder.columns(run.rows, self.features),
-                run.scores,
-                n=len(run.rows),
-                stamps=np.asarray(run.stamps, dtype=np.float64),
+                run.served.decoder.columns([event.features for event in events], self.features),
+                scores,
+                n=len(events),
+                stamps=stamps,
                 source=run.state.source,
                 offsets=run.offsets,
-                entities=run.entities,
+                entities=[event.entity_id for event in events],  # a partition's fixed subset
             )
             for verdict in verdicts:
                 self._on_verdict(run.state, verdict)
+            if self.label_link is not None:
+                self.pending.keep(
+                    self.model,
+                    run.served.version,
+                    [
+                        (event.scored_event_id, score, at)
+                        for event, score, at in zip(events, scores, logged, strict=True)
+                        if event.scored_event_id and score is not None and not event.shadow
+                    ],
+                )
+            counts[(run.state.topic, "observed", "")] += len(events)
         runs.clear()
         for key, offset in queued.items():
             state = self.partitions[key]
@@ -273,38 +311,18 @@ class DriftProcessor:
         state.monitors[key] = monitor
         return monitor
 
-    async def _gather(
-        self,
-        state: PartitionMonitors,
-        event: PredictionLogged,
-        offset: int,
-        runs: dict[tuple[str, int, str, int], _Run],
-    ) -> tuple[str, str]:
-        if event.model != self.model:
-            return "skipped", "other model"
-        if event.shadow and not self.monitor_shadow:
-            return "skipped", "shadow"
-        run_key = (state.topic, state.partition, event.model, event.version)
-        run = runs.get(run_key)
-        if run is None:
-            served = await self.catalog.get(event.model, event.version)
-            if served is None:
-                metrics.profile_unavailable.add(1, {"model": event.model, "version": event.version})
-                return "skipped", "no profile"
-            run = runs[run_key] = _Run(state, self._monitor(state, served), served)
-        score = prediction_score(event.outputs)
-        run.rows.append(event.features)
-        run.scores.append(score)
-        # the scored moment decides the phase of the cycle (a replay scores old events)
-        logged_at = event.occurred_at.timestamp()
-        scored_at = event.features_at
-        run.stamps.append(logged_at if scored_at is None else scored_at.timestamp())
-        run.offsets.append(offset)
-        run.entities.append(event.entity_id)  # a partition sees a fixed subset of them
-        scored = event.scored_event_id
-        if scored and score is not None and self.label_link is not None and not event.shadow:
-            self.pending.add(event.model, str(scored), Pending(event.version, score, logged_at))
-        return "observed", ""
+    async def _run(
+        self, state: PartitionMonitors, version: int, runs: dict[tuple[str, int, int], _Run]
+    ) -> _Run | None:
+        """A new run for `version` in this batch; None when the version has no profile."""
+        served = await self.catalog.get(self.model, version)
+        if served is None:
+            metrics.profile_unavailable.add(1, {"model": self.model, "version": version})
+            return None
+        run = runs[(state.topic, state.partition, version)] = _Run(
+            state, self._monitor(state, served), served
+        )
+        return run
 
     def _label_of(self, event: IngestValidated) -> tuple[str, Any] | None:
         link = self.label_link

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from mlbus.driftstats import ABSENT
@@ -61,12 +62,12 @@ class CategoryDecoder:
 
     def columns(
         self, rows: Sequence[Mapping[str, Scalar]], refs: Iterable[str]
-    ) -> dict[str, list[Any]]:
+    ) -> dict[str, Sequence[Any]]:
         """Logged rows laid out per feature ref, codes decoded; `ABSENT` where a row lacks
         the key (the monitor's batch input)."""
-        out: dict[str, list[Any]] = {}
-        for ref in refs:
-            values = [row.get(ref, ABSENT) for row in rows]
+        refs = list(refs)
+        out: dict[str, Sequence[Any]] = {}
+        for ref, values in zip(refs, _laid_out(rows, refs), strict=True):
             lookup = self._lookups.get(ref)
             if lookup is not None:  # float codes (what the trainer logs) the short way
                 find = lookup.get
@@ -99,6 +100,16 @@ class CategoryDecoder:
         if written is None:
             return cls.from_spec(features)
         return cls({ref: list(values) for ref, values in written.categories.items()})
+
+
+def _laid_out(rows: Sequence[Mapping[str, Scalar]], refs: list[str]) -> list[Sequence[Any]]:
+    """Per ref, its value in each row (`ABSENT` where a row lacks the key)."""
+    if len(refs) > 1 and rows:
+        try:  # every row holds every ref (what inference logs): one C call per row
+            return list(zip(*map(itemgetter(*refs), rows), strict=True))
+        except KeyError:
+            pass
+    return [[row.get(ref, ABSENT) for row in rows] for ref in refs]
 
 
 def _category(value: Any, lookup: Mapping[float, str]) -> Any:

@@ -155,8 +155,10 @@ class OutcomesProcessor:
     def topics(self) -> list[str]:
         return [PREDICTION_LOGGED, INGEST_VALIDATED]
 
-    def decoder(self) -> PredictionsAndLabelsDecoder:
-        return PredictionsAndLabelsDecoder(self.label_source, reader="outcomes service")
+    def decoder(self) -> PredictionsAndLabelsDecoder[PredictionLogged]:
+        return PredictionsAndLabelsDecoder(
+            self.label_source, reader="outcomes service", predictions=PredictionLogged
+        )
 
     async def handle(self, received: Received[Any]) -> None:
         await self.handle_batch([received])

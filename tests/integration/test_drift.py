@@ -708,8 +708,9 @@ async def test_pending_predictions_are_bounded_in_number_and_time(
     )
     try:
         for i in range(8):
-            pending.add("m", f"tx-{i}", Pending(1, i / 10))
-        assert await pending.lookup("m", ["tx-7"]) == {"tx-7": Pending(1, 0.7)}  # buffered
+            pending.keep("m", 1, [(f"tx-{i}", i / 10, 1_767_225_600.25 + i)])
+        buffered = await pending.lookup("m", ["tx-7"])
+        assert buffered == {"tx-7": Pending(1, 0.7, 1_767_225_607.25)}
         assert await pending.flush() == 3  # only 5 kept
         found = await pending.lookup("m", [f"tx-{i}" for i in range(8)])
         assert len(found) == 5

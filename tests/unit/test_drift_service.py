@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mlbus.bus import PredictionsAndLabelsDecoder, Received
 from mlbus.drift import DriftProcessor, Retraining, _retraining, detection_id
-from mlbus.drift._labels import Pending, label_error
+from mlbus.drift._labels import Pending, PendingPredictions, label_error
+from mlbus.drift._predictions import DriftPrediction
 from mlbus.drift._store import (
     ArmedTrigger,
     Claim,
@@ -28,7 +30,7 @@ from mlbus.drift._store import (
     decide_claim,
 )
 from mlbus.drift._versions import CategoryDecoder, ServedVersion
-from mlbus.driftstats import PolicyState, RetrainPolicy
+from mlbus.driftstats import ABSENT, PolicyState, RetrainPolicy
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import IngestValidated, PredictionLogged
 from mlbus.model_metadata import positive_class_of
@@ -127,6 +129,29 @@ def test_without_metadata_the_specs_convention_decodes_enums_and_booleans() -> N
     }
 
 
+def test_columns_lay_rows_out_alike_whether_or_not_every_row_holds_every_feature() -> None:
+    decoder = CategoryDecoder.from_metadata({}, spec().model_features())
+    refs = ["v.amount", "v.channel", "v.abroad"]
+    whole = [
+        {"v.amount": 1.0, "v.channel": 0.0, "v.abroad": 1.0},
+        {"v.amount": 2.0, "v.channel": 1.0, "v.abroad": 0.0, "v.other": 5.0},
+    ]
+    expected = {
+        "v.amount": [1.0, 2.0],
+        "v.channel": ["pos", "contactless"],
+        "v.abroad": ["true", "false"],
+    }
+    assert {ref: list(values) for ref, values in decoder.columns(whole, refs).items()} == expected
+    gappy = [whole[0], {"v.amount": 2.0, "v.channel": 1.0}]  # a row without v.abroad
+    laid = decoder.columns(gappy, refs)
+    assert list(laid["v.channel"]) == ["pos", "contactless"]
+    assert list(laid["v.abroad"]) == ["true", ABSENT]
+    assert {ref: list(v) for ref, v in decoder.columns(whole, ["v.amount"]).items()} == {
+        "v.amount": [1.0, 2.0]
+    }
+    assert decoder.columns([], refs) == {ref: [] for ref in refs}
+
+
 def test_malformed_encoding_metadata_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"malformed mlbus\.encoding"):
         CategoryDecoder.from_metadata({"mlbus.encoding": "{not json"}, spec().model_features())
@@ -187,9 +212,20 @@ def test_regression_error_is_absolute() -> None:
     assert label_error(True, 1.0, task="regression", threshold=0.5, positive="") is None
 
 
-def test_pending_round_trips() -> None:
-    pending = Pending(3, 0.123456789, 1_767_225_600.25)
-    assert Pending.decode(pending.encode().encode()) == pending
+class NoRedis:
+    """Enough of a client for what PendingPredictions does before a flush."""
+
+    def register_script(self, script: str) -> None:
+        return None
+
+
+async def test_kept_predictions_round_trip_through_their_encoding() -> None:
+    pending = PendingPredictions(NoRedis(), prefix="t", ttl_s=60, max_entries=10)  # type: ignore[arg-type]
+    pending.keep("m", 3, [("a", 0.123456789, 1_767_225_600.25), ("b", 1e-17, 0.0)])
+    assert await pending.lookup("m", ["a", "b"]) == {  # buffered: read back as Redis holds them
+        "a": Pending(3, 0.123456789, 1_767_225_600.25),
+        "b": Pending(3, 1e-17, 0.0),
+    }
     assert Pending.decode(b"3|0.5") == Pending(3, 0.5, None)  # written before `at` existed
 
 
@@ -273,8 +309,13 @@ def validated(source: str, payload: dict[str, Any], event_time: datetime = T0) -
     )
 
 
+DRIFT_DECODER = PredictionsAndLabelsDecoder(None, reader="drift", predictions=DriftPrediction)
+
+
 def test_the_decoder_builds_only_label_events_of_the_validated_stream() -> None:
-    decode = PredictionsAndLabelsDecoder("labels", reader="drift service")
+    decode = PredictionsAndLabelsDecoder(
+        "labels", reader="drift service", predictions=DriftPrediction
+    )
     other = validated("tx", {"amount": 1.0}).model_dump_json().encode()
     label = validated("labels", {"tx_id": "a", "is_fraud": True}).model_dump_json().encode()
     assert decode(other, _headers(IngestValidated.event_type)) is None
@@ -285,6 +326,29 @@ def test_the_decoder_builds_only_label_events_of_the_validated_stream() -> None:
         decode(b"{}", _headers("mlbus.model.published.v1"))
     with pytest.raises(InvalidInput, match="tombstone"):
         decode(None, _headers(PredictionLogged.event_type))
+
+
+def test_the_drift_service_reads_the_fields_it_uses_as_logged_predictions_declare_them() -> None:
+    logged = PredictionLogged.model_fields
+    for name, read in DriftPrediction.model_fields.items():
+        assert name in logged, name
+        assert read.annotation == logged[name].annotation, name
+        assert read.default == logged[name].default, name
+        assert read.default_factory == logged[name].default_factory, name
+        assert read.is_required() == logged[name].is_required(), name
+
+
+def test_a_prediction_is_read_whatever_its_unused_fields_hold_but_not_without_a_used_one() -> None:
+    event = predictions(1)[0].payload.model_dump(mode="json")
+    logged = {**event, "alias": None, "latency_ms": -1.0, "feature_ages_s": {"v.amount": "?"}}
+    headers = _headers(PredictionLogged.event_type)
+    with pytest.raises(ValueError, match="latency_ms"):
+        PredictionLogged.model_validate(logged)
+    read = DRIFT_DECODER(json.dumps(logged).encode(), headers)
+    assert isinstance(read, DriftPrediction)
+    assert read.features == event["features"]
+    with pytest.raises(InvalidInput, match="features"):
+        DRIFT_DECODER(json.dumps({**logged, "features": None}).encode(), headers)
 
 
 # ── the processor, with fakes ────────────────────────────────────────────────
@@ -378,8 +442,8 @@ class FakePending:
     entries: dict[str, Pending] = field(default_factory=dict)
     forgotten: list[str] = field(default_factory=list)
 
-    def add(self, model: str, event_id: str, pending: Pending) -> None:
-        self.entries[event_id] = pending
+    def keep(self, model: str, version: int, kept: Iterable[tuple[str, float, float]]) -> None:
+        self.entries.update((i, Pending(version, score, at)) for i, score, at in kept)
 
     async def lookup(self, model: str, event_ids: list[str]) -> dict[str, Pending]:
         return {i: self.entries[i] for i in event_ids if i in self.entries}
@@ -479,7 +543,8 @@ def predictions(
             scored_event_id=f"tx-{i}",
             occurred_at=T0 + timedelta(seconds=i),
         )
-        out.append(Received(event, "mlbus.prediction.logged.v1", partition, i, b"c", (), 0))
+        read = DRIFT_DECODER(event.model_dump_json().encode(), _headers(event.event_type))
+        out.append(Received(read, "mlbus.prediction.logged.v1", partition, i, b"c", (), 0))
     return out
 
 
@@ -705,9 +770,9 @@ async def test_a_detection_alarms_at_once_and_fires_the_retraining_at_the_label_
     store = FakeStore()
     processor, publisher, pending = processor_for(spec(**ARMING), store, retrain_min_labels=5)
     for i in range(1000, 1020):  # predictions made an hour before the drift window
-        pending.add("m", f"tx-{i}", Pending(1, 0.6, (T0 - timedelta(hours=1)).timestamp()))
+        pending.keep("m", 1, [(f"tx-{i}", 0.6, (T0 - timedelta(hours=1)).timestamp())])
     for i in range(60, 62):  # predictions made after the detection (window end: T0 + 49 s)
-        pending.add("m", f"tx-{i}", Pending(1, 0.6, (T0 + timedelta(seconds=i)).timestamp()))
+        pending.keep("m", 1, [(f"tx-{i}", 0.6, (T0 + timedelta(seconds=i)).timestamp())])
     await detect(processor)
     (detected,) = publisher.events  # the alarm, no request yet
     assert type(detected).__name__ == "DriftDetected"
@@ -780,7 +845,7 @@ async def test_an_armed_trigger_survives_a_restart() -> None:
     # A new process on the same Redis: no detection of its own, the evidence goes on.
     second, second_publisher, pending = processor_for(spec(**ARMING), store, retrain_min_labels=5)
     for i in range(3, 10):
-        pending.add("m", f"tx-{i}", Pending(1, 0.6, (T0 + timedelta(seconds=i)).timestamp()))
+        pending.keep("m", 1, [(f"tx-{i}", 0.6, (T0 + timedelta(seconds=i)).timestamp())])
     await second.handle_batch(labels_for(range(3, 5), offset=3))
     await second.flush()
     assert [type(e).__name__ for e in first_publisher.events] == ["DriftDetected"]

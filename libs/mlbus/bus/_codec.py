@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mlbus.errors import InvalidInput
 from mlbus.events import (
@@ -20,13 +21,13 @@ from mlbus.events import (
     PREDICTION_LOGGED,
     Event,
     IngestValidated,
-    PredictionLogged,
 )
 
 CE_SPECVERSION = "1.0"
 CONTENT_TYPE = b"application/json"
 
 Headers = list[tuple[str, bytes]]
+P = TypeVar("P", bound=BaseModel)
 
 
 def event_headers(event: Event, source: str) -> Headers:
@@ -111,32 +112,35 @@ def _short(exc: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-class PredictionsAndLabelsDecoder:
+class PredictionsAndLabelsDecoder(Generic[P]):
     """What the drift and outcomes services read: logged predictions, and the validated
     events of the label source; other sources' validated events become None.
 
     `ingest.validated` carries every source's events; only the label source matters
     to them, so the rest is recognised from the bytes without building an event.
+    `predictions` is the class a prediction is read into: `PredictionLogged`, or a
+    reader's projection of it (the fields it uses, the rest skipped, ADR 0030).
     `reader` names the service in the error of an unexpected event type.
     """
 
-    def __init__(self, label_source: str | None, *, reader: str) -> None:
+    def __init__(self, label_source: str | None, *, reader: str, predictions: type[P]) -> None:
         self._label = (
             None
             if label_source is None
             else re.compile(rb'"source"\s*:\s*"' + re.escape(label_source.encode()) + rb'"')
         )
         self._reader = reader
+        self._predictions = predictions
 
     def __call__(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
-    ) -> PredictionLogged | IngestValidated | None:
+    ) -> P | IngestValidated | None:
         if value is None:
             raise InvalidInput("record has no value (tombstone)")
         ce_type = header(headers, "ce_type")
         try:
             if ce_type == PREDICTION_LOGGED:
-                return PredictionLogged.model_validate_json(value)
+                return self._predictions.model_validate_json(value)
             if ce_type == INGEST_VALIDATED:
                 if self._label is None or not self._label.search(value):
                     return None

@@ -54,7 +54,9 @@ class EntitySketch:
     def add_many(self, entities: Sequence[str | None]) -> None:
         named = [entity for entity in entities if entity is not None]
         self.rows += len(named)
-        self._hashes.update(map(entity_hash, set(named)))
+        cached = _HASHED.get  # entities repeat: most are cached (no call per entity)
+        hashes = [h if (h := cached(e)) is not None else entity_hash(e) for e in set(named)]
+        self._hashes.update(hashes)
         if len(self._hashes) > 2 * SKETCH_SIZE:
             self._hashes = set(heapq.nsmallest(SKETCH_SIZE, self._hashes))
 
