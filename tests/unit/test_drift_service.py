@@ -338,7 +338,9 @@ def test_the_drift_service_reads_the_fields_it_uses_as_logged_predictions_declar
         assert read.is_required() == logged[name].is_required(), name
 
 
-def test_a_prediction_is_read_whatever_its_unused_fields_hold_but_not_without_a_used_one() -> None:
+def test_a_prediction_is_read_whatever_its_unused_fields_hold_but_not_a_malformed_used_one() -> (
+    None
+):
     event = predictions(1)[0].payload.model_dump(mode="json")
     logged = {**event, "alias": None, "latency_ms": -1.0, "feature_ages_s": {"v.amount": "?"}}
     headers = _headers(PredictionLogged.event_type)
