@@ -88,6 +88,32 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
 
 
+def submit_and_wait(driver: Any, form: Any, timeout_s: float = 20.0) -> None:
+    """Click `form`'s button and wait for the page the POST answers with.
+
+    Waiting for an element is not enough: the page that holds the form has the same
+    elements until the browser swaps it, and a test that reads them then gets stale
+    references. So wait for the old document to go, then for the new one to load."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    old_page = driver.find_element("tag name", "html")
+    form.find_element("css selector", "button").click()
+
+    def old_page_gone() -> bool:
+        try:
+            old_page.tag_name  # noqa: B018 - any call on a swapped-out element raises
+        except StaleElementReferenceException:
+            return True
+        return False
+
+    wait_for(old_page_gone, timeout_s, "the form's answer to replace the page")
+    wait_for(
+        lambda: driver.execute_script("return document.readyState") == "complete",
+        timeout_s,
+        "the answer page to load",
+    )
+
+
 def screenshot(driver: Any, name: str) -> Path:
     """A full-page PNG under artifacts/console/ (Chromium's DevTools capture beyond the
     viewport, the page's whole height up to 8,000 px)."""

@@ -31,6 +31,7 @@ from tests.e2e._browser import (
     require_chromium,
     screenshot,
     severe_console_errors,
+    submit_and_wait,
     wait_for,
 )
 from tests.e2e.conftest import REGISTRY_TOKEN as TOKEN
@@ -137,7 +138,7 @@ def test_click_through_to_a_model_its_lineage_and_a_comparison(browser: Any, url
     assert browser.find_element("css selector", "#metrics").text.strip()
     screenshot(browser, "04-version")
     browser.back()
-    browser.find_element("css selector", "#compare-form button").click()
+    submit_and_wait(browser, browser.find_element("css selector", "#compare-form"))
     wait_for(lambda: _drawn(browser), 20, "the metrics chart of the comparison")
     table = browser.find_element("css selector", "#compare").text.lower()  # headers: uppercase
     assert "v1" in table
@@ -285,8 +286,7 @@ def test_a_label_sent_from_the_browser_with_the_token_leaves_the_queue(
         form = browser.find_element("css selector", f"{row} form")
         form.find_element("css selector", "input[name=label]").send_keys(label)
         form.find_element("css selector", "input[name=token]").send_keys(token)
-        form.find_element("css selector", "button").click()
-        wait_for(lambda: browser.find_element("css selector", "h1").text, 20, "the answer")
+        submit_and_wait(browser, form)
 
     send("maybe", TOKEN)
     assert "expected true or false" in browser.find_element("id", "message").text
@@ -318,14 +318,13 @@ def test_promotion_needs_the_token_and_csrf_and_hostile_text_stays_text(
 ) -> None:
     _open(browser, url + "/models/fraud_detector")
 
-    def submit(action: str, version: str, token: str, reason: str) -> str:
+    def submit(action: str, version: str, token: str, reason: str) -> None:
         form = browser.find_element("css selector", "#promote-form")
         form.find_element("css selector", "select[name=action]").send_keys(action)
         form.find_element("css selector", "select[name=version]").send_keys(version)
         form.find_element("css selector", "input[name=reason]").send_keys(reason)
         form.find_element("css selector", "input[name=token]").send_keys(token)
-        form.find_element("css selector", "button").click()
-        return str(wait_for(lambda: browser.find_element("css selector", "h1").text, 20, "page"))
+        submit_and_wait(browser, form)
 
     submit("promote", "v1", "", "no token")
     assert "needs the registry's bearer token" in browser.find_element("id", "message").text
