@@ -7,13 +7,33 @@ prediction of the example's model costs ~20 % less (1.7 µs of 7.8 µs per
 event logged by Predict), and a prediction whose unused fields are malformed is
 still monitored instead of dead-lettered. A unit test keeps the fields in step
 with `PredictionLogged`.
+
+`features` is the one field declared differently, for speed, never for what it
+accepts: parsed from JSON (the only way the service reads a prediction), a value
+is a str, int, float, bool or null, or else a list or an object. So refusing
+the last two in one pass over the dict accepts and refuses what `dict[str,
+Scalar]` does, with the same values, without trying a union of five types per
+value (~1.2 µs of ~6.4 per event; a unit test compares the two on the edge cases).
 """
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from typing import Annotated, Any
 
-from mlbus.events import Scalar, utc_now
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from mlbus.events import utc_now
+
+
+def _only_scalars(values: dict[str, Any]) -> dict[str, Any]:
+    for name, value in values.items():
+        if type(value) is list or type(value) is dict:
+            raise ValueError(f"{name!r} is not a scalar (a string, number, boolean or null)")
+    return values
+
+
+JsonScalars = Annotated[dict[str, Any], AfterValidator(_only_scalars)]
+"""`dict[str, Scalar]` as parsed from JSON (see the module's docstring)."""
 
 
 class DriftPrediction(BaseModel):
@@ -25,7 +45,7 @@ class DriftPrediction(BaseModel):
     model: str
     version: int
     entity_id: str | None
-    features: dict[str, Scalar]
+    features: JsonScalars
     outputs: dict[str, list[float]]
     shadow: bool = False
     scored_event_id: str | None = None
