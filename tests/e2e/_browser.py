@@ -89,7 +89,7 @@ def wait_for(
 
 
 def submit_and_wait(driver: Any, form: Any, timeout_s: float = 20.0) -> None:
-    """Click `form`'s button and wait for the page the POST answers with.
+    """Click `form`'s button and wait for the page its submission answers with.
 
     Waiting for an element is not enough: the page that holds the form has the same
     elements until the browser swaps it, and a test that reads them then gets stale
