@@ -54,6 +54,17 @@ def request_id(detection: str) -> str:
     return str(uuid.uuid5(_IDS, f"training:{detection}"))
 
 
+def evidence(verdict: WindowVerdict) -> str:
+    """The drifted tests with their numbers, for the log line a person reads afterwards."""
+    parts = []
+    for r in sorted(verdict.results, key=lambda r: (r.feature, r.test)):
+        if not r.drifted:
+            continue
+        p = "" if r.p_value is None else f", p={r.p_value:.2g}"
+        parts.append(f"{r.feature}/{r.test} {r.statistic:.4g} vs {r.threshold:.4g}{p}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class Detection:
     """A verdict with `detection=True`, waiting to be decided and published at the commit."""
@@ -129,7 +140,7 @@ class Retraining:
                     "drift of %s v%d (%s): retraining not requested: %s",
                     verdict.model,
                     verdict.version,
-                    ", ".join(drifted),
+                    evidence(verdict),
                     claim.reason,
                     extra={"event_id": detection.event_id},
                 )
@@ -185,16 +196,14 @@ class Retraining:
             )
             await self.publisher.publish(detected, key=verdict.model)
             self.detections_published += 1
-            drifted = ", ".join(
-                sorted({f"{r.feature}/{r.test}" for r in verdict.results if r.drifted})
-            )
             log.warning(
-                "drift detected on %s v%d in %s window %d: %s",
+                "drift detected on %s v%d in %s window %d (%d live values): %s",
                 verdict.model,
                 verdict.version,
                 detection.source,
                 verdict.window_index,
-                drifted,
+                verdict.n_live,
+                evidence(verdict),
                 extra={"event_id": detection.event_id, "trace_id": trace_id},
             )
             if claim.trigger and self.arming:
