@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlbus.driftstats import DriftMonitor, calibrate
+from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch
 from mlbus.profiles import ReferenceProfile
 from mlbus.seasons import choose_seasonality, dependence, phase_of, phases_of
 from mlbus.spec import DriftSpec
@@ -274,6 +275,105 @@ def test_a_partition_of_alike_entities_is_not_drift_once_the_reference_knows_the
     # a real change still shows: a fifth of the payments abroad, where nobody lives
     keys2, country2, amount2 = clustered(rng, third, 6_000, shifted=0.2)
     assert clustered_verdicts(profile, keys2, country2, amount2, with_entities=True)
+
+
+def sessions_of(
+    rng: np.random.Generator, activity: np.ndarray, pool: np.ndarray, n: int, shifted: float = 0.0
+) -> tuple[list[str], np.ndarray]:
+    """Payments of the cards in `pool` in sessions (3 a session on average), a card's
+    sessions as frequent as its `activity`: some cards pay ten times as often as others.
+    A card pays in its home country; `shifted` of the payments go abroad to BR."""
+    sessions = rng.choice(pool, size=n, p=activity[pool] / activity[pool].sum())
+    who = np.repeat(sessions, rng.geometric(1 / 3, size=n))[:n]
+    country = np.asarray(["US", "GB", "DE", "FR", "ES", "IT"])[UNEVEN_HOME[who]]
+    return [f"card_{e}" for e in who], np.where(rng.random(n) < shifted, "BR", country)
+
+
+UNEVEN_HOME = np.random.default_rng(72).choice(6, size=1_500, p=[0.5, 0.15, 0.12, 0.1, 0.08, 0.05])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_unevenly_active_entities_are_weighed_by_the_cluster_an_event_sits_in(seed: int) -> None:
+    """Cards of uneven activity: the mean rows per card understates the design effect
+    by 1 + CV² of the cards' rows (Kish). Weighed by the mean, 4 of 10 such partitions
+    alarmed on their own country mix (the demo's control run on seed 40 did); weighed
+    by Σm²/Σm none does, and 4 % of payments abroad is still found (ADR 0022)."""
+    rng = np.random.default_rng(seed)
+    activity = rng.lognormal(0, 1.0, size=1_500)
+    everyone = np.arange(1_500)
+    keys, country = sessions_of(rng, activity, everyone, 12_000)
+    profile = ReferenceProfile.from_samples({"c": country}, entities=keys)
+    assert profile.features["c"].entity_icc > 0.9
+    third = everyone[everyone % 3 == seed % 3]
+
+    def detections(keys: list[str], country: np.ndarray) -> list[int]:
+        monitor = DriftMonitor("m", 1, profile, SPEC, {"c": "categorical"}, {"c": ("chi2",)})
+        verdicts = monitor.observe_many(
+            [{"c": c} for c in country.tolist()],
+            None,
+            at=[datetime.fromtimestamp(T0 + i, UTC) for i in range(len(keys))],
+            source="s",
+            offsets=range(len(keys)),
+            entities=keys,
+        )
+        return [v.offsets["s"][1] for v in verdicts if v.detection]
+
+    assert detections(*sessions_of(rng, activity, third, 30_000)) == []
+    assert detections(*sessions_of(rng, activity, third, 6_000, shifted=0.04))
+
+
+def test_the_entity_sketch_measures_the_cluster_an_event_sits_in() -> None:
+    """Exact below SKETCH_SIZE entities (every window of the default 1,000 rows), a close
+    estimate above, and a saved state carries on as if never saved."""
+    small = EntitySketch()
+    small.add_many(["a", "b", "c", None] + ["d"] * 7)
+    assert (small.distinct, small.rows) == (4, 10)
+    assert small.cluster_size == pytest.approx((1 + 1 + 1 + 49) / 10)
+    assert small.design_effect(1.0) == pytest.approx(5.2)
+    assert small.design_effect(0.5) == pytest.approx(3.1)
+    assert small.design_effect(0.0) == 1.0
+
+    def uneven(entities: int, rows: int) -> tuple[list[str], float, int]:
+        rng = np.random.default_rng(entities)
+        activity = rng.lognormal(0, 0.8, size=entities)  # as the example's cards
+        keys = [f"e{i}" for i in rng.choice(entities, size=rows, p=activity / activity.sum())]
+        sizes = np.unique(keys, return_counts=True)[1]
+        return keys, float(np.sum(sizes * sizes)) / rows, len(sizes)
+
+    def sketched(keys: list[str]) -> EntitySketch:
+        sketch = EntitySketch()
+        for begin in range(0, len(keys), 700):
+            sketch.add_many(keys[begin : begin + 700])
+        return sketch
+
+    keys, exact, distinct = uneven(900, 4_000)
+    assert distinct < SKETCH_SIZE
+    assert exact > 1.3 * len(keys) / distinct  # uneven: the mean rows per entity is far off
+    assert sketched(keys).cluster_size == pytest.approx(exact, rel=1e-12)
+
+    keys, exact, distinct = uneven(20_000, 60_000)
+    assert distinct > 10 * SKETCH_SIZE
+    whole = sketched(keys)
+    assert whole.cluster_size == pytest.approx(exact, rel=0.2)
+    assert whole.distinct == pytest.approx(distinct, rel=0.1)
+    half = sketched(keys[:30_000])
+    resumed = EntitySketch(*half.state(), rows=half.rows)
+    for begin in range(30_000, 60_000, 700):
+        resumed.add_many(keys[begin : begin + 700])
+    assert resumed.state() == sketched(keys[:30_000] + keys[30_000:]).state()
+    assert resumed.cluster_size == whole.cluster_size
+
+
+def test_an_entity_state_saved_before_counts_reads_as_even_clusters() -> None:
+    """States written before the sketch kept rows per entity restore with even sizes."""
+    sketch = EntitySketch()
+    sketch.add_many([f"e{i % 50}" for i in range(400)])
+    hashes, _ = sketch.state()
+    old = EntitySketch(hashes, rows=sketch.rows)
+    assert old.distinct == 50
+    assert old.cluster_size == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="counts"):
+        EntitySketch(hashes, (1, 2), rows=sketch.rows)
 
 
 def test_one_entity_keeps_the_full_weight_of_its_events() -> None:

@@ -2,23 +2,36 @@
 
 A drift monitor watches one partition of an entity-keyed topic, so it sees a fixed
 subset of the entities, each several times. Values of one entity are alike (a card's
-home country, its usual amount): a window of n events from E entities has, for a
-column whose between-entity share of variance is ICC (measured on the reference), the
-variance of n / deff independent events, deff = 1 − ICC + ICC·n/E (the design effect
-of cluster sampling, Kish 1965). The subset's own mix is part of that noise.
+home country, its usual amount): a window of n events whose entity i holds m_i of
+them has, for a column whose between-entity share of variance is ICC (measured on the
+reference), the variance of n / deff independent events, with
 
-The distinct count is a k-minimum-values sketch (Bar-Yossef et al. 2002): the k
-smallest 64-bit hashes seen, exact below k entities, about 6 % off above (k = 256).
+    deff = 1 − ICC + ICC·m̃,   m̃ = Σ m_i² / Σ m_i
+
+(Kish's design effect for clusters of unequal size). m̃ is the size of the cluster an
+average event sits in; it equals the mean n/E only when every entity holds as many
+events. Real entities do not (some cards pay ten times as often as others), and the
+mean then understates m̃ by the factor 1 + CV² of the sizes.
+
+The sketch keeps the events per entity for the k smallest 64-bit entity hashes
+(a k-minimum-values sketch, Bar-Yossef et al. 2002; k = 1024): exact below k
+entities, so for every window of the default 1,000 rows. Above, those entities are a
+uniform sample of the window's distinct ones, so Σ m² / Σ m over them estimates m̃
+(within 10 % for the example's cards), and the k-th hash the distinct count (about
+3 % off). An entity is counted only while its hash can still be among the k smallest,
+so each kept count is the entity's whole count in the window.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import Counter
 from collections.abc import Sequence
 
-SKETCH_SIZE = 256
+SKETCH_SIZE = 1024
 _SPACE = float(1 << 64)
+_NO_BOUND = 1 << 64  # above every hash: all are kept until the sketch first fills
 
 
 _HASHED: dict[str, int] = {}
@@ -37,47 +50,75 @@ def entity_hash(entity: str) -> int:
 
 
 class EntitySketch:
-    """Distinct entities of one window, and how many rows named one."""
+    """Distinct entities of one window, how many rows named one, and how they cluster."""
 
-    def __init__(self, hashes: tuple[int, ...] = (), rows: int = 0) -> None:
-        self._hashes = set(hashes)
+    def __init__(
+        self, hashes: tuple[int, ...] = (), counts: tuple[int, ...] = (), *, rows: int = 0
+    ) -> None:
+        if counts and len(counts) != len(hashes):
+            raise ValueError(f"{len(hashes)} entity hashes but {len(counts)} counts")
+        self._counts: dict[int, int] = dict(zip(hashes, counts or (1,) * len(hashes), strict=True))
         self.rows = rows
+        # hashes above the bound can no longer be among the k smallest (ADR 0022)
+        self._bound = max(hashes) if len(hashes) >= SKETCH_SIZE else _NO_BOUND
+        if hashes and not counts:  # a state saved before counts were kept: even sizes
+            even = max(1, round(rows / self.distinct))
+            self._counts = dict.fromkeys(hashes, even)
 
     def add(self, entity: str | None) -> None:
-        if entity is None:
-            return
-        self.rows += 1
-        self._hashes.add(entity_hash(entity))
-        if len(self._hashes) > 2 * SKETCH_SIZE:  # keep the smallest now and then: amortised
-            self._hashes = set(heapq.nsmallest(SKETCH_SIZE, self._hashes))
+        self.add_many((entity,))
 
     def add_many(self, entities: Sequence[str | None]) -> None:
-        named = [entity for entity in entities if entity is not None]
-        self.rows += len(named)
         cached = _HASHED.get  # entities repeat: most are cached (no call per entity)
-        hashes = [h if (h := cached(e)) is not None else entity_hash(e) for e in set(named)]
-        self._hashes.update(hashes)
-        if len(self._hashes) > 2 * SKETCH_SIZE:
-            self._hashes = set(heapq.nsmallest(SKETCH_SIZE, self._hashes))
+        counts, bound = self._counts, self._bound
+        for entity, times in Counter(entities).items():
+            if entity is None:
+                continue
+            self.rows += times
+            h = cached(entity)
+            if h is None:
+                h = entity_hash(entity)
+            if h <= bound:
+                counts[h] = counts.get(h, 0) + times
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self._counts) > 2 * SKETCH_SIZE:  # keep the smallest now and then: amortised
+            kept = self._sample()
+            self._counts = {h: self._counts[h] for h in kept}
+            self._bound = kept[-1]
+
+    def _sample(self) -> list[int]:
+        """The k smallest hashes: what the estimates read, whenever the sketch was trimmed."""
+        return heapq.nsmallest(SKETCH_SIZE, self._counts)
 
     @property
     def distinct(self) -> float:
         """Distinct entities seen: exact below SKETCH_SIZE, estimated above."""
-        if len(self._hashes) < SKETCH_SIZE:
-            return float(len(self._hashes))
-        kth = heapq.nsmallest(SKETCH_SIZE, self._hashes)[-1]
+        if len(self._counts) < SKETCH_SIZE:
+            return float(len(self._counts))
+        kth = self._sample()[-1]
         return (SKETCH_SIZE - 1) * _SPACE / (kth + 1)
+
+    @property
+    def cluster_size(self) -> float:
+        """m̃ = Σ m² / Σ m: the rows of the entity an average row belongs to."""
+        counts = [self._counts[h] for h in self._sample()]
+        total = sum(counts)
+        return sum(m * m for m in counts) / total if total else 1.0
 
     def design_effect(self, icc: float) -> float:
         """deff of this window for a column of intra-entity correlation `icc` (≥ 1)."""
         if icc <= 0 or not self.rows:
             return 1.0
-        per_entity = self.rows / max(self.distinct, 1.0)
-        return max(1.0, 1.0 - icc + icc * per_entity)
+        return max(1.0, 1.0 + icc * (self.cluster_size - 1.0))
 
-    def state(self) -> tuple[int, ...]:
-        return tuple(heapq.nsmallest(SKETCH_SIZE, self._hashes))
+    def state(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The k smallest hashes and their rows, in ascending hash order."""
+        kept = self._sample()
+        return tuple(kept), tuple(self._counts[h] for h in kept)
 
     def reset(self) -> None:
-        self._hashes.clear()
+        self._counts.clear()
         self.rows = 0
+        self._bound = _NO_BOUND

@@ -123,6 +123,9 @@ class MonitorState(_Frozen):
     entity_hashes: tuple[int, ...] = Field(
         default=(), description="the window's smallest entity hashes (a distinct-count sketch)"
     )
+    entity_counts: tuple[int, ...] = Field(
+        default=(), description="rows of each entity in entity_hashes (none: saved before them)"
+    )
     entity_rows: int = Field(default=0, ge=0, description="the window's rows that named an entity")
     phase_rows: tuple[int, ...] = Field(
         default=(), description="the window's rows per phase (seasonal profiles only)"

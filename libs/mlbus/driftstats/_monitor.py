@@ -457,6 +457,7 @@ class DriftMonitor:
         )
 
     def snapshot(self) -> MonitorState:
+        entity_hashes, entity_counts = self._entities.state()
         return MonitorState(
             model=self.model,
             version=self.version,
@@ -466,7 +467,8 @@ class DriftMonitor:
             window_end=self._end,
             offsets=dict(self._offsets),
             phase_rows=tuple(int(n) for n in self._phase_rows) if self._phase_rows.size > 1 else (),
-            entity_hashes=self._entities.state(),
+            entity_hashes=entity_hashes,
+            entity_counts=entity_counts,
             entity_rows=self._entities.rows,
             channels={
                 c.key: ChannelState(
@@ -536,7 +538,9 @@ class DriftMonitor:
                     f"{len(state.phase_rows)} phases, the profile {monitor._phase_rows.size}"
                 )
             monitor._phase_rows[:] = state.phase_rows
-        monitor._entities = EntitySketch(state.entity_hashes, state.entity_rows)
+        monitor._entities = EntitySketch(
+            state.entity_hashes, state.entity_counts, rows=state.entity_rows
+        )
         monitor._streaks = dict(state.streaks)
         monitor._drifted_in_row = state.drifted_windows_in_row
         if monitor._adwin is not None and state.adwin is not None:
