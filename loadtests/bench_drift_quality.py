@@ -47,6 +47,13 @@ Streams (per seed, seeds first-seed … first-seed + seeds - 1, unless said):
   holds from no burst (6 % of windows) to half bursts and more (5 %); one event
   a second; reference
   40,000 events, then 60,000 live.
+- stationary-entities: a country per payment of 1,500 cards, as one partition of
+  an entity-keyed topic sees it. Each card has a home country (the shares of
+  categorical-share) and pays abroad (any country) 10 % of the time; its activity
+  is lognormal(0, 1), and it pays in sessions of 3 payments on average
+  (geometric). Reference 20,000 payments of all cards, then 60,000 live payments
+  of a third of them (the partition), all with their card as entity key. River
+  sees the 0/1 indicator of US.
 - categorical-share: a country (US, GB, DE, FR, ES, IT with shares 35/20/15/12/10/8 %),
   then GB's share rises by 10 points to 30 % (the others scaled down in
   proportion); reference 20,000; drift at 10,000 of 30,000 live events.
@@ -130,6 +137,7 @@ SCENARIOS = (
     "stationary-weekly",
     "stationary-ar1",
     "stationary-regimes",
+    "stationary-entities",
 )
 
 
@@ -145,6 +153,8 @@ class Stream:
     reference_times: np.ndarray
     river: np.ndarray | None = None  # what River sees, when it is not `values`
     reference_key: str = ""  # streams with the same key share one reference (and profile)
+    entities: np.ndarray | None = None  # the live events' entity keys, when they have one
+    reference_entities: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -333,6 +343,37 @@ def stationary_regimes(seed: int, calm_mean: float = 400.0, burst_mean: float = 
 # ── new drift kinds ─────────────────────────────────────────────────────────
 
 
+def stationary_entities(seed: int, cards: int = 1_500) -> Stream:
+    rng = np.random.default_rng(11_000 + seed)
+    home = rng.choice(len(COUNTRIES), size=cards, p=COUNTRY_SHARES)
+    activity = rng.lognormal(0.0, 1.0, size=cards)
+    partition = np.flatnonzero(np.arange(cards) % 3 == seed % 3)
+
+    def payments(pool: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        sessions = rng.choice(pool, size=n, p=activity[pool] / activity[pool].sum())
+        who = np.repeat(sessions, rng.geometric(1 / 3, size=n))[:n]
+        abroad = rng.random(n) < 0.1
+        codes = np.where(abroad, rng.integers(0, len(COUNTRIES), n), home[who])
+        return np.asarray([f"card_{c}" for c in who]), np.asarray(COUNTRIES)[codes]
+
+    reference_keys, reference = payments(np.arange(cards), REFERENCE_ROWS)
+    keys, countries = payments(partition, 60_000)
+    times = per_second(REFERENCE_ROWS + len(keys), T0_S - REFERENCE_ROWS)
+    return Stream(
+        "stationary-entities",
+        seed,
+        countries,
+        None,
+        "categorical",
+        times=times[REFERENCE_ROWS:],
+        reference=reference,
+        reference_times=times[:REFERENCE_ROWS],
+        river=(countries == COUNTRIES[0]).astype(np.float64),
+        entities=keys,
+        reference_entities=reference_keys,
+    )
+
+
 def drifting(
     name: str,
     seed: int,
@@ -398,7 +439,7 @@ def make_streams(
         streams += old_streams(seed)
         streams += [categorical_share(seed), missing_rate(seed), variance(seed)]
         streams += [stationary_daily(seed), stationary_weekly(seed)]
-        streams += [stationary_ar1(seed), stationary_regimes(seed)]
+        streams += [stationary_ar1(seed), stationary_regimes(seed), stationary_entities(seed)]
     streams += old_stationary_streams(stationary)
     return [s for s in streams if s.scenario in scenarios]
 
@@ -458,6 +499,9 @@ def reference_profile(stream: Stream) -> ReferenceProfile:
             {"x": stream.reference},
             times=stream.reference_times.tolist(),
             seasonality="auto",
+            entities=None
+            if stream.reference_entities is None
+            else stream.reference_entities.tolist(),
         )
     return _PROFILES[key]
 
@@ -503,6 +547,7 @@ def window_detector(window: int, *, adaptive: bool) -> Detector:
             at=at,
             source="bench:0",
             offsets=range(len(rows)),
+            entities=None if stream.entities is None else stream.entities.tolist(),
         )
         seconds = time.perf_counter() - started
         return [v.offsets["bench:0"][1] for v in verdicts if v.detection], seconds
