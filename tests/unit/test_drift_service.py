@@ -693,7 +693,7 @@ async def test_labels_join_their_predictions_and_feed_the_performance_detector()
 
 
 async def test_a_detection_is_published_once_with_its_training_request(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -716,6 +716,17 @@ async def test_a_detection_is_published_once_with_its_training_request(
     assert span.parent is None
     assert publisher.traces == [span.context.trace_id] * 2
     assert [r["alarm"] for r in store.recorded] == [True, False]
+    # the log lines carry each drifted test's numbers, read after the event is gone
+    drifted = [r for r in detected.results if r.drifted]
+    assert drifted
+    alarm, suppressed = (r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "in mlbus.prediction.logged.v1:0 window 0 (50 live values)" in alarm
+    for result in drifted:
+        shown = f"{result.feature}/{result.test} {result.statistic:.4g} vs {result.threshold:.4g}"
+        assert shown in alarm
+        assert shown in suppressed  # the second partition's window holds the same values
+    assert "p=" in alarm
+    assert "retraining not requested: cooldown" in suppressed
 
     replay, again, _ = processor_for(
         project, FakeStore(claims=dict(store.claims), policy=store.policy)

@@ -61,7 +61,9 @@ class EntitySketch:
         self.rows = rows
         # hashes above the bound can no longer be among the k smallest (ADR 0022)
         self._bound = max(hashes) if len(hashes) >= SKETCH_SIZE else _NO_BOUND
-        if hashes and not counts:  # a state saved before counts were kept: even sizes
+        # A state saved before counts were kept (k was 256): its window reads as even
+        # clusters, of more rows each when it had been trimmed; that window errs quiet.
+        if hashes and not counts:
             even = max(1, round(rows / self.distinct))
             self._counts = dict.fromkeys(hashes, even)
 
