@@ -292,12 +292,13 @@ def sessions_of(
 UNEVEN_HOME = np.random.default_rng(72).choice(6, size=1_500, p=[0.5, 0.15, 0.12, 0.1, 0.08, 0.05])
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(20))
 def test_unevenly_active_entities_are_weighed_by_the_cluster_an_event_sits_in(seed: int) -> None:
     """Cards of uneven activity: the mean rows per card understates the design effect
-    by 1 + CV² of the cards' rows (Kish). Weighed by the mean, 4 of 10 such partitions
-    alarmed on their own country mix (the demo's control run on seed 40 did); weighed
-    by Σm²/Σm none does, and 4 % of payments abroad is still found (ADR 0022)."""
+    by 1 + CV² of the cards' rows (Kish). Weighed by the mean, 4 of these 20 partitions
+    (seeds 8, 14, 18, 19; 7 of seeds 0–39) alarmed on their own country mix, as the
+    demo's control run on seed 40 did; weighed by Σm²/Σm none of 0–39 does, and 4 % of
+    payments abroad is still found (ADR 0022)."""
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(0, 1.0, size=1_500)
     everyone = np.arange(1_500)
@@ -360,7 +361,7 @@ def test_the_entity_sketch_measures_the_cluster_an_event_sits_in() -> None:
     resumed = EntitySketch(*half.state(), rows=half.rows)
     for begin in range(30_000, 60_000, 700):
         resumed.add_many(keys[begin : begin + 700])
-    assert resumed.state() == sketched(keys[:30_000] + keys[30_000:]).state()
+    assert resumed.state() == whole.state()  # cut elsewhere than `whole`'s batches
     assert resumed.cluster_size == whole.cluster_size
 
 
