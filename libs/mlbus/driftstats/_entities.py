@@ -49,6 +49,11 @@ def entity_hash(entity: str) -> int:
     return known
 
 
+def design_effect(icc: float, cluster_size: float) -> float:
+    """Kish's deff = 1 − ICC + ICC·m̃ of rows in clusters of m̃ rows (at least 1)."""
+    return max(1.0, 1.0 + icc * (cluster_size - 1.0)) if icc > 0 else 1.0
+
+
 class EntitySketch:
     """Distinct entities of one window, how many rows named one, and how they cluster."""
 
@@ -105,15 +110,16 @@ class EntitySketch:
     @property
     def cluster_size(self) -> float:
         """m̃ = Σ m² / Σ m: the rows of the entity an average row belongs to."""
-        counts = [self._counts[h] for h in self._sample()]
+        if len(self._counts) <= SKETCH_SIZE:  # every kept entity is in the sample
+            counts: list[int] = list(self._counts.values())
+        else:
+            counts = [self._counts[h] for h in self._sample()]
         total = sum(counts)
         return sum(m * m for m in counts) / total if total else 1.0
 
     def design_effect(self, icc: float) -> float:
         """deff of this window for a column of intra-entity correlation `icc` (≥ 1)."""
-        if icc <= 0 or not self.rows:
-            return 1.0
-        return max(1.0, 1.0 + icc * (self.cluster_size - 1.0))
+        return design_effect(icc, self.cluster_size) if self.rows else 1.0
 
     def state(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The k smallest hashes and their rows, in ascending hash order."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from mlbus.driftstats import _stats
 from mlbus.driftstats._channels import Channel
-from mlbus.driftstats._entities import EntitySketch
+from mlbus.driftstats._entities import EntitySketch, design_effect
 from mlbus.driftstats._models import Correction
 from mlbus.events import DriftTestResult
 from mlbus.spec import DriftSpec
@@ -38,11 +38,13 @@ def run_tests(
     """
     # (channel, test, statistic, raw p-value, threshold, samples, significant for PSI/JS)
     raw: list[tuple[Channel, str, float, float | None, float, int, bool]] = []
+    # the window's m̃, read once for all channels (a sort of up to 2k hashes above k entities)
+    cluster_size = 1.0 if entities is None or not entities.rows else entities.cluster_size
     for channel in channels:
         observed = np.asarray(channel.counts, dtype=np.float64)
         expected = channel.expected(phase_rows)
         live, reference = observed, expected  # what the p-values see
-        clustering = 1.0 if entities is None else entities.design_effect(channel.icc)
+        clustering = design_effect(channel.icc, cluster_size)
         if channel.kappa != 1.0 or clustering != 1.0:
             live = observed / max(channel.kappa, clustering)
             reference = expected / channel.kappa
