@@ -62,6 +62,24 @@ def phase_of(second: float, seasonality: Seasonality) -> int:
     return hour % 24 if seasonality == "daily" else (hour + _MONDAY_OFFSET_H) % 168
 
 
+def reference_rows_until(
+    seconds: np.ndarray, phase_rows: np.ndarray, seasonality: Seasonality
+) -> np.ndarray:
+    """Per epoch second, the reference rows of every hour from the epoch up to it: each
+    hour counts its phase's rows (`phase_rows`, summed over the reference's cycles), the
+    last one in proportion to the part of it that has passed. The difference of two of
+    these is the reference's rows for the hours between two times."""
+    hours = np.asarray(seconds, dtype=np.float64) / _HOUR_S
+    if seasonality == "weekly":
+        hours = hours + _MONDAY_OFFSET_H
+    per_phase = np.asarray(phase_rows, dtype=np.float64)
+    before = np.concatenate(([0.0], np.cumsum(per_phase)))  # of the phases before each
+    whole = np.floor(hours)
+    cycles, phase = np.divmod(whole.astype(np.int64), len(per_phase))
+    rows: np.ndarray = cycles * before[-1] + before[phase] + (hours - whole) * per_phase[phase]
+    return rows
+
+
 def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) -> Seasonality:
     """What `choice` means for a reference whose events happened at `seconds`.
 

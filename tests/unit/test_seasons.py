@@ -10,8 +10,15 @@ import pytest
 
 from mlbus.driftstats import DriftMonitor, calibrate
 from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch
+from mlbus.driftstats._rate import LiveRate
 from mlbus.profiles import ReferenceProfile
-from mlbus.seasons import choose_seasonality, dependence, phase_of, phases_of
+from mlbus.seasons import (
+    choose_seasonality,
+    dependence,
+    phase_of,
+    phases_of,
+    reference_rows_until,
+)
 from mlbus.spec import DriftSpec
 
 DAY = 86_400.0
@@ -91,6 +98,45 @@ def test_auto_takes_the_longest_cycle_the_reference_covers_twice() -> None:
         choose_seasonality("weekly", None)
 
 
+def test_reference_rows_until_counts_each_hour_by_its_phase() -> None:
+    weekly = np.arange(168, dtype=np.float64) + 1  # phase h (Monday 00:00 is 0) has h + 1 rows
+
+    def between(start: float, end: float, rows: np.ndarray, cycle: str) -> float:
+        until = reference_rows_until(np.asarray([end, start]), rows, cycle)  # type: ignore[arg-type]
+        return float(until[0] - until[1])
+
+    assert between(T0, T0 + 3600, weekly, "weekly") == 1
+    assert between(T0 + 3600, T0 + 3 * 3600, weekly, "weekly") == 2 + 3
+    assert between(T0 + 1800, T0 + 3600 + 900, weekly, "weekly") == 0.5 + 0.25 * 2
+    week = float(weekly.sum())
+    assert between(T0 + 5 * DAY, T0 + 19 * DAY, weekly, "weekly") == 2 * week
+    daily = np.full(24, 10.0)
+    assert between(T0 + 7200, T0 + 7200 + 3 * DAY, daily, "daily") == 3 * 240
+
+
+@pytest.mark.parametrize("live_per_day", [2500, 25_000])
+def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_day: int) -> None:
+    rng = np.random.default_rng(8)
+    ref_t, _, _ = daily_stream(rng, 7, T0)  # 2,500 rows a day: 17,500 over 7 cycles
+    phase_rows = np.bincount(phases_of(ref_t, "daily"), minlength=24)
+    rate = LiveRate(phase_rows, "daily", cycles=7.0)
+    assert rate.rate == 1 / 7  # before any live row: the reference's own density
+    prior = len(ref_t) / 24  # one average hour's reference rows at that density
+
+    live_t, _, _ = daily_stream(rng, 3, T0 + 7 * DAY, per_day=live_per_day)
+    # an afternoon's rows are weighed against the reference's rows of those hours
+    start = T0 + 7 * DAY + 13 * 3600
+    afternoon = live_t[(live_t >= start) & (live_t < start + 4 * 3600)]
+    of_those_hours = np.isin(phases_of(ref_t, "daily"), [13, 14, 15, 16]).sum()
+    inflation = rate.inflations(np.concatenate(([start], afternoon, [start + 4 * 3600])))
+    assert rate.rows == 0  # inflations() counts nothing
+    assert inflation[-1] - 1 == pytest.approx(
+        (len(afternoon) + 2 + prior / 7) / (of_those_hours + prior)
+    )
+    rate.count(live_t)
+    assert rate.rate == pytest.approx(live_per_day / len(ref_t), rel=0.03)
+
+
 def test_dependence_is_one_for_independent_values_and_about_19_for_ar1_at_0_9() -> None:
     rng = np.random.default_rng(3)
     assert dependence(rng.normal(size=20_000)) == 1.0
@@ -129,6 +175,55 @@ def test_a_change_within_the_cycle_is_still_detected_soon() -> None:
     assert found[0] - change < 1000
 
 
+def sampled(rng: np.random.Generator, share: float, *columns: np.ndarray) -> list[np.ndarray]:
+    """A random `share` of the rows, in time order."""
+    keep = np.sort(rng.choice(len(columns[0]), int(len(columns[0]) * share), replace=False))
+    return [column[keep] for column in columns]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_reference_sampled_from_its_days_does_not_alarm_on_the_full_traffic(seed: int) -> None:
+    # A reference that is a 5 % sample of its week has ~37 rows per hour of the day; each
+    # hour's CDF errs by its sample's noise, shared by ~100 live rows of every such hour.
+    # ADWIN counting that as 1 + 1/C (the reference's own density) alarmed on every seed.
+    rng = np.random.default_rng(100 + seed)
+    ref_t, ref_x, ref_c = sampled(rng, 0.05, *daily_stream(rng, 7, T0))
+    live_t, live_x, live_c = daily_stream(rng, 14, T0 + 7 * DAY)
+    profile = ReferenceProfile.from_samples({"x": ref_x, "c": ref_c}, times=ref_t)
+    assert profile.seasonality == "daily"
+    assert detections(profile, {"x": live_x, "c": live_c}, live_t) == []
+
+
+def test_a_shift_against_a_sampled_seasonal_reference_is_still_detected() -> None:
+    rng = np.random.default_rng(7)
+    ref_t, ref_x = sampled(rng, 0.05, *daily_stream(rng, 7, T0)[:2])
+    live_t, live_x, _ = daily_stream(rng, 4, T0 + 7 * DAY)
+    change = int(np.searchsorted(live_t, T0 + 9 * DAY))
+    live_x[change:] *= 1.6
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    found = detections(profile, {"x": live_x}, live_t)
+    assert found
+    assert found[0] >= change
+    assert found[0] - change < 2500  # within a day's traffic
+
+
+def test_a_seasonal_monitor_reports_its_live_rate() -> None:
+    rng = np.random.default_rng(2)
+    ref_t, ref_x = sampled(rng, 0.1, *daily_stream(rng, 7, T0)[:2])
+    live_t, live_x, _ = daily_stream(rng, 2, T0 + 7 * DAY)
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    monitor = DriftMonitor("m", 1, profile, SPEC, {"x": "numeric"}, {"x": ("psi", "ks")})
+    assert monitor.status().live_rate == 1 / profile.features["x"].cycles  # 6.9 days
+    monitor.observe_many(
+        [{"x": x} for x in live_x.tolist()],
+        None,
+        at=[datetime.fromtimestamp(s, UTC) for s in live_t],
+        source="s",
+        offsets=range(len(live_x)),
+    )
+    assert monitor.status().live_rate == pytest.approx(2500 / len(ref_t), rel=0.05)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_autocorrelated_stationary_data_does_not_alarm_once_its_dependence_is_known(
     seed: int,
@@ -157,11 +252,14 @@ def test_a_shift_in_autocorrelated_data_is_detected() -> None:
     assert found[0] >= 15_000
 
 
-def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly() -> None:
+@pytest.mark.parametrize(("share", "change"), [(1.0, 1.3), (0.1, 1.6)])
+def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly(
+    share: float, change: float
+) -> None:
     rng = np.random.default_rng(4)
-    ref_t, ref_x, ref_c = daily_stream(rng, 3, T0)
+    ref_t, ref_x, ref_c = sampled(rng, share, *daily_stream(rng, 3, T0))
     live_t, live_x, live_c = daily_stream(rng, 2, T0 + 3 * DAY)
-    live_x[2500:] *= 1.3
+    live_x[2500:] *= change
     profile = ReferenceProfile.from_samples({"x": ref_x, "c": ref_c}, times=ref_t)
     features = {"x": "numeric", "c": "categorical"}
     tests = {"x": ("psi", "ks"), "c": ("chi2",)}
@@ -183,6 +281,16 @@ def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly() -> None:
     )
     assert got == expected
     assert any(v.detection for v in expected)
+    assert again.snapshot() == whole.snapshot()
+    assert whole.snapshot().live_rows == len(rows)
+    one_by_one = DriftMonitor("m", 1, profile, SPEC, features, tests)
+    singles = [
+        v
+        for i, row in enumerate(rows)
+        if (v := one_by_one.observe(row, None, at=at[i], source="s", offset=i)) is not None
+    ]
+    assert singles == expected
+    assert one_by_one.snapshot() == whole.snapshot()
 
 
 def test_calibration_replays_held_out_rows_and_flags_a_profile_that_alarms_on_them() -> None:

@@ -44,10 +44,17 @@ def _render(state: dict[str, Any]) -> None:
             f"{key.split(':', 1)[-1]} κ={float(k):.1f}"
             for key, k in sorted(status.get("dependence", {}).items())
         )
+        rates = [m["status"]["live_rate"] for m in monitors if m["status"].get("live_rate")]
+        low, high = (_number(min(rates), 2), _number(max(rates), 2)) if rates else ("", "")
+        density = (
+            f" (live rows per cycle / reference rows: {low if low == high else f'{low}–{high}'})"
+            if rates
+            else ""
+        )
         table = Table(
             title=f"{entry['model']} v{entry['version']} — {len(monitors)} partition monitor(s), "
             f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}; "
-            f"seasonality {status.get('seasonality', 'none')}"
+            f"seasonality {status.get('seasonality', 'none')}{density}"
             + (f"; dependent: {dependent}" if dependent else ""),
             title_justify="left",
         )

@@ -19,7 +19,9 @@ numpy over channels, buckets and the blocks of a batch:
   more than `grace` values, it is checked at every bucket boundary at once
   (vectorised over channels and splits) with Adwin's Bennett-Hoeffding bound,
   n values weighing as n/κ; the oldest split that cuts is the change, and the
-  channel starts a fresh window (its buckets emptied), as Adwin does.
+  channel starts a fresh window (its buckets emptied), as Adwin does. An
+  `inflated` channel's κ is also multiplied by the `inflation` fed with each
+  row, as it stands at the block's last row (a seasonal reference's, see _rate).
 - A partial block waits for the next rows (`pending`, part of the state), so
   `observe` row by row and `observe_many` in batches of any size insert the
   same blocks with the same arithmetic and cut on the same row.
@@ -55,6 +57,9 @@ class BlockAdwinsState(BaseModel):
     channels: tuple[str, ...] = Field(description="channel keys: the order of every column below")
     delta: tuple[float, ...]
     dependence: tuple[float, ...]
+    inflated: tuple[bool, ...] = Field(
+        default=(), description="per channel: κ grows by each row's inflation (none: saved before)"
+    )
     bound: Literal["bennett-hoeffding"] = "bennett-hoeffding"
     block: int = Field(default=BLOCK, ge=1)
     clock: int = Field(default=16, ge=1)
@@ -83,6 +88,7 @@ class BlockAdwinsState(BaseModel):
         default=(), description="rows of the partial block: per channel its value or None"
     )
     pending_times: tuple[float, ...] = ()
+    pending_inflation: tuple[float, ...] = ()
 
 
 class BlockAdwins:
@@ -101,6 +107,7 @@ class BlockAdwins:
         delta: Sequence[float],
         dependence: Sequence[float],
         *,
+        inflated: Sequence[bool] | None = None,
         block: int | None = None,
         clock: int = 16,
         max_buckets: int | None = None,
@@ -111,6 +118,7 @@ class BlockAdwins:
         size = len(self.keys)
         self.delta = np.asarray(delta, dtype=np.float64)
         self.dependence = np.asarray(dependence, dtype=np.float64)
+        self.inflated = np.zeros(size, dtype=bool) if inflated is None else np.asarray(inflated)
         self.block = BLOCK if block is None else block
         self.clock = clock
         self.max_buckets = MAX_BUCKETS if max_buckets is None else max_buckets
@@ -132,28 +140,35 @@ class BlockAdwins:
         self.detections = np.zeros(size, dtype=np.float64)
         self._pending = np.empty((0, size), dtype=np.float64)  # NaN: no value
         self._pending_times = np.empty(0, dtype=np.float64)
+        self._pending_inflation = np.empty(0, dtype=np.float64)
 
     # ── feeding ──────────────────────────────────────────────────────────────
 
     def feed(
-        self, values: np.ndarray, times: np.ndarray
+        self, values: np.ndarray, times: np.ndarray, inflation: np.ndarray | None = None
     ) -> tuple[int, list[tuple[int, AdwinChange]]]:
         """Rows × channels values (NaN: none) observed at `times`: how many rows were taken
         and the changes, (channel index, change). Rows are taken up to the end of the first
-        block on which some channel cut (then all of them), else all of them."""
+        block on which some channel cut (then all of them), else all of them. `inflation`:
+        per row, the factor of the inflated channels' κ (1 when not given)."""
         n = len(times)
+        if inflation is None:
+            inflation = np.ones(n, dtype=np.float64)
         held = len(self._pending)
         if held + n < self.block:
             self._pending = np.concatenate((self._pending, values))
             self._pending_times = np.concatenate((self._pending_times, times))
+            self._pending_inflation = np.concatenate((self._pending_inflation, inflation))
             return n, []
         if held:
             values = np.concatenate((self._pending, values))
             times = np.concatenate((self._pending_times, times))
+            inflation = np.concatenate((self._pending_inflation, inflation))
         blocks = len(times) // self.block
         used = blocks * self.block
         count, total, squares, reach = _block_stats(values[:used], blocks)
         starts = times[:used].reshape(blocks, self.block).min(axis=1).tolist()
+        inflations = inflation[self.block - 1 : used : self.block]  # at each block's last row
         # The state after each block, all at once: running sums are sequential (cumsum), so
         # the figures are those of adding the blocks one by one, whatever the batch
         # (counts are whole numbers: exact in any order).
@@ -176,7 +191,7 @@ class BlockAdwins:
             if not checked[b]:
                 continue
             state = (width[b + 1], sums[b + 1], variance[b + 1], scale[b + 1])
-            changes = self._check(np.flatnonzero(due[b]), *state)
+            changes = self._check(np.flatnonzero(due[b]), *state, float(inflations[b]))
             if changes:
                 del self.since[self._columns :]  # the blocks after this one were not taken
                 self.width, self.total, self.variance, self.scale = (a.copy() for a in state)
@@ -184,16 +199,17 @@ class BlockAdwins:
                 for channel, _ in changes:
                     self._reset(channel)
                 end = (b + 1) * self.block
-                self._keep(values[end:end], times[end:end])
+                self._keep(values[end:end], times[end:end], inflation[end:end])
                 return end - held, changes
         self.width, self.total, self.variance = width[-1], sums[-1].copy(), variance[-1].copy()
         self.scale, self.ticks, self.seen = scale[-1].copy(), ticks[-1], self.seen + counted[-1]
-        self._keep(values[used:], times[used:])
+        self._keep(values[used:], times[used:], inflation[used:])
         return n, []
 
-    def _keep(self, values: np.ndarray, times: np.ndarray) -> None:
+    def _keep(self, values: np.ndarray, times: np.ndarray, inflation: np.ndarray) -> None:
         self._pending = values.copy()
         self._pending_times = times.copy()
+        self._pending_inflation = inflation.copy()
 
     def _store(self, count: np.ndarray, total: np.ndarray, starts: list[float]) -> None:
         """Write the blocks' columns after the ones in use (taken as buckets one by one)."""
@@ -257,9 +273,11 @@ class BlockAdwins:
         totals: np.ndarray,
         variances: np.ndarray,
         scales: np.ndarray,
+        inflation: float,
     ) -> list[tuple[int, AdwinChange]]:
         """Each due channel's oldest split that cuts, if any (vectorised over splits), given
-        every channel's width, total, sum of squared deviations and range.
+        every channel's width, total, sum of squared deviations and range, and the
+        inflated channels' factor of κ.
 
         Most checks find nothing, so the filter (past the Gaussian ε) is written in as few
         numpy operations as it takes; the figures `_cut` decides on are computed the long
@@ -274,7 +292,11 @@ class BlockAdwins:
         n0, sum0 = through
         width = (widths if every else widths[due])[:, None]
         total = (totals if every else totals[due])[:, None]
-        kappa = (self.dependence if every else self.dependence[due])[:, None]
+        kappa = self.dependence if every else self.dependence[due]
+        if inflation != 1.0:
+            inflated = self.inflated if every else self.inflated[due]
+            kappa = np.where(inflated, kappa * inflation, kappa)
+        kappa = kappa[:, None]
         delta = self.delta if every else self.delta[due]
         # due channels hold more than `grace` values: the logarithms are defined
         delta_prime = np.log(2 * np.log(width) / delta[:, None])
@@ -378,6 +400,7 @@ class BlockAdwins:
             channels=self.keys,
             delta=tuple(self.delta.tolist()),
             dependence=tuple(self.dependence.tolist()),
+            inflated=tuple(bool(f) for f in self.inflated.tolist()),
             block=self.block,
             clock=self.clock,
             max_buckets=self.max_buckets,
@@ -401,6 +424,7 @@ class BlockAdwins:
                 tuple(None if v != v else v for v in row) for row in self._pending.tolist()
             ),
             pending_times=tuple(self._pending_times.tolist()),
+            pending_inflation=tuple(self._pending_inflation.tolist()),
         )
 
     @classmethod
@@ -409,6 +433,7 @@ class BlockAdwins:
             state.channels,
             state.delta,
             state.dependence,
+            inflated=state.inflated or None,
             block=state.block,
             clock=state.clock,
             max_buckets=state.max_buckets,
@@ -434,6 +459,11 @@ class BlockAdwins:
             dtype=np.float64,
         ).reshape(len(state.pending), size)
         adwins._pending_times = np.asarray(state.pending_times, dtype=np.float64)
+        adwins._pending_inflation = (
+            np.asarray(state.pending_inflation, dtype=np.float64)
+            if state.pending_inflation
+            else np.ones(len(state.pending_times), dtype=np.float64)
+        )
         return adwins
 
 

@@ -79,15 +79,13 @@ class Channel:
         self.invalid = 0
         self.kappa = kappa
         self.icc = 0.0  # values alike within an entity: set from the profile (ADR 0022)
-        # A phase's reference is a sample: its error is shared by every live value of that
-        # hour, which makes live values dependent in blocks. Over a reference of C cycles a
-        # block's mean has (1 + 1/C) times the variance ADWIN assumes (ADR 0022); the
-        # window tests count the same error through the reference's effective size.
-        seasonal = 1.0 if phase_counts is None else 1 + 1 / max(cycles, 1)
+        self.cycles = cycles
         # ADWIN's tail bound treats n/κ values as independent; dependent data that comes
         # in clumps (regimes, bursts) has heavier tails than its κ says, so a dependent
-        # channel's ADWIN doubles κ (measured in ADR 0022; its window tests need no margin)
-        self.adaptive_kappa = seasonal * (kappa * DEPENDENT_ADWIN_MARGIN if kappa > 1 else 1.0)
+        # channel's ADWIN doubles κ (measured in ADR 0022; its window tests need no margin).
+        # A seasonal channel's ADWIN multiplies it by 1 + ρ as the traffic goes (see _rate);
+        # its window tests count the same error through the reference's effective size.
+        self.adaptive_kappa = kappa * DEPENDENT_ADWIN_MARGIN if kappa > 1 else 1.0
         self.phase_counts = phase_counts
         if phase_counts is None:
             self.phase_probabilities = None

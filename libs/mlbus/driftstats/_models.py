@@ -87,6 +87,11 @@ class MonitorStatus(_Frozen):
     window_end: AwareDatetime | None
     n_reference: int
     seasonality: Seasonality = "none"
+    live_rate: float | None = Field(
+        default=None,
+        description="seasonal references: ρ, this monitor's live rows per cycle over the "
+        "reference's rows; its ADWINs count n values as n/(1 + ρ)",
+    )
     dependence: dict[str, float] = Field(
         default_factory=dict, description="channel → κ of its reference, where above 1"
     )
@@ -138,5 +143,10 @@ class MonitorState(_Frozen):
         default=None, description="the numeric channels' ADWINs (adaptive monitors)"
     )
     invalid_outcomes: int = Field(default=0, ge=0)
+    live_rows: int = Field(
+        default=0, ge=0, description="rows counted for the live rate (seasonal profiles only)"
+    )
+    live_first: float | None = Field(default=None, description="their earliest time (epoch s)")
+    live_last: float | None = Field(default=None, description="their latest time (epoch s)")
     recent: tuple[WindowVerdict, ...] = ()
     detections: tuple[WindowVerdict, ...] = ()

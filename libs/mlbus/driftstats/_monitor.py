@@ -43,6 +43,7 @@ from mlbus.driftstats._models import (
     TestStatus,
     WindowVerdict,
 )
+from mlbus.driftstats._rate import LiveRate
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ReferenceProfile
 from mlbus.seasons import phase_of, phases_of
@@ -100,16 +101,22 @@ class DriftMonitor:
         numeric = [c for c in self._channels if isinstance(c, NumericChannel)]
         self._adaptive: list[NumericChannel] = numeric if adaptive else []
         self._feature_adwins: BlockAdwins | None = None
+        self._live_rate: LiveRate | None = None  # of a seasonal reference's ADWINs
         if self._adaptive:
             # Bonferroni over the channels and over checks: these check every
             # ADAPTIVE_CLOCK values, twice per SPEC_CLOCK, so each check gets half
             share = spec.adwin_delta / len(numeric) * ADAPTIVE_CLOCK / SPEC_CLOCK
             for channel in numeric:
                 channel.enable_adaptive(share)
+            seasonal = [(c.phase_counts, c.cycles) for c in numeric if c.phase_counts is not None]
+            if seasonal:
+                phase_counts, cycles = seasonal[0]  # every column of a profile has the same rows
+                self._live_rate = LiveRate(phase_counts.sum(axis=1), self.seasonality, cycles)
             self._feature_adwins = BlockAdwins(
                 [c.key for c in numeric],
                 [share] * len(numeric),
                 [c.adaptive_kappa for c in numeric],
+                inflated=[c.phase_counts is not None for c in numeric],
                 clock=ADAPTIVE_CLOCK,
             )
         self._layout = BatchLayout(self._channels, self._adaptive, profile.phases)
@@ -173,7 +180,12 @@ class DriftMonitor:
                 else math.nan
                 for c in self._adaptive
             ]
-            _, cuts = self._feature_adwins.feed(np.asarray([row]), np.asarray([stamp]))
+            stamps = np.asarray([stamp])
+            inflation = None
+            if self._live_rate is not None:
+                inflation = self._live_rate.inflations(stamps)
+                self._live_rate.count(stamps)
+            _, cuts = self._feature_adwins.feed(np.asarray([row]), stamps, inflation)
             changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
         self._n += 1
@@ -280,7 +292,14 @@ class DriftMonitor:
         """Feed the feature ADWINs as observe() would; stop after the first row that cuts."""
         if self._feature_adwins is None:
             return [], len(stamps)
-        taken, cuts = self._feature_adwins.feed(self._layout.positions(indexes, phases), stamps)
+        rate = self._live_rate
+        taken, cuts = self._feature_adwins.feed(
+            self._layout.positions(indexes, phases),
+            stamps,
+            None if rate is None else rate.inflations(stamps),
+        )
+        if rate is not None:
+            rate.count(stamps[:taken])
         return [(self._adaptive[i], change) for i, change in cuts], taken
 
     def _extend_window(
@@ -441,6 +460,7 @@ class DriftMonitor:
             window_end=self._end,
             n_reference=self.profile.n_samples,
             seasonality=self.seasonality,
+            live_rate=None if self._live_rate is None else self._live_rate.rate,
             dependence={c.key: c.kappa for c in self._channels if c.kappa != 1.0},
             tests=tests,
             skipped=dict(self.skipped),
@@ -485,6 +505,9 @@ class DriftMonitor:
             drifted_windows_in_row=self._drifted_in_row,
             adwin=None if self._adwin is None else self._adwin.snapshot(),
             invalid_outcomes=self._invalid_outcomes,
+            live_rows=0 if self._live_rate is None else self._live_rate.rows,
+            live_first=None if self._live_rate is None else self._live_rate.first,
+            live_last=None if self._live_rate is None else self._live_rate.last,
             recent=self._recent,
             detections=self._detections,
         )
@@ -525,7 +548,16 @@ class DriftMonitor:
             and saved_adwins.channels == monitor._feature_adwins.keys
         ):
             # (states from per-value ADWINs, before blocks, restart their feature ADWINs)
-            monitor._feature_adwins = BlockAdwins.restore(saved_adwins)
+            restored = BlockAdwins.restore(saved_adwins)
+            # κ and which channels inflate it are the profile's: states saved before the
+            # live rate had a seasonal reference's 1 + 1/C inside κ
+            restored.dependence = monitor._feature_adwins.dependence
+            restored.inflated = monitor._feature_adwins.inflated
+            monitor._feature_adwins = restored
+        if monitor._live_rate is not None:
+            monitor._live_rate.rows = state.live_rows
+            monitor._live_rate.first = state.live_first
+            monitor._live_rate.last = state.live_last
         monitor._window_index = state.window_index
         monitor._n = state.n_in_window
         monitor._start = state.window_start
