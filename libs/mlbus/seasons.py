@@ -69,11 +69,19 @@ def reference_rows_until(
     hour counts its phase's rows (`phase_rows`, summed over the reference's cycles), the
     last one in proportion to the part of it that has passed. The difference of two of
     these is the reference's rows for the hours between two times."""
-    hours = np.asarray(seconds, dtype=np.float64) / _HOUR_S
-    if seasonality == "weekly":
-        hours = hours + _MONDAY_OFFSET_H
     per_phase = np.asarray(phase_rows, dtype=np.float64)
     before = np.concatenate(([0.0], np.cumsum(per_phase)))  # of the phases before each
+    return rows_until(seconds, per_phase, before, seasonality)
+
+
+def rows_until(
+    seconds: np.ndarray, per_phase: np.ndarray, before: np.ndarray, seasonality: Seasonality
+) -> np.ndarray:
+    """`reference_rows_until` given the phases' rows and their running sum (`before`, one
+    longer: 0 first), for a caller that asks often."""
+    hours = np.asarray(seconds, dtype=np.float64) * (1 / _HOUR_S)
+    if seasonality == "weekly":
+        hours += _MONDAY_OFFSET_H
     whole = np.floor(hours)
     cycles, phase = np.divmod(whole.astype(np.int64), len(per_phase))
     rows: np.ndarray = cycles * before[-1] + before[phase] + (hours - whole) * per_phase[phase]

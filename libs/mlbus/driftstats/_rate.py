@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlbus.seasons import Seasonality, reference_rows_until
+from mlbus.seasons import Seasonality, rows_until
 
 
 class LiveRate:
@@ -41,6 +41,7 @@ class LiveRate:
         last: float | None = None,
     ) -> None:
         self.phase_rows = np.asarray(phase_rows, dtype=np.float64)
+        self._before = np.concatenate(([0.0], np.cumsum(self.phase_rows)))
         self.seasonality = seasonality
         self.prior_rows = max(float(self.phase_rows.sum()) / len(self.phase_rows), 1.0)
         self.prior_rate = 1.0 / max(cycles, 1.0)
@@ -50,20 +51,22 @@ class LiveRate:
 
     def inflations(self, stamps: np.ndarray) -> np.ndarray:
         """1 + ρ as it stands after each of these rows (not counted: see `count`)."""
-        first = np.minimum.accumulate(stamps)
-        last = np.maximum.accumulate(stamps)
+        ends = np.empty((2, len(stamps)), dtype=np.float64)
+        np.minimum.accumulate(stamps, out=ends[0])
+        np.maximum.accumulate(stamps, out=ends[1])
         if self.first is not None and self.last is not None:
-            first = np.minimum(first, self.first)
-            last = np.maximum(last, self.last)
-        rows = self.rows + np.arange(1, len(stamps) + 1, dtype=np.float64)
-        return 1.0 + self._rate(rows, first, last)
+            np.minimum(ends[0], self.first, out=ends[0])
+            np.maximum(ends[1], self.last, out=ends[1])
+        rows = np.arange(self.rows + 1, self.rows + len(stamps) + 1, dtype=np.float64)
+        return 1.0 + self._rate(rows, ends)
 
     @property
     def rate(self) -> float:
         """ρ as it stands now."""
         if self.first is None or self.last is None:
             return self.prior_rate
-        return float(self._rate(np.asarray([float(self.rows)]), self.first, self.last)[0])
+        ends = np.asarray([[self.first], [self.last]])
+        return float(self._rate(np.asarray([float(self.rows)]), ends)[0])
 
     def count(self, stamps: np.ndarray) -> None:
         """Count rows the monitor took."""
@@ -74,11 +77,9 @@ class LiveRate:
         self.last = high if self.last is None else max(self.last, high)
         self.rows += len(stamps)
 
-    def _rate(
-        self, rows: np.ndarray, first: np.ndarray | float, last: np.ndarray | float
-    ) -> np.ndarray:
-        """ρ of `rows` live rows seen from `first` to `last`, with the prior."""
-        spanned = reference_rows_until(np.asarray(last), self.phase_rows, self.seasonality)
-        spanned -= reference_rows_until(np.asarray(first), self.phase_rows, self.seasonality)
+    def _rate(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """ρ of `rows` live rows seen from ends[0] to ends[1] (epoch seconds), with the prior."""
+        until = rows_until(ends, self.phase_rows, self._before, self.seasonality)
+        spanned = until[1] - until[0]
         rate: np.ndarray = (rows + self.prior_rows * self.prior_rate) / (spanned + self.prior_rows)
         return rate
