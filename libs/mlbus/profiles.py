@@ -37,10 +37,12 @@ from mlbus.seasons import (
     Seasonality,
     SeasonalityChoice,
     choose_seasonality,
+    cycle_shown,
     dependence,
     epoch_seconds,
     phase_distributions,
     phases_of,
+    spanned_once,
 )
 
 DEFAULT_BINS = 10
@@ -243,7 +245,7 @@ class ReferenceProfile(_Profile):
                 f"columns and predictions differ in length: {sorted({n_rows, len(predictions)})}"
             )
         seconds = None if times is None else epoch_seconds(times)
-        season = choose_seasonality(seasonality, seconds)
+        season = choose_profile_seasonality(seasonality, seconds, columns)
         prediction_seconds = None if prediction_times is None else epoch_seconds(prediction_times)
         return cls(
             n_samples=n_rows,
@@ -257,6 +259,47 @@ class ReferenceProfile(_Profile):
             bins=bins,
             seasonality=season,
         )
+
+
+def choose_profile_seasonality(
+    choice: SeasonalityChoice,
+    seconds: np.ndarray | None,
+    columns: Mapping[str, Sequence[Any] | np.ndarray],
+) -> Seasonality:
+    """`choose_seasonality`, and for `auto` a longer cycle the reference spans only once
+    when its columns show it (`seasons.cycle_shown`): one week of a stream whose
+    weekends differ is weekly, one week of a merely daily one stays daily."""
+    season = choose_seasonality(choice, seconds)
+    longer = spanned_once(season, seconds) if choice == "auto" else None
+    if longer is None or seconds is None:
+        return season
+    coarse = [coarse_bins(np.asarray(values)) for values in columns.values()]
+    return longer if cycle_shown(coarse, seconds, longer, season) else season
+
+
+COARSE_QUANTILES = (0.25, 0.5, 0.75)
+COARSE_CATEGORIES = 3
+
+
+def coarse_bins(array: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's bin among a few, missing last, and how many of the first bins are
+    ordered: quartiles of a numeric column (3 or 4 ordered), or the most frequent
+    categories and the rest (0). Few enough that a phase's reference rows fill them when
+    a cycle is tested for (`choose_profile_seasonality`)."""
+    if _numeric(array):
+        data = _as_float(array)
+        present = ~np.isnan(data)
+        if not present.any():
+            return np.zeros(len(data), dtype=np.int64), 0
+        edges = np.unique(np.quantile(data[present], COARSE_QUANTILES))
+        index = np.searchsorted(edges, data, side="left")
+        return np.where(present, index, len(edges) + 1).astype(np.int64), len(edges) + 1
+    keys = [None if _is_missing(v) else _category(v) for v in array.tolist()]
+    frequent = Counter(k for k in keys if k is not None).most_common(COARSE_CATEGORIES)
+    position = {key: i for i, (key, _) in enumerate(frequent)}
+    rest, missing = len(position), len(position) + 1
+    index = np.asarray([missing if k is None else position.get(k, rest) for k in keys])
+    return index.astype(np.int64), 0
 
 
 def profile_column(

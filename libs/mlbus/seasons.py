@@ -26,6 +26,10 @@ PHASES: dict[Seasonality, int] = {"none": 1, "daily": 24, "weekly": 168}
 CYCLE_S: dict[Seasonality, float] = {"none": math.inf, "daily": 86_400.0, "weekly": 604_800.0}
 MIN_CYCLES = 2
 """`auto` uses a cycle when the reference spans at least this many of it."""
+ONE_CYCLE_P_VALUE = 1e-4
+"""`auto` uses a cycle the reference spans once (but not MIN_CYCLES times) when its columns
+differ between that cycle's phases beyond what the shorter cycle explains, at this p-value
+(Bonferroni over the columns): a reference of one week whose weekends differ."""
 PHASE_PRIOR_ROWS = 1.0
 """A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
 so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
@@ -92,8 +96,10 @@ def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) ->
     """What `choice` means for a reference whose events happened at `seconds`.
 
     `auto` takes the longest cycle the reference covers at least MIN_CYCLES times
-    (weekly from two weeks, daily from two days); without times it is `none`. An
-    explicit cycle needs times: without them nothing can be keyed by phase.
+    (weekly from two weeks, daily from two days), counted in the hours its events
+    fall in (two weeks of events from Monday 00:10 to Sunday 23:50 cover 336 hours:
+    two weeks); without times it is `none`. An explicit cycle needs times: without
+    them nothing can be keyed by phase.
     """
     if seconds is None or len(seconds) == 0:
         if choice in ("daily", "weekly"):
@@ -101,11 +107,142 @@ def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) ->
         return "none"
     if choice != "auto":
         return choice
-    span = float(np.max(seconds) - np.min(seconds))
+    hours = hours_covered(seconds)
     for cycle in ("weekly", "daily"):
-        if span >= MIN_CYCLES * CYCLE_S[cycle]:
+        if hours >= MIN_CYCLES * PHASES[cycle]:
             return cycle
     return "none"
+
+
+def hours_covered(seconds: np.ndarray) -> int:
+    """How many hours, first to last, the events fall in (both ends' hours counted)."""
+    return int(np.max(seconds) // _HOUR_S - np.min(seconds) // _HOUR_S) + 1
+
+
+def spanned_once(season: Seasonality, seconds: np.ndarray | None) -> Seasonality | None:
+    """The next cycle longer than `season` when `seconds` span it once, not MIN_CYCLES
+    times (what `auto` chose instead): a candidate for `cycle_shown`."""
+    longer: Seasonality | None = {"none": "daily", "daily": "weekly"}.get(season)  # type: ignore[assignment]
+    if longer is None or seconds is None or len(seconds) == 0:
+        return None
+    hours = hours_covered(seconds)
+    return longer if PHASES[longer] <= hours < MIN_CYCLES * PHASES[longer] else None
+
+
+def cycle_shown(
+    columns: Sequence[tuple[np.ndarray, int]],
+    seconds: np.ndarray,
+    longer: Seasonality,
+    shorter: Seasonality,
+) -> bool:
+    """Whether the reference shows the `longer` cycle beyond the `shorter` one: some column
+    differs between the longer cycle's phases within a phase of the shorter one (that
+    hour on each weekday), at ONE_CYCLE_P_VALUE with Bonferroni over the columns and
+    their tests. A column is (its values as small bin indexes in the order of `seconds`,
+    how many of the first bins are ordered: quantile bins; 0 for categories).
+
+    The phases of the longer cycle are summed by day (a weekday that differs in every
+    hour is one strong difference, not 24 faint ones) and compared with what the
+    shorter cycle expects of them: a G test of the bins, and for ordered bins a test of
+    their mean (a shift of level, the usual weekend). Both statistics are divided by the
+    column's dependence κ measured with the longer cycle's phases taken out (κ measured
+    with them left in would take the very pattern being tested for dependence).
+    """
+    fine, coarse = phases_of(seconds, longer), phases_of(seconds, shorter)
+    order = np.argsort(seconds, kind="stable")
+    span = 1 if shorter == "none" else PHASES[shorter]  # hours of a day; days of a week
+    p_values = [
+        p
+        for index, ordered in columns
+        for p in _cycle_p_values(index, ordered, fine, coarse, order, span)
+    ]
+    return bool(p_values) and min(p_values) * len(p_values) < ONE_CYCLE_P_VALUE
+
+
+def _cycle_p_values(
+    index: np.ndarray,
+    ordered: int,
+    fine: np.ndarray,
+    coarse: np.ndarray,
+    order: np.ndarray,
+    span: int,
+) -> list[float]:
+    """The G test's p-value and, for ordered bins, the mean's (see `cycle_shown`)."""
+    bins = int(index.max()) + 1 if index.size else 0
+    if bins < 2:
+        return []
+    phases = int(fine.max()) + 1
+    counts = np.zeros((phases, bins), dtype=np.float64)
+    np.add.at(counts, (fine, index), 1.0)
+    parent = np.zeros(phases, dtype=np.int64)
+    parent[fine] = coarse  # each fine phase lies in one coarse phase
+    pooled = np.zeros((int(coarse.max()) + 1, bins), dtype=np.float64)
+    np.add.at(pooled, parent, counts)
+    group = np.arange(phases) // span
+    kappa = _residual_kappa(index, fine, counts, order)
+    tests = [_g_test(counts, pooled, parent, group)]
+    if ordered >= 2:
+        tests.append(_mean_test(counts[:, :ordered], pooled[:, :ordered], parent, group))
+    return [chi2_upper_tail(statistic / kappa, dof) for statistic, dof in tests if dof > 0]
+
+
+def _g_test(
+    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray
+) -> tuple[float, int]:
+    """G statistic and degrees of freedom of the groups' bins against the coarse phases'."""
+    shares = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1.0)
+    expected = counts.sum(axis=1, keepdims=True) * shares[parent]
+    observed_in, expected_in = _by_group(counts, group), _by_group(expected, group)
+    seen = observed_in > 0
+    ratio = observed_in[seen] / expected_in[seen]
+    statistic = 2.0 * float(np.sum(observed_in[seen] * np.log(ratio)))
+    groups = int(np.count_nonzero(observed_in.sum(axis=1)))
+    return statistic, (groups - 1) * (int(np.count_nonzero(pooled.sum(axis=0))) - 1)
+
+
+def _mean_test(
+    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray
+) -> tuple[float, int]:
+    """Σ z² of the groups' sums of ordered bin indexes against the coarse phases' means."""
+    scores = np.arange(counts.shape[1], dtype=np.float64)
+    shares = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1.0)
+    mean = shares @ scores
+    variance = shares @ (scores * scores) - mean * mean
+    rows = counts.sum(axis=1)
+    deviation = _by_group((counts @ scores - rows * mean[parent])[:, None], group)[:, 0]
+    spread = _by_group((rows * variance[parent])[:, None], group)[:, 0]
+    tested = spread > 0
+    statistic = float(np.sum(deviation[tested] ** 2 / spread[tested]))
+    return statistic, int(np.count_nonzero(tested)) - 1
+
+
+def _by_group(per_phase: np.ndarray, group: np.ndarray) -> np.ndarray:
+    summed = np.zeros((int(group.max()) + 1, per_phase.shape[1]), dtype=np.float64)
+    np.add.at(summed, group, per_phase)
+    return summed
+
+
+def _residual_kappa(
+    index: np.ndarray, fine: np.ndarray, counts: np.ndarray, order: np.ndarray
+) -> float:
+    """The largest κ of the bins' indicators, each with its fine phase's share taken out."""
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    kappa = 1.0
+    for b in range(counts.shape[1]):
+        if 0 < counts[:, b].sum() < len(index):
+            residual = (index == b).astype(np.float64) - shares[fine, b]
+            kappa = max(kappa, dependence(residual[order]))
+    return kappa
+
+
+def chi2_upper_tail(statistic: float, dof: int) -> float:
+    """P(χ²(dof) ≥ statistic), Wilson and Hilferty's cube-root normal approximation:
+    within a few per cent of the exact tail down to 1e-6 once dof is in the tens."""
+    if statistic <= 0:
+        return 1.0
+    ninth = 2.0 / (9.0 * dof)
+    z = ((statistic / dof) ** (1.0 / 3.0) - (1.0 - ninth)) / math.sqrt(ninth)
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
 def phase_distributions(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,17 +35,23 @@ SPEC = DriftSpec(
 
 
 def daily_stream(
-    rng: np.random.Generator, days: int, start: float, per_day: int = 2500
+    rng: np.random.Generator,
+    days: int,
+    start: float,
+    per_day: int = 2500,
+    weekend_lift: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Amounts whose level follows the hour, with ten times the traffic by day; and a
-    category whose share follows it too. Sorted by time."""
+    """Amounts whose level follows the hour, with ten times the traffic by day (and
+    `weekend_lift` more on Saturdays and Sundays); and a category whose share follows
+    the hour too. Sorted by time."""
     n = days * per_day
     hour = rng.choice(24, size=n, p=DIURNAL / DIURNAL.sum())
     seconds = np.sort(
         start + rng.integers(0, days, n) * DAY + hour * 3600 + rng.uniform(0, 3600, n)
     )
     level = np.sin(2 * np.pi * (((seconds // 3600) % 24) - 8) / 24)
-    amounts = rng.lognormal(3 + 0.6 * level, 1.0)
+    weekend = ((seconds - T0) // DAY) % 7 >= 5
+    amounts = rng.lognormal(3 + 0.6 * level + weekend_lift * weekend, 1.0)
     online = np.where(rng.random(n) < 0.3 + 0.2 * level, "online", "pos")
     return seconds, amounts, online
 
@@ -92,6 +98,10 @@ def test_auto_takes_the_longest_cycle_the_reference_covers_twice() -> None:
     assert choose_seasonality("auto", T0 + np.array([0, 1.9 * DAY])) == "none"
     assert choose_seasonality("auto", T0 + np.array([0, 2 * DAY])) == "daily"
     assert choose_seasonality("auto", T0 + np.array([0, 14 * DAY])) == "weekly"
+    # two weeks of events, the first after Monday 00:00 and the last before the next
+    # Monday: they fall in 336 hours, two weeks' worth, though they span a bit less
+    assert choose_seasonality("auto", T0 + np.array([600, 14 * DAY - 600])) == "weekly"
+    assert choose_seasonality("auto", T0 + np.array([600, 14 * DAY - 4000])) == "daily"
     assert choose_seasonality("auto", None) == "none"
     assert choose_seasonality("daily", T0 + np.array([0, 3600.0])) == "daily"
     with pytest.raises(ValueError, match="needs the reference's event times"):
@@ -135,6 +145,50 @@ def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_d
     )
     rate.count(live_t)
     assert rate.rate == pytest.approx(live_per_day / len(ref_t), rel=0.03)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("share", [1.0, 0.3])
+def test_auto_takes_a_cycle_covered_once_when_the_reference_shows_it(
+    seed: int, share: float
+) -> None:
+    rng = np.random.default_rng(40 + seed)
+    week = sampled(rng, share, *daily_stream(rng, 7, T0, weekend_lift=0.4))
+    merely_daily = sampled(rng, share, *daily_stream(rng, 7, T0))
+    one_day = sampled(rng, share, *daily_stream(rng, 1, T0))
+    flat_day_t = np.sort(T0 + rng.uniform(0, DAY, len(one_day[0])))
+    flat_day = (flat_day_t, rng.lognormal(3, 1, len(flat_day_t)))
+
+    def chosen(stream: tuple[np.ndarray, ...]) -> str:
+        profile = ReferenceProfile.from_samples({"x": stream[1]}, times=stream[0])
+        return profile.seasonality
+
+    assert chosen(week) == "weekly"
+    assert chosen(merely_daily) == "daily"
+    assert chosen(one_day) == "daily"
+    assert chosen(flat_day) == "none"
+    explicit = ReferenceProfile.from_samples({"x": week[1]}, times=week[0], seasonality="daily")
+    assert explicit.seasonality == "daily"
+
+
+def test_one_week_of_a_weekly_rhythm_is_modelled_not_taken_for_dependence() -> None:
+    rng = np.random.default_rng(12)
+    ref_t, ref_x, _ = daily_stream(rng, 7, T0, weekend_lift=0.4)
+    live_t, live_x, _ = daily_stream(rng, 14, T0 + 7 * DAY, weekend_lift=0.4)
+    weekly = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    assert weekly.seasonality == "weekly"
+    assert weekly.features["x"].dependence == 1.0
+    # By the hour of the day alone, the weekends read as a dependence so strong that a
+    # shift of 60 % goes unseen
+    daily = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t, seasonality="daily")
+    assert daily.features["x"].dependence > 50
+    assert detections(weekly, {"x": live_x}, live_t) == []
+    change = int(np.searchsorted(live_t, T0 + 16 * DAY))  # a Wednesday
+    live_x[change:] *= 1.6
+    found = detections(weekly, {"x": live_x}, live_t)
+    assert found
+    assert change <= found[0] < change + 2500  # within a day's traffic
+    assert not any(change <= at < change + 2500 for at in detections(daily, {"x": live_x}, live_t))
 
 
 def test_dependence_is_one_for_independent_values_and_about_19_for_ar1_at_0_9() -> None:

@@ -22,8 +22,13 @@ from typing import Any
 import numpy as np
 
 from mlbus.driftstats import calibrate
-from mlbus.profiles import Calibration, ReferenceProfile, profile_column
-from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality, choose_seasonality
+from mlbus.profiles import (
+    Calibration,
+    ReferenceProfile,
+    choose_profile_seasonality,
+    profile_column,
+)
+from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality
 from mlbus.spec import ProjectSpec
 
 
@@ -38,7 +43,7 @@ def reference_profile(
     """The profile to register: features on the recent stretch, prediction on the holdout,
     calibrated (see the module docstring). `times_ms` are ascending, one per row."""
     seconds = times_ms.astype(np.float64) / 1000
-    season = choose_seasonality(spec.drift.seasonality, seconds)
+    season = choose_profile_seasonality(spec.drift.seasonality, seconds, raw)
     first_holdout = int(holdout[0]) if len(holdout) else len(seconds)
     stretch_start = _stretch_start(seconds, first_holdout, CYCLE_S[season])
     stretch = np.arange(stretch_start, len(seconds))
