@@ -680,6 +680,9 @@ def test_status_cli_shows_what_the_service_saved(
     assert (entry["model"], entry["version"]) == (model, 4)
     rows = {(r["feature"], r["test"]): r for r in entry["summary"]}
     assert entry["monitors"][0]["status"]["seasonality"] == "daily"
+    live_rate = entry["monitors"][0]["status"]["live_rate"]
+    assert live_rate == monitor.status().live_rate
+    assert live_rate > 1 / 3  # 120 rows in one moment: denser than the reference's hours
     assert rows[("v.amount", "psi")]["samples"] == 120
     assert rows[("v.amount", "psi")]["threshold"] == project.drift.psi_threshold
     assert doc["detections"][0]["event_id"] == "e1"
@@ -688,7 +691,8 @@ def test_status_cli_shows_what_the_service_saved(
     table = CliRunner().invoke(app, ["drift", "status"], terminal_width=200)
     assert table.exit_code == 0, table.output
     assert f"{model} v4" in table.output
-    assert "seasonality daily" in table.output
+    title = " ".join(table.output.split())  # the title wraps at the table's width
+    assert f"seasonality daily (live rows per cycle / reference rows: {live_rate:.2g})" in title
     assert "v.amount" in table.output
     assert "requested" in table.output
     assert f"retraining of {model} armed by drift e1: 120 of 2,000 labels" in table.output
