@@ -37,6 +37,11 @@ Streams (per seed, seeds first-seed … first-seed + seeds - 1, unless said):
   Sundays half the traffic (peak at 16:00 instead of 14:00) and a level 0.4
   higher (mu(h) + 0.4, evening peak at 21:00). Starts on a Monday; reference
   3 weeks, then 2 live weeks (~32,000 live events).
+- stationary-daily-sampled: the process of stationary-daily; the reference is a
+  5 % random sample of its 7 days (~900 rows: a training set sampled from its
+  days), then 14 live days of the full traffic.
+- stationary-weekly-short: the process of stationary-weekly; the reference is a
+  30 % random sample of ONE week (~4,700 rows), then 2 live weeks.
 - stationary-ar1: AR(1) x_t = 0.9 x_(t-1) + sqrt(1 - 0.81) e_t, started from
   its stationary N(0, 1): an N(0, 1) marginal with lag-1 correlation 0.9;
   one event a second; reference 20,000 events, then 60,000 live.
@@ -135,6 +140,8 @@ SCENARIOS = (
     "stationary-errors",
     "stationary-daily",
     "stationary-weekly",
+    "stationary-daily-sampled",
+    "stationary-weekly-short",
     "stationary-ar1",
     "stationary-regimes",
     "stationary-entities",
@@ -292,24 +299,38 @@ def daily_level(times: np.ndarray, peak_h: float = 19.0) -> np.ndarray:
     return 3.0 + 0.6 * np.cos(2 * np.pi * (hour_of_day(times) - peak_h) / 24)
 
 
-def stationary_daily(seed: int) -> Stream:
-    rng = np.random.default_rng(3000 + seed)
-    times = poisson_times(rng, T0_S - 7 * DAY_S, 21 * 24, daily_rate)
+def stationary_daily(
+    seed: int, name: str = "stationary-daily", sample: float = 1.0, live_days: int = 14
+) -> Stream:
+    rng = np.random.default_rng(3000 + seed + (0 if sample == 1.0 else 50_000))
+    times = poisson_times(rng, T0_S - 7 * DAY_S, (7 + live_days) * 24, daily_rate)
     amounts = rng.lognormal(daily_level(times), 1.0)
-    return split("stationary-daily", seed, amounts, times, T0_S)
+    return sampled_reference(rng, split(name, seed, amounts, times, T0_S), sample)
 
 
-def stationary_weekly(seed: int) -> Stream:
-    rng = np.random.default_rng(4000 + seed)
+def stationary_weekly(
+    seed: int, name: str = "stationary-weekly", sample: float = 1.0, reference_weeks: int = 3
+) -> Stream:
+    rng = np.random.default_rng(4000 + seed + (0 if sample == 1.0 else 50_000))
 
     def rate(t: np.ndarray) -> np.ndarray:
         return np.where(weekend(t), daily_rate(t, peak_h=16.0) / 2, daily_rate(t))
 
     start = MONDAY_S
-    times = poisson_times(rng, start, 5 * 7 * 24, rate)
+    times = poisson_times(rng, start, (reference_weeks + 2) * 7 * 24, rate)
     level = np.where(weekend(times), daily_level(times, peak_h=21.0) + 0.4, daily_level(times))
     amounts = rng.lognormal(level, 1.0)
-    return split("stationary-weekly", seed, amounts, times, start + 21 * DAY_S)
+    live_from = start + reference_weeks * 7 * DAY_S
+    return sampled_reference(rng, split(name, seed, amounts, times, live_from), sample)
+
+
+def sampled_reference(rng: np.random.Generator, stream: Stream, sample: float) -> Stream:
+    """The stream with a random `sample` of its reference rows kept (in time order)."""
+    if sample == 1.0:
+        return stream
+    kept = np.sort(rng.choice(len(stream.reference), int(len(stream.reference) * sample), False))
+    stream.reference, stream.reference_times = stream.reference[kept], stream.reference_times[kept]
+    return stream
 
 
 def stationary_ar1(seed: int, phi: float = 0.9) -> Stream:
@@ -439,6 +460,10 @@ def make_streams(
         streams += old_streams(seed)
         streams += [categorical_share(seed), missing_rate(seed), variance(seed)]
         streams += [stationary_daily(seed), stationary_weekly(seed)]
+        streams += [
+            stationary_daily(seed, "stationary-daily-sampled", sample=0.05),
+            stationary_weekly(seed, "stationary-weekly-short", sample=0.3, reference_weeks=1),
+        ]
         streams += [stationary_ar1(seed), stationary_regimes(seed), stationary_entities(seed)]
     streams += old_stationary_streams(stationary)
     return [s for s in streams if s.scenario in scenarios]

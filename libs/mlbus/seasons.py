@@ -29,7 +29,8 @@ MIN_CYCLES = 2
 ONE_CYCLE_P_VALUE = 1e-4
 """`auto` uses a cycle the reference spans once (but not MIN_CYCLES times) when its columns
 differ between that cycle's phases beyond what the shorter cycle explains, at this p-value
-(Bonferroni over the columns): a reference of one week whose weekends differ."""
+(Bonferroni over the columns and their tests): a reference of one week whose weekends
+differ (see `cycle_shown`)."""
 PHASE_PRIOR_ROWS = 1.0
 """A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
 so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
@@ -67,22 +68,19 @@ def phase_of(second: float, seasonality: Seasonality) -> int:
 
 
 def reference_rows_until(
-    seconds: np.ndarray, phase_rows: np.ndarray, seasonality: Seasonality
+    seconds: np.ndarray,
+    phase_rows: np.ndarray,
+    seasonality: Seasonality,
+    before: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per epoch second, the reference rows of every hour from the epoch up to it: each
     hour counts its phase's rows (`phase_rows`, summed over the reference's cycles), the
     last one in proportion to the part of it that has passed. The difference of two of
-    these is the reference's rows for the hours between two times."""
+    these is the reference's rows for the hours between two times. `before`: the phases'
+    running sum, 0 first (a caller that asks often keeps it)."""
     per_phase = np.asarray(phase_rows, dtype=np.float64)
-    before = np.concatenate(([0.0], np.cumsum(per_phase)))  # of the phases before each
-    return rows_until(seconds, per_phase, before, seasonality)
-
-
-def rows_until(
-    seconds: np.ndarray, per_phase: np.ndarray, before: np.ndarray, seasonality: Seasonality
-) -> np.ndarray:
-    """`reference_rows_until` given the phases' rows and their running sum (`before`, one
-    longer: 0 first), for a caller that asks often."""
+    if before is None:
+        before = np.concatenate(([0.0], np.cumsum(per_phase)))
     hours = np.asarray(seconds, dtype=np.float64) * (1 / _HOUR_S)
     if seasonality == "weekly":
         hours += _MONDAY_OFFSET_H

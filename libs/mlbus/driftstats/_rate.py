@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlbus.seasons import Seasonality, rows_until
+from mlbus.seasons import Seasonality, reference_rows_until
 
 
 class LiveRate:
@@ -79,7 +79,7 @@ class LiveRate:
 
     def _rate(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """ρ of `rows` live rows seen from ends[0] to ends[1] (epoch seconds), with the prior."""
-        until = rows_until(ends, self.phase_rows, self._before, self.seasonality)
+        until = reference_rows_until(ends, self.phase_rows, self.seasonality, self._before)
         spanned = until[1] - until[0]
         rate: np.ndarray = (rows + self.prior_rows * self.prior_rate) / (spanned + self.prior_rows)
         return rate
