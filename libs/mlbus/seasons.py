@@ -26,11 +26,13 @@ PHASES: dict[Seasonality, int] = {"none": 1, "daily": 24, "weekly": 168}
 CYCLE_S: dict[Seasonality, float] = {"none": math.inf, "daily": 86_400.0, "weekly": 604_800.0}
 MIN_CYCLES = 2
 """`auto` uses a cycle when the reference spans at least this many of it."""
-ONE_CYCLE_P_VALUE = 1e-4
+ONE_CYCLE_P_VALUE = 0.01
 """`auto` uses a cycle the reference spans once (but not MIN_CYCLES times) when its columns
 differ between that cycle's phases beyond what the shorter cycle explains, at this p-value
 (Bonferroni over the columns and their tests): a reference of one week whose weekends
-differ (see `cycle_shown`)."""
+differ (see `cycle_shown`). Lenient, because the two errors cost differently: keeping the
+shorter cycle wrongly alarms every cycle; taking the longer one wrongly costs sensitivity
+(ADR 0022)."""
 PHASE_PRIOR_ROWS = 1.0
 """A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
 so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
