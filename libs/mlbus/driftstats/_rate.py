@@ -30,24 +30,15 @@ from mlbus.seasons import Seasonality, reference_rows_until
 class LiveRate:
     """ρ of one monitor's live rows against its seasonal reference (see the module)."""
 
-    def __init__(
-        self,
-        phase_rows: np.ndarray,
-        seasonality: Seasonality,
-        cycles: float,
-        *,
-        rows: int = 0,
-        first: float | None = None,
-        last: float | None = None,
-    ) -> None:
+    def __init__(self, phase_rows: np.ndarray, seasonality: Seasonality, cycles: float) -> None:
         self.phase_rows = np.asarray(phase_rows, dtype=np.float64)
         self._before = np.concatenate(([0.0], np.cumsum(self.phase_rows)))
         self.seasonality = seasonality
         self.prior_rows = max(float(self.phase_rows.sum()) / len(self.phase_rows), 1.0)
         self.prior_rate = 1.0 / max(cycles, 1.0)
-        self.rows = rows  # live rows counted so far
-        self.first = first  # the earliest and latest of their times (epoch seconds)
-        self.last = last
+        self.rows = 0  # live rows counted so far (a restored monitor sets these three)
+        self.first: float | None = None  # the earliest and latest of their times (epoch s)
+        self.last: float | None = None
 
     def inflations(self, stamps: np.ndarray) -> np.ndarray:
         """1 + ρ as it stands after each of these rows (not counted: see `count`)."""
