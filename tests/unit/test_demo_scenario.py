@@ -25,6 +25,21 @@ def spec() -> ProjectSpec:
     return load_spec(fraud_spec_path())
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [DemoSizes(), DemoSizes(payments=8_000, bootstrap=2_000)],  # the demo's, the Ctrl-C test's
+    ids=["default", "ctrl-c-e2e"],
+)
+def test_the_plan_fits_at_every_hour_of_the_week(spec: ProjectSpec, sizes: DemoSizes) -> None:
+    # The drift point is a fixed age before now: how many live payments precede it follows
+    # the weekday and hour the demo starts at (the example's rhythm). A plan that does not
+    # fit is refused (GenerationError), so `mlbus demo` would fail on some days. (The
+    # count steps once a day, just after midnight: one hour a day covers the week.)
+    monday = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    for day in range(7):
+        plan_scenario(spec, sizes, now=monday + timedelta(days=day), seed=7)
+
+
 def test_plan_places_every_payment_in_the_past_and_the_drift_at_its_age(
     spec: ProjectSpec,
 ) -> None:
