@@ -24,6 +24,7 @@ SeasonalityChoice: TypeAlias = Literal["auto", "none", "daily", "weekly"]
 
 PHASES: dict[Seasonality, int] = {"none": 1, "daily": 24, "weekly": 168}
 CYCLE_S: dict[Seasonality, float] = {"none": math.inf, "daily": 86_400.0, "weekly": 604_800.0}
+LONGER_CYCLE: dict[Seasonality, Seasonality] = {"none": "daily", "daily": "weekly"}
 MIN_CYCLES = 2
 """`auto` uses a cycle when the reference spans at least this many of it."""
 ONE_CYCLE_P_VALUE = 0.01
@@ -122,7 +123,7 @@ def hours_covered(seconds: np.ndarray) -> int:
 def spanned_once(season: Seasonality, seconds: np.ndarray | None) -> Seasonality | None:
     """The next cycle longer than `season` when `seconds` span it once, not MIN_CYCLES
     times (what `auto` chose instead): a candidate for `cycle_shown`."""
-    longer: Seasonality | None = {"none": "daily", "daily": "weekly"}.get(season)  # type: ignore[assignment]
+    longer = LONGER_CYCLE.get(season)
     if longer is None or seconds is None or len(seconds) == 0:
         return None
     hours = hours_covered(seconds)

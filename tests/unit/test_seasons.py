@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlbus.driftstats import DriftMonitor, calibrate
-from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch
+from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
 from mlbus.profiles import ReferenceProfile
 from mlbus.seasons import (
@@ -485,9 +485,9 @@ def test_the_entity_sketch_measures_the_cluster_an_event_sits_in() -> None:
     small.add_many(["a", "b", "c", None] + ["d"] * 7)
     assert (small.distinct, small.rows) == (4, 10)
     assert small.cluster_size == pytest.approx((1 + 1 + 1 + 49) / 10)
-    assert small.design_effect(1.0) == pytest.approx(5.2)
-    assert small.design_effect(0.5) == pytest.approx(3.1)
-    assert small.design_effect(0.0) == 1.0
+    assert design_effect(1.0, small.cluster_size) == pytest.approx(5.2)
+    assert design_effect(0.5, small.cluster_size) == pytest.approx(3.1)
+    assert design_effect(0.0, small.cluster_size) == 1.0
 
     def uneven(entities: int, rows: int) -> tuple[list[str], float, int]:
         rng = np.random.default_rng(entities)

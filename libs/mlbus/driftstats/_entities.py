@@ -117,10 +117,6 @@ class EntitySketch:
         total = sum(counts)
         return sum(m * m for m in counts) / total if total else 1.0
 
-    def design_effect(self, icc: float) -> float:
-        """deff of this window for a column of intra-entity correlation `icc` (≥ 1)."""
-        return design_effect(icc, self.cluster_size) if self.rows else 1.0
-
     def state(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The k smallest hashes and their rows, in ascending hash order."""
         kept = self._sample()
