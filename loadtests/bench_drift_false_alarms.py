@@ -2,6 +2,7 @@
 
     .venv/bin/python loadtests/bench_drift_false_alarms.py [--first-seed 500] [--seeds 100]
                                                            [--kinds iid,daily,weekly,ar1,regimes]
+                                                           [--adwin-delta 0.002]
 
 The quality bench (`bench_drift_quality.py`) gates on 30 seeds, where a detector
 that raises one false alarm per hundred streams passes most of the time. This
@@ -19,8 +20,11 @@ its live part, so every detection is false. The kinds:
            -ar1 and -regimes streams (their seeds are this range's).
 
 It prints, per kind, the streams, live events, detections split into the
-feature ADWINs' cuts and window-test detections, and the rate per stream.
-Deterministic (it counts events, not seconds).
+feature ADWINs' cuts and window-test detections, and the rate per stream and per
+million live events (the ADWINs' rate is per event: a longer or denser stream
+alarms more often). `--adwin-delta` runs another `drift.adwin_delta`, the
+owner's trade of alarms against delay (ADR 0022). Deterministic (it counts
+events, not seconds).
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ class Outcome:
             self.seeds = [*(self.seeds or []), seed]
 
 
-def spec() -> DriftSpec:
+def spec(adwin_delta: float) -> DriftSpec:
     return DriftSpec(
+        adwin_delta=adwin_delta,
         window_size=1000,
         min_samples=100,
         persistence=2,
@@ -98,6 +103,7 @@ def run(
     reference_times: np.ndarray,
     live: dict[str, np.ndarray],
     live_times: np.ndarray,
+    adwin_delta: float,
 ) -> tuple[int, int]:
     """(ADWIN detections, window-test detections) of one monitor over the live part."""
     profile = ReferenceProfile.from_samples(
@@ -110,7 +116,7 @@ def run(
         "false-alarms",
         1,
         profile,
-        spec(),
+        spec(adwin_delta),
         dict.fromkeys(names, "numeric"),
         dict.fromkeys(names, ("psi", "ks")),
     )
@@ -132,7 +138,7 @@ def run(
     return adwin, len(detections) - adwin
 
 
-def iid(seed: int) -> tuple[int, int, int]:
+def iid(seed: int, adwin_delta: float) -> tuple[int, int, int]:
     rng = np.random.default_rng(11_000 + seed)
     values = iid_values(rng, IID_REFERENCE + IID_LIVE)
     times = per_second(IID_REFERENCE + IID_LIVE, T0_S - IID_REFERENCE)
@@ -142,21 +148,28 @@ def iid(seed: int) -> tuple[int, int, int]:
         times[:cut],
         {k: v[cut:] for k, v in values.items()},
         times[cut:],
+        adwin_delta,
     )
     return IID_LIVE, adwin, windows
 
 
-def from_bench(make: Callable[[int], Stream]) -> Callable[[int], tuple[int, int, int]]:
-    def stream(seed: int) -> tuple[int, int, int]:
+Kind = Callable[[int, float], tuple[int, int, int]]
+"""(seed, adwin_delta) → (live events, ADWIN detections, window-test detections)."""
+
+
+def from_bench(make: Callable[[int], Stream]) -> Kind:
+    def stream(seed: int, adwin_delta: float) -> tuple[int, int, int]:
         s = make(seed)
         live_times = np.asarray([t.timestamp() for t in event_times(s)], dtype=np.float64)
-        adwin, windows = run({"x": s.reference}, s.reference_times, {"x": s.values}, live_times)
+        adwin, windows = run(
+            {"x": s.reference}, s.reference_times, {"x": s.values}, live_times, adwin_delta
+        )
         return len(s.values), adwin, windows
 
     return stream
 
 
-KINDS: dict[str, Callable[[int], tuple[int, int, int]]] = {
+KINDS: dict[str, Kind] = {
     "iid": iid,
     "daily": from_bench(stationary_daily),
     "weekly": from_bench(stationary_weekly),
@@ -170,6 +183,12 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument(
+        "--adwin-delta",
+        type=float,
+        default=DriftSpec().adwin_delta,
+        help="drift.adwin_delta of the monitors (default: the spec's)",
+    )
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
@@ -182,14 +201,18 @@ def main() -> int:
         started = time.perf_counter()
         outcome = outcomes[kind] = Outcome()
         for seed in seeds:
-            outcome.add(seed, *KINDS[kind](seed))
+            outcome.add(seed, *KINDS[kind](seed, args.adwin_delta))
         console.print(
             f"{kind}: {outcome.adwin} ADWIN + {outcome.windows} window detections in "
             f"{outcome.streams} streams (seeds {outcome.seeds or '-'}), "
             f"{time.perf_counter() - started:.0f} s"
         )
-    table = Table(title=f"false alarms on stationary streams, seeds {seeds.start}-{seeds.stop - 1}")
-    for column in ("kind", "streams", "live events", "adwin", "windows", "per stream"):
+    table = Table(
+        title=f"false alarms on stationary streams, seeds {seeds.start}-{seeds.stop - 1}, "
+        f"adwin_delta {args.adwin_delta:g}"
+    )
+    columns = ("kind", "streams", "live events", "adwin", "windows", "per stream", "per M events")
+    for column in columns:
         table.add_column(column, justify="left" if column == "kind" else "right")
     for kind, o in outcomes.items():
         table.add_row(
@@ -199,6 +222,7 @@ def main() -> int:
             str(o.adwin),
             str(o.windows),
             f"{(o.adwin + o.windows) / o.streams:.3f}",
+            f"{(o.adwin + o.windows) / o.events * 1e6:.2f}",
         )
     console.print(table)
     return 0

@@ -3,6 +3,7 @@
     .venv/bin/python loadtests/bench_drift_quality.py [--seeds 5] [--first-seed 1]
                                                       [--stationary 100000]
                                                       [--scenarios abrupt,stationary-daily,…]
+                                                      [--adwin-delta 0.002]
 
 River is NOT a project dependency. The first run creates a benchmark-only venv
 with it (`uv venv` + `uv pip install river numpy`) at $MLBUS_RIVER_VENV, by
@@ -544,8 +545,9 @@ def live_rows(stream: Stream) -> list[dict[str, Scalar]]:
 Detector = Callable[["Stream"], tuple[list[int], float]]
 
 
-def window_detector(window: int, *, adaptive: bool) -> Detector:
+def window_detector(window: int, *, adaptive: bool, adwin_delta: float) -> Detector:
     spec = DriftSpec(
+        adwin_delta=adwin_delta,
         window_size=window,
         min_samples=min(window, 100),
         persistence=2,
@@ -580,16 +582,20 @@ def window_detector(window: int, *, adaptive: bool) -> Detector:
     return run
 
 
-def adwin_detector(stream: Stream) -> tuple[list[int], float]:
-    spec = DriftSpec(prediction_drift=False, performance_drift=True)
-    monitor = DriftMonitor("bench", 1, reference_profile(stream), spec, {}, {})
-    found = []
-    at = event_times(stream)
-    started = time.perf_counter()
-    for index, (error, when) in enumerate(zip(stream.values.tolist(), at, strict=True)):
-        if monitor.observe_outcome(error, at=when) is not None:
-            found.append(index)
-    return found, time.perf_counter() - started
+def adwin_detector(adwin_delta: float) -> Detector:
+    spec = DriftSpec(adwin_delta=adwin_delta, prediction_drift=False, performance_drift=True)
+
+    def run(stream: Stream) -> tuple[list[int], float]:
+        monitor = DriftMonitor("bench", 1, reference_profile(stream), spec, {}, {})
+        found = []
+        at = event_times(stream)
+        started = time.perf_counter()
+        for index, (error, when) in enumerate(zip(stream.values.tolist(), at, strict=True)):
+            if monitor.observe_outcome(error, at=when) is not None:
+                found.append(index)
+        return found, time.perf_counter() - started
+
+    return run
 
 
 # ── scoring ─────────────────────────────────────────────────────────────────
@@ -667,6 +673,13 @@ def main() -> bool:
         help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all)",
     )
     parser.add_argument(
+        "--adwin-delta",
+        type=float,
+        default=DriftSpec().adwin_delta,
+        help="drift.adwin_delta of mlbus's detectors: the trade of false alarms against "
+        "delay (default: the spec's; ADR 0022)",
+    )
+    parser.add_argument(
         "--reuse-river",
         type=Path,
         metavar="DIR",
@@ -683,6 +696,7 @@ def main() -> bool:
         drift_at=DRIFT_AT,
         length=LENGTH,
         scenarios=scenarios,
+        adwin_delta=args.adwin_delta,
     )
     streams = make_streams(args.seeds, args.stationary, args.first_seed, tuple(scenarios))
     if args.reuse_river is None:
@@ -699,11 +713,13 @@ def main() -> bool:
             river.update(run_river(missing, args.reuse_river))
             cache.write_text(json.dumps(river))
 
+    delta = args.adwin_delta
     ours_feature = {
-        "mlbus": window_detector(1000, adaptive=True),
-        "mlbus-windows-only": window_detector(1000, adaptive=False),
-        "mlbus-windows-only-250": window_detector(250, adaptive=False),
+        "mlbus": window_detector(1000, adaptive=True, adwin_delta=delta),
+        "mlbus-windows-only": window_detector(1000, adaptive=False, adwin_delta=delta),
+        "mlbus-windows-only-250": window_detector(250, adaptive=False, adwin_delta=delta),
     }
+    ours_errors = adwin_detector(delta)
     scores: dict[tuple[str, str], Score] = {}
     for scenario in scenarios:
         by_detector: dict[str, dict[Stream, tuple[list[int], float]]] = {}
@@ -712,7 +728,7 @@ def main() -> bool:
         console.print(f"{scenario}: {len(of_scenario)} streams …")
         for stream in of_scenario:
             ours: dict[str, Detector] = (
-                {"mlbus-adwin": adwin_detector} if stream.kind == "errors" else dict(ours_feature)
+                {"mlbus-adwin": ours_errors} if stream.kind == "errors" else dict(ours_feature)
             )
             for name, detector in ours.items():
                 by_detector.setdefault(name, {})[stream] = detector(stream)
