@@ -363,18 +363,26 @@ def _dependence(
     profile: ColumnProfile, counts: np.ndarray, phases: np.ndarray, index: np.ndarray
 ) -> float:
     """κ of the column in time order: of its CDF positions within their phase (numeric) or
-    of each frequent category's indicator, and of its missing indicator; the largest."""
+    of each frequent category's indicator, and of its missing indicator; the largest.
+    Every series is taken relative to its own phase, an indicator less its phase's share:
+    a share that follows the hour (online payments at night, values missing by night) is
+    the cycle the phases model, not dependence (read raw, it made κ 40–120: ADR 0022)."""
     missing = counts.shape[1] - 1
-    series: list[np.ndarray] = [(index == missing).astype(np.float64)]
+    shares = phase_distributions(counts)[0]  # per phase, each bin's share
+
+    def indicator(column: int) -> np.ndarray:
+        return (index == column) - shares[phases, column]
+
+    series: list[np.ndarray] = [indicator(missing)]
     if isinstance(profile, NumericProfile):
         present = index < missing
         probabilities, _ = phase_distributions(counts[:, :missing])
         positions = cdf_positions(probabilities)
         series.append(positions[phases[present], index[present]])
     else:
-        shares = counts[:, :missing].sum(axis=0) / max(len(index), 1)
-        frequent = np.flatnonzero(shares >= 0.01)[:20]
-        series.extend((index == category).astype(np.float64) for category in frequent)
+        overall = counts[:, :missing].sum(axis=0) / max(len(index), 1)
+        frequent = np.flatnonzero(overall >= 0.01)[:20]
+        series.extend(indicator(category) for category in frequent)
     varying = [s for s in series if s.size and s.std() > 0]
     return max((dependence(s) for s in varying), default=1.0)
 

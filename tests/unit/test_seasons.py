@@ -199,6 +199,35 @@ def test_one_week_of_a_weekly_rhythm_is_modelled_not_taken_for_dependence() -> N
     assert not any(change <= at < change + 2500 for at in detections(daily, {"x": live_x}, live_t))
 
 
+def test_a_share_that_follows_the_hour_is_the_cycle_not_dependence() -> None:
+    """Online payments and missing amounts by night: their indicators follow the hour,
+    which the phases model. Read raw, they made κ 46 (the category) and 122 (the
+    amounts, by their missing indicator), and a 10-point rise of the online share went
+    unseen for the rest of the stream (5,000 payments)."""
+    rng = np.random.default_rng(21)
+
+    def by_night(seconds: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        night = np.cos(2 * np.pi * (((seconds // 3600) % 24) - 3) / 24) > 0
+        amounts = amounts.copy()
+        amounts[rng.random(len(amounts)) < np.where(night, 0.25, 0.02)] = np.nan
+        return amounts
+
+    ref_t, ref_x, ref_c = daily_stream(rng, 7, T0)
+    profile = ReferenceProfile.from_samples({"x": by_night(ref_t, ref_x), "c": ref_c}, times=ref_t)
+    assert profile.seasonality == "daily"
+    assert profile.features["c"].dependence == 1.0
+    assert profile.features["x"].dependence == 1.0
+    live_t, live_x, live_c = daily_stream(rng, 4, T0 + 7 * DAY)
+    live = {"x": by_night(live_t, live_x), "c": live_c}
+    assert detections(profile, live, live_t) == []
+    change = int(np.searchsorted(live_t, T0 + 9 * DAY))
+    rises = (rng.random(len(live_c)) < 0.1 / 0.7) & (np.arange(len(live_c)) >= change)
+    live["c"] = np.where(rises, "online", live_c)  # +10 points from the pos share
+    found = detections(profile, live, live_t)
+    assert found
+    assert change <= found[0] < change + 2500  # within a day's traffic
+
+
 def test_dependence_is_one_for_independent_values_and_about_19_for_ar1_at_0_9() -> None:
     rng = np.random.default_rng(3)
     assert dependence(rng.normal(size=20_000)) == 1.0
