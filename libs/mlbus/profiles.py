@@ -371,7 +371,8 @@ def _dependence(
     shares = phase_distributions(counts)[0]  # per phase, each bin's share
 
     def indicator(column: int) -> np.ndarray:
-        return (index == column) - shares[phases, column]
+        residual: np.ndarray = (index == column) - shares[phases, column]
+        return residual
 
     series: list[np.ndarray] = [indicator(missing)]
     if isinstance(profile, NumericProfile):
