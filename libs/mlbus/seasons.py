@@ -262,6 +262,32 @@ def phase_distributions(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probabilities, weight
 
 
+KNOWN_COVERAGE = 0.5
+"""A phase is known to a column's reference when it holds at least this share of the rows the
+best-covered phase holds, each against the monitor's fullest reference (see `known_phases`)."""
+
+
+def known_phases(rows: np.ndarray, fullest: np.ndarray) -> tuple[np.ndarray, float]:
+    """Which phases a column's reference knows, and how much thinner it is there.
+
+    `rows` are the column's reference rows per phase and `fullest` those of the
+    monitor's fullest reference (the features'). The prediction is profiled on the
+    holdout alone, often half a day: its other hours have no rows, and testing their
+    predictions against the pooled hours would call the cycle drift. Returns (a mask of
+    the phases covered at least KNOWN_COVERAGE as well as the best one, fullest / rows in
+    the thinnest of them): the column's live rate per cycle is at most the fullest's
+    times that, in every hour it is tested in.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    fullest = np.asarray(fullest, dtype=np.float64)
+    coverage = np.divide(rows, fullest, out=np.zeros_like(rows), where=fullest > 0)
+    best = float(coverage.max(initial=0.0))
+    if best <= 0:
+        return np.zeros(len(rows), dtype=bool), 1.0
+    known = coverage >= KNOWN_COVERAGE * best
+    return known, 1.0 / float(coverage[known].min())
+
+
 def dependence(series: np.ndarray) -> float:
     """κ: how much dependence inflates the variance of the series' mean (1 when independent).
 

@@ -11,10 +11,11 @@ import pytest
 from mlbus.driftstats import DriftMonitor, calibrate
 from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
-from mlbus.profiles import ReferenceProfile
+from mlbus.profiles import ReferenceProfile, profile_column
 from mlbus.seasons import (
     choose_seasonality,
     dependence,
+    known_phases,
     phase_of,
     phases_of,
     reference_rows_until,
@@ -224,6 +225,69 @@ def test_a_share_that_follows_the_hour_is_the_cycle_not_dependence() -> None:
     rises = (rng.random(len(live_c)) < 0.1 / 0.7) & (np.arange(len(live_c)) >= change)
     live["c"] = np.where(rises, "online", live_c)  # +10 points from the pos share
     found = detections(profile, live, live_t)
+    assert found
+    assert change <= found[0] < change + 2500  # within a day's traffic
+
+
+def test_known_phases_are_those_covered_about_as_well_as_the_best() -> None:
+    fullest = np.array([100.0, 100.0, 50.0, 10.0, 0.0])
+    known, thinner = known_phases(np.array([40.0, 30.0, 20.0, 1.0, 5.0]), fullest)
+    # coverage 0.4, 0.3, 0.4, 0.1 and none (no features' rows to compare with)
+    assert known.tolist() == [True, True, True, False, False]
+    assert thinner == pytest.approx(1 / 0.3)  # the thinnest known phase's
+    assert known_phases(np.zeros(5), fullest)[0].tolist() == [False] * 5
+
+
+def prediction_profile(seed: int) -> tuple[ReferenceProfile, np.ndarray, np.ndarray, np.ndarray]:
+    """As the trainer profiles: features on 2.4 days, the prediction on the last fifth
+    (the holdout, half a day); scores that follow the hour (fraud is likelier by night).
+    Returns the profile and four live days: times, amounts, scores."""
+    rng = np.random.default_rng(seed)
+    ref_t, ref_x, _ = daily_stream(rng, 3, T0 - DAY)
+    keep = ref_t < T0 + 1.4 * DAY
+    ref_t, ref_x = ref_t[keep], ref_x[keep]
+    live_t, live_x, _ = daily_stream(rng, 4, T0 + 3 * DAY)
+
+    def score(seconds: np.ndarray) -> np.ndarray:  # riskier by night
+        logit = 1.5 * np.cos(2 * np.pi * ((seconds // 3600) % 24) / 24) - 2
+        return 1 / (1 + np.exp(-(logit + rng.normal(0, 1, len(seconds)))))
+
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    holdout = slice(int(len(ref_t) * 0.8), None)
+    prediction = profile_column(
+        score(ref_t[holdout]), profile.bins, ref_t[holdout], profile.seasonality
+    )
+    return profile.model_copy(update={"prediction": prediction}), live_t, live_x, score(live_t)
+
+
+def prediction_detections(
+    profile: ReferenceProfile, times: np.ndarray, amounts: np.ndarray, scores: np.ndarray
+) -> tuple[list[int], DriftMonitor]:
+    spec = SPEC.model_copy(update={"prediction_drift": True})
+    monitor = DriftMonitor("m", 1, profile, spec, {"x": "numeric"}, {"x": ("psi", "ks")})
+    verdicts = monitor.observe_columns(
+        {"x": amounts.tolist()},
+        scores.tolist(),
+        n=len(times),
+        stamps=times,
+        source="s",
+        offsets=range(len(times)),
+    )
+    return [v.offsets["s"][1] for v in verdicts if v.detection], monitor
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+def test_a_prediction_profiled_on_half_a_day_is_tested_in_the_hours_it_knows(seed: int) -> None:
+    """Tested against the pooled hours, the other hours' scores read as drift (about 20
+    detections a week on such streams before)."""
+    profile, live_t, live_x, live_s = prediction_profile(seed)
+    assert profile.seasonality == "daily"
+    found, monitor = prediction_detections(profile, live_t, live_x, live_s)
+    assert found == []
+    assert "prediction:hours" in monitor.skipped
+    change = int(np.searchsorted(live_t, T0 + 5 * DAY))
+    shifted = np.where(np.arange(len(live_s)) >= change, 1 / (1 + (1 / live_s - 1) / 2.7), live_s)
+    found, _ = prediction_detections(profile, live_t, live_x, shifted)  # odds × 2.7
     assert found
     assert change <= found[0] < change + 2500  # within a day's traffic
 

@@ -21,7 +21,8 @@ numpy over channels, buckets and the blocks of a batch:
   n values weighing as n/κ; the oldest split that cuts is the change, and the
   channel starts a fresh window (its buckets emptied), as Adwin does. An
   `inflated` channel's κ is also multiplied by the `inflation` fed with each
-  row, as it stands at the block's last row (a seasonal reference's, see _rate).
+  row, 1 + ρ as it stands at the block's last row (a seasonal reference's, see
+  _rate), or by 1 + ρ·`rate_scale` for a channel whose reference is thinner.
 - A partial block waits for the next rows (`pending`, part of the state), so
   `observe` row by row and `observe_many` in batches of any size insert the
   same blocks with the same arithmetic and cut on the same row.
@@ -119,6 +120,9 @@ class BlockAdwins:
         self.delta = np.asarray(delta, dtype=np.float64)
         self.dependence = np.asarray(dependence, dtype=np.float64)
         self.inflated = np.zeros(size, dtype=bool) if inflated is None else np.asarray(inflated)
+        # per channel, how many times the fed ρ its own is (a reference thinner than the
+        # features', as the prediction's holdout is); set by the monitor, not saved
+        self.rate_scale = np.ones(size, dtype=np.float64)
         self.block = BLOCK if block is None else block
         self.clock = clock
         self.max_buckets = MAX_BUCKETS if max_buckets is None else max_buckets
@@ -295,7 +299,8 @@ class BlockAdwins:
         kappa = self.dependence if every else self.dependence[due]
         if inflation != 1.0:
             inflated = self.inflated if every else self.inflated[due]
-            kappa = np.where(inflated, kappa * inflation, kappa)
+            scale = self.rate_scale if every else self.rate_scale[due]
+            kappa = np.where(inflated, kappa * (1.0 + (inflation - 1.0) * scale), kappa)
         kappa = kappa[:, None]
         delta = self.delta if every else self.delta[due]
         # due channels hold more than `grace` values: the logarithms are defined

@@ -92,6 +92,9 @@ class Channel:
             self.phase_weight = None
         else:
             self.phase_probabilities, self.phase_weight = phase_distributions(phase_counts)
+        # the phases this channel's reference knows (None: all); the monitor leaves the
+        # others' values uncounted (a prediction profiled on half a day, `known_phases`)
+        self.known: np.ndarray | None = None
         # ADWIN on the reference CDF at each value's bin (numeric channels, see enable_adaptive):
         # pits[phase, bin], and the delta of its checks (None: no ADWIN)
         self.adaptive_delta: float | None = None
@@ -104,7 +107,11 @@ class Channel:
         mixed in the window's proportions, as counts of the effective number of reference
         rows behind that mix (1 / Σ w²/rows: a window of one hour has one hour's rows).
         """
-        if self.phase_probabilities is None or phase_rows is None or phase_rows.sum() == 0:
+        if self.phase_probabilities is None or phase_rows is None:
+            return self.reference
+        if self.known is not None:  # rows of other phases were not counted here
+            phase_rows = phase_rows * self.known
+        if phase_rows.sum() == 0:
             return self.reference
         assert self.phase_weight is not None
         share = phase_rows / phase_rows.sum()

@@ -46,7 +46,7 @@ from mlbus.driftstats._models import (
 from mlbus.driftstats._rate import LiveRate
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ReferenceProfile
-from mlbus.seasons import phase_of, phases_of
+from mlbus.seasons import known_phases, phase_of, phases_of
 from mlbus.spec import DriftSpec
 
 ERROR = "error"
@@ -102,22 +102,28 @@ class DriftMonitor:
         self._adaptive: list[NumericChannel] = numeric if adaptive else []
         self._feature_adwins: BlockAdwins | None = None
         self._live_rate: LiveRate | None = None  # of a seasonal reference's ADWINs
+        # the phases the prediction's reference (the holdout) knows; None: all of them
+        self._prediction_known: np.ndarray | None = None
+        thinner = self._know_prediction_phases()
         if self._adaptive:
             # Bonferroni over the channels and over checks: these check every
             # ADAPTIVE_CLOCK values, twice per SPEC_CLOCK, so each check gets half
             share = spec.adwin_delta / len(numeric) * ADAPTIVE_CLOCK / SPEC_CLOCK
             for channel in numeric:
                 channel.enable_adaptive(share)
-            seasonal = [(c.phase_counts, c.cycles) for c in numeric if c.phase_counts is not None]
-            if seasonal:
-                phase_counts, cycles = seasonal[0]  # every column of a profile has the same rows
-                self._live_rate = LiveRate(phase_counts.sum(axis=1), self.seasonality, cycles)
+            fullest = _fullest_reference(self._channels)
+            if fullest is not None:
+                self._live_rate = LiveRate(fullest[0], self.seasonality, fullest[1])
             self._feature_adwins = BlockAdwins(
                 [c.key for c in numeric],
                 [share] * len(numeric),
                 [c.adaptive_kappa for c in numeric],
                 inflated=[c.phase_counts is not None for c in numeric],
                 clock=ADAPTIVE_CLOCK,
+            )
+            # the prediction's reference is thinner than the features': ρ times as much
+            self._feature_adwins.rate_scale = np.asarray(
+                [thinner if c is self._prediction else 1.0 for c in numeric]
             )
         self._layout = BatchLayout(self._channels, self._adaptive, profile.phases)
         self._adwin = Adwin(spec.adwin_delta, clock=SPEC_CLOCK) if spec.performance_drift else None
@@ -131,6 +137,23 @@ class DriftMonitor:
         self._drifted_in_row = 0
         self._recent: tuple[WindowVerdict, ...] = ()
         self._detections: tuple[WindowVerdict, ...] = ()
+
+    def _know_prediction_phases(self) -> float:
+        """Leave uncounted the predictions of phases the prediction's reference does not
+        know (see `known_phases`), noted in `skipped`; how much thinner it is than the
+        features' reference where it does (1 when it is not seasonal)."""
+        fullest = _fullest_reference(self._channels)
+        prediction = self._prediction
+        if fullest is None or prediction is None or prediction.phase_counts is None:
+            return 1.0
+        known, thinner = known_phases(prediction.phase_counts.sum(axis=1), fullest[0])
+        if not known.all():
+            prediction.known = self._prediction_known = known
+            self.skipped[f"{PREDICTION}:hours"] = (
+                f"{int((~known).sum())} of {len(known)} hours of the cycle are not in the rows "
+                "the prediction was profiled on (the holdout): their predictions are not tested"
+            )
+        return thinner
 
     # ── observing ────────────────────────────────────────────────────────────
 
@@ -169,9 +192,9 @@ class DriftMonitor:
             for channel in self._covariates
         }
         if self._prediction is not None:
-            indexes[self._prediction.key] = self._prediction.add(
-                ABSENT if prediction is None else prediction
-            )
+            known = self._prediction_known
+            unknown = prediction is None or (known is not None and not known[phase])
+            indexes[self._prediction.key] = self._prediction.add(ABSENT if unknown else prediction)
         changes: list[tuple[Channel, AdwinChange]] = []
         if self._feature_adwins is not None:
             row = [
@@ -262,9 +285,12 @@ class DriftMonitor:
             whole = begin == 0 and end == n
             chunk = columns if whole else {k: v[begin:end] for k, v in columns.items()}
             scores = None if predictions is None else predictions[begin:end]
-            indexes = self._layout.bins(chunk, scores, end - begin)
             times = stamps[begin:end]
             phases = phases_of(times, self.seasonality)
+            if scores is not None and self._prediction_known is not None:
+                knows = self._prediction_known[phases].tolist()
+                scores = [p if k else None for p, k in zip(scores, knows, strict=True)]
+            indexes = self._layout.bins(chunk, scores, end - begin)
             changes, taken = self._adapt_many(indexes, times, phases)
             self._layout.count(indexes[:taken])
             self._phase_rows += np.bincount(phases[:taken], minlength=self._phase_rows.size)
@@ -553,6 +579,7 @@ class DriftMonitor:
             # live rate had a seasonal reference's 1 + 1/C inside κ
             restored.dependence = monitor._feature_adwins.dependence
             restored.inflated = monitor._feature_adwins.inflated
+            restored.rate_scale = monitor._feature_adwins.rate_scale
             monitor._feature_adwins = restored
         if monitor._live_rate is not None:
             monitor._live_rate.rows = state.live_rows
@@ -586,3 +613,13 @@ class DriftMonitor:
 def _aware(at: datetime) -> datetime:
     """A naive datetime is read as UTC (the services stamp UTC everywhere)."""
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _fullest_reference(channels: Sequence[Channel]) -> tuple[np.ndarray, float] | None:
+    """Reference rows per phase and cycles of the seasonal channel with the most rows: a
+    feature's (every feature of a profile has the same rows), the prediction's (the
+    holdout) only when it is alone."""
+    seasonal = [
+        (c.phase_counts.sum(axis=1), c.cycles) for c in channels if c.phase_counts is not None
+    ]
+    return max(seasonal, key=lambda rows: float(rows[0].sum()), default=None)
