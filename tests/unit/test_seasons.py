@@ -149,11 +149,70 @@ def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_d
     of_those_hours = np.isin(phases_of(ref_t, "daily"), [13, 14, 15, 16]).sum()
     inflation = rate.inflations(np.concatenate(([start], afternoon, [start + 4 * 3600])))
     assert rate.rows == 0  # inflations() counts nothing
-    assert inflation[-1] - 1 == pytest.approx(
-        (len(afternoon) + 2 + prior / 7) / (of_those_hours + prior)
-    )
+    average = (len(afternoon) + 2 + prior / 7) / (of_those_hours + prior)
+    # the last row opens 17:00: its own phase's ρ, the average (its prior) and one row
+    # over that hour's reference rows, is the larger
+    at_five = np.count_nonzero(phases_of(ref_t, "daily") == 17) + 1
+    assert inflation[-1] - 1 == pytest.approx(average + 1 / at_five)
     rate.count(live_t)
     assert rate.rate == pytest.approx(live_per_day / len(ref_t), rel=0.03)
+
+
+def test_an_hour_denser_live_than_the_average_says_is_inflated_by_its_own_rate() -> None:
+    phase_rows = np.full(24, 100.0)  # the reference: 100 rows an hour over 2 days
+    rate = LiveRate(phase_rows, "daily", cycles=2.0)
+    start = T0 + 7 * DAY
+    # two live days: 50 rows an hour, but 200 at 18:00
+    hours = np.arange(48)
+    per_hour = np.where(hours % 24 == 18, 200, 50)
+    stamps = np.concatenate(
+        [start + h * 3600 + np.linspace(0, 3599, n) for h, n in zip(hours, per_hour, strict=True)]
+    )
+    rate.count(stamps)
+    assert rate.rate == pytest.approx(len(stamps) / (48 * 100.0 + 100) + 0.5 / 49, rel=0.01)
+    # rows inside the hours counted: the average stands (one row more)
+    morning, evening = start + DAY + 9.5 * 3600, start + DAY + 18.5 * 3600
+    inflation = rate.inflations(np.asarray([morning, evening]))
+    average = (len(stamps) + 1 + 0.5 * 100) / (48 * 100 + 100)
+    assert inflation[0] - 1 == pytest.approx(average, rel=0.01)  # its own is lower
+    # 18:00's own: 400 rows (and this one) in 2 passes, a prior pass at the average, of
+    # 100 rows (and the phase's prior row)
+    assert inflation[1] - 1 == pytest.approx((401 + average * 101) / (3 * 101), rel=0.01)
+    assert rate.phase_live.sum() == len(stamps)
+    assert rate.phase_live[18] == 400
+
+
+@pytest.mark.parametrize("seed", [37, 68])
+def test_a_live_rhythm_off_the_reference_s_does_not_alarm(seed: int) -> None:
+    """The reference's traffic rhythm 0.6 h off the live one's: with one ρ averaged over
+    the hours, 6 of 40 such streams alarmed (seeds 31-70, these among them); with each
+    hour's own, 1."""
+    rng = np.random.default_rng(seed)
+    ref_t, ref_x, _ = daily_stream(rng, 3, T0 - 0.6 * DAY)
+    live_t, live_x, _ = daily_stream(rng, 4, T0 + 3 * DAY)
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    assert detections(profile, {"x": live_x}, live_t) == []
+
+
+def test_a_state_saved_before_rows_per_phase_spreads_its_rows_as_the_average() -> None:
+    rng = np.random.default_rng(9)
+    ref_t, ref_x, _ = daily_stream(rng, 3, T0)
+    live_t, live_x, _ = daily_stream(rng, 1, T0 + 3 * DAY)
+    profile = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t)
+    monitor = DriftMonitor("m", 1, profile, SPEC, {"x": "numeric"}, {"x": ("psi", "ks")})
+    monitor.observe_columns(
+        {"x": live_x.tolist()},
+        None,
+        n=len(live_t),
+        stamps=live_t,
+        source="s",
+        offsets=range(len(live_t)),
+    )
+    old = monitor.snapshot().model_copy(update={"live_phase_rows": ()})
+    again = DriftMonitor.restore(old, profile, SPEC, {"x": "numeric"}, {"x": ("psi", "ks")})
+    spread = np.asarray(again.snapshot().live_phase_rows)
+    assert spread.sum() == pytest.approx(len(live_t))
+    assert again.status().live_rate == monitor.status().live_rate
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -422,7 +481,7 @@ def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly(
     assert got == expected
     assert any(v.detection for v in expected)
     assert again.snapshot() == whole.snapshot()
-    assert whole.snapshot().live_rows == len(rows)
+    assert whole.snapshot().live_rows == sum(whole.snapshot().live_phase_rows) == len(rows)
     one_by_one = DriftMonitor("m", 1, profile, SPEC, features, tests)
     singles = [
         v

@@ -148,5 +148,8 @@ class MonitorState(_Frozen):
     )
     live_first: float | None = Field(default=None, description="their earliest time (epoch s)")
     live_last: float | None = Field(default=None, description="their latest time (epoch s)")
+    live_phase_rows: tuple[float, ...] = Field(
+        default=(), description="those rows per phase (none: saved before they were kept)"
+    )
     recent: tuple[WindowVerdict, ...] = ()
     detections: tuple[WindowVerdict, ...] = ()

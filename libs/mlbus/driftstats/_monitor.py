@@ -534,6 +534,9 @@ class DriftMonitor:
             live_rows=0 if self._live_rate is None else self._live_rate.rows,
             live_first=None if self._live_rate is None else self._live_rate.first,
             live_last=None if self._live_rate is None else self._live_rate.last,
+            live_phase_rows=()
+            if self._live_rate is None
+            else tuple(self._live_rate.phase_live.tolist()),
             recent=self._recent,
             detections=self._detections,
         )
@@ -585,6 +588,10 @@ class DriftMonitor:
             monitor._live_rate.rows = state.live_rows
             monitor._live_rate.first = state.live_first
             monitor._live_rate.last = state.live_last
+            if len(state.live_phase_rows) == len(monitor._live_rate.phase_live):
+                monitor._live_rate.phase_live = np.asarray(state.live_phase_rows, dtype=np.float64)
+            else:
+                monitor._live_rate.spread_rows()
         monitor._window_index = state.window_index
         monitor._n = state.n_in_window
         monitor._start = state.window_start
