@@ -104,14 +104,14 @@ class DriftMonitor:
         self._live_rate: LiveRate | None = None  # of a seasonal reference's ADWINs
         # the phases the prediction's reference (the holdout) knows; None: all of them
         self._prediction_known: np.ndarray | None = None
-        thinner = self._know_prediction_phases()
+        fullest = _fullest_reference(self._channels)  # (rows per phase, cycles) or None
+        thinner = self._know_prediction_phases(fullest)
         if self._adaptive:
             # Bonferroni over the channels and over checks: these check every
             # ADAPTIVE_CLOCK values, twice per SPEC_CLOCK, so each check gets half
             share = spec.adwin_delta / len(numeric) * ADAPTIVE_CLOCK / SPEC_CLOCK
             for channel in numeric:
                 channel.enable_adaptive(share)
-            fullest = _fullest_reference(self._channels)
             if fullest is not None:
                 self._live_rate = LiveRate(fullest[0], self.seasonality, fullest[1])
             self._feature_adwins = BlockAdwins(
@@ -121,7 +121,8 @@ class DriftMonitor:
                 inflated=[c.phase_counts is not None for c in numeric],
                 clock=ADAPTIVE_CLOCK,
             )
-            # the prediction's reference is thinner than the features': ρ times as much
+            # the prediction's reference (the holdout) is thinner than the features': its ρ
+            # is theirs times `thinner`
             self._feature_adwins.rate_scale = np.asarray(
                 [thinner if c is self._prediction else 1.0 for c in numeric]
             )
@@ -138,11 +139,10 @@ class DriftMonitor:
         self._recent: tuple[WindowVerdict, ...] = ()
         self._detections: tuple[WindowVerdict, ...] = ()
 
-    def _know_prediction_phases(self) -> float:
+    def _know_prediction_phases(self, fullest: tuple[np.ndarray, float] | None) -> float:
         """Leave uncounted the predictions of phases the prediction's reference does not
         know (see `known_phases`), noted in `skipped`; how much thinner it is than the
-        features' reference where it does (1 when it is not seasonal)."""
-        fullest = _fullest_reference(self._channels)
+        `fullest` reference where it does (1 when it is not seasonal)."""
         prediction = self._prediction
         if fullest is None or prediction is None or prediction.phase_counts is None:
             return 1.0
