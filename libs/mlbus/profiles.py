@@ -337,10 +337,11 @@ def profile_column(
     width = len(kept) + 1
     counts = np.zeros((PHASES[seasonality], width), dtype=np.int64)
     np.add.at(counts, (phases, index), 1)
-    update: dict[str, Any] = {"dependence": _dependence(profile, counts, phases, index)}
+    cycles = float(np.ptp(seconds)) / CYCLE_S[seasonality]
+    update: dict[str, Any] = {"dependence": _dependence(profile, counts, phases, index, cycles)}
     if seasonality != "none":
         update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
-        update["cycles"] = float(np.ptp(seconds)) / CYCLE_S[seasonality]
+        update["cycles"] = cycles
     return profile.model_copy(update=update)
 
 
@@ -359,19 +360,31 @@ def _bin_indexes(profile: ColumnProfile, array: np.ndarray) -> np.ndarray:
     )
 
 
+SHARES_APART_CYCLES = 4.0
+"""From this many cycles on, an indicator's κ is measured less its phase's share (see
+`_dependence`); over fewer, an hour's share is an average of two or three days, and a
+trend across the days (a 7-day aggregate filling up) would pass for the cycle."""
+
+
 def _dependence(
-    profile: ColumnProfile, counts: np.ndarray, phases: np.ndarray, index: np.ndarray
+    profile: ColumnProfile,
+    counts: np.ndarray,
+    phases: np.ndarray,
+    index: np.ndarray,
+    cycles: float,
 ) -> float:
     """κ of the column in time order: of its CDF positions within their phase (numeric) or
     of each frequent category's indicator, and of its missing indicator; the largest.
-    Every series is taken relative to its own phase, an indicator less its phase's share:
+    Over SHARES_APART_CYCLES cycles or more, an indicator is taken less its phase's share:
     a share that follows the hour (online payments at night, values missing by night) is
-    the cycle the phases model, not dependence (read raw, it made κ 40–120: ADR 0022)."""
+    the cycle the phases model, not dependence (read raw, it made κ 40–120: ADR 0022).
+    Over fewer, a trend across the days looks the same, so the indicators are read raw."""
     missing = counts.shape[1] - 1
     shares = phase_distributions(counts)[0]  # per phase, each bin's share
+    apart = cycles >= SHARES_APART_CYCLES
 
     def indicator(column: int) -> np.ndarray:
-        residual: np.ndarray = (index == column) - shares[phases, column]
+        residual: np.ndarray = (index == column) - (shares[phases, column] if apart else 0.0)
         return residual
 
     series: list[np.ndarray] = [indicator(missing)]
