@@ -380,11 +380,14 @@ def _dependence(
     the cycle the phases model, not dependence (read raw, it made κ 40–120: ADR 0022).
     Over fewer, a trend across the days looks the same, so the indicators are read raw."""
     missing = counts.shape[1] - 1
-    shares = phase_distributions(counts)[0]  # per phase, each bin's share
-    apart = cycles >= SHARES_APART_CYCLES
+    # per phase, each bin's share (only where the indicators are taken less it)
+    shares = phase_distributions(counts)[0] if cycles >= SHARES_APART_CYCLES else None
 
     def indicator(column: int) -> np.ndarray:
-        residual: np.ndarray = (index == column) - (shares[phases, column] if apart else 0.0)
+        raw: np.ndarray = (index == column).astype(np.float64)
+        if shares is None:
+            return raw
+        residual: np.ndarray = raw - shares[phases, column]
         return residual
 
     series: list[np.ndarray] = [indicator(missing)]

@@ -102,8 +102,6 @@ class DriftMonitor:
         self._adaptive: list[NumericChannel] = numeric if adaptive else []
         self._feature_adwins: BlockAdwins | None = None
         self._live_rate: LiveRate | None = None  # of a seasonal reference's ADWINs
-        # the phases the prediction's reference (the holdout) knows; None: all of them
-        self._prediction_known: np.ndarray | None = None
         fullest = _fullest_reference(self._channels)  # (rows per phase, cycles) or None
         thinner = self._know_prediction_phases(fullest)
         if self._adaptive:
@@ -148,7 +146,7 @@ class DriftMonitor:
             return 1.0
         known, thinner = known_phases(prediction.phase_counts.sum(axis=1), fullest[0])
         if not known.all():
-            prediction.known = self._prediction_known = known
+            prediction.known = known  # the phases its reference (the holdout) knows
             self.skipped[f"{PREDICTION}:hours"] = (
                 f"{int((~known).sum())} of {len(known)} hours of the cycle are not in the rows "
                 "the prediction was profiled on (the holdout): their predictions are not tested"
@@ -192,7 +190,7 @@ class DriftMonitor:
             for channel in self._covariates
         }
         if self._prediction is not None:
-            known = self._prediction_known
+            known = self._prediction.known
             unknown = prediction is None or (known is not None and not known[phase])
             indexes[self._prediction.key] = self._prediction.add(ABSENT if unknown else prediction)
         changes: list[tuple[Channel, AdwinChange]] = []
@@ -287,8 +285,9 @@ class DriftMonitor:
             scores = None if predictions is None else predictions[begin:end]
             times = stamps[begin:end]
             phases = phases_of(times, self.seasonality)
-            if scores is not None and self._prediction_known is not None:
-                knows = self._prediction_known[phases].tolist()
+            known = None if self._prediction is None else self._prediction.known
+            if scores is not None and known is not None:
+                knows = known[phases].tolist()
                 scores = [p if k else None for p, k in zip(scores, knows, strict=True)]
             indexes = self._layout.bins(chunk, scores, end - begin)
             changes, taken = self._adapt_many(indexes, times, phases)
