@@ -38,8 +38,10 @@ from mlbus.seasons import (
     SeasonalityChoice,
     choose_seasonality,
     cycle_shown,
+    cycles_of,
     dependence,
     epoch_seconds,
+    other_cycles_share,
     phase_distributions,
     phases_of,
     spanned_once,
@@ -333,12 +335,15 @@ def profile_column(
     order = np.argsort(seconds, kind="stable")
     index = _bin_indexes(profile, array)[order]
     phases = phases_of(seconds[order], seasonality)
+    cycle = cycles_of(seconds[order], seasonality)
     kept = profile.counts if isinstance(profile, NumericProfile) else profile.frequencies
     width = len(kept) + 1
     counts = np.zeros((PHASES[seasonality], width), dtype=np.int64)
     np.add.at(counts, (phases, index), 1)
     cycles = float(np.ptp(seconds)) / CYCLE_S[seasonality]
-    update: dict[str, Any] = {"dependence": _dependence(profile, counts, phases, index, cycles)}
+    update: dict[str, Any] = {
+        "dependence": _dependence(profile, counts, phases, cycle, index, cycles)
+    }
     if seasonality != "none":
         update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
         update["cycles"] = cycles
@@ -361,33 +366,37 @@ def _bin_indexes(profile: ColumnProfile, array: np.ndarray) -> np.ndarray:
 
 
 SHARES_APART_CYCLES = 4.0
-"""From this many cycles on, an indicator's κ is measured less its phase's share (see
-`_dependence`); over fewer, an hour's share is an average of two or three days, and a
-trend across the days (a 7-day aggregate filling up) would pass for the cycle."""
+"""From this many cycles on, an indicator's κ is measured less its phase's share over the
+whole reference; under it, less its phase's share in the other cycles (see `_dependence`)."""
 
 
 def _dependence(
     profile: ColumnProfile,
     counts: np.ndarray,
     phases: np.ndarray,
+    cycle: np.ndarray,
     index: np.ndarray,
     cycles: float,
 ) -> float:
     """κ of the column in time order: of its CDF positions within their phase (numeric) or
     of each frequent category's indicator, and of its missing indicator; the largest.
-    Over SHARES_APART_CYCLES cycles or more, an indicator is taken less its phase's share:
-    a share that follows the hour (online payments at night, values missing by night) is
-    the cycle the phases model, not dependence (read raw, it made κ 40–120: ADR 0022).
-    Over fewer, a trend across the days looks the same, so the indicators are read raw."""
+
+    An indicator is taken less its phase's share: a share that follows the hour (online
+    payments at night, values missing by night) is the cycle the phases model, not
+    dependence (read raw, it made κ 40–120: ADR 0022). From SHARES_APART_CYCLES cycles on
+    that share is the phase's over the reference. Under that, an hour's share would be an
+    average of two or three days, which a trend across the days (a 7-day aggregate filling
+    up) passes for; so each row is taken less its phase's share in the OTHER cycles
+    (`other_cycles_share`), against which a trend stays in. That share, read on fewer rows,
+    adds its own noise (κ about 1 + 1/(cycles − 1) where the hour explains all): cautious.
+    With one cycle there is no other, and the indicator is read raw."""
     missing = counts.shape[1] - 1
-    # per phase, each bin's share (only where the indicators are taken less it)
     shares = phase_distributions(counts)[0] if cycles >= SHARES_APART_CYCLES else None
 
     def indicator(column: int) -> np.ndarray:
-        raw: np.ndarray = (index == column).astype(np.float64)
-        if shares is None:
-            return raw
-        residual: np.ndarray = raw - shares[phases, column]
+        hit: np.ndarray = (index == column).astype(np.float64)
+        share = other_cycles_share(hit, phases, cycle) if shares is None else shares[phases, column]
+        residual: np.ndarray = hit - share
         return residual
 
     series: list[np.ndarray] = [indicator(missing)]

@@ -62,6 +62,45 @@ def phases_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
     return np.asarray(np.mod(hours + MONDAY_OFFSET_H, 168), dtype=np.int64)
 
 
+def cycles_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
+    """The cycle each epoch second falls in (days or weeks since the epoch, aligned with
+    `phases_of`: an hour of one day is one phase of one cycle); all 0 without seasonality."""
+    if seasonality == "none":
+        return np.zeros(len(seconds), dtype=np.int64)
+    hours = np.floor_divide(seconds, HOUR_S).astype(np.int64)
+    if seasonality == "daily":
+        return np.asarray(np.floor_divide(hours, 24), dtype=np.int64)
+    return np.asarray(np.floor_divide(hours + MONDAY_OFFSET_H, 168), dtype=np.int64)
+
+
+def other_cycles_share(hit: np.ndarray, phases: np.ndarray, cycles: np.ndarray) -> np.ndarray:
+    """For each row of a 0/1 series, the share of 1s among the rows of its phase in the
+    OTHER cycles, shrunk toward the other cycles' pooled share by PHASE_PRIOR_ROWS as
+    `phase_distributions` shrinks a phase. With no other cycle it is the series' share.
+
+    Taken out of the row, it leaves what the phase does not explain, and a trend across
+    the cycles stays in it whatever their number: each day's rows are measured against
+    the other days', never against an average that includes their own."""
+    n = len(hit)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    cycle = cycles - cycles.min()
+    width = int(cycle.max()) + 1
+    cell = phases * width + cycle  # one (phase, cycle) pair
+    size = (int(phases.max()) + 1) * width
+    rows_pc = np.bincount(cell, minlength=size).reshape(-1, width).astype(np.float64)
+    hits_pc = np.bincount(cell, weights=hit, minlength=size).reshape(-1, width)
+    rows_c, hits_c = rows_pc.sum(axis=0), hits_pc.sum(axis=0)
+    other_rows = rows_c.sum() - rows_c[cycle]
+    pooled = np.where(
+        other_rows > 0, (hits_c.sum() - hits_c[cycle]) / np.maximum(other_rows, 1.0), hit.mean()
+    )
+    phase_rows = rows_pc.sum(axis=1)[phases] - rows_pc[phases, cycle]
+    phase_hits = hits_pc.sum(axis=1)[phases] - hits_pc[phases, cycle]
+    share: np.ndarray = (phase_hits + PHASE_PRIOR_ROWS * pooled) / (phase_rows + PHASE_PRIOR_ROWS)
+    return share
+
+
 def phase_of(second: float, seasonality: Seasonality) -> int:
     """`phases_of` for one time (the monitor's hot path)."""
     if seasonality == "none":

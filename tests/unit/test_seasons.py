@@ -11,11 +11,12 @@ import pytest
 from mlbus.driftstats import DriftMonitor, calibrate
 from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
-from mlbus.profiles import ReferenceProfile, profile_column
+from mlbus.profiles import SHARES_APART_CYCLES, ReferenceProfile, profile_column
 from mlbus.seasons import (
     choose_seasonality,
     dependence,
     known_phases,
+    other_cycles_share,
     phase_of,
     phases_of,
     reference_rows_until,
@@ -288,21 +289,46 @@ def test_a_share_that_follows_the_hour_is_the_cycle_not_dependence() -> None:
     assert change <= found[0] < change + 2500  # within a day's traffic
 
 
-def test_over_fewer_than_four_cycles_a_share_is_read_raw() -> None:
-    """Over 2.4 days an hour's share is an average of two days, and a trend across the
-    days (the demo's 7-day aggregate filling up: its missing share fell 12 % → 2 %) would
-    pass for the cycle; taken less those shares it did (κ 66 → 2.8) and a control run
-    alarmed. So under four cycles a share is read raw, the cycle counted as dependence:
-    cautious, as before."""
+def test_under_four_cycles_a_share_is_taken_less_its_hour_on_the_other_days() -> None:
+    """Over 2.4 days an hour's share over the reference is an average of two or three
+    days, which a trend across them passes for (the demo's 7-day aggregate filling up:
+    missing 12 % → 4 % → 2 %, κ 66 read raw, 2.8 less those shares, and a control run
+    alarmed). Each day's rows are taken less the OTHER days' share of their hour: a share
+    that follows the hour is the cycle (κ about 1, where raw it was over 10 and a rise of
+    the share went unseen), and a trend stays dependence."""
     rng = np.random.default_rng(41)
-    ref_t, _, ref_c = daily_stream(rng, 7, T0)
-    week = ReferenceProfile.from_samples({"c": ref_c}, times=ref_t)
-    assert week.features["c"].dependence == 1.0
+    ref_t, ref_x, ref_c = daily_stream(rng, 3, T0)
     short = ref_t < T0 + 2.4 * DAY
-    days = ReferenceProfile.from_samples({"c": ref_c[short]}, times=ref_t[short])
-    assert days.seasonality == "daily"
-    assert days.features["c"].cycles < 4
-    assert days.features["c"].dependence > 10
+    ref_t, ref_x, ref_c = ref_t[short], ref_x[short], ref_c[short]
+    day = (ref_t - T0) // DAY
+    filling = ref_x.copy()  # a 7-day aggregate filling up: fewer missing every day
+    filling[rng.random(len(ref_x)) < np.select([day == 0, day == 1], [0.12, 0.04], 0.02)] = np.nan
+    profile = ReferenceProfile.from_samples({"c": ref_c, "x": filling}, times=ref_t)
+    assert profile.seasonality == "daily"
+    assert profile.features["c"].cycles < SHARES_APART_CYCLES
+    assert profile.features["c"].dependence < 2.0
+    assert profile.features["x"].dependence > 20
+    live_t, _, live_c = daily_stream(rng, 4, T0 + 3 * DAY)
+    assert detections(profile, {"c": live_c}, live_t) == []
+    change = int(np.searchsorted(live_t, T0 + 5 * DAY))
+    rises = (rng.random(len(live_c)) < 0.1 / 0.7) & (np.arange(len(live_c)) >= change)
+    found = detections(profile, {"c": np.where(rises, "online", live_c)}, live_t)
+    assert found
+    assert change <= found[0] < change + 2500  # within a day's traffic
+
+
+def test_a_row_s_share_is_its_phase_s_in_the_other_cycles_shrunk_to_theirs() -> None:
+    hit = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    phases = np.array([0, 1, 0, 1, 0, 1])
+    cycles = np.array([0, 0, 1, 1, 2, 2])
+    share = other_cycles_share(hit, phases, cycles)
+    # row 0 (phase 0, cycle 0): phase 0 elsewhere is rows 2 and 4, 1 of 2; the other
+    # cycles' pooled share is 2 of 4, its prior weight one row
+    assert share[0] == pytest.approx((1 + 0.5) / (2 + 1))
+    # row 3 (phase 1, cycle 1): phase 1 elsewhere is rows 1 and 5, 0 of 2; pooled 1 of 4
+    assert share[3] == pytest.approx((0 + 0.25) / (2 + 1))
+    one_cycle = other_cycles_share(hit, phases, np.zeros(6, dtype=np.int64))
+    assert one_cycle == pytest.approx(np.full(6, 0.5))  # no other cycle: the series' share
 
 
 def test_known_phases_are_those_covered_about_as_well_as_the_best() -> None:
