@@ -52,25 +52,30 @@ def epoch_seconds(times: Sequence[datetime | float | int] | np.ndarray) -> np.nd
     )
 
 
+def _cycles_and_phases(
+    seconds: np.ndarray, seasonality: Seasonality
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each epoch second's cycle (days or weeks since the epoch) and phase in it (the hour
+    of the day, or of the week from Monday); all 0 without seasonality."""
+    if seasonality == "none":
+        zeros = np.zeros(len(seconds), dtype=np.int64)
+        return zeros, zeros
+    hours = np.floor_divide(seconds, HOUR_S).astype(np.int64)
+    if seasonality == "weekly":
+        hours = hours + MONDAY_OFFSET_H
+    cycles, phases = np.divmod(hours, PHASES[seasonality])
+    return np.asarray(cycles, dtype=np.int64), np.asarray(phases, dtype=np.int64)
+
+
 def phases_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
     """The phase index of each epoch second (all 0 without seasonality)."""
-    if seasonality == "none":
-        return np.zeros(len(seconds), dtype=np.int64)
-    hours = np.floor_divide(seconds, HOUR_S).astype(np.int64)
-    if seasonality == "daily":
-        return np.asarray(np.mod(hours, 24), dtype=np.int64)
-    return np.asarray(np.mod(hours + MONDAY_OFFSET_H, 168), dtype=np.int64)
+    return _cycles_and_phases(seconds, seasonality)[1]
 
 
 def cycles_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
-    """The cycle each epoch second falls in (days or weeks since the epoch, aligned with
-    `phases_of`: an hour of one day is one phase of one cycle); all 0 without seasonality."""
-    if seasonality == "none":
-        return np.zeros(len(seconds), dtype=np.int64)
-    hours = np.floor_divide(seconds, HOUR_S).astype(np.int64)
-    if seasonality == "daily":
-        return np.asarray(np.floor_divide(hours, 24), dtype=np.int64)
-    return np.asarray(np.floor_divide(hours + MONDAY_OFFSET_H, 168), dtype=np.int64)
+    """The cycle each epoch second falls in, aligned with `phases_of`: an hour of one day
+    (or week) is one phase of one cycle. All 0 without seasonality."""
+    return _cycles_and_phases(seconds, seasonality)[0]
 
 
 def other_cycles_share(hit: np.ndarray, phases: np.ndarray, cycles: np.ndarray) -> np.ndarray:
