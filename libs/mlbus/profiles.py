@@ -335,14 +335,14 @@ def profile_column(
     order = np.argsort(seconds, kind="stable")
     index = _bin_indexes(profile, array)[order]
     phases = phases_of(seconds[order], seasonality)
-    cycle = cycles_of(seconds[order], seasonality)
+    row_cycles = cycles_of(seconds[order], seasonality)
     kept = profile.counts if isinstance(profile, NumericProfile) else profile.frequencies
     width = len(kept) + 1
     counts = np.zeros((PHASES[seasonality], width), dtype=np.int64)
     np.add.at(counts, (phases, index), 1)
     cycles = float(np.ptp(seconds)) / CYCLE_S[seasonality]
     update: dict[str, Any] = {
-        "dependence": _dependence(profile, counts, phases, cycle, index, cycles)
+        "dependence": _dependence(profile, counts, phases, row_cycles, index, cycles)
     }
     if seasonality != "none":
         update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
@@ -374,7 +374,7 @@ def _dependence(
     profile: ColumnProfile,
     counts: np.ndarray,
     phases: np.ndarray,
-    cycle: np.ndarray,
+    row_cycles: np.ndarray,
     index: np.ndarray,
     cycles: float,
 ) -> float:
@@ -395,7 +395,11 @@ def _dependence(
 
     def indicator(column: int) -> np.ndarray:
         hit: np.ndarray = (index == column).astype(np.float64)
-        share = other_cycles_share(hit, phases, cycle) if shares is None else shares[phases, column]
+        share = (
+            other_cycles_share(hit, phases, row_cycles)
+            if shares is None
+            else shares[phases, column]
+        )
         residual: np.ndarray = hit - share
         return residual
 
