@@ -37,8 +37,8 @@ shorter cycle wrongly alarms every cycle; taking the longer one wrongly costs se
 PHASE_PRIOR_ROWS = 1.0
 """A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
 so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
-HOUR_S = 3600
-MONDAY_OFFSET_H = 72  # 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week
+_HOUR_S = 3600
+_MONDAY_OFFSET_H = 72  # 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week
 MAX_LAG_FRACTION = 0.25
 """Autocorrelations are summed up to a quarter of the series at most."""
 
@@ -60,9 +60,9 @@ def _cycles_and_phases(
     if seasonality == "none":
         zeros = np.zeros(len(seconds), dtype=np.int64)
         return zeros, zeros
-    hours = np.floor_divide(seconds, HOUR_S).astype(np.int64)
+    hours = np.floor_divide(seconds, _HOUR_S).astype(np.int64)
     if seasonality == "weekly":
-        hours = hours + MONDAY_OFFSET_H
+        hours = hours + _MONDAY_OFFSET_H
     cycles, phases = np.divmod(hours, PHASES[seasonality])
     return np.asarray(cycles, dtype=np.int64), np.asarray(phases, dtype=np.int64)
 
@@ -106,12 +106,20 @@ def other_cycles_share(hit: np.ndarray, phases: np.ndarray, cycles: np.ndarray) 
     return share
 
 
+def cycle_hours(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
+    """Hours since the start of the epoch's cycle, fractional: since 1970-01-01 00:00 UTC,
+    or since the Monday before it for a weekly cycle (its whole part's remainder by the
+    cycle's hours is the phase)."""
+    hours: np.ndarray = np.asarray(seconds, dtype=np.float64) * (1 / _HOUR_S)
+    return hours + _MONDAY_OFFSET_H if seasonality == "weekly" else hours
+
+
 def phase_of(second: float, seasonality: Seasonality) -> int:
     """`phases_of` for one time (the monitor's hot path)."""
     if seasonality == "none":
         return 0
-    hour = int(second // HOUR_S)
-    return hour % 24 if seasonality == "daily" else (hour + MONDAY_OFFSET_H) % 168
+    hour = int(second // _HOUR_S)
+    return hour % 24 if seasonality == "daily" else (hour + _MONDAY_OFFSET_H) % 168
 
 
 def reference_rows_until(
@@ -128,9 +136,7 @@ def reference_rows_until(
     per_phase = np.asarray(phase_rows, dtype=np.float64)
     if before is None:
         before = np.concatenate(([0.0], np.cumsum(per_phase)))
-    hours = np.asarray(seconds, dtype=np.float64) * (1 / HOUR_S)
-    if seasonality == "weekly":
-        hours += MONDAY_OFFSET_H
+    hours = cycle_hours(seconds, seasonality)
     whole = np.floor(hours)
     cycles, phase = np.divmod(whole.astype(np.int64), len(per_phase))
     rows: np.ndarray = cycles * before[-1] + before[phase] + (hours - whole) * per_phase[phase]
@@ -161,7 +167,7 @@ def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) ->
 
 def hours_covered(seconds: np.ndarray) -> int:
     """How many hours, first to last, the events fall in (both ends' hours counted)."""
-    return int(np.max(seconds) // HOUR_S - np.min(seconds) // HOUR_S) + 1
+    return int(np.max(seconds) // _HOUR_S - np.min(seconds) // _HOUR_S) + 1
 
 
 def spanned_once(season: Seasonality, seconds: np.ndarray | None) -> Seasonality | None:

@@ -201,11 +201,11 @@ class DriftMonitor:
                 else math.nan
                 for c in self._adaptive
             ]
-            stamps = np.asarray([stamp])
+            stamps, phases = np.asarray([stamp]), np.asarray([phase])
             inflation = None
             if self._live_rate is not None:
-                inflation = self._live_rate.inflations(stamps)
-                self._live_rate.count(stamps)
+                inflation = self._live_rate.inflations(stamps, phases)
+                self._live_rate.count(stamps, phases)
             _, cuts = self._feature_adwins.feed(np.asarray([row]), stamps, inflation)
             changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
@@ -321,10 +321,10 @@ class DriftMonitor:
         taken, cuts = self._feature_adwins.feed(
             self._layout.positions(indexes, phases),
             stamps,
-            None if rate is None else rate.inflations(stamps),
+            None if rate is None else rate.inflations(stamps, phases),
         )
         if rate is not None:
-            rate.count(stamps[:taken])
+            rate.count(stamps[:taken], phases[:taken])
         return [(self._adaptive[i], change) for i, change in cuts], taken
 
     def _extend_window(

@@ -34,10 +34,9 @@ from __future__ import annotations
 import numpy as np
 
 from mlbus.seasons import (
-    HOUR_S,
-    MONDAY_OFFSET_H,
     PHASE_PRIOR_ROWS,
     Seasonality,
+    cycle_hours,
     phases_of,
     reference_rows_until,
 )
@@ -58,9 +57,10 @@ class LiveRate:
         self.phase_live = np.zeros(len(self.phase_rows), dtype=np.float64)  # rows per phase
         self._behind = self.phase_rows + PHASE_PRIOR_ROWS  # the rows each phase's CDF stands on
 
-    def inflations(self, stamps: np.ndarray) -> np.ndarray:
+    def inflations(self, stamps: np.ndarray, phases: np.ndarray | None = None) -> np.ndarray:
         """1 + ρ of each row as it stands after it (rows not counted: see `count`): the
-        average's, or its own phase's where that is larger."""
+        average's, or its own phase's where that is larger. `phases`: the rows' phases,
+        when the caller has them."""
         ends = np.empty((2, len(stamps)), dtype=np.float64)
         np.minimum.accumulate(stamps, out=ends[0])
         np.maximum.accumulate(stamps, out=ends[1])
@@ -69,7 +69,8 @@ class LiveRate:
             np.maximum(ends[1], self.last, out=ends[1])
         rows = np.arange(self.rows + 1, self.rows + len(stamps) + 1, dtype=np.float64)
         average = self._rate(rows, ends)
-        phases = phases_of(stamps, self.seasonality)
+        if phases is None:
+            phases = phases_of(stamps, self.seasonality)
         behind = self._behind[phases]
         own = (self.phase_live[phases] + _rank_in_phase(phases) + average * behind) / (
             (self._passes(ends, phases) + 1.0) * behind
@@ -85,15 +86,16 @@ class LiveRate:
         ends = np.asarray([[self.first], [self.last]])
         return float(self._rate(np.asarray([float(self.rows)]), ends)[0])
 
-    def count(self, stamps: np.ndarray) -> None:
-        """Count rows the monitor took."""
+    def count(self, stamps: np.ndarray, phases: np.ndarray | None = None) -> None:
+        """Count rows the monitor took (`phases`: theirs, when the caller has them)."""
         if not len(stamps):
             return
         low, high = float(stamps.min()), float(stamps.max())
         self.first = low if self.first is None else min(self.first, low)
         self.last = high if self.last is None else max(self.last, high)
         self.rows += len(stamps)
-        phases = phases_of(stamps, self.seasonality)
+        if phases is None:
+            phases = phases_of(stamps, self.seasonality)
         self.phase_live += np.bincount(phases, minlength=len(self.phase_live))
 
     def spread_rows(self) -> None:
@@ -111,8 +113,7 @@ class LiveRate:
         """Hours of each row's phase from ends[0] to ends[1] (epoch seconds): whole passes
         of that hour of the cycle, and the parts of those at either end."""
         period = len(self.phase_rows)
-        offset = MONDAY_OFFSET_H if self.seasonality == "weekly" else 0
-        hours = ends / HOUR_S + offset
+        hours = cycle_hours(ends, self.seasonality)
 
         def through(x: np.ndarray) -> np.ndarray:  # hours of the phase in [0, x]
             done: np.ndarray = x // period + np.clip(x % period - phases, 0.0, 1.0)
