@@ -154,6 +154,30 @@ class Calibration(_Profile):
         return self.detections > 0
 
 
+ErrorMetric: TypeAlias = Literal["brier", "absolute"]
+"""A labelled outcome's error: (score - label)² for a classifier (label 0/1, the
+Brier score of one row), |label - score| for a regressor (ADR 0031)."""
+
+
+class PerformanceReference(_Profile):
+    """The holdout's errors, what live outcomes' errors are tested against (ADR 0031).
+
+    `errors` is keyed by outcome group: "all" rows, and a classifier's "negative" and
+    "positive" labels apart; each a numeric profile of that group's errors in the
+    holdout (mean, std, n, κ in event-time order).
+    """
+
+    metric: ErrorMetric
+    errors: dict[str, NumericProfile]
+
+    def summary(self) -> str:
+        shown = ", ".join(
+            f"{group} {'?' if e.mean is None else f'{e.mean:.3g}'} (n={e.n:,})"
+            for group, e in sorted(self.errors.items())
+        )
+        return f"holdout {self.metric} error: {shown}"
+
+
 class ReferenceProfile(_Profile):
     """Per-feature and prediction distributions of the data a model was built on.
 
@@ -169,6 +193,9 @@ class ReferenceProfile(_Profile):
         default="none", description="The cycle the columns' phase_counts follow."
     )
     calibration: Calibration | None = None
+    performance: PerformanceReference | None = Field(
+        default=None, description="The holdout's errors (none: the trainer did not label it)."
+    )
 
     @property
     def phases(self) -> int:
@@ -181,6 +208,8 @@ class ReferenceProfile(_Profile):
         if self.prediction is not None:
             parts[0] += ", predictions"
         parts.append(f"seasonality {self.seasonality}")
+        if self.performance is not None:
+            parts.append(self.performance.summary())
         columns = dict(self.features)
         if self.prediction is not None:
             columns["prediction"] = self.prediction

@@ -4,9 +4,10 @@ A prediction that names the event it scored (`PredictionLogged.scored_event_id`,
 e.g. a transaction id) is kept as `version|score|time` under that id. When a label
 event of the spec's labels source arrives (`labels.event_id_field` names the
 labelled event, `labels.label_field` holds the label), the pending prediction
-is looked up and turned into an error for the performance detector:
-misclassification at the spec's threshold (classification) or |y - ŷ|
-(regression).
+is looked up and turned into an error for the performance detector: the
+squared error of the score (classification, Brier) or |y - ŷ| (regression),
+the metric the version's profile measured its holdout with, in the group of its
+label (a classifier's positives and negatives are also tested apart, ADR 0031).
 
 Bounded twice: entries live in time buckets (`<p>:drift:pending:<model>:<n>`,
 one hash per bucket of ttl/8) that expire `ttl_s` after the bucket closes, and
@@ -26,8 +27,10 @@ from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
+from mlbus.driftstats import outcome_error, outcome_group
 from mlbus.errors import RetryableError
 from mlbus.events import Scalar
+from mlbus.profiles import ErrorMetric
 from mlbus.redis_failures import REDIS_DOWN
 
 BUCKETS_PER_TTL = 8
@@ -97,25 +100,35 @@ class Pending(NamedTuple):
         return cls(int(version), float(score), float(rest[0]) if rest else None)
 
 
-def label_error(
-    label: Scalar, score: float, *, task: str, threshold: float, positive: str
-) -> float | None:
-    """The error of one prediction given its label; None when the label cannot be read.
+class Outcome(NamedTuple):
+    """A joined label: the prediction's error and the outcome group it is tested in."""
 
-    classification: 1.0 if the decision at `threshold` differs from the label, else 0.0
-    (the label is positive when it reads as the model's positive class: booleans as
-    "true"/"false", anything else as its string); regression: |label - score|.
+    group: str
+    error: float
+
+
+def label_outcome(
+    label: Scalar, score: float, *, metric: ErrorMetric, positive: str
+) -> Outcome | None:
+    """The outcome of one prediction given its label (`outcome_error`, `outcome_group`:
+    the definitions the trainer's holdout errors use); None when the label cannot be read.
+
+    brier (a classifier): the label is 1 when it reads as the model's positive class
+    (booleans as "true"/"false", anything else as its string), else 0; absolute (a
+    regressor): the label must be a finite number.
     """
     if label is None:
         return None
-    if task == "regression":
+    if metric == "absolute":
         if isinstance(label, bool) or not isinstance(label, int | float):
             return None
-        value = float(label)
-        return abs(value - score) if math.isfinite(value) else None
-    text = ("true" if label else "false") if isinstance(label, bool) else str(label)
-    actual = text == positive
-    return 0.0 if (score >= threshold) == actual else 1.0
+        actual = float(label)
+        if not math.isfinite(actual):
+            return None
+    else:
+        text = ("true" if label else "false") if isinstance(label, bool) else str(label)
+        actual = 1.0 if text == positive else 0.0
+    return Outcome(outcome_group(metric, actual), outcome_error(metric, actual, score))
 
 
 class PendingPredictions:

@@ -46,7 +46,7 @@ from mlbus.outcomestats import prediction_score  # the profile's prediction colu
 from mlbus.spec import LabelLink, ProjectSpec
 
 from . import _metrics as metrics
-from ._labels import Pending, PendingPredictions, label_error
+from ._labels import Pending, PendingPredictions, label_outcome
 from ._predictions import DriftPrediction
 from ._retraining import Detection, Retraining, detection_id
 from ._store import DriftStore, MonitorKey, PartitionSnapshot
@@ -356,18 +356,16 @@ class DriftProcessor:
         served = await self.catalog.get(self.model, pending.version)
         if served is None:
             return "skipped", "no profile"
-        error = label_error(
-            value,
-            pending.score,
-            task=self.spec.model.task,
-            threshold=self.spec.model.threshold,
-            positive=served.positive,
+        outcome = label_outcome(
+            value, pending.score, metric=served.error_metric, positive=served.positive
         )
-        if error is None:
+        if outcome is None:
             metrics.labels.add(1, {"model": self.model, "outcome": "unreadable"})
             return "skipped", "unreadable label"
         metrics.labels.add(1, {"model": self.model, "outcome": "joined"})
-        verdict = self._monitor(state, served).observe_outcome(error, at=event.event_time)
+        verdict = self._monitor(state, served).observe_outcome(
+            outcome.error, at=event.event_time, group=outcome.group
+        )
         self.pending.joined(self.model, event_id)
         if self.retraining.arming and pending.at is not None:
             self.retraining.joined_labels.append((pending.at, event.event_time))

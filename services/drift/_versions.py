@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from mlbus.driftstats import ABSENT
+from mlbus.driftstats import ABSENT, error_metric
 from mlbus.errors import MlbusError, NotFound, RetryableError
 from mlbus.events import Scalar
 from mlbus.model_metadata import encoding_of, positive_class_of, read_onnx_metadata
-from mlbus.profiles import ReferenceProfile
+from mlbus.profiles import ErrorMetric, ReferenceProfile
 from mlbus.registry_client import ModelVersionInfo
 from mlbus.spec import FeatureDef, ProjectSpec
 
@@ -131,6 +131,8 @@ class ServedVersion:
     profile: ReferenceProfile
     decoder: CategoryDecoder
     positive: str
+    error_metric: ErrorMetric
+    """What a joined label's error is: the profile's holdout metric, else the task's."""
 
 
 class RegistryReader:
@@ -223,4 +225,7 @@ class VersionCatalog:
             profile=info.reference_profile,
             decoder=CategoryDecoder.from_metadata(metadata, features),
             positive=positive_class_of(metadata),
+            error_metric=performance.metric
+            if (performance := info.reference_profile.performance) is not None
+            else error_metric(self.spec.model.task),
         )

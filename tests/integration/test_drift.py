@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from mlbus.config import KafkaSettings, RedisSettings
 from mlbus.drift import DriftService, DriftSettings
 from mlbus.drift._labels import Pending, PendingPredictions
 from mlbus.drift._store import ArmedTrigger, DriftStore, PartitionSnapshot
-from mlbus.driftstats import DriftMonitor
+from mlbus.driftstats import DriftMonitor, performance_reference
 from mlbus.driftstatus import read_drift_state
 from mlbus.events import (
     DRIFT_DETECTED,
@@ -296,8 +296,11 @@ class Feed:
 
     async def labels(self, scored: list[tuple[str, float, int]], *, wrong: bool) -> None:
         """One label per scored event: agreeing with the score's decision, or not."""
-        for tx_id, score, _ in scored:
-            is_fraud = (score >= 0.5) != wrong
+        await self.outcomes(scored, [(score >= 0.5) != wrong for _, score, _ in scored])
+
+    async def outcomes(self, scored: list[tuple[str, float, int]], labels: list[bool]) -> None:
+        """One label per scored event, as given."""
+        for (tx_id, _, _), is_fraud in zip(scored, labels, strict=True):
             event = IngestValidated(
                 source="labels",
                 contract_version=1,
@@ -541,8 +544,64 @@ async def test_stationary_then_drifted_one_detection_one_request_with_evidence(
     (version,) = state["models"]
     assert len(version["monitors"]) == PARTITIONS + 1  # + the labels partition's monitor
     labelled = [m for m in version["monitors"] if m["source"].startswith(INGEST_VALIDATED)]
-    assert labelled[0]["status"]["performance"]["outcomes"] == 90 + LABELS_TO_FIRE
-    assert labelled[0]["status"]["performance"]["mean_error"] == 0.0
+    performance = labelled[0]["status"]["performance"]
+    assert performance["outcomes"] == 90 + LABELS_TO_FIRE
+    # each label agrees with its score's decision; the error is the Brier score of the score
+    joined = [*feed.scored[:90], *newest]
+    brier = [(s - float(s >= 0.5)) ** 2 for _, s, _ in joined]
+    assert performance["mean_error"] == pytest.approx(float(np.mean(brier)))
+    assert set(performance["groups"]) == {"all"}  # this profile has no holdout errors
+
+
+async def test_labels_worse_than_the_holdout_s_raise_a_performance_detection(
+    kafka: KafkaSettings, stack: Stack, registry: RegistryServer
+) -> None:
+    """ADR 0031: a version registered with its holdout's errors. Labels as likely as its
+    scores say raise nothing; labels that turned against the scores (the concept changed,
+    the inputs did not) raise a performance detection, with no good live stretch before."""
+    rng = np.random.default_rng(8)
+    _, _, scores = sample(rng, 5000, drifted=False)
+    holdout_labels = (rng.random(5000) < scores).astype(np.float64)  # a calibrated model
+    seconds = np.arange(5000, dtype=np.float64) * 60.0
+    reference = performance_reference("brier", holdout_labels, scores, seconds, "none", 10)
+    profile = stack.profile.model_copy(update={"performance": reference})
+    async with RegistryClient(f"127.0.0.1:{registry.port}") as client:
+        registered = await client.register(stack.model, model_artifact(), reference_profile=profile)
+    graded = replace(stack, version=registered.version.version, profile=profile)
+    service, task = await started(graded)
+    try:
+        async with Feed(kafka, graded, seed=12) as feed:
+            await feed.predictions(WINDOW, drifted=False)
+            await feed.outcomes(feed.scored, [bool(rng.random() < s) for _, s, _ in feed.scored])
+            await eventually(caught_up(service, feed.last))
+            detected, _ = await published(kafka, stack.model)
+            assert detected == [], "labels as good as the holdout's raised an alarm"
+
+            await feed.predictions(WINDOW, drifted=False)  # the inputs have not moved
+            turned = feed.scored[-PARTITIONS * WINDOW :]
+            await feed.outcomes(turned, [bool(rng.random() >= s) for _, s, _ in turned])
+            await eventually(caught_up(service, feed.last))
+        detected, _ = await published(kafka, stack.model)
+        state = await read_drift_state(stack.settings.redis, stack.settings.group_id)
+    finally:
+        await stopped(service, task)
+
+    assert len(detected) == 1, detected
+    (alarm,) = detected
+    assert alarm.version == graded.version
+    assert {r.kind for r in alarm.results} == {"performance"}
+    (result,) = alarm.results
+    group = {"error": "all", "error:positive": "positive", "error:negative": "negative"}[
+        result.feature
+    ]
+    assert result.statistic > result.threshold > 0
+    # the older part of the cut holds the holdout's errors of that group: the baseline
+    assert alarm.n_reference >= reference.errors[group].n
+    (version,) = [v for v in state["models"] if v["version"] == graded.version]
+    (labelled,) = [m for m in version["monitors"] if m["source"].startswith(INGEST_VALIDATED)]
+    groups = labelled["status"]["performance"]["groups"]
+    assert set(groups) == {"all", "negative", "positive"}
+    assert all(g["outcomes"] > 0 for g in groups.values())
 
 
 async def test_restart_mid_window_loses_nothing_and_repeats_no_alarm(

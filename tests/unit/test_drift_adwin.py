@@ -230,3 +230,68 @@ def test_the_bennett_hoeffding_bound_is_sooner_on_a_short_recent_window() -> Non
         assert abs(change.mean_recent - change.mean_old) > change.epsilon > 0
         delays.append((bernstein - 5000, i - 5000))
     assert sum(t for _, t in delays) < 0.9 * sum(b for b, _ in delays), delays
+
+
+# ── a reference as the window's oldest part (ADR 0031) ───────────────────────
+
+
+def _anchored(reference: np.ndarray, delta: float = 0.002) -> Adwin:
+    adwin = Adwin(delta, bound="bennett-hoeffding")
+    adwin.anchor(len(reference), float(reference.mean()), float(reference.std()), 1.0)
+    return adwin
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_stream_worse_than_its_reference_from_the_start_is_found_only_when_anchored(
+    seed: int,
+) -> None:
+    """Live errors at 0.3 from the first one on: nothing changes within the live stream, so
+    a plain ADWIN never cuts; against a reference at 0.1 the first checks do."""
+    reference = _bernoulli(seed, [(0.1, 5000)])
+    live = _bernoulli(seed + 100, [(0.3, 3000)])
+    assert _detections(Adwin(0.002), live) == []
+    anchored = _anchored(reference)
+    found = _detections(anchored, live)
+    assert found
+    assert found[0] < 200, found
+    assert anchored.reference is None  # a cut drops the oldest part first: the reference
+
+
+@pytest.mark.parametrize("seed", range(20, 25))
+def test_a_stream_like_its_reference_raises_no_alarm_when_anchored(seed: int) -> None:
+    reference = _bernoulli(seed, [(0.05, 4000)])
+    adwin = _anchored(reference)
+    assert _detections(adwin, _bernoulli(seed + 100, [(0.05, 20_000)])) == []
+    assert adwin.reference == (4000, float(reference.sum()), pytest.approx(4000 * reference.var()))
+    assert adwin.width == 20_000
+
+
+def test_the_reference_is_tested_against_every_live_suffix() -> None:
+    """A change after a long stable live stretch is found, as without a reference."""
+    reference = _bernoulli(30, [(0.1, 3000)])
+    live = _bernoulli(31, [(0.1, 6000), (0.4, 2000)])
+    found = _detections(_anchored(reference), live)
+    assert found
+    assert 6000 <= found[0] < 6300, found
+
+
+def test_an_anchored_adwin_survives_a_snapshot() -> None:
+    reference = _bernoulli(32, [(0.1, 3000)])
+    stream = _bernoulli(33, [(0.1, 700), (0.3, 1000)])
+    whole = _anchored(reference)
+    expected = _detections(whole, stream)
+    first = _anchored(reference)
+    _detections(first, stream[:500])
+    state = AdwinState.model_validate_json(first.snapshot().model_dump_json())
+    assert state.reference == first.reference
+    resumed = Adwin.restore(state)
+    got = [500 + i for i in _detections(resumed, stream[500:])]
+    assert expected
+    assert got == expected
+
+
+def test_anchor_refuses_an_empty_or_non_finite_reference() -> None:
+    with pytest.raises(ValueError, match="n >= 1"):
+        Adwin().anchor(0, 0.1, 0.1, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        Adwin().anchor(10, math.nan, 0.1, 1.0)

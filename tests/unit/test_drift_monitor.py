@@ -548,8 +548,14 @@ def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceP
     assert feature_adwins.clock == 16
     # spec.adwin_delta is per check every 32 values: a quarter per channel, half per check
     assert feature_adwins.delta == pytest.approx([0.004 / 4 / 2] * 4)
-    assert state.adwin is not None  # the error stream keeps River's ADWIN as it is
-    assert (state.adwin.bound, state.adwin.clock, state.adwin.delta) == ("river", 32, 0.004)
+    # without the holdout's errors, the error stream keeps River's ADWIN as it is
+    errors = state.outcome_adwins["all"]
+    assert (errors.bound, errors.clock, errors.delta, errors.reference) == (
+        "river",
+        32,
+        0.004,
+        None,
+    )
 
 
 def test_a_monitor_without_numeric_channels_watches_errors_only(

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mlbus.bus import PredictionsAndLabelsDecoder, Received
 from mlbus.drift import DriftProcessor, Retraining, _retraining, detection_id
-from mlbus.drift._labels import Pending, PendingPredictions, label_error
+from mlbus.drift._labels import Pending, PendingPredictions, label_outcome
 from mlbus.drift._predictions import DriftPrediction
 from mlbus.drift._store import (
     ArmedTrigger,
@@ -30,7 +30,7 @@ from mlbus.drift._store import (
     decide_claim,
 )
 from mlbus.drift._versions import CategoryDecoder, ServedVersion
-from mlbus.driftstats import ABSENT, PolicyState, RetrainPolicy
+from mlbus.driftstats import ABSENT, PolicyState, RetrainPolicy, outcome_error, outcome_group
 from mlbus.errors import InvalidInput, RetryableError
 from mlbus.events import IngestValidated, PredictionLogged
 from mlbus.model_metadata import positive_class_of
@@ -185,31 +185,55 @@ def test_prediction_score(outputs: dict[str, list[float]], expected: float | Non
 @pytest.mark.parametrize(
     ("label", "score", "expected"),
     [
-        (True, 0.9, 0.0),
-        (True, 0.2, 1.0),
-        (False, 0.2, 0.0),
-        (False, 0.5, 1.0),  # at the threshold the model says positive
-        ("true", 0.9, 0.0),
+        (True, 0.9, ("positive", 0.01)),
+        (True, 0.2, ("positive", 0.64)),
+        (False, 0.2, ("negative", 0.04)),
+        (False, 0.5, ("negative", 0.25)),
+        ("true", 1.0, ("positive", 0.0)),
         (None, 0.9, None),
     ],
 )
-def test_classification_error_is_misclassification_at_the_threshold(
-    label: Any, score: float, expected: float | None
+def test_a_classifier_s_outcome_is_the_squared_error_in_the_group_of_its_label(
+    label: Any, score: float, expected: tuple[str, float] | None
 ) -> None:
-    assert (
-        label_error(label, score, task="classification", threshold=0.5, positive="true") == expected
+    got = label_outcome(label, score, metric="brier", positive="true")
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.group, got.error) == (expected[0], pytest.approx(expected[1]))
+
+
+def test_a_classifier_s_outcome_reads_the_models_positive_class() -> None:
+    assert label_outcome("1", 0.8, metric="brier", positive="1") == (
+        "positive",
+        pytest.approx(0.04),
+    )
+    assert label_outcome("0", 0.8, metric="brier", positive="1") == (
+        "negative",
+        pytest.approx(0.64),
     )
 
 
-def test_classification_error_reads_the_models_positive_class() -> None:
-    assert label_error("1", 0.8, task="classification", threshold=0.5, positive="1") == 0.0
-    assert label_error("0", 0.8, task="classification", threshold=0.5, positive="1") == 1.0
+def test_a_regressor_s_outcome_is_the_absolute_error() -> None:
+    assert label_outcome(10, 12.5, metric="absolute", positive="") == ("all", 2.5)
+    assert label_outcome("ten", 12.5, metric="absolute", positive="") is None
+    assert label_outcome(True, 1.0, metric="absolute", positive="") is None
+    assert label_outcome(math.inf, 1.0, metric="absolute", positive="") is None
 
 
-def test_regression_error_is_absolute() -> None:
-    assert label_error(10, 12.5, task="regression", threshold=0.5, positive="") == 2.5
-    assert label_error("ten", 12.5, task="regression", threshold=0.5, positive="") is None
-    assert label_error(True, 1.0, task="regression", threshold=0.5, positive="") is None
+def test_a_joined_label_s_outcome_is_the_trainer_s_holdout_outcome() -> None:
+    """One definition: the live join and the trainer's arrays give the same numbers."""
+    scores = np.asarray([0.05, 0.7, 0.3, 0.99])
+    labels = [False, True, True, False]
+    actual = np.asarray(labels, dtype=float)
+    trainer = outcome_error("brier", actual, scores)
+    live = [
+        label_outcome(y, float(s), metric="brier", positive="true")
+        for y, s in zip(labels, scores, strict=True)
+    ]
+    assert [o.error for o in live if o] == pytest.approx(trainer.tolist())
+    assert [o.group for o in live if o] == [outcome_group("brier", a) for a in actual]
 
 
 class NoRedis:
@@ -537,7 +561,7 @@ def served_version(project: Any) -> ServedVersion:
         predictions=rng.uniform(0, 1, 2000),
     )
     return ServedVersion(
-        "m", 1, profile, CategoryDecoder.from_spec(project.model_features()), "true"
+        "m", 1, profile, CategoryDecoder.from_spec(project.model_features()), "true", "brier"
     )
 
 
@@ -687,7 +711,7 @@ async def test_labels_join_their_predictions_and_feed_the_performance_detector()
     performance = state.monitors[("m", 1)].status().performance
     assert performance is not None
     assert performance.outcomes == 2
-    assert performance.mean_error == pytest.approx(0.5)
+    assert performance.mean_error == pytest.approx((0.4**2 + 0.6**2) / 2)  # Brier of 0.6
     assert pending.forgotten == ["tx-0", "tx-1"]
     assert state.offset == 3
 

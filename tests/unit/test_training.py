@@ -229,3 +229,25 @@ def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> No
     assert trained.profile.prediction != profile_column(
         train_rows, bins, trained_on, season, train_keys
     )
+
+
+def test_the_profile_holds_the_holdout_s_errors_by_label() -> None:
+    """The baseline the live outcomes are tested against (ADR 0031): each holdout row's
+    squared error of its ONNX Runtime score, the positives' apart from the negatives'."""
+    from mlbus.training._pipeline import onnx_scores
+
+    spec = fraud_spec(estimator="logistic_regression")
+    data = dataset(spec)
+    trained = train(spec, data)
+    performance = trained.profile.performance
+    assert performance is not None
+    assert performance.metric == "brier"
+    holdout = trained.split.holdout
+    scores = onnx_scores(trained.onnx, data.x[holdout], "classification")
+    positive = np.asarray([str(v) == "true" for v in data.y[holdout].tolist()])
+    for group, rows in (("positive", positive), ("negative", ~positive)):
+        errors = performance.errors[group]
+        expected = (scores[rows] - (1.0 if group == "positive" else 0.0)) ** 2
+        assert errors.n == int(rows.sum()) > 0
+        assert errors.mean == pytest.approx(float(expected.mean()))
+        assert errors.std == pytest.approx(float(expected.std()))

@@ -83,6 +83,18 @@ def _render(state: dict[str, Any]) -> None:
                     f"mean error {_number(performance['mean_error'], 3)}, "
                     f"{performance['detections']} change(s)"
                 )
+                for group, known in sorted(performance.get("groups", {}).items()):
+                    reference = known.get("reference_error")
+                    against = (
+                        "no holdout baseline"
+                        if reference is None
+                        else f"holdout {_number(reference, 3)} over "
+                        f"{known.get('reference_outcomes', 0):,} rows"
+                    )
+                    console.print(
+                        f"    {group}: {known['outcomes']} labelled, mean error "
+                        f"{_number(known['mean_error'], 3)} ({against})"
+                    )
     for armed in state.get("armed", []):
         console.print(
             f"retraining of {armed['model']} armed by drift {armed['detection_id']}: "

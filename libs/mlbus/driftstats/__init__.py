@@ -19,7 +19,11 @@ NOTE — details that differ from (or sharpen) the interface agreed for issue #8
   PSI and Jensen-Shannon carry no p-value and are compared with their thresholds.
 - `observe_outcome` returns a verdict only when ADWIN cuts AND the error went
   up (origin="performance", detection=True, offsets empty, n_reference/n_live =
-  the old/new sub-window sizes). A drop in error returns None.
+  the old/new sub-window sizes). A drop in error returns None. When the profile
+  has the holdout's errors (`profile.performance`), they are the ADWIN's oldest
+  part, so live errors are tested against them from the first outcome on; a
+  classifier's positives and negatives also have an ADWIN each (`group=`, ADR 0031).
+  `outcome_error` and `outcome_group` are the one definition of an outcome.
 - ADAPTIVE (default on, `DriftMonitor(..., adaptive=False)` turns it off):
   each numeric channel (features and the prediction) also runs ADWIN on its
   values' reference-CDF positions; when one cuts, the window closes EARLY as a
@@ -55,11 +59,19 @@ from mlbus.driftstats._models import (
     FeatureKind,
     MonitorState,
     MonitorStatus,
+    OutcomeGroupStatus,
     PerformanceStatus,
     TestStatus,
     WindowVerdict,
 )
 from mlbus.driftstats._monitor import DriftMonitor
+from mlbus.driftstats._outcomes import (
+    error_metric,
+    metric_groups,
+    outcome_error,
+    outcome_group,
+    performance_reference,
+)
 from mlbus.driftstats._policy import PolicyState, RetrainPolicy
 
 __all__ = [
@@ -73,11 +85,17 @@ __all__ = [
     "FeatureKind",
     "MonitorState",
     "MonitorStatus",
+    "OutcomeGroupStatus",
     "PerformanceStatus",
     "PolicyState",
     "RetrainPolicy",
     "TestStatus",
     "WindowVerdict",
     "calibrate",
+    "error_metric",
+    "metric_groups",
+    "outcome_error",
+    "outcome_group",
+    "performance_reference",
     "stats",
 ]

@@ -37,6 +37,14 @@ a change the window starts afresh. Three thresholds (v the window's variance,
 inflates the variance of a mean: every bound then counts n values as n/κ, its
 effective sample size (both the variance and the range term grow by κ).
 
+A `reference` (ADR 0031) is a sample the stream is expected to match (the
+holdout's errors, for the performance channel): it is held as the window's
+oldest part, one block of n values with their total and squared deviations.
+Every split then tests the reference and the live values before the split
+against the live values after it, the first split being the reference alone
+against every live value; and a cut drops it first, as any W0. So a change
+that began before much live data arrived is still tested against a baseline.
+
 R makes the bound scale-free for regression errors. The state is plain
 numbers: `snapshot()` / `Adwin.restore()` round-trip exactly, so a restored
 detector cuts where an uninterrupted one would.
@@ -78,6 +86,9 @@ class AdwinState(BaseModel):
     seen: int = Field(default=0, ge=0)
     scale: float = Field(default=0.0, ge=0)
     detections: int = Field(default=0, ge=0)
+    reference: tuple[int, float, float] | None = Field(
+        default=None, description="the reference part: n, total, sum of squared deviations"
+    )
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,20 @@ class Adwin:
         self.seen = 0
         self.scale = 0.0
         self.detections = 0
+        self.reference: tuple[int, float, float] | None = None
 
     @property
     def mean(self) -> float:
+        """The live values' mean (the reference is not in it)."""
         return self.total / self.width if self.width else 0.0
+
+    def anchor(self, n: int, mean: float, std: float, largest: float) -> None:
+        """Hold `n` reference values of `mean` and population `std` as the window's oldest
+        part (`largest`: their largest magnitude, part of the bound's range R)."""
+        if n < 1 or not (math.isfinite(mean) and math.isfinite(std) and std >= 0):
+            raise ValueError(f"expected n >= 1 and a finite mean and std, got {n}, {mean}, {std}")
+        self.reference = (n, n * mean, n * std * std)
+        self.scale = max(self.scale, abs(largest), abs(mean))
 
     def update(self, value: float, at: float = 0.0) -> AdwinChange | None:
         """Add one finite value observed at `at` (epoch seconds); the first cut, if any."""
@@ -193,6 +214,10 @@ class Adwin:
             row.append(merged)
 
     def _drop_oldest(self) -> int:
+        if self.reference is not None:
+            n = self.reference[0]
+            self.reference = None
+            return n
         level = len(self._rows) - 1
         bucket = self._rows[level].pop(0)
         size = 1 << level
@@ -225,57 +250,68 @@ class Adwin:
         return first
 
     def _find_cut(self) -> AdwinChange | None:
-        width, min_length = self.width, self.min_length
-        if width < 2 * min_length:
+        min_length = self.min_length
+        width, total, squares = self.width, self.total, self.variance
+        if width < min_length:
             return None
         rows = self._rows
-        since = rows[-1][0][2]  # W0 always starts at the oldest bucket
+        since = rows[-1][0][2]  # the oldest live value's time
+        # The splits, oldest part first: the reference (if any), then the live buckets.
+        splits: list[tuple[int, float]] = []
+        if self.reference is not None:
+            n_ref, total_ref, squares_ref = self.reference
+            gap = total_ref / n_ref - total / width
+            squares += squares_ref + n_ref * width / (n_ref + width) * gap * gap
+            width, total = width + n_ref, total + total_ref
+            splits.append((n_ref, total_ref))
+        if width < 2 * min_length:
+            return None
+        splits.extend(
+            (1 << level, bucket[0])
+            for level in range(len(rows) - 1, -1, -1)
+            for bucket in rows[level]
+        )
         delta_prime = math.log(2 * math.log(width) / self.delta)
-        variance, scale = self.variance / width, self.scale
+        variance, scale = squares / width, self.scale
         variance_term = 2 * variance * delta_prime
         exact = self.bound != "river"
         tight = self.bound == "bennett-hoeffding"
         range_term = scale * delta_prime / 3 if exact else 2 / 3 * scale * delta_prime
         shift = 1 - min_length
         kappa = self.dependence
-        total = self.total
         n0, sum0 = 0, 0.0
-        for level in range(len(rows) - 1, -1, -1):
-            size = 1 << level
-            for bucket in rows[level]:
-                n0 += size
-                n1 = width - n0
-                if n1 < min_length:
-                    return None  # every later split leaves W1 shorter still
-                sum0 += bucket[0]
-                if n0 < min_length:
-                    continue
-                old, recent = float(n0 + shift), float(n1 + shift)
-                if kappa != 1.0:  # dependent values: n of them weigh as n/κ
-                    old, recent = old / kappa, recent / kappa
-                spread = variance_term * (1 / old + 1 / recent)
-                mean0, mean1 = sum0 / n0, (total - sum0) / n1
-                gap = mean0 - mean1 if mean0 > mean1 else mean1 - mean0
-                if exact:
-                    if gap * gap <= spread:
-                        continue  # within the Gaussian ε, which neither exact ε is below
-                    reach = range_term / (old if old < recent else recent)  # c
-                    # gap > c + sqrt(c² + spread), squared: no square root per split; else,
-                    # between the Gaussian ε and Bernstein's, solve the tight one
-                    if gap * (gap - 2 * reach) > spread or (
-                        tight
-                        and _exponent(gap, variance, scale, old, recent, delta_prime) > delta_prime
-                    ):
-                        epsilon = reach + math.sqrt(reach * reach + spread)
-                        if tight:
-                            epsilon = _tight_epsilon(
-                                variance, scale, old, recent, delta_prime, epsilon
-                            )
-                        return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
-                else:
-                    epsilon = math.sqrt(spread) + range_term * (1 / old + 1 / recent)
-                    if gap > epsilon:
-                        return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
+        for size, bucket_total in splits:
+            n0 += size
+            n1 = width - n0
+            if n1 < min_length:
+                return None  # every later split leaves W1 shorter still
+            sum0 += bucket_total
+            if n0 < min_length:
+                continue
+            old, recent = float(n0 + shift), float(n1 + shift)
+            if kappa != 1.0:  # dependent values: n of them weigh as n/κ
+                old, recent = old / kappa, recent / kappa
+            spread = variance_term * (1 / old + 1 / recent)
+            mean0, mean1 = sum0 / n0, (total - sum0) / n1
+            gap = mean0 - mean1 if mean0 > mean1 else mean1 - mean0
+            if exact:
+                if gap * gap <= spread:
+                    continue  # within the Gaussian ε, which neither exact ε is below
+                reach = range_term / (old if old < recent else recent)  # c
+                # gap > c + sqrt(c² + spread), squared: no square root per split; else,
+                # between the Gaussian ε and Bernstein's, solve the tight one
+                if gap * (gap - 2 * reach) > spread or (
+                    tight
+                    and _exponent(gap, variance, scale, old, recent, delta_prime) > delta_prime
+                ):
+                    epsilon = reach + math.sqrt(reach * reach + spread)
+                    if tight:
+                        epsilon = _tight_epsilon(variance, scale, old, recent, delta_prime, epsilon)
+                    return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
+            else:
+                epsilon = math.sqrt(spread) + range_term * (1 / old + 1 / recent)
+                if gap > epsilon:
+                    return AdwinChange(n0, n1, mean0, mean1, epsilon, since)
         return None
 
     # ── state ────────────────────────────────────────────────────────────────
@@ -291,6 +327,7 @@ class Adwin:
                 "seen": self.seen,
                 "scale": self.scale,
                 "detections": self.detections,
+                "reference": self.reference,
             }
         )
 
@@ -313,6 +350,7 @@ class Adwin:
         adwin.seen = state.seen
         adwin.scale = state.scale
         adwin.detections = state.detections
+        adwin.reference = state.reference
         return adwin
 
 

@@ -67,12 +67,28 @@ class TestStatus(_Frozen):
     streak: int = Field(description="consecutive closed windows in which this test drifted")
 
 
+class OutcomeGroupStatus(_Frozen):
+    """One outcome group's ADWIN ("all", or a classifier's positives or negatives)."""
+
+    outcomes: int
+    window: int
+    mean_error: float
+    detections: int
+    reference_error: float | None = Field(
+        default=None, description="the holdout's mean error, while it is the window's oldest part"
+    )
+    reference_outcomes: int = Field(default=0, ge=0, description="the holdout's rows of it")
+
+
 class PerformanceStatus(_Frozen):
+    """The "all" group (every outcome), detections of every group, and each group."""
+
     outcomes: int
     window: int
     mean_error: float
     detections: int
     invalid: int
+    groups: dict[str, OutcomeGroupStatus] = Field(default_factory=dict)
 
 
 class MonitorStatus(_Frozen):
@@ -111,7 +127,12 @@ class ChannelState(_Frozen):
     layout: str = Field(description="fingerprint of the bins these counts are over")
     counts: tuple[int, ...]
     invalid: int = Field(default=0, ge=0)
-    adwin: AdwinState | None = None
+    adwin: AdwinState | None = Field(
+        default=None, description="the performance ADWIN, saved before outcome groups existed"
+    )
+    outcome_adwins: dict[str, AdwinState] = Field(
+        default_factory=dict, description="the performance ADWIN of each outcome group"
+    )
 
 
 class MonitorState(_Frozen):
@@ -138,7 +159,12 @@ class MonitorState(_Frozen):
     channels: dict[str, ChannelState]
     streaks: dict[str, int] = Field(default_factory=dict)
     drifted_windows_in_row: int = Field(default=0, ge=0)
-    adwin: AdwinState | None = None
+    adwin: AdwinState | None = Field(
+        default=None, description="the performance ADWIN, saved before outcome groups existed"
+    )
+    outcome_adwins: dict[str, AdwinState] = Field(
+        default_factory=dict, description="the performance ADWIN of each outcome group"
+    )
     feature_adwins: BlockAdwinsState | None = Field(
         default=None, description="the numeric channels' ADWINs (adaptive monitors)"
     )

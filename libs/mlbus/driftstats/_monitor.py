@@ -7,7 +7,8 @@ p-values are corrected together, and the verdict says whether the window
 drifted and whether that makes a detection (`spec.persistence` windows in a
 row with the same test drifting). Numeric channels also feed an ADWIN with
 each value's reference-CDF position; a cut there closes the window early as
-a detection. The performance channel is an ADWIN over labelled errors.
+a detection. The performance channel is an ADWIN over labelled errors, whose
+oldest part is the holdout's errors when the profile has them (ADR 0031).
 Everything is counts and a few floats, so `snapshot()` is small and
 `restore()` continues exactly where the snapshot was taken (ADR 0016).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbus.driftstats._adwin import Adwin, AdwinChange
+from mlbus.driftstats._adwin import AdwinChange
 from mlbus.driftstats._batch import BatchLayout
 from mlbus.driftstats._blocks import BlockAdwins
 from mlbus.driftstats._channels import (
@@ -43,16 +44,15 @@ from mlbus.driftstats._models import (
     TestStatus,
     WindowVerdict,
 )
+from mlbus.driftstats._outcomes import ALL
+from mlbus.driftstats._performance import SPEC_CLOCK, PerformanceChannel
 from mlbus.driftstats._rate import LiveRate
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ReferenceProfile
 from mlbus.seasons import known_phases, phase_of, phases_of
 from mlbus.spec import DriftSpec
 
-ERROR = "error"
 RECENT_VERDICTS = 5
-SPEC_CLOCK = 32
-"""spec.adwin_delta is the confidence of one check every SPEC_CLOCK values (River's clock)."""
 
 
 # ── the monitor ──────────────────────────────────────────────────────────────
@@ -125,7 +125,9 @@ class DriftMonitor:
                 [thinner if c is self._prediction else 1.0 for c in numeric]
             )
         self._layout = BatchLayout(self._channels, self._adaptive, profile.phases)
-        self._adwin = Adwin(spec.adwin_delta, clock=SPEC_CLOCK) if spec.performance_drift else None
+        self._performance = (
+            PerformanceChannel(profile.performance, spec) if spec.performance_drift else None
+        )
         self._invalid_outcomes = 0
         self._window_index = 0
         self._n = 0
@@ -337,14 +339,17 @@ class DriftMonitor:
             (low, high) if known is None else (min(known[0], low), max(known[1], high))
         )
 
-    def observe_outcome(self, error: float, *, at: datetime) -> WindowVerdict | None:
-        """One labelled outcome's error (0/1 misclassification, |y - ŷ|, …).
+    def observe_outcome(
+        self, error: float, *, at: datetime, group: str = ALL
+    ) -> WindowVerdict | None:
+        """One labelled outcome's error (`outcome_error`) and its group (`outcome_group`:
+        a classifier's positive or negative label; "all" for a regressor).
 
-        Returns a verdict (a detection) when ADWIN cuts its window and the error
-        went up; a drop in error is a change too, but nothing to retrain for.
+        Returns a verdict (a detection) when that group's ADWIN cuts its window and the
+        error went up; a drop in error is a change too, but nothing to retrain for.
         Non-finite or non-numeric errors are counted as invalid and ignored.
         """
-        if self._adwin is None:
+        if self._performance is None:
             return None
         try:
             value = float(error)
@@ -354,11 +359,12 @@ class DriftMonitor:
             self._invalid_outcomes += 1
             return None
         at = _aware(at)
-        change = self._adwin.update(value, at.timestamp())
-        if change is None or not change.increased:
+        found = self._performance.observe(value, group, at.timestamp())
+        if found is None:
             return None
+        feature, change = found
         result = DriftTestResult(
-            feature=ERROR,
+            feature=feature,
             kind="performance",
             test="adwin",
             statistic=change.mean_recent - change.mean_old,
@@ -379,7 +385,7 @@ class DriftMonitor:
             correction="none",
             window_index=self._window_index,
             origin="performance",
-            samples={f"performance:{ERROR}": change.n_old + change.n_recent},
+            samples={f"performance:{feature}": change.n_old + change.n_recent},
         )
         self._window_index += 1
         self._recent = (*self._recent, verdict)[-RECENT_VERDICTS:]
@@ -467,13 +473,16 @@ class DriftMonitor:
             )
         )
         performance = None
-        if self._adwin is not None:
+        if self._performance is not None:
+            groups = self._performance.status()
+            every = groups[ALL]
             performance = PerformanceStatus(
-                outcomes=self._adwin.seen,
-                window=self._adwin.width,
-                mean_error=self._adwin.mean,
-                detections=self._adwin.detections,
+                outcomes=every.outcomes,
+                window=every.window,
+                mean_error=every.mean_error,
+                detections=sum(g.detections for g in groups.values()),
                 invalid=self._invalid_outcomes,
+                groups=groups,
             )
         return MonitorStatus(
             model=self.model,
@@ -528,7 +537,7 @@ class DriftMonitor:
             else self._feature_adwins.snapshot(),
             streaks=dict(self._streaks),
             drifted_windows_in_row=self._drifted_in_row,
-            adwin=None if self._adwin is None else self._adwin.snapshot(),
+            outcome_adwins={} if self._performance is None else self._performance.snapshot(),
             invalid_outcomes=self._invalid_outcomes,
             live_rows=0 if self._live_rate is None else self._live_rate.rows,
             live_first=None if self._live_rate is None else self._live_rate.first,
@@ -608,8 +617,8 @@ class DriftMonitor:
         )
         monitor._streaks = dict(state.streaks)
         monitor._drifted_in_row = state.drifted_windows_in_row
-        if monitor._adwin is not None and state.adwin is not None:
-            monitor._adwin = Adwin.restore(state.adwin)
+        if monitor._performance is not None:
+            monitor._performance.restore(state.outcome_adwins, state.adwin)
         monitor._invalid_outcomes = state.invalid_outcomes
         monitor._recent = state.recent
         monitor._detections = state.detections

@@ -407,6 +407,8 @@ def train(
         split.holdout,
         got,
         dataset.entities,
+        holdout_labels=y[split.holdout],
+        task=task,
     )
     return TrainedModel(
         onnx=onnx,

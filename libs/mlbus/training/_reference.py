@@ -7,6 +7,8 @@
   keys its counts by phase and measures the dependence of consecutive values.
 - The prediction is profiled on the holdout, which the model has not seen: on its
   own training rows a fitted model is over-confident.
+- The holdout's errors (its labels against its scores, `outcome_error`) are the
+  baseline the live outcomes' errors are tested against (ADR 0031).
 - Calibration replays the holdout, in time order, through a monitor whose features
   reference is the stretch before it (or, when there is none, the holdout's first
   half against its second): the deployment in miniature. The prediction is not
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbus.driftstats import calibrate
+from mlbus.driftstats import calibrate, error_metric, performance_reference
 from mlbus.profiles import (
     Calibration,
     ReferenceProfile,
@@ -39,9 +41,12 @@ def reference_profile(
     holdout: np.ndarray,
     holdout_scores: np.ndarray,
     entities: Sequence[str] | None = None,
+    holdout_labels: np.ndarray | None = None,
+    task: str = "classification",
 ) -> ReferenceProfile:
-    """The profile to register: features on the recent stretch, prediction on the holdout,
-    calibrated (see the module docstring). `times_ms` are ascending, one per row."""
+    """The profile to register: features on the recent stretch, prediction and errors on
+    the holdout, calibrated (see the module docstring). `times_ms` are ascending, one per
+    row; `holdout_labels` (a classifier's as 0/1) give the errors, none leaves them out."""
     seconds = times_ms.astype(np.float64) / 1000
     season = choose_profile_seasonality(spec.drift.seasonality, seconds, raw)
     first_holdout = int(holdout[0]) if len(holdout) else len(seconds)
@@ -60,8 +65,20 @@ def reference_profile(
         season,
         None if entities is None else [entities[int(i)] for i in holdout],
     )
+    performance = None
+    if holdout_labels is not None and len(holdout):
+        performance = performance_reference(
+            error_metric(task),
+            np.asarray(holdout_labels, dtype=np.float64),
+            np.asarray(holdout_scores, dtype=np.float64),
+            seconds[holdout],
+            season,
+            features.bins,
+        )
     calibration = _calibration(spec, raw, seconds, stretch_start, first_holdout, season)
-    return features.model_copy(update={"prediction": prediction, "calibration": calibration})
+    return features.model_copy(
+        update={"prediction": prediction, "calibration": calibration, "performance": performance}
+    )
 
 
 def _stretch_start(seconds: np.ndarray, first_holdout: int, cycle_s: float) -> int:

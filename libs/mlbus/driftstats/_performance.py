@@ -1,0 +1,101 @@
+"""The performance channel: ADWINs over labelled outcomes' errors, one per outcome group.
+
+Every outcome's error goes to the "all" ADWIN. A classifier's also goes to the ADWIN
+of its label, positives' errors apart from negatives' (`outcome_group`): taking the
+label as given removes the coin flip of which rows are positive, which in "all"
+buries a collapse of the ranking of a rare class (3 % positives: the pooled Brier
+score barely moves, the positives' errors rise by several times their noise; ADR
+0031). "all" keeps what only it sees: a change of the base rate, ranking kept.
+
+When the profile has the holdout's errors of a group, they are that ADWIN's oldest
+part (`Adwin.anchor`): live errors are tested against them from the first outcomes
+on, not only against earlier live outcomes, so a model that is worse than it
+evaluated from the start is found too. Those ADWINs weigh errors by their κ and use
+the exact (Bennett-Hoeffding) bound. Without a reference (a profile registered
+before ADR 0031, or a model trained elsewhere) there is one group, "all", and
+River's ADWIN over live errors only, as before. spec.adwin_delta is shared among
+the groups (Bonferroni).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from mlbus.driftstats._adwin import Adwin, AdwinChange, AdwinState
+from mlbus.driftstats._models import OutcomeGroupStatus
+from mlbus.driftstats._outcomes import ALL, metric_groups
+from mlbus.profiles import PerformanceReference
+from mlbus.spec import DriftSpec
+
+ERROR = "error"
+SPEC_CLOCK = 32
+"""spec.adwin_delta is the confidence of one check every SPEC_CLOCK values (River's clock)."""
+
+
+class PerformanceChange(NamedTuple):
+    """A rise of one group's error: the result's feature name and the ADWIN cut."""
+
+    feature: str
+    change: AdwinChange
+
+
+class PerformanceChannel:
+    """Per outcome group, an ADWIN over its errors (see the module docstring)."""
+
+    def __init__(self, reference: PerformanceReference | None, spec: DriftSpec) -> None:
+        self.groups: tuple[str, ...] = (
+            (ALL,) if reference is None else metric_groups(reference.metric)
+        )
+        share = spec.adwin_delta / len(self.groups)
+        self._adwins: dict[str, Adwin] = {}
+        for group in self.groups:
+            errors = None if reference is None else reference.errors.get(group)
+            if errors is None or errors.n == 0 or errors.mean is None or errors.std is None:
+                self._adwins[group] = Adwin(share, clock=SPEC_CLOCK)
+                continue
+            adwin = Adwin(
+                share, clock=SPEC_CLOCK, bound="bennett-hoeffding", dependence=errors.dependence
+            )
+            largest = max(abs(errors.min or 0.0), abs(errors.max or 0.0))
+            adwin.anchor(errors.n, errors.mean, errors.std, largest)
+            self._adwins[group] = adwin
+
+    def observe(self, error: float, group: str, at: float) -> PerformanceChange | None:
+        """One finite error, in `group` (when this channel tests it) and in "all". A rise
+        found by either ADWIN (the narrower group's first)."""
+        found = None
+        for name in (group, ALL) if group != ALL else (ALL,):
+            adwin = self._adwins.get(name)
+            if adwin is None:
+                continue
+            change = adwin.add(error, at)
+            if found is None and change is not None and change.increased:
+                feature = ERROR if name == ALL else f"{ERROR}:{name}"
+                found = PerformanceChange(feature=feature, change=change)
+        return found
+
+    def status(self) -> dict[str, OutcomeGroupStatus]:
+        return {
+            group: OutcomeGroupStatus(
+                outcomes=adwin.seen,
+                window=adwin.width,
+                mean_error=adwin.mean,
+                detections=adwin.detections,
+                reference_error=None
+                if adwin.reference is None
+                else adwin.reference[1] / adwin.reference[0],
+                reference_outcomes=0 if adwin.reference is None else adwin.reference[0],
+            )
+            for group, adwin in self._adwins.items()
+        }
+
+    def snapshot(self) -> dict[str, AdwinState]:
+        return {group: adwin.snapshot() for group, adwin in self._adwins.items()}
+
+    def restore(self, states: dict[str, AdwinState], legacy: AdwinState | None) -> None:
+        """Continue from saved ADWINs of the same groups (or a single one saved before the
+        groups existed, for a channel of one group); anything else starts afresh."""
+        if set(states) == set(self._adwins):
+            self._adwins = {group: Adwin.restore(states[group]) for group in self.groups}
+        elif legacy is not None and self.groups == (ALL,):
+            self._adwins = {ALL: Adwin.restore(legacy)}
