@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,6 +134,15 @@ def test_the_experiment_story_streams_a_longer_drift_at_the_loop_storys_pace() -
     )
     assert experiment.drift_age > loop.drift_age
     assert experiment.bootstrap == loop.bootstrap
+
+
+def test_concept_drift_gets_the_longer_drifted_stretch_in_either_story() -> None:
+    """Only labels show it, so it is found late; the retraining then needs more labels."""
+    for story in ("loop", "experiment"):
+        concept = story_sizes(story, "concept")
+        assert replace(concept, drift_kind="both") == EXPERIMENT_SIZES
+        assert concept.drift_kind == "concept"
+    assert story_sizes("loop", "covariate") == replace(DemoSizes(), drift_kind="covariate")
 
 
 def test_the_experiment_storys_canary_can_reach_the_first_look_on_each_arm() -> None:

@@ -144,8 +144,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=5_000,
                 help="Payments generated. loop: 40,000 over 8 days, the drift starts 120 hours "
-                "before now; experiment: 55,000 over 11 days, the drift 192 hours before now "
-                "(the same payments a day, a longer drifted stretch for both arms' outcomes).",
+                "before now; experiment, or --drift-kind concept: 55,000 over 11 days, the "
+                "drift 192 hours before now (the same payments a day, a longer drifted "
+                "stretch: for both arms' outcomes, or for the labels that show a concept "
+                "drift and then retrain on it).",
                 show_default=False,
             ),
         ] = None,
@@ -237,13 +239,12 @@ def register(app: typer.Typer) -> None:
         root = data_dir or Path(tempfile.mkdtemp(prefix="mlbus-demo-"))
         settings = settings.model_copy(update={"data_dir": root.resolve()})
         try:
-            sizes = story_sizes(story)  # type: ignore[arg-type]
+            sizes = story_sizes(story, drift_kind)  # type: ignore[arg-type]
             config = DemoConfig(
                 sizes=replace(
                     sizes,
                     payments=sizes.payments if payments is None else payments,
                     bootstrap=bootstrap,
-                    drift_kind=drift_kind,
                 ),
                 seed=seed,
                 loop=LoopOptions(

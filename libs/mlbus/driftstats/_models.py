@@ -127,12 +127,7 @@ class ChannelState(_Frozen):
     layout: str = Field(description="fingerprint of the bins these counts are over")
     counts: tuple[int, ...]
     invalid: int = Field(default=0, ge=0)
-    adwin: AdwinState | None = Field(
-        default=None, description="the performance ADWIN, saved before outcome groups existed"
-    )
-    outcome_adwins: dict[str, AdwinState] = Field(
-        default_factory=dict, description="the performance ADWIN of each outcome group"
-    )
+    adwin: AdwinState | None = None
 
 
 class MonitorState(_Frozen):

@@ -7,8 +7,9 @@ p-values are corrected together, and the verdict says whether the window
 drifted and whether that makes a detection (`spec.persistence` windows in a
 row with the same test drifting). Numeric channels also feed an ADWIN with
 each value's reference-CDF position; a cut there closes the window early as
-a detection. The performance channel is an ADWIN over labelled errors, whose
-oldest part is the holdout's errors when the profile has them (ADR 0031).
+a detection. The performance channel (`_performance`) runs ADWINs over labelled
+errors by outcome group, each starting from the holdout's errors when the
+profile has them (ADR 0031).
 Everything is counts and a few floats, so `snapshot()` is small and
 `restore()` continues exactly where the snapshot was taken (ADR 0016).
 """
