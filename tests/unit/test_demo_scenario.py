@@ -131,11 +131,14 @@ def test_config_hands_the_lookback_to_the_drift_service() -> None:
     assert "MLBUS_DRIFT_RETRAIN_LOOKBACK_S" not in DemoConfig(retrain_lookback=None).service_env()
 
 
-def test_catalogue_gives_free_ports_and_tells_every_service_where_the_registry_is() -> None:
+def test_catalogue_gives_free_ports_and_leaves_the_registry_s_address_to_the_supervisor() -> None:
+    """The Supervisor moves a server whose preferred port was taken meanwhile and names the
+    registry's real address; the catalogue must not override it (a demo run's services
+    once asked a port the registry had been moved away from)."""
     catalogue = (
         ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
         ServiceSpec("inference", "mlbus.inference", grpc_port=8001),
-        ServiceSpec("trainer", "mlbus.trainer", needs_spec=True),
+        ServiceSpec("trainer", "mlbus.trainer", needs_spec=True, calls_registry=True),
     )
     services = {s.name: s for s in demo_catalogue({"EXTRA": "1"}, catalogue)}
     ports = [services[n].grpc_port for n in ("registry", "inference")]
@@ -143,9 +146,11 @@ def test_catalogue_gives_free_ports_and_tells_every_service_where_the_registry_i
     assert len(set(ports)) == 2
     assert services["trainer"].grpc_port is None
     assert services["trainer"].needs_spec
-    env = services["trainer"].environment(MlbusSettings(data_dir=Path("/tmp/x")), None, 9999)
-    assert env["MLBUS_TRAINER_REGISTRY_ADDRESS"] == f"127.0.0.1:{services['registry'].grpc_port}"
-    assert env["MLBUS_DRIFT_REGISTRY_ADDRESS"] == env["MLBUS_TRAINER_REGISTRY_ADDRESS"]
+    moved = "127.0.0.1:28097"  # where the Supervisor found the registry a port
+    settings = MlbusSettings(data_dir=Path("/tmp/x"))
+    env = services["trainer"].environment(settings, None, 9999, moved)
+    assert env["MLBUS_TRAINER_REGISTRY_ADDRESS"] == moved
+    assert not any(k.endswith("_REGISTRY_ADDRESS") for k, _ in services["trainer"].extra_env)
     assert env["EXTRA"] == "1"
     assert env["MLBUS_TELEMETRY_METRICS_PORT"] == "9999"
 

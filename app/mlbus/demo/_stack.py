@@ -7,8 +7,11 @@ thread that spawned them (parent-death signal), so nothing survives this
 process, however it ends.
 
 Ports: each gRPC service gets a free port chosen here (not the fixed 8001–8003,
-which another run on the machine may hold), and every service is told where
-the registry is — the Supervisor hands down only the broker and Redis.
+which another run on the machine may hold) as its preferred port. The Supervisor
+moves a server whose port was taken meanwhile (the broker, Redis or another
+process may bind it between the pick and the start) and tells every service
+that calls the registry where the registry really listens; this module does
+not name the registry's address, which would override that.
 """
 
 from __future__ import annotations
@@ -52,17 +55,13 @@ class DemoService(ServiceSpec):
 def demo_catalogue(
     env: Mapping[str, str], catalogue: Sequence[ServiceSpec] = SERVICES
 ) -> tuple[DemoService, ...]:
-    """The catalogue with free gRPC ports and the registry's address handed to every service."""
+    """The catalogue with free preferred ports and `env` for every service."""
     grpc_names = [spec.name for spec in catalogue if spec.serves_grpc]
     http_names = [spec.name for spec in catalogue if spec.serves_http]
     picked = free_ports(len(grpc_names) + len(http_names))  # one port per server, distinct
     ports = dict(zip(grpc_names, picked[: len(grpc_names)], strict=True))
     http_ports = dict(zip(http_names, picked[len(grpc_names) :], strict=True))
     shared = dict(env)
-    if "registry" in ports:
-        address = f"127.0.0.1:{ports['registry']}"
-        for name in ("TRAINER", "INFERENCE", "DRIFT", "OUTCOMES", "CONSOLE"):
-            shared[f"MLBUS_{name}_REGISTRY_ADDRESS"] = address
     return tuple(
         DemoService(
             name=spec.name,
