@@ -113,13 +113,16 @@ def test_the_story_and_canary_weight_are_checked() -> None:
 
 
 def test_the_outcomes_service_is_told_where_the_demos_registry_is() -> None:
+    """By the Supervisor, which knows where the registry really started."""
     catalogue = (
         ServiceSpec("registry", "mlbus.registry", grpc_port=8002),
         ServiceSpec("outcomes", "mlbus.outcomes", grpc_port=8004, calls_registry=True),
     )
     services = {s.name: s for s in demo_catalogue({}, catalogue)}
-    env = services["outcomes"].environment(MlbusSettings(data_dir=Path("/tmp/x")), 1, None)
-    assert env["MLBUS_OUTCOMES_REGISTRY_ADDRESS"] == (f"127.0.0.1:{services['registry'].grpc_port}")
+    started_at = f"127.0.0.1:{services['registry'].grpc_port}"
+    settings = MlbusSettings(data_dir=Path("/tmp/x"))
+    env = services["outcomes"].environment(settings, 1, None, started_at)
+    assert env["MLBUS_OUTCOMES_REGISTRY_ADDRESS"] == started_at
 
 
 def test_the_experiment_story_streams_a_longer_drift_at_the_loop_storys_pace() -> None:

@@ -290,6 +290,29 @@ def test_an_anchored_adwin_survives_a_snapshot() -> None:
     assert got == expected
 
 
+def test_a_stream_better_than_its_reference_keeps_it_and_a_later_rise_is_found() -> None:
+    """While the reference is held only a rise cuts: errors below the holdout's are no
+    reason to forget it, and a later rise is still measured from it."""
+    reference = _bernoulli(34, [(0.2, 3000)])
+    live = _bernoulli(35, [(0.05, 4000), (0.35, 1500)])
+    anchored = _anchored(reference)
+    found = _detections(anchored, live)
+    assert found
+    assert 4000 <= found[0] < 4300, found
+    plain = Adwin(0.002, bound="bennett-hoeffding")
+    assert _detections(plain, live[:4000]) == []  # nothing changes within the live stream
+    kept = _anchored(reference)
+    assert _detections(kept, live[:4000]) == []  # far below the reference: no cut
+    assert kept.reference is not None
+
+
+def test_a_saved_reference_of_no_values_is_refused() -> None:
+    state = _anchored(_bernoulli(36, [(0.1, 100)])).snapshot().model_dump()
+    state["reference"] = (0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        AdwinState.model_validate(state)
+
+
 def test_anchor_refuses_an_empty_or_non_finite_reference() -> None:
     with pytest.raises(ValueError, match="n >= 1"):
         Adwin().anchor(0, 0.1, 0.1, 1.0)

@@ -108,18 +108,21 @@ def test_the_groups_survive_a_snapshot() -> None:
     assert got == expected
 
 
-def test_a_state_saved_before_the_groups_restores_into_a_profile_without_holdout_errors() -> None:
+def test_a_state_saved_before_the_groups_starts_the_errors_afresh() -> None:
+    """Its ADWIN held a classifier's 0/1 errors: Brier errors after them would read as a
+    change, so the rest of the state is restored and the error stream starts over."""
     profile = ReferenceProfile.from_samples({"x": np.random.default_rng(60).normal(size=500)})
     monitor = DriftMonitor("fraud", 1, profile, SPEC, {}, {})
     for i in range(100):
         monitor.observe_outcome(float(i % 2), at=T0)
     saved = monitor.snapshot()
     legacy = saved.model_copy(update={"adwin": saved.outcome_adwins["all"], "outcome_adwins": {}})
+    legacy = MonitorState.model_validate_json(legacy.model_dump_json())
     restored = DriftMonitor.restore(legacy, profile, SPEC, {}, {})
     performance = restored.status().performance
     assert performance is not None
-    assert performance.outcomes == 100
-    assert performance.groups["all"].reference_error is None
+    assert performance.outcomes == 0
+    assert performance.invalid == saved.invalid_outcomes
 
 
 def test_a_doubled_base_rate_is_found_in_all_outcomes() -> None:

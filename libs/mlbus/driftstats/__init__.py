@@ -19,7 +19,8 @@ NOTE — details that differ from (or sharpen) the interface agreed for issue #8
   PSI and Jensen-Shannon carry no p-value and are compared with their thresholds.
 - `observe_outcome` returns a verdict only when ADWIN cuts AND the error went
   up (origin="performance", detection=True, offsets empty, n_reference/n_live =
-  the old/new sub-window sizes). A drop in error returns None. When the profile
+  the old/new sub-window sizes, the old one counting the holdout's rows while
+  they are its oldest part). A drop in error returns None. When the profile
   has the holdout's errors (`profile.performance`), they are the ADWIN's oldest
   part, so live errors are tested against them from the first outcome on; a
   classifier's positives and negatives also have an ADWIN each (`group=`, ADR 0031).

@@ -42,8 +42,10 @@ holdout's errors, for the performance channel): it is held as the window's
 oldest part, one block of n values with their total and squared deviations.
 Every split then tests the reference and the live values before the split
 against the live values after it, the first split being the reference alone
-against every live value; and a cut drops it first, as any W0. So a change
-that began before much live data arrived is still tested against a baseline.
+against every live value. So a change that began before much live data arrived
+is still tested against a baseline. While it is held only a rise cuts (a stream
+better than its baseline is no reason to forget it), and a cut drops it first,
+as any W0; the window then continues two-sided, as without one.
 
 R makes the bound scale-free for regression errors. The state is plain
 numbers: `snapshot()` / `Adwin.restore()` round-trip exactly, so a restored
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Annotated, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,8 +88,8 @@ class AdwinState(BaseModel):
     seen: int = Field(default=0, ge=0)
     scale: float = Field(default=0.0, ge=0)
     detections: int = Field(default=0, ge=0)
-    reference: tuple[int, float, float] | None = Field(
-        default=None, description="the reference part: n, total, sum of squared deviations"
+    reference: tuple[Annotated[int, Field(ge=1)], float, Annotated[float, Field(ge=0)]] | None = (
+        Field(default=None, description="the reference part: n, total, sum of squared deviations")
     )
 
 
@@ -108,7 +110,7 @@ class AdwinChange:
 
 
 class Adwin:
-    """ADWIN2 over a stream of finite floats (e.g. 0/1 misclassifications)."""
+    """ADWIN2 over a stream of finite floats (e.g. labelled outcomes' errors)."""
 
     def __init__(
         self,
@@ -258,6 +260,7 @@ class Adwin:
         since = rows[-1][0][2]  # the oldest live value's time
         # The splits, oldest part first: the reference (if any), then the live buckets.
         splits: list[tuple[int, float]] = []
+        rises_only = self.reference is not None
         if self.reference is not None:
             n_ref, total_ref, squares_ref = self.reference
             gap = total_ref / n_ref - total / width
@@ -293,6 +296,8 @@ class Adwin:
                 old, recent = old / kappa, recent / kappa
             spread = variance_term * (1 / old + 1 / recent)
             mean0, mean1 = sum0 / n0, (total - sum0) / n1
+            if rises_only and mean1 <= mean0:
+                continue
             gap = mean0 - mean1 if mean0 > mean1 else mean1 - mean0
             if exact:
                 if gap * gap <= spread:

@@ -155,7 +155,9 @@ class MonitorState(_Frozen):
     streaks: dict[str, int] = Field(default_factory=dict)
     drifted_windows_in_row: int = Field(default=0, ge=0)
     adwin: AdwinState | None = Field(
-        default=None, description="the performance ADWIN, saved before outcome groups existed"
+        default=None,
+        description="the performance ADWIN saved before outcome groups existed: read, not "
+        "restored (a classifier's held 0/1 errors, which Brier errors cannot continue)",
     )
     outcome_adwins: dict[str, AdwinState] = Field(
         default_factory=dict, description="the performance ADWIN of each outcome group"

@@ -619,7 +619,7 @@ class DriftMonitor:
         monitor._streaks = dict(state.streaks)
         monitor._drifted_in_row = state.drifted_windows_in_row
         if monitor._performance is not None:
-            monitor._performance.restore(state.outcome_adwins, state.adwin)
+            monitor._performance.restore(state.outcome_adwins)
         monitor._invalid_outcomes = state.invalid_outcomes
         monitor._recent = state.recent
         monitor._detections = state.detections

@@ -14,7 +14,9 @@ evaluated from the start is found too. Those ADWINs weigh errors by their κ and
 the exact (Bennett-Hoeffding) bound. Without a reference (a profile registered
 before ADR 0031, or a model trained elsewhere) there is one group, "all", and
 River's ADWIN over live errors only, as before. spec.adwin_delta is shared among
-the groups (Bonferroni).
+the groups (Bonferroni). An ADWIN saved before the groups existed is not restored:
+a classifier's held 0/1 errors, and Brier errors following them would read as a
+change.
 """
 
 from __future__ import annotations
@@ -92,10 +94,7 @@ class PerformanceChannel:
     def snapshot(self) -> dict[str, AdwinState]:
         return {group: adwin.snapshot() for group, adwin in self._adwins.items()}
 
-    def restore(self, states: dict[str, AdwinState], legacy: AdwinState | None) -> None:
-        """Continue from saved ADWINs of the same groups (or a single one saved before the
-        groups existed, for a channel of one group); anything else starts afresh."""
+    def restore(self, states: dict[str, AdwinState]) -> None:
+        """Continue from saved ADWINs of the same groups; anything else starts afresh."""
         if set(states) == set(self._adwins):
             self._adwins = {group: Adwin.restore(states[group]) for group in self.groups}
-        elif legacy is not None and self.groups == (ALL,):
-            self._adwins = {ALL: Adwin.restore(legacy)}
