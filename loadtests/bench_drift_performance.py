@@ -12,6 +12,10 @@ demo's v1: 0.80-0.88), 3 % positives:
 Streams (`--outcomes` labelled outcomes each, `--seeds` seeds from `--first-seed`):
 
 - control:   no change: every alarm is false;
+- control, frauds labelled first: no change, but a fraud's label comes ~10x sooner
+             than a legitimate payment's (exponential delays, means 200 and 2,000
+             outcomes), as chargebacks come before "no chargeback" is known: the
+             first labels are rich in positives. Every alarm is false;
 - collapse:  from the first outcome, labels no longer follow the scores (same base
              rate): a model worse than it evaluated from day one, with no good live
              stretch to compare with (the demo's concept drift, labelled late);
@@ -24,9 +28,9 @@ Detectors, each fed the same outcomes in order:
 - before: what mlbus did before ADR 0031: River's ADWIN over 0/1 errors at
   threshold 0.5, live outcomes only;
 - pooled: ADWIN over every outcome's Brier error, the holdout's as its oldest part
-  (mlbus's "all" group alone);
-- mlbus:  the drift monitor with the holdout's errors in its profile: "all", and a
-  classifier's positives and negatives apart, each anchored on its holdout errors.
+  (tried for mlbus and not kept: it alarms when frauds are labelled first);
+- mlbus:  the drift monitor with the holdout's errors in its profile: a classifier's
+  positives and negatives apart, each anchored on its holdout errors.
 
 Prints per stream and detector: found (of seeds), median outcomes to detection
 (counted from the change), and alarms before it.
@@ -60,7 +64,8 @@ from mlbus.spec import DriftSpec
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
 SPEC = DriftSpec(prediction_drift=False)
-STREAMS = ("control", "collapse", "collapse@800", "half", "prior×2")
+STREAMS = ("control", "control, frauds first", "collapse", "collapse@800", "half", "prior×2")
+CONTROLS = ("control", "control, frauds first")
 DETECTORS = ("before", "pooled", "mlbus")
 
 
@@ -75,7 +80,7 @@ def labels_of(stream: str, rng: np.random.Generator, scores: np.ndarray) -> tupl
     n = len(scores)
     follow = rng.random(n) < scores
     unrelated = rng.random(n) < scores.mean()
-    if stream == "control":
+    if stream in CONTROLS:
         return follow, n
     if stream == "collapse":
         return unrelated, 0
@@ -126,6 +131,10 @@ def run(model: str, stream: str, seed: int, holdout: int, outcomes: int) -> dict
     held_labels = rng.random(holdout) < held
     served = scores_of(model, rng, outcomes)
     labels, _ = labels_of(stream, rng, served)
+    if stream == "control, frauds first":  # the order the labels arrive in
+        delay = np.where(labels, rng.exponential(200, outcomes), rng.exponential(2000, outcomes))
+        order = np.argsort(np.arange(outcomes) + delay, kind="stable")
+        served, labels = served[order], labels[order]
     found: dict[str, list[int]] = {}
     for name in DETECTORS:
         observe = detector(name, held, held_labels)
@@ -154,13 +163,14 @@ def main() -> None:
             table.add_column(column, justify="right")
         for stream in STREAMS:
             results = [run(model, stream, seed, args.holdout, args.outcomes) for seed in seeds]
-            change = {"control": args.outcomes, "collapse@800": 800}.get(stream, 0)
+            change = 800 if stream == "collapse@800" else 0
+            change = args.outcomes if stream in CONTROLS else change
             for name in DETECTORS:
                 early = sum(sum(1 for i in r[name] if i < change) for r in results)
                 delays = [next((i - change for i in r[name] if i >= change), None) for r in results]
                 hits = [d for d in delays if d is not None]
                 median = f"{np.median(hits):,.0f}" if hits else "—"
-                shown = "—" if stream == "control" else f"{len(hits)}/{len(results)}"
+                shown = "—" if stream in CONTROLS else f"{len(hits)}/{len(results)}"
                 table.add_row(
                     stream if name == DETECTORS[0] else "", name, shown, median, str(early)
                 )

@@ -162,8 +162,8 @@ Brier score of one row), |label - score| for a regressor (ADR 0031)."""
 class PerformanceReference(_Profile):
     """The holdout's errors, what live outcomes' errors are tested against (ADR 0031).
 
-    `errors` is keyed by outcome group: "all" rows, and a classifier's "negative" and
-    "positive" labels apart; each a numeric profile of that group's errors in the
+    `errors` is keyed by outcome group: a classifier's "negative" and "positive"
+    labels, a regressor's "all"; each a numeric profile of that group's errors in the
     holdout (mean, std, n, κ in event-time order).
     """
 

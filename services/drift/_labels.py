@@ -7,7 +7,7 @@ labelled event, `labels.label_field` holds the label), the pending prediction
 is looked up and turned into an error for the performance detector: the
 squared error of the score (classification, Brier) or |y - ŷ| (regression),
 the metric the version's profile measured its holdout with, in the group of its
-label (a classifier's positives and negatives are also tested apart, ADR 0031).
+label (a classifier's positives and negatives are tested apart, ADR 0031).
 
 Bounded twice: entries live in time buckets (`<p>:drift:pending:<model>:<n>`,
 one hash per bucket of ttl/8) that expire `ttl_s` after the bucket closes, and

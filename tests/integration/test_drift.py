@@ -591,16 +591,14 @@ async def test_labels_worse_than_the_holdout_s_raise_a_performance_detection(
     assert alarm.version == graded.version
     assert {r.kind for r in alarm.results} == {"performance"}
     (result,) = alarm.results
-    group = {"error": "all", "error:positive": "positive", "error:negative": "negative"}[
-        result.feature
-    ]
+    group = {"error:positive": "positive", "error:negative": "negative"}[result.feature]
     assert result.statistic > result.threshold > 0
     # the older part of the cut holds the holdout's errors of that group: the baseline
     assert alarm.n_reference >= reference.errors[group].n
     (version,) = [v for v in state["models"] if v["version"] == graded.version]
     (labelled,) = [m for m in version["monitors"] if m["source"].startswith(INGEST_VALIDATED)]
     groups = labelled["status"]["performance"]["groups"]
-    assert set(groups) == {"all", "negative", "positive"}
+    assert set(groups) == {"negative", "positive"}
     assert all(g["outcomes"] > 0 for g in groups.values())
 
 

@@ -84,14 +84,12 @@ def test_status_shows_each_group_against_its_holdout_errors() -> None:
     performance = monitor.status().performance
     assert performance is not None
     groups = performance.groups
-    assert set(groups) == {"all", "negative", "positive"}
+    assert set(groups) == {"negative", "positive"}
     assert groups["negative"].outcomes + groups["positive"].outcomes == performance.outcomes == 3000
-    assert groups["all"].outcomes == 3000
     assert groups["positive"].outcomes == int(labels.sum())
     # a positive's error (1 - score)² is large, a negative's score² small
     assert groups["positive"].reference_error > 0.5 > 0.05 > groups["negative"].reference_error
     assert groups["positive"].reference_outcomes + groups["negative"].reference_outcomes == 5000
-    assert groups["all"].reference_outcomes == 5000
 
 
 def test_the_groups_survive_a_snapshot() -> None:
@@ -101,7 +99,7 @@ def test_the_groups_survive_a_snapshot() -> None:
     first = _monitor(51)
     _feed(first, scores[:1500], labels[:1500])
     state = MonitorState.model_validate_json(first.snapshot().model_dump_json())
-    assert set(state.outcome_adwins) == {"all", "negative", "positive"}
+    assert set(state.outcome_adwins) == {"negative", "positive"}
     resumed = DriftMonitor.restore(state, first.profile, SPEC, {}, {})
     got = [1500 + i for i in _feed(resumed, scores[1500:], labels[1500:])]
     assert expected
@@ -125,13 +123,15 @@ def test_a_state_saved_before_the_groups_starts_the_errors_afresh() -> None:
     assert performance.invalid == saved.invalid_outcomes
 
 
-def test_a_doubled_base_rate_is_found_in_all_outcomes() -> None:
-    """The ranking is kept, so each label's errors barely move; every outcome's do."""
-    monitor = _monitor(70)
-    rng = np.random.default_rng(71)
-    scores = rng.beta(0.4, 12.0, 10_000)
-    odds = scores / (1 - scores) * 2
-    labels = (rng.random(10_000) < odds / (1 + odds)).astype(np.float64)
-    found = _feed(monitor, scores, labels)
-    assert found
-    assert monitor.status().recent[0].results[0].feature == "error"
+@pytest.mark.parametrize("seed", range(4))
+def test_frauds_labelled_sooner_than_legitimate_payments_raise_no_alarm(seed: int) -> None:
+    """Class-dependent label delay: the first labels of a healthy model are rich in
+    positives. Tested by label, the share of each label does not count (a pooled error
+    against the holdout alarmed on 24-30 of 30 such streams)."""
+    monitor = _monitor(80 + seed)
+    rng = np.random.default_rng(90 + seed)
+    scores, labels = _scored(rng, 20_000)
+    delay = np.where(labels > 0, rng.exponential(200, 20_000), rng.exponential(2000, 20_000))
+    order = np.argsort(np.arange(20_000) + delay, kind="stable")
+    assert labels[order[:500]].mean() > 2 * labels.mean()  # the first labels: mostly frauds
+    assert _feed(monitor, scores[order], labels[order]) == []

@@ -23,7 +23,7 @@ NOTE — details that differ from (or sharpen) the interface agreed for issue #8
   they are its oldest part). A drop in error returns None. When the profile
   has the holdout's errors (`profile.performance`), they are the ADWIN's oldest
   part, so live errors are tested against them from the first outcome on; a
-  classifier's positives and negatives also have an ADWIN each (`group=`, ADR 0031).
+  classifier's positives and negatives have an ADWIN each (`group=`, ADR 0031).
   `outcome_error` and `outcome_group` are the one definition of an outcome.
 - ADAPTIVE (default on, `DriftMonitor(..., adaptive=False)` turns it off):
   each numeric channel (features and the prediction) also runs ADWIN on its

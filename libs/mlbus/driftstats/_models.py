@@ -68,7 +68,7 @@ class TestStatus(_Frozen):
 
 
 class OutcomeGroupStatus(_Frozen):
-    """One outcome group's ADWIN ("all", or a classifier's positives or negatives)."""
+    """One outcome group's ADWIN (a classifier's positives or negatives, or "all")."""
 
     outcomes: int
     window: int
@@ -81,7 +81,7 @@ class OutcomeGroupStatus(_Frozen):
 
 
 class PerformanceStatus(_Frozen):
-    """The "all" group (every outcome), detections of every group, and each group."""
+    """Every group together (live means weighed by window), and each group."""
 
     outcomes: int
     window: int

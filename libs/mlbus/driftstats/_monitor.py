@@ -476,11 +476,13 @@ class DriftMonitor:
         performance = None
         if self._performance is not None:
             groups = self._performance.status()
-            every = groups[ALL]
+            window = sum(g.window for g in groups.values())
             performance = PerformanceStatus(
-                outcomes=every.outcomes,
-                window=every.window,
-                mean_error=every.mean_error,
+                outcomes=sum(g.outcomes for g in groups.values()),
+                window=window,
+                mean_error=sum(g.mean_error * g.window for g in groups.values()) / window
+                if window
+                else 0.0,
                 detections=sum(g.detections for g in groups.values()),
                 invalid=self._invalid_outcomes,
                 groups=groups,

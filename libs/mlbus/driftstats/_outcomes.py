@@ -30,14 +30,15 @@ def error_metric(task: str) -> ErrorMetric:
 
 
 def metric_groups(metric: ErrorMetric) -> tuple[str, ...]:
-    """The outcome groups a metric's errors are tested in: every outcome is in "all"; a
-    classifier's are also in the group of their label."""
-    return (ALL,) if metric == "absolute" else (ALL, NEGATIVE, POSITIVE)
+    """The outcome groups a metric's errors are tested in: a classifier's by their label
+    (so the share of each label among the labels that arrived does not count, ADR 0031);
+    a regressor's all together."""
+    return (ALL,) if metric == "absolute" else (NEGATIVE, POSITIVE)
 
 
 def outcome_group(metric: ErrorMetric, actual: float) -> str:
-    """The narrowest group of one outcome (`actual`: a classifier's label as 0/1): its
-    label's for a classifier, "all" for a regressor. Every outcome is in "all" too."""
+    """The group of one outcome (`actual`: a classifier's label as 0/1): its label's for a
+    classifier, "all" for a regressor."""
     if metric == "absolute":
         return ALL
     return POSITIVE if actual >= 0.5 else NEGATIVE
@@ -64,7 +65,7 @@ def performance_reference(
     groups = np.asarray([outcome_group(metric, float(a)) for a in actual])
     profiles: dict[str, NumericProfile] = {}
     for group in metric_groups(metric):
-        rows = np.ones(len(groups), dtype=bool) if group == ALL else groups == group
+        rows = groups == group
         if rows.any():
             column = profile_column(errors[rows], bins, seconds[rows], seasonality)
             assert isinstance(column, NumericProfile)  # errors are floats
