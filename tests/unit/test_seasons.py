@@ -148,14 +148,15 @@ def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_d
     start = T0 + 7 * DAY + 13 * 3600
     afternoon = live_t[(live_t >= start) & (live_t < start + 4 * 3600)]
     of_those_hours = np.isin(phases_of(ref_t, "daily"), [13, 14, 15, 16]).sum()
-    inflation = rate.inflations(np.concatenate(([start], afternoon, [start + 4 * 3600])))
+    asked = np.concatenate(([start], afternoon, [start + 4 * 3600]))
+    inflation = rate.inflations(asked, phases_of(asked, "daily"))
     assert rate.rows == 0  # inflations() counts nothing
     average = (len(afternoon) + 2 + prior / 7) / (of_those_hours + prior)
     # the last row opens 17:00: its own phase's ρ, the average (its prior) and one row
     # over that hour's reference rows, is the larger
     at_five = np.count_nonzero(phases_of(ref_t, "daily") == 17) + 1
     assert inflation[-1] - 1 == pytest.approx(average + 1 / at_five)
-    rate.count(live_t)
+    rate.count(live_t, phases_of(live_t, "daily"))
     assert rate.rate == pytest.approx(live_per_day / len(ref_t), rel=0.03)
 
 
@@ -169,11 +170,12 @@ def test_an_hour_denser_live_than_the_average_says_is_inflated_by_its_own_rate()
     stamps = np.concatenate(
         [start + h * 3600 + np.linspace(0, 3599, n) for h, n in zip(hours, per_hour, strict=True)]
     )
-    rate.count(stamps)
+    rate.count(stamps, phases_of(stamps, "daily"))
     assert rate.rate == pytest.approx(len(stamps) / (48 * 100.0 + 100) + 0.5 / 49, rel=0.01)
     # rows inside the hours counted: the average stands (one row more)
     morning, evening = start + DAY + 9.5 * 3600, start + DAY + 18.5 * 3600
-    inflation = rate.inflations(np.asarray([morning, evening]))
+    asked = np.asarray([morning, evening])
+    inflation = rate.inflations(asked, phases_of(asked, "daily"))
     average = (len(stamps) + 1 + 0.5 * 100) / (48 * 100 + 100)
     assert inflation[0] - 1 == pytest.approx(average, rel=0.01)  # its own is lower
     # 18:00's own: 400 rows (and this one) in 2 passes, a prior pass at the average, of

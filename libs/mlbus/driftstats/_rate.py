@@ -37,7 +37,6 @@ from mlbus.seasons import (
     PHASE_PRIOR_ROWS,
     Seasonality,
     cycle_hours,
-    phases_of,
     reference_rows_until,
 )
 
@@ -57,10 +56,10 @@ class LiveRate:
         self.phase_live = np.zeros(len(self.phase_rows), dtype=np.float64)  # rows per phase
         self._behind = self.phase_rows + PHASE_PRIOR_ROWS  # the rows each phase's CDF stands on
 
-    def inflations(self, stamps: np.ndarray, phases: np.ndarray | None = None) -> np.ndarray:
+    def inflations(self, stamps: np.ndarray, phases: np.ndarray) -> np.ndarray:
         """1 + ρ of each row as it stands after it (rows not counted: see `count`): the
-        average's, or its own phase's where that is larger. `phases`: the rows' phases,
-        when the caller has them."""
+        average's, or its own phase's where that is larger. `phases`: the rows' phases
+        (`phases_of`; the monitor has them already)."""
         ends = np.empty((2, len(stamps)), dtype=np.float64)
         np.minimum.accumulate(stamps, out=ends[0])
         np.maximum.accumulate(stamps, out=ends[1])
@@ -69,8 +68,6 @@ class LiveRate:
             np.maximum(ends[1], self.last, out=ends[1])
         rows = np.arange(self.rows + 1, self.rows + len(stamps) + 1, dtype=np.float64)
         average = self._rate(rows, ends)
-        if phases is None:
-            phases = phases_of(stamps, self.seasonality)
         behind = self._behind[phases]
         own = (self.phase_live[phases] + _rank_in_phase(phases) + average * behind) / (
             (self._passes(ends, phases) + 1.0) * behind
@@ -86,16 +83,14 @@ class LiveRate:
         ends = np.asarray([[self.first], [self.last]])
         return float(self._rate(np.asarray([float(self.rows)]), ends)[0])
 
-    def count(self, stamps: np.ndarray, phases: np.ndarray | None = None) -> None:
-        """Count rows the monitor took (`phases`: theirs, when the caller has them)."""
+    def count(self, stamps: np.ndarray, phases: np.ndarray) -> None:
+        """Count rows the monitor took (`phases`: theirs)."""
         if not len(stamps):
             return
         low, high = float(stamps.min()), float(stamps.max())
         self.first = low if self.first is None else min(self.first, low)
         self.last = high if self.last is None else max(self.last, high)
         self.rows += len(stamps)
-        if phases is None:
-            phases = phases_of(stamps, self.seasonality)
         self.phase_live += np.bincount(phases, minlength=len(self.phase_live))
 
     def spread_rows(self) -> None:
