@@ -29,18 +29,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlbus.seasons import (
     CYCLE_S,
     PHASES,
+    UTC_ZONE,
     Seasonality,
     SeasonalityChoice,
+    check_timezone,
     choose_seasonality,
     cycle_shown,
     cycles_of,
     dependence,
     epoch_seconds,
+    local_clock,
     other_cycles_share,
     phase_distributions,
     phases_of,
@@ -192,14 +195,30 @@ class ReferenceProfile(_Profile):
     seasonality: Seasonality = Field(
         default="none", description="The cycle the columns' phase_counts follow."
     )
+    timezone: str = Field(
+        default=UTC_ZONE,
+        description="The wall clock the phases are hours of (an IANA name, ADR 0032).",
+    )
     calibration: Calibration | None = None
     performance: PerformanceReference | None = Field(
         default=None, description="The holdout's errors (none: the trainer did not label it)."
     )
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
     @property
     def phases(self) -> int:
         return PHASES[self.seasonality]
+
+    @property
+    def clock_note(self) -> str:
+        """' (Europe/Berlin time)' when the phases are not UTC hours, else ''."""
+        if self.seasonality == "none" or self.timezone == UTC_ZONE:
+            return ""
+        return f" ({self.timezone} time)"
 
     def summary(self) -> str:
         """One line for people: size, seasonality, dependent columns, and the calibration
@@ -207,7 +226,7 @@ class ReferenceProfile(_Profile):
         parts = [f"{self.n_samples} samples, {len(self.features)} features"]
         if self.prediction is not None:
             parts[0] += ", predictions"
-        parts.append(f"seasonality {self.seasonality}")
+        parts.append(f"seasonality {self.seasonality}{self.clock_note}")
         if self.performance is not None:
             parts.append(self.performance.summary())
         columns = dict(self.features)
@@ -246,6 +265,7 @@ class ReferenceProfile(_Profile):
         seasonality: SeasonalityChoice = "auto",
         entities: Sequence[str] | None = None,
         prediction_entities: Sequence[str] | None = None,
+        timezone: str = UTC_ZONE,
     ) -> ReferenceProfile:
         """Profile each column (numeric: quantile bins; strings/booleans: frequencies).
 
@@ -256,7 +276,9 @@ class ReferenceProfile(_Profile):
         `predictions` when they come from other rows (the trainer scores its holdout).
         `entities` (and `prediction_entities`) are the rows' entity keys: each column
         then measures how alike one entity's values are (`entity_icc`, ADR 0022).
+        `timezone` is the wall clock whose hours the phases are (ADR 0032).
         """
+        check_timezone(timezone)
         lengths = {len(values) for values in columns.values()}
         if times is not None:
             lengths.add(len(times))
@@ -275,9 +297,14 @@ class ReferenceProfile(_Profile):
             raise ValueError(
                 f"columns and predictions differ in length: {sorted({n_rows, len(predictions)})}"
             )
-        seconds = None if times is None else epoch_seconds(times)
+        # the rows' clock seconds: every phase below is an hour of that clock
+        seconds = None if times is None else local_clock(epoch_seconds(times), timezone)
         season = choose_profile_seasonality(seasonality, seconds, columns)
-        prediction_seconds = None if prediction_times is None else epoch_seconds(prediction_times)
+        prediction_seconds = (
+            None
+            if prediction_times is None
+            else local_clock(epoch_seconds(prediction_times), timezone)
+        )
         return cls(
             n_samples=n_rows,
             features={
@@ -289,6 +316,7 @@ class ReferenceProfile(_Profile):
             else profile_column(predictions, bins, prediction_seconds, season, prediction_entities),
             bins=bins,
             seasonality=season,
+            timezone=timezone,
         )
 
 
@@ -342,8 +370,9 @@ def profile_column(
 ) -> ColumnProfile:
     """A numeric profile for int/float data, a categorical one for anything else.
 
-    With the values' event `seconds`, the profile also holds its counts per phase of
-    `seasonality` and the dependence κ of the values in time order.
+    With the values' event `seconds` (clock seconds: `seasons.local_clock`), the profile
+    also holds its counts per phase of `seasonality` and the dependence κ of the values in
+    time order.
     """
     array = np.asarray(values)
     if array.ndim != 1:

@@ -1,9 +1,12 @@
 """The time structure of a reference: which phase of a cycle an event is in, and how dependent
 consecutive events are (ADR 0022). Pure numpy; the profile builder and the drift monitor share it.
 
-- A *phase* is the UTC hour of the day (`daily`, 24 phases) or of the week (`weekly`, 168,
-  Monday 00:00 first). A reference keeps its counts per phase, so a live window is compared
-  with the reference of the hours it holds, not with the whole day's mix.
+- A *phase* is the hour of the day (`daily`, 24 phases) or of the week (`weekly`, 168,
+  Monday 00:00 first) on the wall clock of the spec's `drift.timezone` (UTC by default,
+  ADR 0032). A reference keeps its counts per phase, so a live window is compared with the
+  reference of the hours it holds, not with the whole day's mix. Every function here that
+  takes phases reads *clock seconds*: epoch seconds as that clock shows them (`local_clock`),
+  so a rhythm kept in local time stays in its phases across a daylight-saving change.
 - *Dependence* is the variance inflation κ of a series' mean: Var(mean of n) ≈ κ·σ²/n. For
   independent events κ = 1; an AR(1) stream with lag-1 correlation ρ has κ = (1+ρ)/(1−ρ)
   (19 at ρ = 0.9). The tests divide their counts by κ: n dependent events carry the
@@ -13,9 +16,12 @@ consecutive events are (ADR 0022). Pure numpy; the profile builder and the drift
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
@@ -50,6 +56,100 @@ def epoch_seconds(times: Sequence[datetime | float | int] | np.ndarray) -> np.nd
     return np.asarray(
         [t.timestamp() if isinstance(t, datetime) else float(t) for t in times], dtype=np.float64
     )
+
+
+UTC_ZONE = "UTC"
+
+
+def check_timezone(name: str) -> str:
+    """`name` if it is an IANA time zone this machine knows (e.g. Europe/Berlin), else a
+    ValueError that says what is expected."""
+    if name == UTC_ZONE:
+        return name
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: expected an IANA name such as 'UTC', "
+            "'Europe/Berlin' or 'America/New_York'"
+        ) from None
+    return name
+
+
+def local_clock(seconds: np.ndarray, timezone: str) -> np.ndarray:
+    """Epoch seconds as the wall clock of `timezone` shows them, counted as if it were UTC
+    (epoch seconds plus the UTC offset in force at each): what phases are taken from.
+
+    Across a daylight-saving change the clock skips an hour or shows one twice, as the
+    people whose rhythm the traffic follows live it. UTC returns `seconds` unchanged."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    if timezone == UTC_ZONE or len(seconds) == 0:
+        return seconds
+    finite = seconds[np.isfinite(seconds)]
+    if len(finite) == 0:
+        return seconds
+    starts, offsets = _offsets_between(timezone, float(finite.min()), float(finite.max()))
+    at = np.searchsorted(starts, seconds, side="right") - 1
+    clock: np.ndarray = seconds + offsets[np.clip(at, 0, len(offsets) - 1)]
+    return clock
+
+
+def local_clock_one(second: float, timezone: str) -> float:
+    """`local_clock` for one time (the monitor's row-by-row path)."""
+    if timezone == UTC_ZONE or not math.isfinite(second):
+        return second
+    starts, offsets = _zone_year(timezone, _year(second))
+    at = max(bisect_right(starts, second) - 1, 0)
+    return second + offsets[at]
+
+
+_FIRST_YEAR, _LAST_YEAR = 1970, 2200  # times outside these take the nearest year's offsets
+
+
+def _year(second: float) -> int:
+    if second < 0:
+        return _FIRST_YEAR
+    if second >= 7_258_118_400:  # 2200-01-01
+        return _LAST_YEAR
+    return datetime.fromtimestamp(second, UTC).year
+
+
+def _offsets_between(timezone: str, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, offsets): from each start (epoch s) on, the zone's UTC offset in seconds,
+    for the years from `low` to `high`."""
+    starts: list[float] = []
+    offsets: list[float] = []
+    for year in range(_year(low), _year(high) + 1):
+        year_starts, year_offsets = _zone_year(timezone, year)
+        starts += year_starts
+        offsets += year_offsets
+    return np.asarray(starts), np.asarray(offsets)
+
+
+@lru_cache(maxsize=512)
+def _zone_year(timezone: str, year: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The zone's UTC offsets within one year: from each start (epoch s) on, the offset
+    (seconds). Found by reading the offset every hour and bisecting each change to the
+    second (zoneinfo keeps its transitions private); ~10 ms a year, once per process."""
+    zone = ZoneInfo(timezone)
+
+    def offset(second: int) -> float:
+        shown = datetime.fromtimestamp(second, zone).utcoffset()
+        return 0.0 if shown is None else shown.total_seconds()
+
+    begin = int(datetime(year, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp())
+    starts, offsets = [float(begin)], [offset(begin)]
+    for low in range(begin, end, _HOUR_S):
+        high = min(low + _HOUR_S, end)
+        if offset(high) == offsets[-1]:
+            continue
+        while high - low > 1:  # offset(low) is the old one, offset(high) the new one
+            middle = (low + high) // 2
+            low, high = (middle, high) if offset(middle) == offsets[-1] else (low, middle)
+        starts.append(float(high))
+        offsets.append(offset(high))
+    return tuple(starts), tuple(offsets)
 
 
 def _cycles_and_phases(

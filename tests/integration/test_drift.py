@@ -654,10 +654,14 @@ def test_status_cli_shows_what_the_service_saved(
     project = load_spec(write_spec(tmp_path / "mlbus.yaml", model))
     rng = np.random.default_rng(3)
     amount, channel, score = sample(rng, 2000, drifted=False)
-    # three days of reference rows, so the profile is keyed by the hour (ADR 0022)
+    # three days of reference rows, so the profile is keyed by the hour (ADR 0022), of
+    # Berlin's wall clock (ADR 0032)
     times = START.timestamp() - 3 * 86_400 + np.arange(2000) * (3 * 86_400 / 2000)
     profile = ReferenceProfile.from_samples(
-        {"v.amount": amount, "v.channel": channel}, predictions=score, times=times
+        {"v.amount": amount, "v.channel": channel},
+        predictions=score,
+        times=times,
+        timezone="Europe/Berlin",
     )
     assert profile.seasonality == "daily"
     kinds = {f.ref: f.kind for f in project.model_features()}
@@ -737,6 +741,7 @@ def test_status_cli_shows_what_the_service_saved(
     assert (entry["model"], entry["version"]) == (model, 4)
     rows = {(r["feature"], r["test"]): r for r in entry["summary"]}
     assert entry["monitors"][0]["status"]["seasonality"] == "daily"
+    assert entry["monitors"][0]["status"]["timezone"] == "Europe/Berlin"
     live_rate = entry["monitors"][0]["status"]["live_rate"]
     assert live_rate == monitor.status().live_rate
     assert live_rate > 1 / 3  # 120 rows in one moment: denser than the reference's hours
@@ -749,7 +754,10 @@ def test_status_cli_shows_what_the_service_saved(
     assert table.exit_code == 0, table.output
     assert f"{model} v4" in table.output
     title = " ".join(table.output.split())  # the title wraps at the table's width
-    assert f"seasonality daily (live rows per cycle / reference rows: {live_rate:.2g})" in title
+    assert (
+        "seasonality daily (Europe/Berlin time) "
+        f"(live rows per cycle / reference rows: {live_rate:.2g})"
+    ) in title
     assert "v.amount" in table.output
     assert "requested" in table.output
     assert f"retraining of {model} armed by drift e1: 120 of 2,000 labels" in table.output

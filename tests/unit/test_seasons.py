@@ -4,18 +4,23 @@ a change still is."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from mlbus.driftstats import DriftMonitor, calibrate
 from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
 from mlbus.profiles import SHARES_APART_CYCLES, ReferenceProfile, profile_column
 from mlbus.seasons import (
+    check_timezone,
     choose_seasonality,
     dependence,
     known_phases,
+    local_clock,
+    local_clock_one,
     other_cycles_share,
     phase_of,
     phases_of,
@@ -750,3 +755,83 @@ def test_one_entity_keeps_the_full_weight_of_its_events() -> None:
     found = [v.offsets["s"][1] for v in verdicts if v.detection]
     assert found
     assert found[0] >= 10_000
+
+
+# ── the wall clock of drift.timezone (ADR 0032) ─────────────────────────────
+
+BERLIN = "Europe/Berlin"
+SPRING_CHANGE = datetime(2027, 3, 28, 1, tzinfo=UTC).timestamp()  # Berlin: 02:00 CET → 03:00 CEST
+
+
+def test_the_local_clock_is_epoch_seconds_plus_the_zone_s_offset_at_each() -> None:
+    seconds = np.random.default_rng(3).uniform(1.5e9, 2.0e9, 4_000)  # 2017–2033
+    for zone in (BERLIN, "America/New_York", "Australia/Sydney", "Asia/Kolkata"):
+        info = ZoneInfo(zone)
+        expected = [s + _offset(datetime.fromtimestamp(s, info)) for s in seconds.tolist()]
+        assert local_clock(seconds, zone).tolist() == expected
+        assert [local_clock_one(s, zone) for s in seconds[:300].tolist()] == expected[:300]
+    assert local_clock(seconds, "UTC").tolist() == seconds.tolist()
+    # the last second of CET reads 01:59:59, the next one 03:00:00 CEST
+    around = local_clock(np.asarray([SPRING_CHANGE - 1, SPRING_CHANGE]), BERLIN)
+    assert phases_of(around, "daily").tolist() == [1, 3]
+
+
+def _offset(at: datetime) -> float:
+    offset = at.utcoffset()
+    assert offset is not None
+    return offset.total_seconds()
+
+
+def test_an_unknown_time_zone_is_refused_saying_what_is_expected() -> None:
+    with pytest.raises(ValueError, match=r"unknown time zone 'Mars/Olympus'.*IANA name"):
+        check_timezone("Mars/Olympus")
+    with pytest.raises(ValidationError, match=r"timezone\n.*unknown time zone '\.\./etc'"):
+        DriftSpec(timezone="../etc")
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        ReferenceProfile(n_samples=0, features={}, timezone="Berlin")
+    assert DriftSpec(timezone=BERLIN).timezone == BERLIN
+
+
+def shop_hours_stream(
+    rng: np.random.Generator, start: float, days: int, zone: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Payments by a shop's hours on `zone`'s wall clock: from 09:00 to 18:00 ten times the
+    traffic and twice the amounts. (times, amounts), sorted by time."""
+    hours = start + 3600.0 * np.arange(days * 24)
+    local_hour = phases_of(local_clock(hours + 1800, zone), "daily")
+    open_ = (local_hour >= 9) & (local_hour < 18)
+    counts = rng.poisson(np.where(open_, 200, 20))
+    times = np.repeat(hours, counts) + rng.uniform(0, 3600, int(counts.sum()))
+    order = np.argsort(times)
+    amounts = rng.lognormal(3 + np.log(2) * np.repeat(open_, counts), 0.5)
+    return times[order], amounts[order]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_rhythm_kept_in_local_time_does_not_alarm_across_a_daylight_saving_change(
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    # a week of reference in CET, then a week live, CEST from its fourth day
+    times, amounts = shop_hours_stream(rng, SPRING_CHANGE - 10 * DAY, 14, BERLIN)
+    live = int(np.searchsorted(times, SPRING_CHANGE - 3 * DAY))
+    reference = {"x": amounts[:live]}
+    in_utc = ReferenceProfile.from_samples(reference, times=times[:live], seasonality="daily")
+    local = ReferenceProfile.from_samples(
+        reference, times=times[:live], seasonality="daily", timezone=BERLIN
+    )
+    assert (local.timezone, local.seasonality) == (BERLIN, "daily")
+    assert "seasonality daily (Europe/Berlin time)" in local.summary()
+    # the shop opens at 09:00 Berlin time, 08:00 UTC in winter: phase 9 of the local clock
+    assert sum(local.features["x"].phase_counts[9]) > 5 * sum(local.features["x"].phase_counts[8])
+    changed = int(np.searchsorted(times, SPRING_CHANGE)) - live  # the first live row in CEST
+    after_change = {"x": amounts[live:]}
+    found = detections(in_utc, after_change, times[live:])
+    assert found, "UTC hours must take the shop's hours for drift once the clocks change"
+    assert min(found) > changed
+    assert detections(local, after_change, times[live:]) == []
+    # a real change on the local clock is still found within a day of traffic
+    moved = amounts[live:] * np.where(times[live:] >= SPRING_CHANGE, 1.5, 1.0)
+    found = detections(local, {"x": moved}, times[live:])
+    assert found
+    assert changed <= min(found) <= changed + 2_500

@@ -113,6 +113,19 @@ def test_the_replay_horizon_covers_the_longest_ttl_and_window_plus_a_day(
     assert shorter.replay_horizon_s() == (7 + 2 + 1) * 86400
 
 
+def test_drift_phases_keep_a_wall_clock_named_by_its_iana_zone(
+    spec: ProjectSpec, text: str
+) -> None:
+    assert spec.drift.timezone == "UTC"  # the example's rhythm keeps UTC hours
+    unset = edited(text, "  timezone: UTC ", "  # timezone: UTC ")
+    assert parse_spec(unset).drift.timezone == "UTC"  # the default
+    berlin = edited(text, "  timezone: UTC ", "  timezone: Europe/Berlin ")
+    assert parse_spec(berlin).drift.timezone == "Europe/Berlin"
+    err = error_for(edited(text, "  timezone: UTC ", "  timezone: CEST+1 "))
+    assert "drift.timezone: unknown time zone 'CEST+1'" in str(err)
+    assert "expected an IANA name such as" in str(err)
+
+
 def test_gates_compare_in_the_metric_direction(spec: ProjectSpec) -> None:
     model = spec.model
     assert model.gate_failures({"auc": 0.9}, {"auc": 0.8}) == []

@@ -231,6 +231,32 @@ def test_the_prediction_profile_is_the_holdout_as_onnx_runtime_scores_it() -> No
     )
 
 
+def test_the_profile_s_phases_are_hours_of_the_spec_s_clock() -> None:
+    """drift.timezone (ADR 0032): the features, the prediction and the holdout's errors are
+    all keyed by that wall clock's hours, and the profile says which clock it is."""
+    from mlbus.profiles import profile_column
+    from mlbus.seasons import local_clock
+    from mlbus.training._pipeline import onnx_scores
+
+    doc = fraud_spec(estimator="logistic_regression").model_dump(mode="json")
+    doc["drift"] = {**doc["drift"], "timezone": "America/New_York"}
+    spec = ProjectSpec.model_validate(doc)
+    data = dataset(spec)
+    trained = train(spec, data)
+    profile = trained.profile
+    assert profile.timezone == "America/New_York"
+    assert profile.seasonality == "daily"
+    assert "(America/New_York time)" in profile.summary()
+    holdout = trained.split.holdout
+    scores = onnx_scores(trained.onnx, data.x[holdout], "classification")
+    clock = local_clock(data.times_ms[holdout] / 1000, "America/New_York")
+    keys = None if data.entities is None else [data.entities[int(i)] for i in holdout]
+    expected = profile_column(scores, profile.bins, clock, "daily", keys)
+    assert profile.prediction == expected
+    in_utc = profile_column(scores, profile.bins, data.times_ms[holdout] / 1000, "daily", keys)
+    assert profile.prediction != in_utc  # New York's hours are not UTC's
+
+
 def test_the_profile_holds_the_holdout_s_errors_by_label() -> None:
     """The baseline the live outcomes are tested against (ADR 0031): each holdout row's
     squared error of its ONNX Runtime score, the positives' apart from the negatives'."""

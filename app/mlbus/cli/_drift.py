@@ -54,7 +54,7 @@ def _render(state: dict[str, Any]) -> None:
         table = Table(
             title=f"{entry['model']} v{entry['version']} — {len(monitors)} partition monitor(s), "
             f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}; "
-            f"seasonality {status.get('seasonality', 'none')}{density}"
+            f"seasonality {_seasonality(status)}{density}"
             + (f"; dependent: {dependent}" if dependent else ""),
             title_justify="left",
         )
@@ -187,3 +187,10 @@ def register(app: typer.Typer) -> None:
             )
             return
         _render(state)
+
+
+def _seasonality(status: dict[str, Any]) -> str:
+    """'daily (Europe/Berlin time)', 'weekly' (UTC hours) or 'none'."""
+    season = str(status.get("seasonality", "none"))
+    zone = str(status.get("timezone", "UTC"))
+    return season if season == "none" or zone == "UTC" else f"{season} ({zone} time)"

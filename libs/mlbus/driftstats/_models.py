@@ -103,6 +103,7 @@ class MonitorStatus(_Frozen):
     window_end: AwareDatetime | None
     n_reference: int
     seasonality: Seasonality = "none"
+    timezone: str = Field(default="UTC", description="the wall clock the phases are hours of")
     live_rate: float | None = Field(
         default=None,
         description="seasonal references: ρ, this monitor's live rows per cycle over the "

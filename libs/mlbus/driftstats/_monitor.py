@@ -50,7 +50,7 @@ from mlbus.driftstats._performance import SPEC_CLOCK, PerformanceChannel
 from mlbus.driftstats._rate import LiveRate
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ReferenceProfile
-from mlbus.seasons import known_phases, phase_of, phases_of
+from mlbus.seasons import known_phases, local_clock, local_clock_one, phase_of, phases_of
 from mlbus.spec import DriftSpec
 
 RECENT_VERDICTS = 5
@@ -94,6 +94,7 @@ class DriftMonitor:
         self.profile = profile
         self.spec = spec
         self.seasonality = profile.seasonality
+        self.timezone = profile.timezone  # phases are hours of its wall clock (ADR 0032)
         self._phase_rows = np.zeros(profile.phases, dtype=np.float64)  # the window's rows per phase
         self._entities = EntitySketch()  # the window's distinct entities
         self._channels, self.skipped = channels_for(profile, spec, features, tests)
@@ -186,7 +187,8 @@ class DriftMonitor:
             features = {}
         at = _aware(at)
         stamp = at.timestamp()
-        phase = phase_of(stamp, self.seasonality)
+        clock = local_clock_one(stamp, self.timezone)
+        phase = phase_of(clock, self.seasonality)
         self._phase_rows[phase] += 1
         indexes = {
             channel.key: channel.add(features.get(channel.name, ABSENT))
@@ -207,8 +209,9 @@ class DriftMonitor:
             stamps, phases = np.asarray([stamp]), np.asarray([phase])
             inflation = None
             if self._live_rate is not None:
-                inflation = self._live_rate.inflations(stamps, phases)
-                self._live_rate.count(stamps, phases)
+                clocks = np.asarray([clock])
+                inflation = self._live_rate.inflations(clocks, phases)
+                self._live_rate.count(clocks, phases)
             _, cuts = self._feature_adwins.feed(np.asarray([row]), stamps, inflation)
             changes = [(self._adaptive[i], change) for i, change in cuts]
         self._extend_window(at, at, source, offset, offset)
@@ -287,13 +290,14 @@ class DriftMonitor:
             chunk = columns if whole else {k: v[begin:end] for k, v in columns.items()}
             scores = None if predictions is None else predictions[begin:end]
             times = stamps[begin:end]
-            phases = phases_of(times, self.seasonality)
+            clocks = local_clock(times, self.timezone)
+            phases = phases_of(clocks, self.seasonality)
             known = None if self._prediction is None else self._prediction.known
             if scores is not None and known is not None:
                 knows = known[phases].tolist()
                 scores = [p if k else None for p, k in zip(scores, knows, strict=True)]
             indexes = self._layout.bins(chunk, scores, end - begin)
-            changes, taken = self._adapt_many(indexes, times, phases)
+            changes, taken = self._adapt_many(indexes, times, clocks, phases)
             self._layout.count(indexes[:taken])
             self._phase_rows += np.bincount(phases[:taken], minlength=self._phase_rows.size)
             end = begin + taken
@@ -315,19 +319,20 @@ class DriftMonitor:
         return verdicts
 
     def _adapt_many(
-        self, indexes: np.ndarray, stamps: np.ndarray, phases: np.ndarray
+        self, indexes: np.ndarray, stamps: np.ndarray, clocks: np.ndarray, phases: np.ndarray
     ) -> tuple[list[tuple[Channel, AdwinChange]], int]:
-        """Feed the feature ADWINs as observe() would; stop after the first row that cuts."""
+        """Feed the feature ADWINs as observe() would; stop after the first row that cuts.
+        `clocks`: the rows' clock seconds (`local_clock`), what the live rate is measured in."""
         if self._feature_adwins is None:
             return [], len(stamps)
         rate = self._live_rate
         taken, cuts = self._feature_adwins.feed(
             self._layout.positions(indexes, phases),
             stamps,
-            None if rate is None else rate.inflations(stamps, phases),
+            None if rate is None else rate.inflations(clocks, phases),
         )
         if rate is not None:
-            rate.count(stamps[:taken], phases[:taken])
+            rate.count(clocks[:taken], phases[:taken])
         return [(self._adaptive[i], change) for i, change in cuts], taken
 
     def _extend_window(
@@ -497,6 +502,7 @@ class DriftMonitor:
             window_end=self._end,
             n_reference=self.profile.n_samples,
             seasonality=self.seasonality,
+            timezone=self.timezone,
             live_rate=None if self._live_rate is None else self._live_rate.rate,
             dependence={c.key: c.kappa for c in self._channels if c.kappa != 1.0},
             tests=tests,

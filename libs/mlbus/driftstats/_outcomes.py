@@ -60,7 +60,8 @@ def performance_reference(
     bins: int,
 ) -> PerformanceReference:
     """The holdout's errors by outcome group, each profiled with its event times (so its
-    κ is measured in time order): what the trainer ships in the profile."""
+    κ is measured in time order; `seconds` are clock seconds, `seasons.local_clock`): what
+    the trainer ships in the profile."""
     errors = outcome_error(metric, actual, scores)
     groups = np.asarray([outcome_group(metric, float(a)) for a in actual])
     profiles: dict[str, NumericProfile] = {}

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from mlbus.seasons import check_timezone
 from mlbus.spec._base import ProblemList, SpecModel
 from mlbus.spec._durations import Seconds
 from mlbus.spec._features import FeatureDef
@@ -33,7 +34,9 @@ class DriftSpec(SpecModel):
     `persistence` consecutive drifted windows; then `trigger` fires, at most
     once per `cooldown_s` and `max_retrains_per_hour`. `seasonality` is the cycle
     the reference is keyed by (hour of day or of week, ADR 0022); `auto` takes the
-    longest one the training window covers twice.
+    longest one the training window covers twice. `timezone` is the wall clock whose
+    hours those are (an IANA name, ADR 0032): a rhythm people keep in local time moves
+    an hour against UTC at each daylight-saving change, and its phases with it.
     """
 
     tests: DriftTests = Field(default_factory=DriftTests)
@@ -52,6 +55,12 @@ class DriftSpec(SpecModel):
     performance_drift: bool = True
     adwin_delta: float = Field(default=0.002, gt=0.0, lt=1.0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @model_validator(mode="after")
     def _window_holds_samples(self) -> DriftSpec:

@@ -30,7 +30,7 @@ from mlbus.profiles import (
     choose_profile_seasonality,
     profile_column,
 )
-from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality
+from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality, local_clock
 from mlbus.spec import ProjectSpec
 
 
@@ -48,7 +48,9 @@ def reference_profile(
     the holdout, calibrated (see the module docstring). `times_ms` are ascending, one per
     row; `holdout_labels` (a classifier's as 0/1) give the errors, none leaves them out."""
     seconds = times_ms.astype(np.float64) / 1000
-    season = choose_profile_seasonality(spec.drift.seasonality, seconds, raw)
+    timezone = spec.drift.timezone
+    clock = local_clock(seconds, timezone)  # what the phases are hours of (ADR 0032)
+    season = choose_profile_seasonality(spec.drift.seasonality, clock, raw)
     first_holdout = int(holdout[0]) if len(holdout) else len(seconds)
     stretch_start = _stretch_start(seconds, first_holdout, CYCLE_S[season])
     stretch = np.arange(stretch_start, len(seconds))
@@ -57,11 +59,12 @@ def reference_profile(
         times=seconds[stretch],
         seasonality=season,
         entities=None if entities is None else [entities[int(i)] for i in stretch],
+        timezone=timezone,
     )
     prediction = profile_column(
         np.asarray(holdout_scores),
         features.bins,
-        seconds[holdout],
+        clock[holdout],
         season,
         None if entities is None else [entities[int(i)] for i in holdout],
     )
@@ -71,7 +74,7 @@ def reference_profile(
             error_metric(task),
             np.asarray(holdout_labels, dtype=np.float64),
             np.asarray(holdout_scores, dtype=np.float64),
-            seconds[holdout],
+            clock[holdout],
             season,
             features.bins,
         )
@@ -109,6 +112,7 @@ def _calibration(
         {ref: [values[i] for i in reference] for ref, values in raw.items()},
         times=seconds[reference],
         seasonality=season,
+        timezone=spec.drift.timezone,
     )
     watched = [f for f in spec.model_features() if f.kind in ("numeric", "categorical")]
     drift = spec.drift.model_copy(update={"prediction_drift": False, "performance_drift": False})
