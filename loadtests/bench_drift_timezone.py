@@ -34,7 +34,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -50,12 +49,12 @@ from mlbus.spec import DriftSpec
 HOUR_S = 3600.0
 DAY_S = 86_400.0
 DAYS = 14  # of reference, then of live traffic
-# (zone, the local date of its change): the live part starts 7 days before it
+# (zone, which change, its instant): the live part starts 7 days before it
 CHANGES = (
-    ("Europe/Berlin", "spring", datetime(2027, 3, 28)),
-    ("America/New_York", "spring", datetime(2027, 3, 14)),
-    ("Europe/Berlin", "autumn", datetime(2027, 10, 31)),
-    ("Asia/Tokyo", "none (control)", datetime(2027, 3, 28)),
+    ("Europe/Berlin", "spring", datetime(2027, 3, 28, 1, tzinfo=UTC)),  # 02:00 CET
+    ("America/New_York", "spring", datetime(2027, 3, 14, 7, tzinfo=UTC)),  # 02:00 EST
+    ("Europe/Berlin", "autumn", datetime(2027, 10, 31, 1, tzinfo=UTC)),  # 03:00 CEST
+    ("Asia/Tokyo", "none (control)", datetime(2027, 3, 28, 1, tzinfo=UTC)),
 )
 SHIFT = np.log(1.5)  # the real drift: amounts ×1.5 from the change on
 
@@ -69,7 +68,7 @@ def stream(
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(amounts, times, first live row, first row after the change)."""
     rng = np.random.default_rng(97_000 + seed)
-    change_s = change.replace(tzinfo=ZoneInfo(zone)).timestamp()
+    change_s = change.timestamp()
     live_s = change_s - DAYS / 2 * DAY_S
     start = live_s - DAYS * DAY_S
     hours = np.arange(2 * DAYS * 24) * HOUR_S + start

@@ -29,7 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from mlbus.seasons import (
     CYCLE_S,
@@ -208,6 +215,15 @@ class ReferenceProfile(_Profile):
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         return check_timezone(value)
+
+    @model_serializer(mode="wrap")
+    def _utc_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """UTC, the default, is not written: a profile keyed by UTC hours reads as before
+        for a registry or drift service older than `timezone` (they forbid unknown fields)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("timezone") == UTC_ZONE:
+            del data["timezone"]
+        return data
 
     @property
     def phases(self) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal, TypeAlias
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 import numpy as np
 
@@ -61,19 +61,25 @@ def epoch_seconds(times: Sequence[datetime | float | int] | np.ndarray) -> np.nd
 UTC_ZONE = "UTC"
 
 
+_MACHINE_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Names in the tz database that mean this machine's setting, or nothing: refused, so a
+trainer and a drift service on differently set machines cannot key phases apart."""
+
+
 def check_timezone(name: str) -> str:
-    """`name` if it is an IANA time zone this machine knows (e.g. Europe/Berlin), else a
-    ValueError that says what is expected."""
-    if name == UTC_ZONE:
-        return name
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    """`name` if it is an IANA time zone (e.g. Europe/Berlin), else a ValueError that says
+    what is expected."""
+    if name != UTC_ZONE and name not in _known_zones():
         raise ValueError(
             f"unknown time zone {name!r}: expected an IANA name such as 'UTC', "
             "'Europe/Berlin' or 'America/New_York'"
-        ) from None
+        )
     return name
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones()) - _MACHINE_ZONES
 
 
 def local_clock(seconds: np.ndarray, timezone: str) -> np.ndarray:
@@ -88,7 +94,7 @@ def local_clock(seconds: np.ndarray, timezone: str) -> np.ndarray:
     finite = seconds[np.isfinite(seconds)]
     if len(finite) == 0:
         return seconds
-    starts, offsets = _offsets_between(timezone, float(finite.min()), float(finite.max()))
+    starts, offsets = _offsets_in(timezone, finite)
     at = np.searchsorted(starts, seconds, side="right") - 1
     clock: np.ndarray = seconds + offsets[np.clip(at, 0, len(offsets) - 1)]
     return clock
@@ -103,23 +109,27 @@ def local_clock_one(second: float, timezone: str) -> float:
     return second + offsets[at]
 
 
-_FIRST_YEAR, _LAST_YEAR = 1970, 2200  # times outside these take the nearest year's offsets
+_FIRST_YEAR, _LAST_YEAR = 1970, 2199  # times outside these take the nearest year's offsets
+_LAST_YEAR_S = 7_258_118_400.0  # 2200-01-01 00:00 UTC
 
 
 def _year(second: float) -> int:
     if second < 0:
         return _FIRST_YEAR
-    if second >= 7_258_118_400:  # 2200-01-01
+    if second >= _LAST_YEAR_S:
         return _LAST_YEAR
     return datetime.fromtimestamp(second, UTC).year
 
 
-def _offsets_between(timezone: str, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+def _offsets_in(timezone: str, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts, offsets): from each start (epoch s) on, the zone's UTC offset in seconds,
-    for the years from `low` to `high`."""
+    for the years `seconds` (finite) fall in: those only, so one stray time costs one
+    year's table, not every year between."""
+    clamped = np.clip(seconds, 0.0, _LAST_YEAR_S - 1.0)
+    years = np.unique(clamped.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64))
     starts: list[float] = []
     offsets: list[float] = []
-    for year in range(_year(low), _year(high) + 1):
+    for year in (years + 1970).tolist():
         year_starts, year_offsets = _zone_year(timezone, year)
         starts += year_starts
         offsets += year_offsets

@@ -197,6 +197,17 @@ class VersionCatalog:
                 served.profile.n_samples,
                 len(served.profile.features),
             )
+            clock = served.profile.timezone
+            if served.profile.seasonality != "none" and clock != self.spec.drift.timezone:
+                # the profile's phases are hours of the clock it was built with (ADR 0032)
+                log.warning(
+                    "%s v%d's profile keys its phases by %s hours, the spec says drift.timezone "
+                    "%s: monitoring by the profile's until a retrained version replaces it",
+                    model,
+                    version,
+                    clock,
+                    self.spec.drift.timezone,
+                )
             return served
 
     def _skip(self, key: tuple[str, int], reason: str) -> None:

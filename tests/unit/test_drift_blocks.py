@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlbus.driftstats import _blocks
 from mlbus.driftstats._blocks import BlockAdwins
 
 
-def _adwins() -> BlockAdwins:
+def _adwins(block: int) -> BlockAdwins:
     adwins = BlockAdwins(
-        ["a", "b", "c"], [0.002, 0.002, 0.01], [1.0, 2.0, 1.0], inflated=[False, True, False]
+        ["a", "b", "c"],
+        [0.002, 0.002, 0.01],
+        [1.0, 2.0, 1.0],
+        inflated=[False, True, False],
+        block=block,
     )
     adwins.rate_scale = np.asarray([1.0, 2.5, 1.0])
     return adwins
@@ -23,7 +28,7 @@ def _stream(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values[2 * n // 3 :, 2] -= 0.06
     values[rng.random((n, 3)) < 0.1] = np.nan  # missing values: channels tick apart
     times = 1.8e9 + np.cumsum(rng.exponential(1.0, n))
-    inflation = 1.0 + rng.uniform(0.0, 0.5, n)
+    inflation = np.where(rng.random(n) < 0.3, 1.0, 1.0 + rng.uniform(0.0, 0.5, n))
     return values, times, inflation
 
 
@@ -45,13 +50,19 @@ def _feed(
     return cuts
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_batches_cut_on_the_row_and_leave_the_state_that_row_by_row_does(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "block", "consolidate"), [(3, 2, 32), (4, 2, 32), (5, 1, 3), (6, 3, 1)]
+)
+def test_batches_cut_on_the_row_and_leave_the_state_that_row_by_row_does(
+    seed: int, block: int, consolidate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_blocks, "CONSOLIDATE", consolidate)  # layouts merged often mid-batch
     stream = _stream(seed, 12_000)
-    one_by_one = _adwins()
+    one_by_one = _adwins(block)
     expected = _feed(one_by_one, stream, 1)
     assert {channel for _, channel, _ in expected} >= {0, 2}  # the changes were found
-    for size in (3, 64, 700, 12_000):  # a batch holds many checks, and cuts inside it
-        batched = _adwins()
+    # a batch holds many checks and cuts inside it; 12,000 rows are fed FEED_ROWS at a time
+    for size in (3, 64, 700, 12_000):
+        batched = _adwins(block)
         assert _feed(batched, stream, size) == expected
         assert batched.snapshot() == one_by_one.snapshot()

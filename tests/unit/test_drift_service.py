@@ -1033,3 +1033,46 @@ async def test_a_prediction_counts_at_the_moment_it_was_scored_not_when_it_was_l
     status = monitor.status()
     assert status.window_start == scored
     assert status.window_end == scored + timedelta(seconds=9)
+
+
+async def test_the_catalog_monitors_by_the_profile_s_clock_and_says_when_the_spec_differs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ADR 0032: a profile's phases mean what they meant when it was built."""
+    import onnx
+    from onnx import helper
+
+    from mlbus.drift._versions import RegistryReader, VersionCatalog
+    from mlbus.registry_types import ModelVersionInfo
+
+    rng = np.random.default_rng(2)
+    seconds = T0.timestamp() - 3 * 86_400 + np.sort(rng.uniform(0, 3 * 86_400, 500))
+    profiles = {
+        zone: ReferenceProfile.from_samples(
+            {"v.amount": rng.normal(100, 10, 500)}, times=seconds, timezone=zone
+        )
+        for zone in ("UTC", "Europe/Berlin")
+    }
+    artifact = helper.make_model(helper.make_graph([], "empty", [], [])).SerializeToString()
+    onnx.load_model_from_string(artifact)  # a valid (empty) model: no metadata
+
+    async def get_version(model: str, version: int) -> ModelVersionInfo:
+        zone = "UTC" if version == 1 else "Europe/Berlin"
+        return ModelVersionInfo.model_construct(reference_profile=profiles[zone])
+
+    async def download(model: str, version: int) -> bytes:
+        return artifact
+
+    catalog = VersionCatalog(RegistryReader(get_version, download), spec(timezone="Europe/Berlin"))
+    with caplog.at_level("WARNING", logger="mlbus.drift"):
+        utc = await catalog.get("m", 1)
+        berlin = await catalog.get("m", 2)
+    assert utc is not None
+    assert berlin is not None
+    assert (utc.profile.timezone, berlin.profile.timezone) == ("UTC", "Europe/Berlin")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = (
+        "m v1's profile keys its phases by UTC hours, the spec says drift.timezone "
+        "Europe/Berlin: monitoring by the profile's until a retrained version replaces it"
+    )
+    assert warnings == [expected]

@@ -15,6 +15,7 @@ from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
 from mlbus.profiles import SHARES_APART_CYCLES, ReferenceProfile, profile_column
 from mlbus.seasons import (
+    _zone_year,
     check_timezone,
     choose_seasonality,
     dependence,
@@ -789,7 +790,35 @@ def test_an_unknown_time_zone_is_refused_saying_what_is_expected() -> None:
         DriftSpec(timezone="../etc")
     with pytest.raises(ValidationError, match="unknown time zone"):
         ReferenceProfile(n_samples=0, features={}, timezone="Berlin")
+    for machine_dependent in ("Europe", "localtime", "posixrules", "right/UTC"):
+        with pytest.raises(ValueError, match="unknown time zone"):
+            check_timezone(machine_dependent)
     assert DriftSpec(timezone=BERLIN).timezone == BERLIN
+
+
+def test_a_utc_profile_is_written_as_before_and_another_clock_is_named() -> None:
+    """UTC is left out of the JSON, so readers older than `timezone` take it as before."""
+    times = T0 + np.arange(100) * 3600.0
+    utc = ReferenceProfile.from_samples({"x": np.arange(100.0)}, times=times)
+    assert "timezone" not in utc.model_dump_json()
+    assert ReferenceProfile.model_validate_json(utc.model_dump_json()) == utc
+    local = ReferenceProfile.from_samples({"x": np.arange(100.0)}, times=times, timezone=BERLIN)
+    assert '"timezone":"Europe/Berlin"' in local.model_dump_json()
+    assert ReferenceProfile.model_validate_json(local.model_dump_json()) == local
+    assert local.features["x"] != utc.features["x"]  # the same rows in other phases
+
+
+def test_the_clock_reads_the_offsets_of_the_years_its_times_fall_in_only() -> None:
+    """A stray time (0, or milliseconds read as seconds) costs its own year, not every
+    year between it and the others."""
+    zone = "Pacific/Auckland"  # not read by any other test
+    seconds = np.asarray([0.0, T0, 1.8e12])
+    before = _zone_year.cache_info().misses
+    clock = local_clock(seconds, zone)
+    assert _zone_year.cache_info().misses - before == 3  # 1970, 2026 and (clamped) 2199
+    assert clock.tolist() == [
+        s + _offset(datetime.fromtimestamp(min(s, 7e9), ZoneInfo(zone))) for s in seconds.tolist()
+    ]
 
 
 def shop_hours_stream(

@@ -44,8 +44,9 @@ NOTE — details that differ from (or sharpen) the interface agreed for issue #8
   monitor whose bins differ: other profile, features or window_size), the
   statistics in `mlbus.driftstats.stats`, and `Adwin`.
 - Seasonality and dependence (ADR 0022): a profile built with event times keys its
-  counts by phase (hour of day / week); `at` is the scored event's time and picks the
-  phase. Its κ makes every test weigh n dependent values as n/κ. `calibrate` replays
+  counts by phase (hour of day / week of the profile's `timezone`, ADR 0032: its
+  wall clock, also in `MonitorStatus.timezone`); `at` is the scored event's time and
+  picks the phase. Its κ makes every test weigh n dependent values as n/κ. `calibrate` replays
   held-out rows through a monitor and says whether they alarm.
 See docs/adr/0016-drift-detection.md for the choice of tests and their reasoning.
 """

@@ -51,6 +51,8 @@ BLOCK = 2
 MAX_BUCKETS = 5
 CONSOLIDATE = 32
 """Stored columns beyond the buckets before each bucket's columns are summed into one."""
+FEED_ROWS = 4096
+"""Rows fed at once: their checks are screened together (~256 checks × channels × splits)."""
 
 
 class BlockAdwinsState(BaseModel):
@@ -157,7 +159,22 @@ class BlockAdwins:
         """Rows × channels values (NaN: none) observed at `times`: how many rows were taken
         and the changes, (channel index, change). Rows are taken up to the end of the first
         block on which some channel cut (then all of them), else all of them. `inflation`:
-        per row, the factor of the inflated channels' κ (1 when not given)."""
+        per row, the factor of the inflated channels' κ (1 when not given).
+
+        Fed FEED_ROWS at a time, which bounds the screen's arrays (a batch cuts where any
+        split of it would)."""
+        taken = 0
+        while True:
+            end = min(len(times), taken + FEED_ROWS)
+            part = None if inflation is None else inflation[taken:end]
+            got, changes = self._feed(values[taken:end], times[taken:end], part)
+            taken += got
+            if changes or taken >= len(times):
+                return taken, changes
+
+    def _feed(
+        self, values: np.ndarray, times: np.ndarray, inflation: np.ndarray | None
+    ) -> tuple[int, list[tuple[int, AdwinChange]]]:
         n = len(times)
         if inflation is None:
             inflation = np.ones(n, dtype=np.float64)

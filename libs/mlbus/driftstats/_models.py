@@ -170,8 +170,10 @@ class MonitorState(_Frozen):
     live_rows: int = Field(
         default=0, ge=0, description="rows counted for the live rate (seasonal profiles only)"
     )
-    live_first: float | None = Field(default=None, description="their earliest time (epoch s)")
-    live_last: float | None = Field(default=None, description="their latest time (epoch s)")
+    live_first: float | None = Field(
+        default=None, description="their earliest time (clock seconds, seasons.local_clock)"
+    )
+    live_last: float | None = Field(default=None, description="their latest time (clock s)")
     live_phase_rows: tuple[float, ...] = Field(
         default=(), description="those rows per phase (none: saved before they were kept)"
     )

@@ -14,6 +14,8 @@ is a sample of its days, or live traffic that grew, has a far larger ρ: with a
 5 % sample of a week as the reference, ρ ≈ 2.9 and 1/C = 0.14, and every
 stationary daily stream alarmed.
 
+Times here are clock seconds (`seasons.local_clock`, ADR 0032), as the phases are.
+
 ρ is measured on the monitor's own rows (a partition sees its share of the
 traffic): the live rows seen, over the reference rows of the hours they span.
 A prior of one average phase's reference rows at the reference's own rate
@@ -51,7 +53,7 @@ class LiveRate:
         self.prior_rows = max(float(self.phase_rows.sum()) / len(self.phase_rows), 1.0)
         self.prior_rate = 1.0 / max(cycles, 1.0)
         self.rows = 0  # live rows counted so far (a restored monitor sets these four)
-        self.first: float | None = None  # the earliest and latest of their times (epoch s)
+        self.first: float | None = None  # the earliest and latest of their times (clock s)
         self.last: float | None = None
         self.phase_live = np.zeros(len(self.phase_rows), dtype=np.float64)  # rows per phase
         self._behind = self.phase_rows + PHASE_PRIOR_ROWS  # the rows each phase's CDF stands on
@@ -105,7 +107,7 @@ class LiveRate:
             self.phase_live = self.rows * spanned / spanned.sum()
 
     def _passes(self, ends: np.ndarray, phases: np.ndarray) -> np.ndarray:
-        """Hours of each row's phase from ends[0] to ends[1] (epoch seconds): whole passes
+        """Hours of each row's phase from ends[0] to ends[1] (clock seconds): whole passes
         of that hour of the cycle, and the parts of those at either end."""
         period = len(self.phase_rows)
         hours = cycle_hours(ends, self.seasonality)
@@ -118,7 +120,7 @@ class LiveRate:
         return passes
 
     def _rate(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """ρ of `rows` live rows seen from ends[0] to ends[1] (epoch seconds), with the prior."""
+        """ρ of `rows` live rows seen from ends[0] to ends[1] (clock seconds), with the prior."""
         until = reference_rows_until(ends, self.phase_rows, self.seasonality, self._before)
         spanned = until[1] - until[0]
         rate: np.ndarray = (rows + self.prior_rows * self.prior_rate) / (spanned + self.prior_rows)
