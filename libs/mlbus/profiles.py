@@ -46,6 +46,7 @@ from mlbus.seasons import (
     SeasonalityChoice,
     check_timezone,
     choose_seasonality,
+    cycle_label,
     cycle_shown,
     cycles_of,
     dependence,
@@ -229,20 +230,13 @@ class ReferenceProfile(_Profile):
     def phases(self) -> int:
         return PHASES[self.seasonality]
 
-    @property
-    def clock_note(self) -> str:
-        """' (Europe/Berlin time)' when the phases are not UTC hours, else ''."""
-        if self.seasonality == "none" or self.timezone == UTC_ZONE:
-            return ""
-        return f" ({self.timezone} time)"
-
     def summary(self) -> str:
         """One line for people: size, seasonality, dependent columns, and the calibration
         verdict (a profile that alarms on its own held-out data says so first)."""
         parts = [f"{self.n_samples} samples, {len(self.features)} features"]
         if self.prediction is not None:
             parts[0] += ", predictions"
-        parts.append(f"seasonality {self.seasonality}{self.clock_note}")
+        parts.append(f"seasonality {cycle_label(self.seasonality, self.timezone)}")
         if self.performance is not None:
             parts.append(self.performance.summary())
         columns = dict(self.features)

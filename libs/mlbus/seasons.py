@@ -16,7 +16,6 @@ consecutive events are (ADR 0022). Pure numpy; the profile builder and the drift
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -102,29 +101,25 @@ def local_clock(seconds: np.ndarray, timezone: str) -> np.ndarray:
 
 def local_clock_one(second: float, timezone: str) -> float:
     """`local_clock` for one time (the monitor's row-by-row path)."""
-    if timezone == UTC_ZONE or not math.isfinite(second):
+    if timezone == UTC_ZONE:
         return second
-    starts, offsets = _zone_year(timezone, _year(second))
-    at = max(bisect_right(starts, second) - 1, 0)
-    return second + offsets[at]
+    return float(local_clock(np.asarray([second]), timezone)[0])
 
 
-_FIRST_YEAR, _LAST_YEAR = 1970, 2199  # times outside these take the nearest year's offsets
-_LAST_YEAR_S = 7_258_118_400.0  # 2200-01-01 00:00 UTC
+_LAST_YEAR_S = 7_258_118_400.0  # 2200-01-01 00:00 UTC: later times take 2199's offsets
 
 
-def _year(second: float) -> int:
-    if second < 0:
-        return _FIRST_YEAR
-    if second >= _LAST_YEAR_S:
-        return _LAST_YEAR
-    return datetime.fromtimestamp(second, UTC).year
+def cycle_label(seasonality: str, timezone: str) -> str:
+    """'daily (Europe/Berlin time)', 'weekly' (UTC hours) or 'none': a cycle for people."""
+    if seasonality == "none" or timezone == UTC_ZONE:
+        return seasonality
+    return f"{seasonality} ({timezone} time)"
 
 
 def _offsets_in(timezone: str, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts, offsets): from each start (epoch s) on, the zone's UTC offset in seconds,
-    for the years `seconds` (finite) fall in: those only, so one stray time costs one
-    year's table, not every year between."""
+    for the years `seconds` (finite) fall in (before 1970: 1970's): those only, so one
+    stray time costs one year's table, not every year between."""
     clamped = np.clip(seconds, 0.0, _LAST_YEAR_S - 1.0)
     years = np.unique(clamped.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64))
     starts: list[float] = []

@@ -20,6 +20,7 @@ import typer
 
 from mlbus.cli._common import connect, console, fail
 from mlbus.driftstatus import DEFAULT_GROUP, read_drift_state
+from mlbus.seasons import cycle_label
 
 __all__ = ["register"]
 
@@ -51,11 +52,11 @@ def _render(state: dict[str, Any]) -> None:
             if rates
             else ""
         )
+        cycle = cycle_label(status.get("seasonality", "none"), status.get("timezone", "UTC"))
         table = Table(
             title=f"{entry['model']} v{entry['version']} — {len(monitors)} partition monitor(s), "
             f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}; "
-            f"seasonality {_seasonality(status)}{density}"
-            + (f"; dependent: {dependent}" if dependent else ""),
+            f"seasonality {cycle}{density}" + (f"; dependent: {dependent}" if dependent else ""),
             title_justify="left",
         )
         for column in ("feature", "test"):
@@ -187,10 +188,3 @@ def register(app: typer.Typer) -> None:
             )
             return
         _render(state)
-
-
-def _seasonality(status: dict[str, Any]) -> str:
-    """'daily (Europe/Berlin time)', 'weekly' (UTC hours) or 'none'."""
-    season = str(status.get("seasonality", "none"))
-    zone = str(status.get("timezone", "UTC"))
-    return season if season == "none" or zone == "UTC" else f"{season} ({zone} time)"
