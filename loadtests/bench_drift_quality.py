@@ -43,6 +43,9 @@ Streams (per seed, seeds first-seed … first-seed + seeds - 1, unless said):
   days), then 14 live days of the full traffic.
 - stationary-weekly-short: the process of stationary-weekly; the reference is a
   30 % random sample of ONE week (~4,700 rows), then 2 live weeks.
+- stationary-daily-opening: the process of stationary-daily, with the level 0.5
+  higher from 09:30 to 17:30 (a shop's hours: steps inside an hour, ADR 0033).
+  Reference 7 days, then 14 live days.
 - stationary-ar1: AR(1) x_t = 0.9 x_(t-1) + sqrt(1 - 0.81) e_t, started from
   its stationary N(0, 1): an N(0, 1) marginal with lag-1 correlation 0.9;
   one event a second; reference 20,000 events, then 60,000 live.
@@ -143,6 +146,7 @@ SCENARIOS = (
     "stationary-weekly",
     "stationary-daily-sampled",
     "stationary-weekly-short",
+    "stationary-daily-opening",
     "stationary-ar1",
     "stationary-regimes",
     "stationary-entities",
@@ -309,6 +313,16 @@ def stationary_daily(
     return sampled_reference(rng, split(name, seed, amounts, times, T0_S), sample)
 
 
+def stationary_daily_opening(seed: int, lift: float = 0.5) -> Stream:
+    """stationary-daily with the level `lift` higher from 09:30 to 17:30 (a shop's hours)."""
+    rng = np.random.default_rng(12_000 + seed)
+    times = poisson_times(rng, T0_S - 7 * DAY_S, 21 * 24, daily_rate)
+    hour = hour_of_day(times)
+    opened = (hour >= 9.5) & (hour < 17.5)
+    amounts = rng.lognormal(daily_level(times) + lift * opened, 1.0)
+    return split("stationary-daily-opening", seed, amounts, times, T0_S)
+
+
 def stationary_weekly(
     seed: int, name: str = "stationary-weekly", sample: float = 1.0, reference_weeks: int = 3
 ) -> Stream:
@@ -464,6 +478,7 @@ def make_streams(
         streams += [
             stationary_daily(seed, "stationary-daily-sampled", sample=0.05),
             stationary_weekly(seed, "stationary-weekly-short", sample=0.3, reference_weeks=1),
+            stationary_daily_opening(seed),
         ]
         streams += [stationary_ar1(seed), stationary_regimes(seed), stationary_entities(seed)]
     streams += old_stationary_streams(stationary)

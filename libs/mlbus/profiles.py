@@ -40,8 +40,10 @@ from pydantic import (
 
 from mlbus.seasons import (
     CYCLE_S,
-    PHASES,
+    HOUR_MINUTES,
     UTC_ZONE,
+    PhaseMinutes,
+    PhaseMinutesChoice,
     Seasonality,
     SeasonalityChoice,
     check_timezone,
@@ -51,8 +53,10 @@ from mlbus.seasons import (
     cycles_of,
     dependence,
     epoch_seconds,
+    finer_phases,
     local_clock,
     other_cycles_share,
+    phase_count,
     phase_distributions,
     phases_of,
     spanned_once,
@@ -207,6 +211,10 @@ class ReferenceProfile(_Profile):
         default=UTC_ZONE,
         description="The wall clock the phases are hours of (an IANA name, ADR 0032).",
     )
+    phase_minutes: PhaseMinutes = Field(
+        default=HOUR_MINUTES,
+        description="The phases' width: the hour, or its half or quarter (ADR 0033).",
+    )
     calibration: Calibration | None = None
     performance: PerformanceReference | None = Field(
         default=None, description="The holdout's errors (none: the trainer did not label it)."
@@ -218,17 +226,20 @@ class ReferenceProfile(_Profile):
         return check_timezone(value)
 
     @model_serializer(mode="wrap")
-    def _utc_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """UTC, the default, is not written: a profile keyed by UTC hours reads as before
-        for a registry or drift service older than `timezone` (they forbid unknown fields)."""
+    def _defaults_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """UTC and hourly phases, the defaults, are not written: such a profile reads as
+        before for a registry or drift service older than `timezone` and `phase_minutes`
+        (they forbid unknown fields)."""
         data: dict[str, Any] = handler(self)
         if data.get("timezone") == UTC_ZONE:
             del data["timezone"]
+        if data.get("phase_minutes") == HOUR_MINUTES:
+            del data["phase_minutes"]
         return data
 
     @property
     def phases(self) -> int:
-        return PHASES[self.seasonality]
+        return phase_count(self.seasonality, self.phase_minutes)
 
     def summary(self) -> str:
         """One line for people: size, seasonality, dependent columns, and the calibration
@@ -236,7 +247,8 @@ class ReferenceProfile(_Profile):
         parts = [f"{self.n_samples} samples, {len(self.features)} features"]
         if self.prediction is not None:
             parts[0] += ", predictions"
-        parts.append(f"seasonality {cycle_label(self.seasonality, self.timezone)}")
+        cycle = cycle_label(self.seasonality, self.timezone, self.phase_minutes)
+        parts.append(f"seasonality {cycle}")
         if self.performance is not None:
             parts.append(self.performance.summary())
         columns = dict(self.features)
@@ -276,6 +288,7 @@ class ReferenceProfile(_Profile):
         entities: Sequence[str] | None = None,
         prediction_entities: Sequence[str] | None = None,
         timezone: str = UTC_ZONE,
+        phase_minutes: PhaseMinutesChoice = "auto",
     ) -> ReferenceProfile:
         """Profile each column (numeric: quantile bins; strings/booleans: frequencies).
 
@@ -286,7 +299,9 @@ class ReferenceProfile(_Profile):
         `predictions` when they come from other rows (the trainer scores its holdout).
         `entities` (and `prediction_entities`) are the rows' entity keys: each column
         then measures how alike one entity's values are (`entity_icc`, ADR 0022).
-        `timezone` is the wall clock whose hours the phases are (ADR 0032).
+        `timezone` is the wall clock whose hours the phases are (ADR 0032), and
+        `phase_minutes` their width (`auto`: the hour, or finer where the columns show
+        structure inside the hour, `seasons.finer_phases`, ADR 0033).
         """
         check_timezone(timezone)
         lengths = {len(values) for values in columns.values()}
@@ -310,6 +325,7 @@ class ReferenceProfile(_Profile):
         # the rows' clock seconds: every phase below is an hour of that clock
         seconds = None if times is None else local_clock(epoch_seconds(times), timezone)
         season = choose_profile_seasonality(seasonality, seconds, columns)
+        minutes = choose_phase_minutes(phase_minutes, seconds, columns, season)
         prediction_seconds = (
             None
             if prediction_times is None
@@ -318,15 +334,18 @@ class ReferenceProfile(_Profile):
         return cls(
             n_samples=n_rows,
             features={
-                name: profile_column(values, bins, seconds, season, entities)
+                name: profile_column(values, bins, seconds, season, entities, minutes)
                 for name, values in columns.items()
             },
             prediction=None
             if predictions is None
-            else profile_column(predictions, bins, prediction_seconds, season, prediction_entities),
+            else profile_column(
+                predictions, bins, prediction_seconds, season, prediction_entities, minutes
+            ),
             bins=bins,
             seasonality=season,
             timezone=timezone,
+            phase_minutes=minutes,
         )
 
 
@@ -344,6 +363,23 @@ def choose_profile_seasonality(
         return season
     coarse = [coarse_bins(np.asarray(values)) for values in columns.values()]
     return longer if cycle_shown(coarse, seconds, longer, season) else season
+
+
+def choose_phase_minutes(
+    choice: PhaseMinutesChoice,
+    seconds: np.ndarray | None,
+    columns: Mapping[str, Sequence[Any] | np.ndarray],
+    season: Seasonality,
+) -> PhaseMinutes:
+    """The phases' width for a `season` reference: `choice`, or for `auto` the hour unless
+    the columns show structure inside it (`seasons.finer_phases`). Without a cycle there
+    is one phase, and the width is the hour's."""
+    if season == "none" or seconds is None or len(seconds) == 0:
+        return HOUR_MINUTES
+    if choice != "auto":
+        return choice
+    coarse = [coarse_bins(np.asarray(values)) for values in columns.values()]
+    return finer_phases(coarse, seconds, season)
 
 
 COARSE_QUANTILES = (0.25, 0.5, 0.75)
@@ -377,12 +413,13 @@ def profile_column(
     seconds: np.ndarray | None = None,
     seasonality: Seasonality = "none",
     entities: Sequence[str] | None = None,
+    phase_minutes: PhaseMinutes = HOUR_MINUTES,
 ) -> ColumnProfile:
     """A numeric profile for int/float data, a categorical one for anything else.
 
     With the values' event `seconds` (clock seconds: `seasons.local_clock`), the profile
-    also holds its counts per phase of `seasonality` and the dependence κ of the values in
-    time order.
+    also holds its counts per phase of `seasonality` (`phase_minutes` wide) and the
+    dependence κ of the values in time order.
     """
     array = np.asarray(values)
     if array.ndim != 1:
@@ -402,11 +439,11 @@ def profile_column(
     # each value's bin (missing last), in time order
     order = np.argsort(seconds, kind="stable")
     index = _bin_indexes(profile, array)[order]
-    phases = phases_of(seconds[order], seasonality)
-    row_cycles = cycles_of(seconds[order], seasonality)
+    phases = phases_of(seconds[order], seasonality, phase_minutes)
+    row_cycles = cycles_of(seconds[order], seasonality, phase_minutes)
     kept = profile.counts if isinstance(profile, NumericProfile) else profile.frequencies
     width = len(kept) + 1
-    counts = np.zeros((PHASES[seasonality], width), dtype=np.int64)
+    counts = np.zeros((phase_count(seasonality, phase_minutes), width), dtype=np.int64)
     np.add.at(counts, (phases, index), 1)
     cycles = float(np.ptp(seconds)) / CYCLE_S[seasonality]
     update: dict[str, Any] = {

@@ -3,10 +3,12 @@ consecutive events are (ADR 0022). Pure numpy; the profile builder and the drift
 
 - A *phase* is the hour of the day (`daily`, 24 phases) or of the week (`weekly`, 168,
   Monday 00:00 first) on the wall clock of the spec's `drift.timezone` (UTC by default,
-  ADR 0032). A reference keeps its counts per phase, so a live window is compared with the
-  reference of the hours it holds, not with the whole day's mix. Every function here that
-  takes phases reads *clock seconds*: epoch seconds as that clock shows them (`local_clock`),
-  so a rhythm kept in local time stays in its phases across a daylight-saving change.
+  ADR 0032), or a half or quarter of that hour where the reference shows structure inside
+  the hour (`phase_minutes`, ADR 0033). A reference keeps its counts per phase, so a live
+  window is compared with the reference of the hours it holds, not with the whole day's
+  mix. Every function here that takes phases reads *clock seconds*: epoch seconds as that
+  clock shows them (`local_clock`), so a rhythm kept in local time stays in its phases
+  across a daylight-saving change.
 - *Dependence* is the variance inflation κ of a series' mean: Var(mean of n) ≈ κ·σ²/n. For
   independent events κ = 1; an AR(1) stream with lag-1 correlation ρ has κ = (1+ρ)/(1−ρ)
   (19 at ρ = 0.9). The tests divide their counts by κ: n dependent events carry the
@@ -19,13 +21,15 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo, available_timezones
 
 import numpy as np
 
 Seasonality: TypeAlias = Literal["none", "daily", "weekly"]
 SeasonalityChoice: TypeAlias = Literal["auto", "none", "daily", "weekly"]
+PhaseMinutes: TypeAlias = Literal[60, 30, 15]
+PhaseMinutesChoice: TypeAlias = Literal["auto", 60, 30, 15]
 
 PHASES: dict[Seasonality, int] = {"none": 1, "daily": 24, "weekly": 168}
 CYCLE_S: dict[Seasonality, float] = {"none": math.inf, "daily": 86_400.0, "weekly": 604_800.0}
@@ -42,6 +46,9 @@ shorter cycle wrongly alarms every cycle; taking the longer one wrongly costs se
 PHASE_PRIOR_ROWS = 1.0
 """A phase's distribution is shrunk toward the whole reference's by this many pseudo-rows,
 so a phase seen a few times is not taken at its word (and one never seen is the whole's)."""
+HOUR_MINUTES: Final = 60
+"""The phases' width unless the reference shows structure inside the hour (`PhaseMinutes`:
+its half or quarter, for a shop that opens at 09:30; `finer_phases`)."""
 _HOUR_S = 3600
 _MONDAY_OFFSET_H = 72  # 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week
 MAX_LAG_FRACTION = 0.25
@@ -109,11 +116,15 @@ def local_clock_one(second: float, timezone: str) -> float:
 _LAST_YEAR_S = 7_258_118_400.0  # 2200-01-01 00:00 UTC: later times take 2199's offsets
 
 
-def cycle_label(seasonality: str, timezone: str) -> str:
-    """'daily (Europe/Berlin time)', 'weekly' (UTC hours) or 'none': a cycle for people."""
-    if seasonality == "none" or timezone == UTC_ZONE:
+def cycle_label(seasonality: str, timezone: str, minutes: int = HOUR_MINUTES) -> str:
+    """'daily (Europe/Berlin time, 15-minute phases)', 'weekly' (UTC hours) or 'none': a
+    cycle for people."""
+    notes = [] if timezone == UTC_ZONE else [f"{timezone} time"]
+    if minutes != HOUR_MINUTES:
+        notes.append(f"{minutes}-minute phases")
+    if seasonality == "none" or not notes:
         return seasonality
-    return f"{seasonality} ({timezone} time)"
+    return f"{seasonality} ({', '.join(notes)})"
 
 
 def _offsets_in(timezone: str, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,30 +168,41 @@ def _zone_year(timezone: str, year: int) -> tuple[tuple[float, ...], tuple[float
     return tuple(starts), tuple(offsets)
 
 
+def phase_count(seasonality: Seasonality, minutes: int = HOUR_MINUTES) -> int:
+    """Phases in one cycle: its hours, or its `minutes`-wide parts (1 without a cycle)."""
+    return 1 if seasonality == "none" else PHASES[seasonality] * HOUR_MINUTES // minutes
+
+
 def _cycles_and_phases(
-    seconds: np.ndarray, seasonality: Seasonality
+    seconds: np.ndarray, seasonality: Seasonality, minutes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each epoch second's cycle (days or weeks since the epoch) and phase in it (the hour
-    of the day, or of the week from Monday); all 0 without seasonality."""
+    """Each clock second's cycle (days or weeks since the epoch) and phase in it (the hour
+    of the day, or of the week from Monday, or its `minutes`-wide part); all 0 without
+    seasonality."""
     if seasonality == "none":
         zeros = np.zeros(len(seconds), dtype=np.int64)
         return zeros, zeros
-    hours = np.floor_divide(seconds, _HOUR_S).astype(np.int64)
+    units = np.floor_divide(seconds, minutes * 60).astype(np.int64)
     if seasonality == "weekly":
-        hours = hours + _MONDAY_OFFSET_H
-    cycles, phases = np.divmod(hours, PHASES[seasonality])
+        units = units + _MONDAY_OFFSET_H * HOUR_MINUTES // minutes
+    cycles, phases = np.divmod(units, phase_count(seasonality, minutes))
     return np.asarray(cycles, dtype=np.int64), np.asarray(phases, dtype=np.int64)
 
 
-def phases_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
-    """The phase index of each epoch second (all 0 without seasonality)."""
-    return _cycles_and_phases(seconds, seasonality)[1]
+def phases_of(
+    seconds: np.ndarray, seasonality: Seasonality, minutes: int = HOUR_MINUTES
+) -> np.ndarray:
+    """The phase index of each clock second (all 0 without seasonality); `minutes`: the
+    phases' width (the hour unless a profile says otherwise, `phase_minutes`)."""
+    return _cycles_and_phases(seconds, seasonality, minutes)[1]
 
 
-def cycles_of(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
-    """The cycle each epoch second falls in, aligned with `phases_of`: an hour of one day
+def cycles_of(
+    seconds: np.ndarray, seasonality: Seasonality, minutes: int = HOUR_MINUTES
+) -> np.ndarray:
+    """The cycle each clock second falls in, aligned with `phases_of`: an hour of one day
     (or week) is one phase of one cycle. All 0 without seasonality."""
-    return _cycles_and_phases(seconds, seasonality)[0]
+    return _cycles_and_phases(seconds, seasonality, minutes)[0]
 
 
 def other_cycles_share(hit: np.ndarray, phases: np.ndarray, cycles: np.ndarray) -> np.ndarray:
@@ -211,20 +233,26 @@ def other_cycles_share(hit: np.ndarray, phases: np.ndarray, cycles: np.ndarray) 
     return share
 
 
-def cycle_hours(seconds: np.ndarray, seasonality: Seasonality) -> np.ndarray:
-    """Hours since the start of the epoch's cycle, fractional: since 1970-01-01 00:00 UTC,
-    or since the Monday before it for a weekly cycle (its whole part's remainder by the
-    cycle's hours is the phase)."""
-    hours: np.ndarray = np.asarray(seconds, dtype=np.float64) * (1 / _HOUR_S)
-    return hours + _MONDAY_OFFSET_H if seasonality == "weekly" else hours
+def cycle_phases(
+    seconds: np.ndarray, seasonality: Seasonality, minutes: int = HOUR_MINUTES
+) -> np.ndarray:
+    """Phases since the start of the epoch's cycle, fractional: `minutes`-wide units since
+    1970-01-01 00:00, or since the Monday before it for a weekly cycle (its whole part's
+    remainder by the cycle's phases is the phase)."""
+    units: np.ndarray = np.asarray(seconds, dtype=np.float64) * (1 / (minutes * 60))
+    if seasonality == "weekly":
+        return units + _MONDAY_OFFSET_H * HOUR_MINUTES // minutes
+    return units
 
 
-def phase_of(second: float, seasonality: Seasonality) -> int:
+def phase_of(second: float, seasonality: Seasonality, minutes: int = HOUR_MINUTES) -> int:
     """`phases_of` for one time (the monitor's hot path)."""
     if seasonality == "none":
         return 0
-    hour = int(second // _HOUR_S)
-    return hour % 24 if seasonality == "daily" else (hour + _MONDAY_OFFSET_H) % 168
+    unit = int(second // (minutes * 60))
+    if seasonality == "weekly":
+        unit += _MONDAY_OFFSET_H * HOUR_MINUTES // minutes
+    return unit % phase_count(seasonality, minutes)
 
 
 def reference_rows_until(
@@ -232,19 +260,20 @@ def reference_rows_until(
     phase_rows: np.ndarray,
     seasonality: Seasonality,
     before: np.ndarray | None = None,
+    minutes: int = HOUR_MINUTES,
 ) -> np.ndarray:
-    """Per epoch second, the reference rows of every hour from the epoch up to it: each
-    hour counts its phase's rows (`phase_rows`, summed over the reference's cycles), the
-    last one in proportion to the part of it that has passed. The difference of two of
-    these is the reference's rows for the hours between two times. `before`: the phases'
-    running sum, 0 first (a caller that asks often keeps it)."""
+    """Per clock second, the reference rows of every phase from the epoch up to it: each
+    phase counts its rows (`phase_rows`, summed over the reference's cycles), the last one
+    in proportion to the part of it that has passed. The difference of two of these is
+    the reference's rows for the hours between two times. `before`: the phases' running
+    sum, 0 first (a caller that asks often keeps it); `minutes`: the phases' width."""
     per_phase = np.asarray(phase_rows, dtype=np.float64)
     if before is None:
         before = np.concatenate(([0.0], np.cumsum(per_phase)))
-    hours = cycle_hours(seconds, seasonality)
-    whole = np.floor(hours)
+    units = cycle_phases(seconds, seasonality, minutes)
+    whole = np.floor(units)
     cycles, phase = np.divmod(whole.astype(np.int64), len(per_phase))
-    rows: np.ndarray = cycles * before[-1] + before[phase] + (hours - whole) * per_phase[phase]
+    rows: np.ndarray = cycles * before[-1] + before[phase] + (units - whole) * per_phase[phase]
     return rows
 
 
@@ -305,12 +334,59 @@ def cycle_shown(
     with them left in would take the very pattern being tested for dependence).
     """
     fine, coarse = phases_of(seconds, longer), phases_of(seconds, shorter)
+    days = 1 if shorter == "none" else PHASES[shorter]  # hours of a day; days of a week
+    group = np.arange(PHASES[longer]) // days
+    return _finer_shown(
+        columns, seconds, fine, coarse, group, np.zeros(int(group[-1]) + 1, dtype=np.int64)
+    )
+
+
+def finer_phases(
+    columns: Sequence[tuple[np.ndarray, int]], seconds: np.ndarray, season: Seasonality
+) -> PhaseMinutes:
+    """The phase width, in minutes, that `auto` takes for a `season` reference: the hour,
+    unless some column differs between the quarters of an hour beyond what its hour
+    explains (`_finer_shown`, at ONE_CYCLE_P_VALUE). Then the half hour, or the quarter
+    when the quarters also differ within their half hours. `columns` as for `cycle_shown`.
+
+    A level that steps at 09:30 (a shop's or a market's opening) mixes two levels in
+    one hourly phase: its first half reads low and its second high against the hour's
+    reference, every day, which the ADWINs took for drift (ADR 0033). The quarters are
+    compared per quarter of the day (summed over a week's days), so a step that comes
+    every day is one strong difference.
+
+    Lenient for the reason `cycle_shown` is: a width finer than needed only spreads the
+    reference's rows over more phases; one too coarse alarms every day.
+    """
+    if season == "none" or len(seconds) == 0:
+        return HOUR_MINUTES
+    quarters = phases_of(seconds, season, 15)
+    of_day = np.arange(phase_count(season, 15)) % (24 * 4)  # the quarter of the day
+    hour, half = np.arange(24 * 4) // 4, np.arange(24 * 4) // 2
+    if not _finer_shown(columns, seconds, quarters, phases_of(seconds, season), of_day, hour):
+        return HOUR_MINUTES
+    halves = phases_of(seconds, season, 30)
+    return 15 if _finer_shown(columns, seconds, quarters, halves, of_day, half) else 30
+
+
+def _finer_shown(
+    columns: Sequence[tuple[np.ndarray, int]],
+    seconds: np.ndarray,
+    fine: np.ndarray,
+    coarse: np.ndarray,
+    group: np.ndarray,
+    block: np.ndarray,
+) -> bool:
+    """Whether some column's `fine` phases (each within one `coarse` phase), summed by
+    `group` (per fine phase), differ from what their coarse phases expect, at
+    ONE_CYCLE_P_VALUE with Bonferroni over the columns and their tests (see
+    `cycle_shown`). `block` (per group): groups whose deviations sum to 0 by
+    construction, one degree of freedom fewer each (a day's quarters within its hour)."""
     order = np.argsort(seconds, kind="stable")
-    span = 1 if shorter == "none" else PHASES[shorter]  # hours of a day; days of a week
     p_values = [
         p
         for index, ordered in columns
-        for p in _cycle_p_values(index, ordered, fine, coarse, order, span)
+        for p in _cycle_p_values(index, ordered, fine, coarse, order, group, block)
     ]
     return bool(p_values) and min(p_values) * len(p_values) < ONE_CYCLE_P_VALUE
 
@@ -321,9 +397,10 @@ def _cycle_p_values(
     fine: np.ndarray,
     coarse: np.ndarray,
     order: np.ndarray,
-    span: int,
+    group_of: np.ndarray,
+    block: np.ndarray,
 ) -> list[float]:
-    """The G test's p-value and, for ordered bins, the mean's (see `cycle_shown`)."""
+    """The G test's p-value and, for ordered bins, the mean's (see `_finer_shown`)."""
     bins = int(index.max()) + 1 if index.size else 0
     if bins < 2:
         return []
@@ -334,16 +411,16 @@ def _cycle_p_values(
     parent[fine] = coarse  # each fine phase lies in one coarse phase
     pooled = np.zeros((int(coarse.max()) + 1, bins), dtype=np.float64)
     np.add.at(pooled, parent, counts)
-    group = np.arange(phases) // span
+    group = group_of[:phases]
     kappa = _residual_kappa(index, fine, counts, order)
-    tests = [_g_test(counts, pooled, parent, group)]
+    tests = [_g_test(counts, pooled, parent, group, block)]
     if ordered >= 2:
-        tests.append(_mean_test(counts[:, :ordered], pooled[:, :ordered], parent, group))
+        tests.append(_mean_test(counts[:, :ordered], pooled[:, :ordered], parent, group, block))
     return [chi2_upper_tail(statistic / kappa, dof) for statistic, dof in tests if dof > 0]
 
 
 def _g_test(
-    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray
+    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray, block: np.ndarray
 ) -> tuple[float, int]:
     """G statistic and degrees of freedom of the groups' bins against the coarse phases'."""
     shares = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1.0)
@@ -352,12 +429,13 @@ def _g_test(
     seen = observed_in > 0
     ratio = observed_in[seen] / expected_in[seen]
     statistic = 2.0 * float(np.sum(observed_in[seen] * np.log(ratio)))
-    groups = int(np.count_nonzero(observed_in.sum(axis=1)))
-    return statistic, (groups - 1) * (int(np.count_nonzero(pooled.sum(axis=0))) - 1)
+    seen_groups = np.flatnonzero(observed_in.sum(axis=1))
+    free = len(seen_groups) - len(np.unique(block[seen_groups]))
+    return statistic, free * (int(np.count_nonzero(pooled.sum(axis=0))) - 1)
 
 
 def _mean_test(
-    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray
+    counts: np.ndarray, pooled: np.ndarray, parent: np.ndarray, group: np.ndarray, block: np.ndarray
 ) -> tuple[float, int]:
     """Σ z² of the groups' sums of ordered bin indexes against the coarse phases' means."""
     scores = np.arange(counts.shape[1], dtype=np.float64)
@@ -369,7 +447,8 @@ def _mean_test(
     spread = _by_group((rows * variance[parent])[:, None], group)[:, 0]
     tested = spread > 0
     statistic = float(np.sum(deviation[tested] ** 2 / spread[tested]))
-    return statistic, int(np.count_nonzero(tested)) - 1
+    tested_groups = np.flatnonzero(tested)
+    return statistic, len(tested_groups) - len(np.unique(block[tested_groups]))
 
 
 def _by_group(per_phase: np.ndarray, group: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ a change still is."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_d
     rng = np.random.default_rng(8)
     ref_t, _, _ = daily_stream(rng, 7, T0)  # 2,500 rows a day: 17,500 over 7 cycles
     phase_rows = np.bincount(phases_of(ref_t, "daily"), minlength=24)
-    rate = LiveRate(phase_rows, "daily", cycles=7.0)
+    rate = LiveRate(phase_rows, "daily", cycles=7.0, minutes=60)
     assert rate.rate == 1 / 7  # before any live row: the reference's own density
     prior = len(ref_t) / 24  # one average hour's reference rows at that density
 
@@ -168,7 +169,7 @@ def test_the_live_rate_is_live_rows_per_cycle_over_the_reference_rows(live_per_d
 
 def test_an_hour_denser_live_than_the_average_says_is_inflated_by_its_own_rate() -> None:
     phase_rows = np.full(24, 100.0)  # the reference: 100 rows an hour over 2 days
-    rate = LiveRate(phase_rows, "daily", cycles=2.0)
+    rate = LiveRate(phase_rows, "daily", cycles=2.0, minutes=60)
     start = T0 + 7 * DAY
     # two live days: 50 rows an hour, but 200 at 18:00
     hours = np.arange(48)
@@ -502,15 +503,20 @@ def test_a_shift_in_autocorrelated_data_is_detected() -> None:
     assert found[0] >= 15_000
 
 
-@pytest.mark.parametrize(("share", "change"), [(1.0, 1.3), (0.1, 1.6)])
+@pytest.mark.parametrize(
+    ("share", "change", "minutes"), [(1.0, 1.3, 60), (0.1, 1.6, 60), (1.0, 1.3, 15)]
+)
 def test_a_seasonal_monitor_restores_mid_window_and_continues_exactly(
-    share: float, change: float
+    share: float, change: float, minutes: Literal[60, 15]
 ) -> None:
     rng = np.random.default_rng(4)
     ref_t, ref_x, ref_c = sampled(rng, share, *daily_stream(rng, 3, T0))
     live_t, live_x, live_c = daily_stream(rng, 2, T0 + 3 * DAY)
     live_x[2500:] *= change
-    profile = ReferenceProfile.from_samples({"x": ref_x, "c": ref_c}, times=ref_t)
+    profile = ReferenceProfile.from_samples(
+        {"x": ref_x, "c": ref_c}, times=ref_t, phase_minutes=minutes
+    )
+    assert profile.phases == 24 * 60 // minutes
     features = {"x": "numeric", "c": "categorical"}
     tests = {"x": ("psi", "ks"), "c": ("chi2",)}
     rows = [{"x": x, "c": c} for x, c in zip(live_x.tolist(), live_c.tolist(), strict=True)]
@@ -864,3 +870,90 @@ def test_a_rhythm_kept_in_local_time_does_not_alarm_across_a_daylight_saving_cha
     found = detections(local, {"x": moved}, times[live:])
     assert found
     assert changed <= min(found) <= changed + 2_500
+
+
+# ── phases finer than the hour (ADR 0033) ─────────────────────────────────────
+
+
+def opening_stream(
+    rng: np.random.Generator, days: int, opens_h: float = 9.5, lift: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Payments from T0 on, ten times denser from 09:00 to 18:00 (UTC), whose level is `lift`
+    higher while a shop is open, from `opens_h` for eight hours: a step inside an hour
+    when it opens at 09:30. (times, amounts), sorted by time."""
+    hours = T0 + 3600.0 * np.arange(days * 24)
+    hour_of_day = (hours % DAY) // 3600
+    counts = rng.poisson(np.where((hour_of_day >= 9) & (hour_of_day < 18), 200, 20))
+    times = np.sort(np.repeat(hours, counts) + rng.uniform(0, 3600, int(counts.sum())))
+    clock_h = (times % DAY) / 3600
+    opened = (clock_h >= opens_h) & (clock_h < opens_h + 8)
+    return times, rng.lognormal(3 + lift * opened, 1.0)
+
+
+def test_finer_phases_split_each_hour_and_keep_monday_first() -> None:
+    assert phase_of(T0 + 9 * 3600 + 1799, "daily", 30) == 18
+    assert phase_of(T0 + 9 * 3600 + 1800, "daily", 30) == 19
+    assert phase_of(T0 + 9 * 3600 + 2700, "daily", 15) == 39
+    assert phase_of(T0 + DAY + 900, "weekly", 15) == 24 * 4 + 1  # Tuesday 00:15
+    assert phase_of(T0 - 900, "weekly", 15) == 7 * 24 * 4 - 1  # the Sunday before, 23:45
+    seconds = T0 + np.arange(0, 14 * DAY, 450.0)
+    for minutes in (60, 30, 15):
+        assert phases_of(seconds, "weekly", minutes).tolist() == [
+            phase_of(s, "weekly", minutes) for s in seconds
+        ]
+    daily = np.full(96, 2.0)  # 2 rows in every quarter of the day
+    until = reference_rows_until(np.asarray([T0 + 450, T0 + DAY + 900]), daily, "daily", None, 15)
+    assert float(until[1] - until[0]) == 96 * 2 + 2 - 1  # a day, a quarter, less half a quarter
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_auto_takes_finer_phases_where_the_reference_steps_inside_the_hour(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+
+    def width(times: np.ndarray, amounts: np.ndarray, choice: str | int = "auto") -> int:
+        return ReferenceProfile.from_samples(
+            {"x": amounts},
+            times=times,
+            seasonality="daily",
+            phase_minutes=choice,  # type: ignore[arg-type]
+        ).phase_minutes
+
+    assert width(*opening_stream(rng, 7, opens_h=9.5)) == 30
+    assert width(*opening_stream(rng, 7, opens_h=9.25)) == 15
+    assert width(*opening_stream(rng, 7, opens_h=9.0)) == 60  # steps on the hour
+    ref_t, ref_x, _ = daily_stream(rng, 7, T0)
+    assert width(ref_t, ref_x) == 60
+    assert width(ref_t, ref_x, 15) == 15  # as the spec says
+    flat = ReferenceProfile.from_samples({"x": ref_x}, times=ref_t, seasonality="none")
+    assert flat.phase_minutes == 60
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_shop_that_opens_at_half_past_is_modelled_in_half_hours_not_taken_for_drift(
+    seed: int,
+) -> None:
+    """In hourly phases the hour from 09:00 mixes the closed and the open shop: its first
+    half reads low and its second high, every day. That reads as dependence (κ > 1, and
+    a real change is found days late) or, with a smaller step, as drift."""
+    rng = np.random.default_rng(seed)
+    times, amounts = opening_stream(rng, 10)
+    live = int(np.searchsorted(times, T0 + 7 * DAY))
+    reference = {"x": amounts[:live]}
+    hourly = ReferenceProfile.from_samples(reference, times=times[:live], phase_minutes=60)
+    halves = ReferenceProfile.from_samples(reference, times=times[:live])
+    assert (halves.seasonality, halves.phase_minutes) == ("daily", 30)
+    assert "seasonality daily (30-minute phases)" in halves.summary()
+    assert hourly.features["x"].dependence > 1.3
+    assert halves.features["x"].dependence == 1.0
+    assert ReferenceProfile.model_validate_json(halves.model_dump_json()) == halves
+    assert '"phase_minutes":30' in halves.model_dump_json()
+    assert "phase_minutes" not in hourly.model_dump_json()  # as written before ADR 0033
+    # amounts ×1.3 from the second live day on
+    changed = int(np.searchsorted(times, T0 + 8 * DAY)) - live
+    moved = amounts[live:] * np.where(np.arange(len(amounts) - live) >= changed, 1.3, 1.0)
+    in_halves = detections(halves, {"x": moved}, times[live:])
+    in_hours = detections(hourly, {"x": moved}, times[live:])
+    assert in_halves
+    assert changed <= min(in_halves) <= changed + 2_000
+    assert min(in_hours, default=len(moved)) > min(in_halves) + 1_000
+    assert detections(halves, {"x": amounts[live:]}, times[live:]) == []

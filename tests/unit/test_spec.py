@@ -126,6 +126,19 @@ def test_drift_phases_keep_a_wall_clock_named_by_its_iana_zone(
     assert "expected an IANA name such as" in str(err)
 
 
+def test_drift_phases_are_hours_unless_the_spec_or_the_data_says_finer(
+    spec: ProjectSpec, text: str
+) -> None:
+    assert spec.drift.phase_minutes == "auto"
+    halves = edited(text, "  phase_minutes: auto ", "  phase_minutes: 30 ")
+    assert parse_spec(halves).drift.phase_minutes == 30
+    err = error_for(edited(text, "  phase_minutes: auto ", "  phase_minutes: 20 "))
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "phase_minutes:" in row)
+    assert f"mlbus.yaml:{line}: drift.phase_minutes: expected 'auto', 60, 30 or 15, got 20" in str(
+        err
+    )
+
+
 def test_gates_compare_in_the_metric_direction(spec: ProjectSpec) -> None:
     model = spec.model
     assert model.gate_failures({"auc": 0.9}, {"auc": 0.8}) == []

@@ -257,6 +257,32 @@ def test_the_profile_s_phases_are_hours_of_the_spec_s_clock() -> None:
     assert profile.prediction != in_utc  # New York's hours are not UTC's
 
 
+def test_phases_finer_than_the_hour_reach_every_column_of_the_profile() -> None:
+    """`drift.phase_minutes` (ADR 0033): the features, the holdout's prediction and its
+    errors are all keyed by the same quarter hours."""
+    from mlbus.profiles import profile_column
+    from mlbus.training._pipeline import onnx_scores
+
+    doc = fraud_spec(estimator="logistic_regression").model_dump(mode="json")
+    doc["drift"] = {**doc["drift"], "phase_minutes": 15}
+    spec = ProjectSpec.model_validate(doc)
+    data = dataset(spec)
+    trained = train(spec, data)
+    profile = trained.profile
+    assert (profile.seasonality, profile.phase_minutes, profile.phases) == ("daily", 15, 96)
+    assert "15-minute phases" in profile.summary()
+    assert all(len(f.phase_counts or ()) == 96 for f in profile.features.values())
+    assert profile.performance is not None
+    assert all(len(e.phase_counts or ()) == 96 for e in profile.performance.errors.values())
+    holdout = trained.split.holdout
+    scores = onnx_scores(trained.onnx, data.x[holdout], "classification")
+    keys = None if data.entities is None else [data.entities[int(i)] for i in holdout]
+    seconds = data.times_ms[holdout] / 1000
+    assert trained.profile.prediction == profile_column(
+        scores, profile.bins, seconds, "daily", keys, phase_minutes=15
+    )
+
+
 def test_the_profile_holds_the_holdout_s_errors_by_label() -> None:
     """The baseline the live outcomes are tested against (ADR 0031): each holdout row's
     squared error of its ONNX Runtime score, the positives' apart from the negatives'."""

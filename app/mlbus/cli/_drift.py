@@ -52,7 +52,11 @@ def _render(state: dict[str, Any]) -> None:
             if rates
             else ""
         )
-        cycle = cycle_label(status.get("seasonality", "none"), status.get("timezone", "UTC"))
+        cycle = cycle_label(
+            status.get("seasonality", "none"),
+            status.get("timezone", "UTC"),
+            status.get("phase_minutes", 60),
+        )
         table = Table(
             title=f"{entry['model']} v{entry['version']} — {len(monitors)} partition monitor(s), "
             f"{windows} window(s) closed, {in_window} sample(s) in open windows of {size}; "

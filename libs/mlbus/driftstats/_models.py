@@ -10,7 +10,7 @@ from mlbus.driftstats._adwin import AdwinState
 from mlbus.driftstats._blocks import BlockAdwinsState
 from mlbus.errors import InvalidInput
 from mlbus.events import DriftTestResult
-from mlbus.seasons import Seasonality
+from mlbus.seasons import PhaseMinutes, Seasonality
 
 FeatureKind: TypeAlias = Literal["numeric", "categorical"]
 Correction: TypeAlias = Literal["none", "bonferroni", "benjamini-hochberg"]
@@ -104,6 +104,7 @@ class MonitorStatus(_Frozen):
     n_reference: int
     seasonality: Seasonality = "none"
     timezone: str = Field(default="UTC", description="the wall clock the phases are hours of")
+    phase_minutes: PhaseMinutes = Field(default=60, description="the phases' width, minutes")
     live_rate: float | None = Field(
         default=None,
         description="seasonal references: ρ, this monitor's live rows per cycle over the "

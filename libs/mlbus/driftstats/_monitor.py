@@ -95,6 +95,7 @@ class DriftMonitor:
         self.spec = spec
         self.seasonality = profile.seasonality
         self.timezone = profile.timezone  # phases are hours of its wall clock (ADR 0032)
+        self.phase_minutes = profile.phase_minutes  # or halves or quarters of them (0033)
         self._phase_rows = np.zeros(profile.phases, dtype=np.float64)  # the window's rows per phase
         self._entities = EntitySketch()  # the window's distinct entities
         self._channels, self.skipped = channels_for(profile, spec, features, tests)
@@ -113,7 +114,9 @@ class DriftMonitor:
             for channel in numeric:
                 channel.enable_adaptive(share)
             if fullest is not None:
-                self._live_rate = LiveRate(fullest[0], self.seasonality, fullest[1])
+                self._live_rate = LiveRate(
+                    fullest[0], self.seasonality, fullest[1], self.phase_minutes
+                )
             self._feature_adwins = BlockAdwins(
                 [c.key for c in numeric],
                 [share] * len(numeric),
@@ -152,7 +155,7 @@ class DriftMonitor:
         if not known.all():
             prediction.known = known  # the phases its reference (the holdout) knows
             self.skipped[f"{PREDICTION}:hours"] = (
-                f"{int((~known).sum())} of {len(known)} hours of the cycle are not in the rows "
+                f"{int((~known).sum())} of {len(known)} phases of the cycle are not in the rows "
                 "the prediction was profiled on (the holdout): their predictions are not tested"
             )
         return thinner
@@ -188,7 +191,7 @@ class DriftMonitor:
         at = _aware(at)
         stamp = at.timestamp()
         clock = local_clock_one(stamp, self.timezone)
-        phase = phase_of(clock, self.seasonality)
+        phase = phase_of(clock, self.seasonality, self.phase_minutes)
         self._phase_rows[phase] += 1
         indexes = {
             channel.key: channel.add(features.get(channel.name, ABSENT))
@@ -291,7 +294,7 @@ class DriftMonitor:
             scores = None if predictions is None else predictions[begin:end]
             times = stamps[begin:end]
             clocks = local_clock(times, self.timezone)
-            phases = phases_of(clocks, self.seasonality)
+            phases = phases_of(clocks, self.seasonality, self.phase_minutes)
             known = None if self._prediction is None else self._prediction.known
             if scores is not None and known is not None:
                 knows = known[phases].tolist()
@@ -503,6 +506,7 @@ class DriftMonitor:
             n_reference=self.profile.n_samples,
             seasonality=self.seasonality,
             timezone=self.timezone,
+            phase_minutes=self.phase_minutes,
             live_rate=None if self._live_rate is None else self._live_rate.rate,
             dependence={c.key: c.kappa for c in self._channels if c.kappa != 1.0},
             tests=tests,

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from mlbus.profiles import ErrorMetric, NumericProfile, PerformanceReference, profile_column
-from mlbus.seasons import Seasonality
+from mlbus.seasons import HOUR_MINUTES, PhaseMinutes, Seasonality
 
 Number = TypeVar("Number", float, np.ndarray)
 
@@ -58,6 +58,7 @@ def performance_reference(
     seconds: np.ndarray,
     seasonality: Seasonality,
     bins: int,
+    phase_minutes: PhaseMinutes = HOUR_MINUTES,
 ) -> PerformanceReference:
     """The holdout's errors by outcome group, each profiled with its event times (so its
     κ is measured in time order; `seconds` are clock seconds, `seasons.local_clock`): what
@@ -68,7 +69,9 @@ def performance_reference(
     for group in metric_groups(metric):
         rows = groups == group
         if rows.any():
-            column = profile_column(errors[rows], bins, seconds[rows], seasonality)
+            column = profile_column(
+                errors[rows], bins, seconds[rows], seasonality, phase_minutes=phase_minutes
+            )
             assert isinstance(column, NumericProfile)  # errors are floats
             profiles[group] = column
     return PerformanceReference(metric=metric, errors=profiles)

@@ -37,8 +37,9 @@ import numpy as np
 
 from mlbus.seasons import (
     PHASE_PRIOR_ROWS,
+    PhaseMinutes,
     Seasonality,
-    cycle_hours,
+    cycle_phases,
     reference_rows_until,
 )
 
@@ -46,10 +47,17 @@ from mlbus.seasons import (
 class LiveRate:
     """ρ of one monitor's live rows against its seasonal reference (see the module)."""
 
-    def __init__(self, phase_rows: np.ndarray, seasonality: Seasonality, cycles: float) -> None:
+    def __init__(
+        self,
+        phase_rows: np.ndarray,
+        seasonality: Seasonality,
+        cycles: float,
+        minutes: PhaseMinutes,
+    ) -> None:
         self.phase_rows = np.asarray(phase_rows, dtype=np.float64)
         self._before = np.concatenate(([0.0], np.cumsum(self.phase_rows)))
         self.seasonality = seasonality
+        self.minutes = minutes  # the phases' width
         self.prior_rows = max(float(self.phase_rows.sum()) / len(self.phase_rows), 1.0)
         self.prior_rate = 1.0 / max(cycles, 1.0)
         self.rows = 0  # live rows counted so far (a restored monitor sets these four)
@@ -107,21 +115,23 @@ class LiveRate:
             self.phase_live = self.rows * spanned / spanned.sum()
 
     def _passes(self, ends: np.ndarray, phases: np.ndarray) -> np.ndarray:
-        """Hours of each row's phase from ends[0] to ends[1] (clock seconds): whole passes
-        of that hour of the cycle, and the parts of those at either end."""
+        """Passes of each row's phase from ends[0] to ends[1] (clock seconds): whole passes
+        of that phase of the cycle, and the parts of those at either end."""
         period = len(self.phase_rows)
-        hours = cycle_hours(ends, self.seasonality)
+        units = cycle_phases(ends, self.seasonality, self.minutes)
 
-        def through(x: np.ndarray) -> np.ndarray:  # hours of the phase in [0, x]
+        def through(x: np.ndarray) -> np.ndarray:  # passes of the phase in [0, x]
             done: np.ndarray = x // period + np.clip(x % period - phases, 0.0, 1.0)
             return done
 
-        passes: np.ndarray = through(hours[1]) - through(hours[0])
+        passes: np.ndarray = through(units[1]) - through(units[0])
         return passes
 
     def _rate(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """ρ of `rows` live rows seen from ends[0] to ends[1] (clock seconds), with the prior."""
-        until = reference_rows_until(ends, self.phase_rows, self.seasonality, self._before)
+        until = reference_rows_until(
+            ends, self.phase_rows, self.seasonality, self._before, self.minutes
+        )
         spanned = until[1] - until[0]
         rate: np.ndarray = (rows + self.prior_rows * self.prior_rate) / (spanned + self.prior_rows)
         return rate

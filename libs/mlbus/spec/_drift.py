@@ -37,6 +37,9 @@ class DriftSpec(SpecModel):
     longest one the training window covers twice. `timezone` is the wall clock whose
     hours those are (an IANA name, ADR 0032): a rhythm people keep in local time moves
     an hour against UTC at each daylight-saving change, and its phases with it.
+    `phase_minutes` is the phases' width: `auto` takes the hour, or its half or quarter
+    when the training window shows structure inside the hour (a shop that opens at
+    09:30, ADR 0033).
     """
 
     tests: DriftTests = Field(default_factory=DriftTests)
@@ -56,6 +59,7 @@ class DriftSpec(SpecModel):
     adwin_delta: float = Field(default=0.002, gt=0.0, lt=1.0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
     timezone: str = "UTC"
+    phase_minutes: Literal["auto", 60, 30, 15] = "auto"
 
     @field_validator("timezone")
     @classmethod

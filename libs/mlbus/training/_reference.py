@@ -30,7 +30,7 @@ from mlbus.profiles import (
     choose_profile_seasonality,
     profile_column,
 )
-from mlbus.seasons import CYCLE_S, MIN_CYCLES, Seasonality, local_clock
+from mlbus.seasons import CYCLE_S, MIN_CYCLES, PhaseMinutes, Seasonality, local_clock
 from mlbus.spec import ProjectSpec
 
 
@@ -60,13 +60,16 @@ def reference_profile(
         seasonality=season,
         entities=None if entities is None else [entities[int(i)] for i in stretch],
         timezone=timezone,
+        phase_minutes=spec.drift.phase_minutes,
     )
+    minutes = features.phase_minutes  # what the stretch shows: every column keeps it
     prediction = profile_column(
         np.asarray(holdout_scores),
         features.bins,
         clock[holdout],
         season,
         None if entities is None else [entities[int(i)] for i in holdout],
+        minutes,
     )
     performance = None
     if holdout_labels is not None and len(holdout):
@@ -77,8 +80,9 @@ def reference_profile(
             clock[holdout],
             season,
             features.bins,
+            minutes,
         )
-    calibration = _calibration(spec, raw, seconds, stretch_start, first_holdout, season)
+    calibration = _calibration(spec, raw, seconds, stretch_start, first_holdout, season, minutes)
     return features.model_copy(
         update={"prediction": prediction, "calibration": calibration, "performance": performance}
     )
@@ -99,6 +103,7 @@ def _calibration(
     stretch_start: int,
     first_holdout: int,
     season: Seasonality,
+    minutes: PhaseMinutes,
 ) -> Calibration | None:
     n = len(seconds)
     if first_holdout - stretch_start >= spec.drift.min_samples:
@@ -113,6 +118,7 @@ def _calibration(
         times=seconds[reference],
         seasonality=season,
         timezone=spec.drift.timezone,
+        phase_minutes=minutes,
     )
     watched = [f for f in spec.model_features() if f.kind in ("numeric", "categorical")]
     drift = spec.drift.model_copy(update={"prediction_drift": False, "performance_drift": False})
