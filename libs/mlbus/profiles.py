@@ -36,6 +36,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from mlbus.seasons import (
@@ -225,6 +226,25 @@ class ReferenceProfile(_Profile):
     def _known_timezone(cls, value: str) -> str:
         return check_timezone(value)
 
+    @model_validator(mode="after")
+    def _counts_per_phase(self) -> ReferenceProfile:
+        """Every column's counts have a row per phase of the profile's cycle and width (a
+        hand-edited `phase_minutes` would otherwise fail only when a monitor is built)."""
+        columns = {**self.features, "prediction": self.prediction}
+        if self.performance is not None:
+            columns.update({f"error:{g}": e for g, e in self.performance.errors.items()})
+        for name, column in columns.items():
+            if (
+                column is not None
+                and column.phase_counts
+                and len(column.phase_counts) != self.phases
+            ):
+                raise ValueError(
+                    f"{name}: {len(column.phase_counts)} rows of phase_counts, expected "
+                    f"{self.phases} ({self.seasonality}, {self.phase_minutes}-minute phases)"
+                )
+        return self
+
     @model_serializer(mode="wrap")
     def _defaults_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """UTC and hourly phases, the defaults, are not written: such a profile reads as
@@ -391,6 +411,8 @@ def coarse_bins(array: np.ndarray) -> tuple[np.ndarray, int]:
     ordered: quartiles of a numeric column (3 or 4 ordered), or the most frequent
     categories and the rest (0). Few enough that a phase's reference rows fill them when
     a cycle is tested for (`choose_profile_seasonality`)."""
+    if array.ndim != 1:
+        raise ValueError(f"expected a one-dimensional column, got shape {array.shape}")
     if _numeric(array):
         data = _as_float(array)
         present = ~np.isnan(data)
@@ -439,15 +461,18 @@ def profile_column(
     # each value's bin (missing last), in time order
     order = np.argsort(seconds, kind="stable")
     index = _bin_indexes(profile, array)[order]
-    phases = phases_of(seconds[order], seasonality, phase_minutes)
-    row_cycles = cycles_of(seconds[order], seasonality, phase_minutes)
+    ordered = seconds[order]
+    phases = phases_of(ordered, seasonality, phase_minutes)
+    row_cycles = cycles_of(ordered, seasonality, phase_minutes)
     kept = profile.counts if isinstance(profile, NumericProfile) else profile.frequencies
     width = len(kept) + 1
     counts = np.zeros((phase_count(seasonality, phase_minutes), width), dtype=np.int64)
     np.add.at(counts, (phases, index), 1)
     cycles = float(np.ptp(seconds)) / CYCLE_S[seasonality]
     update: dict[str, Any] = {
-        "dependence": _dependence(profile, counts, phases, row_cycles, index, cycles)
+        "dependence": _dependence(
+            profile, counts, phases, row_cycles, index, cycles, phases_of(ordered, seasonality)
+        )
     }
     if seasonality != "none":
         update["phase_counts"] = tuple(tuple(int(c) for c in row) for row in counts)
@@ -482,6 +507,7 @@ def _dependence(
     row_cycles: np.ndarray,
     index: np.ndarray,
     cycles: float,
+    hours: np.ndarray,
 ) -> float:
     """κ of the column in time order: of its CDF positions within their phase (numeric) or
     of each frequent category's indicator, and of its missing indicator; the largest.
@@ -494,6 +520,10 @@ def _dependence(
     up) passes for; so each row is taken less its phase's share in the OTHER cycles
     (`other_cycles_share`), against which a trend stays in. That share, read on fewer rows,
     adds its own noise (κ about 1 + 1/(cycles − 1) where the hour explains all): cautious.
+    It is the hour's share (`hours`: each row's hourly phase) even when the phases are
+    finer (ADR 0033): a quarter hour's share in one or two other days rests on so few rows
+    that its noise read as dependence (a categorical κ of 1.5 became 2.7 in quarter hours
+    over two days, and a shift of the category was found in 3 of 30 streams, not 20).
     With one cycle there is no other, and the indicator is read raw."""
     missing = counts.shape[1] - 1
     shares = phase_distributions(counts)[0] if cycles >= SHARES_APART_CYCLES else None
@@ -501,9 +531,7 @@ def _dependence(
     def indicator(column: int) -> np.ndarray:
         hit: np.ndarray = (index == column).astype(np.float64)
         share = (
-            other_cycles_share(hit, phases, row_cycles)
-            if shares is None
-            else shares[phases, column]
+            other_cycles_share(hit, hours, row_cycles) if shares is None else shares[phases, column]
         )
         residual: np.ndarray = hit - share
         return residual

@@ -957,3 +957,54 @@ def test_a_shop_that_opens_at_half_past_is_modelled_in_half_hours_not_taken_for_
     assert changed <= min(in_halves) <= changed + 2_000
     assert min(in_hours, default=len(moved)) > min(in_halves) + 1_000
     assert detections(halves, {"x": amounts[live:]}, times[live:]) == []
+
+
+def test_auto_keeps_the_hour_on_a_short_sparse_reference_with_nothing_inside_the_hour() -> None:
+    """Two days of 500 rows: a quarter of an hour expects a few rows per bin, where a G
+    test reads high (it took a finer width on 30 % of such references); X² does not."""
+    finer = 0
+    for seed in range(60):
+        rng = np.random.default_rng(500 + seed)
+        seconds = np.sort(T0 + rng.uniform(0, 2 * DAY, 1000))
+        columns = {"x": rng.lognormal(3, 1, 1000), "c": rng.choice(["a", "b", "c"], 1000)}
+        profile = ReferenceProfile.from_samples(columns, times=seconds, seasonality="daily")
+        finer += profile.phase_minutes != 60
+    assert finer <= 3  # about 1 % by the bar; G took 14 of these 60
+
+
+def test_finer_phases_keep_the_hour_s_share_under_four_cycles_and_judge_coverage_by_hour() -> None:
+    rng = np.random.default_rng(21)
+    ref_t, ref_x, ref_c = daily_stream(rng, 2, T0)  # two cycles: shares from the other day
+
+    def profile(minutes: Literal[60, 15]) -> ReferenceProfile:
+        return ReferenceProfile.from_samples(
+            {"x": ref_x, "c": ref_c}, times=ref_t, seasonality="daily", phase_minutes=minutes
+        )
+
+    hourly, quarters = profile(60), profile(15)
+    assert quarters.features["c"].dependence == hourly.features["c"].dependence
+    # the holdout (the last half day) covers the same hours in either width
+    holdout = ref_t[ref_t >= ref_t[-1] - DAY / 2]
+    known_h, thinner_h = known_phases(
+        np.bincount(phases_of(holdout, "daily"), minlength=24),
+        np.bincount(phases_of(ref_t, "daily"), minlength=24),
+    )
+    known_q, thinner_q = known_phases(
+        np.bincount(phases_of(holdout, "daily", 15), minlength=96),
+        np.bincount(phases_of(ref_t, "daily", 15), minlength=96),
+        per_hour=4,
+    )
+    assert known_q.tolist() == np.repeat(known_h, 4).tolist()
+    assert thinner_q == pytest.approx(thinner_h)
+    assert 0 < known_h.sum() < 24
+
+
+def test_a_profile_s_counts_must_match_its_phases() -> None:
+    times = T0 + np.arange(3000) * 60.0
+    profile = ReferenceProfile.from_samples({"x": np.arange(3000.0)}, times=times)
+    data = profile.model_dump(mode="json")
+    data["phase_minutes"] = 15  # 24 rows of counts, 96 phases
+    with pytest.raises(ValidationError, match="x: 24 rows of phase_counts, expected 96"):
+        ReferenceProfile.model_validate(data)
+    with pytest.raises(ValueError, match="expected a one-dimensional column"):
+        ReferenceProfile.from_samples({"x": np.ones((3000, 2))}, times=times)

@@ -50,7 +50,14 @@ from mlbus.driftstats._performance import SPEC_CLOCK, PerformanceChannel
 from mlbus.driftstats._rate import LiveRate
 from mlbus.events import DriftTestResult, Scalar
 from mlbus.profiles import ReferenceProfile
-from mlbus.seasons import known_phases, local_clock, local_clock_one, phase_of, phases_of
+from mlbus.seasons import (
+    HOUR_MINUTES,
+    known_phases,
+    local_clock,
+    local_clock_one,
+    phase_of,
+    phases_of,
+)
 from mlbus.spec import DriftSpec
 
 RECENT_VERDICTS = 5
@@ -151,7 +158,9 @@ class DriftMonitor:
         prediction = self._prediction
         if fullest is None or prediction is None or prediction.phase_counts is None:
             return 1.0
-        known, thinner = known_phases(prediction.phase_counts.sum(axis=1), fullest[0])
+        known, thinner = known_phases(
+            prediction.phase_counts.sum(axis=1), fullest[0], HOUR_MINUTES // self.phase_minutes
+        )
         if not known.all():
             prediction.known = known  # the phases its reference (the holdout) knows
             self.skipped[f"{PREDICTION}:hours"] = (
