@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from mlbus.season_choice import choose_seasonality, cycle_shown, finer_phases, spanned_once
 from mlbus.seasons import (
     CYCLE_S,
     HOUR_MINUTES,
@@ -48,19 +49,15 @@ from mlbus.seasons import (
     Seasonality,
     SeasonalityChoice,
     check_timezone,
-    choose_seasonality,
     cycle_label,
-    cycle_shown,
     cycles_of,
     dependence,
     epoch_seconds,
-    finer_phases,
     local_clock,
     other_cycles_share,
     phase_count,
     phase_distributions,
     phases_of,
-    spanned_once,
 )
 
 DEFAULT_BINS = 10
@@ -321,7 +318,7 @@ class ReferenceProfile(_Profile):
         then measures how alike one entity's values are (`entity_icc`, ADR 0022).
         `timezone` is the wall clock whose hours the phases are (ADR 0032), and
         `phase_minutes` their width (`auto`: the hour, or finer where the columns show
-        structure inside the hour, `seasons.finer_phases`, ADR 0033).
+        structure inside the hour, `season_choice.finer_phases`, ADR 0033).
         """
         check_timezone(timezone)
         lengths = {len(values) for values in columns.values()}
@@ -375,7 +372,7 @@ def choose_profile_seasonality(
     columns: Mapping[str, Sequence[Any] | np.ndarray],
 ) -> Seasonality:
     """`choose_seasonality`, and for `auto` a longer cycle the reference spans only once
-    when its columns show it (`seasons.cycle_shown`): one week of a stream whose
+    when its columns show it (`season_choice.cycle_shown`): one week of a stream whose
     weekends differ is weekly, one week of a merely daily one stays daily."""
     season = choose_seasonality(choice, seconds)
     longer = spanned_once(season, seconds) if choice == "auto" else None
@@ -392,7 +389,7 @@ def choose_phase_minutes(
     season: Seasonality,
 ) -> PhaseMinutes:
     """The phases' width for a `season` reference: `choice`, or for `auto` the hour unless
-    the columns show structure inside it (`seasons.finer_phases`). Without a cycle there
+    the columns show structure inside it (`season_choice.finer_phases`). Without a cycle there
     is one phase, and the width is the hour's."""
     if season == "none" or seconds is None or len(seconds) == 0:
         return HOUR_MINUTES

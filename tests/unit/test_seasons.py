@@ -15,10 +15,10 @@ from mlbus.driftstats import DriftMonitor, calibrate
 from mlbus.driftstats._entities import SKETCH_SIZE, EntitySketch, design_effect
 from mlbus.driftstats._rate import LiveRate
 from mlbus.profiles import SHARES_APART_CYCLES, ReferenceProfile, profile_column
+from mlbus.season_choice import choose_seasonality
 from mlbus.seasons import (
     _zone_year,
     check_timezone,
-    choose_seasonality,
     dependence,
     known_phases,
     local_clock,

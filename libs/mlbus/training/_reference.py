@@ -30,7 +30,8 @@ from mlbus.profiles import (
     choose_profile_seasonality,
     profile_column,
 )
-from mlbus.seasons import CYCLE_S, MIN_CYCLES, PhaseMinutes, Seasonality, local_clock
+from mlbus.season_choice import MIN_CYCLES
+from mlbus.seasons import CYCLE_S, PhaseMinutes, Seasonality, local_clock
 from mlbus.spec import ProjectSpec
 
 
