@@ -339,7 +339,7 @@ class ReferenceProfile(_Profile):
             raise ValueError(
                 f"columns and predictions differ in length: {sorted({n_rows, len(predictions)})}"
             )
-        # the rows' clock seconds: every phase below is an hour of that clock
+        # the rows' clock seconds: every phase below is a part of that clock's day or week
         seconds = None if times is None else local_clock(epoch_seconds(times), timezone)
         season = choose_profile_seasonality(seasonality, seconds, columns)
         minutes = choose_phase_minutes(phase_minutes, seconds, columns, season)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mlbus.seasons import (
     HOUR_MINUTES,
+    HOUR_S,
     PHASES,
     PhaseMinutes,
     Seasonality,
@@ -36,7 +37,6 @@ differ between that cycle's phases beyond what the shorter cycle explains, at th
 differ (see `cycle_shown`). Lenient, because the two errors cost differently: keeping the
 shorter cycle wrongly alarms every cycle; taking the longer one wrongly costs sensitivity
 (ADR 0022). `finer_phases` uses the same bar, for the same reason."""
-_HOUR_S = 3600
 
 
 def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) -> Seasonality:
@@ -63,7 +63,7 @@ def choose_seasonality(choice: SeasonalityChoice, seconds: np.ndarray | None) ->
 
 def hours_covered(seconds: np.ndarray) -> int:
     """How many hours, first to last, the events fall in (both ends' hours counted)."""
-    return int(np.max(seconds) // _HOUR_S - np.min(seconds) // _HOUR_S) + 1
+    return int(np.max(seconds) // HOUR_S - np.min(seconds) // HOUR_S) + 1
 
 
 def spanned_once(season: Seasonality, seconds: np.ndarray | None) -> Seasonality | None:

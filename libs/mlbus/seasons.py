@@ -41,7 +41,7 @@ so a phase seen a few times is not taken at its word (and one never seen is the 
 HOUR_MINUTES: Final = 60
 """The phases' width unless the reference shows structure inside the hour (`PhaseMinutes`:
 its half or quarter, for a shop that opens at 09:30; `season_choice.finer_phases`)."""
-_HOUR_S = 3600
+HOUR_S = 3600
 _MONDAY_OFFSET_H = 72  # 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week
 MAX_LAG_FRACTION = 0.25
 """Autocorrelations are summed up to a quarter of the series at most."""
@@ -148,8 +148,8 @@ def _zone_year(timezone: str, year: int) -> tuple[tuple[float, ...], tuple[float
     begin = int(datetime(year, 1, 1, tzinfo=UTC).timestamp())
     end = int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp())
     starts, offsets = [float(begin)], [offset(begin)]
-    for low in range(begin, end, _HOUR_S):
-        high = min(low + _HOUR_S, end)
+    for low in range(begin, end, HOUR_S):
+        high = min(low + HOUR_S, end)
         if offset(high) == offsets[-1]:
             continue
         while high - low > 1:  # offset(low) is the old one, offset(high) the new one
