@@ -43,10 +43,7 @@ class BatchLayout:
         ]
         self.names = [channels[i].name for i in self.numeric]
         numeric = [c for c in channels if isinstance(c, NumericChannel) and c.kind == "covariate"]
-        width = max((len(c.edges) for c in numeric), default=0)
-        self.edges = np.full((len(numeric), max(width, 1)), np.inf)
-        for row, channel in enumerate(numeric):
-            self.edges[row, : len(channel.edges)] = channel.edges
+        self.edges = [c.edges_array for c in numeric]
         self.missing = np.asarray([c.missing for c in numeric], dtype=np.int64)
         # the adaptive channels' CDF positions, phases × channels × bins, NaN past the last
         self.adaptive = [channels.index(c) for c in adaptive]
@@ -90,11 +87,13 @@ class BatchLayout:
         kinds = set(map(type, chain.from_iterable(picked)))  # type: ignore[arg-type]
         if not kinds <= PLAIN_NUMBERS:  # ABSENT (a key missing from some row), strings, …
             return None
-        numbers = np.asarray(picked, dtype=np.float64).T  # None: NaN
+        numbers = np.asarray(picked, dtype=np.float64)  # channels × rows; None: NaN
         if int in kinds and bool((np.abs(numbers) >= EXACT_INT).any()):
             return None  # bin_of compares such ints exactly
-        below = (self.edges[None, :, :] < numbers[:, :, None]).sum(axis=2)
-        return np.where(np.isnan(numbers), self.missing[None, :], below)
+        below = np.empty(numbers.shape, dtype=np.int64)
+        for row, (edges, values) in enumerate(zip(self.edges, numbers, strict=True)):
+            below[row] = np.searchsorted(edges, values, side="left")  # as bisect_left
+        return np.where(np.isnan(numbers), self.missing[:, None], below).T
 
     def count(self, indexes: np.ndarray) -> None:
         """Add rows × channels bin indexes to the channels' counts and invalid counts."""

@@ -53,6 +53,8 @@ CONSOLIDATE = 32
 """Stored columns beyond the buckets before each bucket's columns are summed into one."""
 FEED_ROWS = 4096
 """Rows fed at once: their checks are screened together (~256 checks × channels × splits)."""
+AHEAD = 64
+"""Stored columns a running sum reaches past those in use (the buckets the next checks add)."""
 
 
 class BlockAdwinsState(BaseModel):
@@ -138,6 +140,7 @@ class BlockAdwins:
         self.row_sizes: list[int] = []  # buckets per level
         self.since: list[float] = []  # per stored column: its oldest row's time
         self._columns = 0  # stored columns in use (= sum(spans))
+        self._moves = 0  # how often stored columns were rewritten (a running sum's age)
         # counts and sums per channel and stored column; columns past _columns are scratch
         self._buckets = np.zeros((2, size, 64), dtype=np.float64)
         self.width = np.zeros(size, dtype=np.float64)
@@ -215,12 +218,15 @@ class BlockAdwins:
         saved = self._layout() if any(checked) else None
         self._store(count, total, starts)
         throughs: list[np.ndarray] = []
-        for b in range(blocks):
-            self._add_bucket()
-            if checked[b]:
-                throughs.append(self._through())
+        running = _RunningSums(self)
+        at = np.flatnonzero(checked)
+        added = 0
+        for b in at.tolist():  # each check sees the buckets up to its block
+            self._add_buckets(b + 1 - added)
+            added = b + 1
+            throughs.append(running.through())
+        self._add_buckets(blocks - added)
         if saved is not None:
-            at = np.flatnonzero(checked)
             after = at + 1
             screened = _Screen(
                 self,
@@ -238,8 +244,7 @@ class BlockAdwins:
                 b = int(at[check])
                 self._restore_layout(saved)  # then add the blocks up to the cut's
                 self._store(count[: b + 1], total[: b + 1], starts[: b + 1])
-                for _ in range(b + 1):
-                    self._add_bucket()
+                self._add_buckets(b + 1)
                 changes = screened.changes(check)
                 state = (width[b + 1], sums[b + 1], variance[b + 1], scale[b + 1])
                 self.width, self.total, self.variance, self.scale = (a.copy() for a in state)
@@ -255,7 +260,7 @@ class BlockAdwins:
         return n, []
 
     def _layout(self) -> tuple[np.ndarray, list[int], list[int], list[int], list[float], int]:
-        """The bucket layout as it stands (what `_store` and `_add_bucket` change)."""
+        """The bucket layout as it stands (what `_store` and `_add_buckets` change)."""
         return (
             self._buckets[:, :, : self._columns].copy(),
             self.levels.copy(),
@@ -270,14 +275,7 @@ class BlockAdwins:
     ) -> None:
         buckets, self.levels, self.spans, self.row_sizes, self.since, self._columns = saved
         self._buckets[:, :, : self._columns] = buckets
-
-    def _through(self) -> np.ndarray:
-        """Every channel's counts and sums through each bucket, oldest first (2 × channels ×
-        buckets): the older part W0 of the split at each bucket's end."""
-        through = np.cumsum(self._buckets[:, :, : self._columns], axis=2)
-        if self._columns != len(self.spans):  # some buckets still span several stored columns
-            through = through[:, :, np.cumsum(self.spans) - 1]
-        return through
+        self._moves += 1
 
     def _keep(self, values: np.ndarray, times: np.ndarray, inflation: np.ndarray) -> None:
         self._pending = values.copy()
@@ -293,33 +291,38 @@ class BlockAdwins:
             self._buckets = grown
         self._buckets[0, :, begin:end] = count.T
         self._buckets[1, :, begin:end] = total.T
+        self._moves += 1
         del self.since[begin:]
         self.since.extend(starts)
 
-    def _add_bucket(self) -> None:
-        """The next stored column becomes the newest bucket; merge as the histogram says."""
-        self.levels.append(0)
-        self.spans.append(1)
-        self._columns += 1
-        sizes, levels, spans = self.row_sizes, self.levels, self.spans
-        if not sizes:
-            sizes.append(0)
-        sizes[0] += 1
-        level = 0
-        while sizes[level] > self.max_buckets:
-            # the two oldest buckets of this level: after every bucket of a higher level
-            at = sum(sizes[level + 1 :])
-            levels[at] = level + 1
-            spans[at] += spans[at + 1]
-            del levels[at + 1]
-            del spans[at + 1]
-            sizes[level] -= 2
-            level += 1
-            if level == len(sizes):
+    def _add_buckets(self, count: int) -> None:
+        """The next `count` stored columns become the newest buckets, one at a time, each
+        merged as the histogram says (one loop: a call per block was a tenth of the feed)."""
+        levels, spans, sizes = self.levels, self.spans, self.row_sizes
+        most = self.max_buckets
+        for _ in range(count):
+            levels.append(0)
+            spans.append(1)
+            self._columns += 1
+            if not sizes:
                 sizes.append(0)
-            sizes[level] += 1
-        if self._columns - len(levels) >= CONSOLIDATE:
-            self._consolidate()
+            sizes[0] += 1
+            level = 0
+            while sizes[level] > most:
+                # the two oldest buckets of this level: after every bucket of a higher level
+                at = sum(sizes[level + 1 :])
+                levels[at] = level + 1
+                spans[at] += spans[at + 1]
+                del levels[at + 1]
+                del spans[at + 1]
+                sizes[level] -= 2
+                level += 1
+                if level == len(sizes):
+                    sizes.append(0)
+                sizes[level] += 1
+            if self._columns - len(levels) >= CONSOLIDATE:
+                self._consolidate()
+                spans = self.spans  # a new list
 
     def _consolidate(self) -> None:
         """Sum each bucket's stored columns into one (later, scratch columns move down)."""
@@ -338,6 +341,7 @@ class BlockAdwins:
         ] + since[columns:written]
         self.spans = [1] * buckets
         self._columns = buckets
+        self._moves += 1
 
     def _since(self, through: np.ndarray) -> float:
         """The time of the oldest row in a channel's window (its counts through each bucket)."""
@@ -348,6 +352,7 @@ class BlockAdwins:
     def _reset(self, channel: int) -> None:
         """A fresh window after a change, as Adwin starts one."""
         self._buckets[:, channel, :] = 0.0
+        self._moves += 1
         self.width[channel] = self.total[channel] = self.variance[channel] = 0.0
         self.ticks[channel] = 0.0
         self.detections[channel] += 1
@@ -442,6 +447,36 @@ class BlockAdwins:
 
 Cut: TypeAlias = tuple[int, int, float, float, float]
 """A split that cuts: the sizes of W0 and W1, their means and the ε they beat."""
+
+
+class _RunningSums:
+    """What each check of one feed splits: every channel's counts and sums through each
+    bucket, oldest first (2 × channels × buckets), the older part W0 of the split at
+    each bucket's end.
+
+    Read off one running sum over the stored columns, at the buckets' spans' ends:
+    merging buckets only joins spans, so the checks of a feed share it until the
+    columns are rewritten (consolidated, stored, reset) or the buckets outgrow it.
+    A prefix of a running sum is the running sum of the prefix (`cumsum` adds in
+    order), so the figures are those of summing the columns at each check.
+    """
+
+    def __init__(self, adwins: BlockAdwins) -> None:
+        self.adwins = adwins
+        self.sums: np.ndarray | None = None
+        self.moves = -1
+
+    def through(self) -> np.ndarray:
+        adwins = self.adwins
+        columns = adwins._columns
+        sums = self.sums
+        if sums is None or self.moves != adwins._moves or sums.shape[2] < columns:
+            reach = min(len(adwins.since), columns + AHEAD)  # written columns, scratch too
+            sums = self.sums = np.cumsum(adwins._buckets[:, :, :reach], axis=2)
+            self.moves = adwins._moves
+        if columns == len(adwins.spans):
+            return sums[:, :, :columns]
+        return sums[:, :, np.cumsum(adwins.spans) - 1]
 
 
 class _Screen:

@@ -25,7 +25,6 @@ so each kept count is the entity's whole count in the window.
 from __future__ import annotations
 
 import hashlib
-import heapq
 from collections import Counter
 from collections.abc import Sequence
 
@@ -97,7 +96,8 @@ class EntitySketch:
 
     def _sample(self) -> list[int]:
         """The k smallest hashes: what the estimates read, whenever the sketch was trimmed."""
-        return heapq.nsmallest(SKETCH_SIZE, self._counts)
+        # sorting all (≤ 2k hashes, in C) is ~3× quicker than heapq.nsmallest for k this near
+        return sorted(self._counts)[:SKETCH_SIZE]
 
     @property
     def distinct(self) -> float:
