@@ -19,13 +19,13 @@ reads the buffer first.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
+from pydantic_core import to_json
 
 from mlbus.driftstats import outcome_error, outcome_group
 from mlbus.errors import RetryableError
@@ -208,7 +208,8 @@ class PendingPredictions:
             for model, entries in buffer.items():
                 keys, expire_at = self._buckets(model)
                 flat = [text for entry in entries.items() for text in entry]
-                args: list[str | int] = [expire_at, self.max_entries, json.dumps(flat)]
+                # pydantic's encoder: ~4× quicker than json.dumps on thousands of strings
+                args: list[bytes | int] = [expire_at, self.max_entries, to_json(flat)]
                 dropped += int(await self._add(keys=keys, args=args))
         except REDIS_DOWN as exc:
             for model, entries in buffer.items():  # keep them for the next try

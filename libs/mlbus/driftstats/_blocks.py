@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -476,7 +477,8 @@ class _RunningSums:
             self.moves = adwins._moves
         if columns == len(adwins.spans):
             return sums[:, :, :columns]
-        return sums[:, :, np.cumsum(adwins.spans) - 1]
+        ends = accumulate(adwins.spans, initial=-1)  # each bucket's last stored column
+        return np.take(sums, np.fromiter(ends, np.intp, len(adwins.spans) + 1)[1:], axis=2)
 
 
 class _Screen:
@@ -607,11 +609,18 @@ def _block_stats(
     channels = values.shape[1]
     runs = np.ascontiguousarray(values.T).reshape(channels * blocks, -1)
     present = ~np.isnan(runs)
-    filled = np.where(present, runs, 0.0)
-    count = present.sum(axis=1).astype(np.float64)
+    whole = bool(present.all())  # the usual batch: nothing to mask (the same figures)
+    filled = runs if whole else np.where(present, runs, 0.0)
+    count = (
+        np.full(len(runs), float(runs.shape[1]))
+        if whole
+        else present.sum(axis=1).astype(np.float64)
+    )
     total = filled.sum(axis=1)
     mean = total / np.maximum(count, 1.0)
-    deviations = np.where(present, runs - mean[:, None], 0.0)
+    deviations = runs - mean[:, None]
+    if not whole:
+        deviations = np.where(present, deviations, 0.0)
     squares = (deviations * deviations).sum(axis=1)
     reach = np.abs(filled).max(axis=1)
     figures = [figure.reshape(channels, blocks).T for figure in (count, total, squares, reach)]
