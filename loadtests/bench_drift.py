@@ -19,7 +19,9 @@ Throughput is events per wall second and per CPU second of this process (the
 broker runs in its own process), from the consumer's assignment until every
 record is applied; the drift service's CPU also counts its state save after the
 last record (wall does not wait for it: the service saves once per
-`commit_interval_s`). The machine is shared: compare ratios, not absolutes.
+`commit_interval_s`). The machine is shared: compare ratios, not absolutes. The
+ratio is printed of the variants' medians and repeat by repeat (median and
+range: how far one run can be off).
 A measurement: no goal is set, so the exit status only says the run completed.
 
     python loadtests/bench_drift.py [--events 30000] [--repeats 5]
@@ -31,6 +33,7 @@ import argparse
 import asyncio
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -354,6 +357,20 @@ async def main(events: int, repeats: int) -> bool:
         bench.notes.append(
             f"{BUS} / {RAW} ({metric}) = {ratio:.3f} (what decoding through the bus costs)"
         )
+    # Each repeat runs the variants back to back, so its own ratio cancels what the
+    # shared machine does to all of them at once; their spread is the run-to-run noise.
+    paired = [
+        drift / raw
+        for drift, raw in zip(
+            bench.metrics[(DRIFT, "per core")].values,
+            bench.metrics[(RAW, "per core")].values,
+            strict=True,
+        )
+    ]
+    bench.notes.append(
+        f"drift service / {RAW} (per core) repeat by repeat: median "
+        f"{statistics.median(paired):.3f}, {min(paired):.3f}-{max(paired):.3f}"
+    )
     bench.notes.append(
         "the machine is shared with other work: ratios of one run, not absolute rates"
     )

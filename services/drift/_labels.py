@@ -172,7 +172,7 @@ class PendingPredictions:
         `flush`."""
         prefix = f"{version}|"
         self._buffer.setdefault(model, {}).update(
-            (event_id, f"{prefix}{score!r}|{at:.3f}") for event_id, score, at in kept
+            {event_id: f"{prefix}{score!r}|{at:.3f}" for event_id, score, at in kept}
         )
 
     async def lookup(self, model: str, event_ids: Sequence[str]) -> dict[str, Pending]:

@@ -164,10 +164,11 @@ class DriftProcessor:
         states: dict[tuple[str, int], PartitionMonitors] = {}
         for received in batch:  # per record as little as it takes: most are predictions
             key = (received.topic, received.partition)
-            state = states.get(key) or await self._partition(*key, received.offset)
-            states[key] = state
+            state = states.get(key)
+            if state is None:
+                state = states[key] = await self._partition(*key, received.offset)
             offset = received.offset
-            if offset <= max(state.offset, queued.get(key, -1)):
+            if offset <= state.offset or offset <= queued.get(key, -1):
                 counts[(received.topic, "skipped", "replayed")] += 1
                 self.replayed += 1
                 continue
