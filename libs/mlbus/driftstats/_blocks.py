@@ -298,7 +298,7 @@ class BlockAdwins:
 
     def _add_buckets(self, count: int) -> None:
         """The next `count` stored columns become the newest buckets, one at a time, each
-        merged as the histogram says (one loop: a call per block was a tenth of the feed)."""
+        merged as the histogram says (one loop for a stretch of blocks, not a call each)."""
         levels, spans, sizes = self.levels, self.spans, self.row_sizes
         most = self.max_buckets
         for _ in range(count):
