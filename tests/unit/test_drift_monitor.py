@@ -532,6 +532,27 @@ def test_the_batch_path_bins_gaps_and_odd_values_as_observe_does(
     assert set(batched.status().invalid_values) == {"covariate:tx.amount"}  # "12" is no number
 
 
+def test_an_int_no_float_holds_is_binned_in_a_batch_of_numbers_as_observe_does(
+    profile: ReferenceProfile,
+) -> None:
+    # JSON carries ints of any size; numpy cannot make 2**1030 a float (OverflowError)
+    spec = DriftSpec(window_size=300, min_samples=50, persistence=1)
+    rows = _rows(_columns(np.random.default_rng(31), 600))
+    rows[5]["tx.amount"], rows[400]["tx.count_1h"] = 2**1030, -(2**1030)
+    ats = [T0 + timedelta(seconds=i) for i in range(600)]
+    one_by_one = _monitor(profile, spec)
+    singles = [
+        v
+        for i in range(600)
+        if (v := one_by_one.observe(rows[i], None, at=ats[i], source=SOURCE, offset=i)) is not None
+    ]
+    batched = _monitor(profile, spec)
+    many = batched.observe_many(rows, None, at=ats, source=SOURCE, offsets=list(range(600)))
+    assert len(many) == 2
+    assert [v.model_dump_json() for v in many] == [v.model_dump_json() for v in singles]
+    assert batched.snapshot() == one_by_one.snapshot()
+
+
 def test_feature_adwins_share_delta_over_channels_and_checks(profile: ReferenceProfile) -> None:
     spec = DriftSpec(adwin_delta=0.004)
     state = _monitor(profile, spec).snapshot()

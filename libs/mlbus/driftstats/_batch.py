@@ -87,7 +87,10 @@ class BatchLayout:
         kinds = set(map(type, chain.from_iterable(picked)))  # type: ignore[arg-type]
         if not kinds <= PLAIN_NUMBERS:  # ABSENT (a key missing from some row), strings, …
             return None
-        numbers = np.asarray(picked, dtype=np.float64)  # channels × rows; None: NaN
+        try:
+            numbers = np.asarray(picked, dtype=np.float64)  # channels × rows; None: NaN
+        except OverflowError:  # an int no float holds (JSON allows any): bin_of's exact path
+            return None
         if int in kinds and bool((np.abs(numbers) >= EXACT_INT).any()):
             return None  # bin_of compares such ints exactly
         below = np.empty(numbers.shape, dtype=np.int64)

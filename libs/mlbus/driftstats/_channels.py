@@ -243,7 +243,10 @@ class NumericChannel(Channel):
         """`bin_of` for many values: numpy's search when they are all floats and ints."""
         kinds = set(map(type, values))
         if kinds <= PLAIN_NUMBERS:
-            numbers = np.asarray(values, dtype=np.float64)  # None: NaN
+            try:
+                numbers = np.asarray(values, dtype=np.float64)  # None: NaN
+            except OverflowError:  # an int no float holds: compared exactly below
+                return super().bins_of(values)
             if int not in kinds or not (np.abs(numbers) >= EXACT_INT).any():
                 indexes = np.searchsorted(self.edges_array, numbers, side="left")
                 indexes[np.isnan(numbers)] = self.missing
