@@ -19,12 +19,14 @@ Throughput is events per wall second and per CPU second of this process (the
 broker runs in its own process), from the consumer's assignment until every
 record is applied; the drift service's CPU also counts its state save after the
 last record (wall does not wait for it: the service saves once per
-`commit_interval_s`). The machine is shared: compare ratios, not absolutes. The
+`commit_interval_s`). An untimed round of every variant goes first (`--warmup`): a
+process's first pass pays once what a running service paid long ago (first calls,
+page faults of new heaps). The machine is shared: compare ratios, not absolutes. The
 ratio is printed of the variants' medians and repeat by repeat (median and
 range: how far one run can be off).
 A measurement: no goal is set, so the exit status only says the run completed.
 
-    python loadtests/bench_drift.py [--events 30000] [--repeats 5]
+    python loadtests/bench_drift.py [--events 30000] [--repeats 5] [--warmup 1]
 """
 
 from __future__ import annotations
@@ -259,12 +261,13 @@ async def drift_loop(
     return result
 
 
-async def main(events: int, repeats: int) -> bool:
+async def main(events: int, repeats: int, warmup: int) -> bool:
     bench = Benchmark(
         "drift_throughput",
         "events/s per core through the drift service vs a raw aiokafka consume loop",
         events=events,
         repeats=repeats,
+        warmup=warmup,
     )
     spec = load_spec(fraud_spec_path())
     features = spec.model_features()
@@ -327,12 +330,21 @@ async def main(events: int, repeats: int) -> bool:
                     # as every stream service's process does before it runs (every variant
                     # runs after it, so the baseline gets the same collector)
                     tune_gc_for_streams()
-                    for run in range(repeats):
+                    for run in range(-warmup, repeats):
                         results = {
                             RAW: await raw_loop(kafka, events),
                             BUS: await bus_loop(kafka, events),
                             DRIFT: await drift_loop(settings, spec, last, events),
                         }
+                        label = f"run {run + 1}/{repeats}" if run >= 0 else "warm-up (not counted)"
+                        console.print(
+                            f"{label}: "
+                            + ", ".join(
+                                f"{v} {w:,.0f}/s ({c:,.0f}/cpu-s)" for v, (w, c) in results.items()
+                            )
+                        )
+                        if run < 0:
+                            continue
                         for variant, (wall, cpu) in results.items():
                             bench.record(
                                 variant, "throughput", wall, "events/s", higher_is_better=True
@@ -340,12 +352,6 @@ async def main(events: int, repeats: int) -> bool:
                             bench.record(
                                 variant, "per core", cpu, "events/cpu-s", higher_is_better=True
                             )
-                        console.print(
-                            f"run {run + 1}/{repeats}: "
-                            + ", ".join(
-                                f"{v} {w:,.0f}/s ({c:,.0f}/cpu-s)" for v, (w, c) in results.items()
-                            )
-                        )
         finally:
             if embedded_redis is not None:
                 embedded_redis.__exit__(None, None, None)
@@ -382,5 +388,10 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=30_000)
     # five: the raw loop alone moves ±15 % between runs
     parser.add_argument("--repeats", type=int, default=5)
+    # one: a process's first pass pays once what a running service paid long ago
+    # (first calls, page faults of new heaps, cold caches)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds of every variant first"
+    )
     args = parser.parse_args()
-    sys.exit(0 if asyncio.run(main(args.events, args.repeats)) else 1)
+    sys.exit(0 if asyncio.run(main(args.events, args.repeats, args.warmup)) else 1)
