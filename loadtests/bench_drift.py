@@ -394,4 +394,6 @@ if __name__ == "__main__":
         "--warmup", type=int, default=1, help="untimed rounds of every variant first"
     )
     args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be at least 1 and --warmup at least 0")
     sys.exit(0 if asyncio.run(main(args.events, args.repeats, args.warmup)) else 1)
